@@ -1,0 +1,308 @@
+"""The ``ivr`` command line. Exit codes: 0 success, 1 failure, 2 usage error."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ivr import __version__
+from media.wavfile import UnsupportedAudio
+from storage.catalog import CatalogError, LawfulBasis, RecordingStatus
+from storage.format import FormatError
+from storage.keys import KeyCustodyError
+from storage.vault import Vault, VaultError
+
+DATA_DIR_ENV = "IVR_DATA_DIR"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+# Failures an operator can act on: reported in one line, never as a traceback.
+EXPECTED_ERRORS = (
+    VaultError,
+    CatalogError,
+    KeyCustodyError,
+    FormatError,
+    UnsupportedAudio,
+    OSError,
+    ValueError,
+)
+
+
+class CommandFailed(Exception):
+    pass
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _open_vault(args: argparse.Namespace, *, create: bool = False) -> Vault:
+    return Vault(Path(args.data_dir), create=create)
+
+
+def _emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(human())
+
+
+def _fmt_duration(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    seconds = ms / 1000
+    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+
+
+# -- recordings -----------------------------------------------------------------------------------
+def cmd_recordings_import(args: argparse.Namespace) -> int:
+    from ivr.recording_files import import_wav, load_for_import
+
+    audio = load_for_import(Path(args.file))
+    with _open_vault(args, create=True) as vault:
+        row = import_wav(
+            vault,
+            audio,
+            tenant=args.tenant,
+            lawful_basis=LawfulBasis(args.lawful_basis),
+            purpose=args.purpose,
+            actor=_actor(),
+        )
+    _emit(
+        args,
+        row.public(),
+        lambda: (
+            f"imported {args.file} as {row.id} ({row.status.value}, "
+            f"{_fmt_duration(row.duration_ms)}, {len(row.tracks)} track(s), "
+            f"{row.lawful_basis.value})"
+        ),
+    )
+    if row.status is not RecordingStatus.COMPLETE:
+        raise CommandFailed(f"recording {row.id} ended {row.status.value}: {row.status_reason}")
+    return EXIT_OK
+
+
+def cmd_recordings_list(args: argparse.Namespace) -> int:
+    with _open_vault(args) as vault:
+        rows = vault.list(
+            tenant=args.tenant,
+            status=RecordingStatus(args.status) if args.status else None,
+        )
+
+    def table() -> str:
+        if not rows:
+            return "no recordings"
+        head = f"{'ID':<24} {'TENANT':<12} {'STATUS':<10} {'BASIS':<20} {'LENGTH':>8}  STARTED"
+        lines = [head]
+        for r in rows:
+            lines.append(
+                f"{r.id:<24} {r.tenant:<12} {r.status.value:<10} {r.lawful_basis.value:<20} "
+                f"{_fmt_duration(r.duration_ms):>8}  {r.started_at}"
+            )
+        return "\n".join(lines)
+
+    _emit(args, [r.public() for r in rows], table)
+    return EXIT_OK
+
+
+def cmd_recordings_show(args: argparse.Namespace) -> int:
+    with _open_vault(args) as vault:
+        row = vault.get(args.id)
+    data = row.public()
+
+    def text() -> str:
+        lines = []
+        for key, value in data.items():
+            if isinstance(value, dict | list):
+                value = json.dumps(value, sort_keys=True)
+            lines.append(f"{key:<18} {'-' if value is None else value}")
+        return "\n".join(lines)
+
+    _emit(args, data, text)
+    return EXIT_OK
+
+
+def cmd_recordings_export(args: argparse.Namespace) -> int:
+    from ivr.recording_files import export_wav
+
+    out = Path(args.output)
+    if out.is_dir():
+        raise CommandFailed(f"{out} is a directory; give a file name for the WAV")
+    with _open_vault(args) as vault:
+        result = export_wav(vault, args.id, out, actor=_actor(), reason=args.reason)
+    _emit(
+        args,
+        {
+            "recording_id": result.recording_id,
+            "output": str(result.path),
+            "channels": result.channels,
+            "sample_rate": result.sample_rate,
+            "duration_ms": result.duration_ms,
+        },
+        lambda: (
+            f"exported {result.recording_id} to {result.path} ({result.channels} channel(s), "
+            f"{result.sample_rate} Hz, {_fmt_duration(result.duration_ms)})"
+        ),
+    )
+    return EXIT_OK
+
+
+# -- keys -----------------------------------------------------------------------------------------
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    with _open_vault(args) as vault:
+        keys = vault.keyring.list(args.tenant)
+
+    def table() -> str:
+        if not keys:
+            return "no keys yet (a tenant's first key is made with its first recording)"
+        lines = [f"{'TENANT':<16} {'VERSION':>7}  {'CURRENT':<7}  {'FINGERPRINT':<16}  CREATED"]
+        for k in keys:
+            lines.append(
+                f"{k.tenant:<16} {k.version:>7}  {'yes' if k.current else '':<7}  "
+                f"{k.fingerprint:<16}  {k.created_at}"
+            )
+        return "\n".join(lines)
+
+    data = [
+        {
+            "tenant": k.tenant,
+            "version": k.version,
+            "key_ref": k.key_ref,
+            "current": k.current,
+            "fingerprint": k.fingerprint,
+            "created_at": k.created_at,
+        }
+        for k in keys
+    ]
+    _emit(args, data, table)
+    return EXIT_OK
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    with _open_vault(args) as vault:
+        info = vault.keyring.rotate(args.tenant)
+        vault.audit(
+            actor=_actor(),
+            action="key.rotated",
+            tenant=args.tenant,
+            target=info.key_ref,
+            detail={"version": info.version, "fingerprint": info.fingerprint},
+        )
+    _emit(
+        args,
+        {"tenant": info.tenant, "version": info.version, "fingerprint": info.fingerprint},
+        lambda: (
+            f"tenant {info.tenant}: new recordings now use key version {info.version} "
+            f"({info.fingerprint}); older recordings keep their version"
+        ),
+    )
+    return EXIT_OK
+
+
+# -- serve ----------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ivr.service import serve
+
+    serve(data_dir=Path(args.data_dir), host=args.host, port=args.port)
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        default=os.environ.get(DATA_DIR_ENV, "./var"),
+        help=f"where the vault lives (env {DATA_DIR_ENV}; default ./var)",
+    )
+    data_out = argparse.ArgumentParser(add_help=False)
+    data_out.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    parser = argparse.ArgumentParser(
+        prog="ivr",
+        description="GDPR consent and encrypted call recording for telephony.",
+        epilog="Exit codes: 0 success, 1 failure, 2 usage error.",
+    )
+    parser.add_argument("--version", action="version", version=f"ivr {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = top.add_parser("serve", parents=[common], help="run the service")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    serve.set_defaults(func=cmd_serve)
+
+    recs = top.add_parser("recordings", help="list, show, import and export recordings")
+    rsub = recs.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    imp = rsub.add_parser(
+        "import", parents=[common, data_out], help="record an audio file into the vault"
+    )
+    imp.add_argument("file", help="audio file (WAV or anything libsndfile reads; 1–2 channels)")
+    imp.add_argument("--tenant", required=True, help="the controller the recording belongs to")
+    imp.add_argument(
+        "--lawful-basis",
+        required=True,
+        choices=[b.value for b in LawfulBasis],
+        help="GDPR Art. 6 lawful basis",
+    )
+    imp.add_argument("--purpose", required=True, help="why it is recorded, e.g. quality")
+    imp.set_defaults(func=cmd_recordings_import)
+
+    lst = rsub.add_parser("list", parents=[common, data_out], help="list recordings")
+    lst.add_argument("--tenant", help="only this tenant's")
+    lst.add_argument("--status", choices=[s.value for s in RecordingStatus])
+    lst.set_defaults(func=cmd_recordings_list)
+
+    show = rsub.add_parser("show", parents=[common, data_out], help="one recording's record")
+    show.add_argument("id")
+    show.set_defaults(func=cmd_recordings_show)
+
+    exp = rsub.add_parser(
+        "export", parents=[common, data_out], help="decrypt a recording to WAV (audited)"
+    )
+    exp.add_argument("id")
+    exp.add_argument("-o", "--output", required=True, help="WAV file to write")
+    exp.add_argument("--reason", default="export by operator", help="recorded in the audit log")
+    exp.set_defaults(func=cmd_recordings_export)
+
+    keys = top.add_parser("keys", help="tenant key-encryption keys")
+    ksub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    klist = ksub.add_parser("list", parents=[common, data_out], help="list key versions")
+    klist.add_argument("--tenant")
+    klist.set_defaults(func=cmd_keys_list)
+    rot = ksub.add_parser(
+        "rotate", parents=[common, data_out], help="new key version for new recordings"
+    )
+    rot.add_argument("--tenant", required=True)
+    rot.set_defaults(func=cmd_keys_rotate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except CommandFailed as exc:
+        print(f"ivr: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except EXPECTED_ERRORS as exc:
+        print(f"ivr: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

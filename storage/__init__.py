@@ -1,0 +1,1 @@
+"""The recording vault: encrypted container, keys, catalog, blobs. Knows nothing of calls."""

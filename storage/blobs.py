@@ -1,0 +1,185 @@
+"""Local blob store: where sealed recordings live on disk, and how they get there.
+
+A blob is written as ``<id>.rec.part`` while its call runs and renamed to ``<id>.rec`` once its
+final chunk is durable. Writes happen on a small thread pool, never on the caller's thread (the
+event loop): ``BlobFile.write`` only queues bytes. Each file drains its own queue in order, and
+one fsync covers whatever a drain wrote, so a slow disk batches chunks rather than falling behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.files import fsync_dir
+
+PART_SUFFIX = ".rec.part"
+FINAL_SUFFIX = ".rec"
+
+
+class BlobWriteError(OSError):
+    """Writing a blob failed (full disk, I/O error). Chunks already on disk are intact."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    relpath: str
+    size: int
+    sha256: str
+    units: int  # header + chunks that reached the disk
+
+
+class LocalBlobStore:
+    def __init__(self, root: Path, *, fsync: bool = True, io_threads: int = 4) -> None:
+        self.root = root
+        self.fsync = fsync
+        self._executor = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blob-io")
+        root.mkdir(parents=True, exist_ok=True)
+
+    def relpath(self, tenant: str, recording_id: str, suffix: str = FINAL_SUFFIX) -> str:
+        return f"{tenant}/{recording_id[-2:]}/{recording_id}{suffix}"
+
+    def path(self, relpath: str) -> Path:
+        return self.root / relpath
+
+    def create(self, tenant: str, recording_id: str) -> BlobFile:
+        part = self.path(self.relpath(tenant, recording_id, PART_SUFFIX))
+        part.parent.mkdir(parents=True, exist_ok=True)
+        return BlobFile(
+            part,
+            self.relpath(tenant, recording_id),
+            self.path(self.relpath(tenant, recording_id)),
+            self._executor,
+            self.fsync,
+        )
+
+    def delete(self, relpath: str) -> None:
+        path = self.path(relpath)
+        path.unlink(missing_ok=True)
+        path.with_name(path.name.removesuffix(FINAL_SUFFIX) + PART_SUFFIX).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class BlobFile:
+    """An append-only blob being written; ``write`` queues, a pool thread writes in order."""
+
+    def __init__(
+        self,
+        part: Path,
+        relpath: str,
+        final: Path,
+        executor: ThreadPoolExecutor,
+        fsync: bool,
+    ) -> None:
+        self.part = part
+        self.relpath = relpath
+        self.final = final
+        self._executor = executor
+        self._fsync = fsync
+        self._fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._lock = threading.Lock()
+        self._queue: deque[bytes] = deque()
+        self._drain_job: Future[None] | None = None
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.units = 0
+        self.error: BlobWriteError | None = None
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        with self._lock:
+            self._queue.append(data)
+            if self._drain_job is None:
+                self._drain_job = self._executor.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue or self.error is not None:
+                    self._queue.clear()
+                    self._drain_job = None
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+            try:
+                for data in batch:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(self._fd, view) :]
+                    self._hash.update(data)
+                    self.size += len(data)
+                    self.units += 1
+                if self._fsync:
+                    os.fsync(self._fd)
+            except OSError as exc:
+                self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        # Cut back to the last whole unit so the file stays a valid (if unfinished) blob.
+        try:
+            os.ftruncate(self._fd, self.size)
+            os.fsync(self._fd)
+        except OSError:
+            pass
+        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        self.error = BlobWriteError(exc.errno or errno.EIO, f"writing {self.part.name}: {reason}")
+
+    def wait(self) -> None:
+        """Block until everything queued so far is on disk (or has failed)."""
+        while True:
+            with self._lock:
+                job = self._drain_job
+            if job is None:
+                return
+            job.result()
+
+    def finish(self) -> BlobInfo:
+        """Drain, make durable, and rename to the final name. Raises if any write failed."""
+        self.wait()
+        if self.error is not None:
+            raise self.error
+        try:
+            os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self.closed = True
+        os.replace(self.part, self.final)
+        fsync_dir(self.final.parent)
+        return BlobInfo(self.relpath, self.size, self._hash.hexdigest(), self.units)
+
+    def abandon(self) -> BlobInfo:
+        """Stop writing after a failure: keep what reached the disk under the final name."""
+        self.wait()
+        if not self.closed:
+            os.close(self._fd)
+            self.closed = True
+        os.replace(self.part, self.final)
+        fsync_dir(self.final.parent)
+        return BlobInfo(self.relpath, self.size, self._hash.hexdigest(), self.units)
+
+    def discard(self) -> None:
+        self.wait()
+        if not self.closed:
+            os.close(self._fd)
+            self.closed = True
+        self.part.unlink(missing_ok=True)
+
+
+def sha256_file(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()

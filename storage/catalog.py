@@ -1,0 +1,411 @@
+"""The catalog: calls, recordings and audit events in SQLite (WAL, versioned schema).
+
+Personal data never appears here in clear: a caller is a keyed hash (to find their calls) and
+a sealed number (to show it to someone entitled). The wrapped data key of a recording lives
+here and only here, so deleting that one value destroys the recording everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from storage.files import utc_iso
+
+
+class LawfulBasis(StrEnum):
+    """GDPR Art. 6(1) (a)–(f), in the vocabulary of draft-howe-vcon-lawful-basis."""
+
+    CONSENT = "consent"
+    CONTRACT = "contract"
+    LEGAL_OBLIGATION = "legal_obligation"
+    VITAL_INTERESTS = "vital_interests"
+    PUBLIC_TASK = "public_task"
+    LEGITIMATE_INTERESTS = "legitimate_interests"
+
+
+class RecordingStatus(StrEnum):
+    RECORDING = "recording"
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"
+    DISCARDED = "discarded"
+    ERASED = "erased"
+    FAILED = "failed"
+
+
+class CatalogError(Exception):
+    pass
+
+
+class UnknownRecording(CatalogError):
+    def __init__(self, recording_id: str) -> None:
+        super().__init__(f"no recording with id {recording_id!r}")
+        self.recording_id = recording_id
+
+
+def _check(values: type[StrEnum]) -> str:
+    return ", ".join(f"'{v.value}'" for v in values)
+
+
+# Each entry moves the schema one version up; user_version records how far a file has come.
+MIGRATIONS: Sequence[str] = (
+    f"""
+    CREATE TABLE calls (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        platform_call_id TEXT,
+        line TEXT,
+        caller_hash TEXT,
+        caller_sealed BLOB,
+        caller_key_ref TEXT,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        outcome TEXT
+    );
+    CREATE INDEX calls_by_caller ON calls (tenant, caller_hash);
+    CREATE TABLE recordings (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        call_id TEXT REFERENCES calls (id),
+        status TEXT NOT NULL CHECK (status IN ({_check(RecordingStatus)})),
+        status_reason TEXT,
+        lawful_basis TEXT NOT NULL CHECK (lawful_basis IN ({_check(LawfulBasis)})),
+        purpose TEXT NOT NULL,
+        policy_id TEXT,
+        policy_version INTEGER,
+        consent_evidence TEXT,
+        started_at TEXT NOT NULL,
+        ended_at TEXT,
+        duration_ms INTEGER,
+        codec TEXT NOT NULL,
+        sample_rate INTEGER NOT NULL,
+        tracks TEXT NOT NULL,
+        key_ref TEXT,
+        wrapped_dek BLOB,
+        blob_path TEXT,
+        blob_size INTEGER,
+        blob_digest TEXT,
+        chunk_count INTEGER,
+        retention_until TEXT,
+        legal_hold INTEGER NOT NULL DEFAULT 0,
+        legal_hold_reason TEXT,
+        writer_id TEXT
+    );
+    CREATE INDEX recordings_by_tenant ON recordings (tenant, started_at);
+    CREATE INDEX recordings_by_status ON recordings (status);
+    CREATE INDEX recordings_by_call ON recordings (call_id);
+    CREATE TABLE audit_events (
+        seq INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        tenant TEXT,
+        target TEXT,
+        detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingRow:
+    id: str
+    tenant: str
+    call_id: str | None
+    status: RecordingStatus
+    status_reason: str | None
+    lawful_basis: LawfulBasis
+    purpose: str
+    policy_id: str | None
+    policy_version: int | None
+    consent_evidence: dict[str, Any] | None
+    started_at: str
+    ended_at: str | None
+    duration_ms: int | None
+    codec: str
+    sample_rate: int
+    tracks: tuple[str, ...]
+    key_ref: str | None
+    wrapped_dek: bytes | None = field(repr=False)
+    blob_path: str | None
+    blob_size: int | None
+    blob_digest: str | None
+    chunk_count: int | None
+    retention_until: str | None
+    legal_hold: bool
+    legal_hold_reason: str | None
+    writer_id: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> RecordingRow:
+        evidence = row["consent_evidence"]
+        return cls(
+            id=row["id"],
+            tenant=row["tenant"],
+            call_id=row["call_id"],
+            status=RecordingStatus(row["status"]),
+            status_reason=row["status_reason"],
+            lawful_basis=LawfulBasis(row["lawful_basis"]),
+            purpose=row["purpose"],
+            policy_id=row["policy_id"],
+            policy_version=row["policy_version"],
+            consent_evidence=json.loads(evidence) if evidence else None,
+            started_at=row["started_at"],
+            ended_at=row["ended_at"],
+            duration_ms=row["duration_ms"],
+            codec=row["codec"],
+            sample_rate=row["sample_rate"],
+            tracks=tuple(json.loads(row["tracks"])),
+            key_ref=row["key_ref"],
+            wrapped_dek=row["wrapped_dek"],
+            blob_path=row["blob_path"],
+            blob_size=row["blob_size"],
+            blob_digest=row["blob_digest"],
+            chunk_count=row["chunk_count"],
+            retention_until=row["retention_until"],
+            legal_hold=bool(row["legal_hold"]),
+            legal_hold_reason=row["legal_hold_reason"],
+            writer_id=row["writer_id"],
+        )
+
+    def public(self) -> dict[str, Any]:
+        """What a listing may show: everything except key material and internal paths."""
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "call_id": self.call_id,
+            "status": self.status.value,
+            "status_reason": self.status_reason,
+            "lawful_basis": self.lawful_basis.value,
+            "purpose": self.purpose,
+            "policy_id": self.policy_id,
+            "policy_version": self.policy_version,
+            "consent_evidence": self.consent_evidence,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "duration_ms": self.duration_ms,
+            "codec": self.codec,
+            "sample_rate": self.sample_rate,
+            "tracks": list(self.tracks),
+            "key_ref": self.key_ref,
+            "blob_size": self.blob_size,
+            "blob_digest": self.blob_digest,
+            "chunk_count": self.chunk_count,
+            "retention_until": self.retention_until,
+            "legal_hold": self.legal_hold,
+            "legal_hold_reason": self.legal_hold_reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    seq: int
+    at: str
+    actor: str
+    action: str
+    tenant: str | None
+    target: str | None
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+def audit_hash(
+    prev_hash: str,
+    at: str,
+    actor: str,
+    action: str,
+    tenant: str | None,
+    target: str | None,
+    detail: dict[str, Any],
+) -> str:
+    body = json.dumps(
+        [prev_hash, at, actor, action, tenant, target, detail],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class Catalog:
+    """One SQLite file, safe to share between threads of a process and between processes."""
+
+    def __init__(self, path: Path, clock: Callable[[], datetime]) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock = threading.RLock()
+        if not path.exists():
+            # The WAL and shared-memory files take their mode from the database file.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        try:
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed key row survives power loss, not only a dead process.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(f"catalog {path} cannot be opened: {exc}") from None
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise CatalogError(
+                    f"catalog {self.path} has schema version {version}, newer than this "
+                    f"program's {SCHEMA_VERSION}: upgrade ivr"
+                )
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={number + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- calls ---------------------------------------------------------------------------------
+    def insert_call(self, db: sqlite3.Connection, **values: Any) -> None:
+        columns = ", ".join(values)
+        marks = ", ".join(f":{k}" for k in values)
+        db.execute(f"INSERT INTO calls ({columns}) VALUES ({marks})", values)
+
+    def update_call(self, call_id: str, **values: Any) -> None:
+        sets = ", ".join(f"{k} = :{k}" for k in values)
+        with self.transaction() as db:
+            db.execute(f"UPDATE calls SET {sets} WHERE id = :id", {**values, "id": call_id})
+
+    def call(self, call_id: str) -> sqlite3.Row | None:
+        with self._lock:
+            return self._db.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
+
+    # -- recordings ----------------------------------------------------------------------------
+    def insert_recording(self, db: sqlite3.Connection, **values: Any) -> None:
+        columns = ", ".join(values)
+        marks = ", ".join(f":{k}" for k in values)
+        db.execute(f"INSERT INTO recordings ({columns}) VALUES ({marks})", values)
+
+    def update_recording(
+        self,
+        db: sqlite3.Connection,
+        recording_id: str,
+        *,
+        expect_status: RecordingStatus | None = None,
+        **values: Any,
+    ) -> bool:
+        """Update one row; with ``expect_status`` only if it is still in that status."""
+        sets = ", ".join(f"{k} = :{k}" for k in values)
+        sql = f"UPDATE recordings SET {sets} WHERE id = :id"
+        params = {**values, "id": recording_id}
+        if expect_status is not None:
+            sql += " AND status = :expect"
+            params["expect"] = expect_status.value
+        return db.execute(sql, params).rowcount == 1
+
+    def recording(self, recording_id: str) -> RecordingRow:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM recordings WHERE id = ?", (recording_id,)
+            ).fetchone()
+        if row is None:
+            raise UnknownRecording(recording_id)
+        return RecordingRow.from_row(row)
+
+    def recordings(
+        self,
+        *,
+        tenant: str | None = None,
+        status: RecordingStatus | None = None,
+        limit: int | None = None,
+    ) -> list[RecordingRow]:
+        sql = "SELECT * FROM recordings WHERE 1=1"
+        params: list[Any] = []
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            params.append(tenant)
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status.value)
+        sql += " ORDER BY started_at, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._lock:
+            rows = self._db.execute(sql, params).fetchall()
+        return [RecordingRow.from_row(r) for r in rows]
+
+    # -- audit ---------------------------------------------------------------------------------
+    def audit(
+        self,
+        db: sqlite3.Connection,
+        *,
+        actor: str,
+        action: str,
+        tenant: str | None = None,
+        target: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one event to the hash chain, inside the caller's transaction."""
+        detail = detail or {}
+        last = db.execute("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+        prev = last[0] if last else GENESIS_HASH
+        at = utc_iso(self._clock())
+        digest = audit_hash(prev, at, actor, action, tenant, target, detail)
+        db.execute(
+            "INSERT INTO audit_events (at, actor, action, tenant, target, detail, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (at, actor, action, tenant, target, json.dumps(detail, sort_keys=True), prev, digest),
+        )
+
+    def audit_events(self) -> list[AuditEvent]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM audit_events ORDER BY seq").fetchall()
+        return [
+            AuditEvent(
+                r["seq"],
+                r["at"],
+                r["actor"],
+                r["action"],
+                r["tenant"],
+                r["target"],
+                json.loads(r["detail"]),
+                r["prev_hash"],
+                r["hash"],
+            )
+            for r in rows
+        ]

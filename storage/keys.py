@@ -1,0 +1,362 @@
+"""Key custody: the master key, the tenants' versioned key-encryption keys, data-key wrapping.
+
+Hierarchy: master key (``IVR_MASTER_KEY`` or a generated file) → per-tenant KEKs, versioned, kept
+sealed in ``keyring.json`` → one data key (DEK) per recording, wrapped by the tenant's newest KEK
+and stored only in the catalog. Rotation adds a KEK version; older versions stay to unwrap older
+recordings. Each tenant also has a lookup key (never rotated: lookups must keep matching) for the
+keyed hash of caller numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from storage.files import atomic_write, utc_iso
+
+log = logging.getLogger(__name__)
+
+MASTER_KEY_ENV = "IVR_MASTER_KEY"
+MASTER_KEY_FILE = "master.key"
+KEYRING_FILE = "keyring.json"
+KEY_LEN = 32
+_NONCE = 12
+_CHECK = b"ivr keyring master check v1"
+
+
+class KeyCustodyError(Exception):
+    """Base for key custody failures; the message is meant for an operator."""
+
+
+class MasterKeyError(KeyCustodyError):
+    pass
+
+
+class KeyringCorrupt(KeyCustodyError):
+    pass
+
+
+class UnknownKey(KeyCustodyError):
+    pass
+
+
+def parse_master_key(text: str) -> bytes:
+    """32 bytes given as 64 hex digits or base64 (standard or URL-safe, padding optional)."""
+    text = text.strip()
+    if len(text) == 2 * KEY_LEN:
+        with contextlib.suppress(ValueError):
+            return bytes.fromhex(text)
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=False)
+        if len(raw) != KEY_LEN:
+            # Standard alphabet as well: altchars only maps '-' and '_'.
+            raw = base64.b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != KEY_LEN:
+        raise MasterKeyError(
+            f"{MASTER_KEY_ENV} must be {KEY_LEN} random bytes as 64 hex digits or base64 "
+            f"(e.g. from `openssl rand -base64 32`)"
+        )
+    return raw
+
+
+def load_master_key(data_dir: Path, *, environ: dict[str, str] | None = None) -> bytes:
+    """The master key from the environment, else from ``data_dir/master.key``, else a new one.
+
+    A new key is generated only when there is no keyring yet: generating one next to an
+    existing keyring would only hide the real problem (the key that opens it is missing).
+    """
+    env = os.environ if environ is None else environ
+    if env.get(MASTER_KEY_ENV):
+        return parse_master_key(env[MASTER_KEY_ENV])
+    path = data_dir / MASTER_KEY_FILE
+    if path.exists():
+        try:
+            return parse_master_key(path.read_text(encoding="ascii"))
+        except (MasterKeyError, UnicodeDecodeError):
+            raise MasterKeyError(f"{path} does not hold a valid master key") from None
+    if (data_dir / KEYRING_FILE).exists():
+        raise MasterKeyError(
+            f"{data_dir / KEYRING_FILE} exists but no master key was given: "
+            f"set {MASTER_KEY_ENV} to the key that created it"
+        )
+    key = secrets.token_bytes(KEY_LEN)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, base64.b64encode(key) + b"\n", mode=0o600)
+    log.warning(
+        "generated a master key at %s (mode 0600). For production set %s from a secret store "
+        "and keep a backup: without it no recording can be decrypted.",
+        path,
+        MASTER_KEY_ENV,
+    )
+    return key
+
+
+def _seal(key: bytes, aad: bytes, plaintext: bytes) -> bytes:
+    nonce = secrets.token_bytes(_NONCE)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def _open(key: bytes, aad: bytes, sealed: bytes) -> bytes:
+    if len(sealed) < _NONCE + 16:
+        raise InvalidTag
+    return AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], aad)
+
+
+def _kek_aad(tenant: str, version: int) -> bytes:
+    return f"ivr kek v1\x00{tenant}\x00{version}".encode()
+
+
+def _lookup_aad(tenant: str) -> bytes:
+    return f"ivr lookup key v1\x00{tenant}".encode()
+
+
+def dek_aad(tenant: str, recording_id: str, key_ref: str) -> bytes:
+    return f"ivr dek v1\x00{tenant}\x00{recording_id}\x00{key_ref}".encode()
+
+
+def fingerprint(key: bytes) -> str:
+    """A short, non-secret name for a key, so operators can tell versions apart."""
+    return hashlib.sha256(b"ivr key fingerprint\x00" + key).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class KekInfo:
+    tenant: str
+    version: int
+    created_at: str
+    fingerprint: str
+    current: bool
+
+    @property
+    def key_ref(self) -> str:
+        return f"local/{self.version}"
+
+
+def parse_key_ref(key_ref: str) -> int:
+    kind, _, version = key_ref.partition("/")
+    if kind != "local" or not version.isdigit():
+        raise UnknownKey(f"unsupported key reference {key_ref!r}")
+    return int(version)
+
+
+class Keyring:
+    """The tenants' KEKs, sealed under the master key in one JSON file.
+
+    Several processes may share a data directory (the service and a CLI rotating a key), so
+    every change happens under an exclusive file lock on a re-read file, and reads notice a
+    newer file by its modification stamp.
+    """
+
+    def __init__(self, path: Path, master_key: bytes, clock: Callable[[], datetime]) -> None:
+        self.path = path
+        self._master = master_key
+        self._clock = clock
+        self._stamp: tuple[int, int] | None = None
+        self._doc: dict = {}
+        self._keks: dict[tuple[str, int], bytes] = {}
+        self._lookup: dict[str, bytes] = {}
+        with self._locked():
+            if not path.exists():
+                self._doc = {
+                    "format": "ivr-keyring",
+                    "version": 1,
+                    "master_check": base64.b64encode(_seal(master_key, _CHECK, _CHECK)).decode(),
+                    "tenants": {},
+                }
+                self._save()
+            self._load()
+
+    # -- reading -------------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            raise KeyringCorrupt(f"keyring {self.path} has disappeared") from None
+        if (st.st_mtime_ns, st.st_size) != self._stamp:
+            self._load()
+
+    def _load(self) -> None:
+        where = str(self.path)
+        try:
+            st = self.path.stat()
+            doc = json.loads(self.path.read_bytes())
+            if doc.get("format") != "ivr-keyring" or doc.get("version") != 1:
+                raise ValueError("not an ivr keyring of version 1")
+            check = base64.b64decode(doc["master_check"], validate=True)
+            tenants = doc["tenants"]
+            if not isinstance(tenants, dict):
+                raise ValueError("tenants is not an object")
+        except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
+            raise KeyringCorrupt(f"keyring {where} is unreadable or corrupt: {exc}") from None
+        try:
+            _open(self._master, _CHECK, check)
+        except InvalidTag:
+            raise MasterKeyError(
+                f"the master key does not open keyring {where} (wrong {MASTER_KEY_ENV}?)"
+            ) from None
+        keks: dict[tuple[str, int], bytes] = {}
+        lookup: dict[str, bytes] = {}
+        for tenant, entry in tenants.items():
+            try:
+                lookup[tenant] = _open(
+                    self._master, _lookup_aad(tenant), base64.b64decode(entry["lookup_key"])
+                )
+                for kek in entry["keks"]:
+                    version = int(kek["version"])
+                    keks[(tenant, version)] = _open(
+                        self._master, _kek_aad(tenant, version), base64.b64decode(kek["wrapped"])
+                    )
+            except (InvalidTag, KeyError, TypeError, ValueError, binascii.Error):
+                raise KeyringCorrupt(
+                    f"keyring {where}: the entry of tenant {tenant!r} is damaged or was altered"
+                ) from None
+        self._doc, self._keks, self._lookup = doc, keks, lookup
+        self._stamp = (st.st_mtime_ns, st.st_size)
+
+    def list(self, tenant: str | None = None) -> list[KekInfo]:
+        self._refresh()
+        out = []
+        for name, entry in sorted(self._doc["tenants"].items()):
+            if tenant is not None and name != tenant:
+                continue
+            newest = max(int(k["version"]) for k in entry["keks"])
+            for kek in entry["keks"]:
+                version = int(kek["version"])
+                out.append(
+                    KekInfo(
+                        name,
+                        version,
+                        kek["created_at"],
+                        fingerprint(self._keks[(name, version)]),
+                        version == newest,
+                    )
+                )
+        return out
+
+    def has_tenant(self, tenant: str) -> bool:
+        self._refresh()
+        return tenant in self._doc["tenants"]
+
+    def current(self, tenant: str) -> tuple[str, bytes]:
+        """(key_ref, KEK) of the tenant's newest version, creating version 1 on first use."""
+        self._refresh()
+        if tenant not in self._doc["tenants"]:
+            with self._locked():
+                self._load()
+                if tenant not in self._doc["tenants"]:
+                    self._add_version(tenant)
+                    self._save()
+                    self._load()
+        version = max(v for (t, v) in self._keks if t == tenant)
+        return f"local/{version}", self._keks[(tenant, version)]
+
+    def kek(self, tenant: str, key_ref: str) -> bytes:
+        version = parse_key_ref(key_ref)
+        self._refresh()
+        try:
+            return self._keks[(tenant, version)]
+        except KeyError:
+            raise UnknownKey(f"tenant {tenant!r} has no key version {version}") from None
+
+    def lookup_key(self, tenant: str) -> bytes:
+        self.current(tenant)
+        return self._lookup[tenant]
+
+    # -- changing ------------------------------------------------------------------------------
+    def rotate(self, tenant: str) -> KekInfo:
+        with self._locked():
+            self._load()
+            if tenant not in self._doc["tenants"]:
+                raise UnknownKey(
+                    f"tenant {tenant!r} has no keys yet (its first key is made with its first "
+                    "recording)"
+                )
+            version = self._add_version(tenant)
+            self._save()
+            self._load()
+        return next(k for k in self.list(tenant) if k.version == version)
+
+    def _add_version(self, tenant: str) -> int:
+        entry = self._doc["tenants"].setdefault(tenant, {"keks": []})
+        if "lookup_key" not in entry:
+            sealed = _seal(self._master, _lookup_aad(tenant), secrets.token_bytes(KEY_LEN))
+            entry["lookup_key"] = base64.b64encode(sealed).decode()
+        version = 1 + max((int(k["version"]) for k in entry["keks"]), default=0)
+        sealed = _seal(self._master, _kek_aad(tenant, version), secrets.token_bytes(KEY_LEN))
+        entry["keks"].append(
+            {
+                "version": version,
+                "created_at": utc_iso(self._clock()),
+                "wrapped": base64.b64encode(sealed).decode(),
+            }
+        )
+        return version
+
+    def _save(self) -> None:
+        data = json.dumps(self._doc, indent=2, sort_keys=True).encode() + b"\n"
+        atomic_write(self.path, data, mode=0o600)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
+# -- data keys and small secrets ---------------------------------------------------------------
+def new_dek() -> bytes:
+    return secrets.token_bytes(KEY_LEN)
+
+
+def wrap_dek(kek: bytes, tenant: str, recording_id: str, key_ref: str, dek: bytes) -> bytes:
+    return _seal(kek, dek_aad(tenant, recording_id, key_ref), dek)
+
+
+def unwrap_dek(kek: bytes, tenant: str, recording_id: str, key_ref: str, wrapped: bytes) -> bytes:
+    try:
+        return _open(kek, dek_aad(tenant, recording_id, key_ref), wrapped)
+    except InvalidTag:
+        raise KeyringCorrupt(
+            f"the wrapped data key of recording {recording_id} does not open with {key_ref}"
+        ) from None
+
+
+def seal_value(kek: bytes, aad: bytes, plaintext: bytes) -> bytes:
+    """Encrypt a small personal value (a caller number) for the catalog."""
+    return _seal(kek, aad, plaintext)
+
+
+def open_value(kek: bytes, aad: bytes, sealed: bytes) -> bytes:
+    try:
+        return _open(kek, aad, sealed)
+    except InvalidTag:
+        raise KeyringCorrupt("an encrypted catalog value does not open (altered?)") from None
+
+
+def keyed_hash(lookup_key: bytes, value: str) -> str:
+    return hmac.new(lookup_key, value.encode(), hashlib.sha256).hexdigest()
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,504 @@
+"""The vault: one object that records, reads, and recovers encrypted recordings.
+
+Order of durability when a recording starts: data key generated → wrapped → catalog row
+committed (status ``recording``) → blob file created. So a blob on disk always has its key row,
+and a process that dies mid-call leaves a row that the next ``Vault`` to open the data directory
+can recover. Every process that writes holds an exclusive lock on its own writer file; a row whose
+writer's lock can be taken belongs to a dead process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from storage.blobs import PART_SUFFIX, BlobFile, BlobWriteError, LocalBlobStore, sha256_file
+from storage.catalog import (
+    Catalog,
+    CatalogError,
+    LawfulBasis,
+    RecordingRow,
+    RecordingStatus,
+)
+from storage.files import parse_utc, utc_iso
+from storage.format import NONCE_PREFIX_LEN, FormatError, RecordingHeader
+from storage.keys import (
+    Keyring,
+    keyed_hash,
+    load_master_key,
+    new_dek,
+    now_utc,
+    open_value,
+    seal_value,
+    unwrap_dek,
+    wrap_dek,
+)
+from storage.reader import RecordingReader
+from storage.writer import EncryptingWriter
+
+log = logging.getLogger(__name__)
+
+CATALOG_FILE = "catalog.sqlite3"
+BYTES_PER_SAMPLE = {"pcmu": 1, "pcma": 1, "l16": 2}
+
+
+class VaultError(Exception):
+    """An operation on the vault failed; the message is meant for an operator."""
+
+
+class NotReadable(VaultError):
+    pass
+
+
+class VaultWriteError(VaultError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryResult:
+    recording_id: str
+    status: RecordingStatus
+    chunks: int
+    duration_ms: int
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+class Vault:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        create: bool = True,
+        master_key: bytes | None = None,
+        environ: dict[str, str] | None = None,
+        clock: Callable[[], datetime] = now_utc,
+        chunk_interval_ms: int = 1000,
+        fsync: bool = True,
+        recover: bool = True,
+    ) -> None:
+        self.data_dir = data_dir
+        self.clock = clock
+        self.chunk_interval_ms = chunk_interval_ms
+        if not (data_dir / CATALOG_FILE).exists() and not create:
+            raise VaultError(f"no vault at {data_dir} (nothing recorded there yet?)")
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        master = (
+            master_key if master_key is not None else load_master_key(data_dir, environ=environ)
+        )
+        self.keyring = Keyring(data_dir / "keyring.json", master, clock)
+        self.catalog = Catalog(data_dir / CATALOG_FILE, clock)
+        self.blobs = LocalBlobStore(data_dir / "blobs", fsync=fsync)
+        self._locks = data_dir / "locks"
+        self._locks.mkdir(exist_ok=True)
+        self.writer_id = secrets.token_hex(8)
+        self._writer_lock = os.open(self._locks / f"{self.writer_id}.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(self._writer_lock, fcntl.LOCK_EX)
+        self.open_recordings: dict[str, Recording] = {}
+        if recover:
+            self.recover()
+
+    def close(self) -> None:
+        for rec in list(self.open_recordings.values()):
+            rec.close()
+        self.blobs.close()
+        self.catalog.close()
+        with contextlib.suppress(OSError):
+            (self._locks / f"{self.writer_id}.lock").unlink()
+        os.close(self._writer_lock)
+
+    def __enter__(self) -> Vault:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- calls -----------------------------------------------------------------------------
+    def open_call(
+        self,
+        *,
+        tenant: str,
+        platform: str,
+        platform_call_id: str | None = None,
+        line: str | None = None,
+        caller: str | None = None,
+    ) -> str:
+        """Register a call; ``caller`` (already normalised, e.g. E.164) is stored sealed."""
+        call_id = _new_id("call")
+        values: dict[str, Any] = {
+            "id": call_id,
+            "tenant": tenant,
+            "platform": platform,
+            "platform_call_id": platform_call_id,
+            "line": line,
+            "started_at": utc_iso(self.clock()),
+        }
+        if caller:
+            key_ref, kek = self.keyring.current(tenant)
+            values["caller_hash"] = self.caller_hash(tenant, caller)
+            values["caller_sealed"] = seal_value(kek, _caller_aad(tenant, call_id), caller.encode())
+            values["caller_key_ref"] = key_ref
+        with self.catalog.transaction() as db:
+            self.catalog.insert_call(db, **values)
+        return call_id
+
+    def caller_hash(self, tenant: str, caller: str) -> str:
+        return keyed_hash(self.keyring.lookup_key(tenant), caller)
+
+    def caller_of(self, call_id: str) -> str | None:
+        row = self.catalog.call(call_id)
+        if row is None or row["caller_sealed"] is None:
+            return None
+        kek = self.keyring.kek(row["tenant"], row["caller_key_ref"])
+        return open_value(kek, _caller_aad(row["tenant"], call_id), row["caller_sealed"]).decode()
+
+    # -- recording -------------------------------------------------------------------------
+    def start_recording(
+        self,
+        *,
+        tenant: str,
+        lawful_basis: LawfulBasis | str,
+        purpose: str,
+        call_id: str | None = None,
+        policy_id: str | None = None,
+        policy_version: int | None = None,
+        consent_evidence: dict[str, Any] | None = None,
+        codec: str = "pcmu",
+        sample_rate: int = 8000,
+        tracks: tuple[str, ...] = ("caller", "agent"),
+        retention_until: datetime | None = None,
+    ) -> Recording:
+        basis = LawfulBasis(lawful_basis)
+        if not purpose.strip():
+            raise VaultError("a recording needs a purpose")
+        recording_id = _new_id("rec")
+        header = RecordingHeader(
+            recording_id=recording_id,
+            tenant_id=tenant,
+            codec=codec,
+            sample_rate=sample_rate,
+            tracks=tracks,
+            chunk_interval_ms=self.chunk_interval_ms,
+            nonce_prefix=secrets.token_bytes(NONCE_PREFIX_LEN),
+        )
+        key_ref, kek = self.keyring.current(tenant)
+        dek = new_dek()
+        relpath = self.blobs.relpath(tenant, recording_id)
+        with self.catalog.transaction() as db:
+            self.catalog.insert_recording(
+                db,
+                id=recording_id,
+                tenant=tenant,
+                call_id=call_id,
+                status=RecordingStatus.RECORDING.value,
+                lawful_basis=basis.value,
+                purpose=purpose,
+                policy_id=policy_id,
+                policy_version=policy_version,
+                consent_evidence=json.dumps(consent_evidence, sort_keys=True)
+                if consent_evidence is not None
+                else None,
+                started_at=utc_iso(self.clock()),
+                codec=codec,
+                sample_rate=sample_rate,
+                tracks=json.dumps(list(tracks)),
+                key_ref=key_ref,
+                wrapped_dek=wrap_dek(kek, tenant, recording_id, key_ref, dek),
+                blob_path=relpath,
+                retention_until=utc_iso(retention_until) if retention_until else None,
+                writer_id=self.writer_id,
+            )
+        # The key row is committed (durable) before a single byte of the blob exists.
+        blob = self.blobs.create(tenant, recording_id)
+        writer = EncryptingWriter(header, dek, blob)
+        rec = Recording(self, header, writer, blob)
+        self.open_recordings[recording_id] = rec
+        return rec
+
+    # -- reading ---------------------------------------------------------------------------
+    def get(self, recording_id: str) -> RecordingRow:
+        return self.catalog.recording(recording_id)
+
+    def list(self, **filters: Any) -> list[RecordingRow]:
+        return self.catalog.recordings(**filters)
+
+    def data_key(self, row: RecordingRow) -> bytes:
+        if row.wrapped_dek is None or row.key_ref is None:
+            raise NotReadable(f"recording {row.id} has no data key (status {row.status})")
+        kek = self.keyring.kek(row.tenant, row.key_ref)
+        return unwrap_dek(kek, row.tenant, row.id, row.key_ref, row.wrapped_dek)
+
+    @contextlib.contextmanager
+    def open_reader(self, recording_id: str) -> Iterator[RecordingReader]:
+        """A verifying reader over a finished recording's blob."""
+        row = self.get(recording_id)
+        if row.status not in (RecordingStatus.COMPLETE, RecordingStatus.INCOMPLETE):
+            reason = f" ({row.status_reason})" if row.status_reason else ""
+            raise NotReadable(f"recording {recording_id} is {row.status.value}{reason}")
+        dek = self.data_key(row)
+        assert row.blob_path is not None
+        path = self.blobs.path(row.blob_path)
+        try:
+            stream = path.open("rb")
+        except FileNotFoundError:
+            raise NotReadable(f"recording {recording_id}: its blob is missing") from None
+        with stream:
+            expected = row.chunk_count if row.status is RecordingStatus.INCOMPLETE else None
+            yield RecordingReader(stream, dek, recording_id, expected_chunks=expected)
+
+    def audit(self, *, actor: str, action: str, **kwargs: Any) -> None:
+        with self.catalog.transaction() as db:
+            self.catalog.audit(db, actor=actor, action=action, **kwargs)
+
+    # -- recovery --------------------------------------------------------------------------
+    def recover(self) -> list[RecoveryResult]:
+        """Finish what dead writers left in ``recording``: keep every sealed chunk."""
+        results = []
+        for row in self.catalog.recordings(status=RecordingStatus.RECORDING):
+            if row.writer_id == self.writer_id:
+                continue
+            lock = self._try_lock_writer(row.writer_id)
+            if lock is None:
+                continue  # its writer is alive
+            try:
+                result = self._recover_one(self.get(row.id))
+            finally:
+                os.close(lock)
+            if result is not None:
+                results.append(result)
+        self._sweep_dead_locks()
+        return results
+
+    def _try_lock_writer(self, writer_id: str | None) -> int | None:
+        if not writer_id:
+            return os.open(os.devnull, os.O_RDONLY)
+        fd = os.open(self._locks / f"{writer_id}.lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _sweep_dead_locks(self) -> None:
+        for path in self._locks.glob("*.lock"):
+            if path.stem == self.writer_id:
+                continue
+            fd = self._try_lock_writer(path.stem)
+            if fd is not None:
+                if not self.catalog.recordings(status=RecordingStatus.RECORDING):
+                    path.unlink(missing_ok=True)
+                os.close(fd)
+
+    def _recover_one(self, row: RecordingRow) -> RecoveryResult | None:
+        if row.status is not RecordingStatus.RECORDING:
+            return None
+        assert row.blob_path is not None
+        final = self.blobs.path(row.blob_path)
+        part = final.with_name(final.name.removesuffix(".rec") + PART_SUFFIX)
+        chunks, end_offset, duration, ended_cleanly = 0, 0, 0, False
+        source = part if part.exists() else final if final.exists() else None
+        if source is not None:
+            try:
+                with source.open("rb") as fh:
+                    reader = RecordingReader(fh, self.data_key(row), row.id)
+                    end_offset = fh.tell()  # just past the header
+                    for chunk in reader.chunks(stop_at_damage=True):
+                        chunks += 1
+                        end_offset = chunk.end_offset
+                        ended_cleanly = chunk.final
+                        for f in chunk.frames:
+                            duration = max(duration, f.timestamp_ms + _frame_ms(row, f.payload))
+            except (FormatError, OSError) as exc:
+                log.warning("recording %s: blob unreadable during recovery: %s", row.id, exc)
+        reason = f"recovered after writer {row.writer_id} stopped"
+        if chunks == 0:
+            status = RecordingStatus.FAILED
+            reason += "; no audio was sealed"
+        elif ended_cleanly:
+            status = RecordingStatus.COMPLETE
+        else:
+            status = RecordingStatus.INCOMPLETE
+        values: dict[str, Any] = {"status": status.value, "status_reason": reason}
+        if chunks:
+            with source.open("r+b") as fh:  # type: ignore[union-attr]
+                fh.truncate(end_offset)
+                os.fsync(fh.fileno())
+            if source == part:
+                os.replace(part, final)
+            size, digest = sha256_file(final)
+            values.update(
+                blob_size=size,
+                blob_digest=digest,
+                chunk_count=chunks,
+                duration_ms=duration,
+                ended_at=utc_iso(_add_ms(row.started_at, duration)),
+            )
+        else:
+            values.update(wrapped_dek=None, chunk_count=0, duration_ms=0)
+        with self.catalog.transaction() as db:
+            if not self.catalog.update_recording(
+                db, row.id, expect_status=RecordingStatus.RECORDING, **values
+            ):
+                return None
+            self.catalog.audit(
+                db,
+                actor="system",
+                action="recording.recovered",
+                tenant=row.tenant,
+                target=row.id,
+                detail={"status": status.value, "chunks": chunks, "duration_ms": duration},
+            )
+        if not chunks:
+            self.blobs.delete(row.blob_path)
+        log.warning("recording %s recovered as %s (%d chunks)", row.id, status.value, chunks)
+        return RecoveryResult(row.id, status, chunks, duration)
+
+
+class Recording:
+    """A recording being written. ``append`` is cheap and never touches the disk itself."""
+
+    def __init__(
+        self, vault: Vault, header: RecordingHeader, writer: EncryptingWriter, blob: BlobFile
+    ) -> None:
+        self.vault = vault
+        self.header = header
+        self.id = header.recording_id
+        self.tenant = header.tenant_id
+        self._writer = writer
+        self._blob = blob
+        self._end_ms = 0
+        self._bytes_per_ms = BYTES_PER_SAMPLE[header.codec] * header.sample_rate / 1000
+        self.row: RecordingRow | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self._blob.error is not None
+
+    @property
+    def frames(self) -> int:
+        return self._writer.frames
+
+    def append(self, track: int, timestamp_ms: int, payload: bytes) -> None:
+        if self._blob.error is not None:
+            raise VaultWriteError(f"recording {self.id}: {self._blob.error.strerror}")
+        self._writer.append(track, timestamp_ms, payload)
+        end = timestamp_ms + int(len(payload) / self._bytes_per_ms)
+        if end > self._end_ms:
+            self._end_ms = end
+
+    def flush(self) -> None:
+        """Seal buffered audio now, e.g. when a stream has gone quiet."""
+        if self._blob.error is None:
+            self._writer.flush()
+
+    def wait_written(self) -> None:
+        """Block until every sealed chunk is on disk (tests and tools; the service never waits)."""
+        self._blob.wait()
+
+    def close(self, *, reason: str | None = None) -> RecordingRow:
+        """Seal the final chunk, make the blob durable and mark the row. Idempotent."""
+        if self.row is not None:
+            return self.row
+        vault = self.vault
+        try:
+            if self._blob.error is None:
+                self._writer.close()
+            info = self._blob.finish()
+            status = RecordingStatus.COMPLETE
+            chunks = info.units - 1
+        except BlobWriteError as exc:
+            info = self._blob.abandon()
+            chunks = max(info.units - 1, 0)
+            status = RecordingStatus.INCOMPLETE if chunks else RecordingStatus.FAILED
+            reason = f"blob write failed: {exc.strerror}"
+            log.error("recording %s: %s; kept %d sealed chunks", self.id, reason, chunks)
+        values: dict[str, Any] = {
+            "status": status.value,
+            "status_reason": reason,
+            "ended_at": utc_iso(vault.clock()),
+            "duration_ms": self._end_ms if chunks else 0,
+            "blob_size": info.size,
+            "blob_digest": info.sha256,
+            "chunk_count": chunks,
+        }
+        if status is RecordingStatus.FAILED:
+            values["wrapped_dek"] = None
+        with vault.catalog.transaction() as db:
+            vault.catalog.update_recording(db, self.id, **values)
+        if status is RecordingStatus.FAILED:
+            vault.blobs.delete(info.relpath)
+        vault.open_recordings.pop(self.id, None)
+        self.row = vault.get(self.id)
+        return self.row
+
+    async def aclose(self, *, reason: str | None = None) -> RecordingRow:
+        return await asyncio.to_thread(self.close, reason=reason)
+
+    def discard(self, *, reason: str, actor: str = "system") -> RecordingRow:
+        """Throw the recording away (e.g. consent withdrawn): key destroyed, blob deleted."""
+        if self.row is not None:
+            raise VaultError(f"recording {self.id} is already {self.row.status.value}")
+        vault = self.vault
+        self._writer.abort()
+        self._blob.discard()
+        with vault.catalog.transaction() as db:
+            vault.catalog.update_recording(
+                db,
+                self.id,
+                status=RecordingStatus.DISCARDED.value,
+                status_reason=reason,
+                ended_at=utc_iso(vault.clock()),
+                wrapped_dek=None,
+                duration_ms=0,
+                chunk_count=0,
+            )
+            vault.catalog.audit(
+                db,
+                actor=actor,
+                action="recording.discarded",
+                tenant=self.tenant,
+                target=self.id,
+                detail={"reason": reason},
+            )
+        vault.blobs.delete(vault.blobs.relpath(self.tenant, self.id))
+        vault.open_recordings.pop(self.id, None)
+        self.row = vault.get(self.id)
+        return self.row
+
+
+def _caller_aad(tenant: str, call_id: str) -> bytes:
+    return f"ivr caller v1\x00{tenant}\x00{call_id}".encode()
+
+
+def _frame_ms(row: RecordingRow, payload: bytes) -> int:
+    return int(len(payload) * 1000 / (BYTES_PER_SAMPLE.get(row.codec, 1) * row.sample_rate))
+
+
+def _add_ms(iso: str, ms: int) -> datetime:
+    return parse_utc(iso) + timedelta(milliseconds=ms)
+
+
+__all__ = [
+    "CatalogError",
+    "LawfulBasis",
+    "NotReadable",
+    "Recording",
+    "RecordingStatus",
+    "RecoveryResult",
+    "Vault",
+    "VaultError",
+    "VaultWriteError",
+]
