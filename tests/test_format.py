@@ -1,0 +1,332 @@
+"""The container format: known answer, round trips, and every tamper case it must catch."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storage.format import (
+    CHUNK_LENGTH,
+    PREAMBLE,
+    FormatError,
+    RecordingHeader,
+)
+from storage.reader import RecordingReader
+from storage.writer import EncryptingWriter, WriterClosed
+from tests.independent_decrypter import decrypt as independent_decrypt
+
+VECTORS = Path(__file__).parent / "vectors"
+KAT = json.loads((VECTORS / "kat-v1.json").read_text())
+DEK = os.urandom(32)
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        self.writes.append(data)
+
+
+def header(rid: str = "rec_test", prefix: bytes | None = None, **kw) -> RecordingHeader:
+    fields = dict(
+        recording_id=rid,
+        tenant_id="acme",
+        codec="pcmu",
+        sample_rate=8000,
+        tracks=("caller", "agent"),
+        chunk_interval_ms=1000,
+        nonce_prefix=prefix if prefix is not None else os.urandom(7),
+    )
+    fields.update(kw)
+    return RecordingHeader(**fields)
+
+
+def record(frames, *, dek: bytes = DEK, hdr: RecordingHeader | None = None) -> tuple[bytes, list]:
+    sink = Collect()
+    writer = EncryptingWriter(hdr or header(), dek, sink)
+    for track, ts, payload in frames:
+        writer.append(track, ts, payload)
+    writer.close()
+    return bytes(sink.data), sink.writes
+
+
+def read_all(blob: bytes, rid: str = "rec_test", dek: bytes = DEK, expected=None):
+    reader = RecordingReader(io.BytesIO(blob), dek, rid, expected_chunks=expected)
+    return [(f.track, f.timestamp_ms, f.payload) for f in reader.frames()]
+
+
+def five_second_call() -> list[tuple[int, int, bytes]]:
+    return [(t, i * 20, bytes([(i + t) % 256]) * 160) for i in range(250) for t in (0, 1)]
+
+
+def chunk_spans(blob: bytes) -> list[tuple[int, int]]:
+    """(start, end) byte offsets of each chunk, from the length prefixes alone."""
+    pos = PREAMBLE.size + PREAMBLE.unpack_from(blob)[2]
+    spans = []
+    while pos < len(blob):
+        (n,) = CHUNK_LENGTH.unpack_from(blob, pos)
+        spans.append((pos, pos + CHUNK_LENGTH.size + n))
+        pos += CHUNK_LENGTH.size + n
+    return spans
+
+
+# -- known answer ---------------------------------------------------------------------------------
+def kat_header() -> RecordingHeader:
+    h = KAT["header"]
+    return RecordingHeader(
+        recording_id=h["recording_id"],
+        tenant_id=h["tenant_id"],
+        codec=h["codec"],
+        sample_rate=h["sample_rate"],
+        tracks=tuple(h["tracks"]),
+        chunk_interval_ms=h["chunk_interval_ms"],
+        nonce_prefix=bytes.fromhex(h["nonce_prefix"]),
+    )
+
+
+def test_writer_reproduces_the_committed_known_answer_vector():
+    frames = [(t, ts, bytes.fromhex(p)) for t, ts, p in KAT["frames"]]
+    blob, _ = record(frames, dek=bytes.fromhex(KAT["data_key"]), hdr=kat_header())
+    assert blob == (VECTORS / "kat-v1.bin").read_bytes()
+
+
+def test_known_answer_vector_decrypts_to_its_inputs():
+    blob = (VECTORS / "kat-v1.bin").read_bytes()
+    dek = bytes.fromhex(KAT["data_key"])
+    expected = [(t, ts, bytes.fromhex(p)) for t, ts, p in KAT["frames"]]
+    assert read_all(blob, KAT["header"]["recording_id"], dek) == expected
+    header_fields, frames = independent_decrypt(blob, dek)
+    assert frames == expected
+    assert header_fields["nonce_prefix"] == KAT["header"]["nonce_prefix"]
+
+
+def test_known_answer_vector_is_printed_in_the_spec():
+    spec = (Path(__file__).parent.parent / "docs" / "recording-format.md").read_text()
+    hex_in_spec = "".join(
+        line.strip() for line in spec.split("```kat-v1.bin\n")[1].split("```")[0].splitlines()
+    )
+    assert hex_in_spec == (VECTORS / "kat-v1.bin").read_bytes().hex()
+
+
+# -- round trips ----------------------------------------------------------------------------------
+frame_lists = st.lists(
+    st.tuples(st.integers(0, 1), st.integers(0, 0xFFFFFFFF), st.binary(min_size=0, max_size=400)),
+    max_size=120,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(frames=frame_lists, interval=st.integers(1, 3000))
+def test_any_frame_sequence_round_trips(frames, interval):
+    hdr = header(chunk_interval_ms=interval)
+    blob, _ = record(frames, hdr=hdr)
+    assert read_all(blob) == frames
+    assert independent_decrypt(blob, DEK)[1] == frames
+
+
+@settings(max_examples=50, deadline=None)
+@given(frames=frame_lists)
+def test_no_chunk_exceeds_its_limit_and_chunks_follow_media_time(frames):
+    hdr = header(chunk_interval_ms=1000)
+    sink = Collect()
+    writer = EncryptingWriter(hdr, DEK, sink, max_chunk_bytes=70_000)
+    for f in frames:
+        writer.append(*f)
+    writer.close()
+    reader = RecordingReader(io.BytesIO(bytes(sink.data)), DEK, "rec_test")
+    chunks = list(reader.chunks())
+    assert chunks[-1].final and not any(c.final for c in chunks[:-1])
+    for c in chunks:
+        size = sum(7 + len(f.payload) for f in c.frames)
+        assert size <= 70_000
+
+
+def test_a_chunk_is_sealed_per_interval_of_media_time():
+    _, writes = record(five_second_call())
+    # header, then chunks for 0-1 s, 1-2, 2-3, 3-4 and the final 4-5 s
+    assert len(writes) == 1 + 5
+
+
+def test_flush_seals_pending_audio_and_close_marks_the_end():
+    sink = Collect()
+    writer = EncryptingWriter(header(), DEK, sink)
+    writer.append(0, 0, b"\x01" * 160)
+    writer.flush()
+    writer.flush()  # nothing pending: no empty chunk
+    assert len(sink.writes) == 2
+    writer.close()
+    writer.close()
+    assert len(sink.writes) == 3
+    with pytest.raises(WriterClosed):
+        writer.append(0, 20, b"\x01")
+    assert read_all(bytes(sink.data)) == [(0, 0, b"\x01" * 160)]
+
+
+@pytest.mark.parametrize(
+    ("track", "ts", "payload"),
+    [(2, 0, b""), (-1, 0, b""), (0, -1, b""), (0, 2**32, b""), (0, 0, b"x" * 65536)],
+)
+def test_writer_rejects_frames_the_format_cannot_hold(track, ts, payload):
+    writer = EncryptingWriter(header(), DEK, Collect())
+    with pytest.raises(ValueError):
+        writer.append(track, ts, payload)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"codec": "mp3"},
+        {"sample_rate": 4000},
+        {"tracks": ()},
+        {"tracks": ("caller", "caller")},
+        {"nonce_prefix": b"short"},
+        {"tenant_id": "a b"},
+        {"recording_id": "../../etc"},
+        {"chunk_interval_ms": 0},
+    ],
+)
+def test_header_rejects_bad_fields(change):
+    with pytest.raises(FormatError):
+        header(**change)
+
+
+# -- tampering ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sealed() -> bytes:
+    return record(five_second_call())[0]
+
+
+def expect_failure(blob: bytes, *, chunk: int | None, rid: str = "rec_test", expected=None):
+    with pytest.raises(FormatError) as err:
+        read_all(blob, rid, expected=expected)
+    assert err.value.recording_id == rid
+    assert rid in str(err.value)
+    if chunk is not None:
+        assert err.value.chunk == chunk
+        assert f"chunk {chunk}" in str(err.value)
+    return err.value
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_every_flipped_bit_is_detected(sealed, data):
+    position = data.draw(st.integers(0, len(sealed) - 1))
+    bit = data.draw(st.integers(0, 7))
+    damaged = bytearray(sealed)
+    damaged[position] ^= 1 << bit
+    with pytest.raises(FormatError) as err:
+        read_all(bytes(damaged))
+    assert "rec_test" in str(err.value)
+    header_end = PREAMBLE.size + PREAMBLE.unpack_from(sealed)[2]
+    if position >= header_end:
+        spans = chunk_spans(sealed)
+        hit = next(i for i, (a, b) in enumerate(spans) if a <= position < b)
+        # A damaged length prefix may be reported at that chunk or as a truncation after it.
+        assert err.value.chunk is not None and err.value.chunk >= hit
+
+
+def test_dropped_chunk_is_detected(sealed):
+    spans = chunk_spans(sealed)
+    a, b = spans[2]
+    expect_failure(sealed[:a] + sealed[b:], chunk=2)
+
+
+def test_duplicated_chunk_is_detected(sealed):
+    a, b = chunk_spans(sealed)[1]
+    expect_failure(sealed[:b] + sealed[a:b] + sealed[b:], chunk=2)
+
+
+def test_reordered_chunks_are_detected(sealed):
+    spans = chunk_spans(sealed)
+    (a1, b1), (a2, b2) = spans[1], spans[2]
+    swapped = sealed[:a1] + sealed[a2:b2] + sealed[a1:b1] + sealed[b2:]
+    expect_failure(swapped, chunk=1)
+
+
+def test_truncation_at_a_chunk_boundary_is_detected(sealed):
+    a, _ = chunk_spans(sealed)[-1]
+    err = expect_failure(sealed[:a], chunk=4)
+    assert "final chunk" in err.reason
+
+
+def test_truncation_inside_a_chunk_is_detected(sealed):
+    a, b = chunk_spans(sealed)[3]
+    expect_failure(sealed[: (a + b) // 2], chunk=3)
+
+
+def test_data_after_the_final_chunk_is_detected(sealed):
+    err = expect_failure(sealed + b"\x00", chunk=5)
+    assert "after the final chunk" in err.reason
+
+
+def test_final_chunk_cannot_be_replaced_by_a_non_final_one(sealed):
+    # Cut the final chunk and append one that a writer sealed as non-final at the same index.
+    sink = Collect()
+    hdr = header(
+        prefix=bytes.fromhex(json.loads(sealed[12 : chunk_spans(sealed)[0][0]])["nonce_prefix"])
+    )
+    writer = EncryptingWriter(hdr, DEK, sink)
+    for f in five_second_call():
+        writer.append(*f)
+    writer.flush()
+    non_final = sink.writes[-1]
+    a, _ = chunk_spans(sealed)[-1]
+    expect_failure(sealed[:a] + non_final, chunk=5)
+
+
+def test_header_swapped_between_recordings_is_detected():
+    first, _ = record(five_second_call(), hdr=header("rec_first"))
+    second, _ = record(five_second_call(), hdr=header("rec_second"))
+    h1 = chunk_spans(first)[0][0]
+    h2 = chunk_spans(second)[0][0]
+    # Second recording's chunks under the first's header, read as the second recording.
+    err = expect_failure(first[:h1] + second[h2:], chunk=None, rid="rec_second")
+    assert "rec_first" in str(err) and "swapped" in str(err)
+    # Read as the first recording (whose id the header claims), the chunks do not authenticate.
+    expect_failure(first[:h1] + second[h2:], chunk=0, rid="rec_first")
+
+
+def test_altered_header_field_fails_authentication(sealed):
+    damaged = sealed.replace(b'"sample_rate":8000', b'"sample_rate":8001')
+    assert damaged != sealed
+    expect_failure(damaged, chunk=0)
+
+
+def test_wrong_data_key_fails_at_the_first_chunk(sealed):
+    with pytest.raises(FormatError) as err:
+        read_all(sealed, dek=os.urandom(32))
+    assert err.value.chunk == 0
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: b"NOTREC" + b[6:],
+        lambda b: b[:6] + struct.pack(">H", 2) + b[8:],
+        lambda b: b[:8] + struct.pack(">I", 1 << 30) + b[12:],
+        lambda b: b[:5],
+    ],
+    ids=["magic", "version", "header-length", "too-short"],
+)
+def test_malformed_preamble_is_rejected(sealed, mangle):
+    with pytest.raises(FormatError):
+        read_all(mangle(sealed))
+
+
+def test_incomplete_blob_reads_exactly_the_chunks_the_catalog_recorded(sealed):
+    a, _ = chunk_spans(sealed)[-1]
+    cut = sealed[:a]
+    assert len(read_all(cut, expected=4)) == 4 * 100
+    expect_failure(cut, chunk=4, expected=5)  # catalog says more: truncated
+    b = chunk_spans(sealed)[2][0]
+    expect_failure(sealed[:b], chunk=2, expected=4)
