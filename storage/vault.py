@@ -227,6 +227,10 @@ class Vault:
         self.open_recordings[recording_id] = rec
         return rec
 
+    async def astart_recording(self, **kwargs: Any) -> Recording:
+        """``start_recording`` for the event loop: the durable key-row commit runs off-loop."""
+        return await asyncio.to_thread(lambda: self.start_recording(**kwargs))
+
     # -- reading ---------------------------------------------------------------------------
     def get(self, recording_id: str) -> RecordingRow:
         return self.catalog.recording(recording_id)
