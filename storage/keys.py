@@ -197,6 +197,8 @@ class Keyring:
         try:
             st = self.path.stat()
             doc = json.loads(self.path.read_bytes())
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
             if doc.get("format") != "ivr-keyring" or doc.get("version") != 1:
                 raise ValueError("not an ivr keyring of version 1")
             check = base64.b64decode(doc["master_check"], validate=True)

@@ -306,39 +306,46 @@ class Vault:
                     path.unlink(missing_ok=True)
                 os.close(fd)
 
+    def scan_blob(self, row: RecordingRow, path: Path) -> BlobScan:
+        """Verify a blob's chunks from the start up to the first damage or the end."""
+        scan = BlobScan()
+        try:
+            with path.open("rb") as fh:
+                reader = RecordingReader(fh, self.data_key(row), row.id)
+                scan.end_offset = fh.tell()  # just past the header
+                for chunk in reader.chunks(stop_at_damage=True):
+                    scan.chunks += 1
+                    scan.end_offset = chunk.end_offset
+                    scan.final = chunk.final
+                    for f in chunk.frames:
+                        scan.duration_ms = max(
+                            scan.duration_ms, f.timestamp_ms + _frame_ms(row, f.payload)
+                        )
+        except (FormatError, OSError) as exc:
+            log.warning("recording %s: blob unreadable: %s", row.id, exc)
+        return scan
+
     def _recover_one(self, row: RecordingRow) -> RecoveryResult | None:
         if row.status is not RecordingStatus.RECORDING:
             return None
         assert row.blob_path is not None
         final = self.blobs.path(row.blob_path)
         part = final.with_name(final.name.removesuffix(".rec") + PART_SUFFIX)
-        chunks, end_offset, duration, ended_cleanly = 0, 0, 0, False
         source = part if part.exists() else final if final.exists() else None
-        if source is not None:
-            try:
-                with source.open("rb") as fh:
-                    reader = RecordingReader(fh, self.data_key(row), row.id)
-                    end_offset = fh.tell()  # just past the header
-                    for chunk in reader.chunks(stop_at_damage=True):
-                        chunks += 1
-                        end_offset = chunk.end_offset
-                        ended_cleanly = chunk.final
-                        for f in chunk.frames:
-                            duration = max(duration, f.timestamp_ms + _frame_ms(row, f.payload))
-            except (FormatError, OSError) as exc:
-                log.warning("recording %s: blob unreadable during recovery: %s", row.id, exc)
+        scan = self.scan_blob(row, source) if source is not None else BlobScan()
         reason = f"recovered after writer {row.writer_id} stopped"
-        if chunks == 0:
+        if scan.chunks == 0:
             status = RecordingStatus.FAILED
             reason += "; no audio was sealed"
-        elif ended_cleanly:
+        elif scan.final:
             status = RecordingStatus.COMPLETE
         else:
             status = RecordingStatus.INCOMPLETE
         values: dict[str, Any] = {"status": status.value, "status_reason": reason}
-        if chunks:
-            with source.open("r+b") as fh:  # type: ignore[union-attr]
-                fh.truncate(end_offset)
+        if scan.chunks:
+            assert source is not None
+            with source.open("r+b") as fh:
+                fh.truncate(scan.end_offset)
                 os.fsync(fh.fileno())
             if source == part:
                 os.replace(part, final)
@@ -346,9 +353,9 @@ class Vault:
             values.update(
                 blob_size=size,
                 blob_digest=digest,
-                chunk_count=chunks,
-                duration_ms=duration,
-                ended_at=utc_iso(_add_ms(row.started_at, duration)),
+                chunk_count=scan.chunks,
+                duration_ms=scan.duration_ms,
+                ended_at=utc_iso(_add_ms(row.started_at, scan.duration_ms)),
             )
         else:
             values.update(wrapped_dek=None, chunk_count=0, duration_ms=0)
@@ -363,12 +370,24 @@ class Vault:
                 action="recording.recovered",
                 tenant=row.tenant,
                 target=row.id,
-                detail={"status": status.value, "chunks": chunks, "duration_ms": duration},
+                detail={
+                    "status": status.value,
+                    "chunks": scan.chunks,
+                    "duration_ms": scan.duration_ms,
+                },
             )
-        if not chunks:
+        if not scan.chunks:
             self.blobs.delete(row.blob_path)
-        log.warning("recording %s recovered as %s (%d chunks)", row.id, status.value, chunks)
-        return RecoveryResult(row.id, status, chunks, duration)
+        log.warning("recording %s recovered as %s (%d chunks)", row.id, status.value, scan.chunks)
+        return RecoveryResult(row.id, status, scan.chunks, scan.duration_ms)
+
+
+@dataclass(slots=True)
+class BlobScan:
+    chunks: int = 0
+    end_offset: int = 0
+    duration_ms: int = 0
+    final: bool = False
 
 
 class Recording:
@@ -398,7 +417,10 @@ class Recording:
     def append(self, track: int, timestamp_ms: int, payload: bytes) -> None:
         if self._blob.error is not None:
             raise VaultWriteError(f"recording {self.id}: {self._blob.error.strerror}")
-        self._writer.append(track, timestamp_ms, payload)
+        try:
+            self._writer.append(track, timestamp_ms, payload)
+        except BlobWriteError as exc:  # the disk failed between the check above and the seal
+            raise VaultWriteError(f"recording {self.id}: {exc.strerror}") from None
         end = timestamp_ms + int(len(payload) / self._bytes_per_ms)
         if end > self._end_ms:
             self._end_ms = end
@@ -406,7 +428,10 @@ class Recording:
     def flush(self) -> None:
         """Seal buffered audio now, e.g. when a stream has gone quiet."""
         if self._blob.error is None:
-            self._writer.flush()
+            try:
+                self._writer.flush()
+            except BlobWriteError as exc:
+                raise VaultWriteError(f"recording {self.id}: {exc.strerror}") from None
 
     def wait_written(self) -> None:
         """Block until every sealed chunk is on disk (tests and tools; the service never waits)."""
@@ -429,11 +454,15 @@ class Recording:
             status = RecordingStatus.INCOMPLETE if chunks else RecordingStatus.FAILED
             reason = f"blob write failed: {exc.strerror}"
             log.error("recording %s: %s; kept %d sealed chunks", self.id, reason, chunks)
+        duration = self._end_ms
+        if status is RecordingStatus.INCOMPLETE:
+            # Only what reached the disk counts; measure it rather than trust the appends.
+            duration = vault.scan_blob(vault.get(self.id), self._blob.final).duration_ms
         values: dict[str, Any] = {
             "status": status.value,
             "status_reason": reason,
             "ended_at": utc_iso(vault.clock()),
-            "duration_ms": self._end_ms if chunks else 0,
+            "duration_ms": duration if chunks else 0,
             "blob_size": info.size,
             "blob_digest": info.sha256,
             "chunk_count": chunks,
