@@ -1,0 +1,1 @@
+"""Thin translators between platforms' wire messages and the consent flow's events/commands."""
