@@ -105,9 +105,11 @@ def export_wav(
         raise ValueError(
             f"recording {recording_id} has {len(row.tracks)} tracks; WAV export takes 2"
         )
+    expected = (row.duration_ms or 0) * row.sample_rate // 1000
+    timeline = Timeline(row.codec, row.sample_rate, len(row.tracks), expected_samples=expected)
     with vault.open_reader(recording_id) as reader:
-        timeline = Timeline(row.codec, row.sample_rate, len(row.tracks))
-        timeline.add(reader.frames())
+        for batch in reader.batches():
+            timeline.add_arrays(batch.tracks, batch.timestamps_ms, batch.lengths, batch.payload)
     samples = timeline.samples()
     if "caller" in row.tracks and row.tracks.index("caller") != 0:
         samples = samples[:, ::-1]

@@ -146,7 +146,8 @@ def _as_uint16_view(samples: npt.NDArray[np.int16]) -> npt.NDArray[np.uint16]:
 
 def ulaw_decode(data: Codes) -> npt.NDArray[np.int16]:
     """Decode μ-law code words (bytes or a uint8 array) to int16 linear PCM of the same shape."""
-    return ULAW_DECODE_TABLE[_as_codes(data)]
+    # take() is about twice as fast as fancy indexing for a 256-entry table.
+    return ULAW_DECODE_TABLE.take(_as_codes(data))
 
 
 def ulaw_encode(samples: npt.NDArray[np.int16]) -> bytes:
@@ -156,7 +157,7 @@ def ulaw_encode(samples: npt.NDArray[np.int16]) -> bytes:
 
 def alaw_decode(data: Codes) -> npt.NDArray[np.int16]:
     """Decode A-law code words (bytes or a uint8 array) to int16 linear PCM of the same shape."""
-    return ALAW_DECODE_TABLE[_as_codes(data)]
+    return ALAW_DECODE_TABLE.take(_as_codes(data))
 
 
 def alaw_encode(samples: npt.NDArray[np.int16]) -> bytes:

@@ -38,13 +38,16 @@ def decode(codec: str, data: bytes) -> npt.NDArray[np.int16]:
 class Timeline:
     """A growing (samples, tracks) int16 array that frames are written into."""
 
-    def __init__(self, codec: str, sample_rate: int, n_tracks: int) -> None:
+    def __init__(
+        self, codec: str, sample_rate: int, n_tracks: int, *, expected_samples: int = 0
+    ) -> None:
         if codec not in SAMPLE_BYTES:
             raise ValueError(f"unknown codec {codec!r}")
         self.codec = codec
         self.sample_rate = sample_rate
         self.n_tracks = n_tracks
-        self._audio = np.zeros((0, n_tracks), dtype=np.int16)
+        # Sized up front when the length is known, so an hour is not copied while doubling.
+        self._audio = np.zeros((max(expected_samples, 0), n_tracks), dtype=np.int16)
         self.length = 0
 
     def add(self, frames: Iterable[TimedFrame]) -> None:
@@ -52,27 +55,53 @@ class Timeline:
         for frame in frames:
             batch.append(frame)
             if len(batch) == _BATCH:
-                self._add_batch(batch)
+                self._add_frames(batch)
                 batch = []
         if batch:
-            self._add_batch(batch)
+            self._add_frames(batch)
 
-    def _add_batch(self, batch: list[TimedFrame]) -> None:
-        width = SAMPLE_BYTES[self.codec]
-        samples = decode(self.codec, b"".join(f.payload for f in batch))
-        lengths = np.fromiter((len(f.payload) // width for f in batch), np.int64, len(batch))
-        starts = np.fromiter(
-            (f.timestamp_ms * self.sample_rate // 1000 for f in batch), np.int64, len(batch)
+    def _add_frames(self, batch: list[TimedFrame]) -> None:
+        n = len(batch)
+        self.add_arrays(
+            np.fromiter((f.track for f in batch), np.int64, n),
+            np.fromiter((f.timestamp_ms for f in batch), np.int64, n),
+            np.fromiter((len(f.payload) for f in batch), np.int64, n),
+            np.frombuffer(b"".join(f.payload for f in batch), dtype=np.uint8),
         )
-        tracks = np.fromiter((f.track for f in batch), np.int64, len(batch))
-        if tracks.size and (tracks.min() < 0 or tracks.max() >= self.n_tracks):
+
+    def add_arrays(
+        self,
+        tracks: npt.NDArray[np.integer],
+        timestamps_ms: npt.NDArray[np.integer],
+        lengths_bytes: npt.NDArray[np.integer],
+        payload: npt.NDArray[np.uint8],
+    ) -> None:
+        """Frames given column-wise; ``payload`` is their coded audio, concatenated in order."""
+        if not len(tracks):
+            return
+        tracks = tracks.astype(np.int64, copy=False)
+        if tracks.min() < 0 or tracks.max() >= self.n_tracks:
             raise ValueError("frame names a track outside the timeline")
-        end = int((starts + lengths).max(initial=0))
+        width = SAMPLE_BYTES[self.codec]
+        samples = decode(self.codec, payload)
+        lengths = lengths_bytes.astype(np.int64) // width
+        starts = timestamps_ms.astype(np.int64) * self.sample_rate // 1000
+        end = int((starts + lengths).max())
         self._grow(end)
-        # Sample i of the batch goes to its frame's start plus its offset within the frame.
-        first = np.cumsum(lengths) - lengths
-        position = np.arange(samples.size, dtype=np.int64) + np.repeat(starts - first, lengths)
-        self._audio[position, np.repeat(tracks, lengths)] = samples[: position.size]
+        flat = self._audio.reshape(-1)
+        if (lengths == lengths[0]).all():
+            # Equal frames (the usual case): positions by broadcasting, no repeat/cumsum.
+            offsets = np.arange(lengths[0], dtype=np.int64)
+            position = (starts[:, None] + offsets[None, :]) * self.n_tracks + tracks[:, None]
+            flat[position.reshape(-1)] = samples[: position.size]
+        else:
+            first = np.cumsum(lengths) - lengths
+            sample_pos = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(
+                starts - first, lengths
+            )
+            flat[sample_pos * self.n_tracks + np.repeat(tracks, lengths)] = samples[
+                : sample_pos.size
+            ]
         self.length = max(self.length, end)
 
     def _grow(self, end: int) -> None:

@@ -17,14 +17,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from storage.errors import VaultWriteError
 from storage.files import fsync_dir
 
 PART_SUFFIX = ".rec.part"
 FINAL_SUFFIX = ".rec"
-
-
-class BlobWriteError(OSError):
-    """Writing a blob failed (full disk, I/O error). Chunks already on disk are intact."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +88,7 @@ class BlobFile:
         self._hash = hashlib.sha256()
         self.size = 0
         self.units = 0
-        self.error: BlobWriteError | None = None
+        self.error: VaultWriteError | None = None
         self.closed = False
 
     def write(self, data: bytes) -> None:
@@ -132,7 +129,9 @@ class BlobFile:
         except OSError:
             pass
         reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        self.error = BlobWriteError(exc.errno or errno.EIO, f"writing {self.part.name}: {reason}")
+        self.error = VaultWriteError(f"writing {self.part.name}: {reason}")
+        self.error.errno = exc.errno or errno.EIO
+        self.error.strerror = reason
 
     def wait(self) -> None:
         """Block until everything queued so far is on disk (or has failed)."""

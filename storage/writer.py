@@ -10,6 +10,7 @@ to one interval of audio.
 
 from __future__ import annotations
 
+import struct
 from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -20,7 +21,6 @@ from storage.format import (
     MAX_CHUNK_PLAINTEXT,
     MAX_CHUNKS,
     MAX_PAYLOAD,
-    MAX_TIMESTAMP_MS,
     RecordingHeader,
     seal_chunk,
 )
@@ -37,6 +37,25 @@ class WriterClosed(RuntimeError):
 
 
 class EncryptingWriter:
+    __slots__ = (
+        "_aad",
+        "_aead",
+        "_buf",
+        "_interval",
+        "_last_off",
+        "_n_tracks",
+        "_pack",
+        "_prefix",
+        "_seal_at",
+        "_sink",
+        "_soft_limit",
+        "chunks_sealed",
+        "closed",
+        "frames",
+        "header",
+        "last_frame",
+    )
+
     def __init__(
         self,
         header: RecordingHeader,
@@ -63,30 +82,40 @@ class EncryptingWriter:
         self._pack = FRAME_HEAD.pack
         self.chunks_sealed = 0
         self.frames = 0
-        self.last_timestamp_ms: int | None = None
+        self._last_off = 0
+        # (timestamp_ms, payload length) of the last frame sealed: the recording's end.
+        self.last_frame: tuple[int, int] | None = None
         self.closed = False
         sink.write(self._aad)
 
     def append(self, track: int, timestamp_ms: int, payload: bytes) -> None:
-        """Add one frame. Cheap unless it completes a chunk, which is then sealed and written."""
-        if self.closed:
-            raise WriterClosed(f"recording {self.header.recording_id} is closed")
-        if not 0 <= track < self._n_tracks:
-            raise ValueError(f"track {track} out of range 0..{self._n_tracks - 1}")
-        if not 0 <= timestamp_ms <= MAX_TIMESTAMP_MS:
-            raise ValueError(f"timestamp {timestamp_ms} ms out of range")
-        if len(payload) > MAX_PAYLOAD:
-            raise ValueError(f"frame payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+        """Add one frame. Cheap unless it completes a chunk, which is then sealed and written.
+
+        This is the per-frame hot path of every call, so its checks are folded into work it
+        does anyway: ``struct.pack`` rejects a negative or oversized track, timestamp or length,
+        and the track count is checked once per chunk rather than per frame.
+        """
         buf = self._buf
-        if buf and (timestamp_ms >= self._seal_at or len(buf) > self._soft_limit):
-            self._seal(final=False)
-        if not buf:
+        if buf:
+            if timestamp_ms >= self._seal_at or len(buf) > self._soft_limit:
+                self._seal(final=False)
+                self._seal_at = timestamp_ms + self._interval
+        elif self.closed:
+            raise WriterClosed(f"recording {self.header.recording_id} is closed")
+        else:
             self._seal_at = timestamp_ms + self._interval
-        buf += self._pack(track, timestamp_ms, len(payload))
+        if track >= self._n_tracks:
+            raise ValueError(f"track {track} out of range 0..{self._n_tracks - 1}")
+        self._last_off = len(buf)
+        try:
+            buf += self._pack(track, timestamp_ms, len(payload))
+        except struct.error:
+            raise ValueError(
+                f"frame out of range: track {track}, timestamp {timestamp_ms} ms, "
+                f"{len(payload)} bytes (at most {MAX_PAYLOAD})"
+            ) from None
         buf += payload
         self.frames += 1
-        if self.last_timestamp_ms is None or timestamp_ms > self.last_timestamp_ms:
-            self.last_timestamp_ms = timestamp_ms
 
     def flush(self) -> None:
         """Seal what is buffered now (e.g. the stream went quiet); no-op when nothing is."""
@@ -111,6 +140,9 @@ class EncryptingWriter:
     def _seal(self, final: bool) -> None:
         if self.chunks_sealed >= MAX_CHUNKS - 1 and not final:
             raise OverflowError("chunk counter exhausted")
+        if self._buf:
+            _, ts, length = FRAME_HEAD.unpack_from(self._buf, self._last_off)
+            self.last_frame = (ts, length)
         data = seal_chunk(
             self._aead, self._aad, self._prefix, self.chunks_sealed, final, bytes(self._buf)
         )

@@ -330,3 +330,23 @@ def test_incomplete_blob_reads_exactly_the_chunks_the_catalog_recorded(sealed):
     expect_failure(cut, chunk=4, expected=5)  # catalog says more: truncated
     b = chunk_spans(sealed)[2][0]
     expect_failure(sealed[:b], chunk=2, expected=4)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    frames=frame_lists,
+    uniform=st.integers(1, 200),
+    make_uniform=st.booleans(),
+)
+def test_batches_match_frames(frames, uniform, make_uniform):
+    if make_uniform:  # exercise the fixed-size fast path as well as the general one
+        frames = [(t, ts, (p * uniform)[:uniform] or b"\x00" * uniform) for t, ts, p in frames]
+    blob, _ = record(frames)
+    reader = RecordingReader(io.BytesIO(blob), DEK, "rec_test")
+    got = []
+    for b in reader.batches():
+        offset = 0
+        for track, ts, length in zip(b.tracks, b.timestamps_ms, b.lengths, strict=True):
+            got.append((int(track), int(ts), b.payload[offset : offset + length].tobytes()))
+            offset += length
+    assert got == frames
