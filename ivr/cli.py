@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ivr import __version__
+from ivr.config import ConfigError
+from media.prompts import PromptError
 from media.wavfile import UnsupportedAudio
 from storage.catalog import CatalogError, LawfulBasis, RecordingStatus
 from storage.format import FormatError
@@ -20,10 +22,13 @@ from storage.keys import KeyCustodyError
 from storage.vault import Vault, VaultError
 
 DATA_DIR_ENV = "IVR_DATA_DIR"
+CONFIG_ENV = "IVR_CONFIG"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 # Failures an operator can act on: reported in one line, never as a traceback.
 EXPECTED_ERRORS = (
+    ConfigError,
+    PromptError,
     VaultError,
     CatalogError,
     KeyCustodyError,
@@ -210,9 +215,17 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 # -- serve ----------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ivr.config import load_config
     from ivr.service import serve
 
-    serve(data_dir=Path(args.data_dir), host=args.host, port=args.port)
+    config = load_config(Path(args.config) if args.config else None)
+    serve(
+        config=config,
+        data_dir=Path(args.data_dir),
+        host=args.host,
+        port=args.port,
+        json_logs=args.json_logs,
+    )
     return EXIT_OK
 
 
@@ -239,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = top.add_parser("serve", parents=[common], help="run the service")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    serve.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_ENV),
+        help=f"configuration file (env {CONFIG_ENV}; default: the embedded demo)",
+    )
+    serve.add_argument("--json-logs", action="store_true", help="log one JSON object per line")
     serve.set_defaults(func=cmd_serve)
 
     recs = top.add_parser("recordings", help="list, show, import and export recordings")

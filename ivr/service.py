@@ -1,55 +1,140 @@
-"""The aiohttp service. For now: the vault and ``/healthz``; the telephony adapters plug in here."""
+"""The aiohttp service: the vault, the Twilio webhooks and streams, and ``/healthz``.
+
+Resources are opened in ``cleanup_ctx`` generators, so that on SIGTERM aiohttp first runs the
+shutdown hooks (stop taking calls, close every stream, which finalises open recordings) and
+then closes the vault.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import AsyncIterator
+import resource
+import sys
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 
 from aiohttp import web
 
 from ivr import __version__
+from ivr.config import Config
+from ivr.prompt_library import PromptLibrary
+from ivr.stream_token import StreamTokens
+from ivr.twilio_app import TWILIO, TwilioCalls, add_routes
+from media.prompts import BUILTIN_SOUNDS
 from storage.catalog import RecordingStatus
+from storage.keys import now_utc
 from storage.vault import Vault
 
 log = logging.getLogger(__name__)
 
 VAULT = web.AppKey("vault", Vault)
 DATA_DIR = web.AppKey("data_dir", Path)
+CONFIG = web.AppKey("config", Config)
 
 
-async def _vault_ctx(app: web.Application) -> AsyncIterator[None]:
-    vault = await asyncio.to_thread(Vault, app[DATA_DIR])
-    app[VAULT] = vault
-    log.info("vault open at %s (writer %s)", app[DATA_DIR], vault.writer_id)
-    yield
-    # Open recordings are finished (final chunk sealed) before the process goes.
-    await asyncio.to_thread(vault.close)
-    log.info("vault closed")
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def create_app(
+    config: Config,
+    data_dir: Path,
+    *,
+    clock: Callable[[], datetime] = now_utc,
+    sounds_dir: Path = BUILTIN_SOUNDS,
+    fsync: bool = True,
+) -> web.Application:
+    app = web.Application()
+    app[DATA_DIR] = data_dir
+    app[CONFIG] = config
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        for warning in config.warnings:
+            log.warning("configuration: %s", warning)
+        prompts = await asyncio.to_thread(PromptLibrary.load, config, sounds_dir)
+        vault = await asyncio.to_thread(lambda: Vault(data_dir, clock=clock, fsync=fsync))
+        app[VAULT] = vault
+        app[TWILIO] = TwilioCalls(
+            config=config,
+            vault=vault,
+            prompts=prompts,
+            tokens=StreamTokens.random(config.stream_token_ttl_seconds),
+            clock=clock,
+        )
+        vault.audit(
+            actor="system",
+            action="config.loaded",
+            detail={
+                "source": str(config.source) if config.source else None,
+                "demo": config.demo,
+                "tenants": sorted(config.tenants),
+                "lines": len(config.lines),
+            },
+        )
+        log.info(
+            "serving %d line(s) for %d tenant(s)%s; vault at %s",
+            len(config.lines),
+            len(config.tenants),
+            " (embedded demo configuration)" if config.demo else "",
+            data_dir,
+        )
+        yield
+        await asyncio.to_thread(vault.close)
+        log.info("vault closed")
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_get("/healthz", healthz)
+    add_routes(app)
+    return app
 
 
 async def healthz(request: web.Request) -> web.Response:
     vault = request.app[VAULT]
-    recording = await asyncio.to_thread(lambda: len(vault.list(status=RecordingStatus.RECORDING)))
+    twilio = request.app[TWILIO]
+    in_progress = await asyncio.to_thread(lambda: len(vault.list(status=RecordingStatus.RECORDING)))
     return web.json_response(
         {
-            "status": "ok",
+            "status": "ok" if twilio.accepting else "stopping",
             "version": __version__,
+            "calls_in_progress": len(twilio.sessions),
             "open_recordings": len(vault.open_recordings),
-            "recordings_in_progress": recording,
+            "recordings_in_progress": in_progress,
+            "counters": dict(sorted(twilio.counters.items())),
+            "cpu_seconds": round(cpu_seconds(), 3),
         }
     )
 
 
-def create_app(data_dir: Path) -> web.Application:
-    app = web.Application()
-    app[DATA_DIR] = data_dir
-    app.cleanup_ctx.append(_vault_ctx)
-    app.router.add_get("/healthz", healthz)
-    return app
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line; call ids travel inside the message, never phone numbers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
-def serve(*, data_dir: Path, host: str, port: int) -> None:
-    # run_app turns SIGINT/SIGTERM into a graceful stop that runs the cleanup contexts.
-    web.run_app(create_app(data_dir), host=host, port=port, print=None)
+def serve(*, config: Config, data_dir: Path, host: str, port: int, json_logs: bool = False) -> None:
+    if json_logs:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLogFormatter())
+        logging.getLogger().handlers[:] = [handler]
+    # run_app turns SIGINT/SIGTERM into a graceful stop that runs the shutdown hooks and the
+    # cleanup contexts.
+    web.run_app(
+        create_app(config, data_dir),
+        host=host,
+        port=port,
+        print=lambda *_: log.info("listening on http://%s:%d", host, port),
+        shutdown_timeout=30.0,
+    )

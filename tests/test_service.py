@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from ivr.config import load_config
 from ivr.service import VAULT, create_app
 from storage.catalog import RecordingStatus
 
@@ -22,14 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 async def test_healthz_reports_the_vault(tmp_path, monkeypatch):
     monkeypatch.setenv("IVR_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
-    app = create_app(tmp_path)
+    app = create_app(load_config(None), tmp_path)
     async with TestClient(TestServer(app)) as client:
         rec = await app[VAULT].astart_recording(tenant="acme", lawful_basis="consent", purpose="q")
         resp = await client.get("/healthz")
         assert resp.status == 200
         body = await resp.json()
-        assert body["status"] == "ok"
+        assert body["status"] == "ok" and body["calls_in_progress"] == 0
         assert body["open_recordings"] == 1 and body["recordings_in_progress"] == 1
+        assert body["cpu_seconds"] > 0
         rec.append(0, 0, b"\xff" * 160)
     # Shutting the app down finished the open recording rather than leaving it to recovery.
     from storage.vault import Vault

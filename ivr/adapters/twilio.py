@@ -1,0 +1,299 @@
+"""Twilio wire format: webhook forms, TwiML, and Media Streams messages (PROTOCOLS.md §1).
+
+Pure translation, no I/O: text in, typed values out, and back. Everything Twilio sends is
+checked here; what cannot be trusted raises ``StreamError`` carrying the websocket close code
+the service should answer with, or comes back as ``Unknown`` so that it is counted, not lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from xml.etree import ElementTree as ET
+
+CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
+ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
+STREAM_SID = re.compile(r"^MZ[0-9a-fA-F]{32}$")
+
+# RFC 6455 close codes used by the service.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+
+MAX_MESSAGE_BYTES = 64 * 1024  # a media message carries 20 ms: a few hundred bytes
+MAX_MEDIA_PAYLOAD = 16 * 1024  # decoded bytes of one inbound media message (2 s of μ-law)
+
+
+class WebhookError(ValueError):
+    """A webhook form that cannot be a Twilio call (answered with HTTP 400)."""
+
+
+class StreamError(ValueError):
+    """A Media Streams message the service cannot accept; ``close_code`` says how to answer."""
+
+    def __init__(self, reason: str, close_code: int = CLOSE_INVALID_DATA) -> None:
+        super().__init__(reason)
+        self.close_code = close_code
+
+
+# -- webhooks -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class CallWebhook:
+    call_sid: str
+    account_sid: str
+    from_: str
+    to: str
+    call_status: str
+    direction: str
+    call_duration: int | None
+
+    @classmethod
+    def from_form(cls, form: Mapping[str, str]) -> CallWebhook:
+        def need(name: str) -> str:
+            value = form.get(name)
+            if not value:
+                raise WebhookError(f"missing form field {name}")
+            return value
+
+        call_sid = need("CallSid")
+        if not CALL_SID.match(call_sid):
+            raise WebhookError("CallSid is not CA followed by 32 hex digits")
+        account_sid = need("AccountSid")
+        if not ACCOUNT_SID.match(account_sid):
+            raise WebhookError("AccountSid is not AC followed by 32 hex digits")
+        duration = form.get("CallDuration")
+        if duration is not None and not duration.isdigit():
+            raise WebhookError("CallDuration is not a whole number of seconds")
+        return cls(
+            call_sid=call_sid,
+            account_sid=account_sid,
+            from_=form.get("From", ""),
+            to=need("To"),
+            call_status=form.get("CallStatus", ""),
+            direction=form.get("Direction", ""),
+            call_duration=int(duration) if duration is not None else None,
+        )
+
+
+# -- TwiML ----------------------------------------------------------------------------------------
+def _document(root: ET.Element) -> str:
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(root, encoding="unicode")
+
+
+def _stream(parent: ET.Element, url: str, parameters: Mapping[str, str], **attrs: str) -> None:
+    stream = ET.SubElement(parent, "Stream", {"url": url, **attrs})
+    for name, value in parameters.items():
+        ET.SubElement(stream, "Parameter", {"name": name, "value": value})
+
+
+def twiml_consent_stream(stream_url: str, parameters: Mapping[str, str], continue_url: str) -> str:
+    """Talk to the caller over a bidirectional stream; once we close it, Twilio continues."""
+    root = ET.Element("Response")
+    _stream(ET.SubElement(root, "Connect"), stream_url, parameters)
+    ET.SubElement(root, "Redirect", {"method": "POST"}).text = continue_url
+    return _document(root)
+
+
+def twiml_record_and_dial(stream_url: str, parameters: Mapping[str, str], dial: str) -> str:
+    """Fork both directions of the call to the recording stream, then connect the agent."""
+    root = ET.Element("Response")
+    _stream(
+        ET.SubElement(root, "Start"), stream_url, parameters, track="both_tracks", name="recording"
+    )
+    _dial(root, dial)
+    return _document(root)
+
+
+def twiml_dial(dial: str) -> str:
+    root = ET.Element("Response")
+    _dial(root, dial)
+    return _document(root)
+
+
+def _dial(root: ET.Element, target: str) -> None:
+    dial = ET.SubElement(root, "Dial")
+    if target.startswith("sip:"):
+        ET.SubElement(dial, "Sip").text = target
+    else:
+        dial.text = target
+
+
+def twiml_say_hangup(text: str, language: str = "en-US") -> str:
+    root = ET.Element("Response")
+    ET.SubElement(root, "Say", {"language": language}).text = text
+    ET.SubElement(root, "Hangup")
+    return _document(root)
+
+
+def twiml_hangup() -> str:
+    root = ET.Element("Response")
+    ET.SubElement(root, "Hangup")
+    return _document(root)
+
+
+# -- Media Streams: what Twilio sends -------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Connected:
+    protocol: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    sequence: int
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    tracks: tuple[str, ...]
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    sequence: int
+    track: str  # "inbound" (the caller) or "outbound"
+    timestamp_ms: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    sequence: int
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    sequence: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    event: str
+
+
+StreamMessage = Connected | Start | Media | Dtmf | Mark | Stop | Unknown
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+
+def _int(value: object, what: str) -> int:
+    # Twilio sends these as strings ("1"); accept numbers too rather than guess wrong.
+    if isinstance(value, bool):
+        raise StreamError(f"{what} is not a number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit() and len(value) <= 12:
+        return int(value)
+    raise StreamError(f"{what} is not a number")
+
+
+def _obj(message: dict, key: str) -> dict:
+    value = message.get(key)
+    if not isinstance(value, dict):
+        raise StreamError(f"{message.get('event')} message without a {key} object")
+    return value
+
+
+def parse_stream_message(text: str | bytes) -> StreamMessage:
+    """One websocket text frame from Twilio as a typed message."""
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise StreamError("message too large", CLOSE_TOO_BIG)
+    try:
+        message = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StreamError(f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise StreamError("message is not a JSON object")
+    event = message.get("event")
+    if event == "media":  # the hot path: 50 per second per track
+        media = _obj(message, "media")
+        payload = media.get("payload")
+        if not isinstance(payload, str):
+            raise StreamError("media message without a payload string")
+        if len(payload) > MAX_MEDIA_PAYLOAD * 4 // 3 + 4:
+            raise StreamError("media payload too large", CLOSE_TOO_BIG)
+        try:
+            audio = binascii.a2b_base64(payload, strict_mode=True)
+        except binascii.Error:
+            raise StreamError("media payload is not valid base64") from None
+        track = media.get("track", "inbound")
+        if track not in ("inbound", "outbound"):
+            raise StreamError(f"unknown media track {track!r}")
+        return Media(
+            _int(message.get("sequenceNumber"), "sequenceNumber"),
+            track,
+            _int(media.get("timestamp"), "media.timestamp"),
+            audio,
+        )
+    if event == "connected":
+        return Connected(str(message.get("protocol", "")), str(message.get("version", "")))
+    if event == "start":
+        start = _obj(message, "start")
+        call_sid = start.get("callSid")
+        if not isinstance(call_sid, str) or not CALL_SID.match(call_sid):
+            raise StreamError("start.callSid is missing or malformed", CLOSE_POLICY)
+        stream_sid = message.get("streamSid") or start.get("streamSid")
+        if not isinstance(stream_sid, str) or not STREAM_SID.match(stream_sid):
+            raise StreamError("streamSid is missing or malformed", CLOSE_POLICY)
+        fmt = start.get("mediaFormat") or {}
+        if not isinstance(fmt, dict) or fmt.get("encoding", "audio/x-mulaw") != "audio/x-mulaw":
+            raise StreamError(f"unsupported media format {fmt!r}", CLOSE_POLICY)
+        if fmt.get("sampleRate", 8000) != 8000 or fmt.get("channels", 1) != 1:
+            raise StreamError(f"unsupported media format {fmt!r}", CLOSE_POLICY)
+        params = start.get("customParameters") or {}
+        if not isinstance(params, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in params.items()
+        ):
+            raise StreamError("start.customParameters is not an object of strings", CLOSE_POLICY)
+        tracks = start.get("tracks") or ["inbound"]
+        if not isinstance(tracks, list) or not all(t in ("inbound", "outbound") for t in tracks):
+            raise StreamError(f"unknown tracks {tracks!r}", CLOSE_POLICY)
+        return Start(
+            _int(message.get("sequenceNumber", "1"), "sequenceNumber"),
+            stream_sid,
+            call_sid,
+            str(start.get("accountSid", "")),
+            tuple(tracks),
+            params,
+        )
+    if event == "dtmf":
+        digit = _obj(message, "dtmf").get("digit")
+        if not isinstance(digit, str) or digit not in DTMF_DIGITS:
+            raise StreamError(f"dtmf digit {digit!r} is not a DTMF digit")
+        return Dtmf(_int(message.get("sequenceNumber"), "sequenceNumber"), digit)
+    if event == "mark":
+        name = _obj(message, "mark").get("name")
+        if not isinstance(name, str):
+            raise StreamError("mark without a name")
+        return Mark(_int(message.get("sequenceNumber"), "sequenceNumber"), name)
+    if event == "stop":
+        return Stop(_int(message.get("sequenceNumber", "0"), "sequenceNumber"))
+    return Unknown(str(event)[:40])
+
+
+# -- Media Streams: what we send ------------------------------------------------------------------
+def media_message(stream_sid: str, audio: bytes) -> str:
+    payload = base64.b64encode(audio).decode("ascii")
+    return f'{{"event":"media","streamSid":"{stream_sid}","media":{{"payload":"{payload}"}}}}'
+
+
+def mark_message(stream_sid: str, name: str) -> str:
+    return json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
+
+
+def clear_message(stream_sid: str) -> str:
+    return json.dumps({"event": "clear", "streamSid": stream_sid})

@@ -1,0 +1,265 @@
+"""The call driver: one ``CallSession`` joins a call's consent flow to its recording.
+
+Adapters (Twilio, Asterisk) translate wire messages into flow events and hand them to
+``CallSession.handle``; the session carries out the recording commands itself (start, stop,
+discard, against the vault) and returns the rest (play, stop playing, hand off, hang up) for the
+adapter to put on the wire. Audio goes through ``audio()``, which is the single gate between a
+call and the vault: a frame is stored only while the flow says recording is lawful.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from ivr.config import Line
+from ivr.consent import (
+    CallEnded,
+    CallStarted,
+    Command,
+    ConsentFlow,
+    Decision,
+    Event,
+    FlowPolicy,
+    StartRecording,
+    StopRecording,
+    Tick,
+)
+from ivr.prompt_library import prompt_infos
+from media.prompts import Prompt
+from storage.catalog import RecordingRow
+from storage.errors import VaultError
+from storage.vault import Recording, Vault
+
+log = logging.getLogger(__name__)
+
+TRACK_CALLER, TRACK_AGENT = 0, 1
+MAX_PENDING_FRAMES = 3000  # 30 s of two tracks while a recording opens; never reached in practice
+
+
+def flow_policy(line: Line, *, stays_on_stream: bool) -> FlowPolicy:
+    return FlowPolicy(
+        policy_id=line.policy_id,
+        policy_version=line.policy_version,
+        lawful_basis=line.lawful_basis,
+        consent_mode=line.consent_mode,
+        purpose=line.purpose,
+        language=line.language,
+        accept_key=line.accept_key,
+        decline_key=line.decline_key,
+        withdraw_key=line.withdraw_key,
+        prompt_timeout_seconds=line.prompt_timeout_seconds,
+        withdrawable=line.withdrawable,
+        discard_on_withdraw=line.discard_on_withdraw,
+        max_recording_seconds=line.max_recording_seconds,
+        stays_on_stream=stays_on_stream,
+    )
+
+
+@dataclass
+class CallStats:
+    frames_received: int = 0
+    frames_stored: int = 0
+    frames_refused: int = 0  # arrived while recording was not allowed: dropped by design
+    frames_lost: int = 0  # should have been stored but could not be (a failed disk, overflow)
+
+
+@dataclass
+class CallSession:
+    vault: Vault
+    line: Line
+    call_id: str
+    platform_call_id: str
+    prompts: Mapping[str, Prompt]
+    started_wall: datetime
+    clock: Callable[[], datetime]
+    flow: ConsentFlow = field(init=False)
+    recording: Recording | None = None
+    row: RecordingRow | None = None
+    stats: CallStats = field(default_factory=CallStats)
+    ended: bool = False
+    tracks: tuple[str, ...] = ()
+    _base_ms: int | None = None
+    _pending: list[tuple[int, int, bytes]] = field(default_factory=list)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _now: float = 0.0
+    _ending: asyncio.Future[list[Command]] | None = None
+    _closing: asyncio.Future[RecordingRow] | None = None
+
+    def __post_init__(self) -> None:
+        forwards = self.line.forward_to is not None
+        self.flow = ConsentFlow(
+            flow_policy(self.line, stays_on_stream=not forwards),
+            prompt_infos(self.prompts),
+            self.started_wall,
+        )
+        self.tracks = ("caller", "agent") if forwards else ("caller",)
+
+    @property
+    def decision(self) -> Decision | None:
+        return self.flow.decision
+
+    @property
+    def recording_allowed(self) -> bool:
+        return self.flow.recording
+
+    @property
+    def now(self) -> float:
+        return self._now
+
+    def at(self, call_time: float) -> float:
+        """A monotonic call time: platforms' clocks may step back a little between streams."""
+        if call_time > self._now:
+            self._now = call_time
+        return self._now
+
+    # -- events ----------------------------------------------------------------------------
+    async def start(self) -> list[Command]:
+        return await self.handle(CallStarted(at=0.0))
+
+    async def handle(self, event: Event) -> list[Command]:
+        """Feed the flow; do what concerns the recording; return what concerns the wire."""
+        async with self._lock:
+            commands = self.flow.handle(event)
+            out: list[Command] = []
+            for command in commands:
+                if isinstance(command, StartRecording):
+                    await self._open(dict(command.evidence))
+                elif isinstance(command, StopRecording):
+                    await self._close(command)
+                else:
+                    out.append(command)
+            return out
+
+    async def tick(self, call_time: float) -> list[Command]:
+        deadline = self.flow.deadline
+        if deadline is None or call_time < deadline:
+            return []
+        return await self.handle(Tick(at=self.at(call_time)))
+
+    async def end(self, reason: str) -> RecordingRow | None:
+        """The call is over (hang-up, stream lost, status callback). Idempotent.
+
+        Shielded: when the handler that noticed the end is cancelled (its client vanished),
+        the recording is still finalised, and every caller waits for the same outcome.
+        """
+        if self._ending is None:
+            self.ended = True
+            self._ending = asyncio.ensure_future(
+                self.handle(CallEnded(at=self._now, reason=reason))
+            )
+        await asyncio.shield(self._ending)
+        if self._closing is not None:
+            with contextlib.suppress(VaultError, OSError):
+                self.row = await asyncio.shield(self._closing)
+        return self.row
+
+    # -- audio -----------------------------------------------------------------------------
+    def audio(self, track: int, call_ms: int, payload: bytes) -> None:
+        """One frame at ``call_ms`` milliseconds of call time; stored only while recording is
+        lawful. The recording's own timeline starts at its first frame."""
+        self.stats.frames_received += 1
+        if not self.flow.recording:
+            self.stats.frames_refused += 1
+            return
+        rec = self.recording
+        if rec is None:  # the recording is being opened: keep the frame until it is
+            if len(self._pending) < MAX_PENDING_FRAMES:
+                self._pending.append((track, call_ms, payload))
+            else:
+                self.stats.frames_lost += 1
+            return
+        if self._base_ms is None:
+            self._base_ms = call_ms
+        try:
+            # A frame a moment before the first one (the other track) is put at zero.
+            rec.append(track, max(call_ms - self._base_ms, 0), payload)
+        except (VaultError, ValueError) as exc:
+            self.stats.frames_lost += 1
+            if self.stats.frames_lost == 1:
+                log.error("call %s: frame not stored: %s", self.call_id, exc)
+            return
+        self.stats.frames_stored += 1
+
+    def call_time(self) -> float:
+        """Best estimate of the call time now, for a stream that starts now: the flow's
+        latest time or the wall time since the call began, whichever is later."""
+        wall = (self.clock() - self.started_wall).total_seconds()
+        return max(self._now, wall)
+
+    # -- recording -------------------------------------------------------------------------
+    async def _open(self, evidence: dict[str, Any]) -> None:
+        line = self.line
+        try:
+            self.recording = await self.vault.astart_recording(
+                tenant=line.tenant,
+                call_id=self.call_id,
+                lawful_basis=line.lawful_basis,
+                purpose=line.purpose,
+                policy_id=line.policy_id,
+                policy_version=line.policy_version,
+                consent_evidence=evidence,
+                tracks=self.tracks,
+                retention_until=self.clock() + timedelta(days=line.retention_days),
+            )
+        except (VaultError, OSError) as exc:
+            log.error("call %s: recording could not start: %s", self.call_id, exc)
+            self.stats.frames_lost += len(self._pending)
+            self._pending.clear()
+            return
+        log.info(
+            "call %s: recording %s started (%s, %s)",
+            self.call_id,
+            self.recording.id,
+            line.lawful_basis.value,
+            self.flow.decision.value if self.flow.decision else "-",
+        )
+        pending, self._pending = self._pending, []
+        for frame in pending:
+            self.audio(*frame)
+            self.stats.frames_received -= 1  # counted when it first arrived
+
+    async def _close(self, command: StopRecording) -> None:
+        rec, self.recording = self.recording, None
+        self._pending.clear()
+        if rec is None:
+            return
+        evidence = dict(command.evidence)
+        if command.discard:
+            op = rec.adiscard(reason=command.reason, consent_evidence=evidence)
+        else:
+            op = rec.aclose(reason=command.reason, consent_evidence=evidence)
+        # Finalising must not be undone by a cancelled handler: run it as its own task.
+        self._closing = asyncio.ensure_future(op)
+        try:
+            self.row = await asyncio.shield(self._closing)
+        except (VaultError, OSError) as exc:
+            log.error("call %s: recording %s not finalised: %s", self.call_id, rec.id, exc)
+            return
+        log.info(
+            "call %s: recording %s %s (%s; %d frames)",
+            self.call_id,
+            rec.id,
+            self.row.status.value,
+            command.reason,
+            self.stats.frames_stored,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        row = self.row
+        rec_id = row.id if row else (self.recording.id if self.recording else None)
+        return {
+            "call_id": self.call_id,
+            "decision": self.flow.decision.value if self.flow.decision else None,
+            "recording_id": rec_id,
+            "recording_status": row.status.value if row else None,
+            "lawful_basis": self.line.lawful_basis.value,
+            "frames_received": self.stats.frames_received,
+            "frames_stored": self.stats.frames_stored,
+            "frames_lost": self.stats.frames_lost,
+        }

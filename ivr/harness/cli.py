@@ -1,0 +1,221 @@
+"""``ivr simulate``: place a simulated Twilio call against a running service.
+
+``add_simulate_parser`` adds the subcommand to any argparse subparsers object (it sets
+``func=run_simulate``); ``run_simulate`` returns the exit status: 0 for a completed call, 1 if the
+call ended in an error. Bad arguments are argparse errors (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+from ivr.harness.twilio_sim import (
+    DEFAULT_FROM,
+    DEFAULT_TO,
+    DEMO_AUTH_TOKEN,
+    CallOptions,
+    CallResult,
+    TranscriptEntry,
+    simulate_call,
+)
+
+__all__ = [
+    "AUTH_TOKEN_ENV",
+    "add_simulate_parser",
+    "format_entry",
+    "options_from_args",
+    "parse_press",
+    "run_simulate",
+    "run_simulate_async",
+    "summary_line",
+]
+
+AUTH_TOKEN_ENV = "TWILIO_AUTH_TOKEN"
+DEFAULT_URL = "http://127.0.0.1:8080"
+EXIT_OK, EXIT_FAILURE = 0, 1
+_PRESS = re.compile(r"([0-9*#ABCD])@(.+)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds ≥ 0, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def parse_press(text: str) -> tuple[float, str]:
+    """``D@T`` → ``(T, D)``: key D (0-9, *, #, A-D) pressed at T seconds of call time."""
+    match = _PRESS.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected D@T with D one of 0-9 * # A B C D and T in seconds, got {text!r}"
+        )
+    digit, when = match.groups()
+    try:
+        return _seconds(when), digit
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"key press {text!r}: the time must be a number of seconds ≥ 0"
+        ) from None
+
+
+def _base_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"expected an http(s):// URL, got {text!r}")
+    return text.rstrip("/")
+
+
+def add_simulate_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="place a simulated Twilio call against a running service",
+        description=(
+            "Behave like Twilio's voice platform for one inbound call: signed webhooks, TwiML, "
+            "Media Streams with caller audio (a tone, or --audio), key presses and a hang-up at "
+            "given call times, then the status callback. Prints the call's transcript."
+        ),
+    )
+    p.add_argument(
+        "--url", type=_base_url, default=DEFAULT_URL, help=f"the service ({DEFAULT_URL})"
+    )
+    p.add_argument(
+        "--to", default=DEFAULT_TO, metavar="NUMBER", help=f"the dialled number ({DEFAULT_TO})"
+    )
+    p.add_argument(
+        "--from",
+        dest="from_",
+        default=DEFAULT_FROM,
+        metavar="NUMBER",
+        help=f"the caller ({DEFAULT_FROM})",
+    )
+    p.add_argument(
+        "--press",
+        action="append",
+        type=parse_press,
+        default=[],
+        metavar="D@T",
+        help="press key D at T seconds of call time, e.g. 1@2.5 (repeatable)",
+    )
+    p.add_argument(
+        "--hangup-at", type=_seconds, metavar="T", help="the caller hangs up at T seconds"
+    )
+    p.add_argument(
+        "--duration",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="conversation with the agent after <Dial>, or message length at <Record> (5)",
+    )
+    p.add_argument(
+        "--audio",
+        type=Path,
+        metavar="FILE",
+        help="caller audio file (looped; default a 440 Hz tone at -12 dBFS)",
+    )
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="virtual call time: send audio as fast as the service takes it",
+    )
+    p.add_argument(
+        "--quiet-ms",
+        type=_seconds,
+        default=30.0,
+        metavar="MS",
+        help="fast mode: wait for the service to be quiet this long after each event (30)",
+    )
+    p.add_argument(
+        "--max-call-seconds",
+        type=_positive_seconds,
+        default=600.0,
+        metavar="S",
+        help="hang up after this much call time (600)",
+    )
+    p.add_argument(
+        "--auth-token",
+        default=None,
+        metavar="TOKEN",
+        help=f"Twilio auth token to sign with (default ${AUTH_TOKEN_ENV}, else the demo token)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=run_simulate)
+
+
+def options_from_args(args: argparse.Namespace) -> CallOptions:
+    token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or DEMO_AUTH_TOKEN
+    return CallOptions(
+        url=args.url,
+        to=args.to,
+        from_=args.from_,
+        auth_token=token,
+        presses=list(args.press),
+        hangup_at=args.hangup_at,
+        duration=args.duration,
+        audio=args.audio,
+        fast=args.fast,
+        max_call_seconds=args.max_call_seconds,
+        quiet_ms=args.quiet_ms,
+    )
+
+
+def format_entry(entry: TranscriptEntry) -> str:
+    return f"{f'+{entry.t:.2f}s':>9}  {entry.text}"
+
+
+def summary_line(result: CallResult) -> str:
+    if result.status_response is None:
+        return "no status callback answer"
+    parts = [f"decision: {result.decision or '-'}"]
+    if result.recording_id:
+        parts.append(f"recording {result.recording_id} ({result.recording_status or '?'})")
+    else:
+        parts.append("no recording")
+    parts.append(f"lawful basis {result.lawful_basis or '-'}")
+    return " · ".join(parts)
+
+
+async def run_simulate_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    options = options_from_args(args)
+
+    def live(entry: TranscriptEntry) -> None:
+        print(format_entry(entry), file=out, flush=True)
+
+    try:
+        result = await simulate_call(options, on_transcript=None if args.json else live)
+    except ValueError as exc:  # options the parser could not check
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False), file=out)
+    else:
+        print(summary_line(result), file=out)
+    return EXIT_OK if result.error is None else EXIT_FAILURE
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(run_simulate_async(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

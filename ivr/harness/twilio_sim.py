@@ -1,0 +1,1059 @@
+"""A simulated Twilio voice platform: places one call against a running service.
+
+It speaks only what Twilio would speak (signed form webhooks, TwiML, Media Streams websockets,
+the status callback) and never imports the service, so it can drive any deployment.
+
+Time. The call clock starts at 0 when the voice webhook is sent. Every stream carries one
+20 ms frame per track per 20 ms of call time; frame ``n`` of a stream has timestamp ``n * 20``
+(ms since the stream's ``start``) and is sent once the 20 ms it covers are over, i.e. at call
+time ``stream start + (n + 1) * 20 ms``. Key presses, the hang-up, mark echoes (when the queued
+prompt audio before the mark has played at 8000 bytes/s) and verb durations are all scheduled
+on the same clock, and when several things fall on the same instant frames go first. One
+driver loop sends everything, so every stream sees events in call-time order.
+
+A ``Pacer`` maps the call clock to the wall clock. ``RealTimePacer`` follows the event loop's
+clock (due times are computed from the stream start, so lateness never accumulates).
+``VirtualPacer`` (fast mode) jumps straight to the next due time, so frames go out as fast as
+the socket takes them; to stay behind the server it *settles* after each ``start``, dtmf and mark
+echo: it waits until the server has been quiet for ``quiet_ms`` of wall time (or has closed the
+socket) before sending more, so whatever the server queued in reaction is in the playback queue
+before the call clock moves past it. Webhook round trips take no call time in fast mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import math
+import secrets
+import time
+import xml.etree.ElementTree as ET
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import aiohttp
+from yarl import URL
+
+from ivr.adapters.twilio_signature import SIGNATURE_HEADER, compute_signature
+from ivr.harness import audio as harness_audio
+from media.wavfile import UnsupportedAudio
+
+__all__ = [
+    "DEFAULT_FROM",
+    "DEFAULT_TO",
+    "DEMO_AUTH_TOKEN",
+    "DTMF_DIGITS",
+    "CallOptions",
+    "CallResult",
+    "Pacer",
+    "RealTimePacer",
+    "TranscriptEntry",
+    "VirtualPacer",
+    "simulate_call",
+]
+
+log = logging.getLogger(__name__)
+
+DEMO_AUTH_TOKEN = "demo-auth-token-not-secret"
+DEFAULT_TO = "+15550100001"
+DEFAULT_FROM = "+46701234567"
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+USER_AGENT = "TwilioProxy/1.1 (ivr-harness)"
+
+FRAME_SECONDS = 0.02
+FRAME_BYTES = harness_audio.FRAME_BYTES
+BYTES_PER_SECOND = harness_audio.SAMPLE_RATE
+_EPS = 1e-6  # call-time instants closer than this (seconds) are the same instant
+_MAX_WEBHOOKS = 50  # voice + redirects + actions: more is a redirect loop
+_SETTLE_CAP_S = 2.0  # a server that never goes quiet still cannot stall a fast call for long
+_WS_CLOSE_TIMEOUT_S = 5.0
+_REFUSAL_CODES = frozenset({1008}) | frozenset(range(4000, 5000))
+_T = TypeVar("_T")
+
+
+# -- results --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TranscriptEntry:
+    t: float  # call time, seconds
+    text: str
+
+
+@dataclass
+class CallResult:
+    call_sid: str
+    transcript: list[TranscriptEntry] = field(default_factory=list)
+    prompt_ms_received: float = 0.0
+    first_prompt_frame_latency_ms: float | None = None
+    webhook_latency_ms: list[float] = field(default_factory=list)
+    frames_sent: dict[str, int] = field(default_factory=dict)
+    marks_echoed: int = 0
+    dtmf_sent: int = 0
+    status_response: dict[str, Any] | None = None
+    closed_by_server: list[int] = field(default_factory=list)
+    twiml: list[str] = field(default_factory=list)
+    error: str | None = None
+    duration: float = 0.0  # call time at the end of the call, seconds
+    stream_sids: list[str] = field(default_factory=list)
+
+    def _status(self, key: str) -> Any:
+        return (self.status_response or {}).get(key)
+
+    @property
+    def decision(self) -> str | None:
+        return self._status("decision")
+
+    @property
+    def recording_id(self) -> str | None:
+        return self._status("recording_id")
+
+    @property
+    def recording_status(self) -> str | None:
+        return self._status("recording_status")
+
+    @property
+    def lawful_basis(self) -> str | None:
+        return self._status("lawful_basis")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "call_sid": self.call_sid,
+            "decision": self.decision,
+            "recording_id": self.recording_id,
+            "lawful_basis": self.lawful_basis,
+            "recording_status": self.recording_status,
+            "prompt_ms": self.prompt_ms_received,
+            "transcript": [{"t": e.t, "text": e.text} for e in self.transcript],
+            "error": self.error,
+        }
+
+
+@dataclass
+class CallOptions:
+    url: str
+    to: str = DEFAULT_TO
+    from_: str = DEFAULT_FROM
+    auth_token: str = DEMO_AUTH_TOKEN
+    presses: list[tuple[float, str]] = field(default_factory=list)  # (call time, digit)
+    hangup_at: float | None = None
+    duration: float = 5.0  # conversation after <Dial>, or the message left at <Record>
+    audio: Path | None = None  # caller audio; None: a tone
+    fast: bool = False
+    max_call_seconds: float = 600.0
+    quiet_ms: float = 30.0  # fast mode: how long the server must be silent after an event
+    start_wait_ms: float = 1000.0  # fast mode: how long to wait for a first reply to `start`
+    http_timeout: float = 15.0  # per webhook, as Twilio's default
+    wall_timeout: float | None = None  # whole call; None: 120 s fast, max_call_seconds + 60 real
+    caller_tone_hz: float = 440.0
+    caller_tone_dbfs: float = -12.0
+    agent_tone_hz: float = 330.0
+    agent_tone_dbfs: float = -12.0
+    account_sid: str | None = None  # None: a random AC…
+    call_sid: str | None = None  # None: a random CA…
+
+
+# -- pacing ----------------------------------------------------------------------------------------
+class Pacer(Protocol):
+    """Maps the call clock onto the wall clock."""
+
+    fast: bool
+    quiet_s: float  # > 0: settle after start/dtmf/mark echo (see module docstring)
+    start_wait_s: float
+
+    def start(self) -> None:
+        """The call clock reads 0 now."""
+
+    def now(self) -> float:
+        """Call time in seconds."""
+
+    async def wait_until(self, t: float, wake: asyncio.Event) -> None:
+        """Return at call time ``t``, or earlier once ``wake`` is set."""
+
+
+class VirtualPacer:
+    """Fast mode: call time is virtual and jumps to whatever is due next."""
+
+    fast = True
+
+    def __init__(self, quiet_ms: float = 30.0, start_wait_ms: float = 1000.0) -> None:
+        self.quiet_s = max(0.0, quiet_ms) / 1000
+        self.start_wait_s = max(0.0, start_wait_ms) / 1000
+        self._now = 0.0
+
+    def start(self) -> None:
+        self._now = 0.0
+
+    def now(self) -> float:
+        return self._now
+
+    async def wait_until(self, t: float, wake: asyncio.Event) -> None:
+        self._now = max(self._now, t)
+        await asyncio.sleep(0)  # let the stream readers run
+
+
+class RealTimePacer:
+    """Call time follows the event loop's clock (or injected ``time_fn``/``sleep_fn``)."""
+
+    fast = False
+    quiet_s = 0.0
+    start_wait_s = 0.0
+
+    def __init__(
+        self,
+        time_fn: Callable[[], float] | None = None,
+        sleep_fn: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        self._time_fn = time_fn
+        self._sleep_fn = sleep_fn
+        self._t0 = 0.0
+
+    def _time(self) -> float:
+        return self._time_fn() if self._time_fn else asyncio.get_running_loop().time()
+
+    def start(self) -> None:
+        self._t0 = self._time()
+
+    def now(self) -> float:
+        return self._time() - self._t0
+
+    async def wait_until(self, t: float, wake: asyncio.Event) -> None:
+        delay = t - self.now()
+        if delay <= 0 or wake.is_set():
+            return
+        if self._sleep_fn is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+            return
+        waker = asyncio.ensure_future(wake.wait())
+        sleeper = asyncio.ensure_future(self._sleep_fn(delay))
+        try:
+            await asyncio.wait({waker, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waker, sleeper):
+                task.cancel()
+
+
+# -- the call --------------------------------------------------------------------------------------
+class _CallError(Exception):
+    """Ends the call with ``CallResult.error`` set."""
+
+
+class _Stream:
+    """One Media Streams websocket, as Twilio's side of it."""
+
+    def __init__(
+        self,
+        *,
+        ws: Any,
+        url: str,
+        sid: str,
+        name: str | None,
+        tracks: list[str],
+        bidirectional: bool,
+        start_t: float,
+    ) -> None:
+        self.ws = ws
+        self.url = url
+        self.sid = sid
+        self.name = name
+        self.tracks = tracks
+        self.bidirectional = bidirectional
+        self.start_t = start_t  # call time of `start`
+        self.start_wall = time.perf_counter()
+        self.seq = 0
+        self.frames = 0  # frames sent per track
+        self.chunks = dict.fromkeys(tracks, 0)
+        self.play_end = start_t  # call time at which the queued prompt audio runs out
+        self.marks: deque[tuple[float, str]] = deque()  # (due call time, name)
+        self.closed = False
+        self.closing_by_us = False
+        self.close_reason = ""
+        self.rx_count = 0
+        self.last_rx_wall = -math.inf
+        self.activity = asyncio.Event()
+        self.reader: asyncio.Task[None] | None = None
+        self.burst_bytes = 0  # prompt audio not yet reported in the transcript
+        self.burst_t = 0.0
+        self.warned: set[str] = set()
+
+    def next_seq(self) -> str:
+        self.seq += 1
+        return str(self.seq)
+
+    def next_frame_time(self) -> float:
+        return self.start_t + (self.frames + 1) * FRAME_SECONDS
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.sid[:8]}…"
+
+
+class _Call:
+    def __init__(
+        self,
+        options: CallOptions,
+        session: aiohttp.ClientSession,
+        pacer: Pacer,
+        result: CallResult,
+        caller: harness_audio.LoopedFrames,
+        agent: harness_audio.LoopedFrames,
+        on_transcript: Callable[[TranscriptEntry], None] | None = None,
+    ) -> None:
+        self.o = options
+        self.session = session
+        self.pacer = pacer
+        self.result = result
+        self.caller = caller
+        self.agent = agent
+        self.silence = harness_audio.silence()
+        self.on_transcript = on_transcript
+        self.base_url = options.url.rstrip("/")
+        account_sid = options.account_sid or "AC" + secrets.token_hex(16)
+        self.account_sid = account_sid
+        self.params = {
+            "CallSid": result.call_sid,
+            "AccountSid": account_sid,
+            "From": options.from_,
+            "To": options.to,
+            "Caller": options.from_,
+            "Called": options.to,
+            "CallStatus": "ringing",
+            "ApiVersion": "2010-04-01",
+            "Direction": "inbound",
+        }
+        self.streams: list[_Stream] = []
+        self.presses: deque[tuple[float, str]] = deque(sorted(options.presses, key=lambda p: p[0]))
+        self.hangup_pending = options.hangup_at
+        self.hung_up = False
+        self.in_dial = False
+        self.unreachable = False
+        self.webhooks = 0
+        self.wake = asyncio.Event()
+
+    # -- transcript ---------------------------------------------------------------------------
+    def _append(self, t: float, text: str) -> None:
+        entry = TranscriptEntry(round(t, 3), text)
+        self.result.transcript.append(entry)
+        if self.on_transcript is not None:
+            self.on_transcript(entry)
+
+    def _flush(self, s: _Stream) -> None:
+        if s.burst_bytes:
+            self._append(s.burst_t, f"← prompt audio {s.burst_bytes / BYTES_PER_SECOND:.2f} s")
+            s.burst_bytes = 0
+
+    def log(self, text: str) -> None:
+        for s in self.streams:
+            self._flush(s)
+        self._append(self.pacer.now(), text)
+
+    def warn_once(self, s: _Stream, key: str, text: str) -> None:
+        if key not in s.warned:
+            s.warned.add(key)
+            self.log(text)
+
+    def fail(self, message: str) -> None:
+        if self.result.error is None:
+            self.result.error = message
+        self.log(f"error: {message}")
+
+    # -- running --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.pacer.start()
+        wall = self.o.wall_timeout
+        if wall is None:
+            wall = 120.0 if self.pacer.fast else self.o.max_call_seconds + 60.0
+        try:
+            async with asyncio.timeout(wall):
+                await self._execute()
+        except _CallError as exc:
+            self.fail(str(exc))
+        except TimeoutError:
+            self.fail(f"gave up after {wall:g} s of wall time")
+        except Exception as exc:  # a harness bug must still end the call cleanly
+            log.exception("simulated call failed")
+            self.fail(f"harness error: {exc!r}")
+        try:
+            async with asyncio.timeout(self.o.http_timeout + 2 * _WS_CLOSE_TIMEOUT_S):
+                await self._finish()
+        except TimeoutError:
+            self.fail("timed out while ending the call")
+        finally:
+            for s in self.streams:
+                if s.reader is not None:
+                    s.reader.cancel()
+
+    async def _execute(self) -> None:
+        url, method = f"{self.base_url}/twilio/voice", "POST"
+        while not self.hung_up:
+            root = await self._fetch_twiml(url, method)
+            nxt = await self._run_document(root, url)
+            if nxt is None:
+                return
+            url, method = nxt
+
+    async def _finish(self) -> None:
+        for s in self.streams:
+            if not s.closed:
+                await self._stop_stream(s)
+        for s in self.streams:
+            await self._reap(s)
+        self.result.duration = self.pacer.now()
+        self.log(f"call ended after {self.result.duration:.1f} s")
+        if not self.unreachable:
+            await self._status_callback()
+
+    # -- the clock-driven loop ----------------------------------------------------------------
+    async def run_until(
+        self, deadline: float | None = None, until: Callable[[], bool] | None = None
+    ) -> None:
+        """Send frames and handle timed events until ``deadline``, ``until()`` or a hang-up."""
+        while not self.hung_up:
+            if until is not None and until():
+                return
+            self.wake.clear()
+            # (due call time, priority, kind, stream): frames first at any instant.
+            items: list[tuple[float, int, str, _Stream | None]] = []
+            for s in self.streams:
+                if not s.closed:
+                    items.append((s.next_frame_time(), 0, "frame", s))
+                    if s.marks:
+                        items.append((s.marks[0][0], 1, "mark", s))
+            if self.presses:
+                items.append((self.presses[0][0], 2, "press", None))
+            if self.hangup_pending is not None:
+                items.append((self.hangup_pending, 3, "hangup", None))
+            items.append((self.o.max_call_seconds, 4, "cap", None))
+            if deadline is not None:
+                items.append((deadline, 5, "deadline", None))
+            t = min(item[0] for item in items)
+            if t > self.pacer.now() + _EPS:
+                await self.pacer.wait_until(t, self.wake)
+                if self.pacer.now() < t - _EPS:
+                    continue  # woken early: something changed, recompute
+            elif self.pacer.fast:
+                await asyncio.sleep(0)
+            due = [item for item in items if item[0] <= t + _EPS]
+            priority = min(item[1] for item in due)
+            batch = [item for item in due if item[1] == priority]
+            kind = batch[0][2]
+            if kind == "frame":
+                for *_, s in batch:
+                    assert s is not None
+                    await self._send_frames(s)
+            elif kind == "mark":
+                for *_, s in batch:
+                    assert s is not None
+                    await self._echo_marks(s, t)
+            elif kind == "press":
+                await self._press()
+            elif kind == "hangup":
+                self.hangup_pending = None
+                self.hung_up = True
+                self.log("→ caller hangs up")
+            elif kind == "cap":
+                self.hung_up = True
+                self.log(f"→ maximum call length ({self.o.max_call_seconds:g} s): hanging up")
+            else:
+                return
+
+    async def await_io(self, aw: Awaitable[_T]) -> _T | None:
+        """Await network I/O. In real time the call goes on meanwhile (streams keep sending);
+        in fast mode it takes no call time. ``None`` if the caller hung up first."""
+        if self.pacer.fast:
+            return await aw
+        task = asyncio.ensure_future(aw)
+        task.add_done_callback(lambda _: self.wake.set())
+        await self.run_until(until=task.done)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            return None
+        return task.result()
+
+    async def _settle(self, s: _Stream, *, first: bool = False) -> None:
+        """Fast mode: let the server react before the call clock moves on."""
+        quiet = self.pacer.quiet_s
+        if quiet <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        if first and s.bidirectional and self.pacer.start_wait_s > 0:
+            while not s.closed and s.rx_count == 0:
+                left = began + self.pacer.start_wait_s - loop.time()
+                if left <= 0:
+                    break
+                s.activity.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(s.activity.wait(), left)
+        limit = loop.time() + _SETTLE_CAP_S
+        while not s.closed:
+            now = loop.time()
+            quiet_until = max(began, s.last_rx_wall) + quiet
+            if now >= quiet_until or now >= limit:
+                return
+            s.activity.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(s.activity.wait(), min(quiet_until, limit) - now)
+
+    # -- sending ----------------------------------------------------------------------------------
+    async def _send(self, s: _Stream, message: dict[str, Any]) -> bool:
+        if s.closed:
+            return False
+        try:
+            await s.ws.send_str(json.dumps(message, separators=(",", ":")))
+        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+            s.closed = True  # the reader reports how it closed
+            return False
+        return True
+
+    async def _send_frames(self, s: _Stream) -> None:
+        n = s.frames
+        s.frames += 1
+        index = round((s.start_t + n * FRAME_SECONDS) / FRAME_SECONDS)  # call-time frame number
+        for track in s.tracks:
+            if track == "inbound":
+                source = self.caller
+            else:
+                source = self.agent if self.in_dial else self.silence
+            s.chunks[track] += 1
+            message = {
+                "event": "media",
+                "sequenceNumber": s.next_seq(),
+                "streamSid": s.sid,
+                "media": {
+                    "track": track,
+                    "chunk": str(s.chunks[track]),
+                    "timestamp": str(n * 20),
+                    "payload": source.payload(index),
+                },
+            }
+            if not await self._send(s, message):
+                return
+            self.result.frames_sent[track] = self.result.frames_sent.get(track, 0) + 1
+
+    async def _echo_marks(self, s: _Stream, t: float) -> None:
+        while s.marks and s.marks[0][0] <= t + _EPS:
+            _, name = s.marks.popleft()
+            message = {
+                "event": "mark",
+                "sequenceNumber": s.next_seq(),
+                "streamSid": s.sid,
+                "mark": {"name": name},
+            }
+            if await self._send(s, message):
+                self.result.marks_echoed += 1
+                self.log(f"→ mark echoed {name}")
+        await self._settle(s)
+
+    async def _press(self) -> None:
+        _, digit = self.presses.popleft()
+        targets = [s for s in self.streams if s.bidirectional and not s.closed]
+        if not targets:
+            self.log(f"→ pressed {digit} (no bidirectional stream: not delivered)")
+            return
+        self.log(f"→ pressed {digit}")
+        for s in targets:
+            await self._send(
+                s,
+                {
+                    "event": "dtmf",
+                    "sequenceNumber": s.next_seq(),
+                    "streamSid": s.sid,
+                    "dtmf": {"track": "inbound_track", "digit": digit},
+                },
+            )
+        self.result.dtmf_sent += 1
+        for s in targets:
+            await self._settle(s)
+
+    # -- receiving --------------------------------------------------------------------------------
+    async def _read(self, s: _Stream) -> None:
+        try:
+            while True:
+                msg = await s.ws.receive()
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    self._on_text(s, msg.data)
+                elif msg.type is aiohttp.WSMsgType.BINARY:
+                    self.warn_once(s, "binary", "server sent a binary frame (ignored)")
+                elif msg.type is aiohttp.WSMsgType.CLOSE:
+                    s.close_reason = str(msg.extra or "")
+                    break
+                elif msg.type in (
+                    aiohttp.WSMsgType.CLOSING,
+                    aiohttp.WSMsgType.CLOSED,
+                    aiohttp.WSMsgType.ERROR,
+                ):
+                    break
+                s.rx_count += 1
+                s.last_rx_wall = asyncio.get_running_loop().time()
+                s.activity.set()
+                self.wake.set()
+        except (aiohttp.ClientError, ConnectionError):
+            pass
+        finally:
+            s.closed = True
+            if not s.closing_by_us:
+                self._on_server_close(s)
+            s.activity.set()
+            self.wake.set()
+
+    def _on_server_close(self, s: _Stream) -> None:
+        code = s.ws.close_code if s.ws.close_code is not None else 1006
+        self.result.closed_by_server.append(int(code))
+        reason = f": {s.close_reason}" if s.close_reason else ""
+        if code in _REFUSAL_CODES:
+            self.log(f"server refused stream {s.label} ({code}{reason})")
+        elif code == 1006:
+            self.log(f"stream {s.label} connection lost (1006)")
+        else:
+            self.log(f"server closed stream ({code}{reason})")
+
+    def _on_text(self, s: _Stream, data: str) -> None:
+        try:
+            message = json.loads(data)
+        except ValueError:
+            self.warn_once(s, "json", "server sent a text frame that is not JSON (ignored)")
+            return
+        if not isinstance(message, dict):
+            self.warn_once(s, "json", "server sent JSON that is not an object (ignored)")
+            return
+        event = message.get("event")
+        if message.get("streamSid") != s.sid:
+            self.warn_once(
+                s, "sid", f"server sent {event!r} with a wrong or missing streamSid (ignored)"
+            )
+            return
+        if not s.bidirectional and event in ("media", "mark", "clear"):
+            self.warn_once(s, "uni", f"server sent {event!r} on a unidirectional stream (ignored)")
+            return
+        now = self.pacer.now()
+        body = message.get(event) if isinstance(event, str) else None
+        body = body if isinstance(body, dict) else {}
+        if event == "media":
+            try:
+                chunk = base64.b64decode(str(body.get("payload", "")), validate=True)
+            except (binascii.Error, ValueError):
+                self.warn_once(s, "payload", "server sent media with a bad base64 payload")
+                return
+            if self.result.first_prompt_frame_latency_ms is None:
+                latency = (time.perf_counter() - s.start_wall) * 1000
+                self.result.first_prompt_frame_latency_ms = latency
+            s.play_end = max(s.play_end, now) + len(chunk) / BYTES_PER_SECOND
+            self.result.prompt_ms_received += len(chunk) * 1000 / BYTES_PER_SECOND
+            if s.burst_bytes == 0:
+                s.burst_t = now
+            s.burst_bytes += len(chunk)
+        elif event == "mark":
+            s.marks.append((max(s.play_end, now), str(body.get("name", ""))))
+            self._flush(s)
+        elif event == "clear":
+            dropped = max(0.0, s.play_end - now)
+            s.play_end = now
+            s.marks = deque((now, name) for _, name in s.marks)
+            self.log(f"← clear (dropped {dropped:.2f} s of queued audio)")
+        else:
+            self.warn_once(s, f"event:{event}", f"server sent unknown event {event!r} (ignored)")
+
+    # -- streams --------------------------------------------------------------------------------
+    async def _open_stream(
+        self, el: ET.Element, *, bidirectional: bool, tracks: list[str]
+    ) -> _Stream | None:
+        raw_url = (el.get("url") or "").strip()
+        parts = urlsplit(raw_url)
+        if parts.scheme not in ("ws", "wss") or not parts.netloc:
+            raise _CallError(f"bad TwiML: <Stream url={raw_url!r}> is not a ws:// or wss:// URL")
+        url = urlunsplit(parts._replace(query="", fragment=""))
+        if parts.query:
+            self.log(f"stream URL query string ?{parts.query} dropped (Twilio drops it)")
+        custom = {p.get("name", ""): p.get("value", "") for p in el.iter("Parameter")}
+        custom.pop("", None)
+        headers = {
+            SIGNATURE_HEADER: compute_signature(self.o.auth_token, url, {}),
+            "User-Agent": USER_AGENT,
+        }
+        connect = self.session.ws_connect(
+            url,
+            headers=headers,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_WS_CLOSE_TIMEOUT_S),
+        )
+        try:
+            ws = await self.await_io(asyncio.wait_for(connect, self.o.http_timeout))
+        except aiohttp.WSServerHandshakeError as exc:
+            message = f"stream {url}: websocket handshake refused (HTTP {exc.status})"
+            raise _CallError(message) from None
+        except TimeoutError:
+            message = f"stream {url}: no websocket handshake in {self.o.http_timeout:g} s"
+            raise _CallError(message) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _CallError(f"stream {url}: cannot connect ({exc})") from exc
+        if ws is None:
+            return None
+        sid = "MZ" + secrets.token_hex(16)
+        s = _Stream(
+            ws=ws,
+            url=url,
+            sid=sid,
+            name=el.get("name"),
+            tracks=tracks,
+            bidirectional=bidirectional,
+            start_t=self.pacer.now(),
+        )
+        self.streams.append(s)
+        self.result.stream_sids.append(sid)
+        s.reader = asyncio.create_task(self._read(s))
+        await self._send(s, {"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        start = {
+            "accountSid": self.account_sid,
+            "callSid": self.result.call_sid,
+            "streamSid": sid,
+            "tracks": tracks,
+            "customParameters": custom,
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        }
+        await self._send(
+            s, {"event": "start", "sequenceNumber": s.next_seq(), "streamSid": sid, "start": start}
+        )
+        kind = "bidirectional" if bidirectional else "unidirectional"
+        self.log(f"→ stream {s.label} started ({kind}, tracks {'+'.join(tracks)})")
+        await self._settle(s, first=True)
+        return s
+
+    async def _stop_stream(self, s: _Stream) -> None:
+        """Twilio's side ends the stream: ``stop``, then close."""
+        if s.closed:
+            return
+        s.closing_by_us = True
+        await self._send(
+            s,
+            {
+                "event": "stop",
+                "sequenceNumber": s.next_seq(),
+                "streamSid": s.sid,
+                "stop": {"accountSid": self.account_sid, "callSid": self.result.call_sid},
+            },
+        )
+        s.closed = True
+        if s.reader is not None:
+            s.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await s.reader
+        with contextlib.suppress(Exception):
+            await s.ws.close()
+        self.log(f"→ stop sent on stream {s.label}")
+
+    async def _reap(self, s: _Stream) -> None:
+        """Wait for a stream's reader to have recorded how the socket closed."""
+        if s.reader is None or s.reader.done():
+            return
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(s.reader), _WS_CLOSE_TIMEOUT_S)
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    async def _request(
+        self, url: str, method: str, params: dict[str, str], what: str, *, quiet: bool = False
+    ) -> tuple[int, str, str]:
+        """A signed webhook request; returns (status, content type, body)."""
+        self.webhooks += 1
+        if self.webhooks > _MAX_WEBHOOKS:
+            raise _CallError(f"more than {_MAX_WEBHOOKS} webhook requests: a redirect loop?")
+        try:
+            target = URL(url)
+        except (TypeError, ValueError) as exc:
+            raise _CallError(f"{what}: bad URL {url!r}") from exc
+        if target.scheme not in ("http", "https") or not target.host:
+            raise _CallError(f"{what}: not an http(s) URL: {url!r}")
+        if method == "GET":
+            target = target.update_query(params)
+            signed: dict[str, str] = {}
+            data = None
+        else:
+            signed = params
+            data = params
+        headers = {
+            SIGNATURE_HEADER: compute_signature(self.o.auth_token, str(target), signed),
+            "User-Agent": USER_AGENT,
+        }
+
+        async def go() -> tuple[int, str, str]:
+            async with self.session.request(
+                method,
+                target,
+                data=data,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self.o.http_timeout),
+            ) as resp:
+                return resp.status, resp.headers.get("Content-Type", ""), await resp.text()
+
+        began = time.perf_counter()
+        try:
+            answer = await self.await_io(go())
+        except TimeoutError as exc:
+            raise _CallError(f"{what} {url}: no answer in {self.o.http_timeout:g} s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            if self.webhooks == 1:
+                self.unreachable = True
+            raise _CallError(f"{what} {url}: cannot connect ({exc.os_error})") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _CallError(f"{what} {url}: {type(exc).__name__}: {exc}") from exc
+        if answer is None:
+            raise _CallError(f"{what} {url}: caller hung up before the answer")  # pragma: no cover
+        latency = (time.perf_counter() - began) * 1000
+        self.result.webhook_latency_ms.append(latency)
+        status = answer[0]
+        if not quiet:
+            self.log(f"→ {method} {target.path} → HTTP {status} ({latency:.0f} ms)")
+        return answer
+
+    async def _fetch_twiml(self, url: str, method: str) -> ET.Element:
+        what = "voice webhook" if self.webhooks == 0 else "TwiML request"
+        status, content_type, body = await self._request(url, method, self.params, what)
+        if not 200 <= status < 300:
+            raise _CallError(f"{what} {url}: HTTP {status}: {_snippet(body)}")
+        self.result.twiml.append(body)
+        mime = content_type.split(";")[0].strip().lower()
+        if mime not in ("text/xml", "application/xml", "text/html"):
+            raise _CallError(f"{what} {url}: answered {mime or 'no content type'}, not TwiML")
+        try:
+            root = ET.fromstring(body)
+        except ET.ParseError as exc:
+            raise _CallError(f"bad TwiML from {url}: {exc}") from exc
+        if root.tag != "Response":
+            raise _CallError(f"bad TwiML from {url}: root element <{root.tag}>, not <Response>")
+        self.log("← TwiML: " + (" + ".join(_summary(el) for el in root) or "(empty)"))
+        return root
+
+    async def _status_callback(self) -> None:
+        params = dict(
+            self.params,
+            CallStatus="completed",
+            CallDuration=str(int(self.result.duration + 0.5)),
+        )
+        url = f"{self.base_url}/twilio/status"
+        self.webhooks = min(self.webhooks, _MAX_WEBHOOKS - 1)  # always allowed
+        try:
+            status, _, body = await self._request(
+                url, "POST", params, "status callback", quiet=True
+            )
+        except _CallError as exc:
+            self.fail(str(exc))
+            return
+        if not 200 <= status < 300:
+            self.fail(f"status callback {url}: HTTP {status}: {_snippet(body)}")
+            return
+        try:
+            answer = json.loads(body) if body.strip() else {}
+        except ValueError:
+            answer = {"body": body}
+        self.result.status_response = answer if isinstance(answer, dict) else {"value": answer}
+
+    # -- TwiML ----------------------------------------------------------------------------------
+    async def _run_document(self, root: ET.Element, doc_url: str) -> tuple[str, str] | None:
+        """Run the verbs in order; returns where to fetch the next document, or None: call over."""
+        for el in root:
+            if self.hung_up:
+                return None
+            tag = el.tag
+            text = (el.text or "").strip()
+            if tag == "Say":
+                self.log(f'← Say "{text}"')
+            elif tag == "Play":
+                self.log(f"← Play {text} (not played)")
+            elif tag == "Pause":
+                length = _seconds(el.get("length", "1"), "Pause length")
+                self.log(f"← Pause {length:g} s")
+                await self.run_until(deadline=self.pacer.now() + length)
+            elif tag in ("Hangup", "Reject"):
+                self.log(f"← {tag}")
+                return None
+            elif tag == "Connect":
+                nxt = await self._connect(el, doc_url)
+                if nxt is not None:
+                    return nxt
+            elif tag == "Start":
+                await self._start(el)
+            elif tag == "Stop":
+                await self._stop_verb(el)
+            elif tag == "Dial":
+                await self._dial(el)
+                return None
+            elif tag == "Record":
+                await self._record(el)
+                return None
+            elif tag == "Redirect":
+                if not text:
+                    raise _CallError("bad TwiML: <Redirect> without a URL")
+                return urljoin(doc_url, text), _method(el)
+            else:
+                self.log(f"← <{tag}> is not simulated (skipped)")
+        return None
+
+    async def _connect(self, el: ET.Element, doc_url: str) -> tuple[str, str] | None:
+        stream_el = el.find("Stream")
+        if stream_el is None:
+            children = ", ".join(f"<{c.tag}>" for c in el) or "nothing"
+            raise _CallError(f"<Connect> with {children}: only <Stream> is simulated")
+        s = await self._open_stream(stream_el, bidirectional=True, tracks=["inbound"])
+        if s is None:
+            return None
+        await self.run_until(until=lambda: s.closed)
+        if self.hung_up:
+            return None
+        await self._reap(s)
+        action = (el.get("action") or "").strip()
+        if action:
+            return urljoin(doc_url, action), _method(el)
+        return None
+
+    async def _start(self, el: ET.Element) -> None:
+        stream_el = el.find("Stream")
+        if stream_el is None:
+            children = ", ".join(f"<{c.tag}>" for c in el) or "nothing"
+            self.log(f"← <Start> with {children} is not simulated (skipped)")
+            return
+        track = stream_el.get("track", "inbound_track")
+        tracks = {
+            "inbound_track": ["inbound"],
+            "outbound_track": ["outbound"],
+            "both_tracks": ["inbound", "outbound"],
+        }.get(track)
+        if tracks is None:
+            raise _CallError(f"bad TwiML: <Stream track={track!r}>")
+        await self._open_stream(stream_el, bidirectional=False, tracks=tracks)
+
+    async def _stop_verb(self, el: ET.Element) -> None:
+        for stream_el in el.iter("Stream"):
+            name = stream_el.get("name")
+            matches = [s for s in self.streams if not s.bidirectional and s.name == name]
+            if not matches:
+                self.log(f"← Stop stream {name!r}: no such stream")
+            for s in matches:
+                await self._stop_stream(s)
+
+    async def _dial(self, el: ET.Element) -> None:
+        number = next((c.text or "").strip() for c in el) if len(el) else (el.text or "").strip()
+        self.log(f"agent {number or '?'} answers: talking {self.o.duration:g} s")
+        self.in_dial = True
+        try:
+            await self.run_until(deadline=self.pacer.now() + self.o.duration)
+        finally:
+            self.in_dial = False
+        if not self.hung_up:
+            self.log("→ caller hangs up after the conversation")
+
+    async def _record(self, el: ET.Element) -> None:
+        max_length = _seconds(el.get("maxLength", "3600"), "Record maxLength")
+        length = min(self.o.duration, max_length)
+        self.log(f"caller leaves a {length:g} s message")
+        await self.run_until(deadline=self.pacer.now() + length)
+        if not self.hung_up:
+            self.log("→ caller hangs up after the message")
+
+
+def _summary(el: ET.Element) -> str:
+    text = (el.text or "").strip()
+    tag = el.tag
+    if tag == "Say":
+        return f'Say "{text[:40]}{"…" if len(text) > 40 else ""}"'
+    if tag in ("Play", "Redirect"):
+        return f"{tag} {text}"
+    if tag == "Pause":
+        return f"Pause {el.get('length', '1')}s"
+    if tag in ("Connect", "Start"):
+        inner = el.find("Stream")
+        if inner is None:
+            return tag
+        if tag == "Connect":
+            return f"Connect/Stream {inner.get('url', '?')}"
+        return f"Start/Stream {inner.get('track', 'inbound_track')}"
+    if tag == "Dial":
+        number = next((c.text or "").strip() for c in el) if len(el) else text
+        return f"Dial {number}"
+    return tag
+
+
+def _seconds(value: str, what: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise _CallError(f"bad TwiML: {what} {value!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise _CallError(f"bad TwiML: {what} {value!r}")
+    return seconds
+
+
+def _method(el: ET.Element) -> str:
+    method = (el.get("method") or "POST").upper()
+    if method not in ("GET", "POST"):
+        raise _CallError(f"bad TwiML: <{el.tag} method={method!r}>")
+    return method
+
+
+def _snippet(body: str, limit: int = 120) -> str:
+    one_line = " ".join(body.split())
+    return (one_line[:limit] + "…") if len(one_line) > limit else (one_line or "(empty body)")
+
+
+def _validate(options: CallOptions) -> None:
+    for t, digit in options.presses:
+        if digit not in DTMF_DIGITS or len(digit) != 1:
+            raise ValueError(f"key press digit must be one of 0-9 * # A-D, got {digit!r}")
+        if not (math.isfinite(t) and t >= 0):
+            raise ValueError(f"key press time must be a non-negative number, got {t!r}")
+    for name in ("hangup_at", "duration", "max_call_seconds"):
+        value = getattr(options, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+
+
+async def simulate_call(
+    options: CallOptions,
+    session: aiohttp.ClientSession | None = None,
+    *,
+    pacer: Pacer | None = None,
+    on_transcript: Callable[[TranscriptEntry], None] | None = None,
+) -> CallResult:
+    """Place one simulated call; never raises for anything the service does.
+
+    ``pacer`` overrides the pacing (default: ``VirtualPacer`` if ``options.fast``, else
+    ``RealTimePacer``); ``on_transcript`` sees each transcript line as it happens.
+    """
+    _validate(options)
+    result = CallResult(call_sid=options.call_sid or "CA" + secrets.token_hex(16))
+    try:
+        if options.audio is not None:
+            caller = harness_audio.from_file(options.audio)
+        else:
+            caller = harness_audio.tone(options.caller_tone_hz, options.caller_tone_dbfs)
+        agent = harness_audio.tone(options.agent_tone_hz, options.agent_tone_dbfs)
+    except (UnsupportedAudio, ValueError) as exc:
+        result.error = str(exc)
+        entry = TranscriptEntry(0.0, f"error: {exc}")
+        result.transcript.append(entry)
+        if on_transcript is not None:
+            on_transcript(entry)
+        return result
+    if pacer is None:
+        if options.fast:
+            pacer = VirtualPacer(options.quiet_ms, options.start_wait_ms)
+        else:
+            pacer = RealTimePacer()
+    own_session = session is None
+    if session is None:
+        session = aiohttp.ClientSession()
+    try:
+        call = _Call(options, session, pacer, result, caller, agent, on_transcript)
+        await call.run()
+    finally:
+        if own_session:
+            await session.close()
+    return result

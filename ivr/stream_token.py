@@ -1,0 +1,59 @@
+"""Short-lived per-call tokens that admit a Media Streams websocket.
+
+Whether Twilio signs the websocket upgrade is not documented, so the service authenticates the
+stream itself: the TwiML that opens a stream carries a token as a ``<Parameter>``, and the
+stream's ``start`` message must bring it back for the same call, for the same kind of stream,
+before it expires. A token is ``v1.<kind>.<expiry>.<mac>`` with
+``mac = base64url(HMAC-SHA256(secret, "v1|kind|call_sid|expiry"))``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+KINDS = ("consent", "recording")
+
+
+class TokenError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTokens:
+    secret: bytes
+    ttl_seconds: int
+
+    @classmethod
+    def random(cls, ttl_seconds: int) -> StreamTokens:
+        return cls(secrets.token_bytes(32), ttl_seconds)
+
+    def _mac(self, kind: str, call_sid: str, expiry: int) -> str:
+        msg = f"v1|{kind}|{call_sid}|{expiry}".encode()
+        digest = hmac.new(self.secret, msg, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def issue(self, kind: str, call_sid: str, now: float) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown stream kind {kind!r}")
+        expiry = int(now) + self.ttl_seconds
+        return f"v1.{kind}.{expiry}.{self._mac(kind, call_sid, expiry)}"
+
+    def verify(self, token: str | None, kind: str, call_sid: str, now: float) -> None:
+        """Raise TokenError saying why ``token`` does not admit this stream."""
+        if not token:
+            raise TokenError("no stream token")
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != "v1" or not parts[2].isdigit():
+            raise TokenError("malformed stream token")
+        _, token_kind, expiry_text, mac = parts
+        if token_kind != kind:
+            raise TokenError(f"a {token_kind} token cannot open a {kind} stream")
+        expiry = int(expiry_text)
+        if not hmac.compare_digest(mac, self._mac(kind, call_sid, expiry)):
+            raise TokenError("stream token does not belong to this call")
+        if now > expiry:
+            raise TokenError("stream token expired")

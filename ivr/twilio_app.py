@@ -1,0 +1,483 @@
+"""Twilio on the service: voice, continue and status webhooks, and the two Media Streams.
+
+Call life: ``POST /twilio/voice`` answers ``<Connect><Stream>`` to the consent stream, where the
+flow plays its prompt and listens for keys. When the flow hands off we close that socket and
+Twilio asks ``/twilio/continue``, which answers ``<Start><Stream both_tracks>`` (recording
+allowed) plus ``<Dial>``, or ``<Dial>`` alone. A line with nowhere to forward to keeps the caller
+on the consent stream and records them there. ``POST /twilio/status`` ends the call.
+
+Time: the flow runs on call time taken from the media timestamps Twilio sends (it streams audio
+continuously, silence included), so timeouts behave the same in real time and in the harness's
+fast mode. A wall-clock fallback covers a stream that stops sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from aiohttp import WSMsgType, web
+
+from ivr.adapters.twilio import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
+    MAX_MESSAGE_BYTES,
+    CallWebhook,
+    Connected,
+    Dtmf,
+    Mark,
+    Media,
+    Start,
+    Stop,
+    StreamError,
+    Unknown,
+    WebhookError,
+    clear_message,
+    mark_message,
+    media_message,
+    parse_stream_message,
+    twiml_consent_stream,
+    twiml_dial,
+    twiml_hangup,
+    twiml_record_and_dial,
+    twiml_say_hangup,
+)
+from ivr.adapters.twilio_signature import SIGNATURE_HEADER, is_valid_signature
+from ivr.calls import TRACK_AGENT, TRACK_CALLER, CallSession
+from ivr.config import Config, normalise_number
+from ivr.consent import (
+    Command,
+    DigitPressed,
+    HandOff,
+    HangUp,
+    PlayPrompt,
+    PromptFinished,
+    StopPrompt,
+)
+from ivr.prompt_library import PromptLibrary
+from ivr.stream_token import StreamTokens, TokenError
+from media.prompts import prompt_frames
+from storage.vault import Vault
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+MAX_BAD_MESSAGES = 50  # per stream, before we stop believing it is Twilio talking
+WALL_GRACE_SECONDS = 2.0
+UNKNOWN_NUMBER_TEXT = "This number is not in service. Goodbye."
+
+
+@dataclass
+class TwilioCalls:
+    """The service's Twilio state: configuration, prompts, tokens and the calls in progress."""
+
+    config: Config
+    vault: Vault
+    prompts: PromptLibrary
+    tokens: StreamTokens
+    clock: Callable[[], datetime]
+    wall: Callable[[], float] = time.time
+    sessions: dict[str, CallSession] = field(default_factory=dict)
+    consent_streams_used: set[str] = field(default_factory=set)
+    recording_streams_used: set[str] = field(default_factory=set)
+    hangups: set[str] = field(default_factory=set)
+    sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    accepting: bool = True
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+TWILIO = web.AppKey("twilio", TwilioCalls)
+
+
+def _public_base(request: web.Request, config: Config) -> str:
+    if config.public_url:
+        return config.public_url.rstrip("/")
+    return f"{request.scheme}://{request.host}"
+
+
+def _ws_base(http_base: str) -> str:
+    if http_base.startswith("https://"):
+        return "wss://" + http_base[len("https://") :]
+    return "ws://" + http_base[len("http://") :]
+
+
+async def _signed_form(request: web.Request) -> tuple[TwilioCalls, CallWebhook]:
+    """The webhook's form if Twilio signed it; 403 otherwise, 400 if it is not a call."""
+    twilio = request.app[TWILIO]
+    form = await request.post()
+    params = [(k, v) for k, v in form.items() if isinstance(v, str)]
+    url = _public_base(request, twilio.config) + request.path_qs
+    token = twilio.config.twilio_auth_token
+    if not token or not is_valid_signature(
+        token, url, params, request.headers.get(SIGNATURE_HEADER)
+    ):
+        twilio.count("webhooks_forbidden")
+        log.warning(
+            "%s: refused: %s", request.path, "no auth token set" if not token else "bad signature"
+        )
+        raise web.HTTPForbidden(text="invalid X-Twilio-Signature\n")
+    try:
+        hook = CallWebhook.from_form(dict(params))
+    except WebhookError as exc:
+        log.warning("%s: bad webhook: %s", request.path, exc)
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    return twilio, hook
+
+
+def _twiml(body: str) -> web.Response:
+    return web.Response(text=body, content_type="text/xml")
+
+
+async def voice(request: web.Request) -> web.Response:
+    twilio, hook = await _signed_form(request)
+    if not twilio.accepting:
+        raise web.HTTPServiceUnavailable(text="shutting down\n")
+    line = twilio.config.line_for(hook.to)
+    if line is None:
+        twilio.count("calls_unknown_number")
+        log.info("call %s: no line for the dialled number; hanging up", hook.call_sid)
+        return _twiml(twiml_say_hangup(UNKNOWN_NUMBER_TEXT))
+    session = twilio.sessions.get(hook.call_sid)
+    if session is None:
+        caller = normalise_number(hook.from_)
+        call_id = await asyncio.to_thread(
+            twilio.vault.open_call,
+            tenant=line.tenant,
+            platform="twilio",
+            platform_call_id=hook.call_sid,
+            line=line.policy_id,
+            caller=caller,
+        )
+        session = CallSession(
+            vault=twilio.vault,
+            line=line,
+            call_id=call_id,
+            platform_call_id=hook.call_sid,
+            prompts=twilio.prompts.for_line(line.tenant, line.language),
+            started_wall=twilio.clock(),
+            clock=twilio.clock,
+        )
+        twilio.sessions[hook.call_sid] = session
+        twilio.count("calls")
+        log.info(
+            "call %s: twilio %s, policy %s (%s, %s)",
+            call_id,
+            hook.call_sid,
+            line.policy_id,
+            line.lawful_basis.value,
+            line.consent_mode.value,
+        )
+    base = _public_base(request, twilio.config)
+    token = twilio.tokens.issue("consent", hook.call_sid, twilio.wall())
+    return _twiml(
+        twiml_consent_stream(
+            f"{_ws_base(base)}/twilio/stream/consent", {"token": token}, f"{base}/twilio/continue"
+        )
+    )
+
+
+async def continue_call(request: web.Request) -> web.Response:
+    twilio, hook = await _signed_form(request)
+    session = twilio.sessions.get(hook.call_sid)
+    if session is None:
+        log.warning("twilio %s: /continue for a call we do not know; hanging up", hook.call_sid)
+        return _twiml(twiml_hangup())
+    forward = session.line.forward_to
+    if hook.call_sid in twilio.hangups or forward is None:
+        return _twiml(twiml_hangup())
+    if session.recording_allowed:
+        base = _public_base(request, twilio.config)
+        token = twilio.tokens.issue("recording", hook.call_sid, twilio.wall())
+        return _twiml(
+            twiml_record_and_dial(
+                f"{_ws_base(base)}/twilio/stream/recording", {"token": token}, forward
+            )
+        )
+    return _twiml(twiml_dial(forward))
+
+
+async def status(request: web.Request) -> web.Response:
+    twilio, hook = await _signed_form(request)
+    session = twilio.sessions.get(hook.call_sid)
+    if session is None:
+        return web.json_response({"call_sid": hook.call_sid, "known": False})
+    if hook.call_status not in TERMINAL_STATUSES:
+        return web.json_response({"call_sid": hook.call_sid, **session.summary()})
+    twilio.sessions.pop(hook.call_sid, None)
+    await session.end(f"call {hook.call_status}")
+    await asyncio.to_thread(
+        twilio.vault.catalog.update_call,
+        session.call_id,
+        ended_at=twilio.clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        outcome=session.decision.value if session.decision else hook.call_status,
+    )
+    twilio.count("calls_completed")
+    summary = session.summary()
+    log.info(
+        "call %s: ended (%s), decision %s, recording %s %s, %d frames stored",
+        session.call_id,
+        hook.call_status,
+        summary["decision"],
+        summary["recording_id"],
+        summary["recording_status"],
+        summary["frames_stored"],
+    )
+    return web.json_response({"call_sid": hook.call_sid, **summary})
+
+
+# -- Media Streams --------------------------------------------------------------------------------
+class _Stream:
+    """One Media Streams websocket: message order, sequence numbers, and the call it is for."""
+
+    def __init__(self, twilio: TwilioCalls, ws: web.WebSocketResponse, kind: str) -> None:
+        self.twilio = twilio
+        self.ws = ws
+        self.kind = kind
+        self.session: CallSession | None = None
+        self.stream_sid = ""
+        self.base_ms = 0
+        self.last_seq = 0
+        self.bad = 0
+        self.closed_by_us = False
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed_by_us = True
+        await self.ws.close(code=code, message=reason.encode()[:120])
+
+    def where(self) -> str:
+        return f"call {self.session.call_id}" if self.session else f"{self.kind} stream"
+
+    async def admit(self, start: Start) -> bool:
+        twilio = self.twilio
+        try:
+            twilio.tokens.verify(
+                start.parameters.get("token"), self.kind, start.call_sid, twilio.wall()
+            )
+        except TokenError as exc:
+            twilio.count("streams_refused")
+            log.warning("%s stream for twilio %s refused: %s", self.kind, start.call_sid, exc)
+            await self.close(CLOSE_POLICY, str(exc))
+            return False
+        used = (
+            twilio.consent_streams_used if self.kind == "consent" else twilio.recording_streams_used
+        )
+        session = twilio.sessions.get(start.call_sid)
+        if session is None or start.call_sid in used:
+            why = "call is not in progress" if session is None else "token already used"
+            twilio.count("streams_refused")
+            log.warning("%s stream for twilio %s refused: %s", self.kind, start.call_sid, why)
+            await self.close(CLOSE_POLICY, why)
+            return False
+        if self.kind == "recording" and not session.recording_allowed:
+            twilio.count("streams_refused")
+            log.warning("call %s: recording stream refused: not allowed", session.call_id)
+            await self.close(CLOSE_POLICY, "recording is not allowed for this call")
+            return False
+        used.add(start.call_sid)
+        self.session = session
+        self.stream_sid = start.stream_sid
+        self.base_ms = int(session.call_time() * 1000)
+        self.last_seq = start.sequence
+        return True
+
+    def in_order(self, sequence: int) -> bool:
+        if sequence <= self.last_seq:
+            self.twilio.count("messages_out_of_order")
+            if self.bad == 0:
+                log.warning(
+                    "%s: message %d after %d dropped", self.where(), sequence, self.last_seq
+                )
+            self.bad += 1
+            return False
+        if sequence > self.last_seq + 1:
+            self.twilio.count("messages_missing", sequence - self.last_seq - 1)
+        self.last_seq = sequence
+        return True
+
+
+async def _run_commands(stream: _Stream, commands: list[Command]) -> None:
+    session = stream.session
+    assert session is not None
+    for command in commands:
+        if isinstance(command, PlayPrompt):
+            prompt = session.prompts[command.prompt_id]
+            if stream.kind != "consent":
+                continue  # a one-way stream cannot play anything
+            sid = stream.stream_sid
+            for frame in prompt_frames(prompt):
+                await stream.ws.send_str(media_message(sid, frame))
+            await stream.ws.send_str(mark_message(sid, f"play-{command.play_id}"))
+        elif isinstance(command, StopPrompt):
+            if stream.kind == "consent":
+                await stream.ws.send_str(clear_message(stream.stream_sid))
+        elif isinstance(command, HandOff):
+            if stream.kind == "consent":
+                await stream.close(CLOSE_NORMAL, "consent phase done")
+        elif isinstance(command, HangUp):
+            stream.twilio.hangups.add(session.platform_call_id)
+            log.info("call %s: hanging up (%s)", session.call_id, command.reason)
+            await stream.close(CLOSE_NORMAL, command.reason)
+
+
+async def _stream_handler(request: web.Request, kind: str) -> web.WebSocketResponse:
+    twilio = request.app[TWILIO]
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=None)
+    await ws.prepare(request)
+    twilio.sockets.add(ws)
+    stream = _Stream(twilio, ws, kind)
+    try:
+        await _serve_stream(stream)
+    except Exception:
+        # One bad call never takes the service down: log it, close its socket, end the call.
+        log.exception("%s: %s stream failed", stream.where(), kind)
+        if not ws.closed:
+            await stream.close(CLOSE_INTERNAL, "internal error")
+    finally:
+        twilio.sockets.discard(ws)
+        session = stream.session
+        if session is not None and not stream.closed_by_us and not session.ended:
+            # The platform went away without a 'stop': the call is over as far as we can tell.
+            await session.end(f"{kind} stream lost")
+    return ws
+
+
+async def _serve_stream(stream: _Stream) -> None:
+    twilio, ws = stream.twilio, stream.ws
+    while not ws.closed:
+        timeout = None
+        session = stream.session
+        if session is not None and session.flow.deadline is not None:
+            timeout = max(session.flow.deadline - session.now, 0) + WALL_GRACE_SECONDS
+        try:
+            msg = await ws.receive(timeout=timeout)
+        except TimeoutError:
+            # No media for a while: let wall time stand in for call time.
+            if session is not None:
+                await _run_commands(stream, await session.tick(session.call_time()))
+            continue
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return
+        if msg.type == WSMsgType.ERROR:
+            if isinstance(ws.exception(), ValueError) or ws.close_code == CLOSE_TOO_BIG:
+                twilio.count("messages_too_big")
+                log.warning("%s: message too big; stream closed", stream.where())
+            return
+        if msg.type != WSMsgType.TEXT:
+            twilio.count("messages_bad")
+            continue
+        try:
+            message = parse_stream_message(msg.data)
+        except StreamError as exc:
+            stream.bad += 1
+            twilio.count("messages_bad")
+            if exc.close_code in (CLOSE_POLICY, CLOSE_TOO_BIG) or stream.bad > MAX_BAD_MESSAGES:
+                log.warning("%s: %s; closing", stream.where(), exc)
+                await stream.close(exc.close_code, str(exc))
+                return
+            if stream.bad == 1:
+                log.warning("%s: message dropped: %s", stream.where(), exc)
+            continue
+        if not await _dispatch(stream, message):
+            return
+
+
+async def _dispatch(stream: _Stream, message: object) -> bool:
+    """Act on one message; False when the stream is finished."""
+    session = stream.session
+    if isinstance(message, Media):
+        if session is None:
+            await stream.close(CLOSE_PROTOCOL_ERROR, "media before start")
+            return False
+        if not stream.in_order(message.sequence):
+            return True
+        call_ms = stream.base_ms + message.timestamp_ms
+        session.audio(
+            TRACK_CALLER if message.track == "inbound" else TRACK_AGENT, call_ms, message.payload
+        )
+        call_time = session.at(call_ms / 1000)
+        if session.flow.deadline is not None:
+            await _run_commands(stream, await session.tick(call_time))
+        return True
+    if isinstance(message, Start):
+        if session is not None:
+            await stream.close(CLOSE_PROTOCOL_ERROR, "second start")
+            return False
+        if not await stream.admit(message):
+            return False
+        session = stream.session
+        assert session is not None
+        log.info("call %s: %s stream %s open", session.call_id, stream.kind, message.stream_sid)
+        if stream.kind == "consent":
+            await _run_commands(stream, await session.start())
+        return True
+    if isinstance(message, Connected):
+        return True
+    if session is None:
+        await stream.close(CLOSE_PROTOCOL_ERROR, f"{type(message).__name__.lower()} before start")
+        return False
+    if isinstance(message, Dtmf):
+        if stream.in_order(message.sequence):
+            event = DigitPressed(at=session.now, digit=message.digit)
+            await _run_commands(stream, await session.handle(event))
+        return True
+    if isinstance(message, Mark):
+        if stream.in_order(message.sequence) and message.name.startswith("play-"):
+            play = message.name.removeprefix("play-")
+            if play.isdigit():
+                event = PromptFinished(at=session.now, play_id=int(play))
+                await _run_commands(stream, await session.handle(event))
+        return True
+    if isinstance(message, Stop):
+        await session.end("caller hung up" if stream.kind == "consent" else "stream stopped")
+        stream.closed_by_us = True
+        await ws_close_quietly(stream)
+        return False
+    if isinstance(message, Unknown):
+        stream.twilio.count("messages_unknown")
+        log.info("%s: unknown event %r ignored", stream.where(), message.event)
+    return True
+
+
+async def ws_close_quietly(stream: _Stream) -> None:
+    if not stream.ws.closed:
+        await stream.ws.close(code=CLOSE_NORMAL)
+
+
+async def consent_stream(request: web.Request) -> web.WebSocketResponse:
+    return await _stream_handler(request, "consent")
+
+
+async def recording_stream(request: web.Request) -> web.WebSocketResponse:
+    return await _stream_handler(request, "recording")
+
+
+async def shutdown(app: web.Application) -> None:
+    """Stop taking calls and close every stream, which finalises every open recording."""
+    twilio = app.get(TWILIO)
+    if twilio is None:
+        return
+    twilio.accepting = False
+    for ws in list(twilio.sockets):
+        await ws.close(code=CLOSE_GOING_AWAY, message=b"service shutting down")
+    for session in list(twilio.sessions.values()):
+        await session.end("service shutting down")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/twilio/voice", voice)
+    app.router.add_post("/twilio/continue", continue_call)
+    app.router.add_post("/twilio/status", status)
+    app.router.add_get("/twilio/stream/consent", consent_stream)
+    app.router.add_get("/twilio/stream/recording", recording_stream)
+    app.on_shutdown.append(shutdown)
