@@ -144,15 +144,19 @@ class RecordingHeader:
             prefix = bytes.fromhex(fields["nonce_prefix"])
         except ValueError:
             raise FormatError(rid, None, "header nonce_prefix is not hex") from None
-        return cls(
-            recording_id=fields["recording_id"],
-            tenant_id=fields["tenant_id"],
-            codec=fields["codec"],
-            sample_rate=fields["sample_rate"],
-            tracks=tuple(fields["tracks"]),
-            chunk_interval_ms=fields["chunk_interval_ms"],
-            nonce_prefix=prefix,
-        )
+        try:
+            return cls(
+                recording_id=fields["recording_id"],
+                tenant_id=fields["tenant_id"],
+                codec=fields["codec"],
+                sample_rate=fields["sample_rate"],
+                tracks=tuple(fields["tracks"]),
+                chunk_interval_ms=fields["chunk_interval_ms"],
+                nonce_prefix=prefix,
+            )
+        except FormatError as exc:
+            # Name the recording the reader asked for, not what a damaged header claims.
+            raise FormatError(rid or exc.recording_id, None, exc.reason) from None
 
 
 @dataclass(frozen=True, slots=True)
