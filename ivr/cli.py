@@ -294,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--reason", default="export by operator", help="recorded in the audit log")
     exp.set_defaults(func=cmd_recordings_export)
 
+    from ivr.harness.cli import add_simulate_parser
+
+    add_simulate_parser(top)
+
     keys = top.add_parser("keys", help="tenant key-encryption keys")
     ksub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     klist = ksub.add_parser("list", parents=[common, data_out], help="list key versions")

@@ -237,7 +237,7 @@ class ConsentFlow:
         if event.at < self._now:
             self.state = State.ERROR
             raise ConsentProtocolError(f"time went backwards: {event.at} < {self._now}")
-        if self.state is State.IDLE and not isinstance(event, CallStarted):
+        if self.state is State.IDLE and not isinstance(event, CallStarted | CallEnded):
             self.state = State.ERROR
             raise ConsentProtocolError(f"{type(event).__name__} before CallStarted")
         if isinstance(event, CallStarted) and self.state is not State.IDLE:
@@ -458,6 +458,7 @@ class ConsentFlow:
 _Handler = Callable[[ConsentFlow, Any], list[Command]]
 _HANDLERS: dict[tuple[State, type[Event]], _Handler] = {
     (State.IDLE, CallStarted): ConsentFlow._on_start,
+    (State.IDLE, CallEnded): ConsentFlow._on_end,  # the caller left before the flow began
 }
 for _state in (State.PROMPTING, State.AWAITING_KEY, State.RECORDING, State.NOT_RECORDING):
     _HANDLERS[(_state, PromptFinished)] = ConsentFlow._on_prompt_finished

@@ -13,16 +13,19 @@ import base64
 import binascii
 import contextlib
 import fcntl
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -136,6 +139,20 @@ def fingerprint(key: bytes) -> str:
     return hashlib.sha256(b"ivr key fingerprint\x00" + key).hexdigest()[:16]
 
 
+_T = TypeVar("_T")
+
+
+def _synchronized(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Run a Keyring method under its lock: the service uses one keyring from many threads."""
+
+    @functools.wraps(method)
+    def locked(self: Keyring, *args: Any, **kwargs: Any) -> _T:
+        with self._mutex:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 @dataclass(frozen=True, slots=True)
 class KekInfo:
     tenant: str
@@ -169,6 +186,8 @@ class Keyring:
         self._master = master_key
         self._clock = clock
         self._stamp: tuple[int, int] | None = None
+        # The service reads keys from several threads; a reload must never be seen half-done.
+        self._mutex = threading.RLock()
         self._doc: dict = {}
         self._keks: dict[tuple[str, int], bytes] = {}
         self._lookup: dict[str, bytes] = {}
@@ -232,6 +251,7 @@ class Keyring:
         self._doc, self._keks, self._lookup = doc, keks, lookup
         self._stamp = (st.st_mtime_ns, st.st_size)
 
+    @_synchronized
     def list(self, tenant: str | None = None) -> list[KekInfo]:
         self._refresh()
         out = []
@@ -252,10 +272,12 @@ class Keyring:
                 )
         return out
 
+    @_synchronized
     def has_tenant(self, tenant: str) -> bool:
         self._refresh()
         return tenant in self._doc["tenants"]
 
+    @_synchronized
     def current(self, tenant: str) -> tuple[str, bytes]:
         """(key_ref, KEK) of the tenant's newest version, creating version 1 on first use."""
         self._refresh()
@@ -269,6 +291,7 @@ class Keyring:
         version = max(v for (t, v) in self._keks if t == tenant)
         return f"local/{version}", self._keks[(tenant, version)]
 
+    @_synchronized
     def kek(self, tenant: str, key_ref: str) -> bytes:
         version = parse_key_ref(key_ref)
         self._refresh()
@@ -277,11 +300,13 @@ class Keyring:
         except KeyError:
             raise UnknownKey(f"tenant {tenant!r} has no key version {version}") from None
 
+    @_synchronized
     def lookup_key(self, tenant: str) -> bytes:
         self.current(tenant)
         return self._lookup[tenant]
 
     # -- changing ------------------------------------------------------------------------------
+    @_synchronized
     def rotate(self, tenant: str) -> KekInfo:
         with self._locked():
             self._load()

@@ -218,6 +218,12 @@ def test_none_mode_records_at_once():
 
 
 # -- the driver's mistakes ------------------------------------------------------------------------
+def test_a_call_can_end_before_the_flow_starts():
+    f = flow(ConsentMode.OPT_IN)
+    assert f.handle(CallEnded(at=0)) == []
+    assert f.decision is Decision.HUNG_UP and f.state is State.ENDED
+
+
 def test_protocol_errors_are_local_and_sticky():
     f = flow(ConsentMode.OPT_IN)
     with pytest.raises(ConsentProtocolError, match="before CallStarted"):
