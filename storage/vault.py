@@ -414,7 +414,9 @@ class Recording:
         """Block until every sealed chunk is on disk (tests and tools; the service never waits)."""
         self._blob.wait()
 
-    def close(self, *, reason: str | None = None) -> RecordingRow:
+    def close(
+        self, *, reason: str | None = None, consent_evidence: dict[str, Any] | None = None
+    ) -> RecordingRow:
         """Seal the final chunk, make the blob durable and mark the row. Idempotent."""
         if self.row is not None:
             return self.row
@@ -447,6 +449,8 @@ class Recording:
         }
         if status is RecordingStatus.FAILED:
             values["wrapped_dek"] = None
+        if consent_evidence is not None:
+            values["consent_evidence"] = json.dumps(consent_evidence, sort_keys=True)
         with vault.catalog.transaction() as db:
             vault.catalog.update_recording(db, self.id, **values)
         if status is RecordingStatus.FAILED:
@@ -455,10 +459,27 @@ class Recording:
         self.row = vault.get(self.id)
         return self.row
 
-    async def aclose(self, *, reason: str | None = None) -> RecordingRow:
-        return await asyncio.to_thread(self.close, reason=reason)
+    async def aclose(
+        self, *, reason: str | None = None, consent_evidence: dict[str, Any] | None = None
+    ) -> RecordingRow:
+        return await asyncio.to_thread(
+            lambda: self.close(reason=reason, consent_evidence=consent_evidence)
+        )
 
-    def discard(self, *, reason: str, actor: str = "system") -> RecordingRow:
+    async def adiscard(
+        self, *, reason: str, consent_evidence: dict[str, Any] | None = None
+    ) -> RecordingRow:
+        return await asyncio.to_thread(
+            lambda: self.discard(reason=reason, consent_evidence=consent_evidence)
+        )
+
+    def discard(
+        self,
+        *,
+        reason: str,
+        actor: str = "system",
+        consent_evidence: dict[str, Any] | None = None,
+    ) -> RecordingRow:
         """Throw the recording away (e.g. consent withdrawn): key destroyed, blob deleted."""
         if self.row is not None:
             raise VaultError(f"recording {self.id} is already {self.row.status.value}")
@@ -475,6 +496,11 @@ class Recording:
                 wrapped_dek=None,
                 duration_ms=0,
                 chunk_count=0,
+                **(
+                    {"consent_evidence": json.dumps(consent_evidence, sort_keys=True)}
+                    if consent_evidence is not None
+                    else {}
+                ),
             )
             vault.catalog.audit(
                 db,
