@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from ivr.cli import main
 from ivr.config import load_config
 from ivr.service import VAULT, create_app
 from storage.catalog import RecordingStatus
@@ -46,9 +48,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_starts_and_stops_gracefully_on_sigterm(tmp_path):
+def test_serve_runs_a_simulated_call_and_stops_gracefully_on_sigterm(tmp_path, capsys):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "IVR_MASTER_KEY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("IVR_MASTER_KEY", "TWILIO_AUTH_TOKEN")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ivr", "serve", "--port", str(port), "--data-dir", str(tmp_path)],
         cwd=ROOT,
@@ -67,6 +69,13 @@ def test_serve_starts_and_stops_gracefully_on_sigterm(tmp_path):
                 assert proc.poll() is None, proc.stderr.read()
                 assert time.monotonic() < deadline, "service did not come up"
                 time.sleep(0.05)
+        # A whole call through the command-line harness, against the real process.
+        code = main(
+            ["simulate", "--url", f"http://127.0.0.1:{port}", "--fast", "--press", "1@2", "--json"]
+        )
+        result = json.loads(capsys.readouterr().out)
+        assert code == 0 and result["decision"] == "accepted"
+        assert result["recording_id"].startswith("rec_") and result["lawful_basis"] == "consent"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -75,4 +84,5 @@ def test_serve_starts_and_stops_gracefully_on_sigterm(tmp_path):
             proc.wait()
     log = proc.stderr.read()
     assert "generated a master key" in log and "vault closed" in log
+    assert "recording rec_" in log and "46701234567" not in log  # ids, never numbers
     assert (tmp_path / "master.key").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import secrets
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -432,3 +433,14 @@ async def test_shutdown_finalises_open_recordings(tmp_path, monkeypatch):
         statuses = {r.status for r in vault.list()}
     assert statuses == {RecordingStatus.COMPLETE}
 
+
+async def test_logs_carry_ids_never_numbers(service, caplog):
+    _, url = service
+    caplog.set_level(logging.DEBUG)
+    caller = "+46701234567"
+    await call(url, presses=[(2.0, "1")], duration=2.0, from_=caller)
+    await call(url, to="+15559999999")  # unknown number
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "call_" in text  # the call ids are there
+    for number in (caller, caller[1:], CONSENT_LINE, CONSENT_LINE[1:], "+15559999999"):
+        assert number not in text
