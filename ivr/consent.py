@@ -346,6 +346,7 @@ class ConsentFlow:
         return [HandOff(recording=self.recording)]
 
     def _on_start(self, event: CallStarted) -> list[Command]:
+        """Play the consent question or notice; in mode none, decide and record at once."""
         mode = self.policy.consent_mode
         if mode is ConsentMode.NONE:
             self._decide(Decision.NOT_ASKED)
@@ -354,6 +355,8 @@ class ConsentFlow:
         return [self._play(_FIRST_PROMPT[mode], after="decide")]
 
     def _on_prompt_finished(self, event: PromptFinished) -> list[Command]:
+        """Note the prompt's end (stale marks ignored), then await a key (opt_in), record (opt_out,
+        notice), ask again, hand off or hang up."""
         play = self._current_play()
         if play is None or play.play_id != event.play_id:
             self.ignored_events += 1  # a late or stale mark (e.g. echoed after a barge-in)
@@ -381,6 +384,7 @@ class ConsentFlow:
         return []
 
     def _on_digit_deciding(self, event: DigitPressed) -> list[Command]:
+        """Accept, decline or object; an invalid key asks again, the third is a refusal."""
         p, digit = self.policy, event.digit
         mode = p.consent_mode
         if mode is ConsentMode.OPT_IN:
@@ -417,11 +421,13 @@ class ConsentFlow:
         return [*out, self._play("not_recording", after="proceed")]
 
     def _on_tick_awaiting(self, event: Tick) -> list[Command]:
+        """No key by the deadline: a refusal (no_response)."""
         if self.deadline is None or event.at < self.deadline:
             return []
         return self._refuse(None, Decision.NO_RESPONSE)
 
     def _on_tick_recording(self, event: Tick) -> list[Command]:
+        """Maximum length reached: stop recording, tell the caller, hang up."""
         if self.deadline is None or event.at < self.deadline:
             return []
         self.deadline = None
@@ -431,6 +437,7 @@ class ConsentFlow:
         return [*out, self._play("recording_limit", after="hangup")]
 
     def _on_digit_recording(self, event: DigitPressed) -> list[Command]:
+        """Withdraw key: stop recording, discard per policy, tell the caller."""
         p = self.policy
         if event.digit != p.withdraw_key or not p.withdrawable:
             self.ignored_events += 1
@@ -444,6 +451,7 @@ class ConsentFlow:
         return [*out, self._play("recording_stopped", after=after)]
 
     def _on_end(self, event: CallEnded) -> list[Command]:
+        """Decide hung_up if undecided; stop recording, keeping what was recorded."""
         play = self._current_play()
         if play is not None:  # cut off by the hang-up; nobody is listening to stop it for
             play.ended_at, play.interrupted = self._now, True
@@ -470,3 +478,12 @@ _HANDLERS[(State.AWAITING_KEY, DigitPressed)] = ConsentFlow._on_digit_deciding
 _HANDLERS[(State.AWAITING_KEY, Tick)] = ConsentFlow._on_tick_awaiting
 _HANDLERS[(State.RECORDING, DigitPressed)] = ConsentFlow._on_digit_recording
 _HANDLERS[(State.RECORDING, Tick)] = ConsentFlow._on_tick_recording
+
+
+def transition_table() -> list[tuple[str, str, str]]:
+    """(state, event, what happens) for every pair the flow reacts to; docs/consent-flow.md
+    prints this table and a test keeps the two equal."""
+    return sorted(
+        (state.value, event.__name__, " ".join((handler.__doc__ or "").split()))
+        for (state, event), handler in _HANDLERS.items()
+    )

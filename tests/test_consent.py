@@ -354,3 +354,18 @@ def test_random_calls_keep_the_lawful_invariants(mode, stays, discard, script):
     assert not recording  # every recording was stopped by the end of the call
     assert handoffs <= 1
     assert f.evidence()["decision"] == decisions[0].value
+
+
+def test_docs_print_the_transition_table():
+    from pathlib import Path
+
+    from ivr.consent import transition_table
+
+    doc = (Path(__file__).parent.parent / "docs" / "consent-flow.md").read_text()
+    doc = doc.split("## Transitions")[1].split("## Decisions")[0]
+    rows = [
+        tuple(cell.strip().strip("`") for cell in line.strip("|").split("|"))
+        for line in doc.splitlines()
+        if line.startswith("| `")
+    ]
+    assert rows == [tuple(r) for r in transition_table()]
