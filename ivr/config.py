@@ -35,6 +35,7 @@ from ivr.policy import (
     ConsentMode,
     mode_error,
 )
+from media.prompts import LANGUAGES, PROMPT_IDS
 from storage.catalog import LawfulBasis
 
 __all__ = [
@@ -58,20 +59,8 @@ DEMO_CONFIG = Path(__file__).parent / "demo.toml"
 # Public on purpose: the simulated-call harness signs its webhooks with the same default.
 DEMO_TWILIO_AUTH_TOKEN = "demo-auth-token-not-secret"
 
-# The same lists as media/prompts.py: the languages and prompts the service ships.
-PROMPT_LANGUAGES = ("en", "sv")
-PROMPT_IDS = (
-    "consent_request",
-    "objection_notice",
-    "notice_only",
-    "recording_started",
-    "not_recording",
-    "recording_stopped",
-    "invalid_key",
-    "recording_limit",
-    "unknown_number",
-)
-
+# The languages and prompts the service ships (media/prompts.py owns the lists).
+PROMPT_LANGUAGES = LANGUAGES
 # The prompt a call opens with in each mode, and which of the line's keys that prompt names
 # (the built-in recordings say "press 1" etc., so other keys need the tenant's own recording).
 MODE_PROMPT: Mapping[ConsentMode, str | None] = MappingProxyType(
