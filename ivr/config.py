@@ -46,6 +46,7 @@ __all__ = [
     "PROMPT_IDS",
     "PROMPT_KEYS",
     "PROMPT_LANGUAGES",
+    "AsteriskSettings",
     "Config",
     "ConfigError",
     "Line",
@@ -160,6 +161,25 @@ class Line:
 
 
 @dataclass(frozen=True, slots=True)
+class AsteriskSettings:
+    """How to reach Asterisk's ARI, and where Asterisk should send a call's RTP."""
+
+    url: str  # base URL of ARI, e.g. http://127.0.0.1:8088/ari
+    username: str
+    password: str | None = field(repr=False)
+    password_env: str
+    app: str
+    rtp_host: str  # the address Asterisk sends a call's RTP to (ours, as Asterisk sees it)
+    rtp_bind: str  # the local address our RTP sockets bind to
+    rtp_port_min: int
+    rtp_port_max: int
+    dial_template: str  # how a line's forward_to becomes an endpoint to originate
+
+    def endpoint(self, forward_to: str) -> str:
+        return self.dial_template.format(number=forward_to)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path | None
     public_url: str | None
@@ -174,6 +194,7 @@ class Config:
     demo: bool
     # Things an operator should know that do not stop the service (log them at start-up).
     warnings: tuple[str, ...] = ()
+    asterisk: AsteriskSettings | None = None  # None: no [asterisk] section, ARI not used
 
     def line_for(self, number: str) -> Line | None:
         """The line for a dialled number in any notation with a country code, or None."""
@@ -473,6 +494,43 @@ def _public_url(value: Any) -> str:
     return url
 
 
+def _ari_url(value: Any) -> str:
+    text = _string(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid(f"{text!r} is not an http(s) URL like 'http://127.0.0.1:8088/ari'")
+    return text.rstrip("/")
+
+
+def _ari_app(value: Any) -> str:
+    text = _string(value)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", text):
+        raise _Invalid(f"{text!r} is not a Stasis application name (letters, digits, _ and -)")
+    return text
+
+
+def _port_range(value: Any) -> tuple[int, int]:
+    text = _string(value)
+    match = re.fullmatch(r"(\d{1,5})-(\d{1,5})", text)
+    if not match:
+        raise _Invalid(f"{text!r} is not a port range like '40000-40999'")
+    low, high = int(match[1]), int(match[2])
+    if not 1024 <= low <= high <= 65535:
+        raise _Invalid(f"{text!r}: ports must be within 1024-65535, low to high")
+    return low, high
+
+
+def _dial_template(value: Any) -> str:
+    text = _string(value)
+    if "{number}" not in text:
+        raise _Invalid(f"{text!r} must contain {{number}}, e.g. 'PJSIP/{{number}}@trunk'")
+    try:
+        text.format(number="x")
+    except (KeyError, IndexError, ValueError):
+        raise _Invalid(f"{text!r}: only {{number}} may appear in braces") from None
+    return text
+
+
 def _env_name(value: Any) -> str:
     if not isinstance(value, str):
         raise _wrong_type("a string (the name of an environment variable)", value)
@@ -499,7 +557,17 @@ def _policy_id(value: Any) -> str:
     return value
 
 
-_TOP_KEYS = ("service", "twilio", "retention", "tenants", "lines")
+_TOP_KEYS = ("service", "twilio", "asterisk", "retention", "tenants", "lines")
+_ASTERISK_KEYS = (
+    "url",
+    "username",
+    "password_env",
+    "app",
+    "rtp_host",
+    "rtp_bind",
+    "rtp_ports",
+    "dial_template",
+)
 _SERVICE_KEYS = ("public_url", "max_recording_seconds")
 _TWILIO_KEYS = ("auth_token_env", "stream_token_ttl_seconds")
 _RETENTION_KEYS = ("default_days",)
@@ -628,6 +696,8 @@ class _Loader:
             DEFAULT_STREAM_TOKEN_TTL_SECONDS,
         )
 
+        asterisk = self.asterisk(data, environ) if "asterisk" in data else None
+
         retention = self.table(data, "", "retention")
         self.check_keys(retention, "retention", _RETENTION_KEYS)
         overrides = self.retention_table(retention, "retention", "default_days")
@@ -672,6 +742,10 @@ class _Loader:
             )
         if not lines:
             warnings.append("no [[lines]] configured: every call hears 'unknown number'")
+        if asterisk is not None and asterisk.password is None:
+            warnings.append(
+                f"{asterisk.password_env} is not set: connecting to ARI without a password"
+            )
 
         return Config(
             source=source,
@@ -685,6 +759,39 @@ class _Loader:
             lines=MappingProxyType(lines),
             demo=demo,
             warnings=tuple(warnings),
+            asterisk=asterisk,
+        )
+
+    def asterisk(self, data: dict[str, Any], environ: Mapping[str, str]) -> AsteriskSettings | None:
+        section = self.table(data, "", "asterisk")
+        self.check_keys(
+            section,
+            "asterisk",
+            _ASTERISK_KEYS,
+            password="never put the ARI password in the file; export it and set password_env",
+        )
+        url = self.get(section, "asterisk", "url", _ari_url)
+        username = self.get(section, "asterisk", "username", _string)
+        password_env = self.get(section, "asterisk", "password_env", _env_name, "ARI_PASSWORD")
+        app = self.get(section, "asterisk", "app", _ari_app, "ivr")
+        rtp_host = self.get(section, "asterisk", "rtp_host", _string, "127.0.0.1")
+        rtp_bind = self.get(section, "asterisk", "rtp_bind", _string, rtp_host)
+        ports = self.get(section, "asterisk", "rtp_ports", _port_range, (40000, 40999))
+        template = self.get(section, "asterisk", "dial_template", _dial_template, "PJSIP/{number}")
+        values = (url, username, password_env, app, rtp_host, rtp_bind, ports, template)
+        if not all(_ok(v) for v in values):
+            return None
+        return AsteriskSettings(
+            url=url,
+            username=username,
+            password=environ.get(password_env) or None,
+            password_env=password_env,
+            app=app,
+            rtp_host=rtp_host,
+            rtp_bind=rtp_bind,
+            rtp_port_min=ports[0],
+            rtp_port_max=ports[1],
+            dial_template=template,
         )
 
     def retention_table(

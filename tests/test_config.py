@@ -1121,3 +1121,35 @@ def test_docs_example_loads(tmp_path):
     assert set(config.lines) == {"+46850000001", "+46850000002"}
     assert config.lines["+46850000001"].retention_days == 30
     assert config.lines["+46850000002"].forward_to == "sip:complaints@pbx.acme.example"
+
+
+def test_asterisk_section(tmp_path):
+    path = tmp_path / "ivr.toml"
+    base = (
+        '[tenants.a]\ndisplay_name = "A"\ndpo_contact = "d"\n'
+        '[[lines]]\nnumber = "+46850000001"\ntenant = "a"\npurpose = "q"\n'
+        'lawful_basis = "consent"\n'
+    )
+    path.write_text(
+        '[asterisk]\nurl = "http://127.0.0.1:8088/ari/"\nusername = "ivr"\n'
+        'rtp_ports = "40000-40100"\ndial_template = "PJSIP/{number}@trunk"\n' + base
+    )
+    config = load_config(path, {"ARI_PASSWORD": "secret"})
+    ari = config.asterisk
+    assert ari.url == "http://127.0.0.1:8088/ari" and ari.password == "secret"
+    assert (ari.rtp_port_min, ari.rtp_port_max) == (40000, 40100) and ari.app == "ivr"
+    assert ari.endpoint("+15550100099") == "PJSIP/+15550100099@trunk"
+    assert "secret" not in repr(config)
+    assert load_config(path, {}).asterisk.password is None  # a warning, not an error
+    assert any("ARI_PASSWORD" in w for w in load_config(path, {}).warnings)
+    assert load_config(None).asterisk is None
+
+    path.write_text(
+        '[asterisk]\nurl = "ftp://x"\npassword = "p"\nrtp_ports = "1-2"\n'
+        'dial_template = "SIP/x"\napp = "a b"\n' + base
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path, {})
+    text = str(err.value)
+    for key in ("url", "password", "username", "rtp_ports", "dial_template", "app"):
+        assert f"asterisk.{key}:" in text
