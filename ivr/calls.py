@@ -98,7 +98,8 @@ class CallSession:
             prompt_infos(self.prompts),
             self.started_wall,
         )
-        self.tracks = ("caller", "agent") if forwards else ("caller",)
+        if not self.tracks:  # a platform with separate legs; Asterisk passes its one mix
+            self.tracks = ("caller", "agent") if forwards else ("caller",)
 
     @property
     def decision(self) -> Decision | None:

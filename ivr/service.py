@@ -19,6 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ivr import __version__
+from ivr.ari_app import AriApplication
 from ivr.config import Config
 from ivr.prompt_library import PromptLibrary
 from ivr.stream_token import StreamTokens
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 VAULT = web.AppKey("vault", Vault)
 DATA_DIR = web.AppKey("data_dir", Path)
 CONFIG = web.AppKey("config", Config)
+ARI = web.AppKey("ari", AriApplication)
 
 
 def cpu_seconds() -> float:
@@ -75,6 +77,11 @@ def create_app(
                 "lines": len(config.lines),
             },
         )
+        ari_app = None
+        if config.asterisk is not None:
+            ari_app = AriApplication(config, vault, prompts, clock=clock)
+            app[ARI] = ari_app
+            await ari_app.start()
         log.info(
             "serving %d line(s) for %d tenant(s)%s; vault at %s",
             len(config.lines),
@@ -83,6 +90,8 @@ def create_app(
             data_dir,
         )
         yield
+        if ari_app is not None:
+            await ari_app.stop()
         await asyncio.to_thread(vault.close)
         log.info("vault closed")
 
@@ -96,9 +105,23 @@ async def healthz(request: web.Request) -> web.Response:
     vault = request.app[VAULT]
     twilio = request.app[TWILIO]
     in_progress = await asyncio.to_thread(lambda: len(vault.list(status=RecordingStatus.RECORDING)))
+    body: dict[str, object] = {}
+    ari_app = request.app.get(ARI)
+    if ari_app is not None:
+        body["asterisk"] = {
+            "connected": ari_app.connected,
+            "connections": ari_app.connections,
+            "calls_in_progress": len(ari_app.calls),
+            "counters": dict(sorted(ari_app.counters.items())),
+        }
     return web.json_response(
-        {
-            "status": "ok" if twilio.accepting else "stopping",
+        body
+        | {
+            "status": "stopping"
+            if not twilio.accepting
+            else "degraded"
+            if ari_app is not None and not ari_app.connected
+            else "ok",
             "version": __version__,
             "calls_in_progress": len(twilio.sessions),
             "open_recordings": len(vault.open_recordings),

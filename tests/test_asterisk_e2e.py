@@ -1,0 +1,374 @@
+"""Calls over Asterisk end to end: the service's ARI application against the fake Asterisk."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from ivr.ari_app import AriCall
+from ivr.calls import CallSession
+from ivr.config import load_config
+from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall, build_rtp
+from ivr.service import ARI, VAULT, create_app
+from storage.catalog import RecordingRow, RecordingStatus
+
+CONSENT_LINE = "+15550100001"
+OBJECTION_LINE = "+15550100002"
+NOTICE_LINE = "+15550100003"
+EMERGENCY_LINE = "+15550100004"
+MESSAGE_LINE = "+15550100005"
+CALLER = "+46701234567"
+DEMO = Path(__file__).parent.parent / "ivr" / "demo.toml"
+
+
+def config_file(tmp_path: Path, url: str, ports: str = "42000-42199") -> Path:
+    path = tmp_path / "ivr.toml"
+    path.write_text(
+        f'[asterisk]\nurl = "{url}"\nusername = "ivr"\napp = "ivr"\nrtp_ports = "{ports}"\n'
+        + DEMO.read_text()
+    )
+    return path
+
+
+@pytest.fixture
+async def pbx(tmp_path, monkeypatch):
+    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
+    fake = FakeAsterisk(pace=False, app="ivr", username="ivr", password="pw")
+    await fake.start()
+    config = load_config(config_file(tmp_path, fake.url), {"ARI_PASSWORD": "pw"})
+    app = create_app(config, tmp_path / "var", fsync=False)
+    server = TestServer(app)
+    await server.start_server()
+    await fake.wait_connected()
+    try:
+        yield fake, app
+    finally:
+        await server.close()
+        await fake.stop()
+
+
+async def until(predicate: Callable[[], object], what: str, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+class Call:
+    """The fake's call plus a view of what the service made of it."""
+
+    def __init__(self, app, fake_call: FakeCall) -> None:
+        self.app = app
+        self.fake = fake_call
+        self.session: CallSession | None = None
+
+    @property
+    def ari(self) -> AriCall | None:
+        return self.app[ARI].calls.get(self.fake.channel_id)
+
+    async def ready(self) -> Call:
+        await self.fake.wait_until_bridged()
+        await until(lambda: self.ari and self.ari.session, "the call's session")
+        self.session = self.ari.session
+        return self
+
+    async def talk(self, seconds: float, **faults) -> None:
+        """Send this much caller audio and wait until the service has taken it in."""
+        target = self.session.now + seconds
+        frames = round(seconds * 50)
+        if faults:
+            await self.fake.send_audio(frames, **faults)
+        else:  # in bursts a UDP socket buffer holds: real Asterisk paces at 20 ms anyway
+            for start in range(0, frames, 100):
+                step = min(100, frames - start)
+                goal = self.session.now + step / 50
+                await self.fake.send_audio(step)
+                await until(
+                    lambda g=goal: self.session.now >= g - 0.1 or self.session.ended, "media"
+                )
+        await until(lambda: self.session.now >= target - 0.1 or self.session.ended, "media")
+
+    async def press(self, digit: str) -> None:
+        before = self.session.flow.decision, self.session.flow.recording
+        await self.fake.press(digit)
+        await until(
+            lambda: (self.session.flow.decision, self.session.flow.recording) != before,
+            f"key {digit} to take effect",
+        )
+
+    async def hang_up(self, **kw) -> RecordingRow | None:
+        await self.fake.hangup(**kw)
+        await until(lambda: self.fake.channel_id not in self.app[ARI].calls, "the call to end")
+        return self.session.row
+
+
+async def place(fake, app, exten: str, **kw) -> Call:
+    return await Call(app, await fake.place_call(exten, CALLER, **kw)).ready()
+
+
+# -- each consent mode ----------------------------------------------------------------------------
+async def test_opt_in_accept_connects_the_agent_and_records_the_mix(pbx):
+    fake, app = pbx
+    call = await place(fake, app, CONSENT_LINE)
+    await call.talk(1.0)
+    await call.press("1")  # during the prompt: barge-in
+    assert call.session.decision.value == "accepted"
+    await call.talk(3.0)  # "recording started" plays, then the agent is originated
+    await until(lambda: call.fake.agent is not None and call.fake.agent.bridge_id, "agent")
+    await call.talk(2.0)
+    row = await call.hang_up()
+    assert row.status is RecordingStatus.COMPLETE and row.tracks == ("mixed",)
+    assert 4800 <= row.duration_ms <= 5300
+    ev = row.consent_evidence
+    assert ev["key_pressed"] == "1" and ev["prompt_played_in_full"] is False
+    # The caller heard 1 s of the question and the 2 s confirmation, nothing more.
+    heard = len(call.fake.prompt_audio()) / 8000
+    assert 2.9 <= heard <= 3.2
+    # Everything the service did was a well-formed ARI request, and it cleaned up after itself.
+    assert fake.rejected == 0, [r for r in fake.requests if r.status >= 400]
+    paths = [(r.method, r.path) for r in fake.requests]
+    assert ("POST", "/ari/channels/externalMedia") in paths
+    assert not fake.bridges or all(b.destroyed for b in fake.bridges.values())
+    assert call.session.stats.frames_lost == 0
+
+
+async def test_opt_in_decline_and_silence_record_nothing(pbx):
+    fake, app = pbx
+    declined = await place(fake, app, CONSENT_LINE)
+    await declined.talk(14.0)  # the whole question
+    await declined.press("9")
+    assert declined.session.decision.value == "declined"
+    silent = await place(fake, app, CONSENT_LINE)
+    await silent.talk(14.0 + 8.5)  # question, then the 8 s timeout
+    await until(lambda: silent.session.decision is not None, "the timeout")
+    assert silent.session.decision.value == "no_response"
+    for call in (declined, silent):
+        await call.talk(3.0)
+        assert await call.hang_up() is None
+    assert app[VAULT].list() == []
+
+
+async def test_opt_out_objection_and_notice_and_emergency(pbx):
+    fake, app = pbx
+    objector = await place(fake, app, OBJECTION_LINE)
+    await objector.talk(2.0)
+    await objector.press("9")
+    notice = await place(fake, app, NOTICE_LINE)
+    await notice.talk(12.0)
+    emergency = await place(fake, app, EMERGENCY_LINE)
+    await emergency.talk(2.0)
+    assert objector.session.decision.value == "objected"
+    assert notice.session.decision.value == "notified" and notice.session.flow.recording
+    assert emergency.session.decision.value == "not_asked"
+    rows = [await c.hang_up() for c in (objector, notice, emergency)]
+    assert rows[0] is None
+    assert rows[1].lawful_basis.value == "contract" and rows[1].status is RecordingStatus.COMPLETE
+    assert rows[2].lawful_basis.value == "vital_interests" and rows[2].duration_ms >= 1900
+
+
+async def test_withdrawal_mid_call_discards(pbx):
+    fake, app = pbx
+    call = await place(fake, app, CONSENT_LINE)
+    await call.talk(0.5)
+    await call.press("1")
+    await call.talk(5.0)  # confirmation played, agent connected: on Asterisk keys still arrive
+    await call.press("*")
+    assert call.session.flow.evidence()["withdrawn_at"] is not None
+    await call.talk(1.0)
+    row = await call.hang_up()
+    assert row.status is RecordingStatus.DISCARDED and row.wrapped_dek is None
+
+
+async def test_message_line_records_until_the_caller_hangs_up(pbx):
+    fake, app = pbx
+    call = await place(fake, app, MESSAGE_LINE)
+    await call.talk(1.0)
+    await call.press("1")
+    await call.talk(6.0)
+    row = await call.hang_up()
+    assert row.status is RecordingStatus.COMPLETE and 5800 <= row.duration_ms <= 6200
+    assert call.fake.agent is None  # nowhere to forward to
+
+
+async def test_rfc4733_digits_count_once(pbx):
+    fake, app = pbx
+    call = await place(fake, app, CONSENT_LINE)
+    await call.talk(0.5)
+    await call.fake.also_send_dtmf_rtp("1")
+    await call.fake.press("1")  # the same key, also as an ARI event
+    await until(lambda: call.session.decision is not None, "the key")
+    await call.talk(1.0)
+    assert call.session.decision.value == "accepted"
+    keys = [p for p in call.session.flow.evidence()["prompts_played"]]
+    assert [p["prompt_id"] for p in keys] == ["consent_request", "recording_started"]
+    await call.hang_up()
+
+
+# -- hang-ups, RTP hygiene, two calls -------------------------------------------------------------
+async def test_hang_up_during_the_prompt_releases_everything(pbx):
+    fake, app = pbx
+    call = await place(fake, app, CONSENT_LINE)
+    port, media_id, bridge_id = call.ari.port, call.ari.media_id, call.ari.bridge_id
+    await call.talk(2.0)
+    assert await call.hang_up() is None
+    assert call.session.decision.value == "hung_up"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))  # the UDP port was released
+    await until(lambda: fake.channels[media_id].destroyed, "the media channel to go")
+    assert bridge_id not in fake.bridges or fake.bridges[bridge_id].destroyed
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("ChannelHangupRequest", "StasisEnd", "ChannelDestroyed"),
+        ("ChannelDestroyed", "StasisEnd", "ChannelHangupRequest"),
+        ("StasisEnd",),
+    ],
+)
+async def test_any_hang_up_order_finalises_exactly_once(pbx, order):
+    fake, app = pbx
+    call = await place(fake, app, EMERGENCY_LINE)
+    await call.talk(1.0)
+    row = await call.hang_up(order=order, duplicate=True)
+    assert row.status is RecordingStatus.COMPLETE
+    await asyncio.sleep(0.05)
+    assert app[ARI].counters["calls_completed"] == 1
+    assert len(app[VAULT].list()) == 1
+
+
+async def test_lost_duplicated_and_reordered_rtp(pbx):
+    fake, app = pbx
+    call = await place(fake, app, EMERGENCY_LINE)
+    await call.talk(1.0, drop={10, 11, 30}, duplicate={20, 21}, reorder=[(40, 41), (45, 47)])
+    await call.talk(0.2)
+    stats = call.ari.jitter.stats
+    assert stats.lost == 3 and stats.duplicates == 2
+    row = await call.hang_up()
+    # Losses are filled with silence, so the timeline keeps its length.
+    assert 1150 <= row.duration_ms <= 1250
+    assert call.session.stats.frames_stored == 60
+
+
+async def test_rtp_from_strangers_and_garbage_is_dropped(pbx):
+    fake, app = pbx
+    call = await place(fake, app, EMERGENCY_LINE)
+    await call.talk(0.5)
+    await call.fake.inject_rtp(build_rtp(0, 1, 1, 99, b"\x00" * 160), from_stranger=True)
+    await call.fake.inject_rtp(b"\x01\x02garbage")
+    await until(lambda: call.ari.strangers == 1 and call.ari.malformed == 1, "the drops")
+    await call.talk(0.5)
+    row = await call.hang_up()
+    assert row.status is RecordingStatus.COMPLETE and call.session.stats.frames_stored == 50
+
+
+async def test_two_calls_are_kept_apart(pbx):
+    fake, app = pbx
+    a = await place(fake, app, EMERGENCY_LINE)
+    b = await place(fake, app, EMERGENCY_LINE)
+    assert a.ari.port != b.ari.port
+    await a.talk(1.0)
+    await b.talk(2.0)
+    await a.fake.press("1")  # ignored on this line, and only seen by a
+    await until(lambda: a.session.flow.ignored_events == 1, "the key")
+    assert b.session.flow.ignored_events == 0
+    rows = [await a.hang_up(), await b.hang_up()]
+    assert rows[0].id != rows[1].id and rows[0].call_id != rows[1].call_id
+    assert 900 <= rows[0].duration_ms <= 1100 and 1900 <= rows[1].duration_ms <= 2100
+
+
+# -- Asterisk going away, and Asterisk saying no --------------------------------------------------
+async def test_events_socket_dropped_and_restored_mid_call(pbx, monkeypatch):
+    fake, app = pbx
+    monkeypatch.setattr("ivr.ari_app.BACKOFF_START", 0.01)
+    call = await place(fake, app, EMERGENCY_LINE)
+    gone = await place(fake, app, EMERGENCY_LINE)
+    await call.talk(1.0)
+    await gone.talk(1.0)
+    connections = app[ARI].connections
+    fake.refuse_connections(True)
+    await fake.drop_events_socket()
+    await gone.fake.hangup()  # while we cannot hear it
+    await call.talk(1.0)  # RTP still flows; the call goes on
+    fake.refuse_connections(False)
+    await until(lambda: app[ARI].connections > connections and app[ARI].connected, "reconnect")
+    await until(lambda: gone.fake.channel_id not in app[ARI].calls, "the missed hang-up")
+    assert gone.session.row.status is RecordingStatus.COMPLETE
+    await call.talk(1.0)
+    row = await call.hang_up()  # events flow again
+    assert row.status is RecordingStatus.COMPLETE and row.duration_ms >= 2900
+
+
+async def test_rest_errors_end_that_call_cleanly(pbx, caplog):
+    fake, app = pbx
+    caplog.set_level(logging.ERROR)
+    fake.fail_next("POST", r"/channels/externalMedia", 500)
+    broken = Call(app, await fake.place_call(EMERGENCY_LINE, CALLER))
+    await until(lambda: fake.channels[broken.fake.channel_id].destroyed, "the call to be hung up")
+    assert any("setting up media failed" in r.getMessage() for r in caplog.records)
+    fine = await place(fake, app, EMERGENCY_LINE)
+    await fine.talk(1.0)
+    assert (await fine.hang_up()).status is RecordingStatus.COMPLETE
+
+
+async def test_unknown_events_and_channels_are_counted(pbx):
+    _, app = pbx
+    ari_app = app[ARI]
+    ari_app._on_event_text('{"type": "SomethingNew", "application": "ivr"}')
+    ari_app._on_event_text(
+        '{"type": "ChannelDtmfReceived", "digit": "1", "channel": {"id": "nobody"}}'
+    )
+    ari_app._on_event_text("not json")
+    assert ari_app.counters["events_other"] >= 1
+    assert ari_app.counters["events_unknown_channel"] == 1
+    assert ari_app.counters["events_bad"] == 1
+
+
+async def test_unknown_line_is_hung_up(pbx):
+    fake, app = pbx
+    fake_call = await fake.place_call("999", CALLER)
+    await until(lambda: fake.channels[fake_call.channel_id].destroyed, "hang-up")
+    assert app[ARI].counters["calls_unknown_line"] == 1
+
+
+async def test_line_chosen_by_stasis_argument_or_channel_variable(pbx):
+    fake, app = pbx
+    by_arg = await place(fake, app, "100", args=[NOTICE_LINE])
+    by_var = await place(fake, app, "100", channel_vars={"IVR_LINE": EMERGENCY_LINE})
+    assert by_arg.session.line.number == NOTICE_LINE
+    assert by_var.session.line.number == EMERGENCY_LINE
+    await by_arg.hang_up()
+    await by_var.hang_up()
+
+
+async def test_exhausted_port_range_refuses_only_the_extra_call(tmp_path, monkeypatch):
+    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
+    fake = FakeAsterisk(pace=False, app="ivr", username="ivr", password="pw")
+    await fake.start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    config = load_config(
+        config_file(tmp_path, fake.url, ports=f"{free}-{free}"), {"ARI_PASSWORD": "pw"}
+    )
+    app = create_app(config, tmp_path / "var", fsync=False)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        await fake.wait_connected()
+        first = await place(fake, app, EMERGENCY_LINE)
+        second = await fake.place_call(EMERGENCY_LINE, CALLER)
+        await until(lambda: fake.channels[second.channel_id].destroyed, "the refusal")
+        assert app[ARI].counters["rtp_ports_exhausted"] == 1
+        await first.talk(1.0)
+        assert (await first.hang_up()).status is RecordingStatus.COMPLETE
+    finally:
+        await server.close()
+        await fake.stop()
