@@ -159,6 +159,7 @@ class AriCall:
     malformed: int = 0
     last_digit: tuple[str, float] | None = None
     caller_gone: bool = False
+    reported: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -341,9 +342,26 @@ class AriCall:
         self.last_digit = (digit, now)
         await self._run(await session.handle(DigitPressed(at=now, digit=digit)))
 
+    async def _report(self) -> None:
+        """Tell the PBX what was decided, as channel variables its dialplan or CDR can use:
+        IVR_CONSENT_DECISION, IVR_LAWFUL_BASIS and, once recording, IVR_RECORDING_ID."""
+        session = self.session
+        assert session is not None
+        values = {
+            "IVR_CONSENT_DECISION": session.decision.value if session.decision else "",
+            "IVR_LAWFUL_BASIS": session.line.lawful_basis.value,
+            "IVR_RECORDING_ID": session.recording.id if session.recording else "",
+        }
+        for name, value in values.items():
+            if value and self.reported.get(name) != value and not self.caller_gone:
+                self.reported[name] = value
+                await self.app.rest_quiet(ari.set_variable(self.caller.id, name, value))
+
     async def _run(self, commands: list[Command]) -> None:
         session = self.session
         assert session is not None
+        if session.decision is not None:
+            await self._report()
         for command in commands:
             if isinstance(command, PlayPrompt):
                 prompt = session.prompts[command.prompt_id]

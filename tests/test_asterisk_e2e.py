@@ -137,6 +137,11 @@ async def test_opt_in_accept_connects_the_agent_and_records_the_mix(pbx):
     assert ("POST", "/ari/channels/externalMedia") in paths
     assert not fake.bridges or all(b.destroyed for b in fake.bridges.values())
     assert call.session.stats.frames_lost == 0
+    # The PBX is told the outcome, for its dialplan and CDRs.
+    variables = fake.channels[call.fake.channel_id].vars
+    assert (
+        variables["IVR_CONSENT_DECISION"] == "accepted" and variables["IVR_RECORDING_ID"] == row.id
+    )
 
 
 async def test_opt_in_decline_and_silence_record_nothing(pbx):
@@ -372,3 +377,32 @@ async def test_exhausted_port_range_refuses_only_the_extra_call(tmp_path, monkey
     finally:
         await server.close()
         await fake.stop()
+
+
+async def test_simulate_platform_asterisk_against_the_service(tmp_path, monkeypatch):
+    from ivr.harness.asterisk_sim import AsteriskCallOptions, simulate_asterisk_call
+
+    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
+    monkeypatch.setattr("ivr.ari_app.BACKOFF_START", 0.01)
+    monkeypatch.setattr("ivr.ari_app.BACKOFF_MAX", 0.05)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    example = Path(__file__).parent.parent / "examples" / "asterisk-demo.toml"
+    text = example.read_text().replace("127.0.0.1:8088", f"127.0.0.1:{port}")
+    text = text.replace('"40000-40999"', '"42200-42299"')
+    (tmp_path / "ivr.toml").write_text(text)
+    config = load_config(tmp_path / "ivr.toml", {"ARI_PASSWORD": "demo"})
+    server = TestServer(create_app(config, tmp_path / "var", fsync=False))
+    await server.start_server()
+    try:
+        result = await simulate_asterisk_call(
+            AsteriskCallOptions(port=port, fast=True, presses=[(2.0, "1")], duration=2.0)
+        )
+    finally:
+        await server.close()
+    assert result.error is None, result.transcript
+    assert result.decision == "accepted" and result.lawful_basis == "consent"
+    assert result.recording_id.startswith("rec_")
+    assert 2000 <= result.prompt_ms_received <= 4500
+    assert any("agent connected" in e.text for e in result.transcript)

@@ -153,6 +153,10 @@ def hang_up(channel_id: str, reason: str = "normal") -> Request:
     return Request("DELETE", f"/channels/{channel_id}", {"reason": reason})
 
 
+def set_variable(channel_id: str, name: str, value: str) -> Request:
+    return Request("POST", f"/channels/{channel_id}/variable", {"variable": name, "value": value})
+
+
 def get_channel(channel_id: str) -> Request:
     return Request("GET", f"/channels/{channel_id}")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from ivr.harness.asterisk_sim import AsteriskCallOptions, simulate_asterisk_call
 from ivr.harness.twilio_sim import (
     DEFAULT_FROM,
     DEFAULT_TO,
@@ -157,6 +158,26 @@ def add_simulate_parser(subparsers: Any) -> None:
         metavar="TOKEN",
         help=f"Twilio auth token to sign with (default ${AUTH_TOKEN_ENV}, else the demo token)",
     )
+    p.add_argument(
+        "--platform",
+        choices=("twilio", "asterisk"),
+        default="twilio",
+        help="twilio: act as Twilio against --url; asterisk: act as an Asterisk PBX that the "
+        "service's [asterisk] url points at (default twilio)",
+    )
+    p.add_argument(
+        "--ari-listen",
+        default="127.0.0.1:8088",
+        metavar="HOST:PORT",
+        help="asterisk: where the fake ARI listens (127.0.0.1:8088)",
+    )
+    p.add_argument("--ari-app", default="ivr", help="asterisk: the Stasis app name (ivr)")
+    p.add_argument("--ari-user", default="ivr", help="asterisk: ARI user name (ivr)")
+    p.add_argument(
+        "--ari-password",
+        default=None,
+        help="asterisk: ARI password (default $ARI_PASSWORD, else 'demo')",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run_simulate)
 
@@ -178,13 +199,33 @@ def options_from_args(args: argparse.Namespace) -> CallOptions:
     )
 
 
+def asterisk_options_from_args(args: argparse.Namespace) -> AsteriskCallOptions:
+    host, _, port = args.ari_listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ari-listen {args.ari_listen!r} is not HOST:PORT")
+    return AsteriskCallOptions(
+        host=host,
+        port=int(port),
+        app=args.ari_app,
+        username=args.ari_user,
+        password=args.ari_password or os.environ.get("ARI_PASSWORD") or "demo",
+        to=args.to,
+        from_=args.from_,
+        presses=list(args.press),
+        hangup_at=args.hangup_at,
+        duration=args.duration,
+        fast=args.fast,
+        max_call_seconds=args.max_call_seconds,
+    )
+
+
 def format_entry(entry: TranscriptEntry) -> str:
     return f"{f'+{entry.t:.2f}s':>9}  {entry.text}"
 
 
 def summary_line(result: CallResult) -> str:
     if result.status_response is None:
-        return "no status callback answer"
+        return "no outcome reported by the service"
     parts = [f"decision: {result.decision or '-'}"]
     if result.recording_id:
         parts.append(f"recording {result.recording_id} ({result.recording_status or '?'})")
@@ -202,7 +243,12 @@ async def run_simulate_async(args: argparse.Namespace, out: TextIO | None = None
         print(format_entry(entry), file=out, flush=True)
 
     try:
-        result = await simulate_call(options, on_transcript=None if args.json else live)
+        if getattr(args, "platform", "twilio") == "asterisk":
+            result = await simulate_asterisk_call(
+                asterisk_options_from_args(args), on_transcript=None if args.json else live
+            )
+        else:
+            result = await simulate_call(options, on_transcript=None if args.json else live)
     except ValueError as exc:  # options the parser could not check
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -1,0 +1,155 @@
+"""One simulated PBX call: the fake Asterisk hands a caller to the service's ARI application.
+
+The service must be configured to reach this fake (``[asterisk] url`` at the address the fake
+listens on; see docs/asterisk.md). The fake waits for the service's events websocket, places
+the call, streams caller audio as RTP, presses keys and hangs up at the given call times, and
+reads the outcome from the channel variables the service sets (IVR_CONSENT_DECISION,
+IVR_LAWFUL_BASIS, IVR_RECORDING_ID).
+
+Fast mode runs on virtual time: audio goes out in small bursts as fast as the service takes it,
+with a short pause after each burst so the service is never far behind the call clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall
+from ivr.harness.twilio_sim import DEFAULT_FROM, DEFAULT_TO, CallResult, TranscriptEntry
+
+FRAME_S = 0.02
+FAST_BURST = 10  # frames per burst in fast mode (200 ms of call time)
+FAST_PAUSE = 0.004  # wall seconds after each burst
+
+
+@dataclass
+class AsteriskCallOptions:
+    host: str = "127.0.0.1"
+    port: int = 8088
+    app: str = "ivr"
+    username: str = "ivr"
+    password: str = "demo"
+    to: str = DEFAULT_TO
+    from_: str = DEFAULT_FROM
+    presses: list[tuple[float, str]] = field(default_factory=list)
+    hangup_at: float | None = None
+    duration: float = 5.0  # talking with the agent once connected
+    fast: bool = False
+    max_call_seconds: float = 600.0
+    connect_timeout: float = 30.0  # the service retries with backoff; give it time to find us
+
+
+async def simulate_asterisk_call(
+    options: AsteriskCallOptions,
+    *,
+    on_transcript: Callable[[TranscriptEntry], None] | None = None,
+    fake: FakeAsterisk | None = None,
+) -> CallResult:
+    own_fake = fake is None
+    fake = fake or FakeAsterisk(
+        app=options.app,
+        username=options.username,
+        password=options.password,
+        host=options.host,
+        port=options.port,
+        pace=not options.fast,
+    )
+    result = CallResult(call_sid="")
+    now = 0.0
+
+    def note(text: str) -> None:
+        entry = TranscriptEntry(round(now, 2), text)
+        result.transcript.append(entry)
+        if on_transcript:
+            on_transcript(entry)
+
+    try:
+        if own_fake:
+            await fake.start()
+        note(
+            f"fake Asterisk listening at {fake.url}; waiting for the service's app {options.app!r}"
+        )
+        try:
+            await fake.wait_connected(options.app, timeout=options.connect_timeout)
+        except (TimeoutError, AssertionError):
+            result.error = (
+                f"the service did not connect to {fake.url} within {options.connect_timeout:.0f} s"
+                " (is [asterisk] url set to this address?)"
+            )
+            note(f"error: {result.error}")
+            return result
+        call = await fake.place_call(options.to, options.from_)
+        result.call_sid = call.channel_id
+        note(f"→ StasisStart for channel {call.channel_id} (exten {options.to})")
+        await call.wait_until_bridged(timeout=10)
+        note("← answered; bridge with external media up")
+        now = await _drive(call, options, note)
+    except Exception as exc:  # a harness never hangs or dies on a misbehaving service
+        result.error = f"{type(exc).__name__}: {exc}"
+        note(f"error: {result.error}")
+    finally:
+        if result.call_sid:
+            state = fake.channels.get(result.call_sid)
+            variables = state.vars if state is not None else {}
+            result.status_response = {
+                "decision": variables.get("IVR_CONSENT_DECISION") or None,
+                "lawful_basis": variables.get("IVR_LAWFUL_BASIS") or None,
+                "recording_id": variables.get("IVR_RECORDING_ID") or None,
+            }
+            heard = (
+                fake.calls[result.call_sid].prompt_audio() if result.call_sid in fake.calls else b""
+            )
+            result.prompt_ms_received = len(heard) / 8
+        result.duration = now
+        if own_fake:
+            await fake.stop()
+    return result
+
+
+async def _drive(
+    call: FakeCall, options: AsteriskCallOptions, note: Callable[[str], None]
+) -> float:
+    """Play the caller's part until someone hangs up; returns the call time at the end."""
+    presses = sorted(options.presses)
+    now = 0.0
+    heard = 0
+    end_at = options.hangup_at
+    agent_seen = False
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while True:
+        if now >= options.max_call_seconds:
+            note("caller gives up (max call seconds)")
+            await call.hangup()
+            return now
+        if call.channel.destroyed:
+            note("← the service hung up")
+            return now
+        while presses and presses[0][0] <= now:
+            _, digit = presses.pop(0)
+            await call.press(digit)
+            note(f"→ pressed {digit}")
+            if options.fast:
+                await asyncio.sleep(FAST_PAUSE * 5)
+        if not agent_seen and call.agent is not None and call.agent.bridge_id:
+            agent_seen = True
+            note("← agent connected into the bridge")
+            if end_at is None:
+                end_at = now + options.duration
+        if end_at is not None and now >= end_at:
+            await call.hangup()
+            note("→ caller hangs up")
+            return now
+        received = len(call.prompt_audio())
+        if received > heard:
+            note(f"← prompt audio, {received / 8000:.2f} s so far")
+            heard = received
+        if options.fast:
+            await call.send_audio(FAST_BURST)
+            now += FAST_BURST * FRAME_S
+            await asyncio.sleep(FAST_PAUSE)
+        else:
+            await asyncio.sleep(FRAME_S * 5)
+            now = loop.time() - start
