@@ -1,0 +1,91 @@
+"""ARI wire format: events parsed strictly, REST calls built exactly."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ivr.adapters import ari
+
+
+def channel(**kw) -> dict:
+    base = {
+        "id": "1700000000.1",
+        "name": "PJSIP/trunk-00000001",
+        "state": "Ring",
+        "caller": {"name": "", "number": "+46701234567"},
+        "dialplan": {"context": "from-external", "exten": "+46850000001", "priority": 1},
+    }
+    return base | kw
+
+
+def event(kind: str, **kw) -> str:
+    return json.dumps({"type": kind, "application": "ivr", "timestamp": "x"} | kw)
+
+
+def test_events():
+    start = ari.parse_event(event("StasisStart", args=["+4685"], channel=channel()))
+    assert isinstance(start, ari.StasisStart) and start.args == ("+4685",)
+    assert start.channel.exten == "+46850000001" and not start.channel.ours
+    dtmf = ari.parse_event(
+        event("ChannelDtmfReceived", digit="#", duration_ms=90, channel=channel())
+    )
+    assert dtmf == ari.DtmfReceived(ari.Channel.from_json(channel()), "#", 90)
+    gone = ari.parse_event(
+        event("ChannelDestroyed", cause=16, cause_txt="Normal", channel=channel())
+    )
+    assert isinstance(gone, ari.ChannelDestroyed) and gone.cause == 16
+    other = ari.parse_event(event("ChannelVarset", channel=channel()))
+    assert other == ari.UnknownEvent("ChannelVarset", "1700000000.1")
+
+
+def test_own_channels_are_recognised():
+    assert ari.Channel.from_json(channel(id="ivr-media-1")).ours
+    assert ari.Channel.from_json(channel(name="UnicastRTP/127.0.0.1:40000-0000001")).ours
+    assert ari.Channel.from_json(channel(name="Snoop/123-0001")).ours
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nope",
+        "[]",
+        json.dumps({"no": "type"}),
+        event("StasisStart", channel={"name": "x"}),
+        event("StasisStart", args="x", channel=channel()),
+        event("ChannelDtmfReceived", digit="x", channel=channel()),
+        "x" * (ari.MAX_EVENT_BYTES + 1),
+    ],
+)
+def test_bad_events(text):
+    with pytest.raises(ari.AriEventError):
+        ari.parse_event(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_event_parser_only_raises_its_own_error(text):
+    with contextlib.suppress(ari.AriEventError):
+        ari.parse_event(text)
+
+
+def test_requests():
+    media = ari.external_media("ivr", "ivr-media-1", "10.0.0.9", 40000)
+    assert media.path == "/channels/externalMedia"
+    assert media.query["external_host"] == "10.0.0.9:40000" and media.query["format"] == "ulaw"
+    assert ari.external_media("ivr", "m", "::1", 4).query["external_host"] == "[::1]:4"
+    assert ari.add_to_bridge("b", ["a", "c"]).query == {"channel": "a,c"}
+    assert ari.create_bridge("b").query["type"] == "mixing"
+    assert ari.hang_up("c").method == "DELETE"
+    assert (
+        ari.originate("ivr", "ivr-agent-1", "PJSIP/1@t", "+1", 30).query["endpoint"] == "PJSIP/1@t"
+    )
+    vars_ = {"UNICASTRTP_LOCAL_ADDRESS": "10.0.0.5", "UNICASTRTP_LOCAL_PORT": "17000"}
+    assert ari.rtp_peer({"channelvars": vars_}) == ("10.0.0.5", 17000)
+    for bad in ({}, {"channelvars": {}}, {"channelvars": {"UNICASTRTP_LOCAL_PORT": "x"}}):
+        with pytest.raises(ari.AriEventError):
+            ari.rtp_peer(bad)
