@@ -341,8 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_config_check)
 
     from ivr.harness.cli import add_simulate_parser
+    from ivr.harness.loadtest import add_loadtest_parser
 
     add_simulate_parser(top)
+    add_loadtest_parser(top)
 
     keys = top.add_parser("keys", help="tenant key-encryption keys")
     ksub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
