@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 MAX_BAD_MESSAGES = 50  # per stream, before we stop believing it is Twilio talking
 WALL_GRACE_SECONDS = 2.0
+NEAR_DEADLINE_SECONDS = 30.0
 UNKNOWN_NUMBER_TEXT = "This number is not in service. Goodbye."
 
 
@@ -358,7 +359,11 @@ async def _serve_stream(stream: _Stream) -> None:
         timeout = None
         session = stream.session
         if session is not None and session.flow.deadline is not None:
-            timeout = max(session.flow.deadline - session.now, 0) + WALL_GRACE_SECONDS
+            remaining = session.flow.deadline - session.now
+            # A per-message timeout costs a timer each time: only arm one when the deadline is
+            # near enough that a stalled stream could miss it.
+            if remaining < NEAR_DEADLINE_SECONDS:
+                timeout = max(remaining, 0) + WALL_GRACE_SECONDS
         try:
             msg = await ws.receive(timeout=timeout)
         except TimeoutError:
@@ -395,18 +400,22 @@ async def _serve_stream(stream: _Stream) -> None:
 async def _dispatch(stream: _Stream, message: object) -> bool:
     """Act on one message; False when the stream is finished."""
     session = stream.session
-    if isinstance(message, Media):
+    if isinstance(message, Media):  # the hot path: every 20 ms per track per call
         if session is None:
             await stream.close(CLOSE_PROTOCOL_ERROR, "media before start")
             return False
-        if not stream.in_order(message.sequence):
+        sequence = message.sequence
+        if sequence == stream.last_seq + 1:
+            stream.last_seq = sequence
+        elif not stream.in_order(sequence):
             return True
         call_ms = stream.base_ms + message.timestamp_ms
         session.audio(
             TRACK_CALLER if message.track == "inbound" else TRACK_AGENT, call_ms, message.payload
         )
         call_time = session.at(call_ms / 1000)
-        if session.flow.deadline is not None:
+        deadline = session.flow.deadline
+        if deadline is not None and call_time >= deadline:
             await _run_commands(stream, await session.tick(call_time))
         return True
     if isinstance(message, Start):

@@ -1,9 +1,9 @@
 """Local blob store: where sealed recordings live on disk, and how they get there.
 
 A blob is written as ``<id>.rec.part`` while its call runs and renamed to ``<id>.rec`` once its
-final chunk is durable. Writes happen on a small thread pool, never on the caller's thread (the
-event loop): ``BlobFile.write`` only queues bytes. Each file drains its own queue in order, and
-one fsync covers whatever a drain wrote, so a slow disk batches chunks rather than falling behind.
+final chunk is durable. Chunks are appended as they are sealed; the fsyncs that make them
+durable run on a small thread pool, never on the caller's thread (the event loop), and one fsync
+covers whatever was written before it, so a slow disk batches chunks rather than falling behind.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import errno
 import hashlib
 import os
 import threading
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ class BlobInfo:
     relpath: str
     size: int
     sha256: str
-    units: int  # header + chunks that reached the disk
+    units: int  # writes (chunks) that reached the disk whole
 
 
 class LocalBlobStore:
@@ -66,7 +65,13 @@ class LocalBlobStore:
 
 
 class BlobFile:
-    """An append-only blob being written; ``write`` queues, a pool thread writes in order."""
+    """An append-only blob being written.
+
+    ``write`` appends to the file at once (a page-cache write of one chunk, about a second of
+    audio, is short) and reports a full disk straight away; the fsync that makes it durable is
+    the slow part, so it runs on the pool, coalesced: one fsync covers every chunk written
+    before it started.
+    """
 
     def __init__(
         self,
@@ -83,8 +88,8 @@ class BlobFile:
         self._fsync = fsync
         self._fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._lock = threading.Lock()
-        self._queue: deque[bytes] = deque()
-        self._drain_job: Future[None] | None = None
+        self._dirty = False
+        self._sync_job: Future[None] | None = None
         self._hash = hashlib.sha256()
         self.size = 0
         self.units = 0
@@ -94,32 +99,36 @@ class BlobFile:
     def write(self, data: bytes) -> None:
         if self.error is not None:
             raise self.error
-        with self._lock:
-            self._queue.append(data)
-            if self._drain_job is None:
-                self._drain_job = self._executor.submit(self._drain)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            self._fail(exc)
+            raise self.error from None  # type: ignore[misc]
+        self._hash.update(data)
+        self.size += len(data)
+        self.units += 1
+        if self._fsync:
+            with self._lock:
+                self._dirty = True
+                if self._sync_job is None:
+                    self._sync_job = self._executor.submit(self._sync)
 
-    def _drain(self) -> None:
+    def _sync(self) -> None:
         while True:
             with self._lock:
-                if not self._queue or self.error is not None:
-                    self._queue.clear()
-                    self._drain_job = None
+                if not self._dirty or self.closed:
+                    self._sync_job = None
                     return
-                batch = list(self._queue)
-                self._queue.clear()
+                self._dirty = False
             try:
-                for data in batch:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(self._fd, view) :]
-                    self._hash.update(data)
-                    self.size += len(data)
-                    self.units += 1
-                if self._fsync:
-                    os.fsync(self._fd)
+                os.fsync(self._fd)
             except OSError as exc:
+                with self._lock:
+                    self._sync_job = None
                 self._fail(exc)
+                return
 
     def _fail(self, exc: OSError) -> None:
         # Cut back to the last whole unit so the file stays a valid (if unfinished) blob.
@@ -129,29 +138,29 @@ class BlobFile:
         except OSError:
             pass
         reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        self.error = VaultWriteError(f"writing {self.part.name}: {reason}")
-        self.error.errno = exc.errno or errno.EIO
-        self.error.strerror = reason
+        error = VaultWriteError(f"writing {self.part.name}: {reason}")
+        error.errno = exc.errno or errno.EIO
+        error.strerror = reason
+        self.error = error
 
     def wait(self) -> None:
-        """Block until everything queued so far is on disk (or has failed)."""
+        """Block until everything written so far is durable (or has failed)."""
         while True:
             with self._lock:
-                job = self._drain_job
+                job = self._sync_job
             if job is None:
                 return
             job.result()
 
     def finish(self) -> BlobInfo:
-        """Drain, make durable, and rename to the final name. Raises if any write failed."""
+        """Make durable and rename to the final name. Raises if any write failed."""
         self.wait()
         if self.error is not None:
             raise self.error
         try:
             os.fsync(self._fd)
         finally:
-            os.close(self._fd)
-            self.closed = True
+            self._close_fd()
         os.replace(self.part, self.final)
         fsync_dir(self.final.parent)
         return BlobInfo(self.relpath, self.size, self._hash.hexdigest(), self.units)
@@ -159,19 +168,22 @@ class BlobFile:
     def abandon(self) -> BlobInfo:
         """Stop writing after a failure: keep what reached the disk under the final name."""
         self.wait()
-        if not self.closed:
-            os.close(self._fd)
-            self.closed = True
+        self._close_fd()
         os.replace(self.part, self.final)
         fsync_dir(self.final.parent)
         return BlobInfo(self.relpath, self.size, self._hash.hexdigest(), self.units)
 
     def discard(self) -> None:
         self.wait()
-        if not self.closed:
-            os.close(self._fd)
-            self.closed = True
+        self._close_fd()
         self.part.unlink(missing_ok=True)
+
+    def _close_fd(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        os.close(self._fd)
 
 
 def sha256_file(path: Path) -> tuple[int, str]:

@@ -426,10 +426,10 @@ class Recording:
                 self._writer.close()
             info = self._blob.finish()
             status = RecordingStatus.COMPLETE
-            chunks = info.units - 1
+            chunks = info.units
         except VaultWriteError as exc:
             info = self._blob.abandon()
-            chunks = max(info.units - 1, 0)
+            chunks = info.units
             status = RecordingStatus.INCOMPLETE if chunks else RecordingStatus.FAILED
             reason = f"blob write failed: {exc.strerror}"
             log.error("recording %s: %s; kept %d sealed chunks", self.id, reason, chunks)

@@ -27,7 +27,7 @@ from storage.format import (
 
 
 class ChunkSink(Protocol):
-    """Where sealed bytes go: the header once, then one ``write`` per chunk."""
+    """Where sealed bytes go: one ``write`` per chunk, the first one preceded by the header."""
 
     def write(self, data: bytes) -> None: ...
 
@@ -49,6 +49,7 @@ class EncryptingWriter:
         "_seal_at",
         "_sink",
         "_soft_limit",
+        "_unwritten_header",
         "chunks_sealed",
         "closed",
         "frames",
@@ -86,7 +87,9 @@ class EncryptingWriter:
         # (timestamp_ms, payload length) of the last frame sealed: the recording's end.
         self.last_frame: tuple[int, int] | None = None
         self.closed = False
-        sink.write(self._aad)
+        # The header goes out with the first chunk: constructing a writer does no I/O, so a
+        # full disk shows up where every other write failure does, when a chunk is sealed.
+        self._unwritten_header = self._aad
 
     def append(self, track: int, timestamp_ms: int, payload: bytes) -> None:
         """Add one frame. Cheap unless it completes a chunk, which is then sealed and written.
@@ -148,4 +151,7 @@ class EncryptingWriter:
         )
         self._buf.clear()
         self.chunks_sealed += 1
+        if self._unwritten_header:
+            data = self._unwritten_header + data
+            self._unwritten_header = b""
         self._sink.write(data)

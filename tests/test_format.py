@@ -153,8 +153,9 @@ def test_no_chunk_exceeds_its_limit_and_chunks_follow_media_time(frames):
 
 def test_a_chunk_is_sealed_per_interval_of_media_time():
     _, writes = record(five_second_call())
-    # header, then chunks for 0-1 s, 1-2, 2-3, 3-4 and the final 4-5 s
-    assert len(writes) == 1 + 5
+    # chunks for 0-1 s (with the header in front), 1-2, 2-3, 3-4 and the final 4-5 s
+    assert len(writes) == 5
+    assert writes[0].startswith(b"IVRREC") and not writes[1].startswith(b"IVRREC")
 
 
 def test_flush_seals_pending_audio_and_close_marks_the_end():
@@ -163,10 +164,10 @@ def test_flush_seals_pending_audio_and_close_marks_the_end():
     writer.append(0, 0, b"\x01" * 160)
     writer.flush()
     writer.flush()  # nothing pending: no empty chunk
+    assert len(sink.writes) == 1
+    writer.close()
+    writer.close()
     assert len(sink.writes) == 2
-    writer.close()
-    writer.close()
-    assert len(sink.writes) == 3
     with pytest.raises(WriterClosed):
         writer.append(0, 20, b"\x01")
     assert read_all(bytes(sink.data)) == [(0, 0, b"\x01" * 160)]

@@ -772,7 +772,7 @@ def test_run_simulate_exits_1_when_the_service_is_down(capsys: pytest.CaptureFix
 def test_summary_and_entry_formatting() -> None:
     result = CallResult(call_sid="CA1", status_response={"decision": "refused"})
     assert summary_line(result) == "decision: refused · no recording · lawful basis -"
-    assert summary_line(CallResult(call_sid="CA1")) == "no status callback answer"
+    assert summary_line(CallResult(call_sid="CA1")) == "no outcome reported by the service"
     from ivr.harness.twilio_sim import TranscriptEntry
 
     assert format_entry(TranscriptEntry(12.345, "x")) == "  +12.35s  x"

@@ -231,14 +231,16 @@ def parse_stream_message(text: str | bytes) -> StreamMessage:
         except binascii.Error:
             raise StreamError("media payload is not valid base64") from None
         track = media.get("track", "inbound")
-        if track not in ("inbound", "outbound"):
+        if track != "inbound" and track != "outbound":
             raise StreamError(f"unknown media track {track!r}")
-        return Media(
-            _int(message.get("sequenceNumber"), "sequenceNumber"),
-            track,
-            _int(media.get("timestamp"), "media.timestamp"),
-            audio,
-        )
+        try:  # strings ("1") per the docs; numbers accepted too
+            sequence = int(message["sequenceNumber"])
+            timestamp = int(media["timestamp"])
+        except (KeyError, TypeError, ValueError):
+            raise StreamError("media message without numeric sequenceNumber/timestamp") from None
+        if sequence < 0 or timestamp < 0:
+            raise StreamError("negative sequenceNumber or timestamp")
+        return Media(sequence, track, timestamp, audio)
     if event == "connected":
         return Connected(str(message.get("protocol", "")), str(message.get("version", "")))
     if event == "start":
