@@ -63,10 +63,14 @@ def flow_policy(line: Line, *, stays_on_stream: bool) -> FlowPolicy:
 
 @dataclass
 class CallStats:
-    frames_received: int = 0
     frames_stored: int = 0
     frames_refused: int = 0  # arrived while recording was not allowed: dropped by design
     frames_lost: int = 0  # should have been stored but could not be (a failed disk, overflow)
+    frames_pending: int = 0  # waiting for the recording to open
+
+    @property
+    def frames_received(self) -> int:
+        return self.frames_stored + self.frames_refused + self.frames_lost + self.frames_pending
 
 
 @dataclass
@@ -164,28 +168,34 @@ class CallSession:
     def audio(self, track: int, call_ms: int, payload: bytes) -> None:
         """One frame at ``call_ms`` milliseconds of call time; stored only while recording is
         lawful. The recording's own timeline starts at its first frame."""
-        self.stats.frames_received += 1
+        rec = self.recording
+        base = self._base_ms
+        if rec is not None and base is not None and self.flow.recording:  # the hot path
+            offset = call_ms - base
+            try:
+                # A frame a moment before the first one (the other track) is put at zero.
+                rec.append(track, offset if offset > 0 else 0, payload)
+            except (VaultError, ValueError) as exc:
+                self._lost(exc)
+                return
+            self.stats.frames_stored += 1
+            return
         if not self.flow.recording:
             self.stats.frames_refused += 1
-            return
-        rec = self.recording
-        if rec is None:  # the recording is being opened: keep the frame until it is
+        elif rec is None:  # the recording is being opened: keep the frame until it is
             if len(self._pending) < MAX_PENDING_FRAMES:
                 self._pending.append((track, call_ms, payload))
+                self.stats.frames_pending += 1
             else:
                 self.stats.frames_lost += 1
-            return
-        if self._base_ms is None:
+        else:
             self._base_ms = call_ms
-        try:
-            # A frame a moment before the first one (the other track) is put at zero.
-            rec.append(track, max(call_ms - self._base_ms, 0), payload)
-        except (VaultError, ValueError) as exc:
-            self.stats.frames_lost += 1
-            if self.stats.frames_lost == 1:
-                log.error("call %s: frame not stored: %s", self.call_id, exc)
-            return
-        self.stats.frames_stored += 1
+            self.audio(track, call_ms, payload)
+
+    def _lost(self, exc: Exception) -> None:
+        self.stats.frames_lost += 1
+        if self.stats.frames_lost == 1:
+            log.error("call %s: frame not stored: %s", self.call_id, exc)
 
     def call_time(self) -> float:
         """Best estimate of the call time now, for a stream that starts now: the flow's
@@ -211,6 +221,7 @@ class CallSession:
         except (VaultError, OSError) as exc:
             log.error("call %s: recording could not start: %s", self.call_id, exc)
             self.stats.frames_lost += len(self._pending)
+            self.stats.frames_pending = 0
             self._pending.clear()
             return
         log.info(
@@ -221,12 +232,14 @@ class CallSession:
             self.flow.decision.value if self.flow.decision else "-",
         )
         pending, self._pending = self._pending, []
+        self.stats.frames_pending = 0
         for frame in pending:
             self.audio(*frame)
-            self.stats.frames_received -= 1  # counted when it first arrived
 
     async def _close(self, command: StopRecording) -> None:
         rec, self.recording = self.recording, None
+        self.stats.frames_refused += len(self._pending)
+        self.stats.frames_pending = 0
         self._pending.clear()
         if rec is None:
             return
