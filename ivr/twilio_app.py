@@ -355,6 +355,7 @@ async def _stream_handler(request: web.Request, kind: str) -> web.WebSocketRespo
 
 async def _serve_stream(stream: _Stream) -> None:
     twilio, ws = stream.twilio, stream.ws
+    text = WSMsgType.TEXT
     while not ws.closed:
         timeout = None
         session = stream.session
@@ -371,14 +372,14 @@ async def _serve_stream(stream: _Stream) -> None:
             if session is not None:
                 await _run_commands(stream, await session.tick(session.call_time()))
             continue
-        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-            return
-        if msg.type == WSMsgType.ERROR:
-            if isinstance(ws.exception(), ValueError) or ws.close_code == CLOSE_TOO_BIG:
-                twilio.count("messages_too_big")
-                log.warning("%s: message too big; stream closed", stream.where())
-            return
-        if msg.type != WSMsgType.TEXT:
+        if msg.type is not text:
+            if msg.type == WSMsgType.ERROR:
+                if isinstance(ws.exception(), ValueError) or ws.close_code == CLOSE_TOO_BIG:
+                    twilio.count("messages_too_big")
+                    log.warning("%s: message too big; stream closed", stream.where())
+                return
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return
             twilio.count("messages_bad")
             continue
         try:
@@ -393,6 +394,24 @@ async def _serve_stream(stream: _Stream) -> None:
             if stream.bad == 1:
                 log.warning("%s: message dropped: %s", stream.where(), exc)
             continue
+        if type(message) is Media and session is not None:
+            # The hot path, every 20 ms per track per call, kept inline on purpose.
+            sequence = message.sequence
+            if sequence == stream.last_seq + 1:
+                stream.last_seq = sequence
+            elif not stream.in_order(sequence):
+                continue
+            call_ms = stream.base_ms + message.timestamp_ms
+            session.audio(
+                TRACK_CALLER if message.track == "inbound" else TRACK_AGENT,
+                call_ms,
+                message.payload,
+            )
+            call_time = session.at(call_ms / 1000)
+            deadline = session.flow.deadline
+            if deadline is not None and call_time >= deadline:
+                await _run_commands(stream, await session.tick(call_time))
+            continue
         if not await _dispatch(stream, message):
             return
 
@@ -400,24 +419,9 @@ async def _serve_stream(stream: _Stream) -> None:
 async def _dispatch(stream: _Stream, message: object) -> bool:
     """Act on one message; False when the stream is finished."""
     session = stream.session
-    if isinstance(message, Media):  # the hot path: every 20 ms per track per call
-        if session is None:
-            await stream.close(CLOSE_PROTOCOL_ERROR, "media before start")
-            return False
-        sequence = message.sequence
-        if sequence == stream.last_seq + 1:
-            stream.last_seq = sequence
-        elif not stream.in_order(sequence):
-            return True
-        call_ms = stream.base_ms + message.timestamp_ms
-        session.audio(
-            TRACK_CALLER if message.track == "inbound" else TRACK_AGENT, call_ms, message.payload
-        )
-        call_time = session.at(call_ms / 1000)
-        deadline = session.flow.deadline
-        if deadline is not None and call_time >= deadline:
-            await _run_commands(stream, await session.tick(call_time))
-        return True
+    if isinstance(message, Media):  # with a session, media never gets here: see _serve_stream
+        await stream.close(CLOSE_PROTOCOL_ERROR, "media before start")
+        return False
     if isinstance(message, Start):
         if session is not None:
             await stream.close(CLOSE_PROTOCOL_ERROR, "second start")

@@ -22,7 +22,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from storage.blobs import PART_SUFFIX, BlobFile, LocalBlobStore, sha256_file
+from storage.blobs import (
+    DEFAULT_SYNC_INTERVAL,
+    PART_SUFFIX,
+    BlobFile,
+    LocalBlobStore,
+    sha256_file,
+)
 from storage.catalog import (
     Catalog,
     CatalogError,
@@ -76,6 +82,7 @@ class Vault:
         clock: Callable[[], datetime] = now_utc,
         chunk_interval_ms: int = 1000,
         fsync: bool = True,
+        sync_interval: float = DEFAULT_SYNC_INTERVAL,
         recover: bool = True,
     ) -> None:
         self.data_dir = data_dir
@@ -89,7 +96,7 @@ class Vault:
         )
         self.keyring = Keyring(data_dir / "keyring.json", master, clock)
         self.catalog = Catalog(data_dir / CATALOG_FILE, clock)
-        self.blobs = LocalBlobStore(data_dir / "blobs", fsync=fsync)
+        self.blobs = LocalBlobStore(data_dir / "blobs", fsync=fsync, sync_interval=sync_interval)
         self._locks = data_dir / "locks"
         self._locks.mkdir(exist_ok=True)
         self.writer_id = secrets.token_hex(8)
