@@ -172,7 +172,7 @@ def run_writer_file(frames: Frames, store: LocalBlobStore, recording_id: str) ->
         writer.close()
         info = blob.finish()
     store.delete(info.relpath)
-    return t[0], info.units - 1
+    return t[0], info.units
 
 
 def bare_loop(

@@ -408,10 +408,6 @@ class Recording:
     def failed(self) -> bool:
         return self._blob.error is not None
 
-    @property
-    def frames(self) -> int:
-        return self._writer.frames
-
     def flush(self) -> None:
         """Seal buffered audio now, e.g. when a stream has gone quiet."""
         if self._blob.error is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from typing import Protocol
 
+import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from storage.format import (
@@ -32,6 +33,29 @@ class ChunkSink(Protocol):
     def write(self, data: bytes) -> None: ...
 
 
+def _last_record(buf: bytearray) -> tuple[int, int]:
+    """(timestamp_ms, payload length) of the last frame record in a chunk's plaintext.
+
+    Found once per chunk rather than remembered per frame (the per-frame path is the hot one):
+    when every record has the first one's size (the usual 20 ms frames), numpy confirms it in
+    one pass and the last record sits at a known offset; otherwise the records are walked.
+    """
+    size = FRAME_HEAD.size + int.from_bytes(buf[5:7], "big")
+    if len(buf) % size == 0:
+        lengths = np.frombuffer(
+            buf, dtype=np.dtype([("head", "u1", (5,)), ("len", ">u2"), ("p", "u1", (size - 7,))])
+        )["len"]
+        if (lengths == size - FRAME_HEAD.size).all():
+            _, ts, length = FRAME_HEAD.unpack_from(buf, len(buf) - size)
+            return ts, length
+    offset = last = 0
+    while offset < len(buf):
+        last = offset
+        offset += FRAME_HEAD.size + FRAME_HEAD.unpack_from(buf, offset)[2]
+    _, ts, length = FRAME_HEAD.unpack_from(buf, last)
+    return ts, length
+
+
 class WriterClosed(RuntimeError):
     pass
 
@@ -42,7 +66,6 @@ class EncryptingWriter:
         "_aead",
         "_buf",
         "_interval",
-        "_last_off",
         "_n_tracks",
         "_pack",
         "_prefix",
@@ -52,7 +75,6 @@ class EncryptingWriter:
         "_unwritten_header",
         "chunks_sealed",
         "closed",
-        "frames",
         "header",
         "last_frame",
     )
@@ -82,8 +104,6 @@ class EncryptingWriter:
         self._seal_at = 0
         self._pack = FRAME_HEAD.pack
         self.chunks_sealed = 0
-        self.frames = 0
-        self._last_off = 0
         # (timestamp_ms, payload length) of the last frame sealed: the recording's end.
         self.last_frame: tuple[int, int] | None = None
         self.closed = False
@@ -95,8 +115,8 @@ class EncryptingWriter:
         """Add one frame. Cheap unless it completes a chunk, which is then sealed and written.
 
         This is the per-frame hot path of every call, so its checks are folded into work it
-        does anyway: ``struct.pack`` rejects a negative or oversized track, timestamp or length,
-        and the track count is checked once per chunk rather than per frame.
+        does anyway: ``struct.pack`` rejects a negative or oversized track, timestamp or length;
+        what a chunk needs to know of its last frame is worked out when it is sealed.
         """
         buf = self._buf
         if buf:
@@ -109,7 +129,6 @@ class EncryptingWriter:
             self._seal_at = timestamp_ms + self._interval
         if track >= self._n_tracks:
             raise ValueError(f"track {track} out of range 0..{self._n_tracks - 1}")
-        self._last_off = len(buf)
         try:
             buf += self._pack(track, timestamp_ms, len(payload))
         except struct.error:
@@ -118,7 +137,6 @@ class EncryptingWriter:
                 f"{len(payload)} bytes (at most {MAX_PAYLOAD})"
             ) from None
         buf += payload
-        self.frames += 1
 
     def flush(self) -> None:
         """Seal what is buffered now (e.g. the stream went quiet); no-op when nothing is."""
@@ -144,8 +162,7 @@ class EncryptingWriter:
         if self.chunks_sealed >= MAX_CHUNKS - 1 and not final:
             raise OverflowError("chunk counter exhausted")
         if self._buf:
-            _, ts, length = FRAME_HEAD.unpack_from(self._buf, self._last_off)
-            self.last_frame = (ts, length)
+            self.last_frame = _last_record(self._buf)
         data = seal_chunk(
             self._aead, self._aad, self._prefix, self.chunks_sealed, final, bytes(self._buf)
         )
