@@ -13,7 +13,6 @@ from __future__ import annotations
 import struct
 from typing import Protocol
 
-import numpy as np
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from storage.format import (
@@ -33,29 +32,6 @@ class ChunkSink(Protocol):
     def write(self, data: bytes) -> None: ...
 
 
-def _last_record(buf: bytearray) -> tuple[int, int]:
-    """(timestamp_ms, payload length) of the last frame record in a chunk's plaintext.
-
-    Found once per chunk rather than remembered per frame (the per-frame path is the hot one):
-    when every record has the first one's size (the usual 20 ms frames), numpy confirms it in
-    one pass and the last record sits at a known offset; otherwise the records are walked.
-    """
-    size = FRAME_HEAD.size + int.from_bytes(buf[5:7], "big")
-    if len(buf) % size == 0:
-        lengths = np.frombuffer(
-            buf, dtype=np.dtype([("head", "u1", (5,)), ("len", ">u2"), ("p", "u1", (size - 7,))])
-        )["len"]
-        if (lengths == size - FRAME_HEAD.size).all():
-            _, ts, length = FRAME_HEAD.unpack_from(buf, len(buf) - size)
-            return ts, length
-    offset = last = 0
-    while offset < len(buf):
-        last = offset
-        offset += FRAME_HEAD.size + FRAME_HEAD.unpack_from(buf, offset)[2]
-    _, ts, length = FRAME_HEAD.unpack_from(buf, last)
-    return ts, length
-
-
 class WriterClosed(RuntimeError):
     pass
 
@@ -66,6 +42,7 @@ class EncryptingWriter:
         "_aead",
         "_buf",
         "_interval",
+        "_last_off",
         "_n_tracks",
         "_pack",
         "_prefix",
@@ -104,6 +81,7 @@ class EncryptingWriter:
         self._seal_at = 0
         self._pack = FRAME_HEAD.pack
         self.chunks_sealed = 0
+        self._last_off = 0
         # (timestamp_ms, payload length) of the last frame sealed: the recording's end.
         self.last_frame: tuple[int, int] | None = None
         self.closed = False
@@ -115,8 +93,7 @@ class EncryptingWriter:
         """Add one frame. Cheap unless it completes a chunk, which is then sealed and written.
 
         This is the per-frame hot path of every call, so its checks are folded into work it
-        does anyway: ``struct.pack`` rejects a negative or oversized track, timestamp or length;
-        what a chunk needs to know of its last frame is worked out when it is sealed.
+        does anyway: ``struct.pack`` rejects a negative or oversized track, timestamp or length.
         """
         buf = self._buf
         if buf:
@@ -129,6 +106,7 @@ class EncryptingWriter:
             self._seal_at = timestamp_ms + self._interval
         if track >= self._n_tracks:
             raise ValueError(f"track {track} out of range 0..{self._n_tracks - 1}")
+        self._last_off = len(buf)
         try:
             buf += self._pack(track, timestamp_ms, len(payload))
         except struct.error:
@@ -162,7 +140,8 @@ class EncryptingWriter:
         if self.chunks_sealed >= MAX_CHUNKS - 1 and not final:
             raise OverflowError("chunk counter exhausted")
         if self._buf:
-            self.last_frame = _last_record(self._buf)
+            _, ts, length = FRAME_HEAD.unpack_from(self._buf, self._last_off)
+            self.last_frame = (ts, length)
         data = seal_chunk(
             self._aead, self._aad, self._prefix, self.chunks_sealed, final, bytes(self._buf)
         )
