@@ -444,6 +444,9 @@ class AriCall:
                 self.malformed,
             )
             app.count("calls_completed")
+            app.count("frames_stored", session.stats.frames_stored)
+            app.count("frames_lost", session.stats.frames_lost)
+            app.count("rtp_lost", stats.lost)
         for channel_id in (self.agent_id, self.media_id):
             if channel_id:
                 await app.rest_quiet(ari.hang_up(channel_id))
