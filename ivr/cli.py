@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ivr import __version__
+from ivr.cli_common import CommandFailed
 from ivr.config import ConfigError
 from media.prompts import PromptError
 from media.wavfile import UnsupportedAudio
@@ -37,10 +38,6 @@ EXPECTED_ERRORS = (
     OSError,
     ValueError,
 )
-
-
-class CommandFailed(Exception):
-    pass
 
 
 def _actor() -> str:
@@ -81,6 +78,7 @@ def cmd_recordings_import(args: argparse.Namespace) -> int:
             lawful_basis=LawfulBasis(args.lawful_basis),
             purpose=args.purpose,
             actor=_actor(),
+            retention_days=args.retention_days,
         )
     _emit(
         args,
@@ -265,6 +263,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of days ≥ 1, got {text!r}")
+    return int(text)
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -311,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="GDPR Art. 6 lawful basis",
     )
     imp.add_argument("--purpose", required=True, help="why it is recorded, e.g. quality")
+    imp.add_argument(
+        "--retention-days",
+        type=_positive_int,
+        help="keep it this long (default: the lawful basis's default period)",
+    )
     imp.set_defaults(func=cmd_recordings_import)
 
     lst = rsub.add_parser("list", parents=[common, data_out], help="list recordings")
@@ -329,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("-o", "--output", required=True, help="WAV file to write")
     exp.add_argument("--reason", default="export by operator", help="recorded in the audit log")
     exp.set_defaults(func=cmd_recordings_export)
+
+    from ivr.lifecycle_cli import add_parsers as add_lifecycle_parsers
+
+    add_lifecycle_parsers(top, rsub, common, data_out)
 
     cfg = top.add_parser("config", help="check a configuration file")
     csub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")

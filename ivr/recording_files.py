@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ivr.policy import DEFAULT_RETENTION_DAYS
 from media.g711 import ulaw_encode
 from media.pcm import float_to_int16, frame, resample
 from media.timeline import Timeline
@@ -57,6 +60,7 @@ def import_wav(
     lawful_basis: LawfulBasis,
     purpose: str,
     actor: str,
+    retention_days: int | None = None,
 ) -> RecordingRow:
     """Record converted audio through the same writer as a call.
 
@@ -71,6 +75,8 @@ def import_wav(
         lawful_basis=lawful_basis,
         purpose=purpose,
         tracks=TRACKS_BY_CHANNELS[len(framed)],
+        retention_until=vault.clock()
+        + timedelta(days=retention_days or DEFAULT_RETENTION_DAYS[LawfulBasis(lawful_basis)]),
     )
     try:
         for index, frames_at_t in enumerate(zip(*framed, strict=True)):
@@ -90,6 +96,22 @@ def import_wav(
         detail={"source": path.name, "status": row.status.value},
     )
     return row
+
+
+def decode_recording(vault: Vault, row: RecordingRow, **reader_options: Any) -> np.ndarray:
+    """A finished recording verified, decrypted and decoded: int16 (samples, tracks), caller
+    first. Raises before returning anything if any chunk fails verification."""
+    if len(row.tracks) > 2:
+        raise ValueError(f"recording {row.id} has {len(row.tracks)} tracks; WAV export takes 2")
+    expected = (row.duration_ms or 0) * row.sample_rate // 1000
+    timeline = Timeline(row.codec, row.sample_rate, len(row.tracks), expected_samples=expected)
+    with vault.open_reader(row.id, **reader_options) as reader:
+        for batch in reader.batches():
+            timeline.add_arrays(batch.tracks, batch.timestamps_ms, batch.lengths, batch.payload)
+    samples = timeline.samples()
+    if "caller" in row.tracks and row.tracks.index("caller") != 0:
+        samples = samples[:, ::-1]
+    return np.ascontiguousarray(samples)
 
 
 def export_wav(

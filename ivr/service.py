@@ -8,6 +8,7 @@ then closes the vault.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -26,6 +27,7 @@ from ivr.prompt_library import PromptLibrary
 from ivr.stream_token import StreamTokens
 from ivr.twilio_app import TWILIO, TwilioCalls, add_routes
 from media.prompts import BUILTIN_SOUNDS
+from storage import lifecycle
 from storage.catalog import RecordingStatus
 from storage.keys import now_utc
 from storage.vault import Vault
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 VAULT = web.AppKey("vault", Vault)
 DATA_DIR = web.AppKey("data_dir", Path)
 CONFIG = web.AppKey("config", Config)
+RETENTION_SWEEP_SECONDS = 3600.0
 ARI = web.AppKey("ari", AriApplication)
 
 
@@ -50,6 +53,7 @@ def create_app(
     clock: Callable[[], datetime] = now_utc,
     sounds_dir: Path = BUILTIN_SOUNDS,
     fsync: bool = True,
+    sweep_interval: float = RETENTION_SWEEP_SECONDS,
 ) -> web.Application:
     app = web.Application()
     app[DATA_DIR] = data_dir
@@ -90,7 +94,11 @@ def create_app(
             " (embedded demo configuration)" if config.demo else "",
             data_dir,
         )
+        sweeper = asyncio.create_task(_retention_sweeper(vault, clock, sweep_interval))
         yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         if ari_app is not None:
             await ari_app.stop()
         await asyncio.to_thread(vault.close)
@@ -100,6 +108,25 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     add_routes(app)
     return app
+
+
+async def _retention_sweeper(vault: Vault, clock: Callable[[], datetime], interval: float) -> None:
+    """Storage limitation, enforced: purge what has outlived its retention period, on a
+    schedule, from the moment the service starts."""
+    while True:
+        try:
+            report = await asyncio.to_thread(
+                lifecycle.sweep, vault, now=clock(), dry_run=False, actor="system:retention"
+            )
+            if report.purged or report.held:
+                log.info(
+                    "retention sweep: purged %d recording(s), %d held back",
+                    len(report.purged),
+                    len(report.held),
+                )
+        except Exception:  # the sweeper must survive a bad night; it logs and tries again
+            log.exception("retention sweep failed")
+        await asyncio.sleep(interval)
 
 
 async def healthz(request: web.Request) -> web.Response:

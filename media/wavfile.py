@@ -9,6 +9,7 @@ names the file, suitable for showing to whoever supplied it.
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -79,7 +80,7 @@ def load_audio(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], i
 
 
 def write_wav(
-    path: str | os.PathLike[str], samples_int16: npt.NDArray[np.int16], rate: int
+    path: str | os.PathLike[str] | BinaryIO, samples_int16: npt.NDArray[np.int16], rate: int
 ) -> None:
     """Write int16 samples as a 16-bit PCM WAV: 1-D is mono, (frames, 2) is stereo."""
     samples = np.asarray(samples_int16)

@@ -117,6 +117,13 @@ MIGRATIONS: Sequence[str] = (
         hash TEXT NOT NULL
     );
     """,
+    # 2: erasure leaves a tombstone: the recording row, scrubbed, says when and why.
+    """
+    ALTER TABLE recordings ADD COLUMN erased_at TEXT;
+    ALTER TABLE recordings ADD COLUMN erasure_reason TEXT;
+    ALTER TABLE calls ADD COLUMN erased_at TEXT;
+    CREATE INDEX recordings_by_retention ON recordings (status, retention_until);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 GENESIS_HASH = "0" * 64
@@ -150,6 +157,8 @@ class RecordingRow:
     legal_hold: bool
     legal_hold_reason: str | None
     writer_id: str | None
+    erased_at: str | None = None
+    erasure_reason: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> RecordingRow:
@@ -181,6 +190,8 @@ class RecordingRow:
             legal_hold=bool(row["legal_hold"]),
             legal_hold_reason=row["legal_hold_reason"],
             writer_id=row["writer_id"],
+            erased_at=row["erased_at"],
+            erasure_reason=row["erasure_reason"],
         )
 
     def public(self) -> dict[str, Any]:
@@ -209,6 +220,8 @@ class RecordingRow:
             "retention_until": self.retention_until,
             "legal_hold": self.legal_hold,
             "legal_hold_reason": self.legal_hold_reason,
+            "erased_at": self.erased_at,
+            "erasure_reason": self.erasure_reason,
         }
 
 
@@ -262,6 +275,9 @@ class Catalog:
             # FULL: a committed key row survives power loss, not only a dead process.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            # Erased values (wrapped data keys, sealed numbers) are overwritten on disk, not
+            # just unlinked from the b-tree.
+            self._db.execute("PRAGMA secure_delete=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise CatalogError(f"catalog {path} cannot be opened: {exc}") from None
@@ -298,6 +314,37 @@ class Catalog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database and empty it: after an erasure, old page images
+        holding the erased values must not linger in the write-ahead log."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def calls_by_caller(self, tenant: str, caller_hash: str) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT * FROM calls WHERE tenant = ? AND caller_hash = ? ORDER BY started_at",
+                (tenant, caller_hash),
+            ).fetchall()
+
+    def recordings_of_call(self, call_id: str) -> list[RecordingRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM recordings WHERE call_id = ? ORDER BY started_at", (call_id,)
+            ).fetchall()
+        return [RecordingRow.from_row(r) for r in rows]
+
+    def due_for_retention(self, now: str) -> list[RecordingRow]:
+        """Finished recordings whose retention date has passed, held ones included."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM recordings WHERE status IN ('complete', 'incomplete')"
+                " AND retention_until IS NOT NULL AND retention_until <= ?"
+                " ORDER BY retention_until, id",
+                (now,),
+            ).fetchall()
+        return [RecordingRow.from_row(r) for r in rows]
 
     # -- calls ---------------------------------------------------------------------------------
     def insert_call(self, db: sqlite3.Connection, **values: Any) -> None:

@@ -1,0 +1,302 @@
+"""The GDPR lifecycle commands: holds, deletion, retention, subject requests, the audit log."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ivr.cli_common import EXIT_FAILURE, EXIT_OK, CommandFailed, actor, emit, open_vault
+from ivr.subject import SubjectError, held_back_message, normalise_phone
+from storage import lifecycle
+from storage.audit import verify_catalog
+from storage.files import parse_utc, utc_iso
+
+CONFIG_ENV = "IVR_CONFIG"
+
+
+def _when(text: str) -> datetime:
+    try:
+        moment = parse_utc(text) if "T" in text else parse_utc(text + "T00:00:00Z")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time like 2026-11-28T12:00:00Z or 2026-11-28"
+        ) from None
+    return moment
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from ivr.config import load_config
+
+    return load_config(Path(args.config) if args.config else None)
+
+
+def _tenants(args: argparse.Namespace, vault: Any) -> list[str]:
+    if args.tenant:
+        return [args.tenant]
+    return sorted({k.tenant for k in vault.keyring.list()})
+
+
+def _phone(args: argparse.Namespace) -> str:
+    try:
+        return normalise_phone(args.phone, args.region)
+    except SubjectError as exc:
+        raise CommandFailed(str(exc)) from None
+
+
+# -- recordings hold / release / delete ----------------------------------------------------------
+def cmd_hold(args: argparse.Namespace) -> int:
+    with open_vault(args) as vault:
+        row = lifecycle.set_hold(vault, args.id, reason=args.reason, actor=actor())
+    emit(args, row.public(), lambda: f"{row.id}: under legal hold ({row.legal_hold_reason})")
+    return EXIT_OK
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    with open_vault(args) as vault:
+        row = lifecycle.release_hold(vault, args.id, reason=args.reason, actor=actor())
+    emit(args, row.public(), lambda: f"{row.id}: legal hold released")
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with open_vault(args) as vault:
+        row = lifecycle.erase(vault, args.id, reason=args.reason, actor=actor())
+    emit(
+        args,
+        row.public(),
+        lambda: f"{row.id}: erased (data key destroyed, audio deleted); tombstone kept",
+    )
+    return EXIT_OK
+
+
+# -- retention ------------------------------------------------------------------------------------
+def cmd_sweep(args: argparse.Namespace) -> int:
+    now = args.now or datetime.now(UTC)
+    with open_vault(args) as vault:
+        report = lifecycle.sweep(vault, now=now, dry_run=args.dry_run, actor=actor())
+    verb = "would purge" if report.dry_run else "purged"
+    data = {
+        "now": report.now,
+        "dry_run": report.dry_run,
+        "purged": [_brief(r) for r in report.purged],
+        "held": [_brief(r) for r in report.held],
+        "orphan_blobs_removed": report.orphans_removed,
+    }
+
+    def text() -> str:
+        lines = [f"retention sweep at {report.now}: {verb} {len(report.purged)} recording(s)"]
+        lines += [
+            f"  {verb} {r.id} ({r.tenant}, {r.lawful_basis.value}, kept until {r.retention_until})"
+            for r in report.purged
+        ]
+        lines += [f"  held   {r.id}: legal hold ({r.legal_hold_reason})" for r in report.held]
+        return "\n".join(lines)
+
+    emit(args, data, text)
+    return EXIT_OK
+
+
+def cmd_retention_report(args: argparse.Namespace) -> int:
+    with open_vault(args) as vault:
+        rows = [r for r in vault.list(tenant=args.tenant) if r.retention_until]
+    now = utc_iso(datetime.now(UTC))
+    live = [r for r in rows if r.status.value in ("complete", "incomplete")]
+    data = {
+        "now": now,
+        "recordings": len(live),
+        "overdue": [_brief(r) for r in live if r.retention_until <= now and not r.legal_hold],
+        "held": [_brief(r) for r in live if r.legal_hold],
+        "next": [_brief(r) for r in sorted(live, key=lambda r: r.retention_until)[:10]],
+    }
+
+    def text() -> str:
+        lines = [
+            f"{len(live)} recording(s) kept; {len(data['overdue'])} overdue, "
+            f"{len(data['held'])} under legal hold"
+        ]
+        lines += [f"  next: {x['id']} until {x['retention_until']}" for x in data["next"]]
+        return "\n".join(lines)
+
+    emit(args, data, text)
+    return EXIT_OK
+
+
+def _brief(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "tenant": row.tenant,
+        "lawful_basis": row.lawful_basis.value,
+        "retention_until": row.retention_until,
+        "legal_hold": row.legal_hold,
+        "legal_hold_reason": row.legal_hold_reason,
+    }
+
+
+# -- subject requests -----------------------------------------------------------------------------
+def cmd_subject_erase(args: argparse.Namespace) -> int:
+    from ivr import subject
+
+    phone = _phone(args)
+    with open_vault(args) as vault:
+        tenants = _tenants(args, vault)
+        report = subject.erase(vault, phone, tenants, reason=args.reason, actor=actor())
+    kept = held_back_message(report)
+    data = {"erased": report.erased, "held": report.held, "skipped": report.skipped}
+
+    def text() -> str:
+        lines = [f"erased {len(report.erased)} recording(s) of this caller"]
+        lines += [f"  erased {rid}" for rid in report.erased]
+        lines += [f"  {line}" for line in kept]
+        return "\n".join(lines)
+
+    emit(args, data, text)
+    return EXIT_OK if not kept else EXIT_FAILURE
+
+
+def cmd_subject_export(args: argparse.Namespace) -> int:
+    from ivr import subject
+
+    phone = _phone(args)
+    config = _config(args)
+    out = Path(args.output)
+    if out.is_dir():
+        raise CommandFailed(f"{out} is a directory; give a file name for the zip")
+    with open_vault(args) as vault:
+        result = subject.export(
+            vault,
+            phone,
+            _tenants(args, vault),
+            out,
+            actor=actor(),
+            reason=args.reason,
+            dpo_contacts={t.id: t.dpo_contact for t in config.tenants.values()},
+            controller_names={t.id: t.display_name for t in config.tenants.values()},
+            language=args.language,
+            now=utc_iso(datetime.now(UTC)),
+        )
+    emit(
+        args,
+        {"output": str(result.path), "recordings": result.recordings, "tenants": result.tenants},
+        lambda: f"wrote {result.path}: {result.recordings} recording(s)",
+    )
+    return EXIT_OK
+
+
+# -- audit ----------------------------------------------------------------------------------------
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    with open_vault(args) as vault:
+        verdict = verify_catalog(vault.catalog, expect_head=args.expect_head)
+    data = {
+        "ok": verdict.ok,
+        "entries": verdict.entries,
+        "head": verdict.head,
+        "problems": [{"seq": p.seq, "what": p.what} for p in verdict.problems],
+    }
+
+    def text() -> str:
+        if verdict.ok:
+            return f"audit chain intact: {verdict.entries} entries, head {verdict.head}"
+        return "\n".join(["audit chain BROKEN:"] + [f"  {p}" for p in verdict.problems])
+
+    emit(args, data, text)
+    return EXIT_OK if verdict.ok else EXIT_FAILURE
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    with open_vault(args) as vault:
+        events = vault.catalog.audit_events()
+    if args.tenant:
+        events = [e for e in events if e.tenant == args.tenant]
+    events = events[-args.limit :] if args.limit else events
+    data = [
+        {
+            "seq": e.seq,
+            "at": e.at,
+            "actor": e.actor,
+            "action": e.action,
+            "tenant": e.tenant,
+            "target": e.target,
+            "detail": e.detail,
+            "hash": e.hash,
+        }
+        for e in events
+    ]
+
+    def text() -> str:
+        return (
+            "\n".join(
+                f"{e.seq:>6} {e.at} {e.actor:<16} {e.action:<22} {e.tenant or '-':<10} "
+                f"{e.target or '-'} {e.detail.get('reason') or ''}"
+                for e in events
+            )
+            or "no audit entries"
+        )
+
+    emit(args, data, text)
+    return EXIT_OK
+
+
+# -- parsers --------------------------------------------------------------------------------------
+def add_parsers(top: Any, rsub: Any, common: argparse.ArgumentParser, data_out: Any) -> None:
+    hold = rsub.add_parser("hold", parents=[common, data_out], help="put a legal hold on one")
+    hold.add_argument("id")
+    hold.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    hold.set_defaults(func=cmd_hold)
+    release = rsub.add_parser("release", parents=[common, data_out], help="lift a legal hold")
+    release.add_argument("id")
+    release.add_argument("--reason", default="hold released by operator")
+    release.set_defaults(func=cmd_release)
+    delete = rsub.add_parser(
+        "delete", parents=[common, data_out], help="erase one recording (crypto-shred)"
+    )
+    delete.add_argument("id")
+    delete.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    delete.set_defaults(func=cmd_delete)
+
+    ret = top.add_parser("retention", help="purge what the retention policy no longer allows")
+    rs = ret.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sweep = rs.add_parser("sweep", parents=[common, data_out], help="purge expired recordings")
+    sweep.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    sweep.add_argument("--now", type=_when, help="pretend it is this time (UTC)")
+    sweep.set_defaults(func=cmd_sweep)
+    report = rs.add_parser("report", parents=[common, data_out], help="what is due when")
+    report.add_argument("--tenant")
+    report.set_defaults(func=cmd_retention_report)
+
+    subj = top.add_parser("subject", help="data subject requests (access, erasure)")
+    ss = subj.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, func, helptext in (
+        ("erase", cmd_subject_erase, "erase every recording of one caller"),
+        ("export", cmd_subject_export, "everything about one caller, as a zip (Art. 15)"),
+    ):
+        p = ss.add_parser(name, parents=[common, data_out], help=helptext)
+        p.add_argument("--phone", required=True, help="the caller's number, e.g. +46701234567")
+        p.add_argument("--region", help="country for a national number, e.g. SE")
+        p.add_argument("--tenant", help="only this controller's recordings (default: all)")
+        p.set_defaults(func=func)
+        if name == "erase":
+            p.add_argument("--reason", required=True, help="e.g. 'Art. 17 request of 2026-11-28'")
+        else:
+            p.add_argument("-o", "--output", required=True, help="zip file to write")
+            p.add_argument("--reason", default="subject access request (Art. 15)")
+            p.add_argument("--language", choices=("en", "sv"), help="summary language")
+            p.add_argument(
+                "--config",
+                default=os.environ.get(CONFIG_ENV),
+                help="configuration (for controller names and DPO contacts)",
+            )
+
+    audit = top.add_parser("audit", help="the tamper-evident audit log")
+    aus = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    verify = aus.add_parser("verify", parents=[common, data_out], help="check the hash chain")
+    verify.add_argument(
+        "--expect-head", help="a head hash kept elsewhere earlier: proves nothing was cut off"
+    )
+    verify.set_defaults(func=cmd_audit_verify)
+    show = aus.add_parser("show", parents=[common, data_out], help="list entries")
+    show.add_argument("--tenant")
+    show.add_argument("--limit", type=int, default=0, help="only the last N entries")
+    show.set_defaults(func=cmd_audit_show)

@@ -1,0 +1,273 @@
+"""The end of a recording's life: legal holds, erasure by crypto-shredding, retention sweeps.
+
+Erasing a recording destroys its wrapped data key in the catalog (the only copy, so every copy
+of the blob, backups included, becomes noise), scrubs the row down to a tombstone (id, tenant,
+lawful basis, dates, reason), deletes the blob and appends an audit entry, in that order:
+the key row and the audit entry change in one transaction, so an erasure either happened or did
+not; a blob left behind by a crash in between is undecryptable and removed by the next sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from storage.catalog import RecordingRow, RecordingStatus
+from storage.errors import VaultError
+from storage.files import utc_iso
+from storage.vault import Vault
+
+ERASABLE = (RecordingStatus.COMPLETE, RecordingStatus.INCOMPLETE)
+
+
+class LegalHold(VaultError):
+    def __init__(self, row: RecordingRow) -> None:
+        super().__init__(
+            f"recording {row.id} is under legal hold ({row.legal_hold_reason}); release it first"
+        )
+        self.row = row
+
+
+class InProgress(VaultError):
+    pass
+
+
+@dataclass
+class ErasureReport:
+    erased: list[str] = field(default_factory=list)
+    held: list[tuple[str, str]] = field(default_factory=list)  # (id, hold reason)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why)
+
+
+def set_hold(vault: Vault, recording_id: str, *, reason: str, actor: str) -> RecordingRow:
+    if not reason.strip():
+        raise VaultError("a legal hold needs a reason")
+    row = vault.get(recording_id)
+    if row.status is RecordingStatus.ERASED:
+        raise VaultError(f"recording {recording_id} is erased; there is nothing to hold")
+    with vault.catalog.transaction() as db:
+        vault.catalog.update_recording(db, recording_id, legal_hold=1, legal_hold_reason=reason)
+        vault.catalog.audit(
+            db,
+            actor=actor,
+            action="recording.hold",
+            tenant=row.tenant,
+            target=recording_id,
+            detail={"reason": reason},
+        )
+    return vault.get(recording_id)
+
+
+def release_hold(vault: Vault, recording_id: str, *, reason: str, actor: str) -> RecordingRow:
+    row = vault.get(recording_id)
+    if not row.legal_hold:
+        raise VaultError(f"recording {recording_id} is not under legal hold")
+    with vault.catalog.transaction() as db:
+        vault.catalog.update_recording(db, recording_id, legal_hold=0, legal_hold_reason=None)
+        vault.catalog.audit(
+            db,
+            actor=actor,
+            action="recording.release",
+            tenant=row.tenant,
+            target=recording_id,
+            detail={"reason": reason, "was_held_for": row.legal_hold_reason},
+        )
+    return vault.get(recording_id)
+
+
+def erase(
+    vault: Vault, recording_id: str, *, reason: str, actor: str, action: str = "recording.erased"
+) -> RecordingRow:
+    """Crypto-shred one recording. Raises LegalHold or InProgress and then changes nothing."""
+    if not reason.strip():
+        raise VaultError("an erasure needs a reason")
+    row = vault.get(recording_id)
+    if row.legal_hold:
+        raise LegalHold(row)
+    if row.status is RecordingStatus.RECORDING:
+        raise InProgress(
+            f"recording {recording_id} is still being recorded; erase it once the call has ended"
+        )
+    if row.status is RecordingStatus.ERASED:
+        return row
+    now = utc_iso(vault.clock())
+    with vault.catalog.transaction() as db:
+        changed = vault.catalog.update_recording(
+            db,
+            recording_id,
+            expect_status=row.status,
+            status=RecordingStatus.ERASED.value,
+            status_reason=reason,
+            wrapped_dek=None,
+            consent_evidence=None,
+            call_id=None,
+            blob_path=None,
+            blob_digest=None,
+            erased_at=now,
+            erasure_reason=reason,
+        )
+        if not changed:  # it changed under us (another process): leave it to them
+            raise VaultError(f"recording {recording_id} changed while being erased; try again")
+        vault.catalog.audit(
+            db,
+            actor=actor,
+            action=action,
+            tenant=row.tenant,
+            target=recording_id,
+            detail={"reason": reason, "status_was": row.status.value},
+        )
+    vault.catalog.checkpoint()
+    if row.blob_path:
+        vault.blobs.delete(row.blob_path)
+    return vault.get(recording_id)
+
+
+def erase_many(
+    vault: Vault, rows: Iterable[RecordingRow], *, reason: str, actor: str, action: str
+) -> ErasureReport:
+    report = ErasureReport()
+    for row in rows:
+        if row.status is RecordingStatus.ERASED:
+            continue
+        if row.legal_hold:
+            report.held.append((row.id, row.legal_hold_reason or ""))
+            continue
+        try:
+            erase(vault, row.id, reason=reason, actor=actor, action=action)
+        except InProgress as exc:
+            report.skipped.append((row.id, str(exc)))
+            continue
+        except VaultError as exc:
+            report.skipped.append((row.id, str(exc)))
+            continue
+        report.erased.append(row.id)
+    return report
+
+
+@dataclass
+class SweepReport:
+    now: str
+    dry_run: bool
+    purged: list[RecordingRow] = field(default_factory=list)
+    held: list[RecordingRow] = field(default_factory=list)
+    orphans_removed: int = 0
+
+
+def sweep(vault: Vault, *, now: datetime, dry_run: bool, actor: str) -> SweepReport:
+    """Purge every finished recording whose retention date has passed, except held ones."""
+    stamp = utc_iso(now)
+    report = SweepReport(stamp, dry_run)
+    for row in vault.catalog.due_for_retention(stamp):
+        (report.held if row.legal_hold else report.purged).append(row)
+    if dry_run:
+        return report
+    done = erase_many(
+        vault,
+        report.purged,
+        reason=f"retention period ended ({stamp})",
+        actor=actor,
+        action="recording.purged",
+    )
+    purged_ids = set(done.erased)
+    report.purged = [r for r in report.purged if r.id in purged_ids]
+    report.orphans_removed = remove_orphan_blobs(vault)
+    vault.audit(
+        actor=actor,
+        action="retention.sweep",
+        detail={
+            "now": stamp,
+            "purged": len(report.purged),
+            "held": len(report.held),
+            "orphans_removed": report.orphans_removed,
+        },
+    )
+    return report
+
+
+def remove_orphan_blobs(vault: Vault) -> int:
+    """Blob files no live recording points at (an erasure interrupted after its commit)."""
+    live = {
+        r.blob_path for r in vault.list() if r.blob_path and r.status is not RecordingStatus.ERASED
+    }
+    removed = 0
+    for path in vault.blobs.root.rglob("*.rec"):
+        rel = path.relative_to(vault.blobs.root).as_posix()
+        if rel not in live:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+# -- one data subject -----------------------------------------------------------------------------
+@dataclass
+class SubjectCalls:
+    tenant: str
+    calls: list[str]  # call ids
+    recordings: list[RecordingRow]
+
+
+def find_subject(vault: Vault, caller: str, tenants: Iterable[str]) -> list[SubjectCalls]:
+    """Every call and recording of one caller (``caller`` normalised, e.g. E.164), per tenant.
+
+    Callers are found through the keyed hash of their number: a tenant's lookup key is needed,
+    so only tenants that have keys (that have recorded something) can have matches.
+    """
+    found = []
+    for tenant in tenants:
+        if not vault.keyring.has_tenant(tenant):
+            continue
+        calls = vault.catalog.calls_by_caller(tenant, vault.caller_hash(tenant, caller))
+        if not calls:
+            continue
+        recordings = [r for c in calls for r in vault.catalog.recordings_of_call(c["id"])]
+        found.append(SubjectCalls(tenant, [c["id"] for c in calls], recordings))
+    return found
+
+
+def erase_subject(
+    vault: Vault, subject: list[SubjectCalls], *, reason: str, actor: str
+) -> ErasureReport:
+    """Erase every recording of a caller, then the personal fields of their calls.
+
+    A call keeps its caller fields while one of its recordings is held back (legal hold, or
+    still being recorded): the evidence a hold protects includes whose call it was.
+    """
+    report = ErasureReport()
+    for group in subject:
+        part = erase_many(
+            vault, group.recordings, reason=reason, actor=actor, action="recording.erased"
+        )
+        report.erased += part.erased
+        report.held += part.held
+        report.skipped += part.skipped
+        kept = {rid for rid, _ in part.held} | {rid for rid, _ in part.skipped}
+        now = utc_iso(vault.clock())
+        scrubbed = 0
+        with vault.catalog.transaction() as db:
+            for call_id in group.calls:
+                if any(r.call_id == call_id and r.id in kept for r in group.recordings):
+                    continue
+                db.execute(
+                    "UPDATE calls SET caller_hash = NULL, caller_sealed = NULL,"
+                    " caller_key_ref = NULL, erased_at = ? WHERE id = ?",
+                    (now, call_id),
+                )
+                scrubbed += 1
+            vault.catalog.audit(
+                db,
+                actor=actor,
+                action="subject.erased",
+                tenant=group.tenant,
+                detail={
+                    "reason": reason,
+                    "calls": len(group.calls),
+                    "calls_scrubbed": scrubbed,
+                    "recordings_erased": len(part.erased),
+                    "recordings_held": len(part.held) + len(part.skipped),
+                },
+            )
+        vault.catalog.checkpoint()
+    return report
