@@ -48,7 +48,17 @@ def _actor() -> str:
 
 
 def _open_vault(args: argparse.Namespace, *, create: bool = False) -> Vault:
-    return Vault(Path(args.data_dir), create=create)
+    return Vault(Path(args.data_dir), create=create, public_keys=_config_custody(args))
+
+
+def _config_custody(args: argparse.Namespace) -> dict[str, bytes | None] | None:
+    """Each tenant's key custody from ``--config``, for the commands that take one."""
+    if not getattr(args, "config", None):
+        return None
+    from ivr.config import load_config
+
+    config = load_config(Path(args.config))
+    return {t.id: t.public_key for t in config.tenants.values()}
 
 
 def _emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
@@ -140,8 +150,15 @@ def cmd_recordings_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise CommandFailed(f"{out} is a directory; give a file name for the WAV")
+    private_key = None
+    if args.private_key:
+        from storage.custody import load_private_key
+
+        private_key = load_private_key(Path(args.private_key))
     with _open_vault(args) as vault:
-        result = export_wav(vault, args.id, out, actor=_actor(), reason=args.reason)
+        result = export_wav(
+            vault, args.id, out, actor=_actor(), reason=args.reason, private_key=private_key
+        )
     _emit(
         args,
         {
@@ -161,36 +178,76 @@ def cmd_recordings_export(args: argparse.Namespace) -> int:
 
 # -- keys -----------------------------------------------------------------------------------------
 def cmd_keys_list(args: argparse.Namespace) -> int:
+    from storage.custody import key_ref_of
+    from storage.keys import fingerprint
+
     with _open_vault(args) as vault:
         keys = vault.keyring.list(args.tenant)
-
-    def table() -> str:
-        if not keys:
-            return "no keys yet (a tenant's first key is made with its first recording)"
-        lines = [f"{'TENANT':<16} {'VERSION':>7}  {'CURRENT':<7}  {'FINGERPRINT':<16}  CREATED"]
-        for k in keys:
-            lines.append(
-                f"{k.tenant:<16} {k.version:>7}  {'yes' if k.current else '':<7}  "
-                f"{k.fingerprint:<16}  {k.created_at}"
-            )
-        return "\n".join(lines)
-
+        public = vault.keyring.public_keys()
     data = [
         {
             "tenant": k.tenant,
+            "custody": "public_key" if k.tenant in public else "local",
             "version": k.version,
             "key_ref": k.key_ref,
-            "current": k.current,
+            # What new recordings use: a public-key tenant's local versions are only for the
+            # recordings made before it changed custody.
+            "current": k.current and k.tenant not in public,
             "fingerprint": k.fingerprint,
             "created_at": k.created_at,
         }
         for k in keys
     ]
+    data += [
+        {
+            "tenant": tenant,
+            "custody": "public_key",
+            "version": None,
+            "key_ref": key_ref_of(key),
+            "current": True,
+            "fingerprint": fingerprint(key),
+            "created_at": None,
+        }
+        for tenant, key in public.items()
+        if args.tenant is None or tenant == args.tenant
+    ]
+    data.sort(key=lambda k: (k["tenant"], k["version"] is None, k["version"] or 0))
+
+    def table() -> str:
+        if not data:
+            return "no keys yet (a tenant's first key is made with its first recording)"
+        lines = [
+            f"{'TENANT':<16} {'CUSTODY':<10}  {'KEY':<24}  {'CURRENT':<7}  "
+            f"{'FINGERPRINT':<16}  CREATED"
+        ]
+        for k in data:
+            lines.append(
+                f"{k['tenant']:<16} {k['custody']:<10}  {k['key_ref']:<24}  "
+                f"{'yes' if k['current'] else '':<7}  {k['fingerprint']:<16}  "
+                f"{k['created_at'] or '-'}"
+            )
+        return "\n".join(lines)
+
     _emit(args, data, table)
     return EXIT_OK
 
 
+def _rewrap_summary(report: Any) -> str:
+    text = (
+        f"re-wrapped {report.recordings} recording key(s) and {report.callers} caller "
+        f"number(s) under {report.target}"
+    )
+    if report.without_key:
+        text += f"; {report.without_key} recording(s) have no key left (erased or discarded)"
+    for ref, count in sorted(report.not_opened.items()):
+        text += f"; {count} recording(s) under {ref} left as they are"
+    return text
+
+
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from storage.custody import rewrap_local
+
+    report = None
     with _open_vault(args) as vault:
         info = vault.keyring.rotate(args.tenant)
         vault.audit(
@@ -200,12 +257,83 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
             target=info.key_ref,
             detail={"version": info.version, "fingerprint": info.fingerprint},
         )
+        if args.rewrap:
+            report = rewrap_local(vault, args.tenant, actor=_actor())
+    data: dict[str, Any] = {
+        "tenant": info.tenant,
+        "version": info.version,
+        "fingerprint": info.fingerprint,
+    }
+    if report is not None:
+        data["rewrapped"] = report.as_dict()
     _emit(
         args,
-        {"tenant": info.tenant, "version": info.version, "fingerprint": info.fingerprint},
+        data,
         lambda: (
             f"tenant {info.tenant}: new recordings now use key version {info.version} "
-            f"({info.fingerprint}); older recordings keep their version"
+            f"({info.fingerprint}); "
+            + (_rewrap_summary(report) if report else "older recordings keep their version")
+        ),
+    )
+    return EXIT_OK
+
+
+def cmd_keys_rewrap(args: argparse.Namespace) -> int:
+    from ivr.config import load_config
+    from storage.custody import load_private_key, rewrap_to_public
+
+    config = load_config(Path(args.config))
+    tenant = config.tenants.get(args.tenant)
+    if tenant is None:
+        raise CommandFailed(f"no tenant {args.tenant!r} in {args.config}")
+    if tenant.public_key is None:
+        raise CommandFailed(
+            f"tenant {args.tenant} is under local key custody in {args.config}; "
+            f"`ivr keys rotate --tenant {args.tenant} --rewrap` re-wraps local keys"
+        )
+    private_key = load_private_key(Path(args.private_key)) if args.private_key else None
+    with _open_vault(args) as vault:
+        report = rewrap_to_public(
+            vault, args.tenant, tenant.public_key, private_key=private_key, actor=_actor()
+        )
+    _emit(args, report.as_dict(), lambda: f"tenant {args.tenant}: {_rewrap_summary(report)}")
+    if report.not_opened:
+        print(
+            f"ivr: warning: {sum(report.not_opened.values())} recording(s) are sealed to a key "
+            "this command could not open; give its private key with --private-key",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from storage.custody import key_ref_of, public_b64, write_keypair
+    from storage.keys import KEYRING_FILE
+    from storage.vault import CATALOG_FILE
+
+    out = Path(args.out)
+    for directory in (out.absolute(), *out.absolute().parents):
+        if (directory / CATALOG_FILE).exists() or (directory / KEYRING_FILE).exists():
+            raise CommandFailed(
+                f"{out} is inside the vault at {directory}: the private key must be kept where "
+                "the service cannot read it"
+            )
+    private, public_file, public = write_keypair(out)
+    data = {
+        "private_key_file": str(private),
+        "public_key_file": str(public_file),
+        "public_key": public_b64(public),
+        "key_ref": key_ref_of(public),
+    }
+    _emit(
+        args,
+        data,
+        lambda: (
+            f"wrote {private} (the private key, mode 0600: keep it with the controller, off the "
+            f"service host) and {public_file}\n"
+            f"key {data['key_ref']}; in the tenant's configuration:\n"
+            f'  key_custody = "public_key"\n'
+            f'  public_key = "{data["public_key"]}"'
         ),
     )
     return EXIT_OK
@@ -316,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--purpose", required=True, help="why it is recorded, e.g. quality")
     imp.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_ENV),
+        help=f"configuration, for the tenant's key custody (env {CONFIG_ENV})",
+    )
+    imp.add_argument(
         "--retention-days",
         type=_positive_int,
         help="keep it this long (default: the lawful basis's default period)",
@@ -337,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("id")
     exp.add_argument("-o", "--output", required=True, help="WAV file to write")
     exp.add_argument("--reason", default="export by operator", help="recorded in the audit log")
+    exp.add_argument(
+        "--private-key",
+        metavar="FILE",
+        help="the tenant's X25519 private key (PEM), for a recording sealed to its public key",
+    )
     exp.set_defaults(func=cmd_recordings_export)
 
     from ivr.lifecycle_cli import add_parsers as add_lifecycle_parsers
@@ -359,16 +497,48 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate_parser(top)
     add_loadtest_parser(top)
 
-    keys = top.add_parser("keys", help="tenant key-encryption keys")
+    keys = top.add_parser("keys", help="tenant keys: versions, rotation, public-key custody")
     ksub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
-    klist = ksub.add_parser("list", parents=[common, data_out], help="list key versions")
+    klist = ksub.add_parser(
+        "list", parents=[common, data_out], help="list key versions and custody per tenant"
+    )
     klist.add_argument("--tenant")
     klist.set_defaults(func=cmd_keys_list)
     rot = ksub.add_parser(
         "rotate", parents=[common, data_out], help="new key version for new recordings"
     )
     rot.add_argument("--tenant", required=True)
+    rot.add_argument(
+        "--rewrap",
+        action="store_true",
+        help="also re-wrap every existing local data key under the new version",
+    )
     rot.set_defaults(func=cmd_keys_rotate)
+    rew = ksub.add_parser(
+        "rewrap",
+        parents=[common, data_out],
+        help="re-seal a public-key tenant's data keys to its configured public key",
+    )
+    rew.add_argument("--tenant", required=True)
+    rew.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_ENV),
+        required=not os.environ.get(CONFIG_ENV),
+        help=f"configuration naming the tenant's current public key (env {CONFIG_ENV})",
+    )
+    rew.add_argument(
+        "--private-key",
+        metavar="FILE",
+        help="private key of the previous public key (local keys need none)",
+    )
+    rew.set_defaults(func=cmd_keys_rewrap)
+    gen = ksub.add_parser(
+        "generate", parents=[data_out], help="make an X25519 key pair for public-key custody"
+    )
+    gen.add_argument(
+        "--out", required=True, metavar="DIR", help="directory for private.pem and public.pem"
+    )
+    gen.set_defaults(func=cmd_keys_generate)
     return parser
 
 

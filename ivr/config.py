@@ -19,7 +19,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -37,8 +37,10 @@ from ivr.policy import (
 )
 from media.prompts import LANGUAGES, PROMPT_IDS
 from storage.catalog import LawfulBasis
+from storage.custody import CUSTODY_MODES, parse_public_key
 
 __all__ = [
+    "API_ROLES",
     "DEFAULT_AUTH_TOKEN_ENV",
     "DEMO_CONFIG",
     "DEMO_TWILIO_AUTH_TOKEN",
@@ -46,6 +48,7 @@ __all__ = [
     "PROMPT_IDS",
     "PROMPT_KEYS",
     "PROMPT_LANGUAGES",
+    "ApiTokenConfig",
     "AsteriskSettings",
     "Config",
     "ConfigError",
@@ -124,6 +127,10 @@ class Tenant:
     # Only what the tenant sets; a line's resolved value is Line.retention_days.
     retention_days: Mapping[LawfulBasis, int]
     prompt_overrides: tuple[PromptOverride, ...]
+    # "local" (the service's keyring) or "public_key": data keys sealed to ``public_key`` (raw
+    # 32-byte X25519), whose private half the controller keeps (docs/key-custody.md).
+    key_custody: str = "local"
+    public_key: bytes | None = None
 
     def prompt(self, language: str, prompt_id: str) -> PromptOverride | None:
         """The tenant's own recording of ``prompt_id`` in ``language``, if it has one."""
@@ -180,6 +187,17 @@ class AsteriskSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiTokenConfig:
+    """An admin API token: only its SHA-256 is in the file, never the token."""
+
+    tenant: str
+    name: str
+    role: str
+    token_sha256: str
+    expires: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path | None
     public_url: str | None
@@ -195,6 +213,7 @@ class Config:
     # Things an operator should know that do not stop the service (log them at start-up).
     warnings: tuple[str, ...] = ()
     asterisk: AsteriskSettings | None = None  # None: no [asterisk] section, ARI not used
+    api_tokens: tuple[ApiTokenConfig, ...] = ()
 
     def line_for(self, number: str) -> Line | None:
         """The line for a dialled number in any notation with a country code, or None."""
@@ -494,6 +513,28 @@ def _public_url(value: Any) -> str:
     return url
 
 
+def _sha256_hex(value: Any) -> str:
+    text = _string(value).lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise _Invalid("expected 64 hex digits (the SHA-256 of the token)")
+    return text
+
+
+def _expiry(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    raise _wrong_type("a date or date-time, like 2027-01-01", value)
+
+
+def _public_key(value: Any) -> bytes:
+    try:
+        return parse_public_key(_string(value))
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 def _ari_url(value: Any) -> str:
     text = _string(value)
     parts = urlsplit(text)
@@ -557,7 +598,9 @@ def _policy_id(value: Any) -> str:
     return value
 
 
-_TOP_KEYS = ("service", "twilio", "asterisk", "retention", "tenants", "lines")
+_TOP_KEYS = ("service", "twilio", "asterisk", "retention", "tenants", "lines", "api_tokens")
+_API_TOKEN_KEYS = ("tenant", "name", "role", "token_sha256", "expires")
+API_ROLES = ("dpo", "supervisor", "admin")
 _ASTERISK_KEYS = (
     "url",
     "username",
@@ -571,7 +614,20 @@ _ASTERISK_KEYS = (
 _SERVICE_KEYS = ("public_url", "max_recording_seconds")
 _TWILIO_KEYS = ("auth_token_env", "stream_token_ttl_seconds")
 _RETENTION_KEYS = ("default_days",)
-_TENANT_KEYS = ("display_name", "dpo_contact", "retention_days", "prompts")
+_TENANT_KEYS = (
+    "display_name",
+    "dpo_contact",
+    "retention_days",
+    "prompts",
+    "key_custody",
+    "public_key",
+)
+_TENANT_SECRET_KEYS = {
+    "private_key": (
+        "never put the private key in the file: the service must not be able to decrypt. Set "
+        'key_custody = "public_key" and public_key to the public half (`ivr keys generate`)'
+    ),
+}
 _PROMPT_KEYS = ("file", "text")
 _LINE_KEYS = (
     "number",
@@ -697,6 +753,7 @@ class _Loader:
         )
 
         asterisk = self.asterisk(data, environ) if "asterisk" in data else None
+        api_tokens = self.api_tokens(data, tuple(data.get("tenants", {}) or {}))
 
         retention = self.table(data, "", "retention")
         self.check_keys(retention, "retention", _RETENTION_KEYS)
@@ -760,7 +817,45 @@ class _Loader:
             demo=demo,
             warnings=tuple(warnings),
             asterisk=asterisk,
+            api_tokens=api_tokens,
         )
+
+    def api_tokens(
+        self, data: dict[str, Any], tenant_ids: tuple[str, ...]
+    ) -> tuple[ApiTokenConfig, ...]:
+        raw = data.get("api_tokens", [])
+        if not isinstance(raw, list):
+            self.error("api_tokens", "expected an array of tables ([[api_tokens]])")
+            return ()
+        out: list[ApiTokenConfig] = []
+        seen: set[str] = set()
+        for i, entry in enumerate(raw):
+            path = f"api_tokens[{i}]"
+            if not isinstance(entry, dict):
+                self.error(path, "expected a table")
+                continue
+            self.check_keys(
+                entry,
+                path,
+                _API_TOKEN_KEYS,
+                token="never put a token in the file: set token_sha256 to its SHA-256 "
+                "(`ivr api token` prints both)",
+            )
+            tenant = self.get(entry, path, "tenant", _string)
+            name = self.get(entry, path, "name", _string)
+            role = self.get(entry, path, "role", _choice(API_ROLES, "role"))
+            digest = self.get(entry, path, "token_sha256", _sha256_hex)
+            expires = self.get(entry, path, "expires", _expiry, None)
+            if _ok(tenant) and tenant not in tenant_ids:
+                self.error(_join(path, "tenant"), f"no tenant {tenant!r} in [tenants]")
+                continue
+            if _ok(digest) and digest in seen:
+                self.error(_join(path, "token_sha256"), "the same token is listed twice")
+                continue
+            if all(_ok(v) for v in (tenant, name, role, digest, expires)):
+                seen.add(digest)
+                out.append(ApiTokenConfig(tenant, name, role, digest, expires))
+        return tuple(out)
 
     def asterisk(self, data: dict[str, Any], environ: Mapping[str, str]) -> AsteriskSettings | None:
         section = self.table(data, "", "asterisk")
@@ -827,12 +922,13 @@ class _Loader:
         if not isinstance(raw, dict):
             self.error(path, f"expected a table ([{path}]), got {_describe(raw)}")
             return None
-        self.check_keys(raw, path, _TENANT_KEYS)
+        self.check_keys(raw, path, _TENANT_KEYS, **_TENANT_SECRET_KEYS)
         display_name = self.get(raw, path, "display_name", _string)
         dpo_contact = self.get(raw, path, "dpo_contact", _string)
         retention = self.retention_table(raw, path, "retention_days")
         self.tenant_retention[tenant_id] = retention
         overrides = self.prompt_overrides(raw, path, declared)
+        custody, public_key = self.key_custody(raw, path)
         if len(self.errors) != errors_before:
             return None
         return Tenant(
@@ -841,7 +937,26 @@ class _Loader:
             dpo_contact=dpo_contact,
             retention_days=MappingProxyType(retention),
             prompt_overrides=tuple(overrides),
+            key_custody=custody,
+            public_key=public_key,
         )
+
+    def key_custody(self, raw: Mapping[str, Any], path: str) -> tuple[str, bytes | None]:
+        custody = self.get(raw, path, "key_custody", _choice(CUSTODY_MODES, "key custody"), "local")
+        public_key = self.get(raw, path, "public_key", _public_key, None)
+        if custody == "public_key" and public_key is None:
+            self.error(
+                _join(path, "public_key"),
+                'required with key_custody = "public_key" (base64 of the raw 32-byte X25519 '
+                "public key, as `ivr keys generate` prints it)",
+            )
+        elif custody == "local" and "public_key" in raw:
+            self.error(
+                _join(path, "public_key"),
+                'only used with key_custody = "public_key"; add that line to seal this '
+                "tenant's recordings to the key, or remove public_key",
+            )
+        return custody, public_key if custody == "public_key" else None
 
     def prompt_overrides(
         self, raw: Mapping[str, Any], path: str, declared: set[tuple[str, str]]

@@ -27,6 +27,15 @@ def _when(text: str) -> datetime:
     return moment
 
 
+def _date(text: str) -> str:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2027-01-01") from None
+
+
 def _config(args: argparse.Namespace) -> Any:
     from ivr.config import load_config
 
@@ -239,6 +248,29 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- admin API tokens ----------------------------------------------------------------------------
+def cmd_api_token(args: argparse.Namespace) -> int:
+    import secrets
+
+    from ivr.api import token_digest
+
+    token = "ivr_" + secrets.token_urlsafe(32)
+    snippet = (
+        f'[[api_tokens]]\ntenant = "{args.tenant}"\nname = "{args.name}"\n'
+        f'role = "{args.role}"\ntoken_sha256 = "{token_digest(token)}"\n'
+        + (f"expires = {args.expires}\n" if args.expires else "")
+    )
+    emit(
+        args,
+        {"token": token, "token_sha256": token_digest(token), "config": snippet},
+        lambda: (
+            f"token (give it to its holder; it is not stored anywhere):\n  {token}\n\n"
+            f"add to the configuration:\n{snippet}"
+        ),
+    )
+    return EXIT_OK
+
+
 # -- parsers --------------------------------------------------------------------------------------
 def add_parsers(top: Any, rsub: Any, common: argparse.ArgumentParser, data_out: Any) -> None:
     hold = rsub.add_parser("hold", parents=[common, data_out], help="put a legal hold on one")
@@ -288,6 +320,17 @@ def add_parsers(top: Any, rsub: Any, common: argparse.ArgumentParser, data_out: 
                 default=os.environ.get(CONFIG_ENV),
                 help="configuration (for controller names and DPO contacts)",
             )
+
+    apip = top.add_parser("api", help="admin API tokens")
+    aps = apip.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tok = aps.add_parser("token", parents=[data_out], help="make a new bearer token")
+    tok.add_argument("--tenant", required=True)
+    tok.add_argument("--role", required=True, choices=("dpo", "supervisor", "admin"))
+    tok.add_argument("--name", default="token", help="who or what holds it")
+    tok.add_argument(
+        "--expires", type=_date, help="date the token stops working, e.g. 2027-01-01"
+    )
+    tok.set_defaults(func=cmd_api_token)
 
     audit = top.add_parser("audit", help="the tamper-evident audit log")
     aus = audit.add_subparsers(dest="action", required=True, metavar="ACTION")

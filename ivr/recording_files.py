@@ -115,9 +115,17 @@ def decode_recording(vault: Vault, row: RecordingRow, **reader_options: Any) -> 
 
 
 def export_wav(
-    vault: Vault, recording_id: str, out: Path, *, actor: str, reason: str
+    vault: Vault,
+    recording_id: str,
+    out: Path,
+    *,
+    actor: str,
+    reason: str,
+    private_key: Any = None,
 ) -> ExportResult:
     """Verify and decrypt a recording into a 16-bit WAV; two tracks become stereo.
+
+    ``private_key`` opens a recording sealed to its tenant's public key (see Vault.data_key).
 
     Everything is verified before the first byte of the output exists, and the output appears
     under its name only once complete, so a tampered blob never yields a partial WAV.
@@ -129,7 +137,7 @@ def export_wav(
         )
     expected = (row.duration_ms or 0) * row.sample_rate // 1000
     timeline = Timeline(row.codec, row.sample_rate, len(row.tracks), expected_samples=expected)
-    with vault.open_reader(recording_id) as reader:
+    with vault.open_reader(recording_id, private_key=private_key) as reader:
         for batch in reader.batches():
             timeline.add_arrays(batch.tracks, batch.timestamps_ms, batch.lengths, batch.payload)
     samples = timeline.samples()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ivr import __version__
+from ivr import __version__, api
 from ivr.ari_app import AriApplication
 from ivr.config import Config
 from ivr.prompt_library import PromptLibrary
@@ -63,8 +63,21 @@ def create_app(
         for warning in config.warnings:
             log.warning("configuration: %s", warning)
         prompts = await asyncio.to_thread(PromptLibrary.load, config, sounds_dir)
-        vault = await asyncio.to_thread(lambda: Vault(data_dir, clock=clock, fsync=fsync))
+        custody = {t.id: t.public_key for t in config.tenants.values()}
+        vault = await asyncio.to_thread(
+            lambda: Vault(data_dir, clock=clock, fsync=fsync, public_keys=custody)
+        )
         app[VAULT] = vault
+        api.configure(
+            app,
+            vault=vault,
+            tokens={
+                t.token_sha256: api.ApiToken(t.name, t.tenant, t.role, t.token_sha256, t.expires)
+                for t in config.api_tokens
+            },
+            tenants=dict(config.tenants),
+            clock=clock,
+        )
         app[TWILIO] = TwilioCalls(
             config=config,
             vault=vault,
@@ -107,6 +120,7 @@ def create_app(
     app.cleanup_ctx.append(resources)
     app.router.add_get("/healthz", healthz)
     add_routes(app)
+    api.add_routes(app)
     return app
 
 

@@ -5,6 +5,11 @@ sealed in ``keyring.json`` → one data key (DEK) per recording, wrapped by the 
 and stored only in the catalog. Rotation adds a KEK version; older versions stay to unwrap older
 recordings. Each tenant also has a lookup key (never rotated: lookups must keep matching) for the
 keyed hash of caller numbers.
+
+A tenant may instead be under public-key custody (storage/custody.py): its data keys are sealed
+to a public key whose private half the controller keeps. The keyring remembers each such tenant's
+public key (sealed under the master key, so it cannot be swapped unnoticed), so that a process
+started without the configuration still seals to it rather than falling back to local keys.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,8 +135,17 @@ def _lookup_aad(tenant: str) -> bytes:
     return f"ivr lookup key v1\x00{tenant}".encode()
 
 
+def _custody_aad(tenant: str) -> bytes:
+    return f"ivr custody public key v1\x00{tenant}".encode()
+
+
 def dek_aad(tenant: str, recording_id: str, key_ref: str) -> bytes:
     return f"ivr dek v1\x00{tenant}\x00{recording_id}\x00{key_ref}".encode()
+
+
+def caller_aad(tenant: str, call_id: str) -> bytes:
+    """Associated data of a sealed caller number, whichever key seals it."""
+    return f"ivr caller v1\x00{tenant}\x00{call_id}".encode()
 
 
 def fingerprint(key: bytes) -> str:
@@ -166,6 +180,19 @@ class KekInfo:
         return f"local/{self.version}"
 
 
+@dataclass(frozen=True, slots=True)
+class CustodyChange:
+    """A tenant moved between custody modes or public keys: "local" or an x25519 key_ref."""
+
+    tenant: str
+    old: str
+    new: str
+
+
+def _public_ref(public_key: bytes) -> str:
+    return "x25519/" + fingerprint(public_key)
+
+
 def parse_key_ref(key_ref: str) -> int:
     kind, _, version = key_ref.partition("/")
     if kind != "local" or not version.isdigit():
@@ -191,6 +218,7 @@ class Keyring:
         self._doc: dict = {}
         self._keks: dict[tuple[str, int], bytes] = {}
         self._lookup: dict[str, bytes] = {}
+        self._public: dict[str, bytes] = {}
         with self._locked():
             if not path.exists():
                 self._doc = {
@@ -224,6 +252,9 @@ class Keyring:
             tenants = doc["tenants"]
             if not isinstance(tenants, dict):
                 raise ValueError("tenants is not an object")
+            custody = doc.get("custody", {})
+            if not isinstance(custody, dict):
+                raise ValueError("custody is not an object")
         except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
             raise KeyringCorrupt(f"keyring {where} is unreadable or corrupt: {exc}") from None
         try:
@@ -248,7 +279,19 @@ class Keyring:
                 raise KeyringCorrupt(
                     f"keyring {where}: the entry of tenant {tenant!r} is damaged or was altered"
                 ) from None
-        self._doc, self._keks, self._lookup = doc, keks, lookup
+        public: dict[str, bytes] = {}
+        for tenant, entry in custody.items():
+            try:
+                key = _open(self._master, _custody_aad(tenant), base64.b64decode(entry["sealed"]))
+                if len(key) != KEY_LEN:
+                    raise ValueError
+            except (InvalidTag, KeyError, TypeError, ValueError, binascii.Error):
+                raise KeyringCorrupt(
+                    f"keyring {where}: the public key of tenant {tenant!r} is damaged or was "
+                    "altered"
+                ) from None
+            public[tenant] = key
+        self._doc, self._keks, self._lookup, self._public = doc, keks, lookup, public
         self._stamp = (st.st_mtime_ns, st.st_size)
 
     @_synchronized
@@ -305,7 +348,51 @@ class Keyring:
         self.current(tenant)
         return self._lookup[tenant]
 
+    @_synchronized
+    def public_key(self, tenant: str) -> bytes | None:
+        """The public key the tenant's data keys are sealed to, or None for local custody."""
+        self._refresh()
+        return self._public.get(tenant)
+
+    @_synchronized
+    def public_keys(self) -> dict[str, bytes]:
+        self._refresh()
+        return dict(self._public)
+
     # -- changing ------------------------------------------------------------------------------
+    @_synchronized
+    def set_public_keys(self, custody: Mapping[str, bytes | None]) -> list[CustodyChange]:
+        """Record each named tenant's custody: a public key, or None for local keys. Tenants
+        not named keep what is recorded. Returns what changed."""
+        with self._locked():
+            self._load()
+            changes = []
+            entries = self._doc.setdefault("custody", {})
+            for tenant, key in sorted(custody.items()):
+                old = self._public.get(tenant)
+                if key == old:
+                    continue
+                if key is None:
+                    del entries[tenant]
+                else:
+                    sealed = _seal(self._master, _custody_aad(tenant), key)
+                    entries[tenant] = {
+                        "key_ref": _public_ref(key),
+                        "since": utc_iso(self._clock()),
+                        "sealed": base64.b64encode(sealed).decode(),
+                    }
+                changes.append(
+                    CustodyChange(
+                        tenant,
+                        "local" if old is None else _public_ref(old),
+                        "local" if key is None else _public_ref(key),
+                    )
+                )
+            if changes:
+                self._save()
+                self._load()
+        return changes
+
     @_synchronized
     def rotate(self, tenant: str) -> KekInfo:
         with self._locked():

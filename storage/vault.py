@@ -5,6 +5,10 @@ committed (status ``recording``) → blob file created. So a blob on disk always
 and a process that dies mid-call leaves a row that the next ``Vault`` to open the data directory
 can recover. Every process that writes holds an exclusive lock on its own writer file; a row whose
 writer's lock can be taken belongs to a dead process.
+
+A tenant under public-key custody (storage/custody.py) has its data keys and caller numbers
+sealed to its public key: this process can write such a recording but not read it back, and
+recovers it structurally (whole chunks kept, unverified) since it has no key to verify with.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +40,31 @@ from storage.catalog import (
     RecordingRow,
     RecordingStatus,
 )
+from storage.custody import (
+    CALLER_INFO,
+    PrivateKeyNeeded,
+    apply_custody,
+    is_x25519_ref,
+    key_ref_of,
+    open_sealed,
+    seal_to,
+    sealed_recording,
+    unwrap_dek_with,
+    wrap_dek_to,
+)
 from storage.errors import NotReadable, VaultError, VaultWriteError
 from storage.files import parse_utc, utc_iso
-from storage.format import NONCE_PREFIX_LEN, FormatError, RecordingHeader
+from storage.format import (
+    CHUNK_LENGTH,
+    MAX_CHUNK_PLAINTEXT,
+    NONCE_PREFIX_LEN,
+    TAG_LEN,
+    FormatError,
+    RecordingHeader,
+)
 from storage.keys import (
     Keyring,
+    caller_aad,
     keyed_hash,
     load_master_key,
     new_dek,
@@ -50,7 +74,7 @@ from storage.keys import (
     unwrap_dek,
     wrap_dek,
 )
-from storage.reader import RecordingReader
+from storage.reader import RecordingReader, read_header
 from storage.writer import EncryptingWriter
 
 log = logging.getLogger(__name__)
@@ -64,7 +88,7 @@ class RecoveryResult:
     recording_id: str
     status: RecordingStatus
     chunks: int
-    duration_ms: int
+    duration_ms: int | None  # None: not known (recovered without a key to decrypt with)
 
 
 def _new_id(prefix: str) -> str:
@@ -84,7 +108,11 @@ class Vault:
         fsync: bool = True,
         sync_interval: float = DEFAULT_SYNC_INTERVAL,
         recover: bool = True,
+        public_keys: Mapping[str, bytes | None] | None = None,
     ) -> None:
+        """``public_keys``: the configuration's key custody per tenant, a raw X25519 public key
+        (public-key custody) or None (local keyring). It is recorded in the data directory, so
+        processes opened without it (``None``) seal to the same keys."""
         self.data_dir = data_dir
         self.clock = clock
         self.chunk_interval_ms = chunk_interval_ms
@@ -96,6 +124,9 @@ class Vault:
         )
         self.keyring = Keyring(data_dir / "keyring.json", master, clock)
         self.catalog = Catalog(data_dir / CATALOG_FILE, clock)
+        self._custody: dict[str, bytes | None] = dict(public_keys or {})
+        if public_keys is not None:
+            apply_custody(self, public_keys)
         self.blobs = LocalBlobStore(data_dir / "blobs", fsync=fsync, sync_interval=sync_interval)
         self._locks = data_dir / "locks"
         self._locks.mkdir(exist_ok=True)
@@ -142,9 +173,17 @@ class Vault:
             "started_at": utc_iso(self.clock()),
         }
         if caller:
-            key_ref, kek = self.keyring.current(tenant)
             values["caller_hash"] = self.caller_hash(tenant, caller)
-            values["caller_sealed"] = seal_value(kek, _caller_aad(tenant, call_id), caller.encode())
+            public_key = self.public_key_of(tenant)
+            if public_key is None:
+                key_ref, kek = self.keyring.current(tenant)
+                sealed = seal_value(kek, caller_aad(tenant, call_id), caller.encode())
+            else:
+                key_ref = key_ref_of(public_key)
+                sealed = seal_to(
+                    public_key, caller_aad(tenant, call_id), caller.encode(), info=CALLER_INFO
+                )
+            values["caller_sealed"] = sealed
             values["caller_key_ref"] = key_ref
         with self.catalog.transaction() as db:
             self.catalog.insert_call(db, **values)
@@ -153,12 +192,36 @@ class Vault:
     def caller_hash(self, tenant: str, caller: str) -> str:
         return keyed_hash(self.keyring.lookup_key(tenant), caller)
 
-    def caller_of(self, call_id: str) -> str | None:
+    def public_key_of(self, tenant: str) -> bytes | None:
+        """The public key new data keys of ``tenant`` are sealed to; None: the local keyring."""
+        if tenant in self._custody:
+            return self._custody[tenant]
+        return self.keyring.public_key(tenant)
+
+    def caller_of(self, call_id: str, private_key: Any = None) -> str | None:
+        """The caller's number; under public-key custody only with the tenant's private key."""
         row = self.catalog.call(call_id)
         if row is None or row["caller_sealed"] is None:
             return None
-        kek = self.keyring.kek(row["tenant"], row["caller_key_ref"])
-        return open_value(kek, _caller_aad(row["tenant"], call_id), row["caller_sealed"]).decode()
+        tenant, key_ref = row["tenant"], row["caller_key_ref"]
+        aad = caller_aad(tenant, call_id)
+        if is_x25519_ref(key_ref):
+            if private_key is None:
+                raise PrivateKeyNeeded(
+                    f"the caller number of call {call_id} is sealed to the tenant's public key "
+                    f"{key_ref}; give --private-key"
+                )
+            opened = open_sealed(
+                private_key,
+                key_ref,
+                aad,
+                row["caller_sealed"],
+                info=CALLER_INFO,
+                what=f"call {call_id}",
+            )
+            return opened.decode()
+        kek = self.keyring.kek(tenant, key_ref)
+        return open_value(kek, aad, row["caller_sealed"]).decode()
 
     # -- recording -------------------------------------------------------------------------
     def start_recording(
@@ -189,8 +252,14 @@ class Vault:
             chunk_interval_ms=self.chunk_interval_ms,
             nonce_prefix=secrets.token_bytes(NONCE_PREFIX_LEN),
         )
-        key_ref, kek = self.keyring.current(tenant)
         dek = new_dek()
+        public_key = self.public_key_of(tenant)
+        if public_key is None:
+            key_ref, kek = self.keyring.current(tenant)
+            wrapped = wrap_dek(kek, tenant, recording_id, key_ref, dek)
+        else:
+            # Sealed to the tenant's public key: from here on only the controller can unwrap it.
+            key_ref, wrapped = wrap_dek_to(public_key, tenant, recording_id, dek)
         relpath = self.blobs.relpath(tenant, recording_id)
         with self.catalog.transaction() as db:
             self.catalog.insert_recording(
@@ -211,7 +280,7 @@ class Vault:
                 sample_rate=sample_rate,
                 tracks=json.dumps(list(tracks)),
                 key_ref=key_ref,
-                wrapped_dek=wrap_dek(kek, tenant, recording_id, key_ref, dek),
+                wrapped_dek=wrapped,
                 blob_path=relpath,
                 retention_until=utc_iso(retention_until) if retention_until else None,
                 writer_id=self.writer_id,
@@ -220,6 +289,7 @@ class Vault:
         blob = self.blobs.create(tenant, recording_id)
         writer = EncryptingWriter(header, dek, blob)
         rec = Recording(self, header, writer, blob)
+        rec._dek = dek  # to verify what reached the disk if the disk fails; dropped on close
         self.open_recordings[recording_id] = rec
         return rec
 
@@ -234,20 +304,26 @@ class Vault:
     def list(self, **filters: Any) -> list[RecordingRow]:
         return self.catalog.recordings(**filters)
 
-    def data_key(self, row: RecordingRow) -> bytes:
+    def data_key(self, row: RecordingRow, private_key: Any = None) -> bytes:
+        """The recording's data key. One sealed to a public key needs its ``private_key``
+        (an ``X25519PrivateKey`` or its raw 32 bytes); local keys ignore it."""
         if row.wrapped_dek is None or row.key_ref is None:
             raise NotReadable(f"recording {row.id} has no data key (status {row.status})")
+        if is_x25519_ref(row.key_ref):
+            if private_key is None:
+                raise sealed_recording(row.id, row.key_ref)
+            return unwrap_dek_with(private_key, row.tenant, row.id, row.key_ref, row.wrapped_dek)
         kek = self.keyring.kek(row.tenant, row.key_ref)
         return unwrap_dek(kek, row.tenant, row.id, row.key_ref, row.wrapped_dek)
 
     @contextlib.contextmanager
-    def open_reader(self, recording_id: str) -> Iterator[RecordingReader]:
-        """A verifying reader over a finished recording's blob."""
+    def open_reader(self, recording_id: str, private_key: Any = None) -> Iterator[RecordingReader]:
+        """A verifying reader over a finished recording's blob (``private_key``: see data_key)."""
         row = self.get(recording_id)
         if row.status not in (RecordingStatus.COMPLETE, RecordingStatus.INCOMPLETE):
             reason = f" ({row.status_reason})" if row.status_reason else ""
             raise NotReadable(f"recording {recording_id} is {row.status.value}{reason}")
-        dek = self.data_key(row)
+        dek = self.data_key(row, private_key)
         assert row.blob_path is not None
         path = self.blobs.path(row.blob_path)
         try:
@@ -302,12 +378,13 @@ class Vault:
                     path.unlink(missing_ok=True)
                 os.close(fd)
 
-    def scan_blob(self, row: RecordingRow, path: Path) -> BlobScan:
+    def scan_blob(self, row: RecordingRow, path: Path, dek: bytes | None = None) -> BlobScan:
         """Verify a blob's chunks from the start up to the first damage or the end."""
         scan = BlobScan()
         try:
             with path.open("rb") as fh:
-                reader = RecordingReader(fh, self.data_key(row), row.id)
+                key = self.data_key(row) if dek is None else dek
+                reader = RecordingReader(fh, key, row.id)
                 scan.end_offset = fh.tell()  # just past the header
                 for chunk in reader.chunks(stop_at_damage=True):
                     scan.chunks += 1
@@ -321,6 +398,29 @@ class Vault:
             log.warning("recording %s: blob unreadable: %s", row.id, exc)
         return scan
 
+    def scan_structure(self, row: RecordingRow, path: Path) -> BlobScan:
+        """Without the data key: the header, then whole length-prefixed chunks up to a torn or
+        impossible one. Nothing is verified (the reader does that later, with the key)."""
+        scan = BlobScan(duration_ms=None, verified=False)
+        try:
+            with path.open("rb") as fh:
+                read_header(fh, row.id)
+                scan.end_offset = fh.tell()
+                while True:
+                    raw = fh.read(CHUNK_LENGTH.size)
+                    if len(raw) < CHUNK_LENGTH.size:
+                        break
+                    (length,) = CHUNK_LENGTH.unpack(raw)
+                    if not TAG_LEN <= length <= MAX_CHUNK_PLAINTEXT + TAG_LEN:
+                        break
+                    if len(fh.read(length)) < length:
+                        break
+                    scan.chunks += 1
+                    scan.end_offset = fh.tell()
+        except (FormatError, OSError) as exc:
+            log.warning("recording %s: blob unreadable: %s", row.id, exc)
+        return scan
+
     def _recover_one(self, row: RecordingRow) -> RecoveryResult | None:
         if row.status is not RecordingStatus.RECORDING:
             return None
@@ -328,8 +428,17 @@ class Vault:
         final = self.blobs.path(row.blob_path)
         part = final.with_name(final.name.removesuffix(".rec") + PART_SUFFIX)
         source = part if part.exists() else final if final.exists() else None
-        scan = self.scan_blob(row, source) if source is not None else BlobScan()
+        sealed_to_public = is_x25519_ref(row.key_ref)
+        scan = (
+            BlobScan()
+            if source is None
+            else self.scan_structure(row, source)
+            if sealed_to_public
+            else self.scan_blob(row, source)
+        )
         reason = f"recovered after writer {row.writer_id} stopped"
+        if sealed_to_public and scan.chunks:
+            reason += "; chunks kept unverified (sealed to the tenant's public key)"
         if scan.chunks == 0:
             status = RecordingStatus.FAILED
             reason += "; no audio was sealed"
@@ -351,7 +460,12 @@ class Vault:
                 blob_digest=digest,
                 chunk_count=scan.chunks,
                 duration_ms=scan.duration_ms,
-                ended_at=utc_iso(_add_ms(row.started_at, scan.duration_ms)),
+                ended_at=utc_iso(
+                    _add_ms(row.started_at, scan.duration_ms)
+                    if scan.duration_ms is not None
+                    # Unknown length: the last write to the blob is when the call ended.
+                    else datetime.fromtimestamp(final.stat().st_mtime, UTC)
+                ),
             )
         else:
             values.update(wrapped_dek=None, chunk_count=0, duration_ms=0)
@@ -370,6 +484,7 @@ class Vault:
                     "status": status.value,
                     "chunks": scan.chunks,
                     "duration_ms": scan.duration_ms,
+                    "verified": scan.verified,
                 },
             )
         if not scan.chunks:
@@ -382,8 +497,9 @@ class Vault:
 class BlobScan:
     chunks: int = 0
     end_offset: int = 0
-    duration_ms: int = 0
+    duration_ms: int | None = 0
     final: bool = False
+    verified: bool = True
 
 
 class Recording:
@@ -400,6 +516,7 @@ class Recording:
         self._blob = blob
         self._bytes_per_ms = BYTES_PER_SAMPLE[header.codec] * header.sample_rate / 1000
         self.row: RecordingRow | None = None
+        self._dek: bytes | None = None  # set by Vault.start_recording
         # The hot path is the writer's own method: no extra call layer per frame. A failed
         # disk surfaces as VaultWriteError when the next chunk is sealed.
         self.append = writer.append
@@ -440,7 +557,9 @@ class Recording:
         duration = last[0] + int(last[1] / self._bytes_per_ms) if last else 0
         if status is RecordingStatus.INCOMPLETE:
             # Only what reached the disk counts; measure it rather than trust the appends.
-            duration = vault.scan_blob(vault.get(self.id), self._blob.final).duration_ms
+            scan = vault.scan_blob(vault.get(self.id), self._blob.final, dek=self._dek)
+            duration = scan.duration_ms or 0
+        self._dek = None
         values: dict[str, Any] = {
             "status": status.value,
             "status_reason": reason,
@@ -488,6 +607,7 @@ class Recording:
             raise VaultError(f"recording {self.id} is already {self.row.status.value}")
         vault = self.vault
         self._writer.abort()
+        self._dek = None
         self._blob.discard()
         with vault.catalog.transaction() as db:
             vault.catalog.update_recording(
@@ -517,10 +637,6 @@ class Recording:
         vault.open_recordings.pop(self.id, None)
         self.row = vault.get(self.id)
         return self.row
-
-
-def _caller_aad(tenant: str, call_id: str) -> bytes:
-    return f"ivr caller v1\x00{tenant}\x00{call_id}".encode()
 
 
 def _frame_ms(row: RecordingRow, payload: bytes) -> int:
