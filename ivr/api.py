@@ -1,0 +1,439 @@
+"""The admin HTTP API, ``/api/v1``: recordings, legal holds, subject requests, retention.
+
+Every request carries ``Authorization: Bearer <token>``. The configuration holds only the
+SHA-256 of each token, with the tenant it belongs to and its role:
+
+- ``dpo``: everything for its tenant, subject requests and erasure included;
+- ``supervisor``: list and show recordings, and play them (audited, with a reason);
+- ``admin``: list and show recordings' metadata and the retention report; no audio.
+
+A token of tenant A never sees anything of tenant B: another tenant's recording answers 404,
+exactly like one that does not exist. Every attempt is audited, refusals included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import io
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ivr.recording_files import decode_recording
+from ivr.subject import SubjectError, normalise_phone
+from media.wavfile import write_wav
+from storage import lifecycle
+from storage.catalog import RecordingStatus, UnknownRecording
+from storage.errors import NotReadable, VaultError
+from storage.files import utc_iso
+from storage.vault import Vault
+
+log = logging.getLogger(__name__)
+
+ROLES = ("dpo", "supervisor", "admin")
+READ_ROLES = frozenset(ROLES)
+AUDIO_ROLES = frozenset({"dpo", "supervisor"})
+DPO_ONLY = frozenset({"dpo"})
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    name: str
+    tenant: str
+    role: str
+    token_sha256: str
+    expires: datetime | None = None
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Caller:
+    token: ApiToken
+
+    @property
+    def tenant(self) -> str:
+        return self.token.tenant
+
+    @property
+    def actor(self) -> str:
+        return f"api:{self.token.tenant}:{self.token.name}:{self.token.role}"
+
+
+VAULT_KEY = web.AppKey("api_vault", Vault)
+TOKENS_KEY = web.AppKey("api_tokens", dict)
+CLOCK_KEY = web.AppKey("api_clock", object)
+TENANTS_KEY = web.AppKey("api_tenants", dict)
+
+Handler = Callable[[web.Request, Caller], Awaitable[web.StreamResponse]]
+
+
+_HTTP_ERRORS: dict[int, type[web.HTTPException]] = {
+    400: web.HTTPBadRequest,
+    401: web.HTTPUnauthorized,
+    403: web.HTTPForbidden,
+    404: web.HTTPNotFound,
+    409: web.HTTPConflict,
+}
+
+
+def _json_error(status: int, message: str, **headers: str) -> web.HTTPException:
+    return _HTTP_ERRORS[status](
+        text=json.dumps({"error": message}), content_type="application/json", headers=headers
+    )
+
+
+def _authenticate(request: web.Request) -> Caller:
+    tokens: Mapping[str, ApiToken] = request.app[TOKENS_KEY]
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    challenge = {"WWW-Authenticate": 'Bearer realm="ivr"'}
+    if scheme.lower() != "bearer" or not value.strip():
+        raise _json_error(401, "a bearer token is required", **challenge)
+    digest = token_digest(value.strip())
+    found = next((t for d, t in tokens.items() if hmac.compare_digest(d, digest)), None)
+    if found is None:
+        raise _json_error(401, "unknown token", **challenge)
+    now = request.app[CLOCK_KEY]()
+    if found.expires is not None and now >= found.expires:
+        raise _json_error(401, "token expired", **challenge)
+    return Caller(found)
+
+
+def endpoint(roles: frozenset[str], action: str) -> Callable[[Handler], Callable]:
+    """Authenticate, authorise, audit every attempt, and turn vault errors into HTTP ones."""
+
+    def wrap(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def run(request: web.Request) -> web.StreamResponse:
+            vault = request.app[VAULT_KEY]
+            target = request.match_info.get("recording_id")
+            try:
+                caller = _authenticate(request)
+            except web.HTTPException as exc:
+                await _audit(vault, "api", f"api.{action}.denied", None, target, exc.status, {})
+                raise
+            if caller.token.role not in roles:
+                await _audit(
+                    vault, caller.actor, f"api.{action}.denied", caller.tenant, target, 403, {}
+                )
+                raise _json_error(403, f"role {caller.token.role!r} may not {action}")
+            try:
+                response = await handler(request, caller)
+            except web.HTTPException as exc:
+                if exc.status >= 400:
+                    await _audit(
+                        vault,
+                        caller.actor,
+                        f"api.{action}.refused",
+                        caller.tenant,
+                        target,
+                        exc.status,
+                        {},
+                    )
+                raise
+            return response
+
+        run.__name__ = handler.__name__
+        return run
+
+    return wrap
+
+
+async def _audit(
+    vault: Vault,
+    actor: str,
+    action: str,
+    tenant: str | None,
+    target: str | None,
+    status: int,
+    detail: dict[str, Any],
+) -> None:
+    await asyncio.to_thread(
+        vault.audit,
+        actor=actor,
+        action=action,
+        tenant=tenant,
+        target=target,
+        detail={"status": status, **detail},
+    )
+
+
+async def _own_recording(request: web.Request, caller: Caller) -> Any:
+    vault = request.app[VAULT_KEY]
+    rid = request.match_info["recording_id"]
+    try:
+        row = await asyncio.to_thread(vault.get, rid)
+    except UnknownRecording:
+        raise _json_error(404, f"no recording {rid}") from None
+    if row.tenant != caller.tenant:  # indistinguishable from a recording that does not exist
+        raise _json_error(404, f"no recording {rid}")
+    return row
+
+
+def _reason(request: web.Request, body: Mapping[str, Any] | None = None) -> str:
+    reason = (body or {}).get("reason") or request.query.get("reason") or ""
+    if not isinstance(reason, str) or not reason.strip():
+        raise _json_error(400, "a reason is required (it goes into the audit log)")
+    return reason.strip()[:500]
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise _json_error(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise _json_error(400, "the body must be a JSON object")
+    return body
+
+
+# -- handlers -------------------------------------------------------------------------------------
+@endpoint(READ_ROLES, "list")
+async def list_recordings(request: web.Request, caller: Caller) -> web.Response:
+    vault = request.app[VAULT_KEY]
+    status = request.query.get("status")
+    if status is not None and status not in {s.value for s in RecordingStatus}:
+        raise _json_error(400, f"unknown status {status!r}")
+    limit = request.query.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise _json_error(400, "limit must be 1..1000")
+    rows = await asyncio.to_thread(
+        vault.list,
+        tenant=caller.tenant,
+        status=RecordingStatus(status) if status else None,
+        limit=int(limit),
+    )
+    return web.json_response({"recordings": [r.public() for r in rows]})
+
+
+@endpoint(READ_ROLES, "show")
+async def show_recording(request: web.Request, caller: Caller) -> web.Response:
+    row = await _own_recording(request, caller)
+    return web.json_response(row.public())
+
+
+@endpoint(AUDIO_ROLES, "export")
+async def recording_audio(request: web.Request, caller: Caller) -> web.StreamResponse:
+    vault = request.app[VAULT_KEY]
+    row = await _own_recording(request, caller)
+    reason = _reason(request)
+
+    def render() -> bytes:
+        samples = decode_recording(vault, row)
+        buf = io.BytesIO()
+        write_wav(buf, samples[:, 0] if samples.shape[1] == 1 else samples, row.sample_rate)
+        return buf.getvalue()
+
+    try:
+        wav = await asyncio.to_thread(render)
+    except NotReadable as exc:
+        raise _json_error(409, str(exc)) from None
+    await _audit(
+        vault,
+        caller.actor,
+        "recording.exported",
+        caller.tenant,
+        row.id,
+        200,
+        {"format": "wav", "reason": reason, "via": "api"},
+    )
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "audio/wav",
+            "Content-Disposition": f'attachment; filename="{row.id}.wav"',
+            "Content-Length": str(len(wav)),
+        }
+    )
+    await response.prepare(request)
+    for start in range(0, len(wav), 1 << 16):
+        await response.write(wav[start : start + (1 << 16)])
+    await response.write_eof()
+    return response
+
+
+@endpoint(DPO_ONLY, "delete")
+async def delete_recording(request: web.Request, caller: Caller) -> web.Response:
+    vault = request.app[VAULT_KEY]
+    row = await _own_recording(request, caller)
+    reason = _reason(request, await _body(request))
+    try:
+        erased = await asyncio.to_thread(
+            lifecycle.erase, vault, row.id, reason=reason, actor=caller.actor
+        )
+    except (lifecycle.LegalHold, lifecycle.InProgress) as exc:
+        raise _json_error(409, str(exc)) from None
+    return web.json_response(erased.public())
+
+
+@endpoint(DPO_ONLY, "hold")
+async def hold_recording(request: web.Request, caller: Caller) -> web.Response:
+    vault = request.app[VAULT_KEY]
+    row = await _own_recording(request, caller)
+    reason = _reason(request, await _body(request))
+    try:
+        held = await asyncio.to_thread(
+            lifecycle.set_hold, vault, row.id, reason=reason, actor=caller.actor
+        )
+    except VaultError as exc:
+        raise _json_error(409, str(exc)) from None
+    return web.json_response(held.public())
+
+
+@endpoint(DPO_ONLY, "release")
+async def release_recording(request: web.Request, caller: Caller) -> web.Response:
+    vault = request.app[VAULT_KEY]
+    row = await _own_recording(request, caller)
+    reason = _reason(request, await _body(request))
+    try:
+        released = await asyncio.to_thread(
+            lifecycle.release_hold, vault, row.id, reason=reason, actor=caller.actor
+        )
+    except VaultError as exc:
+        raise _json_error(409, str(exc)) from None
+    return web.json_response(released.public())
+
+
+def _phone(body: Mapping[str, Any]) -> str:
+    phone, region = body.get("phone"), body.get("region")
+    if not isinstance(phone, str) or (region is not None and not isinstance(region, str)):
+        raise _json_error(400, "phone (and optional region) must be strings")
+    try:
+        return normalise_phone(phone, region)
+    except SubjectError as exc:
+        raise _json_error(400, str(exc)) from None
+
+
+@endpoint(DPO_ONLY, "subject_erase")
+async def subject_erase(request: web.Request, caller: Caller) -> web.Response:
+    from ivr import subject
+
+    vault = request.app[VAULT_KEY]
+    body = await _body(request)
+    phone, reason = _phone(body), _reason(request, body)
+    report = await asyncio.to_thread(
+        subject.erase, vault, phone, [caller.tenant], reason=reason, actor=caller.actor
+    )
+    return web.json_response(
+        {
+            "erased": report.erased,
+            "held": [{"id": rid, "reason": why} for rid, why in report.held],
+            "skipped": [{"id": rid, "reason": why} for rid, why in report.skipped],
+        }
+    )
+
+
+@endpoint(DPO_ONLY, "subject_export")
+async def subject_export(request: web.Request, caller: Caller) -> web.StreamResponse:
+    import tempfile
+
+    from ivr import subject
+
+    vault = request.app[VAULT_KEY]
+    body = await _body(request)
+    phone, reason = _phone(body), _reason(request, body)
+    language = body.get("language")
+    if language not in (None, "en", "sv"):
+        raise _json_error(400, "language must be en or sv")
+    tenant = request.app[TENANTS_KEY].get(caller.tenant)
+
+    def build() -> bytes:
+        with tempfile.TemporaryDirectory(prefix="ivr-export-") as tmp:
+            out = Path(tmp) / "export.zip"
+            subject.export(
+                vault,
+                phone,
+                [caller.tenant],
+                out,
+                actor=caller.actor,
+                reason=reason,
+                dpo_contacts={caller.tenant: tenant.dpo_contact if tenant else "-"},
+                controller_names={caller.tenant: tenant.display_name if tenant else caller.tenant},
+                language=language,
+                now=utc_iso(request.app[CLOCK_KEY]()),
+            )
+            return out.read_bytes()
+
+    data = await asyncio.to_thread(build)
+    return web.Response(
+        body=data,
+        headers={
+            "Content-Type": "application/zip",
+            "Content-Disposition": 'attachment; filename="subject-access.zip"',
+        },
+    )
+
+
+@endpoint(frozenset({"dpo", "admin"}), "retention")
+async def retention_report(request: web.Request, caller: Caller) -> web.Response:
+    vault = request.app[VAULT_KEY]
+    now = utc_iso(request.app[CLOCK_KEY]())
+    rows = await asyncio.to_thread(vault.list, tenant=caller.tenant)
+    kept = [r for r in rows if r.status in (RecordingStatus.COMPLETE, RecordingStatus.INCOMPLETE)]
+    live = [r for r in kept if r.retention_until]
+    brief = [
+        {
+            "id": r.id,
+            "lawful_basis": r.lawful_basis.value,
+            "retention_until": r.retention_until,
+            "legal_hold": r.legal_hold,
+        }
+        for r in sorted(live, key=lambda r: r.retention_until or "")
+    ]
+    return web.json_response(
+        {
+            "now": now,
+            "kept": len(live),
+            "overdue": [b for b in brief if b["retention_until"] <= now and not b["legal_hold"]],
+            "held": [b for b in brief if b["legal_hold"]],
+            # Kept with no retention date: a storage-limitation finding for the DPO.
+            "without_retention_date": [r.id for r in kept if not r.retention_until],
+            "recordings": brief,
+        }
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from ivr.api_spec import OPENAPI
+
+    return web.json_response(OPENAPI)
+
+
+def add_routes(app: web.Application) -> None:
+    """The routes; ``configure`` gives them their vault, tokens and tenants at start-up."""
+    r = app.router
+    r.add_get("/api/v1/openapi.json", openapi)
+    r.add_get("/api/v1/recordings", list_recordings)
+    r.add_get("/api/v1/recordings/{recording_id}", show_recording)
+    r.add_get("/api/v1/recordings/{recording_id}/audio", recording_audio)
+    r.add_delete("/api/v1/recordings/{recording_id}", delete_recording)
+    r.add_post("/api/v1/recordings/{recording_id}/hold", hold_recording)
+    r.add_delete("/api/v1/recordings/{recording_id}/hold", release_recording)
+    r.add_post("/api/v1/subject/export", subject_export)
+    r.add_post("/api/v1/subject/erase", subject_erase)
+    r.add_get("/api/v1/retention", retention_report)
+
+
+def configure(
+    app: web.Application,
+    *,
+    vault: Vault,
+    tokens: Mapping[str, ApiToken],
+    tenants: Mapping[str, Any],
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> None:
+    app[VAULT_KEY] = vault
+    app[TOKENS_KEY] = dict(tokens)
+    app[TENANTS_KEY] = dict(tenants)
+    app[CLOCK_KEY] = clock
