@@ -365,7 +365,10 @@ async def subject_export(request: web.Request, caller: Caller) -> web.StreamResp
             )
             return out.read_bytes()
 
-    data = await asyncio.to_thread(build)
+    try:
+        data = await asyncio.to_thread(build)
+    except NotReadable as exc:  # e.g. sealed to the tenant's public key: only they can open it
+        raise _json_error(409, str(exc)) from None
     return web.Response(
         body=data,
         headers={

@@ -48,6 +48,14 @@ def _tenants(args: argparse.Namespace, vault: Any) -> list[str]:
     return sorted({k.tenant for k in vault.keyring.list()})
 
 
+def _private_key(args: argparse.Namespace) -> Any:
+    if not getattr(args, "private_key", None):
+        return None
+    from storage.custody import load_private_key
+
+    return load_private_key(Path(args.private_key))
+
+
 def _phone(args: argparse.Namespace) -> str:
     try:
         return normalise_phone(args.phone, args.region)
@@ -185,6 +193,7 @@ def cmd_subject_export(args: argparse.Namespace) -> int:
             controller_names={t.id: t.display_name for t in config.tenants.values()},
             language=args.language,
             now=utc_iso(datetime.now(UTC)),
+            private_key=_private_key(args),
         )
     emit(
         args,
@@ -315,6 +324,10 @@ def add_parsers(top: Any, rsub: Any, common: argparse.ArgumentParser, data_out: 
             p.add_argument("-o", "--output", required=True, help="zip file to write")
             p.add_argument("--reason", default="subject access request (Art. 15)")
             p.add_argument("--language", choices=("en", "sv"), help="summary language")
+            p.add_argument(
+                "--private-key",
+                help="the tenant's private key file, for recordings sealed to its public key",
+            )
             p.add_argument(
                 "--config",
                 default=os.environ.get(CONFIG_ENV),

@@ -266,3 +266,20 @@ def test_audit_verify_finds_edits_removals_and_a_cut_tail(vault, capsys, monkeyp
     db.close()
     args = ["audit", "verify", "--data-dir", str(vault.data_dir)]
     assert main(args) == 1 and "BROKEN" in capsys.readouterr().out
+
+
+def test_subject_export_of_a_public_key_tenant_needs_its_private_key(tmp_path, capsys, monkeypatch):
+    from storage.custody import write_keypair
+
+    monkeypatch.setenv("IVR_MASTER_KEY", base64.b64encode(MASTER).decode())
+    private, _, public = write_keypair(tmp_path / "keys")
+    data = tmp_path / "var"
+    with Vault(data, fsync=False, public_keys={"acme": public}) as v:
+        row = record(v)
+    base = ["subject", "export", "--data-dir", str(data), "--phone", CALLER, "--tenant", "acme"]
+    assert main([*base, "-o", str(tmp_path / "no.zip")]) == 1
+    assert "private" in capsys.readouterr().err and not (tmp_path / "no.zip").exists()
+    out = tmp_path / "yes.zip"
+    assert main([*base, "-o", str(out), "--private-key", str(private)]) == 0
+    with zipfile.ZipFile(out) as zf:
+        assert f"recordings/{row.id}.wav" in zf.namelist()
