@@ -98,14 +98,15 @@ def import_wav(
     return row
 
 
-def decode_recording(vault: Vault, row: RecordingRow, **reader_options: Any) -> np.ndarray:
+def decode_recording(vault: Vault, row: RecordingRow, *, private_key: Any = None) -> np.ndarray:
     """A finished recording verified, decrypted and decoded: int16 (samples, tracks), caller
-    first. Raises before returning anything if any chunk fails verification."""
+    first. Raises before returning anything if any chunk fails verification. ``private_key``
+    opens a recording sealed to its tenant's public key."""
     if len(row.tracks) > 2:
         raise ValueError(f"recording {row.id} has {len(row.tracks)} tracks; WAV export takes 2")
     expected = (row.duration_ms or 0) * row.sample_rate // 1000
     timeline = Timeline(row.codec, row.sample_rate, len(row.tracks), expected_samples=expected)
-    with vault.open_reader(row.id, **reader_options) as reader:
+    with vault.open_reader(row.id, private_key=private_key) as reader:
         for batch in reader.batches():
             timeline.add_arrays(batch.tracks, batch.timestamps_ms, batch.lengths, batch.payload)
     samples = timeline.samples()
@@ -131,18 +132,7 @@ def export_wav(
     under its name only once complete, so a tampered blob never yields a partial WAV.
     """
     row = vault.get(recording_id)
-    if len(row.tracks) > 2:
-        raise ValueError(
-            f"recording {recording_id} has {len(row.tracks)} tracks; WAV export takes 2"
-        )
-    expected = (row.duration_ms or 0) * row.sample_rate // 1000
-    timeline = Timeline(row.codec, row.sample_rate, len(row.tracks), expected_samples=expected)
-    with vault.open_reader(recording_id, private_key=private_key) as reader:
-        for batch in reader.batches():
-            timeline.add_arrays(batch.tracks, batch.timestamps_ms, batch.lengths, batch.payload)
-    samples = timeline.samples()
-    if "caller" in row.tracks and row.tracks.index("caller") != 0:
-        samples = samples[:, ::-1]
+    samples = decode_recording(vault, row, private_key=private_key)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
     try:
         write_wav(

@@ -205,8 +205,7 @@ def _language_of(rows: list[RecordingRow]) -> str | None:
 
 
 def _wav_bytes(vault: Vault, row: RecordingRow, private_key: Any) -> bytes:
-    reader_options = {"private_key": private_key} if private_key is not None else {}
-    samples = decode_recording(vault, row, **reader_options)
+    samples = decode_recording(vault, row, private_key=private_key)
     buf = io.BytesIO()
     write_wav(buf, samples[:, 0] if samples.shape[1] == 1 else samples, row.sample_rate)
     return buf.getvalue()

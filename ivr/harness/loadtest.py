@@ -1380,13 +1380,15 @@ def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``loadtest`` to an ``add_subparsers()`` object; its ``func`` is ``run_loadtest_cli``."""
     p = subparsers.add_parser(
         "loadtest",
-        help="many simulated Twilio calls at once against a running service",
+        help="many simulated calls (Twilio or Asterisk) at once against a running service",
         description=(
             "Run N simulated Twilio calls concurrently against a running service (consent "
             "phase in fast virtual time, recording streams of both tracks in real time), "
             "measure the service's CPU per call-minute, and compare it with a bare aiohttp "
-            "receive+decode+seal loop under the same load. Exit 0 when every call completed "
-            "and no frame was lost."
+            "receive+decode+seal loop under the same load. With --platform asterisk, a fake "
+            "Asterisk at --ari-listen (the service's [asterisk] url) delivers the calls and "
+            "streams their RTP instead (ivr.harness.loadtest_asterisk). Exit 0 when every call "
+            "completed and no frame was lost."
         ),
     )
     _add_options(p)
@@ -1395,6 +1397,13 @@ def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _add_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--platform",
+        choices=("twilio", "asterisk"),
+        default="twilio",
+        help="twilio: act as Twilio against --url; asterisk: act as an Asterisk PBX that the "
+        "service's [asterisk] url points at (default twilio)",
+    )
     p.add_argument("--url", default=DEFAULT_URL, help=f"the service (default {DEFAULT_URL})")
     p.add_argument("--calls", type=int, default=50, help="concurrent calls (default 50)")
     p.add_argument(
@@ -1409,7 +1418,12 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="spread the call starts over this many seconds (default min(10, calls/50))",
     )
-    p.add_argument("--to", default=DEFAULT_TO, help=f"the dialled line (default {DEFAULT_TO})")
+    p.add_argument(
+        "--to",
+        default=None,
+        help=f"the dialled line (default {DEFAULT_TO}; asterisk: +15550100004, which records "
+        "at once)",
+    )
     p.add_argument(
         "--from", dest="from_", metavar="NUMBER", default=DEFAULT_FROM, help="the caller's number"
     )
@@ -1431,6 +1445,9 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         default=3.0,
         help="seconds between progress lines on stderr (0: none; default 3)",
     )
+    from ivr.harness.loadtest_asterisk import add_asterisk_options  # imports this module
+
+    add_asterisk_options(p)
 
 
 def options_from_args(args: argparse.Namespace) -> LoadtestOptions:
@@ -1439,7 +1456,7 @@ def options_from_args(args: argparse.Namespace) -> LoadtestOptions:
         calls=args.calls,
         duration=args.duration,
         ramp=args.ramp,
-        to=args.to,
+        to=args.to or DEFAULT_TO,
         from_=getattr(args, "from_", DEFAULT_FROM),
         press=getattr(args, "press", None),
         auth_token=args.auth_token,
@@ -1449,6 +1466,10 @@ def options_from_args(args: argparse.Namespace) -> LoadtestOptions:
 
 
 def run_loadtest_cli(args: argparse.Namespace) -> int:
+    if getattr(args, "platform", "twilio") == "asterisk":
+        from ivr.harness.loadtest_asterisk import run_asterisk_loadtest_cli
+
+        return run_asterisk_loadtest_cli(args)
     try:
         options = options_from_args(args)
         _validate(options)

@@ -1,0 +1,1207 @@
+"""``ivr loadtest --platform asterisk``: many PBX calls at once, and what they cost the service.
+
+The service must be running with its ``[asterisk] url`` pointing at ``--ari-listen`` (default
+127.0.0.1:8088), where this module starts a fake Asterisk (``ivr.harness.fake_asterisk``, unpaced:
+it sends no RTP of its own). Its ARI client retries until the fake listens.
+
+Control plane: the fake places N calls (ramped), each a caller channel for ``--to`` entering
+``Stasis``; the service answers, creates a mixing bridge and an external-media channel, and
+bridges them. On an opt-in line the caller presses the accept key ``--press-after`` seconds after
+the bridge is up, and streaming starts once the service reports the recording
+(``IVR_RECORDING_ID``); on the other lines (the default, +15550100004, records at once) it starts
+as soon as the call is bridged. The fake's request dispatcher is wrapped, so every ARI request
+the service makes is seen as it is answered (one dict lookup each): that gives the set-up time
+(StasisStart to bridged, four REST round trips), the recording id and the moment the service has
+finalised a call (it destroys the bridge last).
+
+Media plane: one central ticker (as in the Twilio load test) sends, every 20 ms, the next RTP
+packet (PCMU, PT 0, 160 bytes, sequence +1, timestamp +160, one SSRC per call, marker on the
+first) of every streaming call, with ``sendto`` on a duplicate of that call's external-media
+socket (the ``UNICASTRTP_LOCAL`` address the fake announced, the only source the service
+accepts) to the address the service gave in its externalMedia request. Packets are pre-built
+per call (header template + a one-second payload pool); only sequence and timestamp are
+rewritten. A late tick is caught up, so lateness never accumulates; no task runs per call per
+tick. The service's own RTP (prompts) arriving at the fake's sockets gives the time from bridged
+to the first prompt packet.
+
+After ``--duration`` seconds of RTP a call is hung up (the caller's ``ChannelHangupRequest``,
+``StasisEnd``, ``ChannelDestroyed``) and the service's finalisation awaited. Then ``/healthz`` is
+polled until ``asterisk.counters.calls_completed`` has grown by every call the service took, and
+the deltas of its counters give frames stored and lost: ``frames_lost`` = frames sent − frames
+stored (0 on loopback: on a ``none`` line recording starts with the first packet; the service
+fills RTP gaps with silence, which its ``rtp_lost`` counter reports). Frames lost with no
+``rtp_lost`` are calls' last packets: the hang-up is sent right after them, as Asterisk does, and
+a service that lags reads its events websocket before the datagrams still in the call's socket.
+
+Cost: the service's CPU (``/healthz`` ``cpu_seconds``) over the steady window (every call
+streaming) per call-minute streamed. The same media load (same N, duration, ramp and ticker) is
+then sent to ``python -m ivr.harness.bare_rtp_server`` (one UDP socket per call: parse the header,
+append, seal once a second with AES-256-GCM, write), and the report gives the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import socket
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from ivr.harness.audio import tone
+from ivr.harness.bare_rtp_server import parse_ports
+from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall, RtpPeer
+from ivr.harness.loadtest import (
+    CPU_READ_TIMEOUT_S,
+    DEFAULT_FROM,
+    DEFAULT_URL,
+    FRAME_S,
+    MAX_ERRORS_REPORTED,
+    OPT_IN_LINES,
+    SATURATED_LAG_MS,
+    SATURATED_UTILISATION,
+    CallFailed,
+    _dist,
+    _fmt,
+    _pct,
+    _Progress,
+    _round,
+    _schedule,
+    _StreamRun,
+)
+
+__all__ = [
+    "DEFAULT_ARI_LISTEN",
+    "DEFAULT_ASTERISK_TO",
+    "AsteriskLoadtestOptions",
+    "SetupError",
+    "add_asterisk_options",
+    "asterisk_options_from_args",
+    "format_asterisk_report",
+    "run_asterisk_loadtest",
+    "run_asterisk_loadtest_cli",
+]
+
+DEFAULT_ASTERISK_TO = "+15550100004"  # the demo's vital_interests/none line: records at once
+DEFAULT_ARI_LISTEN = "127.0.0.1:8088"
+ARI_PASSWORD_ENV = "ARI_PASSWORD"
+DEMO_ARI_PASSWORD = "demo"
+PRESS_AFTER_S = 0.5
+BARE_PORT_BASE = 41000  # just above the service's default RTP range (40000-40999)
+
+FRAME_BYTES = 160
+FRAME_TICKS = 160  # RTP timestamp units per 20 ms of 8 kHz audio
+PT_PCMU = 0
+CONNECT_TIMEOUT_S = 30.0  # the service's ARI client backs off up to 10 s between attempts
+SETUP_TIMEOUT_S = 30.0  # StasisStart -> bridged
+DECISION_TIMEOUT_S = 30.0  # accept key -> IVR_RECORDING_ID
+FINALISE_TIMEOUT_S = 60.0  # caller hang-up -> bridge destroyed
+SETTLE_POLL_S = 0.2
+HEALTH_TIMEOUT_S = 10.0
+
+_RTP_HEAD = struct.Struct("!BBHII")
+_RTP_VAR = struct.Struct("!BHI")  # byte 1 (marker | payload type), sequence, timestamp; at 1
+_TONE = tone(440.0, -12.0)
+POOL: tuple[bytes, ...] = tuple(_TONE.frame(i) for i in range(len(_TONE)))  # one second
+_POOL_N = len(POOL)
+
+
+class SetupError(Exception):
+    """The load test could not start (e.g. the fake cannot listen on ``--ari-listen``)."""
+
+
+# -- options ----------------------------------------------------------------------------------
+@dataclass
+class AsteriskLoadtestOptions:
+    url: str = DEFAULT_URL  # the service, for /healthz
+    calls: int = 50
+    duration: float = 20.0  # seconds of RTP per call, in real time
+    ramp: float | None = None  # seconds over which call starts are spread; None: min(10, N/50)
+    to: str = DEFAULT_ASTERISK_TO
+    from_: str = DEFAULT_FROM
+    press: str | None = None  # key pressed once bridged; None: "1" on opt-in lines
+    press_after: float = PRESS_AFTER_S  # seconds after the bridge is up
+    ari_listen: str = DEFAULT_ARI_LISTEN
+    ari_app: str = "ivr"
+    ari_user: str = "ivr"
+    ari_password: str | None = None  # None: $ARI_PASSWORD, else "demo"
+    bare_ports: str | None = None  # LOW-HIGH for the reference; None: from 41000, N + slack
+    reference: bool = True
+    connect_timeout: float = CONNECT_TIMEOUT_S
+    progress_interval: float = 3.0  # seconds between progress lines; 0: none
+    progress_stream: Any = None  # default sys.stderr
+    margin: float | None = None  # extra seconds before the overall deadline; None: automatic
+
+    def resolved_ramp(self) -> float:
+        return self.ramp if self.ramp is not None else min(10.0, self.calls / 50)
+
+    def resolved_press(self) -> str:
+        if self.press is not None:
+            return self.press
+        return "1" if self.to in OPT_IN_LINES else ""
+
+    def resolved_password(self) -> str:
+        if self.ari_password is not None:
+            return self.ari_password
+        return os.environ.get(ARI_PASSWORD_ENV) or DEMO_ARI_PASSWORD
+
+    def listen(self) -> tuple[str, int]:
+        host, _, port = self.ari_listen.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"--ari-listen {self.ari_listen!r} is not HOST:PORT")
+        return host, int(port)
+
+    def bare_port_range(self) -> tuple[int, int]:
+        if self.bare_ports:
+            return parse_ports(self.bare_ports)
+        slack = max(16, self.calls // 10)
+        return BARE_PORT_BASE, min(65535, BARE_PORT_BASE + self.calls + slack - 1)
+
+    def deadline(self) -> float:
+        margin = self.margin if self.margin is not None else 60.0 + 0.1 * self.calls
+        press = self.press_after if self.resolved_press() else 0.0
+        return self.resolved_ramp() + press + self.duration + margin
+
+
+def _validate(options: AsteriskLoadtestOptions) -> None:
+    if options.calls < 1:
+        raise ValueError("--calls must be at least 1")
+    if not options.duration >= FRAME_S:
+        raise ValueError("--duration must be at least 0.02 s")
+    if options.ramp is not None and options.ramp < 0:
+        raise ValueError("--ramp must not be negative")
+    if not options.press_after >= 0:
+        raise ValueError("--press-after must not be negative")
+    press = options.resolved_press()
+    if press and (len(press) != 1 or press not in "0123456789*#ABCD"):
+        raise ValueError(f"--press {press!r} is not one DTMF digit")
+    options.listen()
+    low, high = options.bare_port_range()
+    if options.reference and high - low + 1 < options.calls:
+        raise ValueError(f"--bare-ports {low}-{high} has fewer ports than --calls")
+    base = urlsplit(options.url)
+    if base.scheme != "http" or not base.hostname:
+        raise ValueError(f"--url must be an http:// URL, not {options.url!r}")
+
+
+# -- the RTP ticker ---------------------------------------------------------------------------
+class _RtpStreamer:
+    """One call's real-time RTP stream, fed by the ticker from pre-built packets."""
+
+    __slots__ = (
+        "dest",
+        "done",
+        "dropped",
+        "end_time",
+        "error",
+        "join_tick",
+        "join_time",
+        "packets",
+        "send",
+        "sent",
+        "seq0",
+        "sock",
+        "total",
+        "ts0",
+    )
+
+    def __init__(
+        self, sock: socket.socket, dest: tuple[str, int], total: int, rng: random.Random
+    ) -> None:
+        self.sock = sock
+        self.send = sock.sendto
+        self.dest = dest
+        head = _RTP_HEAD.pack(0x80, PT_PCMU, 0, 0, rng.getrandbits(32))
+        self.packets = [bytearray(head + payload) for payload in POOL]
+        self.seq0 = rng.getrandbits(16)
+        self.ts0 = rng.getrandbits(32)
+        self.total = total  # packets in the stream
+        self.sent = 0  # packets due so far (sent or dropped)
+        self.dropped = 0  # packets the socket refused (EAGAIN)
+        self.join_tick = 0
+        self.join_time = 0.0
+        self.end_time: float | None = None
+        self.error: str | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def frames_sent(self) -> int:
+        return self.sent - self.dropped
+
+    def pump(self, due: int) -> int:
+        """Send every packet owed by tick ``due``; returns the packets sent."""
+        target = due - self.join_tick
+        if target > self.total:
+            target = self.total
+        n = self.sent
+        if target <= n:
+            return 0
+        send, dest, packets, pack_into = self.send, self.dest, self.packets, _RTP_VAR.pack_into
+        seq0, ts0 = self.seq0, self.ts0
+        dropped = 0
+        start = n
+        while n < target:
+            packet = packets[n % _POOL_N]
+            pack_into(
+                packet,
+                1,
+                PT_PCMU | (0x80 if n == 0 else 0),
+                (seq0 + n) & 0xFFFF,
+                (ts0 + n * FRAME_TICKS) & 0xFFFFFFFF,
+            )
+            try:
+                send(packet, dest)
+            except BlockingIOError:
+                dropped += 1
+            n += 1
+        self.sent = n
+        self.dropped += dropped
+        return n - start - dropped
+
+    def fail(self, reason: str) -> None:
+        if self.error is None and self.sent < self.total:
+            self.error = reason
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class _RtpRun(_StreamRun):
+    """The Twilio load test's streaming run (membership, CPU samples, cost), ticking RTP."""
+
+    async def _tick(self) -> None:
+        loop, t0 = self.loop, self.t0
+        assert t0 is not None
+        k = 0
+        while not self._stopped:
+            k += 1
+            target = t0 + k * FRAME_S
+            delay = target - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time()
+            self.lateness.append(now - target)
+            due = int((now - t0) / FRAME_S)
+            if due > k:
+                k = due  # late: this pass catches every stream up
+            keep: list[Any] = []
+            sent = 0
+            for s in self.active:
+                if s.error is None:
+                    try:
+                        sent += s.pump(due)
+                    except OSError as exc:
+                        s.fail(f"RTP send failed: {exc}")
+                if s.error is not None or s.sent >= s.total:
+                    self._finished(s)
+                else:
+                    keep.append(s)
+            self.active = keep
+            self.frames_sent += sent
+            if not keep:
+                if self.pending_join <= 0:
+                    self.last_done.set()
+                    return
+                # Nobody to feed: sleep until a stream joins (or the run ends).
+                self._wake.clear()
+                while not self.active and not self._stopped and self.pending_join > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._wake.wait()
+                    self._wake.clear()
+                k = int((loop.time() - t0) / FRAME_S)
+
+    def ticker_stats(self) -> dict[str, Any]:
+        late = sorted(x * 1000 for x in self.lateness)
+        return {
+            "ticks": len(late),
+            "late_p50_ms": _round(_pct(late, 50)),
+            "late_p99_ms": _round(_pct(late, 99)),
+            "late_max_ms": _round(late[-1]) if late else None,
+            "send_errors": sum(s.dropped for s in self.streamers),
+        }
+
+
+def _empty_ticker() -> dict[str, Any]:
+    return {
+        "ticks": 0,
+        "late_p50_ms": None,
+        "late_p99_ms": None,
+        "late_max_ms": None,
+        "send_errors": 0,
+    }
+
+
+# -- what the service asks of the fake --------------------------------------------------------
+class _Watch:
+    """One call as seen through the service's ARI requests."""
+
+    __slots__ = (
+        "answered_at",
+        "bridge_id",
+        "bridged",
+        "bridged_at",
+        "finalised",
+        "finalised_at",
+        "hung_up",
+        "recording",
+        "variables",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.answered_at: float | None = None
+        self.bridged: asyncio.Future[RtpPeer | None] = loop.create_future()
+        self.bridged_at = 0.0
+        self.bridge_id: str | None = None
+        self.recording: asyncio.Future[str | None] = loop.create_future()
+        self.finalised: asyncio.Future[None] = loop.create_future()
+        self.finalised_at = 0.0
+        self.hung_up: str | None = None  # the service hung the caller up (reason)
+        self.variables: dict[str, str] = {}
+
+
+def _settle(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+class _Tracker:
+    """Wraps the fake's request dispatcher: each ARI request the service makes, once answered,
+    updates the watch of the call it concerns."""
+
+    def __init__(self, fake: FakeAsterisk) -> None:
+        self.fake = fake
+        self.loop = asyncio.get_running_loop()
+        self.calls: dict[str, _Watch] = {}  # caller channel id -> watch
+        self.bridges: dict[str, _Watch] = {}  # bridge id -> watch
+        self.requests = 0
+        self.rejected = 0
+        inner = fake._dispatch
+
+        async def dispatch(request: web.Request) -> web.StreamResponse:
+            response = await inner(request)
+            self.requests += 1
+            if response.status >= 400:
+                self.rejected += 1
+            else:
+                self._observe(request.method, request.path, request.query, response.status)
+            return response
+
+        # Instance attribute: FakeAsterisk.start() routes every request to ``self._dispatch``.
+        fake._dispatch = dispatch  # type: ignore[method-assign]
+
+    def watch(self, channel_id: str) -> _Watch:
+        watch = _Watch(self.loop)
+        self.calls[channel_id] = watch
+        return watch
+
+    def forget(self, channel_id: str) -> None:
+        watch = self.calls.pop(channel_id, None)
+        if watch is not None and watch.bridge_id is not None:
+            self.bridges.pop(watch.bridge_id, None)
+
+    def _observe(self, method: str, path: str, query: Any, status: int) -> None:
+        if not path.startswith("/ari/"):
+            return
+        parts = path[5:].split("/")
+        now = time.monotonic()
+        if parts[0] == "channels" and len(parts) >= 2:
+            watch = self.calls.get(parts[1])
+            if watch is None:
+                return
+            if len(parts) == 2 and method == "DELETE":
+                watch.hung_up = query.get("reason") or "normal"
+                _settle(watch.bridged, None)
+                _settle(watch.recording, None)
+            elif len(parts) == 3 and method == "POST" and parts[2] == "answer":
+                watch.answered_at = now
+            elif len(parts) == 3 and method == "POST" and parts[2] == "variable":
+                name, value = query.get("variable", ""), query.get("value", "")
+                watch.variables[name] = value
+                if name == "IVR_RECORDING_ID" and value:
+                    _settle(watch.recording, value)
+                elif name == "IVR_CONSENT_DECISION" and value != "accepted":
+                    _settle(watch.recording, None)
+        elif parts[0] == "bridges" and len(parts) >= 2:
+            if len(parts) == 3 and method == "POST" and parts[2] == "addChannel":
+                for channel_id in (query.get("channel") or "").split(","):
+                    watch = self.calls.get(channel_id)
+                    fake_call = self.fake.calls.get(channel_id)
+                    if watch is None or fake_call is None or watch.bridged.done():
+                        continue
+                    peer = fake_call.media
+                    if peer is not None:
+                        watch.bridged_at = now
+                        watch.bridge_id = parts[1]
+                        self.bridges[parts[1]] = watch
+                        _settle(watch.bridged, peer)
+            elif len(parts) == 2 and method == "DELETE":
+                watch = self.bridges.pop(parts[1], None)
+                if watch is not None:
+                    watch.finalised_at = now
+                    _settle(watch.finalised, None)
+
+
+async def _within(fut: asyncio.Future[Any], timeout: float, what: str) -> Any:
+    try:
+        async with asyncio.timeout(timeout):
+            return await fut
+    except TimeoutError:
+        raise CallFailed(f"{what} within {timeout:.0f} s") from None
+
+
+# -- one call against the service -------------------------------------------------------------
+@dataclass
+class _AriCallResult:
+    index: int
+    channel_id: str = ""
+    completed: bool = False
+    error: str | None = None
+    frames_sent: int = 0
+    send_errors: int = 0
+    setup_ms: float | None = None  # StasisStart -> bridged
+    answer_ms: float | None = None  # StasisStart -> answer request
+    decision_ms: float | None = None  # key -> IVR_RECORDING_ID
+    first_prompt_ms: float | None = None  # bridged -> first prompt packet
+    prompt_packets: int = 0
+    hangup_to_final_ms: float | None = None  # caller hang-up -> bridge destroyed
+    recording_id: str | None = None
+
+
+@dataclass
+class _Context:
+    options: AsteriskLoadtestOptions
+    fake: FakeAsterisk
+    tracker: _Tracker
+    run: _RtpRun
+    frames: int
+    press: str
+    id_prefix: str
+    rng: random.Random
+    placed: int = 0
+    bridged: int = 0
+    finished: int = 0
+    failed: int = 0
+
+
+def _media_socket(peer: RtpPeer) -> socket.socket:
+    """A duplicate of the fake's socket for this external-media channel: RTP sent from it comes
+    from the address the service was told to expect."""
+    transport = peer._transport
+    raw = transport.get_extra_info("socket") if transport is not None else None
+    if raw is None or peer.closed:
+        raise CallFailed("the external-media socket is closed")
+    return raw.dup()  # non-blocking, like the original
+
+
+async def _service_call(ctx: _Context, index: int, start_at: float) -> _AriCallResult:
+    loop = asyncio.get_running_loop()
+    channel_id = f"{ctx.id_prefix}.{index + 1}"
+    result = _AriCallResult(index, channel_id=channel_id)
+    watch = ctx.tracker.watch(channel_id)
+    call: FakeCall | None = None
+    joined = False
+    sock: socket.socket | None = None
+    await asyncio.sleep(max(0.0, start_at - loop.time()))
+    placed_at = time.monotonic()
+    try:
+        call = await ctx.fake.place_call(ctx.options.to, ctx.options.from_, channel_id=channel_id)
+        ctx.placed += 1
+        peer = await _within(watch.bridged, SETUP_TIMEOUT_S, "the call was not bridged")
+        if peer is None:
+            raise CallFailed(f"the service hung up during set-up (reason {watch.hung_up})")
+        ctx.bridged += 1
+        result.setup_ms = (watch.bridged_at - placed_at) * 1000
+        if watch.answered_at is not None:
+            result.answer_ms = (watch.answered_at - placed_at) * 1000
+        if ctx.press:
+            await asyncio.sleep(
+                max(0.0, watch.bridged_at + ctx.options.press_after - time.monotonic())
+            )
+            pressed_at = time.monotonic()
+            await call.press(ctx.press)
+            recording = await _within(
+                watch.recording, DECISION_TIMEOUT_S, f"no recording started after key {ctx.press}"
+            )
+            if recording is None:
+                decision = watch.variables.get("IVR_CONSENT_DECISION") or "-"
+                raise CallFailed(f"no recording after key {ctx.press} (decision {decision})")
+            result.decision_ms = (time.monotonic() - pressed_at) * 1000
+        sock = _media_socket(peer)
+        streamer = _RtpStreamer(sock, peer.remote, ctx.frames, ctx.rng)
+        ctx.run.join(streamer)
+        joined = True
+        ctx.run.wake()
+        await streamer.done  # the ticker sets it; bounded by the overall deadline
+        result.frames_sent = streamer.frames_sent
+        result.send_errors = streamer.dropped
+        if streamer.error is not None:
+            raise CallFailed(streamer.error)
+        if watch.hung_up is not None:
+            raise CallFailed(f"the service hung up during the call (reason {watch.hung_up})")
+    except CallFailed as exc:
+        result.error = str(exc)
+    except (OSError, RuntimeError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if not joined:
+            ctx.run.gave_up()
+        if sock is not None:
+            sock.close()
+    # The caller hangs up whatever happened; the service then finalises (the bridge goes last).
+    if call is not None:
+        try:
+            if not call.channel.destroyed:
+                hung_up_at = time.monotonic()
+                await call.hangup()
+                if watch.bridge_id is not None:
+                    await _within(
+                        watch.finalised, FINALISE_TIMEOUT_S, "the service did not finalise the call"
+                    )
+                    result.hangup_to_final_ms = (watch.finalised_at - hung_up_at) * 1000
+        except CallFailed as exc:
+            result.error = result.error or str(exc)
+        except (OSError, RuntimeError) as exc:
+            result.error = result.error or f"hang-up: {type(exc).__name__}: {exc}"
+        stats = call.rtp_stats()
+        result.prompt_packets = stats.packets
+        if stats.first_packet_at is not None and watch.bridged_at:
+            result.first_prompt_ms = (stats.first_packet_at - watch.bridged_at) * 1000
+        result.recording_id = watch.variables.get("IVR_RECORDING_ID") or None
+        ctx.fake.calls.pop(channel_id, None)  # keeps the fake's per-request bookkeeping small
+    ctx.tracker.forget(channel_id)
+    result.completed = result.error is None and watch.finalised.done()
+    if result.error is None and not result.completed:
+        result.error = "the call was never finalised"
+    ctx.finished += 1
+    if not result.completed:
+        ctx.failed += 1
+    return result
+
+
+async def _gather(
+    tasks: list[asyncio.Task[_AriCallResult]], deadline: float, what: str
+) -> list[_AriCallResult]:
+    _, pending = await asyncio.wait(tasks, timeout=deadline)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=10)
+    results = []
+    for i, task in enumerate(tasks):
+        if task.done() and not task.cancelled() and task.exception() is None:
+            results.append(task.result())
+        else:
+            error = (
+                f"{what}: overall deadline ({deadline:.0f} s) reached"
+                if task in pending or task.cancelled()
+                else f"{what}: {type(task.exception()).__name__}: {task.exception()}"
+            )
+            results.append(_AriCallResult(i, error=error))
+    return results
+
+
+def _errors(results: Sequence[_AriCallResult]) -> list[str]:
+    return [f"call {r.index}: {r.error}" for r in results if r.error][:MAX_ERRORS_REPORTED]
+
+
+# -- the service's /healthz -------------------------------------------------------------------
+async def _health(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            async with session.get(f"{base}/healthz") as resp:
+                body = await resp.json(content_type=None)
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+        raise CallFailed(f"cannot read {base}/healthz: {exc or type(exc).__name__}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("asterisk"), dict):
+        raise CallFailed(f"{base}/healthz has no 'asterisk' section: is [asterisk] configured?")
+    return body
+
+
+def _counters(health: dict[str, Any]) -> dict[str, int]:
+    counters = health["asterisk"].get("counters") or {}
+    return {k: int(v) for k, v in counters.items() if isinstance(v, int)}
+
+
+async def _wait_finalised(
+    session: aiohttp.ClientSession, base: str, before: dict[str, int], placed: int, timeout: float
+) -> tuple[dict[str, int], bool]:
+    """Poll /healthz until calls_completed has grown by every call placed (or, if some never
+    reached the service, until it has finished every call it took). Returns the counter deltas
+    and whether it settled in time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delta: dict[str, int] = {}
+    while True:
+        with contextlib.suppress(CallFailed):
+            health = await _health(session, base)
+            after = _counters(health)
+            delta = {k: after.get(k, 0) - before.get(k, 0) for k in sorted({*after, *before})}
+            done, taken = delta.get("calls_completed", 0), delta.get("calls", 0)
+            idle = not health["asterisk"].get("calls_in_progress")
+            if done >= placed or (idle and done >= taken):
+                return delta, True
+        if loop.time() >= deadline:
+            return delta, False
+        await asyncio.sleep(SETTLE_POLL_S)
+
+
+# -- the run against the service --------------------------------------------------------------
+async def _run_service(
+    options: AsteriskLoadtestOptions,
+    session: aiohttp.ClientSession,
+    fake: FakeAsterisk,
+    tracker: _Tracker,
+    progress: _Progress,
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    t_start = loop.time()
+    base = options.url.rstrip("/")
+    try:
+        before = _counters(await _health(session, base))
+        try:
+            await fake.wait_connected(options.ari_app, timeout=options.connect_timeout)
+        except TimeoutError:
+            raise CallFailed(
+                f"the service did not connect to the fake ARI at {fake.url} (app "
+                f"{options.ari_app!r}) within {options.connect_timeout:.0f} s: is its "
+                "[asterisk] url set to --ari-listen, with the same user and password?"
+            ) from None
+    except CallFailed as exc:
+        results = [_AriCallResult(i, error=str(exc)) for i in range(options.calls)]
+        return _service_summary(options, results, None, tracker, {}, False, loop.time() - t_start)
+
+    async def read_cpu() -> float:
+        async with session.get(f"{base}/healthz") as resp:
+            return float((await resp.json(content_type=None))["cpu_seconds"])
+
+    run = _RtpRun(options.calls, read_cpu)
+    ctx = _Context(
+        options=options,
+        fake=fake,
+        tracker=tracker,
+        run=run,
+        frames=max(1, round(options.duration / FRAME_S)),
+        press=options.resolved_press(),
+        id_prefix=str(int(time.time() * 1000)),
+        rng=random.Random(),
+    )
+    progress.start(
+        "service",
+        lambda: (
+            f"placed {ctx.placed}/{options.calls}, bridged {ctx.bridged}, streaming "
+            f"{len(run.active)}, finished {ctx.finished} (failed {ctx.failed}), frames sent "
+            f"{run.frames_sent}, tick late p99 {_fmt(run.ticker_stats()['late_p99_ms'])} ms"
+        ),
+    )
+    tasks = [
+        asyncio.ensure_future(_service_call(ctx, i, at))
+        for i, at in enumerate(_schedule(loop, options))  # type: ignore[arg-type]
+    ]
+    try:
+        results = await _gather(tasks, options.deadline(), "call")
+    finally:
+        await progress.stop()
+        await run.stop()
+    delta, settled = await _wait_finalised(
+        session, base, before, ctx.placed, 30.0 + 0.05 * options.calls
+    )
+    return _service_summary(options, results, run, tracker, delta, settled, loop.time() - t_start)
+
+
+def _service_summary(
+    options: AsteriskLoadtestOptions,
+    results: list[_AriCallResult],
+    run: _RtpRun | None,
+    tracker: _Tracker,
+    delta: dict[str, int],
+    settled: bool,
+    elapsed: float,
+) -> dict[str, Any]:
+    completed = [r for r in results if r.completed]
+    sent = sum(r.frames_sent for r in results)
+    stored = delta.get("frames_stored", 0)
+    errors = _errors(results)
+    if run is not None and not settled:
+        errors = [
+            *errors,
+            f"/healthz: calls_completed grew by {delta.get('calls_completed', 0)} of "
+            f"{sum(1 for r in results if r.setup_ms is not None)} calls in time",
+        ][:MAX_ERRORS_REPORTED]
+    return {
+        "calls_attempted": options.calls,
+        "calls_completed": len(completed),
+        "calls_failed": options.calls - len(completed),
+        "errors": errors,
+        "frames_sent": sent,
+        "frames_stored": stored,
+        "frames_lost": sent - stored,
+        "send_errors": sum(r.send_errors for r in results),
+        "server_frames_lost": delta.get("frames_lost", 0),
+        "rtp_lost": delta.get("rtp_lost", 0),
+        "counters": delta,
+        "finalised": settled,
+        "ari_setup_ms": _dist([r.setup_ms for r in results if r.setup_ms is not None]),
+        "ari_answer_ms": _dist([r.answer_ms for r in results if r.answer_ms is not None]),
+        "decision_ms": _dist([r.decision_ms for r in results if r.decision_ms is not None]),
+        "ari_requests": tracker.requests,
+        "ari_rejected": tracker.rejected,
+        "first_prompt_ms": _dist(
+            [r.first_prompt_ms for r in results if r.first_prompt_ms is not None]
+        ),
+        "prompt_packets": sum(r.prompt_packets for r in results),
+        "hangup_to_final_ms": _dist(
+            [r.hangup_to_final_ms for r in results if r.hangup_to_final_ms is not None]
+        ),
+        "cost": run.cost(options.duration) if run is not None else {"window": None},
+        "ticker": run.ticker_stats() if run is not None else _empty_ticker(),
+        "elapsed_s": round(elapsed, 1),
+    }
+
+
+# -- the reference run -------------------------------------------------------------------------
+class _BareRtpServer:
+    """``python -m ivr.harness.bare_rtp_server`` as a subprocess."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+        self.proc: asyncio.subprocess.Process | None = None
+        self.http_port = 0
+        self.ports: list[int] = []
+        self._dir = tempfile.TemporaryDirectory(prefix="ivr-loadtest-bare-rtp-")
+        self._log = Path(self._dir.name) / "stderr.log"
+
+    async def __aenter__(self) -> _BareRtpServer:
+        root = Path(__file__).resolve().parents[2]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+        with self._log.open("wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "ivr.harness.bare_rtp_server",
+                "--ports",
+                f"{self.low}-{self.high}",
+                "--data-dir",
+                str(Path(self._dir.name) / "data"),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                stdin=asyncio.subprocess.DEVNULL,
+                cwd=str(root),
+                env=env,
+            )
+        try:
+            async with asyncio.timeout(30):
+                assert self.proc.stdout is not None
+                line = (await self.proc.stdout.readline()).decode().split()
+            if len(line) != 3 or line[0] != "ready" or not line[1].isdigit():
+                raise RuntimeError("bare RTP server did not start")
+            self.http_port = int(line[1])
+        except (TimeoutError, RuntimeError):
+            await self.__aexit__(None, None, None)
+            tail = (
+                self._log.read_text(errors="replace").strip()[-300:] if self._log.exists() else ""
+            )
+            raise CallFailed(f"bare RTP server did not start: {tail or 'no output'}") from None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        self._dir.cleanup()
+
+    async def get_json(self, session: aiohttp.ClientSession, path: str) -> dict[str, Any]:
+        async with asyncio.timeout(CPU_READ_TIMEOUT_S):
+            async with session.get(f"http://127.0.0.1:{self.http_port}{path}") as resp:
+                return await resp.json()
+
+
+async def _bare_call(
+    run: _RtpRun, port: int, index: int, start_at: float, frames: int, rng: random.Random
+) -> _AriCallResult:
+    loop = asyncio.get_running_loop()
+    result = _AriCallResult(index)
+    await asyncio.sleep(max(0.0, start_at - loop.time()))
+    joined = False
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+            streamer = _RtpStreamer(sock, ("127.0.0.1", port), frames, rng)
+            run.join(streamer)
+            joined = True
+            run.wake()
+            await streamer.done
+            result.frames_sent = streamer.frames_sent
+            result.send_errors = streamer.dropped
+            if streamer.error is not None:
+                raise CallFailed(streamer.error)
+            result.completed = True
+    except CallFailed as exc:
+        result.error = str(exc)
+    except OSError as exc:
+        result.error = f"bare RTP stream: {type(exc).__name__}: {exc}"
+    finally:
+        if not joined:
+            run.gave_up()
+    return result
+
+
+async def _run_reference(
+    options: AsteriskLoadtestOptions, session: aiohttp.ClientSession, progress: _Progress
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    low, high = options.bare_port_range()
+    async with _BareRtpServer(low, high) as bare:
+        try:
+            ports = [int(p) for p in (await bare.get_json(session, "/ports"))["ports"]]
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
+            raise CallFailed(f"bare RTP server: cannot list its ports: {exc}") from None
+        if len(ports) < options.calls:
+            raise CallFailed(
+                f"bare RTP server bound only {len(ports)} ports of {low}-{high} "
+                f"({options.calls} needed; see --bare-ports)"
+            )
+
+        async def read_cpu() -> float:
+            return float((await bare.get_json(session, "/cpu"))["cpu_seconds"])
+
+        run = _RtpRun(options.calls, read_cpu)
+        frames = max(1, round(options.duration / FRAME_S))
+        rng = random.Random()
+        progress.start(
+            "bare",
+            lambda: (
+                f"streaming {len(run.active)}/{options.calls}, frames sent {run.frames_sent}, "
+                f"tick late p99 {_fmt(run.ticker_stats()['late_p99_ms'])} ms"
+            ),
+        )
+        t_start = loop.time()
+        tasks = [
+            asyncio.ensure_future(_bare_call(run, ports[i], i, at, frames, rng))
+            for i, at in enumerate(_schedule(loop, options))  # type: ignore[arg-type]
+        ]
+        try:
+            results = await _gather(tasks, options.deadline(), "reference stream")
+        finally:
+            await progress.stop()
+            await run.stop()
+        sent = sum(r.frames_sent for r in results)
+        received = await _bare_received(bare, session, sent)
+    completed = [r for r in results if r.completed]
+    return {
+        "streams": options.calls,
+        "streams_completed": len(completed),
+        "streams_failed": options.calls - len(completed),
+        "errors": _errors(results),
+        "ports": f"{low}-{high}",
+        "frames_sent": sent,
+        "frames_received": received,
+        "frames_lost": sent - received if received is not None else None,
+        "cost": run.cost(options.duration),
+        "ticker": run.ticker_stats(),
+        "elapsed_s": round(loop.time() - t_start, 1),
+    }
+
+
+async def _bare_received(
+    bare: _BareRtpServer, session: aiohttp.ClientSession, expected: int
+) -> int | None:
+    """The bare server's datagram count, once the last ones have landed (bounded)."""
+    received: int | None = None
+    for _ in range(20):
+        try:
+            received = int((await bare.get_json(session, "/stats"))["frames"])
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
+            return received
+        if received >= expected:
+            break
+        await asyncio.sleep(0.1)
+    return received
+
+
+# -- the whole test ----------------------------------------------------------------------------
+async def run_asterisk_loadtest(
+    options: AsteriskLoadtestOptions | argparse.Namespace,
+) -> dict[str, Any]:
+    """Run the load test (and the bare reference unless disabled); the report as a dict.
+
+    Raises ValueError for bad options and SetupError if the fake Asterisk cannot listen."""
+    if isinstance(options, argparse.Namespace):
+        options = asterisk_options_from_args(options)
+    _validate(options)
+    host, port = options.listen()
+    progress = _Progress(options)  # type: ignore[arg-type]
+    report: dict[str, Any] = {
+        "platform": "asterisk",
+        "url": options.url,
+        "ari_listen": options.ari_listen,
+        "to": options.to,
+        "press": options.resolved_press() or None,
+        "calls": options.calls,
+        "duration_s": options.duration,
+        "ramp_s": options.resolved_ramp(),
+    }
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        fake = FakeAsterisk(
+            app=options.ari_app,
+            username=options.ari_user,
+            password=options.resolved_password(),
+            host=host,
+            port=port,
+            pace=False,
+            seed=random.getrandbits(32),
+        )
+        tracker = _Tracker(fake)
+        try:
+            await fake.start()
+        except OSError as exc:
+            await fake.stop()
+            raise SetupError(
+                f"the fake Asterisk cannot listen on {options.ari_listen}: {exc}"
+            ) from None
+        try:
+            report["service"] = await _run_service(options, session, fake, tracker, progress)
+        finally:
+            await fake.stop()
+        report["reference"] = None
+        report["reference_error"] = None
+        if options.reference and report["service"]["frames_sent"] == 0:
+            report["reference_error"] = "skipped: no call streamed to the service"
+        elif options.reference:
+            try:
+                report["reference"] = await _run_reference(options, session, progress)
+            except CallFailed as exc:
+                report["reference_error"] = str(exc)
+    _summarise(report)
+    return report
+
+
+def _summarise(report: dict[str, Any]) -> None:
+    service = report["service"]
+    ours = service["cost"].get("server_cpu_per_call_minute")
+    ref = report["reference"]
+    bare = ref["cost"].get("server_cpu_per_call_minute") if ref else None
+    for key in (
+        "calls_attempted",
+        "calls_completed",
+        "calls_failed",
+        "frames_sent",
+        "frames_stored",
+        "frames_lost",
+        "rtp_lost",
+    ):
+        report[key] = service[key]
+    report["errors"] = (service["errors"] + (ref["errors"] if ref else []))[:MAX_ERRORS_REPORTED]
+    report["ari_setup_p50_ms"] = service["ari_setup_ms"]["p50"]
+    report["ari_setup_p99_ms"] = service["ari_setup_ms"]["p99"]
+    report["first_prompt_p50_ms"] = service["first_prompt_ms"]["p50"]
+    report["first_prompt_p99_ms"] = service["first_prompt_ms"]["p99"]
+    report["sender_cpu_utilisation"] = service["cost"].get("sender_cpu_utilisation")
+    report["ticker_late_p50_ms"] = service["ticker"]["late_p50_ms"]
+    report["ticker_late_p99_ms"] = service["ticker"]["late_p99_ms"]
+    report["server_cpu_per_call_minute"] = ours
+    report["bare_cpu_per_call_minute"] = bare
+    report["cpu_ratio"] = round(ours / bare, 3) if ours and bare else None
+    # A service that cannot keep up uses a whole core whatever the load, and its per-call
+    # queues grow: the hang-up then waits behind queued RTP before the call is finalised.
+    utilisation = service["cost"].get("server_cpu_utilisation") or 0.0
+    lag = service["hangup_to_final_ms"]["p99"] or 0.0
+    overflow = service["counters"].get("call_queue_overflow", 0)
+    report["service_saturated"] = (
+        utilisation >= SATURATED_UTILISATION or lag >= SATURATED_LAG_MS or overflow > 0
+    )
+    reference_ok = ref is None or ref["streams_failed"] == 0
+    report["ok"] = (
+        service["calls_failed"] == 0
+        and service["finalised"]
+        and service["frames_sent"] > 0
+        and service["frames_lost"] == 0
+        and service["server_frames_lost"] == 0
+        and service["rtp_lost"] == 0
+        and report["reference_error"] is None
+        and reference_ok
+    )
+
+
+# -- output -----------------------------------------------------------------------------------
+def format_asterisk_report(report: dict[str, Any]) -> str:
+    s = report["service"]
+    ref = report.get("reference")
+    setup, answer, prompt = s["ari_setup_ms"], s["ari_answer_ms"], s["first_prompt_ms"]
+    press = f", press {report['press']}" if report["press"] else ""
+    rows: list[tuple[str, str]] = [
+        (
+            "calls",
+            f"{s['calls_completed']}/{s['calls_attempted']} completed, {s['calls_failed']} failed"
+            f"  ({report['duration_s']:g} s of RTP each, ramp {report['ramp_s']:g} s,"
+            f" to {report['to']}{press}; fake ARI at {report['ari_listen']})",
+        ),
+        (
+            "frames",
+            f"sent {_fmt(s['frames_sent'])}, stored {_fmt(s['frames_stored'])}, lost "
+            f"{_fmt(s['frames_lost'])}; service: frames lost {_fmt(s['server_frames_lost'])}, "
+            f"rtp lost {_fmt(s['rtp_lost'])}"
+            + (f"; send errors {_fmt(s['send_errors'])}" if s["send_errors"] else ""),
+        ),
+        (
+            "ari set-up ms",
+            f"p50 {_fmt(setup['p50'])}  p99 {_fmt(setup['p99'])}  max {_fmt(setup['max'])}"
+            f"  (StasisStart -> bridged; answer p50 {_fmt(answer['p50'])} p99 "
+            f"{_fmt(answer['p99'])}); {_fmt(s['ari_requests'])} requests, "
+            f"{_fmt(s['ari_rejected'])} rejected",
+        ),
+    ]
+    if s["decision_ms"]["count"]:
+        d = s["decision_ms"]
+        rows.append(("key->recording ms", f"p50 {_fmt(d['p50'])}  p99 {_fmt(d['p99'])}"))
+    rows.append(
+        (
+            "first prompt ms",
+            f"p50 {_fmt(prompt['p50'])}  p99 {_fmt(prompt['p99'])}  (bridged -> first RTP "
+            f"packet, n={prompt['count']})"
+            if prompt["count"]
+            else "- (no prompt played on this line)",
+        )
+    )
+    lag = s["hangup_to_final_ms"]
+    rows.append(("hangup->final ms", f"p50 {_fmt(lag['p50'])}  p99 {_fmt(lag['p99'])}"))
+
+    def cost_rows(label: str, c: dict[str, Any], t: dict[str, Any]) -> None:
+        if not c.get("window"):
+            rows.append((label, "no CPU window measured"))
+            return
+        rows.append(
+            (
+                label,
+                f"{_fmt(c['server_cpu_per_call_minute'])} CPU s per call-minute "
+                f"({_fmt(c['server_cpu_utilisation'] * 100)}% of a core, "
+                f"{c['concurrent_calls']:g} calls over {c['window_s']:g} s, {c['window']})",
+            )
+        )
+        rows.append(
+            (
+                "  sender",
+                f"{_fmt(c['sender_cpu_utilisation'] * 100)}% of a core; ticker late p50 "
+                f"{_fmt(t['late_p50_ms'])} p99 {_fmt(t['late_p99_ms'])} max "
+                f"{_fmt(t['late_max_ms'])} ms",
+            )
+        )
+
+    cost_rows("service cpu", s["cost"], s["ticker"])
+    if ref:
+        cost_rows("bare cpu", ref["cost"], ref["ticker"])
+        rows.append(
+            (
+                "  bare streams",
+                f"{ref['streams_completed']}/{ref['streams']} completed, frames sent "
+                f"{_fmt(ref['frames_sent'])}, received {_fmt(ref['frames_received'])}",
+            )
+        )
+        ratio = report["cpu_ratio"]
+        rows.append(("cpu ratio", f"{ratio:.2f} (service / bare)" if ratio else "-"))
+    elif report.get("reference_error"):
+        rows.append(("bare cpu", f"failed: {report['reference_error']}"))
+    if report.get("service_saturated"):
+        rows.append(
+            (
+                "warning",
+                "the service could not keep up (saturated CPU, queue overflow or hangup->final "
+                f"p99 {_fmt(lag['p99'])} ms): its CPU per call-minute understates its cost",
+            )
+        )
+    for i, error in enumerate(report["errors"]):
+        rows.append(("errors" if i == 0 else "", error))
+    rows.append(("result", "OK" if report["ok"] else "FAILED"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+# -- command line -----------------------------------------------------------------------------
+def add_asterisk_options(p: argparse.ArgumentParser) -> None:
+    """The options only ``--platform asterisk`` uses (``ivr loadtest`` adds the shared ones)."""
+    g = p.add_argument_group("--platform asterisk")
+    g.add_argument(
+        "--ari-listen",
+        default=DEFAULT_ARI_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where the fake ARI listens: the service's [asterisk] url (default "
+        f"{DEFAULT_ARI_LISTEN})",
+    )
+    g.add_argument("--ari-app", default="ivr", help="the Stasis app name (default ivr)")
+    g.add_argument("--ari-user", default="ivr", help="ARI user name (default ivr)")
+    g.add_argument(
+        "--ari-password",
+        default=None,
+        help=f"ARI password (default ${ARI_PASSWORD_ENV}, else '{DEMO_ARI_PASSWORD}')",
+    )
+    g.add_argument(
+        "--press-after",
+        type=float,
+        default=PRESS_AFTER_S,
+        metavar="S",
+        help=f"opt-in lines: seconds after the bridge is up to press the key "
+        f"(default {PRESS_AFTER_S:g})",
+    )
+    g.add_argument(
+        "--bare-ports",
+        default=None,
+        metavar="LOW-HIGH",
+        help=f"UDP ports for the bare reference, one per call (default from {BARE_PORT_BASE})",
+    )
+
+
+def asterisk_options_from_args(args: argparse.Namespace) -> AsteriskLoadtestOptions:
+    return AsteriskLoadtestOptions(
+        url=args.url,
+        calls=args.calls,
+        duration=args.duration,
+        ramp=args.ramp,
+        to=getattr(args, "to", None) or DEFAULT_ASTERISK_TO,
+        from_=getattr(args, "from_", None) or DEFAULT_FROM,
+        press=getattr(args, "press", None),
+        press_after=getattr(args, "press_after", PRESS_AFTER_S),
+        ari_listen=getattr(args, "ari_listen", DEFAULT_ARI_LISTEN),
+        ari_app=getattr(args, "ari_app", "ivr"),
+        ari_user=getattr(args, "ari_user", "ivr"),
+        ari_password=getattr(args, "ari_password", None),
+        bare_ports=getattr(args, "bare_ports", None),
+        reference=not args.no_reference,
+        progress_interval=getattr(args, "progress_interval", 3.0),
+    )
+
+
+def run_asterisk_loadtest_cli(args: argparse.Namespace) -> int:
+    try:
+        options = asterisk_options_from_args(args)
+        _validate(options)
+        report = asyncio.run(run_asterisk_loadtest(options))
+    except (ValueError, SetupError) as exc:
+        print(f"ivr loadtest: error: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(format_asterisk_report(report))
+    return 0 if report["ok"] else 1
