@@ -54,6 +54,9 @@ from storage.vault import Vault
 log = logging.getLogger(__name__)
 
 FRAME_MS = 20
+NEAR_DEADLINE_SECONDS = 30.0  # beyond this, RTP's own clock is enough to reach a deadline
+DRAIN_QUIET_SECONDS = 0.02
+DRAIN_ROUNDS = 10
 MAX_QUEUE = 2000  # per call: about 40 s of RTP; beyond that a call is hopelessly stuck
 DIGIT_DEDUP_SECONDS = 0.5  # a key seen both as an ARI event and as RFC 4733 counts once
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
@@ -159,14 +162,20 @@ class AriCall:
     malformed: int = 0
     last_digit: tuple[str, float] | None = None
     caller_gone: bool = False
+    packets: int = 0
+    _pump_posted: bool = False
     reported: dict[str, str] = field(default_factory=dict)
+    _reported_state: tuple[Any, bool] | None = None
 
     @property
     def label(self) -> str:
         return self.session.call_id if self.session else f"ari:{self.caller.id}"
 
-    # -- input from the socket and the events loop (synchronous: just queue) --------------------
+    # -- input from the socket and the events loop -----------------------------------------------
     def rtp_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """The per-packet path, taken synchronously (no queue, no task switch): the audio
+        gate and the jitter buffer need no awaiting; the call's task is woken only when the
+        flow or the prompt pump has something due."""
         peer = self.peer
         if (
             peer is None
@@ -177,7 +186,16 @@ class AriCall:
             if self.strangers == 1:
                 log.warning("call %s: RTP from an unexpected address dropped", self.label)
             return
-        self.post("rtp", data)
+        session = self.session
+        if session is None or self.finished:
+            return
+        self.packets += 1
+        self._take_rtp(data)
+        deadline = session.flow.deadline
+        due = self.playback is not None or (deadline is not None and session.now >= deadline)
+        if due and not self._pump_posted:
+            self._pump_posted = True
+            self.post("pump")
 
     def post(self, kind: str, value: Any = None) -> None:
         try:
@@ -262,34 +280,55 @@ class AriCall:
     async def _loop(self) -> None:
         session = self.session
         assert session is not None
+        queue = self.queue
         while not self.finished:
-            timeout = None
-            if self.playback is not None:
-                timeout = FRAME_MS / 1000
-            elif session.flow.deadline is not None:
-                timeout = max(session.flow.deadline - session.call_time(), 0) + 0.05
-            try:
-                kind, value = await asyncio.wait_for(self.queue.get(), timeout)
-            except TimeoutError:
-                kind, value = "timer", None
-            if kind == "rtp":
-                self._take_rtp(value)
+            if not queue.empty():  # the common case under load: no timer, no task
+                kind, value = queue.get_nowait()
+            else:
+                timeout = None
+                if self.playback is not None:
+                    timeout = FRAME_MS / 1000  # keep prompts paced should RTP stop arriving
+                elif session.flow.deadline is not None:
+                    remaining = session.flow.deadline - session.now
+                    if remaining < NEAR_DEADLINE_SECONDS:
+                        timeout = max(remaining, 0) + 0.05
+                if timeout is None:
+                    kind, value = await queue.get()
+                else:
+                    try:
+                        async with asyncio.timeout(timeout):
+                            kind, value = await queue.get()
+                    except TimeoutError:
+                        kind, value = "timer", None
+            if kind == "pump":
+                self._pump_posted = False
             elif kind in ("digit", "rtp-digit"):
                 await self._digit(value)
             elif kind == "agent":
                 await self._agent_entered(value)
             elif kind == "end":
-                await self._finish(value)
+                await self._drain_then_finish(value)
                 return
             await self._pump()
+
+    async def _drain_then_finish(self, reason: str) -> None:
+        """RTP that arrived before the hang-up may still sit in the socket when the hang-up
+        event is read: let it in (until the socket has been quiet briefly) before finishing."""
+        for _ in range(DRAIN_ROUNDS):
+            seen = self.packets
+            await asyncio.sleep(DRAIN_QUIET_SECONDS)
+            if self.packets == seen:
+                break
+        await self._finish(reason)
 
     async def _pump(self) -> None:
         """Send the prompt frames that are due, and give the flow its ticks."""
         session = self.session
         assert session is not None
-        now = session.at(session.call_time())
+        now = session.at(session.call_time()) if self.playback is None else session.now
         pb = self.playback
         if pb is not None and self.protocol and self.protocol.transport and self.peer:
+            now = session.at(session.call_time())
             due = int((now - pb.started_at) * 1000 // FRAME_MS) + 1
             sent = 0
             while pb.frames and due > 0:
@@ -360,7 +399,15 @@ class AriCall:
     async def _run(self, commands: list[Command]) -> None:
         session = self.session
         assert session is not None
-        if session.decision is not None:
+        if (
+            session.decision is not None
+            and (
+                session.decision,
+                session.recording is not None,
+            )
+            != self._reported_state
+        ):
+            self._reported_state = (session.decision, session.recording is not None)
             await self._report()
         for command in commands:
             if isinstance(command, PlayPrompt):
