@@ -12,6 +12,8 @@ from ivr.cli_common import EXIT_FAILURE, EXIT_OK, CommandFailed, actor, emit, op
 from ivr.subject import SubjectError, held_back_message, normalise_phone
 from storage import lifecycle
 from storage.audit import verify_catalog
+from storage.catalog import CatalogError
+from storage.errors import VaultError
 from storage.files import parse_utc, utc_iso
 
 CONFIG_ENV = "IVR_CONFIG"
@@ -64,23 +66,55 @@ def _phone(args: argparse.Namespace) -> str:
 
 
 # -- recordings hold / release / delete ----------------------------------------------------------
+def _attempt(vault: Any, action: str, target: str, reason: str, operation: Any) -> Any:
+    """Run one lifecycle operation; a refused attempt is audited too, then reported."""
+    try:
+        return operation()
+    except (VaultError, CatalogError) as exc:
+        vault.audit(
+            actor=actor(),
+            action=f"{action}.refused",
+            target=target,
+            detail={"reason": reason, "error": str(exc)},
+        )
+        raise
+
+
 def cmd_hold(args: argparse.Namespace) -> int:
     with open_vault(args) as vault:
-        row = lifecycle.set_hold(vault, args.id, reason=args.reason, actor=actor())
+        row = _attempt(
+            vault,
+            "recording.hold",
+            args.id,
+            args.reason,
+            lambda: lifecycle.set_hold(vault, args.id, reason=args.reason, actor=actor()),
+        )
     emit(args, row.public(), lambda: f"{row.id}: under legal hold ({row.legal_hold_reason})")
     return EXIT_OK
 
 
 def cmd_release(args: argparse.Namespace) -> int:
     with open_vault(args) as vault:
-        row = lifecycle.release_hold(vault, args.id, reason=args.reason, actor=actor())
+        row = _attempt(
+            vault,
+            "recording.release",
+            args.id,
+            args.reason,
+            lambda: lifecycle.release_hold(vault, args.id, reason=args.reason, actor=actor()),
+        )
     emit(args, row.public(), lambda: f"{row.id}: legal hold released")
     return EXIT_OK
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     with open_vault(args) as vault:
-        row = lifecycle.erase(vault, args.id, reason=args.reason, actor=actor())
+        row = _attempt(
+            vault,
+            "recording.erase",
+            args.id,
+            args.reason,
+            lambda: lifecycle.erase(vault, args.id, reason=args.reason, actor=actor()),
+        )
     emit(
         args,
         row.public(),
@@ -340,9 +374,7 @@ def add_parsers(top: Any, rsub: Any, common: argparse.ArgumentParser, data_out: 
     tok.add_argument("--tenant", required=True)
     tok.add_argument("--role", required=True, choices=("dpo", "supervisor", "admin"))
     tok.add_argument("--name", default="token", help="who or what holds it")
-    tok.add_argument(
-        "--expires", type=_date, help="date the token stops working, e.g. 2027-01-01"
-    )
+    tok.add_argument("--expires", type=_date, help="date the token stops working, e.g. 2027-01-01")
     tok.set_defaults(func=cmd_api_token)
 
     audit = top.add_parser("audit", help="the tamper-evident audit log")

@@ -283,3 +283,18 @@ def test_subject_export_of_a_public_key_tenant_needs_its_private_key(tmp_path, c
     assert main([*base, "-o", str(out), "--private-key", str(private)]) == 0
     with zipfile.ZipFile(out) as zf:
         assert f"recordings/{row.id}.wav" in zf.namelist()
+
+
+def test_refused_cli_attempts_are_audited_and_change_nothing(cli_vault, capsys):
+    data, rows = cli_vault
+    rid = rows["a"].id
+    base = ["--data-dir", str(data)]
+    assert main(["recordings", "hold", rid, "--reason", "court", *base]) == 0
+    assert main(["recordings", "delete", rid, "--reason", "Art. 17", *base]) == 1
+    assert "legal hold" in capsys.readouterr().err
+    assert main(["recordings", "delete", "rec_nope", "--reason", "x", *base]) == 1
+    assert "rec_nope" in capsys.readouterr().err
+    with Vault(data, create=False) as v:
+        assert v.get(rid).status is RecordingStatus.COMPLETE
+        refused = [e for e in v.catalog.audit_events() if e.action == "recording.erase.refused"]
+        assert [e.target for e in refused] == [rid, "rec_nope"]
