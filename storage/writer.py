@@ -42,7 +42,7 @@ class EncryptingWriter:
         "_aead",
         "_buf",
         "_interval",
-        "_last_off",
+        "_last_plaintext",
         "_n_tracks",
         "_pack",
         "_prefix",
@@ -53,7 +53,6 @@ class EncryptingWriter:
         "chunks_sealed",
         "closed",
         "header",
-        "last_frame",
     )
 
     def __init__(
@@ -81,9 +80,8 @@ class EncryptingWriter:
         self._seal_at = 0
         self._pack = FRAME_HEAD.pack
         self.chunks_sealed = 0
-        self._last_off = 0
+        self._last_plaintext = b""
         # (timestamp_ms, payload length) of the last frame sealed: the recording's end.
-        self.last_frame: tuple[int, int] | None = None
         self.closed = False
         # The header goes out with the first chunk: constructing a writer does no I/O, so a
         # full disk shows up where every other write failure does, when a chunk is sealed.
@@ -106,7 +104,6 @@ class EncryptingWriter:
             self._seal_at = timestamp_ms + self._interval
         if track >= self._n_tracks:
             raise ValueError(f"track {track} out of range 0..{self._n_tracks - 1}")
-        self._last_off = len(buf)
         try:
             buf += self._pack(track, timestamp_ms, len(payload))
         except struct.error:
@@ -115,6 +112,20 @@ class EncryptingWriter:
                 f"{len(payload)} bytes (at most {MAX_PAYLOAD})"
             ) from None
         buf += payload
+
+    @property
+    def last_frame(self) -> tuple[int, int] | None:
+        """(timestamp_ms, payload length) of the last frame sealed, for the duration: worked
+        out from the last chunk's plaintext, so the per-frame path keeps no bookkeeping."""
+        plain = self._last_plaintext
+        if not plain:
+            return None
+        offset = last = 0
+        while offset < len(plain):
+            last = offset
+            offset += FRAME_HEAD.size + FRAME_HEAD.unpack_from(plain, offset)[2]
+        _, ts, length = FRAME_HEAD.unpack_from(plain, last)
+        return ts, length
 
     def flush(self) -> None:
         """Seal what is buffered now (e.g. the stream went quiet); no-op when nothing is."""
@@ -134,17 +145,16 @@ class EncryptingWriter:
         """Stop without a final chunk and forget the buffered plaintext (recording discarded)."""
         self._buf[:] = bytes(len(self._buf))
         self._buf.clear()
+        self._last_plaintext = b""
         self.closed = True
 
     def _seal(self, final: bool) -> None:
         if self.chunks_sealed >= MAX_CHUNKS - 1 and not final:
             raise OverflowError("chunk counter exhausted")
-        if self._buf:
-            _, ts, length = FRAME_HEAD.unpack_from(self._buf, self._last_off)
-            self.last_frame = (ts, length)
-        data = seal_chunk(
-            self._aead, self._aad, self._prefix, self.chunks_sealed, final, bytes(self._buf)
-        )
+        plaintext = bytes(self._buf)
+        if plaintext:  # kept (not copied) so the last frame can be found once, at the end
+            self._last_plaintext = plaintext
+        data = seal_chunk(self._aead, self._aad, self._prefix, self.chunks_sealed, final, plaintext)
         self._buf.clear()
         self.chunks_sealed += 1
         if self._unwritten_header:
