@@ -477,9 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.set_defaults(func=cmd_recordings_export)
 
+    from ivr.breach_cli import add_parsers as add_breach_parsers
     from ivr.lifecycle_cli import add_parsers as add_lifecycle_parsers
 
     add_lifecycle_parsers(top, rsub, common, data_out)
+    add_breach_parsers(top, common, data_out)
 
     cfg = top.add_parser("config", help="check a configuration file")
     csub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ivr import __version__, api
+from ivr import __version__, api, breach
 from ivr.ari_app import AriApplication
 from ivr.config import Config
 from ivr.prompt_library import PromptLibrary
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 VAULT = web.AppKey("vault", Vault)
 DATA_DIR = web.AppKey("data_dir", Path)
 CONFIG = web.AppKey("config", Config)
+CLOCK = web.AppKey("clock", object)
 RETENTION_SWEEP_SECONDS = 3600.0
 ARI = web.AppKey("ari", AriApplication)
 
@@ -58,6 +59,7 @@ def create_app(
     app = web.Application()
     app[DATA_DIR] = data_dir
     app[CONFIG] = config
+    app[CLOCK] = clock
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         for warning in config.warnings:
@@ -129,6 +131,7 @@ async def _retention_sweeper(vault: Vault, clock: Callable[[], datetime], interv
     schedule, from the moment the service starts."""
     while True:
         try:
+            _warn_about_breaches(vault, clock())
             report = await asyncio.to_thread(
                 lifecycle.sweep, vault, now=clock(), dry_run=False, actor="system:retention"
             )
@@ -143,11 +146,35 @@ async def _retention_sweeper(vault: Vault, clock: Callable[[], datetime], interv
         await asyncio.sleep(interval)
 
 
+def _warn_about_breaches(vault: Vault, now: datetime) -> None:
+    """Art. 33: the 72 hours run whether or not anyone looks at the register."""
+    for b in breach.all_breaches(vault):
+        state = breach.urgency(b, now)
+        if state in ("overdue", "nearly due"):
+            hours = breach.time_left(b, now).total_seconds() / 3600
+            log.warning(
+                "breach %s is %s: the supervisory authority must be notified by %s (%.1f h %s)",
+                b["id"],
+                state,
+                b["deadline"],
+                abs(hours),
+                "left" if hours > 0 else "ago",
+            )
+
+
 async def healthz(request: web.Request) -> web.Response:
     vault = request.app[VAULT]
     twilio = request.app[TWILIO]
     in_progress = await asyncio.to_thread(lambda: len(vault.list(status=RecordingStatus.RECORDING)))
     body: dict[str, object] = {}
+    now = request.app[CLOCK]()
+    pressing = [
+        {"id": b["id"], "urgency": breach.urgency(b, now), "deadline": b["deadline"]}
+        for b in await asyncio.to_thread(breach.all_breaches, vault)
+        if breach.urgency(b, now) in ("overdue", "nearly due")
+    ]
+    if pressing:
+        body["breaches"] = pressing
     ari_app = request.app.get(ARI)
     if ari_app is not None:
         body["asterisk"] = {

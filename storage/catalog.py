@@ -124,6 +124,21 @@ MIGRATIONS: Sequence[str] = (
     ALTER TABLE calls ADD COLUMN erased_at TEXT;
     CREATE INDEX recordings_by_retention ON recordings (status, retention_until);
     """,
+    # 3: the breach register (Art. 33/34): one row per breach, its assessment as JSON.
+    """
+    CREATE TABLE breaches (
+        id TEXT PRIMARY KEY,
+        detected_at TEXT NOT NULL,
+        opened_at TEXT NOT NULL,
+        deadline TEXT NOT NULL,
+        description TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        assessment TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('open', 'closed')),
+        closed_at TEXT,
+        summary TEXT
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 GENESIS_HASH = "0" * 64
@@ -320,6 +335,24 @@ class Catalog:
         holding the erased values must not linger in the write-ahead log."""
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # -- breaches ------------------------------------------------------------------------------
+    def breach(self, breach_id: str) -> sqlite3.Row | None:
+        with self._lock:
+            return self._db.execute("SELECT * FROM breaches WHERE id = ?", (breach_id,)).fetchone()
+
+    def breaches(self) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute("SELECT * FROM breaches ORDER BY opened_at, id").fetchall()
+
+    def calls(self, call_ids: Sequence[str]) -> list[sqlite3.Row]:
+        if not call_ids:
+            return []
+        marks = ",".join("?" for _ in call_ids)
+        with self._lock:
+            return self._db.execute(
+                f"SELECT * FROM calls WHERE id IN ({marks})", list(call_ids)
+            ).fetchall()
 
     def calls_by_caller(self, tenant: str, caller_hash: str) -> list[sqlite3.Row]:
         with self._lock:
