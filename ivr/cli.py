@@ -155,6 +155,10 @@ def cmd_recordings_export(args: argparse.Namespace) -> int:
         from storage.custody import load_private_key
 
         private_key = load_private_key(Path(args.private_key))
+    if args.format == "vcon":
+        return _export_vcon(args, out, private_key)
+    if args.reference or args.base_url:
+        raise CommandFailed("--reference and --base-url are for --format vcon")
     with _open_vault(args) as vault:
         result = export_wav(
             vault, args.id, out, actor=_actor(), reason=args.reason, private_key=private_key
@@ -172,6 +176,30 @@ def cmd_recordings_export(args: argparse.Namespace) -> int:
             f"exported {result.recording_id} to {result.path} ({result.channels} channel(s), "
             f"{result.sample_rate} Hz, {_fmt_duration(result.duration_ms)})"
         ),
+    )
+    return EXIT_OK
+
+
+def _export_vcon(args: argparse.Namespace, out: Path, private_key: Any) -> int:
+    from ivr.vcon import export_vcon, wav_path_for
+
+    wav = wav_path_for(out) if args.reference else None
+    with _open_vault(args) as vault:
+        doc = export_vcon(
+            vault,
+            args.id,
+            out,
+            actor=_actor(),
+            reason=args.reason,
+            inline=not args.reference,
+            base_url=args.base_url,
+            private_key=private_key,
+        )
+    audio = str(wav) if wav else "inline"
+    _emit(
+        args,
+        {"recording_id": args.id, "output": str(out), "format": "vcon", "audio": audio},
+        lambda: f"exported {args.id} to {out} (vCon {doc['uuid']}, audio {audio})",
     )
     return EXIT_OK
 
@@ -468,7 +496,22 @@ def build_parser() -> argparse.ArgumentParser:
         "export", parents=[common, data_out], help="decrypt a recording to WAV (audited)"
     )
     exp.add_argument("id")
-    exp.add_argument("-o", "--output", required=True, help="WAV file to write")
+    exp.add_argument("-o", "--output", required=True, help="file to write (WAV, or vCon JSON)")
+    exp.add_argument(
+        "--format", choices=("wav", "vcon"), default="wav", help="WAV, or vCon (docs/vcon.md)"
+    )
+    audio = exp.add_mutually_exclusive_group()
+    audio.add_argument(
+        "--inline",
+        dest="reference",
+        action="store_false",
+        default=False,
+        help="vCon: the audio inside the JSON (default)",
+    )
+    audio.add_argument(
+        "--reference", action="store_true", help="vCon: the audio in a WAV beside it, by URL"
+    )
+    exp.add_argument("--base-url", help="vCon --reference: URL the WAV is published under")
     exp.add_argument("--reason", default="export by operator", help="recorded in the audit log")
     exp.add_argument(
         "--private-key",
@@ -492,6 +535,10 @@ def build_parser() -> argparse.ArgumentParser:
         "config", nargs="?", default=os.environ.get(CONFIG_ENV), help="file (default: the demo)"
     )
     check.set_defaults(func=cmd_config_check)
+
+    from ivr.ropa import add_parser as add_ropa_parser
+
+    add_ropa_parser(top, common)
 
     from ivr.harness.cli import add_simulate_parser
     from ivr.harness.loadtest import add_loadtest_parser
