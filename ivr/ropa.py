@@ -158,12 +158,14 @@ def _api_role_rights() -> dict[str, list[str]]:
 
 def _runtime_facts() -> dict[str, Any]:
     from ivr.service import RETENTION_SWEEP_SECONDS
+    from storage.lifecycle import CALL_RECORD_DAYS
 
     chunk_ms = inspect.signature(Vault.__init__).parameters["chunk_interval_ms"].default
     return {
         "chunk_interval_ms": chunk_ms,
         "fsync_interval_seconds": DEFAULT_SYNC_INTERVAL,
         "retention_sweep_seconds": RETENTION_SWEEP_SECONDS,
+        "call_record_days": CALL_RECORD_DAYS,
     }
 
 
@@ -529,9 +531,10 @@ def _erasure(timing: dict[str, Any]) -> list[str]:
         "released",
         "erasure before the end of the period: per recording or per caller, on the "
         "controller's instruction (ivr recordings delete, ivr subject erase, the admin API)",
-        "not covered by the retention purge: the call records (sealed caller number, its keyed "
-        "hash, times, outcome) of every call, recorded or not, and the audit log; the caller "
-        "fields of a call are removed only by a per-caller erasure (ivr subject erase)",
+        f"call records: the caller's number (sealed, and its keyed hash) is removed by the same "
+        f"sweep {timing['call_record_days']} days after the call once nothing recorded of it is "
+        "kept (at once for the caller by ivr subject erase); the times and outcome stay, tied "
+        "to no one. The audit log is kept; it holds ids, not numbers",
     ]
 
 
@@ -823,8 +826,9 @@ def _annex(
                 "the same on demand, and ivr retention report shows what is due when.",
                 "Purging is crypto-shredding: the data key is destroyed, so every copy of the "
                 "audio, backups included, becomes undecryptable. Legal holds suspend it.",
-                "Call records (sealed caller number and its keyed hash) are not purged by the "
-                "sweep; they are removed by per-caller erasure.",
+                f"Call records lose the caller's number (sealed, and its keyed hash) "
+                f"{timing['call_record_days']} days after the call once nothing recorded of it "
+                "is kept; per-caller erasure removes them at once.",
             ],
             {},
         ),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from storage.catalog import RecordingRow, RecordingStatus
 from storage.errors import VaultError
@@ -20,6 +20,9 @@ from storage.files import utc_iso
 from storage.vault import Vault
 
 ERASABLE = (RecordingStatus.COMPLETE, RecordingStatus.INCOMPLETE)
+# How long a call's caller number is kept once nothing recorded of the call remains (or nothing
+# was recorded at all, e.g. the caller declined): enough to answer "was I recorded?" for a while.
+CALL_RECORD_DAYS = 30
 
 
 class LegalHold(VaultError):
@@ -153,9 +156,17 @@ class SweepReport:
     purged: list[RecordingRow] = field(default_factory=list)
     held: list[RecordingRow] = field(default_factory=list)
     orphans_removed: int = 0
+    calls_scrubbed: int = 0
 
 
-def sweep(vault: Vault, *, now: datetime, dry_run: bool, actor: str) -> SweepReport:
+def sweep(
+    vault: Vault,
+    *,
+    now: datetime,
+    dry_run: bool,
+    actor: str,
+    call_record_days: int = CALL_RECORD_DAYS,
+) -> SweepReport:
     """Purge every finished recording whose retention date has passed, except held ones."""
     stamp = utc_iso(now)
     report = SweepReport(stamp, dry_run)
@@ -173,6 +184,7 @@ def sweep(vault: Vault, *, now: datetime, dry_run: bool, actor: str) -> SweepRep
     purged_ids = set(done.erased)
     report.purged = [r for r in report.purged if r.id in purged_ids]
     report.orphans_removed = remove_orphan_blobs(vault)
+    report.calls_scrubbed = scrub_stale_calls(vault, before=now - timedelta(days=call_record_days))
     vault.audit(
         actor=actor,
         action="retention.sweep",
@@ -181,9 +193,29 @@ def sweep(vault: Vault, *, now: datetime, dry_run: bool, actor: str) -> SweepRep
             "purged": len(report.purged),
             "held": len(report.held),
             "orphans_removed": report.orphans_removed,
+            "calls_scrubbed": report.calls_scrubbed,
         },
     )
     return report
+
+
+def scrub_stale_calls(vault: Vault, *, before: datetime) -> int:
+    """Storage limitation for call records: once a call is older than ``before`` and none of
+    its recordings is still kept, its caller's number (sealed and hashed) has no purpose left
+    and is removed; times and the outcome stay, without anyone to tie them to."""
+    cutoff = utc_iso(before)
+    now = utc_iso(vault.clock())
+    with vault.catalog.transaction() as db:
+        count = db.execute(
+            "UPDATE calls SET caller_hash = NULL, caller_sealed = NULL, caller_key_ref = NULL,"
+            " erased_at = ? WHERE started_at < ? AND (caller_hash IS NOT NULL"
+            " OR caller_sealed IS NOT NULL) AND NOT EXISTS (SELECT 1 FROM recordings r"
+            " WHERE r.call_id = calls.id AND r.status IN ('recording', 'complete', 'incomplete'))",
+            (now, cutoff),
+        ).rowcount
+    if count:
+        vault.catalog.checkpoint()
+    return count
 
 
 def remove_orphan_blobs(vault: Vault) -> int:

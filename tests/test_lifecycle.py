@@ -298,3 +298,15 @@ def test_refused_cli_attempts_are_audited_and_change_nothing(cli_vault, capsys):
         assert v.get(rid).status is RecordingStatus.COMPLETE
         refused = [e for e in v.catalog.audit_events() if e.action == "recording.erase.refused"]
         assert [e.target for e in refused] == [rid, "rec_nope"]
+
+
+def test_sweep_removes_caller_numbers_of_calls_with_nothing_left(vault, clock):
+    declined = vault.open_call(tenant="acme", platform="test", caller=OTHER)  # nothing recorded
+    kept = record(vault, days=365)
+    gone = record(vault, days=10)
+    clock.now = T0 + timedelta(days=40)
+    report = lifecycle.sweep(vault, now=clock.now, dry_run=False, actor="t")
+    assert [r.id for r in report.purged] == [gone.id] and report.calls_scrubbed == 2
+    assert vault.caller_of(declined) is None and vault.caller_of(gone.call_id) is None
+    assert vault.caller_of(kept.call_id) == CALLER  # its recording is still kept
+    assert vault.catalog.calls_by_caller("acme", vault.caller_hash("acme", OTHER)) == []
