@@ -958,16 +958,23 @@ async def _bare_call(
     return result
 
 
-class _BareServer:
-    """``python -m ivr.harness.bare_server`` as a subprocess on a free loopback port."""
+class ReferenceServer:
+    """A bare reference server (``python -m MODULE ARGS --data-dir DIR``) as a subprocess.
 
-    def __init__(self) -> None:
+    It prints ``ready <http-port> ...`` once listening; ``ready`` holds those fields. Shared by
+    the Twilio and the Asterisk load tests, which differ only in which bare loop they start.
+    """
+
+    def __init__(self, module: str, args: list[str], label: str, start_timeout: float = 30) -> None:
+        self.module, self.args, self.label = module, args, label
+        self.start_timeout = start_timeout
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
+        self.ready: list[str] = []
         self._dir = tempfile.TemporaryDirectory(prefix="ivr-loadtest-bare-")
         self._log = Path(self._dir.name) / "stderr.log"
 
-    async def __aenter__(self) -> _BareServer:
+    async def __aenter__(self) -> ReferenceServer:
         root = Path(__file__).resolve().parents[2]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
@@ -975,9 +982,8 @@ class _BareServer:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "ivr.harness.bare_server",
-                "--port",
-                "0",
+                self.module,
+                *self.args,
                 "--data-dir",
                 str(Path(self._dir.name) / "data"),
                 stdout=asyncio.subprocess.PIPE,
@@ -987,18 +993,19 @@ class _BareServer:
                 env=env,
             )
         try:
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(self.start_timeout):
                 assert self.proc.stdout is not None
                 line = (await self.proc.stdout.readline()).decode().split()
-            if len(line) != 2 or line[0] != "ready" or not line[1].isdigit():
-                raise RuntimeError("bare server did not start")
+            if len(line) < 2 or line[0] != "ready" or not line[1].isdigit():
+                raise RuntimeError(f"{self.label} did not start")
             self.port = int(line[1])
+            self.ready = line[1:]
         except (TimeoutError, RuntimeError):
             await self.__aexit__(None, None, None)
             tail = (
                 self._log.read_text(errors="replace").strip()[-300:] if self._log.exists() else ""
             )
-            raise CallFailed(f"bare server did not start: {tail or 'no output'}") from None
+            raise CallFailed(f"{self.label} did not start: {tail or 'no output'}") from None
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -1014,8 +1021,9 @@ class _BareServer:
         self._dir.cleanup()
 
     async def get_json(self, session: aiohttp.ClientSession, path: str) -> dict[str, Any]:
-        async with session.get(f"http://127.0.0.1:{self.port}{path}") as resp:
-            return await resp.json()
+        async with asyncio.timeout(CPU_READ_TIMEOUT_S):
+            async with session.get(f"http://127.0.0.1:{self.port}{path}") as resp:
+                return await resp.json()
 
 
 # -- the whole test ---------------------------------------------------------------------------
@@ -1147,7 +1155,10 @@ async def _run_reference(
     options: LoadtestOptions, session: aiohttp.ClientSession, progress: _Progress
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    async with _BareServer() as bare:
+    bare_server = ReferenceServer(
+        "ivr.harness.bare_server", ["--port", "0"], "bare server", start_timeout=20
+    )
+    async with bare_server as bare:
 
         async def read_cpu() -> float:
             return float((await bare.get_json(session, "/cpu"))["cpu_seconds"])

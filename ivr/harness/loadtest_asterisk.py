@@ -50,11 +50,9 @@ import random
 import socket
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,7 +63,6 @@ from ivr.harness.audio import tone
 from ivr.harness.bare_rtp_server import parse_ports
 from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall, RtpPeer
 from ivr.harness.loadtest import (
-    CPU_READ_TIMEOUT_S,
     DEFAULT_FROM,
     DEFAULT_URL,
     FRAME_S,
@@ -74,6 +71,7 @@ from ivr.harness.loadtest import (
     SATURATED_LAG_MS,
     SATURATED_UTILISATION,
     CallFailed,
+    ReferenceServer,
     _dist,
     _fmt,
     _pct,
@@ -773,69 +771,6 @@ def _service_summary(
 
 
 # -- the reference run -------------------------------------------------------------------------
-class _BareRtpServer:
-    """``python -m ivr.harness.bare_rtp_server`` as a subprocess."""
-
-    def __init__(self, low: int, high: int) -> None:
-        self.low, self.high = low, high
-        self.proc: asyncio.subprocess.Process | None = None
-        self.http_port = 0
-        self.ports: list[int] = []
-        self._dir = tempfile.TemporaryDirectory(prefix="ivr-loadtest-bare-rtp-")
-        self._log = Path(self._dir.name) / "stderr.log"
-
-    async def __aenter__(self) -> _BareRtpServer:
-        root = Path(__file__).resolve().parents[2]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-        with self._log.open("wb") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "ivr.harness.bare_rtp_server",
-                "--ports",
-                f"{self.low}-{self.high}",
-                "--data-dir",
-                str(Path(self._dir.name) / "data"),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-                stdin=asyncio.subprocess.DEVNULL,
-                cwd=str(root),
-                env=env,
-            )
-        try:
-            async with asyncio.timeout(30):
-                assert self.proc.stdout is not None
-                line = (await self.proc.stdout.readline()).decode().split()
-            if len(line) != 3 or line[0] != "ready" or not line[1].isdigit():
-                raise RuntimeError("bare RTP server did not start")
-            self.http_port = int(line[1])
-        except (TimeoutError, RuntimeError):
-            await self.__aexit__(None, None, None)
-            tail = (
-                self._log.read_text(errors="replace").strip()[-300:] if self._log.exists() else ""
-            )
-            raise CallFailed(f"bare RTP server did not start: {tail or 'no output'}") from None
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        proc = self.proc
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                async with asyncio.timeout(10):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        self._dir.cleanup()
-
-    async def get_json(self, session: aiohttp.ClientSession, path: str) -> dict[str, Any]:
-        async with asyncio.timeout(CPU_READ_TIMEOUT_S):
-            async with session.get(f"http://127.0.0.1:{self.http_port}{path}") as resp:
-                return await resp.json()
-
-
 async def _bare_call(
     run: _RtpRun, port: int, index: int, start_at: float, frames: int, rng: random.Random
 ) -> _AriCallResult:
@@ -872,7 +807,10 @@ async def _run_reference(
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     low, high = options.bare_port_range()
-    async with _BareRtpServer(low, high) as bare:
+    bare_server = ReferenceServer(
+        "ivr.harness.bare_rtp_server", ["--ports", f"{low}-{high}"], "bare RTP server"
+    )
+    async with bare_server as bare:
         try:
             ports = [int(p) for p in (await bare.get_json(session, "/ports"))["ports"]]
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
@@ -925,7 +863,7 @@ async def _run_reference(
 
 
 async def _bare_received(
-    bare: _BareRtpServer, session: aiohttp.ClientSession, expected: int
+    bare: ReferenceServer, session: aiohttp.ClientSession, expected: int
 ) -> int | None:
     """The bare server's datagram count, once the last ones have landed (bounded)."""
     received: int | None = None
