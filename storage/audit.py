@@ -1,7 +1,10 @@
 """Verifying the audit chain.
 
-Each entry's hash covers the previous entry's hash and its own fields, so an edited entry breaks
-its own hash, a removed or reordered entry breaks the link of the one after it. What a chain
+Each entry's link is an HMAC, with the vault's audit key (sealed under the master key), of the
+previous link and its own fields: an edited entry breaks its own link, a removed or reordered
+entry breaks the link of the one after it, and nobody without the master key can write links
+that verify, so the chain cannot be rebuilt after an edit. Entries from before the chain was
+keyed carry plain SHA-256 links and are accepted only ahead of the first keyed one. What a chain
 cannot show by itself is a cut-off tail: keep the head (``ivr audit show --json`` prints it)
 somewhere else and verify against it with ``expect_head``.
 """
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from storage.catalog import GENESIS_HASH, AuditEvent, Catalog, audit_hash
+from storage.catalog import GENESIS_HASH, KEYED, AuditEvent, Catalog, audit_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +36,25 @@ class AuditVerdict:
         return not self.problems
 
 
-def verify(events: list[AuditEvent], *, expect_head: str | None = None) -> AuditVerdict:
+def verify(
+    events: list[AuditEvent],
+    *,
+    key: bytes | None = None,
+    keyed_after: int = 0,
+    expect_head: str | None = None,
+) -> AuditVerdict:
+    """``keyed_after``: entries up to this seq predate the audit key and may be unkeyed."""
     problems: list[AuditProblem] = []
     prev = GENESIS_HASH
     last_seq = 0
     for event in events:
+        keyed = event.alg == KEYED
+        if keyed and key is None:
+            problems.append(AuditProblem(event.seq, "is keyed, and no audit key was given"))
+        if not keyed and event.seq > keyed_after:
+            problems.append(
+                AuditProblem(event.seq, "has an unkeyed link where a keyed one is due (forged)")
+            )
         if event.seq != last_seq + 1:
             problems.append(
                 AuditProblem(event.seq, f"entries {last_seq + 1}..{event.seq - 1} are missing")
@@ -54,8 +71,9 @@ def verify(events: list[AuditEvent], *, expect_head: str | None = None) -> Audit
             event.tenant,
             event.target,
             event.detail,
+            key if keyed else None,
         )
-        if expected != event.hash:
+        if expected != event.hash and not (keyed and key is None):
             problems.append(AuditProblem(event.seq, "was edited: its hash does not match"))
         prev = event.hash
         last_seq = event.seq
@@ -66,4 +84,9 @@ def verify(events: list[AuditEvent], *, expect_head: str | None = None) -> Audit
 
 
 def verify_catalog(catalog: Catalog, *, expect_head: str | None = None) -> AuditVerdict:
-    return verify(catalog.audit_events(), expect_head=expect_head)
+    return verify(
+        catalog.audit_events(),
+        key=catalog.audit_key,
+        keyed_after=catalog.audit_keyed_after,
+        expect_head=expect_head,
+    )

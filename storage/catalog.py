@@ -8,6 +8,7 @@ here and only here, so deleting that one value destroys the recording everywhere
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import sqlite3
@@ -139,6 +140,10 @@ MIGRATIONS: Sequence[str] = (
         summary TEXT
     );
     """,
+    # 4: audit entries say how their link was made; new ones are HMACs with the vault's key.
+    """
+    ALTER TABLE audit_events ADD COLUMN alg TEXT NOT NULL DEFAULT 'sha256';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 GENESIS_HASH = "0" * 64
@@ -251,6 +256,10 @@ class AuditEvent:
     detail: dict[str, Any]
     prev_hash: str
     hash: str
+    alg: str = "sha256"
+
+
+KEYED, UNKEYED = "hmac-sha256", "sha256"
 
 
 def audit_hash(
@@ -261,14 +270,19 @@ def audit_hash(
     tenant: str | None,
     target: str | None,
     detail: dict[str, Any],
+    key: bytes | None = None,
 ) -> str:
+    """The link of one entry: an HMAC with the vault's audit key (``key``), or, for entries
+    written before the chain was keyed, a plain SHA-256."""
     body = json.dumps(
         [prev_hash, at, actor, action, tenant, target, detail],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
-    )
-    return hashlib.sha256(body.encode()).hexdigest()
+    ).encode()
+    if key is not None:
+        return hmac.new(key, body, hashlib.sha256).hexdigest()
+    return hashlib.sha256(body).hexdigest()
 
 
 class Catalog:
@@ -277,6 +291,10 @@ class Catalog:
     def __init__(self, path: Path, clock: Callable[[], datetime]) -> None:
         self.path = path
         self._clock = clock
+        # Set by the vault once the keyring is open: entries after ``audit_keyed_after`` must
+        # be HMACs with ``audit_key``.
+        self.audit_key: bytes | None = None
+        self.audit_keyed_after = 0
         self._lock = threading.RLock()
         if not path.exists():
             # The WAL and shared-memory files take their mode from the database file.
@@ -465,12 +483,28 @@ class Catalog:
         last = db.execute("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
         prev = last[0] if last else GENESIS_HASH
         at = utc_iso(self._clock())
-        digest = audit_hash(prev, at, actor, action, tenant, target, detail)
+        key = self.audit_key
+        digest = audit_hash(prev, at, actor, action, tenant, target, detail, key)
         db.execute(
-            "INSERT INTO audit_events (at, actor, action, tenant, target, detail, prev_hash, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (at, actor, action, tenant, target, json.dumps(detail, sort_keys=True), prev, digest),
+            "INSERT INTO audit_events (at, actor, action, tenant, target, detail, prev_hash, hash,"
+            " alg) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                at,
+                actor,
+                action,
+                tenant,
+                target,
+                json.dumps(detail, sort_keys=True),
+                prev,
+                digest,
+                KEYED if key is not None else UNKEYED,
+            ),
         )
+
+    def audit_count(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(seq) FROM audit_events").fetchone()
+        return row[0] or 0
 
     def audit_events(self) -> list[AuditEvent]:
         with self._lock:
@@ -486,6 +520,7 @@ class Catalog:
                 json.loads(r["detail"]),
                 r["prev_hash"],
                 r["hash"],
+                r["alg"],
             )
             for r in rows
         ]

@@ -131,6 +131,9 @@ def _kek_aad(tenant: str, version: int) -> bytes:
     return f"ivr kek v1\x00{tenant}\x00{version}".encode()
 
 
+_AUDIT_AAD = b"ivr audit key v1"
+
+
 def _lookup_aad(tenant: str) -> bytes:
     return f"ivr lookup key v1\x00{tenant}".encode()
 
@@ -219,6 +222,7 @@ class Keyring:
         self._keks: dict[tuple[str, int], bytes] = {}
         self._lookup: dict[str, bytes] = {}
         self._public: dict[str, bytes] = {}
+        self._audit: tuple[bytes, int] | None = None
         with self._locked():
             if not path.exists():
                 self._doc = {
@@ -291,8 +295,38 @@ class Keyring:
                     "altered"
                 ) from None
             public[tenant] = key
+        audit = None
+        if "audit_key" in doc:
+            try:
+                sealed_audit = _open(self._master, _AUDIT_AAD, base64.b64decode(doc["audit_key"]))
+                if len(sealed_audit) != KEY_LEN + 8:
+                    raise ValueError
+                audit = (sealed_audit[:KEY_LEN], int.from_bytes(sealed_audit[KEY_LEN:], "big"))
+            except (InvalidTag, TypeError, ValueError, binascii.Error):
+                raise KeyringCorrupt(
+                    f"keyring {where}: the audit key is damaged or was altered"
+                ) from None
         self._doc, self._keks, self._lookup, self._public = doc, keks, lookup, public
+        self._audit = audit
         self._stamp = (st.st_mtime_ns, st.st_size)
+
+    @_synchronized
+    def audit_key(self, legacy_entries: Callable[[], int]) -> tuple[bytes, int]:
+        """The key of the audit chain's HMACs and how many entries came before it, made on
+        first use. Both are sealed under the master key, so nobody without it can write links
+        that verify, nor pretend that keyed entries are older, unkeyed ones."""
+        self._refresh()
+        if self._audit is None:
+            with self._locked():
+                self._load()
+                if self._audit is None:
+                    value = secrets.token_bytes(KEY_LEN) + legacy_entries().to_bytes(8, "big")
+                    sealed = _seal(self._master, _AUDIT_AAD, value)
+                    self._doc["audit_key"] = base64.b64encode(sealed).decode()
+                    self._save()
+                    self._load()
+        assert self._audit is not None
+        return self._audit
 
     @_synchronized
     def list(self, tenant: str | None = None) -> list[KekInfo]:

@@ -124,6 +124,8 @@ class Vault:
         )
         self.keyring = Keyring(data_dir / "keyring.json", master, clock)
         self.catalog = Catalog(data_dir / CATALOG_FILE, clock)
+        key, legacy = self.keyring.audit_key(self.catalog.audit_count)
+        self.catalog.audit_key, self.catalog.audit_keyed_after = key, legacy
         self._custody: dict[str, bytes | None] = dict(public_keys or {})
         if public_keys is not None:
             apply_custody(self, public_keys)

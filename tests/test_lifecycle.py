@@ -310,3 +310,30 @@ def test_sweep_removes_caller_numbers_of_calls_with_nothing_left(vault, clock):
     assert vault.caller_of(declined) is None and vault.caller_of(gone.call_id) is None
     assert vault.caller_of(kept.call_id) == CALLER  # its recording is still kept
     assert vault.catalog.calls_by_caller("acme", vault.caller_hash("acme", OTHER)) == []
+
+
+def test_a_rebuilt_audit_chain_is_caught_without_the_master_key(vault):
+    from storage.catalog import GENESIS_HASH, audit_hash
+
+    for n in range(4):
+        vault.audit(actor="t", action="thing", target=str(n), detail={"reason": f"r{n}"})
+    events = vault.catalog.audit_events()
+    assert {e.alg for e in events} == {"hmac-sha256"}
+    # Someone with write access to the database edits entry 2 and rebuilds every link after it,
+    # once with plain SHA-256 and once with a key of their own: both are found.
+    for forged_key, alg in ((None, "sha256"), (os.urandom(32), "hmac-sha256")):
+        db = sqlite3.connect(vault.catalog.path)
+        prev = GENESIS_HASH
+        for e in events:
+            detail = {"reason": "forged"} if e.seq == 2 else e.detail
+            link = audit_hash(prev, e.at, e.actor, e.action, e.tenant, e.target, detail, forged_key)
+            db.execute(
+                "UPDATE audit_events SET detail = ?, prev_hash = ?, hash = ?, alg = ? WHERE seq = ?",
+                (json.dumps(detail, sort_keys=True), prev, link, alg, e.seq),
+            )
+            prev = link
+        db.commit()
+        db.close()
+        verdict = verify_catalog(vault.catalog)
+        assert not verdict.ok, alg
+        assert verdict.problems[0].seq == 1
