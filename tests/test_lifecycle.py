@@ -328,7 +328,8 @@ def test_a_rebuilt_audit_chain_is_caught_without_the_master_key(vault):
             detail = {"reason": "forged"} if e.seq == 2 else e.detail
             link = audit_hash(prev, e.at, e.actor, e.action, e.tenant, e.target, detail, forged_key)
             db.execute(
-                "UPDATE audit_events SET detail = ?, prev_hash = ?, hash = ?, alg = ? WHERE seq = ?",
+                "UPDATE audit_events SET detail = ?, prev_hash = ?, hash = ?, alg = ?"
+                " WHERE seq = ?",
                 (json.dumps(detail, sort_keys=True), prev, link, alg, e.seq),
             )
             prev = link
