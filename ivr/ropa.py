@@ -776,9 +776,10 @@ def _annex(
                 "data and counter nonces): an altered, dropped, duplicated, reordered or "
                 "truncated chunk is detected when read, at a known index.",
                 "The catalog keeps the SHA-256 of each finished audio file.",
-                "The audit log is hash-chained (each entry covers the previous entry's hash); "
-                "ivr audit verify checks the chain, and --expect-head against a head hash kept "
-                "elsewhere detects a cut-off tail.",
+                "The audit log is a keyed hash chain (each entry's link is an HMAC, with a key "
+                "sealed under the master key, over the previous link and the entry): an edit "
+                "cannot be covered up without the master key; ivr audit verify checks the "
+                "chain, and --expect-head against a head kept elsewhere detects a cut-off tail.",
             ],
             {},
         ),
