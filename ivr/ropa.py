@@ -22,9 +22,10 @@ import os
 import socket
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -921,7 +922,8 @@ def build_ropa(
     """The records of processing activities for ``config`` as a JSON-ready dict.
 
     ``tenant`` limits the Art. 30(1) part to one controller (UnknownTenant if there is none);
-    the Art. 30(2) record always lists every controller the processor acts for.
+    the Art. 30(2) record and the annex then cover that controller only, saying how many others
+    the processor acts for without naming them.
     """
     if tenant is not None and tenant not in config.tenants:
         known = ", ".join(sorted(config.tenants)) or "none"
@@ -933,6 +935,9 @@ def build_ropa(
     source = str(config.source) if config.source is not None else None
     digest = _file_sha256(config.source) if config.source is not None else None
     chosen = [config.tenants[tenant]] if tenant is not None else list(config.tenants.values())
+    # A copy for one controller (an annex to its contract) must not reveal the processor's
+    # other clients: the processor record and the annex then speak of that controller only.
+    view = config if tenant is None else _only(config, tenant)
 
     warnings = []
     missing = [
@@ -976,8 +981,9 @@ def build_ropa(
         "warnings": warnings,
         "to_complete": [item for item in to_complete if item is not None],
         "controllers": [_controller(config, t, timing, now) for t in chosen],
-        "processor": _processor(config, processor),
-        "annex": _annex(config, data_dir, timing, now, host),
+        "processor": _processor(view, processor)
+        | ({"other_controllers": len(config.tenants) - 1} if tenant is not None else {}),
+        "annex": _annex(view, data_dir, timing, now, host),
     }
 
 
@@ -1000,6 +1006,15 @@ def _upper_first(text: str) -> str:
 
 def _bullets(items: Iterable[str]) -> list[str]:
     return [f"- {item}" for item in items]
+
+
+def _only(config: Config, tenant: str) -> Config:
+    return replace(
+        config,
+        tenants=MappingProxyType({tenant: config.tenants[tenant]}),
+        lines=MappingProxyType({n: x for n, x in config.lines.items() if x.tenant == tenant}),
+        api_tokens=tuple(t for t in config.api_tokens if t.tenant == tenant),
+    )
 
 
 def render_markdown(ropa: dict[str, Any]) -> str:
@@ -1052,6 +1067,12 @@ def render_markdown(ropa: dict[str, Any]) -> str:
             f"| {_cell(c['name'])} | {_code(c['tenant'])} | {_cell(c['dpo_contact'])} | "
             f"{c['lines']} | {_cell(c['key_custody'])} |"
         )
+    if p.get("other_controllers"):
+        out += [
+            "",
+            f"The processor also acts for {p['other_controllers']} other controller(s), not "
+            "named in this copy.",
+        ]
     out += ["", "### Categories of processing", ""]
     out += _bullets(
         f"**{_upper_first(c['name'])}:** {c['description']}" for c in p["categories_of_processing"]

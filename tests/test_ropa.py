@@ -453,10 +453,12 @@ def test_tenant_filter(custom, capsys):
     data = json.loads(capsys.readouterr().out)
     assert [c["tenant"] for c in data["controllers"]] == ["acme"]
     assert data["scope"] == {"tenant": "acme"}
-    # The processor's record still lists every controller it acts for.
-    assert [c["tenant"] for c in data["processor"]["controllers"]] == ["acme", "beta"]
+    # A copy for one controller does not name the processor's other clients anywhere.
+    assert [c["tenant"] for c in data["processor"]["controllers"]] == ["acme"]
+    assert data["processor"]["other_controllers"] == 1
     for number in BETA_LINES:
-        assert number not in json.dumps(data["controllers"])
+        assert number not in json.dumps(data)
+    assert "beta" not in json.dumps(data["processor"]) + json.dumps(data["annex"])
 
     assert main(["ropa", "--config", str(custom), "--tenant", "beta"]) == 0
     md = capsys.readouterr().out
