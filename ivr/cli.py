@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ivr import __version__
 from ivr.cli_common import CommandFailed
+from ivr.cli_common import actor as _actor
+from ivr.cli_common import emit as _emit
+from ivr.cli_common import open_vault as _open_vault
 from ivr.config import ConfigError
 from media.prompts import PromptError
 from media.wavfile import UnsupportedAudio
 from storage.catalog import CatalogError, LawfulBasis, RecordingStatus
 from storage.format import FormatError
 from storage.keys import KeyCustodyError
-from storage.vault import Vault, VaultError
+from storage.vault import VaultError
 
 DATA_DIR_ENV = "IVR_DATA_DIR"
 CONFIG_ENV = "IVR_CONFIG"
@@ -38,34 +40,6 @@ EXPECTED_ERRORS = (
     OSError,
     ValueError,
 )
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
-
-
-def _open_vault(args: argparse.Namespace, *, create: bool = False) -> Vault:
-    return Vault(Path(args.data_dir), create=create, public_keys=_config_custody(args))
-
-
-def _config_custody(args: argparse.Namespace) -> dict[str, bytes | None] | None:
-    """Each tenant's key custody from ``--config``, for the commands that take one."""
-    if not getattr(args, "config", None):
-        return None
-    from ivr.config import load_config
-
-    config = load_config(Path(args.config))
-    return {t.id: t.public_key for t in config.tenants.values()}
-
-
-def _emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
-    if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
-    else:
-        print(human())
 
 
 def _fmt_duration(ms: int | None) -> str:

@@ -26,7 +26,17 @@ def actor() -> str:
 
 
 def open_vault(args: argparse.Namespace, *, create: bool = False) -> Vault:
-    return Vault(Path(args.data_dir), create=create)
+    return Vault(Path(args.data_dir), create=create, public_keys=_config_custody(args))
+
+
+def _config_custody(args: argparse.Namespace) -> dict[str, bytes | None] | None:
+    """Each tenant's key custody from ``--config``, for the commands that take one."""
+    if not getattr(args, "config", None):
+        return None
+    from ivr.config import load_config
+
+    config = load_config(Path(args.config))
+    return {t.id: t.public_key for t in config.tenants.values()}
 
 
 def emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
