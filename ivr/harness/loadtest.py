@@ -340,6 +340,14 @@ class _StreamRun:
             self.first_done.set()
 
     # -- the ticker ------------------------------------------------------------------------
+    SEND_ERRORS: tuple[type[Exception], ...] = (OSError, RuntimeError)
+    SEND_FAILURE = "recording stream write failed"
+
+    def _note_backlog(self, streams: list[Any]) -> None:
+        backlog = max(s.ws.buffered for s in streams)
+        if backlog > self.max_backlog:
+            self.max_backlog = backlog
+
     async def _tick(self) -> None:
         loop, t0 = self.loop, self.t0
         assert t0 is not None
@@ -361,8 +369,8 @@ class _StreamRun:
                 if s.error is None:
                     try:
                         sent += s.pump(due)
-                    except (OSError, RuntimeError) as exc:
-                        s.fail(f"recording stream write failed: {exc}")
+                    except self.SEND_ERRORS as exc:
+                        s.fail(f"{self.SEND_FAILURE}: {exc}")
                 if s.error is not None or s.sent >= s.total:
                     self._finished(s)
                 else:
@@ -370,9 +378,7 @@ class _StreamRun:
             self.active = keep
             self.frames_sent += sent
             if k % 50 == 0 and keep:
-                backlog = max(s.ws.buffered for s in keep)
-                if backlog > self.max_backlog:
-                    self.max_backlog = backlog
+                self._note_backlog(keep)
             if not keep and self.pending_join <= 0:
                 self.last_done.set()
             if not keep:

@@ -280,47 +280,11 @@ class _RtpStreamer:
 class _RtpRun(_StreamRun):
     """The Twilio load test's streaming run (membership, CPU samples, cost), ticking RTP."""
 
-    async def _tick(self) -> None:
-        loop, t0 = self.loop, self.t0
-        assert t0 is not None
-        k = 0
-        while not self._stopped:
-            k += 1
-            target = t0 + k * FRAME_S
-            delay = target - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            now = loop.time()
-            self.lateness.append(now - target)
-            due = int((now - t0) / FRAME_S)
-            if due > k:
-                k = due  # late: this pass catches every stream up
-            keep: list[Any] = []
-            sent = 0
-            for s in self.active:
-                if s.error is None:
-                    try:
-                        sent += s.pump(due)
-                    except OSError as exc:
-                        s.fail(f"RTP send failed: {exc}")
-                if s.error is not None or s.sent >= s.total:
-                    self._finished(s)
-                else:
-                    keep.append(s)
-            self.active = keep
-            self.frames_sent += sent
-            if not keep:
-                if self.pending_join <= 0:
-                    self.last_done.set()
-                    return
-                # Nobody to feed: sleep until a stream joins (or the run ends).
-                self._wake.clear()
-                while not self.active and not self._stopped and self.pending_join > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(1.0):
-                            await self._wake.wait()
-                    self._wake.clear()
-                k = int((loop.time() - t0) / FRAME_S)
+    SEND_ERRORS = (OSError,)
+    SEND_FAILURE = "RTP send failed"
+
+    def _note_backlog(self, streams: list[Any]) -> None:
+        """UDP has no send buffer to watch."""
 
     def ticker_stats(self) -> dict[str, Any]:
         late = sorted(x * 1000 for x in self.lateness)
