@@ -1040,8 +1040,12 @@ def _schedule(loop: asyncio.AbstractEventLoop, options: LoadtestOptions) -> list
 
 
 async def _gather_bounded(
-    tasks: list[asyncio.Task[_CallResult]], deadline: float, what: str
-) -> list[_CallResult]:
+    tasks: list[asyncio.Task[Any]],
+    deadline: float,
+    what: str,
+    failed: Callable[[int, str], Any] = lambda i, error: _CallResult(i, error=error),
+) -> list[Any]:
+    """Each task's result, or ``failed(index, why)`` for those that did not finish in time."""
     _, pending = await asyncio.wait(tasks, timeout=deadline)
     for task in pending:
         task.cancel()
@@ -1057,7 +1061,7 @@ async def _gather_bounded(
                 if task in pending or task.cancelled()
                 else f"{what}: {type(task.exception()).__name__}: {task.exception()}"
             )
-            results.append(_CallResult(i, error=error))
+            results.append(failed(i, error))
     return results
 
 

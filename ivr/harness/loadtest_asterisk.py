@@ -74,6 +74,7 @@ from ivr.harness.loadtest import (
     ReferenceServer,
     _dist,
     _fmt,
+    _gather_bounded,
     _pct,
     _Progress,
     _round,
@@ -554,26 +555,8 @@ async def _service_call(ctx: _Context, index: int, start_at: float) -> _AriCallR
     return result
 
 
-async def _gather(
-    tasks: list[asyncio.Task[_AriCallResult]], deadline: float, what: str
-) -> list[_AriCallResult]:
-    _, pending = await asyncio.wait(tasks, timeout=deadline)
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending, timeout=10)
-    results = []
-    for i, task in enumerate(tasks):
-        if task.done() and not task.cancelled() and task.exception() is None:
-            results.append(task.result())
-        else:
-            error = (
-                f"{what}: overall deadline ({deadline:.0f} s) reached"
-                if task in pending or task.cancelled()
-                else f"{what}: {type(task.exception()).__name__}: {task.exception()}"
-            )
-            results.append(_AriCallResult(i, error=error))
-    return results
+def _failed(index: int, error: str) -> _AriCallResult:
+    return _AriCallResult(index, error=error)
 
 
 def _errors(results: Sequence[_AriCallResult]) -> list[str]:
@@ -674,7 +657,7 @@ async def _run_service(
         for i, at in enumerate(_schedule(loop, options))  # type: ignore[arg-type]
     ]
     try:
-        results = await _gather(tasks, options.deadline(), "call")
+        results = await _gather_bounded(tasks, options.deadline(), "call", _failed)
     finally:
         await progress.stop()
         await run.stop()
@@ -804,7 +787,7 @@ async def _run_reference(
             for i, at in enumerate(_schedule(loop, options))  # type: ignore[arg-type]
         ]
         try:
-            results = await _gather(tasks, options.deadline(), "reference stream")
+            results = await _gather_bounded(tasks, options.deadline(), "reference stream", _failed)
         finally:
             await progress.stop()
             await run.stop()
