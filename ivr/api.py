@@ -263,46 +263,33 @@ async def recording_audio(request: web.Request, caller: Caller) -> web.StreamRes
     return response
 
 
-@endpoint(DPO_ONLY, "delete")
-async def delete_recording(request: web.Request, caller: Caller) -> web.Response:
+async def _change(request: web.Request, caller: Caller, operation: Any) -> web.Response:
+    """One lifecycle operation on one of the caller's recordings, with the reason given."""
     vault = request.app[VAULT_KEY]
     row = await _own_recording(request, caller)
     reason = _reason(request, await _body(request))
     try:
-        erased = await asyncio.to_thread(
-            lifecycle.erase, vault, row.id, reason=reason, actor=caller.actor
+        changed = await asyncio.to_thread(
+            operation, vault, row.id, reason=reason, actor=caller.actor
         )
-    except (lifecycle.LegalHold, lifecycle.InProgress) as exc:
+    except VaultError as exc:  # a legal hold, a recording in progress, nothing held
         raise _json_error(409, str(exc)) from None
-    return web.json_response(erased.public())
+    return web.json_response(changed.public())
+
+
+@endpoint(DPO_ONLY, "delete")
+async def delete_recording(request: web.Request, caller: Caller) -> web.Response:
+    return await _change(request, caller, lifecycle.erase)
 
 
 @endpoint(DPO_ONLY, "hold")
 async def hold_recording(request: web.Request, caller: Caller) -> web.Response:
-    vault = request.app[VAULT_KEY]
-    row = await _own_recording(request, caller)
-    reason = _reason(request, await _body(request))
-    try:
-        held = await asyncio.to_thread(
-            lifecycle.set_hold, vault, row.id, reason=reason, actor=caller.actor
-        )
-    except VaultError as exc:
-        raise _json_error(409, str(exc)) from None
-    return web.json_response(held.public())
+    return await _change(request, caller, lifecycle.set_hold)
 
 
 @endpoint(DPO_ONLY, "release")
 async def release_recording(request: web.Request, caller: Caller) -> web.Response:
-    vault = request.app[VAULT_KEY]
-    row = await _own_recording(request, caller)
-    reason = _reason(request, await _body(request))
-    try:
-        released = await asyncio.to_thread(
-            lifecycle.release_hold, vault, row.id, reason=reason, actor=caller.actor
-        )
-    except VaultError as exc:
-        raise _json_error(409, str(exc)) from None
-    return web.json_response(released.public())
+    return await _change(request, caller, lifecycle.release_hold)
 
 
 def _phone(body: Mapping[str, Any]) -> str:
