@@ -66,55 +66,35 @@ def _phone(args: argparse.Namespace) -> str:
 
 
 # -- recordings hold / release / delete ----------------------------------------------------------
-def _attempt(vault: Any, action: str, target: str, reason: str, operation: Any) -> Any:
-    """Run one lifecycle operation; a refused attempt is audited too, then reported."""
-    try:
-        return operation()
-    except (VaultError, CatalogError) as exc:
-        vault.audit(
-            actor=actor(),
-            action=f"{action}.refused",
-            target=target,
-            detail={"reason": reason, "error": str(exc)},
-        )
-        raise
+def _attempt(args: argparse.Namespace, action: str, operation: Any) -> Any:
+    """One lifecycle operation on ``args.id``; a refused attempt is audited too, then reported."""
+    with open_vault(args) as vault:
+        try:
+            return operation(vault, args.id, reason=args.reason, actor=actor())
+        except (VaultError, CatalogError) as exc:
+            vault.audit(
+                actor=actor(),
+                action=f"{action}.refused",
+                target=args.id,
+                detail={"reason": args.reason, "error": str(exc)},
+            )
+            raise
 
 
 def cmd_hold(args: argparse.Namespace) -> int:
-    with open_vault(args) as vault:
-        row = _attempt(
-            vault,
-            "recording.hold",
-            args.id,
-            args.reason,
-            lambda: lifecycle.set_hold(vault, args.id, reason=args.reason, actor=actor()),
-        )
+    row = _attempt(args, "recording.hold", lifecycle.set_hold)
     emit(args, row.public(), lambda: f"{row.id}: under legal hold ({row.legal_hold_reason})")
     return EXIT_OK
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    with open_vault(args) as vault:
-        row = _attempt(
-            vault,
-            "recording.release",
-            args.id,
-            args.reason,
-            lambda: lifecycle.release_hold(vault, args.id, reason=args.reason, actor=actor()),
-        )
+    row = _attempt(args, "recording.release", lifecycle.release_hold)
     emit(args, row.public(), lambda: f"{row.id}: legal hold released")
     return EXIT_OK
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    with open_vault(args) as vault:
-        row = _attempt(
-            vault,
-            "recording.erase",
-            args.id,
-            args.reason,
-            lambda: lifecycle.erase(vault, args.id, reason=args.reason, actor=actor()),
-        )
+    row = _attempt(args, "recording.erase", lifecycle.erase)
     emit(
         args,
         row.public(),
