@@ -490,6 +490,14 @@ class AriCall:
                 self.strangers,
                 self.malformed,
             )
+            if self.jitter.gaps:
+                # Losses were filled with silence; say where, so a listener knows the quiet
+                # at 12.3 s is the network's and not the caller's.
+                log.info(
+                    "call %s: silence filled for lost RTP at %s",
+                    session.call_id,
+                    ", ".join(f"{start}+{length} ms" for start, length in self.jitter.gaps[:20]),
+                )
             app.count("calls_completed")
             app.count("frames_stored", session.stats.frames_stored)
             app.count("frames_lost", session.stats.frames_lost)

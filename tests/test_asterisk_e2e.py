@@ -249,7 +249,8 @@ async def test_any_hang_up_order_finalises_exactly_once(pbx, order):
     assert len(app[VAULT].list()) == 1
 
 
-async def test_lost_duplicated_and_reordered_rtp(pbx):
+async def test_lost_duplicated_and_reordered_rtp(pbx, caplog):
+    caplog.set_level(logging.INFO)
     fake, app = pbx
     call = await place(fake, app, EMERGENCY_LINE)
     await call.talk(1.0, drop={10, 11, 30}, duplicate={20, 21}, reorder=[(40, 41), (45, 47)])
@@ -260,6 +261,7 @@ async def test_lost_duplicated_and_reordered_rtp(pbx):
     # Losses are filled with silence, so the timeline keeps its length.
     assert 1150 <= row.duration_ms <= 1250
     assert call.session.stats.frames_stored == 60
+    assert any("silence filled for lost RTP at 200+40 ms" in r.getMessage() for r in caplog.records)
 
 
 async def test_rtp_from_strangers_and_garbage_is_dropped(pbx):
