@@ -57,10 +57,10 @@ async def simulate_asterisk_call(
         pace=not options.fast,
     )
     result = CallResult(call_sid="")
-    now = 0.0
+    clock = [0.0]  # call time, advanced by the driver
 
     def note(text: str) -> None:
-        entry = TranscriptEntry(round(now, 2), text)
+        entry = TranscriptEntry(round(clock[0], 2), text)
         result.transcript.append(entry)
         if on_transcript:
             on_transcript(entry)
@@ -85,7 +85,7 @@ async def simulate_asterisk_call(
         note(f"→ StasisStart for channel {call.channel_id} (exten {options.to})")
         await call.wait_until_bridged(timeout=10)
         note("← answered; bridge with external media up")
-        now = await _drive(call, options, note)
+        await _drive(call, options, note, clock)
     except Exception as exc:  # a harness never hangs or dies on a misbehaving service
         result.error = f"{type(exc).__name__}: {exc}"
         note(f"error: {result.error}")
@@ -102,31 +102,33 @@ async def simulate_asterisk_call(
                 fake.calls[result.call_sid].prompt_audio() if result.call_sid in fake.calls else b""
             )
             result.prompt_ms_received = len(heard) / 8
-        result.duration = now
+        result.duration = clock[0]
         if own_fake:
             await fake.stop()
     return result
 
 
 async def _drive(
-    call: FakeCall, options: AsteriskCallOptions, note: Callable[[str], None]
-) -> float:
-    """Play the caller's part until someone hangs up; returns the call time at the end."""
+    call: FakeCall, options: AsteriskCallOptions, note: Callable[[str], None], clock: list[float]
+) -> None:
+    """Play the caller's part until someone hangs up; ``clock[0]`` follows the call time."""
     presses = sorted(options.presses)
     now = 0.0
-    heard = 0
+    heard = 0.0  # seconds of prompt audio received, as last reported
+    playing = False
     end_at = options.hangup_at
     agent_seen = False
     loop = asyncio.get_running_loop()
     start = loop.time()
     while True:
+        clock[0] = now
         if now >= options.max_call_seconds:
             note("caller gives up (max call seconds)")
             await call.hangup()
-            return now
+            return
         if call.channel.destroyed:
             note("← the service hung up")
-            return now
+            return
         while presses and presses[0][0] <= now:
             _, digit = presses.pop(0)
             await call.press(digit)
@@ -141,11 +143,15 @@ async def _drive(
         if end_at is not None and now >= end_at:
             await call.hangup()
             note("→ caller hangs up")
-            return now
-        received = len(call.prompt_audio())
-        if received > heard:
-            note(f"← prompt audio, {received / 8000:.2f} s so far")
-            heard = received
+            return
+        received = len(call.prompt_audio()) / 8000
+        if received > heard and not playing:
+            playing = True
+            note("← prompt audio starts")
+        elif received == heard and playing:
+            playing = False
+            note(f"← prompt audio paused; {received:.2f} s heard so far")
+        heard = received
         if options.fast:
             await call.send_audio(FAST_BURST)
             now += FAST_BURST * FRAME_S

@@ -228,7 +228,8 @@ def summary_line(result: CallResult) -> str:
         return "no outcome reported by the service"
     parts = [f"decision: {result.decision or '-'}"]
     if result.recording_id:
-        parts.append(f"recording {result.recording_id} ({result.recording_status or '?'})")
+        status = f" ({result.recording_status})" if result.recording_status else ""
+        parts.append(f"recording {result.recording_id}{status}")
     else:
         parts.append("no recording")
     parts.append(f"lawful basis {result.lawful_basis or '-'}")
