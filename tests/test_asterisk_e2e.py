@@ -408,3 +408,25 @@ async def test_simulate_platform_asterisk_against_the_service(tmp_path, monkeypa
     assert result.recording_id.startswith("rec_")
     assert 2000 <= result.prompt_ms_received <= 4500
     assert any("agent connected" in e.text for e in result.transcript)
+
+
+async def test_shutdown_finalises_calls_in_progress(tmp_path, monkeypatch):
+    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
+    fake = FakeAsterisk(pace=False, app="ivr", username="ivr", password="pw")
+    await fake.start()
+    config = load_config(config_file(tmp_path, fake.url), {"ARI_PASSWORD": "pw"})
+    app = create_app(config, tmp_path / "var", fsync=False)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        await fake.wait_connected()
+        call = await place(fake, app, EMERGENCY_LINE)
+        await call.talk(1.0)
+        await server.close()  # SIGTERM: calls end, recordings are finalised, the vault closes
+    finally:
+        await fake.stop()
+    from storage.vault import Vault
+
+    with Vault(tmp_path / "var", create=False) as vault:
+        (row,) = vault.list()
+    assert row.status is RecordingStatus.COMPLETE and row.duration_ms >= 900
