@@ -73,6 +73,7 @@ TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canc
 MAX_BAD_MESSAGES = 50  # per stream, before we stop believing it is Twilio talking
 WALL_GRACE_SECONDS = 2.0
 NEAR_DEADLINE_SECONDS = 30.0
+START_TIMEOUT_SECONDS = 10.0  # Twilio sends connected and start at once
 UNKNOWN_NUMBER_TEXT = "This number is not in service. Goodbye."
 
 
@@ -359,7 +360,9 @@ async def _serve_stream(stream: _Stream) -> None:
     while not ws.closed:
         timeout = None
         session = stream.session
-        if session is not None and session.flow.deadline is not None:
+        if session is None:
+            timeout = START_TIMEOUT_SECONDS  # a socket that never says who it is goes away
+        elif session.flow.deadline is not None:
             remaining = session.flow.deadline - session.now
             # A per-message timeout costs a timer each time: only arm one when the deadline is
             # near enough that a stalled stream could miss it.
@@ -368,9 +371,13 @@ async def _serve_stream(stream: _Stream) -> None:
         try:
             msg = await ws.receive(timeout=timeout)
         except TimeoutError:
+            if session is None:
+                twilio.count("streams_refused")
+                log.warning("%s stream: no start within %.0f s; closed", stream.kind, timeout)
+                await stream.close(CLOSE_POLICY, "no start message")
+                return
             # No media for a while: let wall time stand in for call time.
-            if session is not None:
-                await _run_commands(stream, await session.tick(session.call_time()))
+            await _run_commands(stream, await session.tick(session.call_time()))
             continue
         if msg.type is not text:
             if msg.type == WSMsgType.ERROR:

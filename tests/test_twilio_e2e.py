@@ -303,6 +303,16 @@ async def test_a_token_works_once_and_for_its_own_call(service):
                 assert await closed_with(replay) == 1008
 
 
+async def test_a_stream_that_never_starts_is_closed(service, monkeypatch):
+    monkeypatch.setattr("ivr.twilio_app.START_TIMEOUT_SECONDS", 0.05)
+    _, url = service
+    async with aiohttp.ClientSession() as s:
+        _, ws_url, _ = await start_call(s, url)
+        async with s.ws_connect(ws_url) as ws:
+            await ws.send_str(json.dumps({"event": "connected", "protocol": "Call"}))
+            assert await closed_with(ws) == 1008
+
+
 async def test_messages_before_start_close_the_stream(service):
     _, url = service
     async with aiohttp.ClientSession() as s:
