@@ -86,3 +86,24 @@ def test_serve_runs_a_simulated_call_and_stops_gracefully_on_sigterm(tmp_path, c
     assert "generated a master key" in log and "vault closed" in log
     assert "recording rec_" in log and "46701234567" not in log  # ids, never numbers
     assert (tmp_path / "master.key").exists()
+
+
+def test_json_log_lines_are_one_object_each():
+    import logging as _logging
+
+    from ivr.service import JsonLogFormatter
+
+    record = _logging.LogRecord(
+        "ivr.calls", _logging.INFO, __file__, 1, "call %s: ok", ("call_1",), None
+    )
+    line = JsonLogFormatter().format(record)
+    entry = json.loads(line)
+    assert entry["message"] == "call call_1: ok" and entry["level"] == "info"
+    assert entry["logger"] == "ivr.calls" and "\n" not in line
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys as _sys
+
+        record.exc_info = _sys.exc_info()
+    assert "ValueError: boom" in json.loads(JsonLogFormatter().format(record))["error"]
