@@ -393,6 +393,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}")
+    return int(text)
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of days ≥ 1, got {text!r}")
@@ -421,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = top.add_parser("serve", parents=[common], help="run the service")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+    serve.add_argument("--port", type=_port, default=8080, help="port to listen on (8080)")
     serve.add_argument(
         "--config",
         default=os.environ.get(CONFIG_ENV),
