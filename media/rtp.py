@@ -396,6 +396,25 @@ class JitterBuffer:
             return self._resync(pkt)
         ext = self._max_ext + jump
 
+        if jump == 1 and ext == self._next and self._started and not self._buffer:
+            # The usual case, 50 times a second: the very next packet, one frame later, with
+            # nothing waiting. Released at once; the same state changes as the path below.
+            delta = _signed(pkt.timestamp - self._ts_ref_raw, _TS_MOD)
+            if delta == self._frame_ticks:
+                time = self._ts_ref_time + delta
+                self._seq_ref_raw = pkt.sequence
+                self._max_ext = ext
+                self._ts_ref_raw = pkt.timestamp
+                self._ts_ref_time = time
+                floor = self._last_time + self._frame_ticks
+                if time < floor:
+                    time = floor
+                self._next = ext + 1
+                self._last_time = time
+                self.stats.released += 1
+                self._remember(ext, False)
+                return [Frame(ext - self._origin_ext, self._ms(time), bytes(pkt.payload), False)]
+
         if jump <= 0:
             floor = self._next if self._started else self._max_ext - self.window
             if ext in self._buffer or self._released.get(ext) is False:
