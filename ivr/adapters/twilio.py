@@ -308,8 +308,12 @@ def _parse_carefully(message: object) -> StreamMessage:
 
 # -- Media Streams: what we send ------------------------------------------------------------------
 def media_message(stream_sid: str, audio: bytes) -> str:
-    payload = base64.b64encode(audio).decode("ascii")
-    return f'{{"event":"media","streamSid":"{stream_sid}","media":{{"payload":"{payload}"}}}}'
+    return media_message_encoded(stream_sid, base64.b64encode(audio).decode("ascii"))
+
+
+def media_message_encoded(stream_sid: str, payload_b64: str) -> str:
+    """A media message whose payload is already base64 (prompts are encoded once, not per call)."""
+    return f'{{"event":"media","streamSid":"{stream_sid}","media":{{"payload":"{payload_b64}"}}}}'
 
 
 def mark_message(stream_sid: str, name: str) -> str:
