@@ -23,7 +23,6 @@ import phonenumbers
 from ivr.recording_files import decode_recording
 from media.wavfile import write_wav
 from storage.catalog import RecordingRow, RecordingStatus
-from storage.errors import VaultError
 from storage.lifecycle import ErasureReport, SubjectCalls, erase_subject, find_subject
 from storage.vault import Vault
 
@@ -275,7 +274,6 @@ def held_back_message(report: ErasureReport) -> list[str]:
 __all__ = [
     "ExportResult",
     "SubjectError",
-    "VaultError",
     "erase",
     "export",
     "find",
