@@ -21,6 +21,7 @@ from ivr.harness.twilio_sim import CallOptions, simulate_call
 from ivr.service import VAULT, create_app
 from ivr.twilio_app import TWILIO
 from storage.catalog import RecordingStatus
+from storage.vault import Vault
 
 CONSENT_LINE = "+15550100001"
 OBJECTION_LINE = "+15550100002"
@@ -454,3 +455,41 @@ async def test_logs_carry_ids_never_numbers(service, caplog):
     assert "call_" in text  # the call ids are there
     for number in (caller, caller[1:], CONSENT_LINE, CONSENT_LINE[1:], "+15559999999"):
         assert number not in text
+
+
+async def test_a_tenants_own_prompt_is_played_and_evidenced(tmp_path, monkeypatch):
+    import numpy as np
+    import soundfile as sf
+
+    from media.prompts import load_prompt
+
+    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
+    t = np.arange(44100 * 3) / 44100
+    sf.write(tmp_path / "ours.wav", 0.4 * np.sin(2 * np.pi * 500 * t), 44100)  # any rate
+    text = "Hello, this is Acme. Press 1 to allow recording, 9 to decline, star to stop."
+    config = tmp_path / "ivr.toml"
+    config.write_text(
+        '[tenants.acme]\ndisplay_name = "Acme"\ndpo_contact = "dpo@acme.example"\n'
+        '[tenants.acme.prompts.en.consent_request]\nfile = "ours.wav"\n'
+        f'text = "{text}"\n'
+        '[[lines]]\nnumber = "+15550100001"\ntenant = "acme"\npurpose = "quality"\n'
+        'lawful_basis = "consent"\nforward_to = "+15550100099"\n'
+    )
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "tok")
+    app = create_app(load_config(config), tmp_path / "var", fsync=False)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        result = await simulate_call(
+            CallOptions(url=url, auth_token="tok", presses=[(4.0, "1")], fast=True, quiet_ms=10)
+        )
+    finally:
+        await server.close()
+    ours = load_prompt(tmp_path / "ours.wav", prompt_id="consent_request", language="en", text=text)
+    assert result.decision == "accepted"
+    with Vault(tmp_path / "var", create=False) as vault:
+        (row,) = vault.list()
+    assert row.consent_evidence["prompt_sha256"] == ours.sha256
+    assert row.consent_evidence["prompt_text"] == text
+    assert ours.duration_ms == 3000  # resampled from 44.1 kHz, one 20 ms frame per 160 bytes
