@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import json
 import logging
 import resource
@@ -91,7 +92,9 @@ def create_app(
             actor="system",
             action="config.loaded",
             detail={
+                "reason": "service start",
                 "source": str(config.source) if config.source else None,
+                "sha256": _file_sha256(config.source),
                 "demo": config.demo,
                 "tenants": sorted(config.tenants),
                 "lines": len(config.lines),
@@ -144,6 +147,13 @@ async def _retention_sweeper(vault: Vault, clock: Callable[[], datetime], interv
         except Exception:  # the sweeper must survive a bad night; it logs and tries again
             log.exception("retention sweep failed")
         await asyncio.sleep(interval)
+
+
+def _file_sha256(path: Path | None) -> str | None:
+    """Which configuration was in force, exactly: the audit log can be matched to a file."""
+    if path is None or not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _warn_about_breaches(vault: Vault, now: datetime) -> None:

@@ -40,6 +40,9 @@ async def test_healthz_reports_the_vault(tmp_path, monkeypatch):
 
     with Vault(tmp_path, create=False) as vault:
         assert vault.get(rec.id).status is RecordingStatus.COMPLETE
+        (loaded,) = [e for e in vault.catalog.audit_events() if e.action == "config.loaded"]
+        assert loaded.actor == "system" and loaded.detail["reason"] == "service start"
+        assert loaded.detail["demo"] is True and len(loaded.detail["sha256"]) == 64
 
 
 def free_port() -> int:
