@@ -214,6 +214,8 @@ class Config:
     warnings: tuple[str, ...] = ()
     asterisk: AsteriskSettings | None = None  # None: no [asterisk] section, ARI not used
     api_tokens: tuple[ApiTokenConfig, ...] = ()
+    retention_sweep_minutes: int = 60  # how often the service purges what has expired
+    call_record_days: int = 30  # a call's caller number, once nothing recorded of it is kept
 
     def line_for(self, number: str) -> Line | None:
         """The line for a dialled number in any notation with a country code, or None."""
@@ -613,7 +615,7 @@ _ASTERISK_KEYS = (
 )
 _SERVICE_KEYS = ("public_url", "max_recording_seconds")
 _TWILIO_KEYS = ("auth_token_env", "stream_token_ttl_seconds")
-_RETENTION_KEYS = ("default_days",)
+_RETENTION_KEYS = ("default_days", "sweep_interval_minutes", "call_record_days")
 _TENANT_KEYS = (
     "display_name",
     "dpo_contact",
@@ -758,6 +760,12 @@ class _Loader:
         retention = self.table(data, "", "retention")
         self.check_keys(retention, "retention", _RETENTION_KEYS)
         overrides = self.retention_table(retention, "retention", "default_days")
+        sweep_minutes = self.get(
+            retention, "retention", "sweep_interval_minutes", _integer(1, 24 * 60), 60
+        )
+        call_record_days = self.get(
+            retention, "retention", "call_record_days", _integer(1, MAX_RETENTION_DAYS), 30
+        )
         retention_defaults = {**DEFAULT_RETENTION_DAYS, **overrides}
 
         tenants_raw = self.table(data, "", "tenants")
@@ -812,6 +820,8 @@ class _Loader:
             stream_token_ttl_seconds=ttl,
             max_recording_seconds=max_recording,
             retention_default_days=MappingProxyType(retention_defaults),
+            retention_sweep_minutes=sweep_minutes,
+            call_record_days=call_record_days,
             tenants=MappingProxyType(tenants),
             lines=MappingProxyType(lines),
             demo=demo,

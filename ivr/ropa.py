@@ -157,16 +157,13 @@ def _api_role_rights() -> dict[str, list[str]]:
     return rights
 
 
-def _runtime_facts() -> dict[str, Any]:
-    from ivr.service import RETENTION_SWEEP_SECONDS
-    from storage.lifecycle import CALL_RECORD_DAYS
-
+def _runtime_facts(config: Config) -> dict[str, Any]:
     chunk_ms = inspect.signature(Vault.__init__).parameters["chunk_interval_ms"].default
     return {
         "chunk_interval_ms": chunk_ms,
         "fsync_interval_seconds": DEFAULT_SYNC_INTERVAL,
-        "retention_sweep_seconds": RETENTION_SWEEP_SECONDS,
-        "call_record_days": CALL_RECORD_DAYS,
+        "retention_sweep_seconds": config.retention_sweep_minutes * 60,
+        "call_record_days": config.call_record_days,
     }
 
 
@@ -930,7 +927,7 @@ def build_ropa(
         raise UnknownTenant(
             f"no tenant {tenant!r} in {config.source or 'the configuration'} (configured: {known})"
         )
-    timing = _runtime_facts()
+    timing = _runtime_facts(config)
     host = socket.gethostname()
     source = str(config.source) if config.source is not None else None
     digest = _file_sha256(config.source) if config.source is not None else None

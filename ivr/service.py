@@ -39,7 +39,6 @@ VAULT = web.AppKey("vault", Vault)
 DATA_DIR = web.AppKey("data_dir", Path)
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", object)
-RETENTION_SWEEP_SECONDS = 3600.0
 ARI = web.AppKey("ari", AriApplication)
 
 
@@ -55,7 +54,7 @@ def create_app(
     clock: Callable[[], datetime] = now_utc,
     sounds_dir: Path = BUILTIN_SOUNDS,
     fsync: bool = True,
-    sweep_interval: float = RETENTION_SWEEP_SECONDS,
+    sweep_interval: float | None = None,
 ) -> web.Application:
     app = web.Application()
     app[DATA_DIR] = data_dir
@@ -112,7 +111,12 @@ def create_app(
             " (embedded demo configuration)" if config.demo else "",
             data_dir,
         )
-        sweeper = asyncio.create_task(_retention_sweeper(vault, clock, sweep_interval))
+        interval = (
+            sweep_interval if sweep_interval is not None else config.retention_sweep_minutes * 60
+        )
+        sweeper = asyncio.create_task(
+            _retention_sweeper(vault, clock, interval, config.call_record_days)
+        )
         yield
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -129,14 +133,21 @@ def create_app(
     return app
 
 
-async def _retention_sweeper(vault: Vault, clock: Callable[[], datetime], interval: float) -> None:
+async def _retention_sweeper(
+    vault: Vault, clock: Callable[[], datetime], interval: float, call_record_days: int
+) -> None:
     """Storage limitation, enforced: purge what has outlived its retention period, on a
     schedule, from the moment the service starts."""
     while True:
         try:
             _warn_about_breaches(vault, clock())
             report = await asyncio.to_thread(
-                lifecycle.sweep, vault, now=clock(), dry_run=False, actor="system:retention"
+                lifecycle.sweep,
+                vault,
+                now=clock(),
+                dry_run=False,
+                actor="system:retention",
+                call_record_days=call_record_days,
             )
             if report.purged or report.held:
                 log.info(

@@ -1153,3 +1153,24 @@ def test_asterisk_section(tmp_path):
     text = str(err.value)
     for key in ("url", "password", "username", "rtp_ports", "dial_template", "app"):
         assert f"asterisk.{key}:" in text
+
+
+def test_retention_schedule_settings(tmp_path):
+    path = tmp_path / "ivr.toml"
+    base = (
+        '[tenants.a]\ndisplay_name = "A"\ndpo_contact = "d"\n'
+        '[[lines]]\nnumber = "+46850000001"\ntenant = "a"\npurpose = "q"\n'
+        'lawful_basis = "consent"\n'
+    )
+    path.write_text("[retention]\nsweep_interval_minutes = 5\ncall_record_days = 7\n" + base)
+    config = load_config(path, {})
+    assert (config.retention_sweep_minutes, config.call_record_days) == (5, 7)
+    assert (load_config(None).retention_sweep_minutes, load_config(None).call_record_days) == (
+        60,
+        30,
+    )
+    path.write_text("[retention]\nsweep_interval_minutes = 0\ncall_record_days = -1\n" + base)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, {})
+    assert "retention.sweep_interval_minutes:" in str(err.value)
+    assert "retention.call_record_days:" in str(err.value)
