@@ -91,7 +91,7 @@ class CallSession:
     _base_ms: int | None = None
     _pending: list[tuple[int, int, bytes]] = field(default_factory=list)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _now: float = 0.0
+    now: float = 0.0  # the latest call time seen (seconds); only ever moves forward, via at()
     _ending: asyncio.Future[list[Command]] | None = None
     _closing: asyncio.Future[RecordingRow] | None = None
 
@@ -113,15 +113,11 @@ class CallSession:
     def recording_allowed(self) -> bool:
         return self.flow.recording
 
-    @property
-    def now(self) -> float:
-        return self._now
-
     def at(self, call_time: float) -> float:
         """A monotonic call time: platforms' clocks may step back a little between streams."""
-        if call_time > self._now:
-            self._now = call_time
-        return self._now
+        if call_time > self.now:
+            self.now = call_time
+        return self.now
 
     # -- events ----------------------------------------------------------------------------
     async def start(self) -> list[Command]:
@@ -156,7 +152,7 @@ class CallSession:
         if self._ending is None:
             self.ended = True
             self._ending = asyncio.ensure_future(
-                self.handle(CallEnded(at=self._now, reason=reason))
+                self.handle(CallEnded(at=self.now, reason=reason))
             )
         await asyncio.shield(self._ending)
         if self._closing is not None:
@@ -201,7 +197,7 @@ class CallSession:
         """Best estimate of the call time now, for a stream that starts now: the flow's
         latest time or the wall time since the call began, whichever is later."""
         wall = (self.clock() - self.started_wall).total_seconds()
-        return max(self._now, wall)
+        return max(self.now, wall)
 
     # -- recording -------------------------------------------------------------------------
     async def _open(self, evidence: dict[str, Any]) -> None:
