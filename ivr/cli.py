@@ -83,6 +83,7 @@ def cmd_recordings_list(args: argparse.Namespace) -> int:
         rows = vault.list(
             tenant=args.tenant,
             status=RecordingStatus(args.status) if args.status else None,
+            limit=args.limit,
         )
 
     def table() -> str:
@@ -466,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = rsub.add_parser("list", parents=[common, data_out], help="list recordings")
     lst.add_argument("--tenant", help="only this tenant's")
     lst.add_argument("--status", choices=[s.value for s in RecordingStatus])
+    lst.add_argument("--limit", type=_positive_int, help="at most this many (oldest first)")
     lst.set_defaults(func=cmd_recordings_list)
 
     show = rsub.add_parser("show", parents=[common, data_out], help="one recording's record")

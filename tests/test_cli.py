@@ -819,3 +819,15 @@ def test_top_level_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for word in ("recordings", "keys", "serve", "Exit codes"):
         assert word in out
+
+
+def test_list_limit(
+    key_env: str, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wav = make_wav(tmp_path / "a.wav", seconds=0.3)
+    ids = [import_rec(capsys, data_dir, wav)["id"] for _ in range(3)]
+    listed = run_json(capsys, "recordings", "list", "--data-dir", data_dir, "--limit", "2")
+    assert [r["id"] for r in listed] == ids[:2]
+    with pytest.raises(SystemExit) as exc:
+        main(["recordings", "list", "--data-dir", str(data_dir), "--limit", "0"])
+    assert exc.value.code == 2
