@@ -92,3 +92,23 @@ def write_wav(
         raise ValueError(f"sample rate must be a positive integer, got {rate}")
     # Force the container and subtype so the extension of `path` cannot change the output.
     sf.write(path, samples, int(rate), subtype="PCM_16", format="WAV")
+
+
+def wav_header(frames: int, channels: int, rate: int) -> bytes:
+    """The 44-byte header of a 16-bit PCM WAV holding ``frames`` samples per channel: lets a
+    server stream samples straight from memory instead of building a second copy of the file."""
+    data = frames * channels * 2
+    return (
+        b"RIFF"
+        + (36 + data).to_bytes(4, "little")
+        + b"WAVEfmt "
+        + (16).to_bytes(4, "little")
+        + (1).to_bytes(2, "little")  # PCM
+        + channels.to_bytes(2, "little")
+        + rate.to_bytes(4, "little")
+        + (rate * channels * 2).to_bytes(4, "little")
+        + (channels * 2).to_bytes(2, "little")
+        + (16).to_bytes(2, "little")
+        + b"data"
+        + data.to_bytes(4, "little")
+    )

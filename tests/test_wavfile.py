@@ -110,3 +110,16 @@ def test_write_wav_rejects_float_and_multichannel(tmp_path: Path) -> None:
         write_wav(tmp_path / "f.wav", np.zeros(10, dtype=np.float32), 8000)
     with pytest.raises(ValueError):
         write_wav(tmp_path / "c.wav", np.zeros((10, 3), dtype=np.int16), 8000)
+
+
+def test_wav_header_makes_a_file_soundfile_reads_back():
+    import io
+
+    from media.wavfile import wav_header
+
+    rng = np.random.default_rng(1)
+    for channels in (1, 2):
+        samples = rng.integers(-32768, 32767, size=(1234, channels), dtype=np.int16)
+        blob = wav_header(len(samples), channels, 8000) + samples.tobytes()
+        back, rate = sf.read(io.BytesIO(blob), dtype="int16", always_2d=True)
+        assert rate == 8000 and np.array_equal(back, samples)
