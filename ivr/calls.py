@@ -151,9 +151,7 @@ class CallSession:
         """
         if self._ending is None:
             self.ended = True
-            self._ending = asyncio.ensure_future(
-                self.handle(CallEnded(at=self.now, reason=reason))
-            )
+            self._ending = asyncio.ensure_future(self.handle(CallEnded(at=self.now, reason=reason)))
         await asyncio.shield(self._ending)
         if self._closing is not None:
             with contextlib.suppress(VaultError, OSError):
