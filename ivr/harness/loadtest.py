@@ -1240,33 +1240,47 @@ async def run_loadtest(options: LoadtestOptions | argparse.Namespace) -> dict[st
     }
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         report["service"] = await _run_service(options, session, progress)
-        report["reference"] = None
-        report["reference_error"] = None
-        if options.reference and report["service"]["calls_completed"] == 0:
-            report["reference_error"] = "skipped: no call completed against the service"
-        elif options.reference:
-            try:
-                report["reference"] = await _run_reference(options, session, progress)
-            except CallFailed as exc:
-                report["reference_error"] = str(exc)
+        await run_reference(
+            report,
+            options.reference,
+            "no call completed against the service"
+            if report["service"]["calls_completed"] == 0
+            else None,
+            lambda: _run_reference(options, session, progress),
+        )
     _summarise(report)
     return report
 
 
-def _summarise(report: dict[str, Any]) -> None:
+async def run_reference(
+    report: dict[str, Any],
+    wanted: bool,
+    skip: str | None,
+    run: Callable[[], Awaitable[dict[str, Any]]],
+) -> None:
+    """The bare reference run, unless not wanted or pointless (``skip`` says why)."""
+    report["reference"] = None
+    report["reference_error"] = None
+    if wanted and skip:
+        report["reference_error"] = f"skipped: {skip}"
+    elif wanted:
+        try:
+            report["reference"] = await run()
+        except CallFailed as exc:
+            report["reference_error"] = str(exc)
+
+
+def summarise_shared(
+    report: dict[str, Any], keys: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """What both platforms' reports put at the top: counts, latencies, CPU and the ratio."""
     service = report["service"]
     ours = service["cost"].get("server_cpu_per_call_minute")
     ref = report["reference"]
     bare = ref["cost"].get("server_cpu_per_call_minute") if ref else None
-    report["calls_attempted"] = service["calls_attempted"]
-    report["calls_completed"] = service["calls_completed"]
-    report["calls_failed"] = service["calls_failed"]
-    report["frames_sent"] = service["frames_sent"]
-    report["frames_stored"] = service["frames_stored"]
-    report["frames_lost"] = service["frames_lost"]
+    for key in keys:
+        report[key] = service[key]
     report["errors"] = (service["errors"] + (ref["errors"] if ref else []))[:MAX_ERRORS_REPORTED]
-    report["webhook_p50_ms"] = service["webhook_ms"]["p50"]
-    report["webhook_p99_ms"] = service["webhook_ms"]["p99"]
     report["first_prompt_p50_ms"] = service["first_prompt_ms"]["p50"]
     report["first_prompt_p99_ms"] = service["first_prompt_ms"]["p99"]
     report["sender_cpu_utilisation"] = service["cost"].get("sender_cpu_utilisation")
@@ -1274,6 +1288,21 @@ def _summarise(report: dict[str, Any]) -> None:
     report["server_cpu_per_call_minute"] = ours
     report["bare_cpu_per_call_minute"] = bare
     report["cpu_ratio"] = round(ours / bare, 3) if ours and bare else None
+    return service, ref
+
+
+def _summarise(report: dict[str, Any]) -> None:
+    keys = (
+        "calls_attempted",
+        "calls_completed",
+        "calls_failed",
+        "frames_sent",
+        "frames_stored",
+        "frames_lost",
+    )
+    service, ref = summarise_shared(report, keys)
+    report["webhook_p50_ms"] = service["webhook_ms"]["p50"]
+    report["webhook_p99_ms"] = service["webhook_ms"]["p99"]
     # A service that cannot keep up uses a whole core whatever the load: its CPU per
     # call-minute (and the ratio) then understate the real cost. The stop->close delay shows
     # how far behind real time it ended up.

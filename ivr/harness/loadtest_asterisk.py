@@ -80,6 +80,8 @@ from ivr.harness.loadtest import (
     _round,
     _schedule,
     _StreamRun,
+    run_reference,
+    summarise_shared,
 )
 
 __all__ = [
@@ -870,25 +872,18 @@ async def run_asterisk_loadtest(
             report["service"] = await _run_service(options, session, fake, tracker, progress)
         finally:
             await fake.stop()
-        report["reference"] = None
-        report["reference_error"] = None
-        if options.reference and report["service"]["frames_sent"] == 0:
-            report["reference_error"] = "skipped: no call streamed to the service"
-        elif options.reference:
-            try:
-                report["reference"] = await _run_reference(options, session, progress)
-            except CallFailed as exc:
-                report["reference_error"] = str(exc)
+        await run_reference(
+            report,
+            options.reference,
+            "no call streamed to the service" if report["service"]["frames_sent"] == 0 else None,
+            lambda: _run_reference(options, session, progress),
+        )
     _summarise(report)
     return report
 
 
 def _summarise(report: dict[str, Any]) -> None:
-    service = report["service"]
-    ours = service["cost"].get("server_cpu_per_call_minute")
-    ref = report["reference"]
-    bare = ref["cost"].get("server_cpu_per_call_minute") if ref else None
-    for key in (
+    keys = (
         "calls_attempted",
         "calls_completed",
         "calls_failed",
@@ -896,19 +891,11 @@ def _summarise(report: dict[str, Any]) -> None:
         "frames_stored",
         "frames_lost",
         "rtp_lost",
-    ):
-        report[key] = service[key]
-    report["errors"] = (service["errors"] + (ref["errors"] if ref else []))[:MAX_ERRORS_REPORTED]
+    )
+    service, ref = summarise_shared(report, keys)
     report["ari_setup_p50_ms"] = service["ari_setup_ms"]["p50"]
     report["ari_setup_p99_ms"] = service["ari_setup_ms"]["p99"]
-    report["first_prompt_p50_ms"] = service["first_prompt_ms"]["p50"]
-    report["first_prompt_p99_ms"] = service["first_prompt_ms"]["p99"]
-    report["sender_cpu_utilisation"] = service["cost"].get("sender_cpu_utilisation")
     report["ticker_late_p50_ms"] = service["ticker"]["late_p50_ms"]
-    report["ticker_late_p99_ms"] = service["ticker"]["late_p99_ms"]
-    report["server_cpu_per_call_minute"] = ours
-    report["bare_cpu_per_call_minute"] = bare
-    report["cpu_ratio"] = round(ours / bare, 3) if ours and bare else None
     # A service that cannot keep up uses a whole core whatever the load, and its per-call
     # queues grow: the hang-up then waits behind queued RTP before the call is finalised.
     utilisation = service["cost"].get("server_cpu_utilisation") or 0.0
