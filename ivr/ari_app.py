@@ -1,12 +1,22 @@
 """Asterisk on the service: an ARI application that runs the consent flow on PBX calls.
 
 For each caller entering the Stasis app: answer; create a mixing bridge; create an external-media
-channel (RTP/PCMU over UDP) to a port of ours; bridge caller and external media; then play prompts
-by sending paced RTP to the address Asterisk announced, take keys from ``ChannelDtmfReceived``
-(and RFC 4733 packets should any arrive), and record the RTP we receive (the bridge's mix: the
-caller, and the agent once connected) through the vault. After the decision a line with
-``forward_to`` gets its agent originated into the bridge; a line without one records the caller
-until hang-up or its maximum.
+channel (RTP/PCMU over UDP) to a port of ours; wait until that channel has entered the Stasis
+application (its own ``StasisStart``: Asterisk answers ``POST /channels/externalMedia`` before
+the channel is in the app, and a bridge refuses it until then with 422); bridge caller and
+external media; then play prompts by sending paced RTP to the address Asterisk announced, take
+keys from ``ChannelDtmfReceived`` (and RFC 4733 packets should any arrive), and record the RTP we
+receive (the bridge's mix: the caller, and the agent once connected) through the vault. After the
+decision a line with ``forward_to`` gets its agent originated into the bridge; a line without one
+records the caller until hang-up or its maximum.
+
+When set-up fails, the caller is handed back to the dialplan after ``Stasis()`` with
+``IVR_ERROR=setup_failed`` (hung up should that fail too), and the call's row says why.
+
+Every bridge and channel we create is named ``ivr-<instance>-<call key>-<kind>``
+(``ivr.adapters.ari.own_id``): unique across processes, and marked as this instance's, so that
+after a crash the next start finds its own leftovers (and only its own) and clears them: see
+``AriApplication._clear_leftovers``.
 
 Each call has one task that takes its work (RTP, events, timers) from a queue, so the flow sees
 events in order and one call's trouble stays in that call. The events websocket reconnects with
@@ -20,7 +30,6 @@ import asyncio
 import base64
 import contextlib
 import errno
-import itertools
 import json
 import logging
 import socket
@@ -62,6 +71,13 @@ DIGIT_DEDUP_SECONDS = 0.5  # a key seen both as an ARI event and as RFC 4733 cou
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
 REST_TIMEOUT = 10.0
 AGENT_RING_SECONDS = 30
+# How long the external-media channel may take to enter the app after Asterisk created it.
+# Measured on Asterisk 22: a few ms idle, tens of ms under load; 5 s means Asterisk is stuck.
+MEDIA_STASIS_TIMEOUT = 5.0
+
+
+class SetupFailed(Exception):
+    """A call's media could not be connected; the message says why, for its row and the log."""
 
 
 def basic_auth(settings: AsteriskSettings) -> str:
@@ -142,7 +158,15 @@ class AriCall:
     caller: ari.Channel
     key: str
     args: tuple[str, ...] = ()
+    line: Line | None = None
+    call_id: str | None = None  # the catalog's, once the call is registered
     session: CallSession | None = None
+    end_reason: str | None = None  # the first cause of the end, never overwritten
+    setup_error: str | None = None
+    handed_back: bool = False  # returned to the dialplan: not ours to hang up
+    agent_answered: bool = False
+    gone: asyncio.Event = field(default_factory=asyncio.Event)  # the caller hung up
+    media_entered: asyncio.Future[None] | None = None
     bridge_id: str = ""
     media_id: str = ""
     agent_id: str | None = None
@@ -169,7 +193,19 @@ class AriCall:
 
     @property
     def label(self) -> str:
-        return self.session.call_id if self.session else f"ari:{self.caller.id}"
+        return self.call_id or f"ari:{self.caller.id}"
+
+    def ended_by(self, reason: str) -> None:
+        """Note why the call ends; the first cause wins (our own hang-up of the caller, say,
+        is followed by Asterisk's hang-up events for that channel)."""
+        if self.end_reason is None:
+            self.end_reason = reason
+
+    def caller_left(self, reason: str) -> None:
+        self.caller_gone = True
+        self.ended_by(reason)
+        self.gone.set()
+        self.post("end", reason)
 
     # -- input from the socket and the events loop -----------------------------------------------
     def rtp_received(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -220,8 +256,10 @@ class AriCall:
             app.count("calls_unknown_line")
             log.info("ari channel %s: no line for this call; hanging up", self.caller.id)
             await app.rest_quiet(ari.hang_up(self.caller.id, "unallocated"))
+            self.handed_back = True
             return False
-        call_id = await asyncio.to_thread(
+        self.line = line
+        self.call_id = await asyncio.to_thread(
             app.vault.open_call,
             tenant=line.tenant,
             platform="asterisk",
@@ -231,10 +269,25 @@ class AriCall:
             if self.caller.caller_number.startswith(("+", "00"))
             else None,
         )
+        app.count("calls")
+        log.info(
+            "call %s: asterisk channel %s, policy %s (%s, %s)",
+            self.call_id,
+            self.caller.id,
+            line.policy_id,
+            line.lawful_basis.value,
+            line.consent_mode.value,
+        )
+        try:
+            await self._connect_media()
+        except SetupFailed as exc:
+            await self._setup_failed(str(exc))
+            return False
+        # The call's clock starts here: the caller can hear us from now on.
         self.session = CallSession(
             vault=app.vault,
             line=line,
-            call_id=call_id,
+            call_id=self.call_id,
             platform_call_id=self.caller.id,
             prompts=app.prompts.for_line(line.tenant, line.language),
             started_wall=app.clock(),
@@ -242,40 +295,77 @@ class AriCall:
             tracks=("mixed",),
         )
         self.started_wall = app.wall()
-        app.count("calls")
-        log.info(
-            "call %s: asterisk channel %s, policy %s (%s, %s)",
-            call_id,
-            self.caller.id,
-            line.policy_id,
-            line.lawful_basis.value,
-            line.consent_mode.value,
-        )
+        await self._run(await self.session.start())
+        return True
+
+    async def _connect_media(self) -> None:
+        """Answer, bridge, external media, in the order real Asterisk needs (docs/asterisk.md,
+        "Setting up a call"). Raises SetupFailed with the reason."""
+        app = self.app
+        settings = app.settings
         try:
             self.port, self.protocol = await app.bind_rtp(self)
         except OSError as exc:
             app.count("rtp_ports_exhausted")
-            log.error("call %s: no RTP port: %s; hanging up", call_id, exc)
-            await app.rest_quiet(ari.hang_up(self.caller.id, "congestion"))
-            return False
-        self.bridge_id = f"{ari.OWN_PREFIX}bridge-{self.key}"
-        self.media_id = f"{ari.OWN_PREFIX}media-{self.key}"
-        settings = app.settings
+            raise SetupFailed(f"no RTP port free ({exc})") from None
+        self.bridge_id = app.own_id(self.key, ari.BRIDGE)
+        self.media_id = app.own_id(self.key, ari.MEDIA)
+        # Registered before the request: the channel's StasisStart may even arrive before the
+        # response to POST /channels/externalMedia is read.
+        self.media_entered = asyncio.get_running_loop().create_future()
+        app.own_channels[self.media_id] = self
+        started = app.wall()
         try:
             await app.rest(ari.answer(self.caller.id))
             await app.rest(ari.create_bridge(self.bridge_id))
             media = await app.rest(
                 ari.external_media(settings.app, self.media_id, settings.rtp_host, self.port)
             )
-            app.own_channels[self.media_id] = self
             self.peer = ari.rtp_peer(media or {})
+            await self._media_in_stasis()
             await app.rest(ari.add_to_bridge(self.bridge_id, [self.caller.id, self.media_id]))
         except (AriHttpError, ari.AriEventError) as exc:
-            app.count("ari_errors")
-            log.error("call %s: setting up media failed: %s", call_id, exc)
-            return False
-        await self._run(await self.session.start())
-        return True
+            raise SetupFailed(str(exc)) from None
+        log.debug("call %s: media connected in %.1f ms", self.label, (app.wall() - started) * 1e3)
+
+    async def _media_in_stasis(self) -> None:
+        """Wait for the external-media channel's StasisStart (bounded), or the caller leaving."""
+        entered = self.media_entered
+        assert entered is not None
+        if entered.done():
+            return
+        gone = asyncio.ensure_future(self.gone.wait())
+        try:
+            await asyncio.wait(
+                {entered, gone}, timeout=MEDIA_STASIS_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            gone.cancel()
+        if entered.done():
+            return
+        if self.caller_gone:
+            raise SetupFailed("the caller hung up while the call was being set up")
+        self.app.count("media_stasis_timeouts")
+        raise SetupFailed(
+            f"the external-media channel {self.media_id} did not enter the Stasis application "
+            f"within {MEDIA_STASIS_TIMEOUT:g} s"
+        )
+
+    async def _setup_failed(self, reason: str) -> None:
+        """Set-up did not complete. A caller who hung up meanwhile is just a hang-up; anyone
+        else is handed back to the dialplan (IVR_ERROR=setup_failed), not left in silence."""
+        if self.caller_gone:
+            log.info("call %s: caller hung up during set-up", self.label)
+            return
+        self.app.count("calls_setup_failed")
+        self.setup_error = reason
+        self.ended_by(f"set-up failed: {reason}")
+        log.error(
+            "call %s: set-up failed: %s; handing the caller back to the dialplan",
+            self.label,
+            reason,
+        )
+        self.handed_back = await self.app.hand_back(self.caller.id, "setup_failed")
 
     async def _loop(self) -> None:
         session = self.session
@@ -422,6 +512,7 @@ class AriCall:
                 await self._hand_off(command)
             elif isinstance(command, HangUp):
                 log.info("call %s: hanging up (%s)", session.call_id, command.reason)
+                self.ended_by(f"service hung up: {command.reason}")
                 await self.app.rest_quiet(ari.hang_up(self.caller.id))
 
     async def _hand_off(self, command: HandOff) -> None:
@@ -430,9 +521,10 @@ class AriCall:
         forward = session.line.forward_to
         if forward is None:
             if not command.recording:  # a message line whose caller refused: nothing to do
+                self.ended_by("service hung up: nothing to record")
                 await self.app.rest_quiet(ari.hang_up(self.caller.id))
             return
-        self.agent_id = f"{ari.OWN_PREFIX}agent-{self.key}"
+        self.agent_id = self.app.own_id(self.key, ari.AGENT)
         self.app.own_channels[self.agent_id] = self
         try:
             await self.app.rest(
@@ -462,25 +554,22 @@ class AriCall:
         if self.finished:
             return
         self.finished = True
+        self.ended_by(reason)
         app = self.app
         session = self.session
+        outcome: str | None = None
         if session is not None:
             for frame in self.jitter.flush():
                 if self.media_base_ms is not None:
                     session.audio(0, self.media_base_ms + frame.timestamp_ms, frame.payload)
-            row = await session.end(reason)
-            await asyncio.to_thread(
-                app.vault.catalog.update_call,
-                session.call_id,
-                ended_at=app.clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                outcome=session.decision.value if session.decision else "ended",
-            )
+            row = await session.end(self.end_reason or reason)
+            outcome = session.decision.value if session.decision else "ended"
             stats = self.jitter.stats
             log.info(
                 "call %s: ended (%s), decision %s, recording %s, %d frames stored, "
                 "rtp lost %d dup %d late %d strangers %d malformed %d",
                 session.call_id,
-                reason,
+                self.end_reason,
                 session.decision.value if session.decision else "-",
                 f"{row.id} {row.status.value}" if row else "none",
                 session.stats.frames_stored,
@@ -502,12 +591,24 @@ class AriCall:
             app.count("frames_stored", session.stats.frames_stored)
             app.count("frames_lost", session.stats.frames_lost)
             app.count("rtp_lost", stats.lost)
+        elif self.call_id is not None:
+            # The flow never started: a failed set-up, or a caller gone before the media was.
+            outcome = "setup_failed" if self.setup_error else "hung_up"
+            log.info("call %s: ended (%s), outcome %s", self.call_id, self.end_reason, outcome)
+        if self.call_id is not None:
+            await asyncio.to_thread(
+                app.vault.catalog.update_call,
+                self.call_id,
+                ended_at=app.clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                outcome=outcome,
+                end_reason=self.end_reason,
+            )
         for channel_id in (self.agent_id, self.media_id):
             if channel_id:
                 await app.rest_quiet(ari.hang_up(channel_id))
         if self.bridge_id:
             await app.rest_quiet(ari.destroy_bridge(self.bridge_id))
-        if not self.caller_gone:
+        if not self.caller_gone and not self.handed_back:
             await app.rest_quiet(ari.hang_up(self.caller.id))
         if self.protocol and self.protocol.transport:
             self.protocol.transport.close()  # releases the UDP port
@@ -540,7 +641,9 @@ class AriApplication:
         self.counters: dict[str, int] = {}
         self.connected = False
         self.connections = 0
-        self._keys = itertools.count(1)
+        self.replaced = False  # another websocket took our application name
+        self.instance = ari.instance_tag(self.settings.app)
+        self.started_at = clock()
         self._next_port = self.settings.rtp_port_min
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -548,6 +651,14 @@ class AriApplication:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    def own_id(self, key: str, kind: str) -> str:
+        return ari.own_id(self.instance, key, kind)
+
+    def is_own(self, object_id: str) -> ari.OwnId | None:
+        """This instance's id (a bridge or channel we made), parsed; None for anyone else's."""
+        own = ari.parse_own_id(object_id)
+        return own if own is not None and own.instance == self.instance else None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -569,13 +680,25 @@ class AriApplication:
         if self._session:
             await self._session.close()
 
-    async def rest_quiet(self, request: ari.Request) -> None:
+    async def rest_quiet(self, request: ari.Request) -> bool:
         """Best-effort clean-up calls: a 404 just means it is gone already."""
         try:
             await self.rest(request)
         except AriHttpError as exc:
             if exc.status not in (404, 409):
                 log.debug("%s", exc)
+            return False
+        return True
+
+    async def hand_back(self, channel_id: str, error: str) -> bool:
+        """Return a caller to the dialplan after ``Stasis()`` with ``IVR_ERROR`` set, so the
+        PBX decides what they get (an apology, a queue); hang up should that fail. True when
+        the channel was handed back (it is the dialplan's now)."""
+        await self.rest_quiet(ari.set_variable(channel_id, "IVR_ERROR", error))
+        if await self.rest_quiet(ari.continue_in_dialplan(channel_id)):
+            return True
+        await self.rest_quiet(ari.hang_up(channel_id, "congestion"))
+        return False
 
     # -- events --------------------------------------------------------------------------------
     async def _events_loop(self) -> None:
@@ -595,9 +718,9 @@ class AriApplication:
                     self.connected = True
                     self.connections += 1
                     backoff = BACKOFF_START
+                    self.replaced = False
                     log.info("ARI events connected (%s, app %s)", settings.url, settings.app)
-                    if self.connections > 1:
-                        await self._resync()
+                    await self._resync(first=self.connections == 1)
                     async for msg in ws:
                         if msg.type == aiohttp.WSMsgType.TEXT:
                             self._on_event_text(msg.data)
@@ -614,14 +737,74 @@ class AriApplication:
             await self.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
-    async def _resync(self) -> None:
-        """After a reconnect: calls whose caller vanished meanwhile are finalised."""
+    async def _resync(self, *, first: bool) -> None:
+        """After a (re)connect: calls whose caller vanished meanwhile are finalised, and what
+        an earlier process of ours left in Asterisk is cleared."""
         for call in list(self.calls.values()):
             try:
                 await self.rest(ari.get_channel(call.caller.id))
             except AriHttpError as exc:
                 if exc.status == 404:
-                    call.post("end", "caller gone while ARI was disconnected")
+                    call.caller_left("caller gone while ARI was disconnected")
+        try:
+            await self._clear_leftovers(first=first)
+        except Exception:  # clean-up must never stop the events loop
+            log.exception("ARI: clearing leftovers of an earlier run failed")
+
+    async def _clear_leftovers(self, *, first: bool) -> None:
+        """Bridges and channels with this instance's ids that no live call owns were left by a
+        process that died (SIGKILL, power cut): hang up our media and agent channels, destroy
+        our bridges, and hand the callers found in them back to the dialplan
+        (``IVR_ERROR=service_restarted``). On the first connection, calls the catalog still
+        has open from before this process started are closed too, and their callers (if
+        Asterisk still holds them) handed back. Nobody else's bridges or channels are touched:
+        ownership is the instance part of the id, or our own catalog row."""
+        live = {call.key for call in self.calls.values()}
+        bridges = ari.bridges_from_json(await self.rest(ari.list_bridges()))
+        channels = set(ari.channel_ids_from_json(await self.rest(ari.list_channels())))
+        callers: set[str] = set()
+        cleared = 0
+        for bridge in bridges:
+            own = self.is_own(bridge.id)
+            if own is None or own.key in live:
+                continue
+            callers.update(c for c in bridge.channels if ari.parse_own_id(c) is None)
+            await self.rest_quiet(ari.destroy_bridge(bridge.id))
+            cleared += 1
+        for channel_id in channels:
+            own = self.is_own(channel_id)
+            if own is not None and own.key not in live:
+                await self.rest_quiet(ari.hang_up(channel_id))
+                cleared += 1
+        closed = 0
+        if first:
+            before = self.started_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            rows = await asyncio.to_thread(self.vault.catalog.open_calls, "asterisk", before)
+            for row in rows:
+                channel_id = row["platform_call_id"]
+                if channel_id in self.calls:
+                    continue
+                if channel_id in channels:
+                    callers.add(channel_id)
+                await asyncio.to_thread(
+                    self.vault.catalog.update_call,
+                    row["id"],
+                    ended_at=self.clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    outcome=row["outcome"] or "interrupted",
+                    end_reason="the service stopped during the call; closed at the next start",
+                )
+                closed += 1
+        for channel_id in sorted(callers - set(self.calls)):
+            await self.hand_back(channel_id, "service_restarted")
+        if cleared or closed or callers:
+            self.count("leftovers_cleared", cleared)
+            log.warning(
+                "ARI: cleared %d bridge(s)/channel(s) left by an earlier run, closed %d call "
+                "record(s), handed %d caller(s) back to the dialplan",
+                cleared,
+                closed,
+                len(callers),
+            )
 
     def _on_event_text(self, text: str) -> None:
         try:
@@ -630,19 +813,26 @@ class AriApplication:
             self.count("events_bad")
             log.warning("ARI event dropped: %s", exc)
             return
+        if isinstance(event, ari.ApplicationReplaced):
+            self.replaced = True
+            self.count("application_replaced")
+            log.error(
+                "ARI: another connection registered the Stasis application %r: new calls go "
+                "there, not here. Give each service instance its own [asterisk] app name.",
+                self.settings.app,
+            )
+            return
         if isinstance(event, ari.UnknownEvent):
             self.count("events_other")
             return
         channel = event.channel
         if isinstance(event, ari.StasisStart):
             if channel.ours:
-                call = self.own_channels.get(channel.id)
-                if call is not None and channel.id == call.agent_id:
-                    call.post("agent", channel.id)
+                self._own_channel_entered(channel.id)
                 return
             if channel.id in self.calls:
                 return  # a repeated StasisStart for a call we already have
-            call = AriCall(self, channel, str(next(self._keys)), event.args)
+            call = AriCall(self, channel, ari.new_call_key(), event.args)
             self.calls[channel.id] = call
             call.task = asyncio.create_task(call.run(), name=f"ari-call-{channel.id}")
             return
@@ -652,14 +842,38 @@ class AriApplication:
             if own is None:
                 self.count("events_unknown_channel")
                 log.debug("ARI %s for unknown channel %s ignored", type(event).__name__, channel.id)
-            elif channel.id == own.agent_id and not isinstance(event, ari.DtmfReceived):
-                own.post("end", "agent hung up")
+            elif not isinstance(event, ari.DtmfReceived) and not own.finished:
+                if channel.id != own.agent_id:
+                    reason = "media channel ended"
+                elif own.agent_answered:
+                    reason = "agent hung up"
+                else:
+                    reason = "agent did not answer"
+                own.ended_by(reason)
+                own.post("end", reason)
             return
         if isinstance(event, ari.DtmfReceived):
             call.post("digit", event.digit)
+        elif isinstance(event, ari.StasisEnd):
+            call.caller_left("caller left the Stasis application")
         else:
-            call.caller_gone = True
-            call.post("end", f"caller hung up ({type(event).__name__})")
+            cause = ""
+            if isinstance(event, ari.ChannelDestroyed) and event.cause_txt:
+                cause = f" ({event.cause_txt})"
+            elif event.cause is not None:
+                cause = f" (cause {event.cause})"
+            call.caller_left(f"caller hung up{cause}")
+
+    def _own_channel_entered(self, channel_id: str) -> None:
+        call = self.own_channels.get(channel_id)
+        if call is None:
+            return
+        if channel_id == call.media_id:
+            if call.media_entered is not None and not call.media_entered.done():
+                call.media_entered.set_result(None)
+        elif channel_id == call.agent_id:
+            call.agent_answered = True
+            call.post("agent", channel_id)
 
     # -- per-call helpers ----------------------------------------------------------------------
     def line_for(self, channel: ari.Channel, args: tuple[str, ...]) -> Line | None:

@@ -200,6 +200,7 @@ async def healthz(request: web.Request) -> web.Response:
     if ari_app is not None:
         body["asterisk"] = {
             "connected": ari_app.connected,
+            "application_replaced": ari_app.replaced,
             "connections": ari_app.connections,
             "calls_in_progress": len(ari_app.calls),
             "counters": dict(sorted(ari_app.counters.items())),
@@ -210,7 +211,7 @@ async def healthz(request: web.Request) -> web.Response:
             "status": "stopping"
             if not twilio.accepting
             else "degraded"
-            if ari_app is not None and not ari_app.connected
+            if ari_app is not None and (not ari_app.connected or ari_app.replaced)
             else "ok",
             "version": __version__,
             "calls_in_progress": len(twilio.sessions),

@@ -144,6 +144,12 @@ MIGRATIONS: Sequence[str] = (
     """
     ALTER TABLE audit_events ADD COLUMN alg TEXT NOT NULL DEFAULT 'sha256';
     """,
+    # 5: why a call ended, in words without personal data ("caller hung up", "set-up failed:
+    # ..."), and a way to find the calls a dead process left open.
+    """
+    ALTER TABLE calls ADD COLUMN end_reason TEXT;
+    CREATE INDEX calls_open ON calls (platform, ended_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 GENESIS_HASH = "0" * 64
@@ -407,6 +413,16 @@ class Catalog:
         sets = ", ".join(f"{k} = :{k}" for k in values)
         with self.transaction() as db:
             db.execute(f"UPDATE calls SET {sets} WHERE id = :id", {**values, "id": call_id})
+
+    def open_calls(self, platform: str, started_before: str) -> list[sqlite3.Row]:
+        """Calls on ``platform`` that began before ``started_before`` and never ended: what a
+        process that died left behind."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT * FROM calls WHERE platform = ? AND ended_at IS NULL AND started_at < ?"
+                " ORDER BY started_at",
+                (platform, started_before),
+            ).fetchall()
 
     def call(self, call_id: str) -> sqlite3.Row | None:
         with self._lock:

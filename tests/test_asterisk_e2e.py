@@ -313,16 +313,85 @@ async def test_events_socket_dropped_and_restored_mid_call(pbx, monkeypatch):
     assert row.status is RecordingStatus.COMPLETE and row.duration_ms >= 2900
 
 
-async def test_rest_errors_end_that_call_cleanly(pbx, caplog):
+def call_row(app, channel_id: str):
+    rows = [
+        r
+        for r in app[VAULT].catalog._db.execute("SELECT * FROM calls").fetchall()
+        if r["platform_call_id"] == channel_id
+    ]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+async def test_a_failed_set_up_hands_the_caller_back_and_says_why(pbx, caplog):
     fake, app = pbx
     caplog.set_level(logging.ERROR)
     fake.fail_next("POST", r"/channels/externalMedia", 500)
-    broken = Call(app, await fake.place_call(EMERGENCY_LINE, CALLER))
-    await until(lambda: fake.channels[broken.fake.channel_id].destroyed, "the call to be hung up")
-    assert any("setting up media failed" in r.getMessage() for r in caplog.records)
+    broken = await fake.place_call(EMERGENCY_LINE, CALLER)
+    await until(
+        lambda: (
+            app[ARI].counters.get("calls_setup_failed") and broken.channel_id not in app[ARI].calls
+        ),
+        "the set-up to fail",
+    )
+    caller = fake.channels[broken.channel_id]
+    # Back in the dialplan after Stasis(), with IVR_ERROR for it to act on; not hung up by us
+    # and not left in the app in silence.
+    assert caller.vars["IVR_ERROR"] == "setup_failed" and not caller.destroyed
+    row = call_row(app, broken.channel_id)
+    assert row["outcome"] == "setup_failed" and row["ended_at"]
+    assert row["end_reason"].startswith("set-up failed: POST /channels/externalMedia: 500")
+    assert app[ARI].counters["calls_setup_failed"] == 1
+    assert all(b.destroyed for b in fake.bridges.values())  # nothing of ours stays
     fine = await place(fake, app, EMERGENCY_LINE)
     await fine.talk(1.0)
     assert (await fine.hang_up()).status is RecordingStatus.COMPLETE
+
+
+async def test_bridging_waits_for_the_media_channel_to_enter_stasis(pbx):
+    """Real Asterisk answers POST /channels/externalMedia before the channel is in the app and
+    refuses to bridge it until then (422): the call must wait for its StasisStart."""
+    fake, app = pbx
+    fake.media_stasis_delay = 0.3
+    call = await place(fake, app, EMERGENCY_LINE)
+    await call.talk(1.0)
+    assert (await call.hang_up()).status is RecordingStatus.COMPLETE
+    assert not [r for r in fake.requests if r.status == 422]
+    media = next(r for r in fake.requests if r.path.endswith("/channels/externalMedia"))
+    bridged = next(r for r in fake.requests if r.path.endswith("/addChannel"))
+    assert bridged.at - media.at >= 0.3
+
+
+async def test_a_media_channel_that_never_enters_stasis_fails_the_set_up(pbx, monkeypatch):
+    import ivr.ari_app
+
+    monkeypatch.setattr(ivr.ari_app, "MEDIA_STASIS_TIMEOUT", 0.2)
+    fake, app = pbx
+    fake.media_stasis_delay = None
+    stuck = await fake.place_call(CONSENT_LINE, CALLER)
+    await until(
+        lambda: (
+            app[ARI].counters.get("calls_setup_failed") and stuck.channel_id not in app[ARI].calls
+        ),
+        "the set-up to fail",
+    )
+    assert not fake.channels[stuck.channel_id].in_stasis  # handed back
+    row = call_row(app, stuck.channel_id)
+    assert row["outcome"] == "setup_failed"
+    assert "did not enter the Stasis application within 0.2 s" in row["end_reason"]
+    assert all(ch.destroyed for ch in fake.external_media)
+
+
+async def test_a_caller_gone_during_set_up_is_a_hang_up_not_a_failure(pbx, monkeypatch):
+    fake, app = pbx
+    fake.media_stasis_delay = None  # set-up stalls until the caller gives up
+    gone = await fake.place_call(CONSENT_LINE, CALLER)
+    await fake.wait_for_request("POST", r"/channels/externalMedia")
+    await gone.hangup()
+    await until(lambda: gone.channel_id not in app[ARI].calls, "the call to end")
+    row = call_row(app, gone.channel_id)
+    assert row["outcome"] == "hung_up" and row["end_reason"].startswith("caller hung up")
+    assert "calls_setup_failed" not in app[ARI].counters
 
 
 async def test_unknown_events_and_channels_are_counted(pbx):
@@ -372,8 +441,18 @@ async def test_exhausted_port_range_refuses_only_the_extra_call(tmp_path, monkey
         await fake.wait_connected()
         first = await place(fake, app, EMERGENCY_LINE)
         second = await fake.place_call(EMERGENCY_LINE, CALLER)
-        await until(lambda: fake.channels[second.channel_id].destroyed, "the refusal")
+        await until(
+            lambda: (
+                app[ARI].counters.get("calls_setup_failed")
+                and second.channel_id not in app[ARI].calls
+            ),
+            "the refusal",
+        )
         assert app[ARI].counters["rtp_ports_exhausted"] == 1
+        # Handed back to the dialplan (an overflow route can take it), with the reason kept.
+        refused = fake.channels[second.channel_id]
+        assert not refused.in_stasis and refused.vars["IVR_ERROR"] == "setup_failed"
+        assert "no RTP port free" in call_row(app, second.channel_id)["end_reason"]
         await first.talk(1.0)
         assert (await first.hang_up()).status is RecordingStatus.COMPLETE
     finally:

@@ -184,6 +184,52 @@ async def bridged_call(
     return call, bridge["id"], ext
 
 
+async def test_external_media_enters_stasis_after_the_reply_as_on_asterisk_22(
+    fake: FakeAsterisk, ari: Ari, events: Events, sink: UdpSink
+) -> None:
+    """Asterisk 22 answers POST /channels/externalMedia first; the channel enters the app a
+    moment later, and a bridge refuses it with 422 until then."""
+    fake.media_stasis_delay = 0.2
+    await fake.place_call("100", "+4930777")
+    cid = (await events.next())["channel"]["id"]
+    _, bridge = await ari("POST", "/bridges", type="mixing")
+    status, ext = await ari(
+        "POST",
+        "/channels/externalMedia",
+        app=APP,
+        external_host="{}:{}".format(*sink.addr),
+        format="ulaw",
+        channelId="ivr-media-1",
+    )
+    assert status == 200 and not fake.channels[ext["id"]].in_stasis
+    status, body = await ari("POST", f"/bridges/{bridge['id']}/addChannel", channel=ext["id"])
+    assert (status, body) == (422, {"message": "Channel not in Stasis application"})
+    (start,) = await events.expect("StasisStart")
+    assert start["channel"]["id"] == "ivr-media-1"
+    assert (await ari("POST", f"/bridges/{bridge['id']}/addChannel", channel=ext["id"]))[0] == 204
+    # A new id that is a prefix of a live one is refused, like an equal one (case ignored).
+    for taken in ("ivr-media-1", "ivr-media-", "IVR-MEDIA-1"):
+        status, body = await ari(
+            "POST",
+            "/channels/externalMedia",
+            app=APP,
+            channelId=taken,
+            format="ulaw",
+            external_host="{}:{}".format(*sink.addr),
+        )
+        assert (status, body["message"]) == (409, "Channel with given unique ID already exists")
+    status, _ = await ari(
+        "POST",
+        "/channels/externalMedia",
+        app=APP,
+        channelId="ivr-media-12",
+        format="ulaw",
+        external_host="{}:{}".format(*sink.addr),
+    )
+    assert status == 200  # longer than the live id: not a prefix of it
+    assert cid in fake.channels
+
+
 def rtp(data: bytes) -> tuple[Any, bytes]:
     parsed = parse_rtp(data)
     assert parsed is not None
@@ -531,6 +577,7 @@ async def test_alaw_external_media_is_pt_8(
         external_host="{}:{}".format(*sink.addr),
         format="alaw",
     )
+    await fake.wait_for(lambda: fake.channels[ext["id"]].in_stasis, 2.0, "StasisStart")
     await ari("POST", f"/bridges/{bridge['id']}/addChannel", channel=cid)
     await ari("POST", f"/bridges/{bridge['id']}/addChannel", channel=ext["id"])
     await call.send_audio(1)
@@ -824,6 +871,7 @@ async def test_paced_mode_streams_every_20_ms(
             external_host="{}:{}".format(*sink.addr),
             format="ulaw",
         )
+        await fake.wait_for(lambda: fake.channels[ext["id"]].in_stasis, 2.0, "StasisStart")
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         await ari("POST", f"/bridges/{bridge['id']}/addChannel", channel=f"{cid},{ext['id']}")

@@ -6,7 +6,9 @@ Sockets and HTTP live in ``ivr/ari_app.py``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,57 @@ from typing import Any
 OWN_PREFIX = "ivr-"
 OWN_NAME_PREFIXES = ("UnicastRTP/", "Snoop/", "AudioSocket/")
 MAX_EVENT_BYTES = 256 * 1024
+
+# Our ids: ivr-<instance>-<call key>-<kind>, every part of fixed length. The instance part
+# tells a service which leftovers are its own (after a crash) and never anyone else's; the
+# random call key keeps ids unique across restarts and processes; fixed lengths matter because
+# Asterisk refuses a new channel id that is a prefix of a live one ("ivr-media-2" beside
+# "ivr-media-23"), which fixed-length ids can only be when they are equal.
+INSTANCE_HEX, KEY_HEX = 8, 16
+BRIDGE, MEDIA, AGENT = "b", "m", "a"
+_KINDS = frozenset((BRIDGE, MEDIA, AGENT))
+
+
+def instance_tag(app: str) -> str:
+    """The instance part of our ids, from the Stasis application's name.
+
+    Asterisk lets one websocket own an application name at a time (a second registration
+    replaces the first), so the name already identifies one service instance on a PBX."""
+    return hashlib.sha256(app.encode()).hexdigest()[:INSTANCE_HEX]
+
+
+def new_call_key() -> str:
+    return secrets.token_hex(KEY_HEX // 2)
+
+
+def own_id(instance: str, key: str, kind: str) -> str:
+    return f"{OWN_PREFIX}{instance}-{key}-{kind}"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnId:
+    instance: str
+    key: str
+    kind: str
+
+
+def parse_own_id(value: str) -> OwnId | None:
+    """The parts of an id this service (any instance) made, or None for anything else."""
+    if not value.startswith(OWN_PREFIX):
+        return None
+    parts = value[len(OWN_PREFIX) :].split("-")
+    if len(parts) != 3:
+        return None
+    instance, key, kind = parts
+    hexdigits = "0123456789abcdef"
+    if (
+        len(instance) != INSTANCE_HEX
+        or len(key) != KEY_HEX
+        or kind not in _KINDS
+        or not all(c in hexdigits for c in instance + key)
+    ):
+        return None
+    return OwnId(instance, key, kind)
 
 
 class AriEventError(ValueError):
@@ -84,12 +137,27 @@ class ChannelDestroyed:
 
 
 @dataclass(frozen=True, slots=True)
+class ApplicationReplaced:
+    """Another websocket registered our application name: events now go there, not here."""
+
+    application: str
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownEvent:
     type: str
     channel_id: str | None
 
 
-AriEvent = StasisStart | StasisEnd | DtmfReceived | HangupRequest | ChannelDestroyed | UnknownEvent
+AriEvent = (
+    StasisStart
+    | StasisEnd
+    | DtmfReceived
+    | HangupRequest
+    | ChannelDestroyed
+    | ApplicationReplaced
+    | UnknownEvent
+)
 DIGITS = frozenset("0123456789*#ABCD")
 
 
@@ -132,6 +200,8 @@ def parse_event(text: str | bytes) -> AriEvent:
             _cause(event.get("cause")),
             str(event.get("cause_txt", "")),
         )
+    if kind == "ApplicationReplaced":
+        return ApplicationReplaced(str(event.get("application", "")))
     channel = event.get("channel")
     channel_id = channel.get("id") if isinstance(channel, dict) else None
     return UnknownEvent(kind, channel_id if isinstance(channel_id, str) else None)
@@ -159,6 +229,19 @@ def set_variable(channel_id: str, name: str, value: str) -> Request:
 
 def get_channel(channel_id: str) -> Request:
     return Request("GET", f"/channels/{channel_id}")
+
+
+def list_channels() -> Request:
+    return Request("GET", "/channels")
+
+
+def list_bridges() -> Request:
+    return Request("GET", "/bridges")
+
+
+def continue_in_dialplan(channel_id: str) -> Request:
+    """Hand the channel back to the dialplan after its ``Stasis()`` line."""
+    return Request("POST", f"/channels/{channel_id}/continue")
 
 
 def create_bridge(bridge_id: str) -> Request:
@@ -203,6 +286,32 @@ def originate(app: str, channel_id: str, endpoint: str, caller_id: str, timeout:
             "timeout": str(timeout),
         },
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeInfo:
+    id: str
+    channels: tuple[str, ...]
+
+
+def bridges_from_json(value: Any) -> list[BridgeInfo]:
+    """``GET /bridges``: each bridge's id and the ids of the channels in it."""
+    if not isinstance(value, list):
+        raise AriEventError("GET /bridges did not return a list")
+    out = []
+    for item in value:
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            members = item.get("channels")
+            ids = [c for c in members if isinstance(c, str)] if isinstance(members, list) else []
+            out.append(BridgeInfo(item["id"], tuple(ids)))
+    return out
+
+
+def channel_ids_from_json(value: Any) -> list[str]:
+    """``GET /channels``: the channel ids."""
+    if not isinstance(value, list):
+        raise AriEventError("GET /channels did not return a list")
+    return [c["id"] for c in value if isinstance(c, dict) and isinstance(c.get("id"), str)]
 
 
 def rtp_peer(channel: Mapping[str, Any]) -> tuple[str, int]:

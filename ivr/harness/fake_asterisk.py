@@ -537,6 +537,7 @@ class RecordedRequest:
     query: dict[str, str]  # repeated parameters joined with ","
     auth_ok: bool
     status: int | None = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclass
@@ -856,7 +857,10 @@ class FakeAsterisk:
     ``pace``: stream caller audio in real time (True) or only on ``FakeCall.send_audio`` (False);
     also makes ``press`` wait for the digit's duration. ``auto_answer_agents``: originated
     channels answer after ``agent_answer_delay`` seconds (else call :meth:`answer_agent` or
-    :meth:`reject_agent`; unanswered ones give up after the originate ``timeout``). ``seed``
+    :meth:`reject_agent`; unanswered ones give up after the originate ``timeout``).
+    ``media_stasis_delay``: seconds between the answer to ``POST /channels/externalMedia`` and
+    the new channel's ``StasisStart`` (real Asterisk answers first and puts the channel in the
+    app a little later; until then ``addChannel`` refuses it with 422); None: never. ``seed``
     makes ids, SSRCs and initial sequence numbers/timestamps reproducible; ``clock`` supplies
     event timestamps (default: now, UTC).
     """
@@ -874,6 +878,7 @@ class FakeAsterisk:
         agent_audio: FrameSource | None = None,
         auto_answer_agents: bool = True,
         agent_answer_delay: float = 0.0,
+        media_stasis_delay: float | None = 0.005,
         asterisk_id: str = "02:42:ac:11:00:02",
         seed: int = 0,
         clock: Callable[[], datetime] | None = None,
@@ -888,6 +893,7 @@ class FakeAsterisk:
         self.agent_audio: FrameSource = agent_audio or harness_audio.tone(660.0, -12.0)
         self.auto_answer_agents = auto_answer_agents
         self.agent_answer_delay = agent_answer_delay
+        self.media_stasis_delay = media_stasis_delay
         self.asterisk_id = asterisk_id
         self._clock = clock or (lambda: datetime.now(UTC))
         self._rng = random.Random(seed)
@@ -1336,6 +1342,15 @@ class FakeAsterisk:
     def _new_uuid(self) -> str:
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
+    def _id_taken(self, channel_id: str) -> bool:
+        """Asterisk refuses a new channel id that is a prefix (case-insensitive) of any live
+        channel's id, not only an equal one (channelstorage's uniqueid lookup compares the
+        new id's length only)."""
+        new = channel_id.lower()
+        return any(
+            cid.lower().startswith(new) for cid, ch in self.channels.items() if not ch.destroyed
+        )
+
     def _live(self, channel_id: str) -> ChannelState | None:
         ch = self.channels.get(channel_id)
         return ch if ch is not None and not ch.destroyed else None
@@ -1445,7 +1460,7 @@ class FakeAsterisk:
         originator = rq.get("originator")
         if originator and self._live(originator) is None:
             return _error(400, "Provided originator channel was not found")
-        if cid and cid in self.channels:
+        if cid and self._id_taken(cid):
             return _error(409, "Channel with given unique ID already exists")
         cid_name, cid_num = _parse_caller_id(rq.get("callerId") or "")
         app_args = rq.params.get("appArgs") or ""
@@ -1537,7 +1552,7 @@ class FakeAsterisk:
         if fmt not in _STREAMED_FORMATS:
             return _error(501, f"The fake Asterisk streams only ulaw and alaw, not {fmt}")
         cid = rq.get("channelId")
-        if cid is not None and cid in self.channels:
+        if cid is not None and self._id_taken(cid):
             return _error(409, "Channel with given unique ID already exists")
         cid = cid or self._new_channel_id()
         peer = RtpPeer(
@@ -1569,15 +1584,24 @@ class FakeAsterisk:
             external_host=external_host,
         )
         self.channels[cid] = ch
-        body = ch.to_json(with_vars=True)
-        # The UnicastRTP channel "answers" at once and runs Stasis(app[,data]).
+        # The UnicastRTP channel answers at once, but enters Stasis(app[,data]) only after the
+        # reply has gone out, as on Asterisk 22 (see media_stasis_delay).
         ch.state = "Up"
         ch.answered = True
+        body = ch.to_json(with_vars=True)
+        if self.media_stasis_delay is not None:
+            self._spawn(self._media_enters_stasis(ch.id, self.media_stasis_delay))
+        return web.json_response(body)
+
+    async def _media_enters_stasis(self, channel_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        ch = self._live(channel_id)
+        if ch is None or ch.in_stasis:
+            return
         ch.in_stasis = True
         ch.app_name = "Stasis"
-        ch.app_data = ",".join([app, *ch.args])
+        ch.app_data = ",".join([ch.app, *ch.args])
         self._emit_channel(ch, "StasisStart", {"args": list(ch.args)})
-        return web.json_response(body)
 
     async def _h_hangup(self, rq: _Req) -> web.StreamResponse:
         ch = self._live(rq.groups[0])
