@@ -32,9 +32,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 FRAME_MS = 20
 FRAME_BYTES = 160
@@ -51,17 +50,29 @@ def sipp_binary() -> str:
     return found
 
 
-def pattern_frame(seed: str, index: int) -> bytes:
-    """Frame ``index`` of a call's signal: 160 pseudo-random μ-law bytes, never 0x7F.
+def _ulaw_magnitude(code: int) -> int:
+    """|sample| of a μ-law code (G.711: sign, 3-bit exponent, 4-bit mantissa, inverted)."""
+    code = ~code & 0xFF
+    exponent, mantissa = (code >> 4) & 0x07, code & 0x0F
+    return (((mantissa << 3) + 0x84) << exponent) - 0x84
 
-    0x7F is μ-law's negative zero, which any decode/encode step (a mixing bridge) turns into
-    0xFF; everything else survives G.711 → linear → G.711 unchanged, so a frame that went
-    through Asterisk can be compared byte for byte."""
+
+# Codes of speech-like loudness (|sample| <= 4000 of 32767). A mixing bridge adds everyone's
+# audio and then takes each listener's own back out; full-scale noise would clip in that sum
+# and come back changed, where speech levels never do. 0x7F is μ-law's negative zero, which any
+# decode/encode step turns into 0xFF, so it is left out too.
+PATTERN_CODES = bytes(c for c in range(256) if _ulaw_magnitude(c) <= 4000 and c != 0x7F)
+
+
+def pattern_frame(seed: str, index: int) -> bytes:
+    """Frame ``index`` of a party's signal: 160 pseudo-random μ-law bytes from PATTERN_CODES,
+    so that every frame is unique and survives G.711 → linear → G.711 unchanged: a frame that
+    went through Asterisk can be compared byte for byte."""
     out = bytearray()
     counter = 0
     while len(out) < FRAME_BYTES:
         block = hashlib.sha256(f"{seed}/{index}/{counter}".encode()).digest()
-        out.extend(b for b in block if b != 0x7F)
+        out.extend(PATTERN_CODES[b % len(PATTERN_CODES)] for b in block)
         counter += 1
     return bytes(out[:FRAME_BYTES])
 
@@ -192,6 +203,7 @@ class RtpPeer(asyncio.DatagramProtocol):
             assert self.transport is not None and self.remote is not None
             self.transport.sendto(self._packet(PT_PCMU, payload, marker=first), self.remote)
             self.sent.append(Sent(time.monotonic(), index, payload))
+            self._check_watchers()
             first = False
             self._ts += FRAME_BYTES
             await asyncio.sleep(max(0.0, start + n * FRAME_MS / 1000 - loop.time()))
@@ -271,15 +283,14 @@ a=sendrecv
 WAIT_LOOP = """
   <label id="wait"/>
   <recv request="BYE" optional="true" next="remote_bye"/>
-  <recv request="OPTIONS" optional="true" next="info"/>
-  <recv request="NOTIFY" next="local_bye"/>
-
-  <label id="info"/>
-  <nop>
+  <recv request="OPTIONS" optional="true" next="info">
     <action>
       <ereg regexp="Signal=([0-9*#A-D])" search_in="msg" check_it="true" assign_to="all,digit"/>
     </action>
-  </nop>
+  </recv>
+  <recv request="NOTIFY" next="local_bye"/>
+
+  <label id="info"/>
   <send>
     <![CDATA[
       INFO [next_url] SIP/2.0
@@ -315,9 +326,7 @@ WAIT_LOOP = """
       Content-Length: 0
     ]]>
   </send>
-  <recv response="200"/>
-  <nop><action>{report_local}</action></nop>
-  <nop next="end"/>
+  <recv response="200" next="end"/>
 
   <label id="remote_bye"/>
   <send>
@@ -331,7 +340,6 @@ WAIT_LOOP = """
       Content-Length: 0
     ]]>
   </send>
-  <nop><action>{report_remote}</action></nop>
   <label id="end"/>
 """
 
@@ -349,8 +357,6 @@ def caller_scenario(*, call_id: str, caller: str, number: str, rtp_port: int, ct
         from_=from_,
         to=to,
         user=caller,
-        report_local=_report(ctl_port, "END local"),
-        report_remote=_report(ctl_port, "END remote"),
     )
     return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="ivr test caller">
@@ -406,15 +412,13 @@ def agent_scenario(*, rtp_port: int, ctl_port: int) -> str:
         from_=to,
         to=from_,
         user="agent",
-        report_local=_report(ctl_port, "END local"),
-        report_remote=_report(ctl_port, "END remote"),
     )
     return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="ivr test agent">
   <recv request="INVITE" rrs="true">
     <action>{ANSWER_EREG}
-      <ereg regexp="^From: (.*)$" search_in="msg" check_it="true" assign_to="f1,remote_from"/>
-      <ereg regexp="^To: (.*)$" search_in="msg" check_it="true" assign_to="t1,remote_to"/>
+      <ereg regexp="[^ ].*" search_in="hdr" header="From:" check_it="true" assign_to="remote_from"/>
+      <ereg regexp="[^ ].*" search_in="hdr" header="To:" check_it="true" assign_to="remote_to"/>
     </action>
   </recv>
   <send>
@@ -451,7 +455,7 @@ def agent_scenario(*, rtp_port: int, ctl_port: int) -> str:
     </action>
   </recv>
 {loop}
-  <Reference variables="all,c1,m1,f1,t1"/>
+  <Reference variables="all,c1,m1"/>
 </scenario>
 """
 
@@ -466,13 +470,22 @@ class SippRun:
 
     def log(self) -> str:
         parts = []
-        for name in ("errors.log", "messages.log", "stdout.log"):
+        for name in ("errors.log", "screen.log", "messages.log", "stdout.log"):
             path = self.workdir / name
             with contextlib.suppress(OSError):
                 text = path.read_text(errors="replace")
                 if text.strip():
                     parts.append(f"--- {name}\n{text[-6000:]}")
         return "\n".join(parts)
+
+    def bye_direction(self) -> str | None:
+        """From sipp's message log: "local" if it sent the BYE, "remote" if it received it."""
+        with contextlib.suppress(OSError):
+            text = (self.workdir / "messages.log").read_text(errors="replace")
+            m = re.search(r"^UDP message (sent|received).*\n\s*BYE ", text, re.M)
+            if m:
+                return "local" if m.group(1) == "sent" else "remote"
+        return None
 
     def invite_sent_at(self) -> float | None:
         """The INVITE's send time from sipp's message log, as a Unix time."""
@@ -502,7 +515,12 @@ def _parse_sipp_time(text: str) -> float:
 
 
 async def _start_sipp(
-    workdir: Path, scenario: str, sip_port: int, target: str | None, extra: list[str]
+    workdir: Path,
+    scenario: str,
+    sip_port: int,
+    target: str | None,
+    extra: list[str],
+    calls: int | None = 1,
 ) -> SippRun:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "scenario.xml").write_text(scenario)
@@ -515,8 +533,7 @@ async def _start_sipp(
         "127.0.0.1",
         "-p",
         str(sip_port),
-        "-m",
-        "1",
+        *(["-m", str(calls)] if calls else []),
         "-nostdin",
         "-trace_err",
         "-error_file",
@@ -527,6 +544,9 @@ async def _start_sipp(
         "-timeout",
         "300s",
         "-timeout_error",
+        "-trace_screen",
+        "-screen_file",
+        str(workdir / "screen.log"),
         *extra,
     ]
     out = open(workdir / "stdout.log", "wb")  # noqa: SIM115 - handed to the process
@@ -566,7 +586,8 @@ class _Party:
         self._trigger_sock: asyncio.DatagramTransport | None = None
         self._watch: asyncio.Task[None] | None = None
         self.answered = asyncio.Event()
-        self.ended = asyncio.Event()
+        self.answers = 0
+        self.sends_audio = True
 
     async def _open_sockets(self) -> None:
         loop = asyncio.get_running_loop()
@@ -581,11 +602,10 @@ class _Party:
             words = await self.control.messages.get()
             if words[:1] == ["SDP"] and len(words) == 3 and words[2].isdigit():
                 self.answered_at = time.monotonic()
-                self.rtp.start((words[1], int(words[2])))
+                self.answers += 1
+                if self.sends_audio:
+                    self.rtp.start((words[1], int(words[2])))
                 self.answered.set()
-            elif words[:1] == ["END"]:
-                self.ended_by = words[1] if len(words) > 1 else "?"
-                self.ended.set()
 
     def _send_trigger(self, method: str, body: str = "") -> None:
         assert self._trigger_sock is not None
@@ -608,12 +628,18 @@ class _Party:
         await self._wait(self.answered, "the answer", timeout)
 
     async def wait_ended(self, timeout: float = 60.0) -> str:
-        await self._wait(self.ended, "the end of the call", timeout)
+        """Wait for sipp to finish the call; who hung up: "local" (our BYE) or "remote"."""
         assert self.run is not None and self.run.process is not None
-        async with asyncio.timeout(10):
-            self.run.returncode = await self.run.process.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                self.run.returncode = await self.run.process.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"{self.seed}: the call did not end in {timeout} s:\n{self.run.log()}"
+            ) from None
         assert self.run.returncode == 0, f"sipp failed ({self.run.returncode}):\n{self.run.log()}"
-        assert self.ended_by is not None
+        self.ended_by = self.run.bye_direction()
+        assert self.ended_by is not None, f"{self.seed}: no BYE in sipp's log:\n{self.run.log()}"
         return self.ended_by
 
     async def _wait(self, event: asyncio.Event, what: str, timeout: float) -> None:
@@ -630,7 +656,11 @@ class _Party:
                 died.cancel()
         if event.is_set():
             return
-        where = "sipp exited" if died in done else f"{timeout} s passed"
+        where = (
+            f"sipp exited with {self.run.process.returncode}"
+            if died in done
+            else f"{timeout} s passed"
+        )
         raise AssertionError(f"{self.seed}: no {what} ({where}):\n{self.run.log()}")
 
     async def close(self) -> None:
@@ -684,14 +714,23 @@ class SipCaller(_Party):
 
 
 class SipAgent(_Party):
-    """An agent: answers one INVITE on ``sip_port``."""
+    """An agent: answers the service's ``forward_to`` INVITEs on ``sip_port``.
+
+    ``calls=1`` answers one call, with the pattern signal on its own RTP; ``calls=None`` is a
+    pool that answers every INVITE until closed and sends no audio (for tests that only need
+    the agent leg to be picked up)."""
+
+    def __init__(self, seed: str, workdir: Path, *, calls: int | None = 1) -> None:
+        super().__init__(seed, workdir)
+        self.calls = calls
+        self.sends_audio = calls == 1
 
     async def listen(self, sip_port: int) -> None:
         await self._open_sockets()
         self.sip_port = sip_port
         self._watch = asyncio.create_task(self._watch_control())
         scenario = agent_scenario(rtp_port=self.rtp.port, ctl_port=self.control.port)
-        self.run = await _start_sipp(self.workdir, scenario, sip_port, None, [])
+        self.run = await _start_sipp(self.workdir, scenario, sip_port, None, [], self.calls)
 
     async def wait_answered(self, timeout: float = 30.0) -> None:
         await super().wait_answered(timeout)
@@ -705,11 +744,3 @@ class SipAgent(_Party):
 
 def new_workdir(root: Path, name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
-
-
-@dataclass
-class CallRecord:
-    """What a test keeps of one call for its checks."""
-
-    party: Any
-    notes: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,132 @@
+"""What the real-Asterisk tests check about audio: what the caller heard, what was recorded.
+
+Every frame a test party sends is a distinct pseudo-random μ-law pattern (``sip.pattern_frame``),
+so a recording is checked frame by frame, bit-exact: it must hold nothing but that party's
+frames, in the order they were sent, without a gap, starting no earlier than the moment
+recording became lawful and running to the end of the call. μ-law has two codes for zero
+(0x7F, 0xFF) that a mixing bridge merges, so both sides are compared with 0x7F read as 0xFF.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from media.prompts import Prompt, load_manifest, prompt_frames
+from tests.asterisk.sip import FRAME_MS, PT_PCMU, Received, Sent, is_silence
+
+SOUNDS = Path(__file__).resolve().parents[2] / "sounds"
+_ZERO = bytes.maketrans(b"\x7f", b"\xff")
+
+
+def norm(payload: bytes) -> bytes:
+    return payload.translate(_ZERO)
+
+
+def prompt(language: str, prompt_id: str) -> Prompt:
+    return load_manifest(SOUNDS)[(language, prompt_id)]
+
+
+def voiced(frames: Sequence[bytes]) -> list[bytes]:
+    """The frames that are not silence, normalised: what a listener would notice."""
+    return [norm(f) for f in frames if not is_silence(f)]
+
+
+def heard(received: Sequence[Received]) -> list[bytes]:
+    return voiced([r.payload for r in received if r.pt == PT_PCMU])
+
+
+@dataclass(frozen=True)
+class Heard:
+    prompt_id: str
+    whole: bool  # played to the end (else: cut short by a key, at least min_ms of it)
+    min_ms: int = 0
+    # Played while the agent is in the bridge: Asterisk then mixes (bridge_softmix), which
+    # re-cuts the audio into its own 20 ms frames, so it is compared as a byte stream.
+    mixed: bool = False
+
+
+def assert_heard(received: Sequence[Received], language: str, expected: Sequence[Heard]) -> None:
+    """The caller heard exactly these prompts, in this order, bit-exact: each whole, or a
+    prefix of it (a key cut it short), and no other audio. Prompts played into a mixing
+    bridge must be found, 20 ms at a time and in order, in the audio stream that followed."""
+    got = heard(received)
+    pos = 0
+    for n, item in enumerate(expected):
+        frames = voiced(prompt_frames(prompt(language, item.prompt_id)))
+        if item.mixed:
+            _assert_in_stream(b"".join(got[pos:]), language, expected[n:])
+            return
+        if item.whole:
+            part = got[pos : pos + len(frames)]
+            assert part == frames, (
+                f"{item.prompt_id}: {_first_difference(part, frames)} "
+                f"(heard {len(got)} voiced frames in all)"
+            )
+            pos += len(frames)
+        else:
+            n = 0
+            while pos + n < len(got) and n < len(frames) and got[pos + n] == frames[n]:
+                n += 1
+            assert n * FRAME_MS >= item.min_ms, (
+                f"{item.prompt_id}: only {n * FRAME_MS} ms heard before something else"
+            )
+            pos += n
+    assert pos == len(got), f"{len(got) - pos} voiced frames heard beyond the expected prompts"
+
+
+def _assert_in_stream(stream: bytes, language: str, expected: Sequence[Heard]) -> None:
+    at = 0
+    for item in expected:
+        assert item.whole, "a prompt cut short in a mixing bridge is not checked"
+        frames = voiced(prompt_frames(prompt(language, item.prompt_id)))
+        found = 0
+        for frame in frames:
+            where = stream.find(frame, at)
+            if where >= 0:
+                found += 1
+                at = where + len(frame)
+        # A frame the mixer split with a moment of its own silence is not found whole.
+        assert found >= 0.95 * len(frames), (
+            f"{item.prompt_id}: {found} of {len(frames)} frames heard through the mixing bridge"
+        )
+
+
+def _first_difference(got: Sequence[bytes], want: Sequence[bytes]) -> str:
+    for i, (a, b) in enumerate(zip(got, want, strict=False)):
+        if a != b:
+            return f"frame {i} differs"
+    return f"{len(got)} frames heard of {len(want)}"
+
+
+@dataclass(frozen=True)
+class Span:
+    """The sent frames found in a recording: their first and last send times and count."""
+
+    first: Sent
+    last: Sent
+    count: int
+
+
+def find_in_recording(recorded: Sequence[bytes], sent: Sequence[Sent]) -> Span | None:
+    """Where one party's frames are in a recording; asserts they are in order and unbroken.
+
+    Returns None when none of them is there."""
+    by_payload = {norm(s.payload): s for s in sent if s.index >= 0}
+    found = [by_payload.get(f) for f in voiced(recorded)]
+    mine = [s for s in found if s is not None]
+    if not mine:
+        return None
+    indexes = [s.index for s in mine]
+    gaps = [(a, b) for a, b in itertools.pairwise(indexes) if b != a + 1]
+    assert not gaps, f"frames missing or out of order in the recording: {gaps[:5]}"
+    return Span(mine[0], mine[-1], len(mine))
+
+
+def assert_only_parties(recorded: Sequence[bytes], *parties: Sequence[Sent]) -> None:
+    """Nothing in the recording but these parties' frames (no prompt, no noise, no tones)."""
+    known = {norm(s.payload) for sent in parties for s in sent if s.index >= 0}
+    foreign = [i for i, f in enumerate(voiced(recorded)) if f not in known]
+    assert not foreign, f"{len(foreign)} voiced frames in the recording that nobody sent"
