@@ -143,6 +143,7 @@ class Asterisk:
     """One Asterisk process and its scratch folder."""
 
     APP = "ivr"
+    APP_B = "ivr-b"  # a second service instance (dial "B" + the number)
     USER = "ivr"
 
     def __init__(self, prefix: Path, *, agent_number: str = "+15550100099") -> None:
@@ -253,7 +254,13 @@ writeprotect = yes
 [from-sipp]
 exten => _+X.,1,NoOp(consent service)
  same => n,Stasis({self.APP},${{EXTEN}})
- same => n,NoOp(after Stasis: ${{IVR_CONSENT_DECISION}} ${{IVR_ERROR}})
+ same => n,NoOp(after Stasis: decision=${{IVR_CONSENT_DECISION}} error=${{IVR_ERROR}})
+ same => n,Hangup()
+
+; A second service instance on the same PBX: its own application name.
+exten => _B+X.,1,NoOp(second consent service)
+ same => n,Stasis({self.APP_B},${{EXTEN:1}})
+ same => n,NoOp(after Stasis: decision=${{IVR_CONSENT_DECISION}} error=${{IVR_ERROR}})
  same => n,Hangup()
 """,
         }

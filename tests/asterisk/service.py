@@ -7,6 +7,7 @@ opened read-only by the test process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -144,6 +145,11 @@ class Service:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}:\n{self.log_tail()}")
             time.sleep(0.05)
+
+    async def wait(self, predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+        """``until`` for async tests: the polling runs in a thread, so the test's own RTP and
+        sipp handling go on meanwhile."""
+        await asyncio.to_thread(self.until, predicate, what, timeout)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -84,6 +84,7 @@ def is_silence(payload: bytes) -> bool:
 @dataclass
 class Received:
     at: float  # time.monotonic()
+    wall: float  # time.time(), to compare with sipp's log
     seq: int
     timestamp: int
     pt: int
@@ -129,7 +130,9 @@ class RtpPeer(asyncio.DatagramProtocol):
         pt = data[1] & 0x7F
         seq, ts = struct.unpack("!HI", data[2:8])
         cc = data[0] & 0x0F
-        self.received.append(Received(time.monotonic(), seq, ts, pt, data[12 + 4 * cc :]))
+        self.received.append(
+            Received(time.monotonic(), time.time(), seq, ts, pt, data[12 + 4 * cc :])
+        )
         self._check_watchers()
 
     def _check_watchers(self) -> None:

@@ -17,23 +17,20 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from media.prompts import prompt_frames
 from tests.asterisk.checks import (
     Heard,
     assert_heard,
     assert_only_parties,
     find_in_recording,
-    heard,
-    prompt,
-    voiced,
 )
 from tests.asterisk.conftest import Phones
+from tests.asterisk.driver import Driver
 from tests.asterisk.pbx import Asterisk, build
 from tests.asterisk.service import (
     CALLER,
@@ -45,54 +42,11 @@ from tests.asterisk.service import (
     REPORT_LINE,
     Service,
 )
-from tests.asterisk.sip import FRAME_MS, SipCaller
 
 # How far the recording's edges may sit from the moments the caller's side saw: a frame in
 # flight while the key travels by SIP and ARI, or while the BYE does.
 EARLY = 0.2  # s: frames sent this long before the lawful moment may be in the recording
 LATE = 0.6  # s: the recording reaches to within this of the moment it should have ended
-
-
-def voiced_ms(language: str, prompt_id: str) -> int:
-    return len(voiced(prompt_frames(prompt(language, prompt_id)))) * FRAME_MS
-
-
-@dataclass
-class Driver:
-    """One scripted caller: keys after observed events, marks of when things happened."""
-
-    call: SipCaller
-    language: str
-    marks: dict[str, float] = field(default_factory=dict)
-
-    def heard_ms(self) -> int:
-        return len(heard(self.call.rtp.received)) * FRAME_MS
-
-    async def hear(self, ms: int, timeout: float = 60.0) -> None:
-        await self.call.rtp.until(lambda: self.heard_ms() >= ms, f"{ms} ms heard", timeout)
-
-    async def hear_prompt(self, prompt_id: str, *, after: int) -> None:
-        """Wait until ``prompt_id`` has been heard in full after ``after`` ms of audio."""
-        await self.hear(after + voiced_ms(self.language, prompt_id))
-
-    async def talk(self, seconds: float) -> None:
-        """Let the caller's side send ``seconds`` more audio (its own pacing: real time)."""
-        target = len(self.call.rtp.sent) + round(seconds * 1000 / FRAME_MS)
-        await self.call.rtp.until(lambda: len(self.call.rtp.sent) >= target, "talking", 30)
-
-    def press(self, digit: str, how: str) -> None:
-        self.marks.setdefault("key", time.monotonic())
-        if how == "info":
-            self.call.press_info(digit)
-        else:
-            self.call.press_rfc4733(digit)
-
-    def hang_up(self) -> None:
-        self.marks["hang_up"] = time.monotonic()
-        self.call.hang_up()
-
-    def last_prompt_frame_at(self) -> float:
-        return self.call.rtp.received[-1].at
 
 
 @dataclass(frozen=True)
