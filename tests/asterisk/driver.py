@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from media.prompts import prompt_frames
-from tests.asterisk.checks import heard, prompt, voiced
+from tests.asterisk.checks import prompt, voiced
 from tests.asterisk.sip import FRAME_MS, SipCaller
 
 
@@ -24,7 +24,7 @@ class Driver:
     marks: dict[str, float] = field(default_factory=dict)
 
     def heard_ms(self) -> int:
-        return len(heard(self.call.rtp.received)) * FRAME_MS
+        return self.call.rtp.audio_heard_ms()
 
     async def hear(self, ms: int, timeout: float = 60.0) -> None:
         await self.call.rtp.until(lambda: self.heard_ms() >= ms, f"{ms} ms heard", timeout)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -105,6 +106,24 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(sock.getsockname()[1])
 
 
+_SIGNALLING = itertools.count(10000 + int.from_bytes(os.urandom(2), "big") % 5000)
+
+
+def sip_port() -> int:
+    """A UDP port for a sipp process: taken in turn from 10000-19999, below the kernel's
+    ephemeral range (so a socket bound to port 0 meanwhile cannot take it) and below the
+    Asterisk RTP range (free_udp_range), and checked free."""
+    for port in _SIGNALLING:
+        port = 10000 + (port - 10000) % 10000
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("unreachable")
+
+
 def free_udp_range(size: int) -> tuple[int, int]:
     """A run of ``size`` UDP ports that are free now (checked one by one)."""
     for _ in range(200):
@@ -152,8 +171,8 @@ class Asterisk:
         self.password = base64.b32encode(os.urandom(10)).decode().lower()
         self.ports = Ports(
             http=free_port(),
-            sip=free_port(socket.SOCK_DGRAM),
-            agent_sip=free_port(socket.SOCK_DGRAM),
+            sip=sip_port(),
+            agent_sip=sip_port(),
             rtp=free_udp_range(200),
         )
         self.agent_number = agent_number

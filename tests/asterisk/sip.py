@@ -78,7 +78,7 @@ def pattern_frame(seed: str, index: int) -> bytes:
 
 
 def is_silence(payload: bytes) -> bool:
-    return all(b in (0xFF, 0x7F) for b in payload)
+    return not payload.strip(b"\xff\x7f")
 
 
 @dataclass
@@ -106,6 +106,7 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.remote: tuple[str, int] | None = None
         self.received: list[Received] = []
+        self.voiced = 0  # received audio packets that are not silence
         self.sent: list[Sent] = []
         self.talking = True  # send the pattern; False sends silence
         self._ssrc = int.from_bytes(os.urandom(4), "big")
@@ -130,6 +131,8 @@ class RtpPeer(asyncio.DatagramProtocol):
         pt = data[1] & 0x7F
         seq, ts = struct.unpack("!HI", data[2:8])
         cc = data[0] & 0x0F
+        if pt == PT_PCMU and not is_silence(data[12 + 4 * cc :]):
+            self.voiced += 1
         self.received.append(
             Received(time.monotonic(), time.time(), seq, ts, pt, data[12 + 4 * cc :])
         )
@@ -155,9 +158,7 @@ class RtpPeer(asyncio.DatagramProtocol):
 
     # -- what was heard ---------------------------------------------------------------------------
     def audio_heard_ms(self) -> int:
-        return FRAME_MS * sum(
-            1 for r in self.received if r.pt == PT_PCMU and not is_silence(r.payload)
-        )
+        return FRAME_MS * self.voiced
 
     async def heard(self, ms: int, timeout: float = 30.0) -> None:
         """Wait until ``ms`` of non-silent audio has arrived (e.g. a prompt playing)."""

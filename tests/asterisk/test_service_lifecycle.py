@@ -110,14 +110,14 @@ async def test_the_agent_leg_is_heard_and_recorded(
     assert span is not None and span.count >= 40
     # With the agent in the bridge Asterisk mixes: both parties' frames are in the stream.
     spoken = [s for s in agent_turn if s.index >= 0]
-    assert found_in_stream(frames, spoken) >= 0.95 * len(spoken)
+    assert found_in_stream(frames, spoken) >= 0.97
     caller_after = [s for s in d.call.rtp.sent if s.index >= 0 and s.at > agent.answered_at + 0.5]
-    assert found_in_stream(frames, caller_after) >= 0.9 * len(caller_after)
+    assert found_in_stream(frames, caller_after) >= 0.97
     assert stream_coverage(frames, d.call.rtp.sent, agent.rtp.sent) >= 0.98
     # Each heard the other.
     agent_heard = [norm(r.payload) for r in agent.rtp.received]
-    assert found_in_stream(agent_heard, caller_after) >= 0.9 * len(caller_after)
-    assert found_in_stream(heard(d.call.rtp.received), spoken) >= 0.95 * len(spoken)
+    assert found_in_stream(agent_heard, caller_after) >= 0.97
+    assert found_in_stream(heard(d.call.rtp.received), spoken) >= 0.97
     await nothing_left(pbx)
 
 
