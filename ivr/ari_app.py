@@ -615,6 +615,15 @@ class AriCall:
         app.forget(self)
 
 
+def _cause(event: ari.AriEvent) -> str:
+    """" (Normal Clearing)" or " (cause 16)" from a hang-up event, for the end reason."""
+    if isinstance(event, ari.ChannelDestroyed) and event.cause_txt:
+        return f" ({event.cause_txt})"
+    if isinstance(event, (ari.ChannelDestroyed, ari.HangupRequest)) and event.cause is not None:
+        return f" (cause {event.cause})"
+    return ""
+
+
 class AriApplication:
     """The Stasis application: events in, one ``AriCall`` per caller."""
 
@@ -844,12 +853,12 @@ class AriApplication:
                 log.debug("ARI %s for unknown channel %s ignored", type(event).__name__, channel.id)
             elif not isinstance(event, ari.DtmfReceived) and not own.finished:
                 if channel.id != own.agent_id:
-                    reason = "media channel ended"
+                    reason = "media channel ended"  # Asterisk stopping, or someone's DELETE
                 elif own.agent_answered:
                     reason = "agent hung up"
                 else:
                     reason = "agent did not answer"
-                own.ended_by(reason)
+                own.ended_by(reason + _cause(event))
                 own.post("end", reason)
             return
         if isinstance(event, ari.DtmfReceived):
@@ -857,12 +866,7 @@ class AriApplication:
         elif isinstance(event, ari.StasisEnd):
             call.caller_left("caller left the Stasis application")
         else:
-            cause = ""
-            if isinstance(event, ari.ChannelDestroyed) and event.cause_txt:
-                cause = f" ({event.cause_txt})"
-            elif event.cause is not None:
-                cause = f" (cause {event.cause})"
-            call.caller_left(f"caller hung up{cause}")
+            call.caller_left(f"caller hung up{_cause(event)}")
 
     def _own_channel_entered(self, channel_id: str) -> None:
         call = self.own_channels.get(channel_id)

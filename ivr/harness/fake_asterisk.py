@@ -37,8 +37,12 @@ bodies are ``{"message": ...}``.
 
 Events: every event has ``type``, ``timestamp`` (``2026-11-28T12:00:00.000+0000``),
 ``asterisk_id`` and ``application``. Channels created by the app (external media, agents) raise
-``StasisStart`` too, like Asterisk. An app-initiated ``DELETE`` emits ``ChannelHangupRequest``
-(``soft: true``), ``ChannelLeftBridge`` (if bridged), ``StasisEnd``, ``ChannelDestroyed``. Events
+``StasisStart`` too, like Asterisk; an external-media channel does so only after the reply to
+``POST /channels/externalMedia`` (``ChannelStateChange`` first), and ``addChannel`` refuses it
+with 422 until then. An app-initiated ``DELETE`` emits ``ChannelHangupRequest`` (``soft:
+true``), ``ChannelLeftBridge`` (if bridged), ``StasisEnd``, ``ChannelDestroyed``; a caller (a
+channel that came in by ``Stasis()``) gets nothing after its ``StasisEnd``, as on Asterisk 22.
+These rules are checked against a real Asterisk by tests/asterisk/test_fake_contract.py. Events
 that happen while the app has no events socket are lost (kept in ``events_dropped``), but REST
 keeps working.
 
@@ -1093,14 +1097,16 @@ class FakeAsterisk:
         when the channel was bridged). Leaving an event out of ``order`` means it is never sent.
         ``duplicate``: True sends every event twice in a row, or name the ones to repeat. The
         channel leaves its bridge and is destroyed; the app gets no events for a channel that
-        has left Stasis.
+        has left Stasis. With the default order a caller's events end at ``StasisEnd``, as on
+        Asterisk 22; an order given explicitly is sent as given (to test odd orders).
         """
         ch = self.channels.get(channel_id)
         if ch is None:
             raise KeyError(channel_id)
         if ch.destroyed:
             raise RuntimeError(f"channel {channel_id} is already destroyed")
-        self._terminate(ch, cause, order=order, duplicate=duplicate, soft=False)
+        faithful = tuple(order) == DEFAULT_HANGUP_ORDER and not duplicate
+        self._terminate(ch, cause, order=order, duplicate=duplicate, soft=False, faithful=faithful)
         await self.flush_events()
 
     async def answer_agent(self, channel_id: str) -> None:
@@ -1553,7 +1559,8 @@ class FakeAsterisk:
             return _error(501, f"The fake Asterisk streams only ulaw and alaw, not {fmt}")
         cid = rq.get("channelId")
         if cid is not None and self._id_taken(cid):
-            return _error(409, "Channel with given unique ID already exists")
+            # Asterisk 22 reports this as a general failure here (409 only on originate).
+            return _error(500, "An internal error prevented this request from being handled")
         cid = cid or self._new_channel_id()
         peer = RtpPeer(
             cid,
@@ -1598,6 +1605,7 @@ class FakeAsterisk:
         ch = self._live(channel_id)
         if ch is None or ch.in_stasis:
             return
+        self._emit_channel(ch, "ChannelStateChange")  # Up, as Asterisk 22 reports it first
         ch.in_stasis = True
         ch.app_name = "Stasis"
         ch.app_data = ",".join([ch.app, *ch.args])
@@ -1813,8 +1821,10 @@ class FakeAsterisk:
         order: Sequence[str],
         duplicate: bool | Collection[str],
         soft: bool,
+        faithful: bool = True,
     ) -> None:
-        """Hang ``ch`` up, emitting the hang-up events in ``order`` (see ``hangup_channel``)."""
+        """Hang ``ch`` up, emitting the hang-up events in ``order`` (see ``hangup_channel``);
+        ``faithful``: as Asterisk would, so nothing after a caller's StasisEnd."""
         names = list(order)
         unknown = [n for n in names if n not in _HANGUP_EVENTS]
         if unknown or len(set(names)) != len(names):
@@ -1843,6 +1853,11 @@ class FakeAsterisk:
                     continue
                 for _ in range(2 if name in twice else 1):
                     self._emit(ch.app, name, {**fields[name], "channel": snapshot})
+                if name == "StasisEnd" and ch.kind == CALLER and faithful:
+                    # A channel that came in by Stasis() in the dialplan is the app's only
+                    # until StasisEnd: Asterisk 22 sends it nothing after (no
+                    # ChannelDestroyed). Channels the app created stay subscribed.
+                    break
         ch.subscribed = False
         if ch.rtp is not None:
             ch.rtp.close()

@@ -80,7 +80,23 @@ def assert_heard(received: Sequence[Received], language: str, expected: Sequence
                 f"{item.prompt_id}: only {n * FRAME_MS} ms heard before something else"
             )
             pos += n
-    assert pos == len(got), f"{len(got) - pos} voiced frames heard beyond the expected prompts"
+    assert pos == len(got), (
+        f"{len(got) - pos} voiced frames heard beyond the expected prompts ({identify(got[pos:])})"
+    )
+
+
+def identify(frames: Sequence[bytes]) -> str:
+    """Which prompts 5 ms pieces of these frames come from: for a failing test's message."""
+    streams = {
+        f"{lang}/{pid}": b"".join(voiced(prompt_frames(p))) for (lang, pid), p in _prompts().items()
+    }
+    seen: dict[str, int] = {}
+    for frame in frames:
+        for i in range(0, len(frame), CHUNK):
+            piece = frame[i : i + CHUNK]
+            name = next((n for n, st in streams.items() if st.find(piece) >= 0), "unknown")
+            seen[name] = seen.get(name, 0) + 1
+    return ", ".join(f"{n}: {k} pieces" for n, k in sorted(seen.items()))
 
 
 def _assert_in_stream(stream: bytes, language: str, expected: Sequence[Heard]) -> None:

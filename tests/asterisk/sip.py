@@ -232,6 +232,12 @@ class RtpPeer(asyncio.DatagramProtocol):
                 n += 1
         return n
 
+    def stop(self) -> None:
+        """Stop sending, as a phone does once its call is over: a stream left running would
+        reach whichever channel Asterisk gives that RTP port next."""
+        if self._task is not None:
+            self._task.cancel()
+
     def press(self, digit: str) -> None:
         """Send ``digit`` as RFC 4733 events in place of the next audio frames."""
         self._events.put_nowait(digit)
@@ -626,6 +632,7 @@ class _Party:
         self.rtp.press(digit)
 
     def hang_up(self) -> None:
+        self.rtp.stop()
         self._send_trigger("NOTIFY")
 
     async def wait_answered(self, timeout: float = 30.0) -> None:
@@ -641,6 +648,7 @@ class _Party:
             raise AssertionError(
                 f"{self.seed}: the call did not end in {timeout} s:\n{self.run.log()}"
             ) from None
+        self.rtp.stop()
         assert self.run.returncode == 0, f"sipp failed ({self.run.returncode}):\n{self.run.log()}"
         self.ended_by = self.run.bye_direction()
         assert self.ended_by is not None, f"{self.seed}: no BYE in sipp's log:\n{self.run.log()}"

@@ -111,7 +111,11 @@ async def test_the_agent_leg_is_heard_and_recorded(
     # With the agent in the bridge Asterisk mixes: both parties' frames are in the stream.
     spoken = [s for s in agent_turn if s.index >= 0]
     assert found_in_stream(frames, spoken) >= 0.97
-    caller_after = [s for s in d.call.rtp.sent if s.index >= 0 and s.at > agent.answered_at + 0.5]
+    caller_after = [
+        s
+        for s in d.call.rtp.sent
+        if s.index >= 0 and agent.answered_at + 0.5 < s.at < d.marks["hang_up"] - LATE
+    ]
     assert found_in_stream(frames, caller_after) >= 0.97
     assert stream_coverage(frames, d.call.rtp.sent, agent.rtp.sent) >= 0.98
     # Each heard the other.
@@ -191,7 +195,11 @@ async def test_asterisk_restarted_mid_service(
     await service.wait(lambda: service.calls_in_progress() == 0, "the lost call to be finalised")
     call, rec = row_of(service, CALLER)
     assert call["outcome"] == "accepted" and rec["status"] == "complete"
-    assert call["end_reason"].startswith(("caller hung up", "caller gone while ARI"))
+    # Asterisk hangs up every channel as it stops; which hang-up the service hears first is
+    # Asterisk's order.
+    assert call["end_reason"].startswith(
+        ("caller hung up", "caller gone while ARI", "media channel ended")
+    ), call["end_reason"]
     # A new call after the restart works end to end.
     second = "+46701230002"
     d2 = await answered_driver(phones, MESSAGE_LINE, second, "sv")
