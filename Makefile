@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint format bench clean
+.PHONY: run test test-asterisk asterisk lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ run: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The ARI application against a real Asterisk 22 with SIP calls from sipp (tests/asterisk/).
+# The first run builds Asterisk from source (about 3 min on 2 cores; Debian build packages and
+# sipp are installed when missing, which needs root); later runs reuse the cached build.
+asterisk:
+	bash tests/asterisk/build.sh
+
+test-asterisk: $(TEST_STAMP) asterisk
+	$(BIN)/python -m pytest tests/asterisk $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

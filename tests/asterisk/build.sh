@@ -17,10 +17,15 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-default_tarball="$repo/../shared/third_party/asterisk/asterisk-22.10.1.tar.gz"
+default_tarball=""
+for up in .. ../..; do  # the shared folder beside the checkout (or beside its parent)
+  candidate="$repo/$up/shared/third_party/asterisk/asterisk-22.10.1.tar.gz"
+  if [[ -f "$candidate" ]]; then default_tarball="$candidate"; break; fi
+done
 tarball="${ASTERISK_TARBALL:-$default_tarball}"
-if [[ ! -f "$tarball" ]]; then
-  echo "build.sh: no Asterisk source tarball at $tarball (set ASTERISK_TARBALL)" >&2
+if [[ -z "$tarball" || ! -f "$tarball" ]]; then
+  echo "build.sh: no Asterisk source tarball${tarball:+ at $tarball}: set ASTERISK_TARBALL" \
+       "to asterisk-22.x.tar.gz (the pjproject tarball it bundles beside it)" >&2
   exit 2
 fi
 tarball="$(cd "$(dirname "$tarball")" && pwd)/$(basename "$tarball")"
@@ -54,8 +59,13 @@ if (( ${#missing[@]} )); then
     exit 2
   fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  apt_log="$(mktemp)"
+  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+      >"$apt_log" 2>&1; then
+    tail -n 30 "$apt_log" >&2
+    exit 1
+  fi
+  rm -f "$apt_log"
 fi
 
 if [[ -f "$prefix/.complete" ]]; then
@@ -68,7 +78,7 @@ fi
 started=$(date +%s)
 rm -rf "$prefix"
 mkdir -p "$prefix/src" "$prefix/downloads"
-log "building Asterisk from $(basename "$tarball") into $prefix (about 6-10 min on 2 cores)"
+log "building Asterisk from $(basename "$tarball") into $prefix (about 3 min on 2 cores)"
 tar -xzf "$tarball" -C "$prefix/src" --strip-components=1
 if [[ -n "$pjproject" && -f "$pjproject" ]]; then
   cp "$pjproject" "$prefix/downloads/"
@@ -102,13 +112,20 @@ $ms --disable-category MENUSELECT_ADDONS --disable-category MENUSELECT_APPS \
     menuselect.makeopts >>"$prefix/menuselect.log" 2>&1
 
 jobs="$(nproc 2>/dev/null || echo 2)"
-log "make -j$jobs (progress in $prefix/make.log)"
+log "make -j$jobs (full log: $prefix/make.log)"
+# A line every 30 s, so a long build is visibly alive.
+( while sleep 30; do
+    log "  ... $(( $(date +%s) - started )) s, $(grep -c '\[CC\]' "$prefix/make.log" 2>/dev/null || echo 0) files compiled"
+  done ) &
+progress=$!
+trap 'kill $progress 2>/dev/null || true' EXIT
 # The bundled pjproject has a parallel-build race (an `Error 2` with no compiler error); a
 # second, serial make picks up where the first stopped.
 if ! make -j"$jobs" >"$prefix/make.log" 2>&1; then
   log "parallel make stopped; finishing serially"
   make >>"$prefix/make.log" 2>&1 || { tail -n 40 "$prefix/make.log" >&2; exit 1; }
 fi
+kill $progress 2>/dev/null || true
 log "make install"
 make install >"$prefix/install.log" 2>&1 || { tail -n 40 "$prefix/install.log" >&2; exit 1; }
 
