@@ -115,7 +115,8 @@ jobs="$(nproc 2>/dev/null || echo 2)"
 log "make -j$jobs (full log: $prefix/make.log)"
 # A line every 30 s, so a long build is visibly alive.
 ( while sleep 30; do
-    log "  ... $(( $(date +%s) - started )) s, $(grep -c '\[CC\]' "$prefix/make.log" 2>/dev/null || echo 0) files compiled"
+    compiled=$(grep -c '\[CC\]' "$prefix/make.log" 2>/dev/null || true)
+    log "  ... $(( $(date +%s) - started )) s, ${compiled:-0} files compiled"
   done ) &
 progress=$!
 trap 'kill $progress 2>/dev/null || true' EXIT
