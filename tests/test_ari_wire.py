@@ -89,3 +89,38 @@ def test_requests():
     for bad in ({}, {"channelvars": {}}, {"channelvars": {"UNICASTRTP_LOCAL_PORT": "x"}}):
         with pytest.raises(ari.AriEventError):
             ari.rtp_peer(bad)
+
+
+def test_own_ids_are_fixed_length_and_name_their_instance():
+    instance = ari.instance_tag("ivr")
+    assert instance == ari.instance_tag("ivr") != ari.instance_tag("ivr-b")
+    keys = {ari.new_call_key() for _ in range(1000)}
+    assert len(keys) == 1000
+    ids = [ari.own_id(instance, k, kind) for k in keys for kind in (ari.BRIDGE, ari.MEDIA)]
+    # No id is a prefix of another (Asterisk refuses a new channel id that prefixes a live one).
+    assert len({len(i) for i in ids}) == 1 and len(set(ids)) == len(ids)
+    parsed = ari.parse_own_id(ids[0])
+    assert parsed is not None and parsed.instance == instance and parsed.kind in "bm"
+    for other in (
+        "1700000000.1",
+        "ivr-media-1",
+        f"ivr-{instance}-{'0' * 16}-x",
+        f"ivr-{instance}-{'0' * 15}-m",
+        f"ivr-{instance.upper()}-{'0' * 16}-m",
+        f"ivr-{instance}-{'0' * 16}-m-extra",
+    ):
+        assert ari.parse_own_id(other) is None, other
+
+
+def test_listings_and_application_replaced():
+    assert ari.bridges_from_json(
+        [{"id": "b1", "channels": ["c1", 2, "c2"]}, {"id": 3}, "junk", {"id": "b2"}]
+    ) == [ari.BridgeInfo("b1", ("c1", "c2")), ari.BridgeInfo("b2", ())]
+    assert ari.channel_ids_from_json([{"id": "c1"}, {"name": "x"}, []]) == ["c1"]
+    for bad in ({}, "x", None):
+        with pytest.raises(ari.AriEventError):
+            ari.bridges_from_json(bad)
+        with pytest.raises(ari.AriEventError):
+            ari.channel_ids_from_json(bad)
+    assert ari.parse_event(event("ApplicationReplaced")) == ari.ApplicationReplaced("ivr")
+    assert ari.continue_in_dialplan("c1") == ari.Request("POST", "/channels/c1/continue")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from ivr.ari_app import AriCall
@@ -24,6 +26,7 @@ NOTICE_LINE = "+15550100003"
 EMERGENCY_LINE = "+15550100004"
 MESSAGE_LINE = "+15550100005"
 CALLER = "+46701234567"
+AUTH = {"Authorization": "Basic " + base64.b64encode(b"ivr:pw").decode()}
 DEMO = Path(__file__).parent.parent / "ivr" / "demo.toml"
 
 
@@ -509,3 +512,81 @@ async def test_shutdown_finalises_calls_in_progress(tmp_path, monkeypatch):
     with Vault(tmp_path / "var", create=False) as vault:
         (row,) = vault.list()
     assert row.status is RecordingStatus.COMPLETE and row.duration_ms >= 900
+
+
+async def test_a_restart_clears_only_this_instances_leftovers(tmp_path, monkeypatch):
+    """What a killed process left (our bridge with a caller and our media channel, an open
+    call row) is cleared at the next start; another instance's bridge and channels are not."""
+    from ivr.adapters import ari
+
+    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
+    fake = FakeAsterisk(pace=False, app="ivr", username="ivr", password="pw")
+    await fake.start()
+    try:
+        config = load_config(config_file(tmp_path, fake.url), {"ARI_PASSWORD": "pw"})
+        mine, theirs = ari.instance_tag("ivr"), ari.instance_tag("ivr-b")
+        key = ari.new_call_key()
+        # The previous process: a call row left open, its caller in our bridge with our media.
+        from storage.vault import Vault
+
+        orphan = await fake.place_call(CONSENT_LINE, CALLER)
+        with Vault(tmp_path / "var", fsync=False) as vault:
+            stale = vault.open_call(
+                tenant="demo", platform="asterisk", platform_call_id=orphan.channel_id
+            )
+        other_caller = await fake.place_call(CONSENT_LINE, "+46709999999", app="ivr-b")
+        async with ClientSession() as session:
+
+            async def post(path: str, **params: str) -> int:
+                async with session.post(fake.url + path, params=params, headers=AUTH) as r:
+                    return r.status
+
+            for owner, caller in ((mine, orphan), (theirs, other_caller)):
+                bridge = ari.own_id(owner, key, ari.BRIDGE)
+                media = ari.own_id(owner, key, ari.MEDIA)
+                assert await post("/bridges", type="mixing", bridgeId=bridge) == 200
+                app_name = "ivr" if owner == mine else "ivr-b"
+                status = await post(
+                    "/channels/externalMedia",
+                    app=app_name,
+                    channelId=media,
+                    external_host="127.0.0.1:9",
+                    format="ulaw",
+                )
+                assert status == 200
+                await fake.wait_for(lambda m=media: fake.channels[m].in_stasis, 2.0, "media")
+                ids = f"{caller.channel_id},{media}"
+                assert await post(f"/bridges/{bridge}/addChannel", channel=ids) == 204
+        app = create_app(config, tmp_path / "var", fsync=False)
+        server = TestServer(app)
+        await server.start_server()
+        try:
+            await fake.wait_connected()
+            await until(lambda: app[ARI].counters.get("leftovers_cleared"), "the clean-up")
+            await until(lambda: not fake.channels[orphan.channel_id].in_stasis, "hand-back")
+            assert fake.channels[orphan.channel_id].vars["IVR_ERROR"] == "service_restarted"
+            assert fake.bridges[ari.own_id(mine, key, ari.BRIDGE)].destroyed
+            assert fake.channels[ari.own_id(mine, key, ari.MEDIA)].destroyed
+            # Another instance's are untouched.
+            assert not fake.bridges[ari.own_id(theirs, key, ari.BRIDGE)].destroyed
+            assert not fake.channels[ari.own_id(theirs, key, ari.MEDIA)].destroyed
+            assert fake.channels[other_caller.channel_id].in_stasis
+            row = app[VAULT].catalog.call(stale)
+            assert row["ended_at"] and row["outcome"] == "interrupted"
+            assert row["end_reason"].startswith("the service stopped during the call")
+        finally:
+            await server.close()
+    finally:
+        await fake.stop()
+
+
+async def test_a_second_registration_of_the_app_is_reported(pbx, caplog):
+    fake, app = pbx
+    async with ClientSession() as session:
+        ws = await session.ws_connect(fake.events_url, headers=AUTH)
+        try:
+            await until(lambda: app[ARI].replaced, "ApplicationReplaced")
+            assert app[ARI].counters["application_replaced"] == 1
+            assert any("another connection registered" in r.getMessage() for r in caplog.records)
+        finally:
+            await ws.close()
