@@ -616,7 +616,7 @@ class AriCall:
 
 
 def _cause(event: ari.AriEvent) -> str:
-    """" (Normal Clearing)" or " (cause 16)" from a hang-up event, for the end reason."""
+    """ " (Normal Clearing)" or " (cause 16)" from a hang-up event, for the end reason."""
     if isinstance(event, ari.ChannelDestroyed) and event.cause_txt:
         return f" ({event.cause_txt})"
     if isinstance(event, (ari.ChannelDestroyed, ari.HangupRequest)) and event.cause is not None:

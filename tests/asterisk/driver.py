@@ -27,7 +27,10 @@ class Driver:
         return self.call.rtp.audio_heard_ms()
 
     async def hear(self, ms: int, timeout: float = 60.0) -> None:
-        await self.call.rtp.until(lambda: self.heard_ms() >= ms, f"{ms} ms heard", timeout)
+        try:
+            await self.call.rtp.until(lambda: self.heard_ms() >= ms, f"{ms} ms heard", timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} (heard {self.heard_ms()} ms)") from None
 
     async def hear_prompt(self, prompt_id: str, *, after: int) -> None:
         """Wait until ``prompt_id`` has been heard in full after ``after`` ms of audio."""
