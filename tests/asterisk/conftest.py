@@ -55,13 +55,9 @@ class Phones:
         self.parties: list[SipCaller | SipAgent] = []
 
     async def dial(self, number: str, caller: str, name: str = "caller") -> SipCaller:
-        import socket
-
-        from tests.asterisk.pbx import free_port
-
         party = SipCaller(name, new_workdir(self.root, name), number=number, caller=caller)
         self.parties.append(party)
-        await party.dial(self.pbx.ports.sip, free_port(socket.SOCK_DGRAM))
+        await party.dial(self.pbx.ports.sip)
         return party
 
     async def agents(self, *, calls: int | None = None, name: str = "agent") -> SipAgent:

@@ -106,6 +106,7 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.remote: tuple[str, int] | None = None
         self.received: list[Received] = []
+        self.keys: list[tuple[float, float]] = []  # RFC 4733 keys sent: (start, end) times
         self.voiced = 0  # received audio packets that are not silence
         self.sent: list[Sent] = []
         self.talking = True  # send the pattern; False sends silence
@@ -218,6 +219,7 @@ class RtpPeer(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         code = EVENT_CODES[digit]
         event_ts = self._ts
+        began = time.monotonic()
         assert self.transport is not None and self.remote is not None
         for i in range(8):
             end = i >= 5
@@ -230,6 +232,7 @@ class RtpPeer(asyncio.DatagramProtocol):
                 self._ts += FRAME_BYTES if i < 5 else 0
                 await asyncio.sleep(max(0.0, start + n * FRAME_MS / 1000 - loop.time()))
                 n += 1
+        self.keys.append((began, time.monotonic()))
         return n
 
     def stop(self) -> None:
@@ -395,7 +398,7 @@ def caller_scenario(*, call_id: str, caller: str, number: str, rtp_port: int, ct
   <recv response="183" optional="true" response_txn="invite"/>
   <recv response="200" rrs="true" response_txn="invite">
     <action>{ANSWER_EREG}
-      {_report(ctl_port, "SDP [$raddr] [$rport]")}
+      {_report(ctl_port, "SDP [$raddr] [$rport] [local_port]")}
     </action>
   </recv>
   <send ack_txn="invite">
@@ -531,7 +534,7 @@ def _parse_sipp_time(text: str) -> float:
 async def _start_sipp(
     workdir: Path,
     scenario: str,
-    sip_port: int,
+    sip_port: int | None,
     target: str | None,
     extra: list[str],
     calls: int | None = 1,
@@ -545,8 +548,7 @@ async def _start_sipp(
         str(workdir / "scenario.xml"),
         "-i",
         "127.0.0.1",
-        "-p",
-        str(sip_port),
+        *(["-p", str(sip_port)] if sip_port else []),
         *(["-m", str(calls)] if calls else []),
         "-nostdin",
         "-trace_err",
@@ -614,7 +616,9 @@ class _Party:
     async def _watch_control(self) -> None:
         while True:
             words = await self.control.messages.get()
-            if words[:1] == ["SDP"] and len(words) == 3 and words[2].isdigit():
+            if words[:1] == ["SDP"] and len(words) >= 3 and words[2].isdigit():
+                if len(words) == 4 and words[3].isdigit():
+                    self.sip_port = int(words[3])  # a caller's sipp picked its own port
                 self.answered_at = time.monotonic()
                 self.answers += 1
                 if self.sends_audio:
@@ -704,9 +708,10 @@ class SipCaller(_Party):
         self.number = number
         self.caller = caller
 
-    async def dial(self, asterisk_sip: int, sip_port: int) -> None:
+    async def dial(self, asterisk_sip: int) -> None:
+        """Call; sipp takes a free port of the system's choosing (and reports it with the
+        answer), so parallel callers never race for one."""
         await self._open_sockets()
-        self.sip_port = sip_port
         self.call_id = f"ivrtest-{uuid.uuid4().hex}"
         self._watch = asyncio.create_task(self._watch_control())
         scenario = caller_scenario(
@@ -723,7 +728,7 @@ class SipCaller(_Party):
         self.run = await _start_sipp(
             self.workdir,
             scenario,
-            sip_port,
+            None,
             f"127.0.0.1:{asterisk_sip}",
             ["-cid_str", f"{cid}-%u"],
         )

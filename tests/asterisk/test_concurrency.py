@@ -99,7 +99,7 @@ def test_twenty_calls_at_once(bench: Bench, round_no: int) -> None:
         assert rec["status"] == "complete"
         frames = service.frames(rec["id"])
         # Its own caller's audio: exactly while two-party, in the stream once the agent mixes.
-        span = find_in_recording(frames[:40], d.call.rtp.sent)
+        span = find_in_recording(frames[:40], d.call.rtp)
         assert span is not None and span.first.at >= d.marks["key"] - 0.2
         lawful = [s for s in d.call.rtp.sent if s.index >= 0 and s.at > d.marks["key"] + 0.3]
         lawful = [s for s in lawful if s.at < d.marks["hang_up"] - 0.6]

@@ -442,7 +442,7 @@ def test_call(matrix: Matrix, scenario: Scenario) -> None:
         return
     assert out.frames is not None
     assert_only_parties(out.frames, d.call.rtp.sent)
-    span = find_in_recording(out.frames, d.call.rtp.sent)
+    span = find_in_recording(out.frames, d.call.rtp)
     assert span is not None, "none of the caller's audio was recorded"
     if want.lawful_from is not None:
         lawful = d.marks[want.lawful_from]

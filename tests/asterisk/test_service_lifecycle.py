@@ -106,7 +106,7 @@ async def test_the_agent_leg_is_heard_and_recorded(
     assert rec["status"] == "complete"
     frames = service.frames(rec["id"])
     # Before the agent joined: the caller's own frames, exactly (a two-party bridge relays).
-    span = find_in_recording(frames[:50], d.call.rtp.sent)
+    span = find_in_recording(frames[:50], d.call.rtp)
     assert span is not None and span.count >= 40
     # With the agent in the bridge Asterisk mixes: both parties' frames are in the stream.
     spoken = [s for s in agent_turn if s.index >= 0]
@@ -140,7 +140,7 @@ async def test_sigterm_finishes_the_recording_and_hangs_up_the_caller(
     assert rec["status"] == "complete"
     frames = service.frames(rec["id"])
     assert_only_parties(frames, d.call.rtp.sent)
-    span = find_in_recording(frames, d.call.rtp.sent)
+    span = find_in_recording(frames, d.call.rtp)
     assert span is not None and span.last.at >= stopped_at - LATE
     await nothing_left(pbx)
 
@@ -172,7 +172,7 @@ async def test_sigkill_then_the_next_start_clears_what_was_left(
     assert call["end_reason"] == "the service stopped during the call; closed at the next start"
     assert rec["status"] == "incomplete"  # recovered: every sealed second kept
     frames = service.frames(rec["id"])
-    span = find_in_recording(frames[:50], d.call.rtp.sent)
+    span = find_in_recording(frames[:50], d.call.rtp)
     assert span is not None and span.count >= 40
     assert "cleared" in service.log_text()
 
@@ -212,7 +212,7 @@ async def test_asterisk_restarted_mid_service(
     assert call2["outcome"] == "accepted" and rec2["status"] == "complete"
     frames = service.frames(rec2["id"])
     assert_only_parties(frames, d2.call.rtp.sent)
-    assert find_in_recording(frames, d2.call.rtp.sent) is not None
+    assert find_in_recording(frames, d2.call.rtp) is not None
     await nothing_left(pbx)
 
 
@@ -245,7 +245,7 @@ async def test_two_instances_on_one_asterisk_keep_to_their_own(
         assert rec_b["status"] == "complete"
         frames = other.frames(rec_b["id"])
         assert_only_parties(frames, d_b.call.rtp.sent)
-        span = find_in_recording(frames, d_b.call.rtp.sent)
+        span = find_in_recording(frames, d_b.call.rtp)
         assert span is not None and span.last.at >= d_b.marks["hang_up"] - LATE
         await nothing_left(pbx)
     finally:
