@@ -12,6 +12,8 @@ every possible input, so encoding and decoding are a single numpy fancy-indexing
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import numpy.typing as npt
 
@@ -48,6 +50,8 @@ _SIGN_BIT = 0x80
 
 Codes = bytes | bytearray | memoryview | npt.NDArray[np.integer]
 
+_ScalarT = TypeVar("_ScalarT", bound=np.generic)
+
 
 def _all_int16() -> npt.NDArray[np.int32]:
     """Every int16 value, ordered so that position ``i`` holds the int16 whose uint16 view is i.
@@ -57,7 +61,7 @@ def _all_int16() -> npt.NDArray[np.int32]:
     return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.int16).astype(np.int32)
 
 
-def _readonly(a: np.ndarray) -> np.ndarray:
+def _readonly(a: npt.NDArray[_ScalarT]) -> npt.NDArray[_ScalarT]:
     # The tables are module-level singletons shared by every caller; a stray in-place write would
     # silently corrupt every later call, so make that an error instead.
     a.flags.writeable = False
@@ -124,7 +128,7 @@ def _as_codes(data: Codes) -> npt.NDArray[np.uint8]:
         return np.frombuffer(data, dtype=np.uint8)
     codes = np.asarray(data)
     if codes.dtype == np.uint8:
-        return codes
+        return codes.astype(np.uint8, copy=False)  # the array itself: no copy for uint8
     if not np.issubdtype(codes.dtype, np.integer):
         raise TypeError(f"G.711 code words must be bytes or an integer array, got {codes.dtype}")
     # Casting would silently wrap out-of-range values into valid-looking code words.

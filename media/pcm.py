@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from math import ceil, gcd
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +20,8 @@ from media.g711 import ULAW_SILENCE
 __all__ = ["float_to_int16", "frame", "int16_to_float", "resample", "to_mono"]
 
 _INT16_SCALE = 32768.0
+
+_ScalarT = TypeVar("_ScalarT", bound=np.generic)
 
 # Resampler design. The low-pass cutoff (-6 dB) sits at 90% of the lower Nyquist frequency with
 # a transition band 5% of the lower rate wide: for 8 kHz output the response is flat up to
@@ -49,7 +52,7 @@ def int16_to_float(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
     return (np.asarray(x, dtype=np.int16) / np.float32(_INT16_SCALE)).astype(np.float32)
 
 
-def to_mono(x: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+def to_mono(x: npt.NDArray[_ScalarT]) -> npt.NDArray[_ScalarT]:
     """Down-mix a (frames, channels) array to 1-D by averaging the channels.
 
     1-D input is returned unchanged. Float input keeps its dtype; integer input is rounded back
@@ -61,8 +64,10 @@ def to_mono(x: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
     if x.ndim != 2:
         raise ValueError(f"expected a 1-D or (frames, channels) array, got shape {x.shape}")
     if np.issubdtype(x.dtype, np.floating):
-        return x.mean(axis=1, dtype=x.dtype)
-    return np.rint(x.mean(axis=1, dtype=np.float64)).astype(x.dtype)
+        mono: npt.NDArray[_ScalarT] = x.mean(axis=1, dtype=x.dtype)
+        return mono
+    mean: npt.NDArray[np.float64] = x.mean(axis=1, dtype=np.float64)
+    return np.rint(mean).astype(x.dtype)
 
 
 @lru_cache(maxsize=8)
@@ -81,9 +86,9 @@ def _polyphase_filter(up: int, down: int) -> tuple[npt.NDArray[np.float64], int]
     # passband gain by making the taps sum to `up` (each phase then sums to ~1).
     h *= up / h.sum()
     taps = ceil(h.size / up)
-    bank = np.zeros(taps * up)
-    bank[: h.size] = h
-    bank = bank.reshape(taps, up).T.copy()
+    flat = np.zeros(taps * up)
+    flat[: h.size] = h
+    bank = flat.reshape(taps, up).T.copy()
     bank.flags.writeable = False
     return bank, half
 

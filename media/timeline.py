@@ -25,13 +25,14 @@ class TimedFrame(Protocol):
     payload: bytes
 
 
-def decode(codec: str, data: bytes) -> npt.NDArray[np.int16]:
+def decode(codec: str, data: bytes | npt.NDArray[np.uint8]) -> npt.NDArray[np.int16]:
     if codec == "pcmu":
         return ulaw_decode(data)
     if codec == "pcma":
         return alaw_decode(data)
     if codec == "l16":
-        return np.frombuffer(data, dtype="<i2").astype(np.int16)
+        codes = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+        return codes.view("<i2").astype(np.int16)
     raise ValueError(f"unknown codec {codec!r}")
 
 

@@ -48,7 +48,9 @@ def load_audio(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], i
         raise _reject(path, "no such file" if not os.path.exists(path) else "not a regular file")
     try:
         with sf.SoundFile(path) as f:
-            channels, rate = f.channels, f.samplerate
+            # soundfile is untyped (see [tool.mypy] in pyproject.toml): name what it returns.
+            channels: int = f.channels
+            rate: int = f.samplerate
             # Check the header before decoding so an oversized multichannel file is rejected
             # without reading it into memory.
             if channels < 1:
@@ -63,7 +65,7 @@ def load_audio(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], i
                 raise _reject(
                     path, f"sample rate {rate} Hz is below the minimum of {MIN_SAMPLE_RATE} Hz"
                 )
-            samples = f.read(dtype="float32", always_2d=True)
+            samples: npt.NDArray[np.float32] = f.read(dtype="float32", always_2d=True)
     except UnsupportedAudio:
         raise
     except sf.LibsndfileError as exc:

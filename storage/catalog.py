@@ -337,7 +337,8 @@ class Catalog:
 
     @property
     def schema_version(self) -> int:
-        return self._db.execute("PRAGMA user_version").fetchone()[0]
+        version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
+        return version
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -363,7 +364,10 @@ class Catalog:
     # -- breaches ------------------------------------------------------------------------------
     def breach(self, breach_id: str) -> sqlite3.Row | None:
         with self._lock:
-            return self._db.execute("SELECT * FROM breaches WHERE id = ?", (breach_id,)).fetchone()
+            row: sqlite3.Row | None = self._db.execute(
+                "SELECT * FROM breaches WHERE id = ?", (breach_id,)
+            ).fetchone()
+            return row
 
     def breaches(self) -> list[sqlite3.Row]:
         with self._lock:
@@ -426,7 +430,10 @@ class Catalog:
 
     def call(self, call_id: str) -> sqlite3.Row | None:
         with self._lock:
-            return self._db.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
+            row: sqlite3.Row | None = self._db.execute(
+                "SELECT * FROM calls WHERE id = ?", (call_id,)
+            ).fetchone()
+            return row
 
     # -- recordings ----------------------------------------------------------------------------
     def insert_recording(self, db: sqlite3.Connection, **values: Any) -> None:
