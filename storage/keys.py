@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import contextlib
 import fcntl
 import functools
@@ -218,7 +219,7 @@ class Keyring:
         self._stamp: tuple[int, int] | None = None
         # The service reads keys from several threads; a reload must never be seen half-done.
         self._mutex = threading.RLock()
-        self._doc: dict = {}
+        self._doc: dict[str, Any] = {}
         self._keks: dict[tuple[str, int], bytes] = {}
         self._lookup: dict[str, bytes] = {}
         self._public: dict[str, bytes] = {}
@@ -395,7 +396,9 @@ class Keyring:
 
     # -- changing ------------------------------------------------------------------------------
     @_synchronized
-    def set_public_keys(self, custody: Mapping[str, bytes | None]) -> list[CustodyChange]:
+    def set_public_keys(
+        self, custody: Mapping[str, bytes | None]
+    ) -> builtins.list[CustodyChange]:  # plain `list` would be Keyring.list
         """Record each named tenant's custody: a public key, or None for local keys. Tenants
         not named keep what is recorded. Returns what changed."""
         with self._locked():

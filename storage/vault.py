@@ -14,6 +14,7 @@ recovers it structurally (whole chunks kept, unverified) since it has no key to 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import fcntl
 import json
@@ -341,7 +342,7 @@ class Vault:
             self.catalog.audit(db, actor=actor, action=action, **kwargs)
 
     # -- recovery --------------------------------------------------------------------------
-    def recover(self) -> list[RecoveryResult]:
+    def recover(self) -> builtins.list[RecoveryResult]:  # plain `list` would be Vault.list
         """Finish what dead writers left in ``recording``: keep every sealed chunk."""
         results = []
         for row in self.catalog.recordings(status=RecordingStatus.RECORDING):
@@ -383,6 +384,7 @@ class Vault:
     def scan_blob(self, row: RecordingRow, path: Path, dek: bytes | None = None) -> BlobScan:
         """Verify a blob's chunks from the start up to the first damage or the end."""
         scan = BlobScan()
+        duration_ms = 0  # scan.duration_ms may be None (unknown) in general; here it is counted
         try:
             with path.open("rb") as fh:
                 key = self.data_key(row) if dek is None else dek
@@ -393,9 +395,8 @@ class Vault:
                     scan.end_offset = chunk.end_offset
                     scan.final = chunk.final
                     for f in chunk.frames:
-                        scan.duration_ms = max(
-                            scan.duration_ms, f.timestamp_ms + _frame_ms(row, f.payload)
-                        )
+                        duration_ms = max(duration_ms, f.timestamp_ms + _frame_ms(row, f.payload))
+                        scan.duration_ms = duration_ms
         except (FormatError, OSError) as exc:
             log.warning("recording %s: blob unreadable: %s", row.id, exc)
         return scan
@@ -611,6 +612,12 @@ class Recording:
         self._writer.abort()
         self._dek = None
         self._blob.discard()
+        # Column values for update_recording's **values (Any), never its expect_status.
+        evidence: dict[str, Any] = (
+            {"consent_evidence": json.dumps(consent_evidence, sort_keys=True)}
+            if consent_evidence is not None
+            else {}
+        )
         with vault.catalog.transaction() as db:
             vault.catalog.update_recording(
                 db,
@@ -621,11 +628,7 @@ class Recording:
                 wrapped_dek=None,
                 duration_ms=0,
                 chunk_count=0,
-                **(
-                    {"consent_evidence": json.dumps(consent_evidence, sort_keys=True)}
-                    if consent_evidence is not None
-                    else {}
-                ),
+                **evidence,
             )
             vault.catalog.audit(
                 db,
