@@ -26,11 +26,12 @@ from typing import Any
 
 from aiohttp import web
 
+from ivr.config import Tenant
 from ivr.recording_files import decode_recording
 from ivr.subject import SubjectError, normalise_phone
 from media.wavfile import wav_header
 from storage import lifecycle
-from storage.catalog import RecordingStatus, UnknownRecording
+from storage.catalog import RecordingRow, RecordingStatus, UnknownRecording
 from storage.errors import NotReadable, VaultError
 from storage.files import utc_iso
 from storage.vault import Vault
@@ -70,11 +71,12 @@ class Caller:
 
 
 VAULT_KEY = web.AppKey("api_vault", Vault)
-TOKENS_KEY = web.AppKey("api_tokens", dict)
-CLOCK_KEY = web.AppKey("api_clock", object)
-TENANTS_KEY = web.AppKey("api_tenants", dict)
+TOKENS_KEY = web.AppKey[dict[str, ApiToken]]("api_tokens")
+CLOCK_KEY = web.AppKey[Callable[[], datetime]]("api_clock")
+TENANTS_KEY = web.AppKey[dict[str, Tenant]]("api_tenants")
 
 Handler = Callable[[web.Request, Caller], Awaitable[web.StreamResponse]]
+Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 _HTTP_ERRORS: dict[int, type[web.HTTPException]] = {
@@ -93,7 +95,7 @@ def _json_error(status: int, message: str, **headers: str) -> web.HTTPException:
 
 
 def _authenticate(request: web.Request) -> Caller:
-    tokens: Mapping[str, ApiToken] = request.app[TOKENS_KEY]
+    tokens = request.app[TOKENS_KEY]
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     challenge = {"WWW-Authenticate": 'Bearer realm="ivr"'}
@@ -109,10 +111,10 @@ def _authenticate(request: web.Request) -> Caller:
     return Caller(found)
 
 
-def endpoint(roles: frozenset[str], action: str) -> Callable[[Handler], Callable]:
+def endpoint(roles: frozenset[str], action: str) -> Callable[[Handler], Route]:
     """Authenticate, authorise, audit every attempt, and turn vault errors into HTTP ones."""
 
-    def wrap(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def wrap(handler: Handler) -> Route:
         async def run(request: web.Request) -> web.StreamResponse:
             vault = request.app[VAULT_KEY]
             target = request.match_info.get("recording_id")
@@ -244,7 +246,7 @@ async def recording_audio(request: web.Request, caller: Caller) -> web.StreamRes
     )
     # Header, then the samples straight from the decoded array: no second copy of the file.
     header = wav_header(samples.shape[0], samples.shape[1], row.sample_rate)
-    body = memoryview(samples.astype("<i2", copy=False)).cast("B")  # WAV is little-endian
+    body = samples.astype("<i2", copy=False).data.cast("B")  # WAV is little-endian
     response = web.StreamResponse(
         headers={
             "Content-Type": "audio/wav",
@@ -368,27 +370,31 @@ async def retention_report(request: web.Request, caller: Caller) -> web.Response
     now = utc_iso(request.app[CLOCK_KEY]())
     rows = await asyncio.to_thread(vault.list, tenant=caller.tenant)
     kept = [r for r in rows if r.status in (RecordingStatus.COMPLETE, RecordingStatus.INCOMPLETE)]
-    live = [r for r in kept if r.retention_until]
-    brief = [
-        {
-            "id": r.id,
-            "lawful_basis": r.lawful_basis.value,
-            "retention_until": r.retention_until,
-            "legal_hold": r.legal_hold,
-        }
-        for r in sorted(live, key=lambda r: r.retention_until or "")
-    ]
+    # Each kept recording that has a retention date, with that date, soonest first.
+    live = sorted(((r.retention_until, r) for r in kept if r.retention_until), key=lambda d: d[0])
+    brief = [_retention_entry(r, until) for until, r in live]
     return web.json_response(
         {
             "now": now,
             "kept": len(live),
-            "overdue": [b for b in brief if b["retention_until"] <= now and not b["legal_hold"]],
-            "held": [b for b in brief if b["legal_hold"]],
+            "overdue": [
+                _retention_entry(r, until) for until, r in live if until <= now and not r.legal_hold
+            ],
+            "held": [_retention_entry(r, until) for until, r in live if r.legal_hold],
             # Kept with no retention date: a storage-limitation finding for the DPO.
             "without_retention_date": [r.id for r in kept if not r.retention_until],
             "recordings": brief,
         }
     )
+
+
+def _retention_entry(row: RecordingRow, until: str) -> dict[str, object]:
+    return {
+        "id": row.id,
+        "lawful_basis": row.lawful_basis.value,
+        "retention_until": until,
+        "legal_hold": row.legal_hold,
+    }
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -417,7 +423,7 @@ def configure(
     *,
     vault: Vault,
     tokens: Mapping[str, ApiToken],
-    tenants: Mapping[str, Any],
+    tenants: Mapping[str, Tenant],
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> None:
     app[VAULT_KEY] = vault

@@ -7,9 +7,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from ivr import __version__
 from ivr.cli_common import CommandFailed
@@ -180,6 +180,18 @@ def _export_vcon(args: argparse.Namespace, out: Path, private_key: Any) -> int:
 
 
 # -- keys -----------------------------------------------------------------------------------------
+class _KeyEntry(TypedDict):
+    """One line of `ivr keys list`: a local key version, or a tenant's public key."""
+
+    tenant: str
+    custody: str
+    version: int | None
+    key_ref: str
+    current: bool
+    fingerprint: str
+    created_at: str | None
+
+
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from storage.custody import key_ref_of
     from storage.keys import fingerprint
@@ -187,7 +199,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     with _open_vault(args) as vault:
         keys = vault.keyring.list(args.tenant)
         public = vault.keyring.public_keys()
-    data = [
+    data: list[_KeyEntry] = [
         {
             "tenant": k.tenant,
             "custody": "public_key" if k.tenant in public else "local",
@@ -582,7 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return args.func(args)
+        command: Callable[[argparse.Namespace], int] = args.func
+        return command(args)
     except CommandFailed as exc:
         print(f"ivr: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

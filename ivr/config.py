@@ -718,7 +718,9 @@ class _Loader:
             self.error(_join(path, key), str(exc))
             return _BAD
 
-    def table(self, parent: Mapping[str, Any], path: str, key: str, hint: str = "") -> dict:
+    def table(
+        self, parent: Mapping[str, Any], path: str, key: str, hint: str = ""
+    ) -> dict[str, Any]:
         """An optional sub-table (empty when absent or wrong)."""
         value = parent.get(key, {})
         if not isinstance(value, dict):

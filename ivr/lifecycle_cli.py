@@ -12,7 +12,7 @@ from ivr.cli_common import EXIT_FAILURE, EXIT_OK, CommandFailed, actor, emit, op
 from ivr.subject import SubjectError, held_back_message, normalise_phone
 from storage import lifecycle
 from storage.audit import verify_catalog
-from storage.catalog import CatalogError
+from storage.catalog import CatalogError, RecordingRow
 from storage.errors import VaultError
 from storage.files import parse_utc, utc_iso
 
@@ -132,30 +132,31 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_retention_report(args: argparse.Namespace) -> int:
     with open_vault(args) as vault:
-        rows = [r for r in vault.list(tenant=args.tenant) if r.retention_until]
+        rows = vault.list(tenant=args.tenant)
     now = utc_iso(datetime.now(UTC))
-    live = [r for r in rows if r.status.value in ("complete", "incomplete")]
-    data = {
-        "now": now,
-        "recordings": len(live),
-        "overdue": [_brief(r) for r in live if r.retention_until <= now and not r.legal_hold],
-        "held": [_brief(r) for r in live if r.legal_hold],
-        "next": [_brief(r) for r in sorted(live, key=lambda r: r.retention_until)[:10]],
-    }
+    # Each kept recording that has a retention date, with that date.
+    live = [
+        (r.retention_until, r)
+        for r in rows
+        if r.retention_until and r.status.value in ("complete", "incomplete")
+    ]
+    overdue = [_brief(r) for until, r in live if until <= now and not r.legal_hold]
+    held = [_brief(r) for _, r in live if r.legal_hold]
+    upcoming = [_brief(r) for _, r in sorted(live, key=lambda d: d[0])[:10]]
+    data = {"now": now, "recordings": len(live), "overdue": overdue, "held": held, "next": upcoming}
 
     def text() -> str:
         lines = [
-            f"{len(live)} recording(s) kept; {len(data['overdue'])} overdue, "
-            f"{len(data['held'])} under legal hold"
+            f"{len(live)} recording(s) kept; {len(overdue)} overdue, {len(held)} under legal hold"
         ]
-        lines += [f"  next: {x['id']} until {x['retention_until']}" for x in data["next"]]
+        lines += [f"  next: {x['id']} until {x['retention_until']}" for x in upcoming]
         return "\n".join(lines)
 
     emit(args, data, text)
     return EXIT_OK
 
 
-def _brief(row: Any) -> dict[str, Any]:
+def _brief(row: RecordingRow) -> dict[str, object]:
     return {
         "id": row.id,
         "tenant": row.tenant,

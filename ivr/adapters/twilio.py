@@ -204,7 +204,7 @@ def _int(value: object, what: str) -> int:
     raise StreamError(f"{what} is not a number")
 
 
-def _obj(message: dict, key: str) -> dict:
+def _obj(message: dict[str, object], key: str) -> dict[str, object]:
     value = message.get(key)
     if not isinstance(value, dict):
         raise StreamError(f"{message.get('event')} message without a {key} object")
