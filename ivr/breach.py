@@ -128,7 +128,8 @@ def affected(vault: Vault, scope: Scope) -> list[RecordingRow]:
     if scope.kind == "tenant":
         return [r for r in rows if r.tenant == scope.tenant]
     if scope.kind == "window":
-        start, end = utc_iso(scope.start), utc_iso(scope.end)  # type: ignore[arg-type]
+        assert scope.start is not None and scope.end is not None  # parse_scope sets both
+        start, end = utc_iso(scope.start), utc_iso(scope.end)
         return [r for r in rows if start <= r.started_at <= end]
     if scope.kind == "recordings":
         wanted = set(scope.recording_ids)

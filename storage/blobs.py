@@ -121,8 +121,7 @@ class BlobFile:
             while view:
                 view = view[os.write(self._fd, view) :]
         except OSError as exc:
-            self._fail(exc)
-            raise self.error from None  # type: ignore[misc]
+            raise self._fail(exc) from None
         self._hash.update(data)
         self.size += len(data)
         self.units += 1
@@ -149,7 +148,8 @@ class BlobFile:
                 self._fail(exc)
                 return
 
-    def _fail(self, exc: OSError) -> None:
+    def _fail(self, exc: OSError) -> VaultWriteError:
+        """Record the failure as ``self.error`` (what every later write raises) and return it."""
         # Cut back to the last whole unit so the file stays a valid (if unfinished) blob.
         try:
             os.ftruncate(self._fd, self.size)
@@ -161,6 +161,7 @@ class BlobFile:
         error.errno = exc.errno or errno.EIO
         error.strerror = reason
         self.error = error
+        return error
 
     def wait(self) -> None:
         """Block until everything written so far is durable (or has failed)."""
