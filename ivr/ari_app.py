@@ -43,27 +43,17 @@ from typing import Any
 import aiohttp
 
 from ivr.adapters import ari
-from ivr.calls import CallSession
+from ivr.calls import Call, CallRegistry, CallSession, carry_out
 from ivr.config import AsteriskSettings, Config, Line, normalise_number
-from ivr.consent import (
-    Command,
-    DigitPressed,
-    HandOff,
-    HangUp,
-    PlayPrompt,
-    PromptFinished,
-    StopPrompt,
-)
-from ivr.prompt_library import PromptLibrary
+from ivr.consent import Command, DigitPressed, PromptFinished
 from media.dtmf import DtmfDetector, parse_telephone_event
-from media.prompts import prompt_frames
+from media.prompts import Prompt, prompt_frames
 from media.rtp import JitterBuffer, RtpError, RtpSender, classify, parse_rtp
-from storage.vault import Vault
 
 log = logging.getLogger(__name__)
 
+PLATFORM = "asterisk"
 FRAME_MS = 20
-NEAR_DEADLINE_SECONDS = 30.0  # beyond this, RTP's own clock is enough to reach a deadline
 DRAIN_QUIET_SECONDS = 0.02
 DRAIN_ROUNDS = 10
 MAX_QUEUE = 2000  # per call: about 40 s of RTP; beyond that a call is hopelessly stuck
@@ -152,17 +142,16 @@ class _Playback:
     started_at: float  # call time
 
 
-@dataclass
+@dataclass(eq=False)
 class AriCall:
+    """One caller's channel and everything of ours around it: RTP port, bridge, external
+    media, agent leg, the prompt being played. The ``Wire`` of its ``Call``."""
+
     app: AriApplication
     caller: ari.Channel
     key: str
     args: tuple[str, ...] = ()
-    line: Line | None = None
-    call_id: str | None = None  # the catalog's, once the call is registered
-    session: CallSession | None = None
-    end_reason: str | None = None  # the first cause of the end, never overwritten
-    setup_error: str | None = None
+    call: Call | None = None  # in the registry once the line is known
     handed_back: bool = False  # returned to the dialplan: not ours to hang up
     agent_answered: bool = False
     gone: asyncio.Event = field(default_factory=asyncio.Event)  # the caller hung up
@@ -181,25 +170,29 @@ class AriCall:
     jitter: JitterBuffer = field(default_factory=JitterBuffer)
     dtmf: DtmfDetector = field(default_factory=DtmfDetector)
     media_base_ms: int | None = None
-    started_wall: float = 0.0
     strangers: int = 0
     malformed: int = 0
     last_digit: tuple[str, float] | None = None
     caller_gone: bool = False
+    early_end: str | None = None  # why it ended, before it was in the registry
     packets: int = 0
     _pump_posted: bool = False
     reported: dict[str, str] = field(default_factory=dict)
     _reported_state: tuple[Any, bool] | None = None
 
     @property
+    def session(self) -> CallSession | None:
+        return self.call.session if self.call is not None else None
+
+    @property
     def label(self) -> str:
-        return self.call_id or f"ari:{self.caller.id}"
+        return self.call.call_id if self.call is not None else f"ari:{self.caller.id}"
 
     def ended_by(self, reason: str) -> None:
-        """Note why the call ends; the first cause wins (our own hang-up of the caller, say,
-        is followed by Asterisk's hang-up events for that channel)."""
-        if self.end_reason is None:
-            self.end_reason = reason
+        if self.call is not None:
+            self.call.ended_by(reason)
+        elif self.early_end is None:
+            self.early_end = reason
 
     def caller_left(self, reason: str) -> None:
         self.caller_gone = True
@@ -226,7 +219,7 @@ class AriCall:
         if session is None or self.finished:
             return
         self.packets += 1
-        self._take_rtp(data)
+        self._take_rtp(session, data)
         deadline = session.flow.deadline
         due = self.playback is not None or (deadline is not None and session.now >= deadline)
         if due and not self._pump_posted:
@@ -258,49 +251,31 @@ class AriCall:
             await app.rest_quiet(ari.hang_up(self.caller.id, "unallocated"))
             self.handed_back = True
             return False
-        self.line = line
-        self.call_id = await asyncio.to_thread(
-            app.vault.open_call,
-            tenant=line.tenant,
-            platform="asterisk",
+        number = self.caller.caller_number
+        call = await app.registry.open(
+            platform=PLATFORM,
             platform_call_id=self.caller.id,
-            line=line.policy_id,
-            caller=normalise_number(self.caller.caller_number)
-            if self.caller.caller_number.startswith(("+", "00"))
-            else None,
+            line=line,
+            caller=normalise_number(number) if number.startswith(("+", "00")) else None,
         )
+        call.attached = 1  # the channel feeds it until _finish
+        if self.early_end is not None:
+            call.ended_by(self.early_end)
+        self.call = call
         app.count("calls")
-        log.info(
-            "call %s: asterisk channel %s, policy %s (%s, %s)",
-            self.call_id,
-            self.caller.id,
-            line.policy_id,
-            line.lawful_basis.value,
-            line.consent_mode.value,
-        )
         try:
             await self._connect_media()
         except SetupFailed as exc:
             await self._setup_failed(str(exc))
             return False
         # The call's clock starts here: the caller can hear us from now on.
-        self.session = CallSession(
-            vault=app.vault,
-            line=line,
-            call_id=self.call_id,
-            platform_call_id=self.caller.id,
-            prompts=app.prompts.for_line(line.tenant, line.language),
-            started_wall=app.clock(),
-            clock=app.clock,
-            tracks=("mixed",),
-        )
-        self.started_wall = app.wall()
-        await self._run(await self.session.start())
+        session = app.registry.begin(call, tracks=("mixed",))
+        await self._run(await session.start())
         return True
 
     async def _connect_media(self) -> None:
         """Answer, bridge, external media, in the order real Asterisk needs (docs/asterisk.md,
-        "Setting up a call"). Raises SetupFailed with the reason."""
+        "What happens to a call"). Raises SetupFailed with the reason."""
         app = self.app
         settings = app.settings
         try:
@@ -357,8 +332,9 @@ class AriCall:
         if self.caller_gone:
             log.info("call %s: caller hung up during set-up", self.label)
             return
+        assert self.call is not None
         self.app.count("calls_setup_failed")
-        self.setup_error = reason
+        self.call.setup_error = reason
         self.ended_by(f"set-up failed: {reason}")
         log.error(
             "call %s: set-up failed: %s; handing the caller back to the dialplan",
@@ -375,13 +351,8 @@ class AriCall:
             if not queue.empty():  # the common case under load: no timer, no task
                 kind, value = queue.get_nowait()
             else:
-                timeout = None
-                if self.playback is not None:
-                    timeout = FRAME_MS / 1000  # keep prompts paced should RTP stop arriving
-                elif session.flow.deadline is not None:
-                    remaining = session.flow.deadline - session.now
-                    if remaining < NEAR_DEADLINE_SECONDS:
-                        timeout = max(remaining, 0) + 0.05
+                # Keep prompts paced should RTP stop arriving; else the timer rule.
+                timeout = FRAME_MS / 1000 if self.playback is not None else session.timer()
                 if timeout is None:
                     kind, value = await queue.get()
                 else:
@@ -393,13 +364,13 @@ class AriCall:
             if kind == "pump":
                 self._pump_posted = False
             elif kind in ("digit", "rtp-digit"):
-                await self._digit(value)
+                await self._digit(session, value)
             elif kind == "agent":
                 await self._agent_entered(value)
             elif kind == "end":
                 await self._drain_then_finish(value)
                 return
-            await self._pump()
+            await self._pump(session)
 
     async def _drain_then_finish(self, reason: str) -> None:
         """RTP that arrived before the hang-up may still sit in the socket when the hang-up
@@ -411,14 +382,11 @@ class AriCall:
                 break
         await self._finish(reason)
 
-    async def _pump(self) -> None:
+    async def _pump(self, session: CallSession) -> None:
         """Send the prompt frames that are due, and give the flow its ticks."""
-        session = self.session
-        assert session is not None
-        now = session.at(session.call_time()) if self.playback is None else session.now
+        now = session.now_event()
         pb = self.playback
         if pb is not None and self.protocol and self.protocol.transport and self.peer:
-            now = session.at(session.call_time())
             due = int((now - pb.started_at) * 1000 // FRAME_MS) + 1
             sent = 0
             while pb.frames and due > 0:
@@ -433,9 +401,7 @@ class AriCall:
                 pb.started_at += sent * FRAME_MS / 1000
         await self._run(await session.tick(now))
 
-    def _take_rtp(self, data: bytes) -> None:
-        session = self.session
-        assert session is not None
+    def _take_rtp(self, session: CallSession, data: bytes) -> None:
         try:
             packet = parse_rtp(data)
         except RtpError as exc:
@@ -461,21 +427,17 @@ class AriCall:
             session.audio(0, self.media_base_ms + frame.timestamp_ms, frame.payload)
             session.at((self.media_base_ms + frame.timestamp_ms + FRAME_MS) / 1000)
 
-    async def _digit(self, digit: str) -> None:
-        session = self.session
-        assert session is not None
-        now = session.at(session.call_time())
+    async def _digit(self, session: CallSession, digit: str) -> None:
+        now = session.now_event()
         last = self.last_digit
         if last and last[0] == digit and now - last[1] < DIGIT_DEDUP_SECONDS:
             return  # the same key reported by both ARI and RFC 4733
         self.last_digit = (digit, now)
         await self._run(await session.handle(DigitPressed(at=now, digit=digit)))
 
-    async def _report(self) -> None:
+    async def _report(self, session: CallSession) -> None:
         """Tell the PBX what was decided, as channel variables its dialplan or CDR can use:
         IVR_CONSENT_DECISION, IVR_LAWFUL_BASIS and, once recording, IVR_RECORDING_ID."""
-        session = self.session
-        assert session is not None
         values = {
             "IVR_CONSENT_DECISION": session.decision.value if session.decision else "",
             "IVR_LAWFUL_BASIS": session.line.lawful_basis.value,
@@ -488,41 +450,30 @@ class AriCall:
 
     async def _run(self, commands: list[Command]) -> None:
         session = self.session
-        assert session is not None
-        if (
-            session.decision is not None
-            and (
-                session.decision,
-                session.recording is not None,
-            )
-            != self._reported_state
-        ):
-            self._reported_state = (session.decision, session.recording is not None)
-            await self._report()
-        for command in commands:
-            if isinstance(command, PlayPrompt):
-                prompt = session.prompts[command.prompt_id]
-                self.sender.start_talkspurt()
-                self.playback = _Playback(
-                    command.play_id, deque(prompt_frames(prompt)), session.call_time()
-                )
-            elif isinstance(command, StopPrompt):
-                self.playback = None
-            elif isinstance(command, HandOff):
-                await self._hand_off(command)
-            elif isinstance(command, HangUp):
-                log.info("call %s: hanging up (%s)", session.call_id, command.reason)
-                self.ended_by(f"service hung up: {command.reason}")
-                await self.app.rest_quiet(ari.hang_up(self.caller.id))
+        assert session is not None and self.call is not None
+        state = (session.decision, session.recording is not None)
+        if session.decision is not None and state != self._reported_state:
+            self._reported_state = state
+            await self._report(session)
+        await carry_out(self.call, self, commands)
 
-    async def _hand_off(self, command: HandOff) -> None:
+    # -- the Wire ---------------------------------------------------------------------------
+    async def play(self, prompt: Prompt, play_id: int) -> None:
         session = self.session
         assert session is not None
-        forward = session.line.forward_to
+        self.sender.start_talkspurt()
+        self.playback = _Playback(play_id, deque(prompt_frames(prompt)), session.call_time())
+
+    async def stop_playing(self) -> None:
+        self.playback = None
+
+    async def hand_off(self, recording: bool) -> None:
+        call = self.call
+        assert call is not None
+        forward = call.line.forward_to
         if forward is None:
-            if not command.recording:  # a message line whose caller refused: nothing to do
-                self.ended_by("service hung up: nothing to record")
-                await self.app.rest_quiet(ari.hang_up(self.caller.id))
+            if not recording:  # a message line whose caller refused: nothing to do
+                await self.hang_up("nothing to record")
             return
         self.agent_id = self.app.own_id(self.key, ari.AGENT)
         self.app.own_channels[self.agent_id] = self
@@ -532,13 +483,18 @@ class AriCall:
                     self.app.settings.app,
                     self.agent_id,
                     self.app.settings.endpoint(forward),
-                    session.line.number,
+                    call.line.number,
                     AGENT_RING_SECONDS,
                 )
             )
         except AriHttpError as exc:
             self.app.count("ari_errors")
-            log.error("call %s: could not reach the agent: %s", session.call_id, exc)
+            log.error("call %s: could not reach the agent: %s", call.call_id, exc)
+
+    async def hang_up(self, reason: str) -> None:
+        log.info("call %s: hanging up (%s)", self.label, reason)
+        self.ended_by(f"service hung up: {reason}")
+        await self.app.rest_quiet(ari.hang_up(self.caller.id))
 
     async def _agent_entered(self, channel_id: str) -> None:
         try:
@@ -554,25 +510,20 @@ class AriCall:
         if self.finished:
             return
         self.finished = True
-        self.ended_by(reason)
         app = self.app
-        session = self.session
-        outcome: str | None = None
+        call, session = self.call, self.session
         if session is not None:
             for frame in self.jitter.flush():
                 if self.media_base_ms is not None:
                     session.audio(0, self.media_base_ms + frame.timestamp_ms, frame.payload)
-            row = await session.end(self.end_reason or reason)
-            outcome = session.decision.value if session.decision else "ended"
+        if call is not None:
+            call.attached = 0
+            await app.registry.finish(call, reason)
+        if session is not None:
             stats = self.jitter.stats
             log.info(
-                "call %s: ended (%s), decision %s, recording %s, %d frames stored, "
-                "rtp lost %d dup %d late %d strangers %d malformed %d",
-                session.call_id,
-                self.end_reason,
-                session.decision.value if session.decision else "-",
-                f"{row.id} {row.status.value}" if row else "none",
-                session.stats.frames_stored,
+                "call %s: rtp lost %d dup %d late %d strangers %d malformed %d",
+                self.label,
                 stats.lost,
                 stats.duplicates,
                 stats.late,
@@ -584,25 +535,13 @@ class AriCall:
                 # at 12.3 s is the network's and not the caller's.
                 log.info(
                     "call %s: silence filled for lost RTP at %s",
-                    session.call_id,
+                    self.label,
                     ", ".join(f"{start}+{length} ms" for start, length in self.jitter.gaps[:20]),
                 )
             app.count("calls_completed")
             app.count("frames_stored", session.stats.frames_stored)
             app.count("frames_lost", session.stats.frames_lost)
             app.count("rtp_lost", stats.lost)
-        elif self.call_id is not None:
-            # The flow never started: a failed set-up, or a caller gone before the media was.
-            outcome = "setup_failed" if self.setup_error else "hung_up"
-            log.info("call %s: ended (%s), outcome %s", self.call_id, self.end_reason, outcome)
-        if self.call_id is not None:
-            await asyncio.to_thread(
-                app.vault.catalog.update_call,
-                self.call_id,
-                ended_at=app.clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                outcome=outcome,
-                end_reason=self.end_reason,
-            )
         for channel_id in (self.agent_id, self.media_id):
             if channel_id:
                 await app.rest_quiet(ari.hang_up(channel_id))
@@ -630,8 +569,7 @@ class AriApplication:
     def __init__(
         self,
         config: Config,
-        vault: Vault,
-        prompts: PromptLibrary,
+        registry: CallRegistry,
         *,
         clock: Callable[[], datetime],
         wall: Callable[[], float] = time.monotonic,
@@ -640,12 +578,12 @@ class AriApplication:
         assert config.asterisk is not None
         self.config = config
         self.settings = config.asterisk
-        self.vault = vault
-        self.prompts = prompts
+        self.registry = registry
+        self.vault = registry.vault
         self.clock = clock
         self.wall = wall
         self.sleep = sleep
-        self.calls: dict[str, AriCall] = {}  # by caller channel id
+        self.calls: dict[str, AriCall] = {}  # the channels we serve, by caller channel id
         self.own_channels: dict[str, AriCall] = {}
         self.counters: dict[str, int] = {}
         self.connected = False

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from ivr import __version__, api, breach
 from ivr.ari_app import AriApplication
+from ivr.calls import CallRegistry
 from ivr.config import Config
 from ivr.prompt_library import PromptLibrary
 from ivr.stream_token import StreamTokens
@@ -40,6 +41,7 @@ DATA_DIR = web.AppKey("data_dir", Path)
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", object)
 ARI = web.AppKey("ari", AriApplication)
+CALLS = web.AppKey("calls", CallRegistry)
 
 
 def cpu_seconds() -> float:
@@ -80,10 +82,11 @@ def create_app(
             tenants=dict(config.tenants),
             clock=clock,
         )
+        registry = CallRegistry(vault, prompts, clock=clock)
+        app[CALLS] = registry
         app[TWILIO] = TwilioCalls(
             config=config,
-            vault=vault,
-            prompts=prompts,
+            calls=registry,
             tokens=StreamTokens.random(config.stream_token_ttl_seconds),
             clock=clock,
         )
@@ -101,7 +104,7 @@ def create_app(
         )
         ari_app = None
         if config.asterisk is not None:
-            ari_app = AriApplication(config, vault, prompts, clock=clock)
+            ari_app = AriApplication(config, registry, clock=clock)
             app[ARI] = ari_app
             await ari_app.start()
         log.info(
@@ -214,7 +217,7 @@ async def healthz(request: web.Request) -> web.Response:
             if ari_app is not None and (not ari_app.connected or ari_app.replaced)
             else "ok",
             "version": __version__,
-            "calls_in_progress": len(twilio.sessions),
+            "calls_in_progress": len(twilio.calls.calls("twilio")),
             "open_recordings": len(vault.open_recordings),
             "recordings_in_progress": in_progress,
             "counters": dict(sorted(twilio.counters.items())),

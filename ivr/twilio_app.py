@@ -13,7 +13,6 @@ fast mode. A wall-clock fallback covers a stream that stops sending.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import logging
@@ -53,52 +52,43 @@ from ivr.adapters.twilio import (
     twiml_say_hangup,
 )
 from ivr.adapters.twilio_signature import SIGNATURE_HEADER, is_valid_signature
-from ivr.calls import TRACK_AGENT, TRACK_CALLER, CallSession
+from ivr.calls import TRACK_AGENT, TRACK_CALLER, Call, CallRegistry, CallSession, carry_out
 from ivr.config import Config, normalise_number
-from ivr.consent import (
-    Command,
-    DigitPressed,
-    HandOff,
-    HangUp,
-    PlayPrompt,
-    PromptFinished,
-    StopPrompt,
-)
-from ivr.prompt_library import PromptLibrary
+from ivr.consent import Command, DigitPressed, PromptFinished
 from ivr.stream_token import StreamTokens, TokenError
 from media.prompts import Prompt, prompt_frames
-from storage.vault import Vault
 
 log = logging.getLogger(__name__)
 
+PLATFORM = "twilio"
 TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 MAX_BAD_MESSAGES = 50  # per stream, before we stop believing it is Twilio talking
-WALL_GRACE_SECONDS = 2.0
-NEAR_DEADLINE_SECONDS = 30.0
 START_TIMEOUT_SECONDS = 10.0  # Twilio sends connected and start at once
 UNKNOWN_NUMBER_TEXT = "This number is not in service. Goodbye."
 
 
 @dataclass
 class TwilioCalls:
-    """The service's Twilio state: configuration, prompts, tokens and the calls in progress."""
+    """The service's Twilio side: configuration, stream tokens, the open sockets. The calls
+    themselves live in the shared ``CallRegistry``."""
 
     config: Config
-    vault: Vault
-    prompts: PromptLibrary
+    calls: CallRegistry
     tokens: StreamTokens
     clock: Callable[[], datetime]
     wall: Callable[[], float] = time.time
-    sessions: dict[str, CallSession] = field(default_factory=dict)
-    consent_streams_used: set[str] = field(default_factory=set)
-    recording_streams_used: set[str] = field(default_factory=set)
-    hangups: set[str] = field(default_factory=set)
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     accepting: bool = True
     counters: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    def call(self, call_sid: str) -> Call | None:
+        call = self.calls.get(PLATFORM, call_sid)
+        if call is not None:
+            self.calls.heard(call)
+        return call
 
 
 TWILIO = web.AppKey("twilio", TwilioCalls)
@@ -152,36 +142,15 @@ async def voice(request: web.Request) -> web.Response:
         twilio.count("calls_unknown_number")
         log.info("call %s: no line for the dialled number; hanging up", hook.call_sid)
         return _twiml(twiml_say_hangup(UNKNOWN_NUMBER_TEXT))
-    session = twilio.sessions.get(hook.call_sid)
-    if session is None:
-        caller = normalise_number(hook.from_)
-        call_id = await asyncio.to_thread(
-            twilio.vault.open_call,
-            tenant=line.tenant,
-            platform="twilio",
+    if twilio.call(hook.call_sid) is None:
+        call = await twilio.calls.open(
+            platform=PLATFORM,
             platform_call_id=hook.call_sid,
-            line=line.policy_id,
-            caller=caller,
-        )
-        session = CallSession(
-            vault=twilio.vault,
             line=line,
-            call_id=call_id,
-            platform_call_id=hook.call_sid,
-            prompts=twilio.prompts.for_line(line.tenant, line.language),
-            started_wall=twilio.clock(),
-            clock=twilio.clock,
+            caller=normalise_number(hook.from_),
         )
-        twilio.sessions[hook.call_sid] = session
+        twilio.calls.begin(call)
         twilio.count("calls")
-        log.info(
-            "call %s: twilio %s, policy %s (%s, %s)",
-            call_id,
-            hook.call_sid,
-            line.policy_id,
-            line.lawful_basis.value,
-            line.consent_mode.value,
-        )
     base = _public_base(request, twilio.config)
     token = twilio.tokens.issue("consent", hook.call_sid, twilio.wall())
     return _twiml(
@@ -193,14 +162,14 @@ async def voice(request: web.Request) -> web.Response:
 
 async def continue_call(request: web.Request) -> web.Response:
     twilio, hook = await _signed_form(request)
-    session = twilio.sessions.get(hook.call_sid)
-    if session is None:
+    call = twilio.call(hook.call_sid)
+    if call is None or call.session is None:
         log.warning("twilio %s: /continue for a call we do not know; hanging up", hook.call_sid)
         return _twiml(twiml_hangup())
-    forward = session.line.forward_to
-    if hook.call_sid in twilio.hangups or forward is None:
+    forward = call.line.forward_to
+    if call.hung_up or forward is None:
         return _twiml(twiml_hangup())
-    if session.recording_allowed:
+    if call.session.recording_allowed:
         base = _public_base(request, twilio.config)
         token = twilio.tokens.issue("recording", hook.call_sid, twilio.wall())
         return _twiml(
@@ -213,41 +182,27 @@ async def continue_call(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     twilio, hook = await _signed_form(request)
-    session = twilio.sessions.get(hook.call_sid)
-    if session is None:
+    call = twilio.call(hook.call_sid)
+    if call is None or call.session is None:
         return web.json_response({"call_sid": hook.call_sid, "known": False})
     if hook.call_status not in TERMINAL_STATUSES:
-        return web.json_response({"call_sid": hook.call_sid, **session.summary()})
-    twilio.sessions.pop(hook.call_sid, None)
-    await session.end(f"call {hook.call_status}")
-    await asyncio.to_thread(
-        twilio.vault.catalog.update_call,
-        session.call_id,
-        ended_at=twilio.clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        outcome=session.decision.value if session.decision else hook.call_status,
-    )
+        return web.json_response({"call_sid": hook.call_sid, **call.session.summary()})
+    await twilio.calls.finish(call, f"call {hook.call_status}")
     twilio.count("calls_completed")
-    summary = session.summary()
-    log.info(
-        "call %s: ended (%s), decision %s, recording %s %s, %d frames stored",
-        session.call_id,
-        hook.call_status,
-        summary["decision"],
-        summary["recording_id"],
-        summary["recording_status"],
-        summary["frames_stored"],
-    )
-    return web.json_response({"call_sid": hook.call_sid, **summary})
+    return web.json_response({"call_sid": hook.call_sid, **call.session.summary()})
 
 
 # -- Media Streams --------------------------------------------------------------------------------
 class _Stream:
-    """One Media Streams websocket: message order, sequence numbers, and the call it is for."""
+    """One Media Streams websocket: message order, sequence numbers, the call it is for, and
+    the ``Wire`` the call's commands go out on (a consent stream can play and take keys; a
+    recording stream is one-way: Twilio delivers no keys on it and plays nothing)."""
 
     def __init__(self, twilio: TwilioCalls, ws: web.WebSocketResponse, kind: str) -> None:
         self.twilio = twilio
         self.ws = ws
         self.kind = kind
+        self.call: Call | None = None
         self.session: CallSession | None = None
         self.stream_sid = ""
         self.base_ms = 0
@@ -260,7 +215,7 @@ class _Stream:
         await self.ws.close(code=code, message=reason.encode()[:120])
 
     def where(self) -> str:
-        return f"call {self.session.call_id}" if self.session else f"{self.kind} stream"
+        return f"call {self.call.call_id}" if self.call else f"{self.kind} stream"
 
     async def admit(self, start: Start) -> bool:
         twilio = self.twilio
@@ -273,25 +228,23 @@ class _Stream:
             log.warning("%s stream for twilio %s refused: %s", self.kind, start.call_sid, exc)
             await self.close(CLOSE_POLICY, str(exc))
             return False
-        used = (
-            twilio.consent_streams_used if self.kind == "consent" else twilio.recording_streams_used
-        )
-        session = twilio.sessions.get(start.call_sid)
-        if session is None or start.call_sid in used:
-            why = "call is not in progress" if session is None else "token already used"
+        call = twilio.call(start.call_sid)
+        if call is None or call.session is None or self.kind in call.streams:
+            why = "call is not in progress" if call is None else "token already used"
             twilio.count("streams_refused")
             log.warning("%s stream for twilio %s refused: %s", self.kind, start.call_sid, why)
             await self.close(CLOSE_POLICY, why)
             return False
-        if self.kind == "recording" and not session.recording_allowed:
+        if self.kind == "recording" and not call.session.recording_allowed:
             twilio.count("streams_refused")
-            log.warning("call %s: recording stream refused: not allowed", session.call_id)
+            log.warning("call %s: recording stream refused: not allowed", call.call_id)
             await self.close(CLOSE_POLICY, "recording is not allowed for this call")
             return False
-        used.add(start.call_sid)
-        self.session = session
+        call.streams.add(self.kind)
+        call.attached += 1
+        self.call, self.session = call, call.session
         self.stream_sid = start.stream_sid
-        self.base_ms = int(session.call_time() * 1000)
+        self.base_ms = int(call.session.call_time() * 1000)
         self.last_seq = start.sequence
         return True
 
@@ -309,35 +262,40 @@ class _Stream:
         self.last_seq = sequence
         return True
 
+    async def run(self, commands: list[Command]) -> None:
+        assert self.call is not None
+        await carry_out(self.call, self, commands)
+
+    # -- the Wire ---------------------------------------------------------------------------
+    async def play(self, prompt: Prompt, play_id: int) -> None:
+        if self.kind != "consent":
+            return  # a one-way stream cannot play anything
+        sid = self.stream_sid
+        for payload in _encoded_frames(prompt):
+            await self.ws.send_str(media_message_encoded(sid, payload))
+        await self.ws.send_str(mark_message(sid, f"play-{play_id}"))
+
+    async def stop_playing(self) -> None:
+        if self.kind == "consent":
+            await self.ws.send_str(clear_message(self.stream_sid))
+
+    async def hand_off(self, recording: bool) -> None:
+        # Closing the consent stream makes Twilio ask /twilio/continue, which dials onwards
+        # (with a recording stream if ``recording``).
+        if self.kind == "consent":
+            await self.close(CLOSE_NORMAL, "consent phase done")
+
+    async def hang_up(self, reason: str) -> None:
+        # /twilio/continue answers <Hangup/> for this call from now on (call.hung_up).
+        assert self.call is not None
+        log.info("call %s: hanging up (%s)", self.call.call_id, reason)
+        await self.close(CLOSE_NORMAL, reason)
+
 
 @functools.lru_cache(maxsize=512)
 def _encoded_frames(prompt: Prompt) -> tuple[str, ...]:
     """A prompt's 20 ms frames in base64, made once per prompt rather than once per call."""
     return tuple(base64.b64encode(f).decode("ascii") for f in prompt_frames(prompt))
-
-
-async def _run_commands(stream: _Stream, commands: list[Command]) -> None:
-    session = stream.session
-    assert session is not None
-    for command in commands:
-        if isinstance(command, PlayPrompt):
-            prompt = session.prompts[command.prompt_id]
-            if stream.kind != "consent":
-                continue  # a one-way stream cannot play anything
-            sid = stream.stream_sid
-            for payload in _encoded_frames(prompt):
-                await stream.ws.send_str(media_message_encoded(sid, payload))
-            await stream.ws.send_str(mark_message(sid, f"play-{command.play_id}"))
-        elif isinstance(command, StopPrompt):
-            if stream.kind == "consent":
-                await stream.ws.send_str(clear_message(stream.stream_sid))
-        elif isinstance(command, HandOff):
-            if stream.kind == "consent":
-                await stream.close(CLOSE_NORMAL, "consent phase done")
-        elif isinstance(command, HangUp):
-            stream.twilio.hangups.add(session.platform_call_id)
-            log.info("call %s: hanging up (%s)", session.call_id, command.reason)
-            await stream.close(CLOSE_NORMAL, command.reason)
 
 
 async def _stream_handler(request: web.Request, kind: str) -> web.WebSocketResponse:
@@ -355,10 +313,15 @@ async def _stream_handler(request: web.Request, kind: str) -> web.WebSocketRespo
             await stream.close(CLOSE_INTERNAL, "internal error")
     finally:
         twilio.sockets.discard(ws)
-        session = stream.session
-        if session is not None and not stream.closed_by_us and not session.ended:
-            # The platform went away without a 'stop': the call is over as far as we can tell.
-            await session.end(f"{kind} stream lost")
+        call = stream.call
+        if call is not None:
+            call.attached -= 1
+            twilio.calls.heard(call)
+            if not stream.closed_by_us and call.session is not None and not call.session.ended:
+                # The platform went away without a 'stop': the call is over as far as we can
+                # tell (its recording is closed now; the status callback writes the row).
+                call.ended_by(f"{kind} stream lost")
+                await call.session.end(f"{kind} stream lost")
     return ws
 
 
@@ -366,16 +329,10 @@ async def _serve_stream(stream: _Stream) -> None:
     twilio, ws = stream.twilio, stream.ws
     text = WSMsgType.TEXT
     while not ws.closed:
-        timeout = None
         session = stream.session
-        if session is None:
-            timeout = START_TIMEOUT_SECONDS  # a socket that never says who it is goes away
-        elif session.flow.deadline is not None:
-            remaining = session.flow.deadline - session.now
-            # A per-message timeout costs a timer each time: only arm one when the deadline is
-            # near enough that a stalled stream could miss it.
-            if remaining < NEAR_DEADLINE_SECONDS:
-                timeout = max(remaining, 0) + WALL_GRACE_SECONDS
+        # A socket that never says who it is goes away; a call with a deadline near gets a
+        # timer (the timer rule in ivr.calls.session).
+        timeout = START_TIMEOUT_SECONDS if session is None else session.timer()
         try:
             msg = await ws.receive(timeout=timeout)
         except TimeoutError:
@@ -385,7 +342,7 @@ async def _serve_stream(stream: _Stream) -> None:
                 await stream.close(CLOSE_POLICY, "no start message")
                 return
             # No media for a while: let wall time stand in for call time.
-            await _run_commands(stream, await session.tick(session.call_time()))
+            await stream.run(await session.tick(session.call_time()))
             continue
         if msg.type is not text:
             if msg.type == WSMsgType.ERROR:
@@ -425,7 +382,7 @@ async def _serve_stream(stream: _Stream) -> None:
             call_time = session.at(call_ms / 1000)
             deadline = session.flow.deadline
             if deadline is not None and call_time >= deadline:
-                await _run_commands(stream, await session.tick(call_time))
+                await stream.run(await session.tick(call_time))
             continue
         if not await _dispatch(stream, message):
             return
@@ -444,30 +401,35 @@ async def _dispatch(stream: _Stream, message: object) -> bool:
         if not await stream.admit(message):
             return False
         session = stream.session
-        assert session is not None
-        log.info("call %s: %s stream %s open", session.call_id, stream.kind, message.stream_sid)
+        assert session is not None and stream.call is not None
+        log.info(
+            "call %s: %s stream %s open", stream.call.call_id, stream.kind, message.stream_sid
+        )
         if stream.kind == "consent":
-            await _run_commands(stream, await session.start())
+            await stream.run(await session.start())
         return True
     if isinstance(message, Connected):
         return True
-    if session is None:
+    if session is None or stream.call is None:
         await stream.close(CLOSE_PROTOCOL_ERROR, f"{type(message).__name__.lower()} before start")
         return False
     if isinstance(message, Dtmf):
         if stream.in_order(message.sequence):
-            event = DigitPressed(at=session.now, digit=message.digit)
-            await _run_commands(stream, await session.handle(event))
+            event = DigitPressed(at=session.now_event(), digit=message.digit)
+            await stream.run(await session.handle(event))
         return True
     if isinstance(message, Mark):
         if stream.in_order(message.sequence) and message.name.startswith("play-"):
             play = message.name.removeprefix("play-")
             if play.isdigit():
-                event = PromptFinished(at=session.now, play_id=int(play))
-                await _run_commands(stream, await session.handle(event))
+                event = PromptFinished(at=session.now_event(), play_id=int(play))
+                await stream.run(await session.handle(event))
         return True
     if isinstance(message, Stop):
-        await session.end("caller hung up" if stream.kind == "consent" else "stream stopped")
+        # The recording is closed now; the status callback (or expiry) writes the call's row.
+        reason = "caller hung up" if stream.kind == "consent" else "recording stream stopped"
+        stream.call.ended_by(reason)
+        await session.end(reason)
         stream.closed_by_us = True
         await ws_close_quietly(stream)
         return False
@@ -498,8 +460,8 @@ async def shutdown(app: web.Application) -> None:
     twilio.accepting = False
     for ws in list(twilio.sockets):
         await ws.close(code=CLOSE_GOING_AWAY, message=b"service shutting down")
-    for session in list(twilio.sessions.values()):
-        await session.end("service shutting down")
+    for call in twilio.calls.calls(PLATFORM):
+        await twilio.calls.finish(call, "service shutting down")
 
 
 def add_routes(app: web.Application) -> None:

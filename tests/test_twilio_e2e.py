@@ -67,7 +67,7 @@ async def test_opt_in_accept_records_both_tracks_with_evidence(service):
     (row,) = rows(app, result.call_sid)
     assert row.id == result.recording_id and row.tracks == ("caller", "agent")
     ev = row.consent_evidence
-    prompt = app[TWILIO].prompts.get("demo", "en", "consent_request")
+    prompt = app[TWILIO].calls.prompts.get("demo", "en", "consent_request")
     assert ev["decision"] == "accepted" and ev["key_pressed"] == "1"
     assert ev["prompt_sha256"] == prompt.sha256 and ev["prompt_text"] == prompt.text
     assert ev["prompt_played_in_full"] is False  # pressed during the prompt
@@ -369,7 +369,7 @@ async def test_garbage_is_dropped_and_the_call_goes_on(service):
         counters = app[TWILIO].counters
         assert counters["messages_bad"] == 3 and counters["messages_unknown"] == 1
         assert counters["messages_out_of_order"] == 2
-        session = app[TWILIO].sessions[data["CallSid"]]
+        session = app[TWILIO].call(data["CallSid"]).session
         assert session.decision.value == "accepted"
         resp = await post(s, url, "/twilio/status", {**data, "CallStatus": "completed"})
         summary = await resp.json()
@@ -384,7 +384,7 @@ async def test_socket_closed_mid_prompt_ends_the_call(service):
             await ws.send_str(start_msg(data["CallSid"], token))
             await ws.receive()  # prompt audio is flowing; now the connection drops
         for _ in range(100):
-            session = app[TWILIO].sessions[data["CallSid"]]
+            session = app[TWILIO].call(data["CallSid"]).session
             if session.ended:
                 break
             await asyncio.sleep(0.01)

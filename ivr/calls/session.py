@@ -1,10 +1,17 @@
-"""The call driver: one ``CallSession`` joins a call's consent flow to its recording.
+"""One ``CallSession`` joins a call's consent flow to its recording.
 
-Adapters (Twilio, Asterisk) translate wire messages into flow events and hand them to
+Platforms (Twilio, Asterisk) translate wire messages into flow events and hand them to
 ``CallSession.handle``; the session carries out the recording commands itself (start, stop,
-discard, against the vault) and returns the rest (play, stop playing, hand off, hang up) for the
-adapter to put on the wire. Audio goes through ``audio()``, which is the single gate between a
-call and the vault: a frame is stored only while the flow says recording is lawful.
+discard, against the vault) and returns the rest (play, stop playing, hand off, hang up), which
+``ivr.calls.wire.carry_out`` puts on the platform's wire. Audio goes through ``audio()``, the
+single gate between a call and the vault: a frame is stored only while the flow says recording is
+lawful.
+
+Call time, on every platform, is seconds since the session began. Audio carries its own time
+(the platform's media clock); an event that carries none (a key, a mark, a timer) happens at
+``call_time()``: the latest media time or the wall time since the call began, whichever is
+later. Media may lag the wall clock a little, or run ahead of it (the simulator's virtual time);
+taking the later of the two never moves time backwards and never waits on a stalled stream.
 """
 
 from __future__ import annotations
@@ -40,6 +47,12 @@ log = logging.getLogger(__name__)
 
 TRACK_CALLER, TRACK_AGENT = 0, 1
 MAX_PENDING_FRAMES = 3000  # 30 s of two tracks while a recording opens; never reached in practice
+# The timer rule. A call needs a Tick when the flow's deadline passes; media normally brings the
+# call there (every frame moves call time), so a platform arms a wall-clock timer only when the
+# deadline is near (a timer per message would cost more than the call), and lets it fire a
+# little after the deadline so that media in flight gets there first.
+NEAR_DEADLINE_SECONDS = 30.0
+TICK_GRACE_SECONDS = 0.05
 
 
 def flow_policy(line: Line, *, stays_on_stream: bool) -> FlowPolicy:
@@ -192,10 +205,26 @@ class CallSession:
             log.error("call %s: frame not stored: %s", self.call_id, exc)
 
     def call_time(self) -> float:
-        """Best estimate of the call time now, for a stream that starts now: the flow's
-        latest time or the wall time since the call began, whichever is later."""
+        """The call time now (see the module docstring): the latest media time or the wall
+        time since the call began, whichever is later."""
         wall = (self.clock() - self.started_wall).total_seconds()
         return max(self.now, wall)
+
+    def now_event(self) -> float:
+        """The call time of an event that carries none of its own (a key, a mark), recorded
+        as the session's latest time."""
+        return self.at(self.call_time())
+
+    def timer(self) -> float | None:
+        """Seconds of wall time to wait before the next Tick is due (the timer rule above), or
+        None when no deadline is near enough to need a timer."""
+        deadline = self.flow.deadline
+        if deadline is None:
+            return None
+        remaining = deadline - self.call_time()
+        if remaining >= NEAR_DEADLINE_SECONDS:
+            return None
+        return max(remaining, 0.0) + TICK_GRACE_SECONDS
 
     # -- recording -------------------------------------------------------------------------
     async def _open(self, evidence: dict[str, Any]) -> None:

@@ -1,0 +1,181 @@
+"""The calls in progress, on every platform: opened, found, finished exactly once, expired.
+
+A ``Call`` is what the service knows of one call whatever carries it: the catalog row, the
+line, the ``CallSession`` once the caller can hear us, why it ended. Platforms keep their own
+wire state (a Twilio stream, an Asterisk channel and RTP port) and look calls up here by their
+own id. Finishing is the one place a call's end is written: the session ends (the recording is
+closed), the row gets its end time, outcome and reason, the call leaves the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ivr.calls.session import CallSession
+from ivr.config import Line
+from ivr.prompt_library import PromptLibrary
+from storage.catalog import RecordingRow
+from storage.files import utc_iso
+from storage.vault import Vault
+
+log = logging.getLogger(__name__)
+
+# A call nothing feeds any more (a Twilio call after hand-off without recording waits for its
+# status callback) is forgotten once it has been silent this long beyond its line's longest
+# recording: the platform never said goodbye.
+EXPIRY_MARGIN_SECONDS = 600.0
+
+
+@dataclass(eq=False)
+class Call:
+    platform: str
+    platform_call_id: str
+    call_id: str  # the catalog's
+    line: Line
+    session: CallSession | None = None  # from the moment the caller can hear us
+    end_reason: str | None = None  # the first cause of the end, never overwritten
+    setup_error: str | None = None  # set-up failed: the flow never started
+    hung_up: bool = False  # the service hung the caller up (the flow's HangUp)
+    attached: int = 0  # streams or channels feeding the call now
+    streams: set[str] = field(default_factory=set)  # media legs admitted so far (each kind once)
+    last_heard: float = 0.0  # monotonic time of the platform's latest word
+    _finishing: asyncio.Future[RecordingRow | None] | None = field(default=None, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self._finishing is not None
+
+    def ended_by(self, reason: str) -> None:
+        """Note why the call ends; the first cause wins (our own hang-up of the caller is
+        followed by the platform's hang-up report, which must not overwrite it)."""
+        if self.end_reason is None:
+            self.end_reason = reason
+
+    @property
+    def outcome(self) -> str:
+        if self.session is not None and self.session.decision is not None:
+            return self.session.decision.value
+        return "setup_failed" if self.setup_error else "hung_up"
+
+
+class CallRegistry:
+    def __init__(
+        self,
+        vault: Vault,
+        prompts: PromptLibrary,
+        *,
+        clock: Callable[[], datetime],
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.vault = vault
+        self.prompts = prompts
+        self.clock = clock
+        self.monotonic = monotonic
+        self._calls: dict[tuple[str, str], Call] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def get(self, platform: str, platform_call_id: str) -> Call | None:
+        return self._calls.get((platform, platform_call_id))
+
+    def calls(self, platform: str | None = None) -> list[Call]:
+        return [c for c in self._calls.values() if platform is None or c.platform == platform]
+
+    async def open(
+        self, *, platform: str, platform_call_id: str, line: Line, caller: str | None
+    ) -> Call:
+        """Register a call (its catalog row: ``caller`` is stored sealed)."""
+        call_id = await asyncio.to_thread(
+            self.vault.open_call,
+            tenant=line.tenant,
+            platform=platform,
+            platform_call_id=platform_call_id,
+            line=line.policy_id,
+            caller=caller,
+        )
+        call = Call(platform, platform_call_id, call_id, line, last_heard=self.monotonic())
+        self._calls[(platform, platform_call_id)] = call
+        log.info(
+            "call %s: %s %s, policy %s (%s, %s)",
+            call_id,
+            platform,
+            platform_call_id,
+            line.policy_id,
+            line.lawful_basis.value,
+            line.consent_mode.value,
+        )
+        return call
+
+    def begin(self, call: Call, *, tracks: tuple[str, ...] = ()) -> CallSession:
+        """The caller can hear us from now on: the call's clock starts."""
+        line = call.line
+        call.session = CallSession(
+            vault=self.vault,
+            line=line,
+            call_id=call.call_id,
+            platform_call_id=call.platform_call_id,
+            prompts=self.prompts.for_line(line.tenant, line.language),
+            started_wall=self.clock(),
+            clock=self.clock,
+            tracks=tracks,
+        )
+        return call.session
+
+    def heard(self, call: Call) -> None:
+        call.last_heard = self.monotonic()
+
+    async def finish(self, call: Call, reason: str) -> RecordingRow | None:
+        """End the call exactly once, whoever asks and however often; every caller waits for
+        the same result. Shielded: a cancelled handler cannot leave a call half finished."""
+        call.ended_by(reason)
+        if call._finishing is None:
+            call._finishing = asyncio.ensure_future(self._finish(call))
+        return await asyncio.shield(call._finishing)
+
+    async def _finish(self, call: Call) -> RecordingRow | None:
+        row = None
+        if call.session is not None:
+            row = await call.session.end(call.end_reason or "ended")
+        self._calls.pop((call.platform, call.platform_call_id), None)
+        await asyncio.to_thread(
+            self.vault.catalog.update_call,
+            call.call_id,
+            ended_at=utc_iso(self.clock()),
+            outcome=call.outcome,
+            end_reason=call.end_reason,
+        )
+        session = call.session
+        log.info(
+            "call %s: ended (%s), outcome %s, recording %s, %d frames stored",
+            call.call_id,
+            call.end_reason,
+            call.outcome,
+            f"{row.id} {row.status.value}" if row else "none",
+            session.stats.frames_stored if session else 0,
+        )
+        return row
+
+    async def expire(self) -> int:
+        """Finish the calls nothing has fed for longer than their line could record (plus a
+        margin): their platform never said goodbye. How many were finished."""
+        now = self.monotonic()
+        stale = [
+            c
+            for c in self._calls.values()
+            if c.attached == 0
+            and not c.finished
+            and now - c.last_heard > c.line.max_recording_seconds + EXPIRY_MARGIN_SECONDS
+        ]
+        for call in stale:
+            await self.finish(call, "no word from the platform; call forgotten")
+        return len(stale)
+
+    async def finish_all(self, reason: str) -> None:
+        for call in list(self._calls.values()):
+            await self.finish(call, reason)
