@@ -20,12 +20,13 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from ivr.app_keys import CLOCK, VAULT
 from ivr.config import Tenant
 from ivr.recording_files import decode_recording
 from ivr.subject import SubjectError, normalise_phone
@@ -70,9 +71,7 @@ class Caller:
         return f"api:{self.token.tenant}:{self.token.name}:{self.token.role}"
 
 
-VAULT_KEY = web.AppKey("api_vault", Vault)
 TOKENS_KEY = web.AppKey[dict[str, ApiToken]]("api_tokens")
-CLOCK_KEY = web.AppKey[Callable[[], datetime]]("api_clock")
 TENANTS_KEY = web.AppKey[dict[str, Tenant]]("api_tenants")
 
 Handler = Callable[[web.Request, Caller], Awaitable[web.StreamResponse]]
@@ -105,7 +104,7 @@ def _authenticate(request: web.Request) -> Caller:
     found = next((t for d, t in tokens.items() if hmac.compare_digest(d, digest)), None)
     if found is None:
         raise _json_error(401, "unknown token", **challenge)
-    now = request.app[CLOCK_KEY]()
+    now = request.app[CLOCK]()
     if found.expires is not None and now >= found.expires:
         raise _json_error(401, "token expired", **challenge)
     return Caller(found)
@@ -116,7 +115,7 @@ def endpoint(roles: frozenset[str], action: str) -> Callable[[Handler], Route]:
 
     def wrap(handler: Handler) -> Route:
         async def run(request: web.Request) -> web.StreamResponse:
-            vault = request.app[VAULT_KEY]
+            vault = request.app[VAULT]
             target = request.match_info.get("recording_id")
             try:
                 caller = _authenticate(request)
@@ -170,7 +169,7 @@ async def _audit(
 
 
 async def _own_recording(request: web.Request, caller: Caller) -> Any:
-    vault = request.app[VAULT_KEY]
+    vault = request.app[VAULT]
     rid = request.match_info["recording_id"]
     try:
         row = await asyncio.to_thread(vault.get, rid)
@@ -203,7 +202,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 # -- handlers -------------------------------------------------------------------------------------
 @endpoint(READ_ROLES, "list")
 async def list_recordings(request: web.Request, caller: Caller) -> web.Response:
-    vault = request.app[VAULT_KEY]
+    vault = request.app[VAULT]
     status = request.query.get("status")
     if status is not None and status not in {s.value for s in RecordingStatus}:
         raise _json_error(400, f"unknown status {status!r}")
@@ -227,7 +226,7 @@ async def show_recording(request: web.Request, caller: Caller) -> web.Response:
 
 @endpoint(AUDIO_ROLES, "export")
 async def recording_audio(request: web.Request, caller: Caller) -> web.StreamResponse:
-    vault = request.app[VAULT_KEY]
+    vault = request.app[VAULT]
     row = await _own_recording(request, caller)
     reason = _reason(request)
 
@@ -264,7 +263,7 @@ async def recording_audio(request: web.Request, caller: Caller) -> web.StreamRes
 
 async def _change(request: web.Request, caller: Caller, operation: Any) -> web.Response:
     """One lifecycle operation on one of the caller's recordings, with the reason given."""
-    vault = request.app[VAULT_KEY]
+    vault = request.app[VAULT]
     row = await _own_recording(request, caller)
     reason = _reason(request, await _body(request))
     try:
@@ -305,7 +304,7 @@ def _phone(body: Mapping[str, Any]) -> str:
 async def subject_erase(request: web.Request, caller: Caller) -> web.Response:
     from ivr import subject
 
-    vault = request.app[VAULT_KEY]
+    vault = request.app[VAULT]
     body = await _body(request)
     phone, reason = _phone(body), _reason(request, body)
     report = await asyncio.to_thread(
@@ -326,7 +325,7 @@ async def subject_export(request: web.Request, caller: Caller) -> web.StreamResp
 
     from ivr import subject
 
-    vault = request.app[VAULT_KEY]
+    vault = request.app[VAULT]
     body = await _body(request)
     phone, reason = _phone(body), _reason(request, body)
     language = body.get("language")
@@ -347,7 +346,7 @@ async def subject_export(request: web.Request, caller: Caller) -> web.StreamResp
                 dpo_contacts={caller.tenant: tenant.dpo_contact if tenant else "-"},
                 controller_names={caller.tenant: tenant.display_name if tenant else caller.tenant},
                 language=language,
-                now=utc_iso(request.app[CLOCK_KEY]()),
+                now=utc_iso(request.app[CLOCK]()),
             )
             return out.read_bytes()
 
@@ -366,8 +365,8 @@ async def subject_export(request: web.Request, caller: Caller) -> web.StreamResp
 
 @endpoint(frozenset({"dpo", "admin"}), "retention")
 async def retention_report(request: web.Request, caller: Caller) -> web.Response:
-    vault = request.app[VAULT_KEY]
-    now = utc_iso(request.app[CLOCK_KEY]())
+    vault = request.app[VAULT]
+    now = utc_iso(request.app[CLOCK]())
     rows = await asyncio.to_thread(vault.list, tenant=caller.tenant)
     kept = [r for r in rows if r.status in (RecordingStatus.COMPLETE, RecordingStatus.INCOMPLETE)]
     # Each kept recording that has a retention date, with that date, soonest first.
@@ -419,14 +418,8 @@ def add_routes(app: web.Application) -> None:
 
 
 def configure(
-    app: web.Application,
-    *,
-    vault: Vault,
-    tokens: Mapping[str, ApiToken],
-    tenants: Mapping[str, Tenant],
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    app: web.Application, *, tokens: Mapping[str, ApiToken], tenants: Mapping[str, Tenant]
 ) -> None:
-    app[VAULT_KEY] = vault
+    """The API's own settings; the vault and clock are the service's (ivr.app_keys)."""
     app[TOKENS_KEY] = dict(tokens)
     app[TENANTS_KEY] = dict(tenants)
-    app[CLOCK_KEY] = clock

@@ -592,7 +592,10 @@ class AriApplication:
         self.instance = ari.instance_tag(self.settings.app)
         self.started_at = clock()
         self._next_port = self.settings.rtp_port_min
-        self._session: aiohttp.ClientSession | None = None
+        # Made here, so every field is valid from construction (which therefore happens inside
+        # the running loop, in the service's asterisk step); start() only begins listening.
+        self._session = aiohttp.ClientSession()
+        self.rest = AriRest(self._session, self.settings)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -609,8 +612,6 @@ class AriApplication:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
-        self.rest = AriRest(self._session, self.settings)
         self._task = asyncio.create_task(self._events_loop(), name="ari-events")
 
     async def stop(self) -> None:
@@ -624,8 +625,7 @@ class AriApplication:
         tasks = [c.task for c in self.calls.values() if c.task]
         if tasks:
             await asyncio.wait(tasks, timeout=10)
-        if self._session:
-            await self._session.close()
+        await self._session.close()
 
     async def rest_quiet(self, request: ari.Request) -> bool:
         """Best-effort clean-up calls: a 404 just means it is gone already."""
@@ -649,7 +649,6 @@ class AriApplication:
 
     # -- events --------------------------------------------------------------------------------
     async def _events_loop(self) -> None:
-        assert self._session is not None
         settings = self.settings
         url = settings.url.replace("http", "ws", 1) + "/events"
         backoff = BACKOFF_START

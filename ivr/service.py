@@ -22,6 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ivr import __version__, api, breach
+from ivr.app_keys import CLOCK, CONFIG, DATA_DIR, VAULT
 from ivr.ari_app import AriApplication
 from ivr.calls import CallRegistry
 from ivr.config import Config
@@ -36,10 +37,6 @@ from storage.vault import Vault
 
 log = logging.getLogger(__name__)
 
-VAULT = web.AppKey("vault", Vault)
-DATA_DIR = web.AppKey("data_dir", Path)
-CONFIG = web.AppKey("config", Config)
-CLOCK = web.AppKey("clock", object)
 ARI = web.AppKey("ari", AriApplication)
 CALLS = web.AppKey("calls", CallRegistry)
 
@@ -58,38 +55,21 @@ def create_app(
     fsync: bool = True,
     sweep_interval: float | None = None,
 ) -> web.Application:
+    """The service. Each resource opens in its own ``cleanup_ctx`` step, in this order, and
+    closes in the reverse order; a step that fails at start closes only the steps before it."""
     app = web.Application()
-    app[DATA_DIR] = data_dir
     app[CONFIG] = config
+    app[DATA_DIR] = data_dir
     app[CLOCK] = clock
 
-    async def resources(app: web.Application) -> AsyncIterator[None]:
+    async def vault_ctx(app: web.Application) -> AsyncIterator[None]:
         for warning in config.warnings:
             log.warning("configuration: %s", warning)
-        prompts = await asyncio.to_thread(PromptLibrary.load, config, sounds_dir)
         custody = {t.id: t.public_key for t in config.tenants.values()}
         vault = await asyncio.to_thread(
             lambda: Vault(data_dir, clock=clock, fsync=fsync, public_keys=custody)
         )
         app[VAULT] = vault
-        api.configure(
-            app,
-            vault=vault,
-            tokens={
-                t.token_sha256: api.ApiToken(t.name, t.tenant, t.role, t.token_sha256, t.expires)
-                for t in config.api_tokens
-            },
-            tenants=dict(config.tenants),
-            clock=clock,
-        )
-        registry = CallRegistry(vault, prompts, clock=clock)
-        app[CALLS] = registry
-        app[TWILIO] = TwilioCalls(
-            config=config,
-            calls=registry,
-            tokens=StreamTokens.random(config.stream_token_ttl_seconds),
-            clock=clock,
-        )
         vault.audit(
             actor="system",
             action="config.loaded",
@@ -102,11 +82,47 @@ def create_app(
                 "lines": len(config.lines),
             },
         )
-        ari_app = None
-        if config.asterisk is not None:
-            ari_app = AriApplication(config, registry, clock=clock)
-            app[ARI] = ari_app
-            await ari_app.start()
+        yield
+        await asyncio.to_thread(vault.close)
+        log.info("vault closed")
+
+    async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
+        prompts = await asyncio.to_thread(PromptLibrary.load, config, sounds_dir)
+        registry = CallRegistry(app[VAULT], prompts, clock=clock)
+        app[CALLS] = registry
+        expiry = asyncio.create_task(_expire_calls(registry), name="call-expiry")
+        yield
+        await _cancel(expiry)
+        # Whatever a platform has not finished by now (it had its chance in its own step).
+        await registry.finish_all("service shutting down")
+
+    async def twilio_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[TWILIO] = TwilioCalls(
+            config=config,
+            calls=app[CALLS],
+            tokens=StreamTokens.random(config.stream_token_ttl_seconds),
+            clock=clock,
+        )
+        yield  # its streams close in the on_shutdown hook, before any cleanup step runs
+
+    async def asterisk_ctx(app: web.Application) -> AsyncIterator[None]:
+        if config.asterisk is None:
+            yield
+            return
+        ari_app = AriApplication(config, app[CALLS], clock=clock)
+        app[ARI] = ari_app
+        await ari_app.start()
+        yield
+        await ari_app.stop()
+
+    async def sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+        interval = (
+            sweep_interval if sweep_interval is not None else config.retention_sweep_minutes * 60
+        )
+        sweeper = asyncio.create_task(
+            _retention_sweeper(app[VAULT], clock, interval, config.call_record_days),
+            name="retention-sweeper",
+        )
         log.info(
             "serving %d line(s) for %d tenant(s)%s; vault at %s",
             len(config.lines),
@@ -114,26 +130,43 @@ def create_app(
             " (embedded demo configuration)" if config.demo else "",
             data_dir,
         )
-        interval = (
-            sweep_interval if sweep_interval is not None else config.retention_sweep_minutes * 60
-        )
-        sweeper = asyncio.create_task(
-            _retention_sweeper(vault, clock, interval, config.call_record_days)
-        )
         yield
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
-        if ari_app is not None:
-            await ari_app.stop()
-        await asyncio.to_thread(vault.close)
-        log.info("vault closed")
+        await _cancel(sweeper)
 
-    app.cleanup_ctx.append(resources)
+    api.configure(
+        app,
+        tokens={
+            t.token_sha256: api.ApiToken(t.name, t.tenant, t.role, t.token_sha256, t.expires)
+            for t in config.api_tokens
+        },
+        tenants=dict(config.tenants),
+    )
+    app.cleanup_ctx.extend([vault_ctx, calls_ctx, twilio_ctx, asterisk_ctx, sweeper_ctx])
     app.router.add_get("/healthz", healthz)
     add_routes(app)
     api.add_routes(app)
     return app
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+EXPIRY_INTERVAL_SECONDS = 60.0
+
+
+async def _expire_calls(registry: CallRegistry) -> None:
+    """Calls whose platform never said goodbye (a lost status callback) leave memory."""
+    while True:
+        await asyncio.sleep(EXPIRY_INTERVAL_SECONDS)
+        try:
+            expired = await registry.expire()
+            if expired:
+                log.warning("%d call(s) had no word from their platform; forgotten", expired)
+        except Exception:  # like the sweeper: log and try again next round
+            log.exception("call expiry failed")
 
 
 async def _retention_sweeper(

@@ -402,9 +402,7 @@ async def _dispatch(stream: _Stream, message: object) -> bool:
             return False
         session = stream.session
         assert session is not None and stream.call is not None
-        log.info(
-            "call %s: %s stream %s open", stream.call.call_id, stream.kind, message.stream_sid
-        )
+        log.info("call %s: %s stream %s open", stream.call.call_id, stream.kind, message.stream_sid)
         if stream.kind == "consent":
             await stream.run(await session.start())
         return True

@@ -1,0 +1,166 @@
+"""The call driver's registry and dispatcher: a call's life the same on every platform."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ivr.calls import Call, CallRegistry, carry_out
+from ivr.calls.registry import EXPIRY_MARGIN_SECONDS
+from ivr.config import load_config
+from ivr.consent import DigitPressed, PromptFinished
+from ivr.prompt_library import PromptLibrary
+from media.prompts import Prompt
+from storage.vault import Vault
+
+CONSENT_LINE = "+15550100001"  # the demo's opt-in line, forwarded to an agent
+MESSAGE_LINE = "+15550100005"  # opt-in, Swedish, no agent
+
+
+class Clock:
+    """Wall time the test moves by hand: nothing here waits in real time."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+        self.mono = 1000.0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+        self.mono += seconds
+
+
+class RecordingWire:
+    """A platform that writes down what it was asked to do."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[str, object]] = []
+
+    async def play(self, prompt: Prompt, play_id: int) -> None:
+        self.done.append(("play", prompt.id))
+
+    async def stop_playing(self) -> None:
+        self.done.append(("stop", None))
+
+    async def hand_off(self, recording: bool) -> None:
+        self.done.append(("hand_off", recording))
+
+    async def hang_up(self, reason: str) -> None:
+        self.done.append(("hang_up", reason))
+
+
+@pytest.fixture
+async def registry(tmp_path, monkeypatch):
+    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
+    config = load_config(None)
+    clock = Clock()
+    vault = Vault(tmp_path, fsync=False, clock=clock)
+    reg = CallRegistry(vault, PromptLibrary.load(config), clock=clock, monotonic=clock.monotonic)
+    reg.config = config  # type: ignore[attr-defined]
+    reg.test_clock = clock  # type: ignore[attr-defined]
+    yield reg
+    await reg.finish_all("test over")
+    vault.close()
+
+
+async def open_call(registry: CallRegistry, number: str, sid: str = "CA1") -> Call:
+    line = registry.config.line_for(number)  # type: ignore[attr-defined]
+    return await registry.open(
+        platform="test", platform_call_id=sid, line=line, caller="+46701234567"
+    )
+
+
+def row(registry: CallRegistry, call: Call):
+    return registry.vault.catalog.call(call.call_id)
+
+
+async def test_a_call_is_registered_found_and_finished_once(registry):
+    call = await open_call(registry, CONSENT_LINE)
+    assert registry.get("test", "CA1") is call and len(registry) == 1
+    assert registry.get("other", "CA1") is None  # ids are per platform
+    session = registry.begin(call)
+    wire = RecordingWire()
+    await carry_out(call, wire, await session.start())
+    assert wire.done == [("play", "consent_request")]
+    await carry_out(call, wire, await session.handle(DigitPressed(at=session.at(1.0), digit="1")))
+    # However many report the end at once, it is written once, with the first reason.
+    rows = await asyncio.gather(
+        registry.finish(call, "caller hung up"),
+        registry.finish(call, "service shutting down"),
+        registry.finish(call, "caller hung up again"),
+    )
+    assert rows[0] is not None and rows[0] is rows[1] is rows[2]
+    assert rows[0].status.value == "complete"
+    assert len(registry) == 0 and call.finished
+    saved = row(registry, call)
+    assert saved["outcome"] == "accepted" and saved["end_reason"] == "caller hung up"
+    assert saved["ended_at"]
+
+
+async def test_a_hang_up_by_the_flow_is_the_reason_and_tells_the_platform(registry):
+    call = await open_call(registry, MESSAGE_LINE)
+    session = registry.begin(call)
+    wire = RecordingWire()
+    await carry_out(call, wire, await session.start())
+    await carry_out(call, wire, await session.handle(DigitPressed(at=session.at(1.0), digit="9")))
+    await carry_out(call, wire, await session.handle(PromptFinished(at=session.at(4.0), play_id=2)))
+    assert ("hand_off", False) in wire.done
+    # A message line whose caller refused: the platform hangs up; that reason stays first.
+    await carry_out(call, wire, await session.tick(session.at(4.0)))
+    call.ended_by("service hung up: nothing to record")
+    await registry.finish(call, "caller hung up (cause 16)")
+    assert row(registry, call)["end_reason"] == "service hung up: nothing to record"
+    assert row(registry, call)["outcome"] == "declined"
+
+
+async def test_a_call_that_never_began_is_a_set_up_failure_or_a_hang_up(registry):
+    failed = await open_call(registry, CONSENT_LINE, "CA-failed")
+    failed.setup_error = "no RTP port free"
+    failed.ended_by("set-up failed: no RTP port free")
+    await registry.finish(failed, "call task ended")
+    assert row(registry, failed)["outcome"] == "setup_failed"
+    assert row(registry, failed)["end_reason"] == "set-up failed: no RTP port free"
+    gone = await open_call(registry, CONSENT_LINE, "CA-gone")
+    await registry.finish(gone, "caller hung up")
+    assert row(registry, gone)["outcome"] == "hung_up"
+
+
+async def test_calls_nothing_feeds_are_forgotten_after_their_line_could_have_ended(registry):
+    clock = registry.test_clock
+    quiet = await open_call(registry, CONSENT_LINE, "CA-quiet")
+    fed = await open_call(registry, CONSENT_LINE, "CA-fed")
+    fed.attached = 1  # a stream still feeds it
+    talking = await open_call(registry, CONSENT_LINE, "CA-talking")
+    for call in (quiet, fed, talking):
+        registry.begin(call)
+    limit = quiet.line.max_recording_seconds + EXPIRY_MARGIN_SECONDS
+    clock.advance(limit - 1)
+    registry.heard(talking)  # the platform said something just now
+    assert await registry.expire() == 0
+    clock.advance(2)
+    assert await registry.expire() == 1
+    assert quiet.finished and not fed.finished and not talking.finished
+    assert row(registry, quiet)["end_reason"] == "no word from the platform; call forgotten"
+    assert row(registry, quiet)["outcome"] == "hung_up"  # it never got past the question
+
+
+async def test_the_timer_rule(registry):
+    call = await open_call(registry, CONSENT_LINE)
+    session = registry.begin(call)
+    assert session.timer() is None  # no deadline before the call starts
+    await session.start()
+    await session.handle(PromptFinished(at=session.at(13.4), play_id=1))  # the question played: 8 s to answer
+    deadline = session.flow.deadline
+    assert deadline is not None
+    # The wall clock has not moved: the timer covers the whole wait, and a little more.
+    assert session.timer() == pytest.approx(deadline - 13.4 + 0.05)
+    registry.test_clock.advance(deadline)  # wall time now past the deadline
+    assert session.timer() == pytest.approx(0.05)
+    assert session.now_event() >= deadline  # an event now happens at wall time
