@@ -17,9 +17,10 @@ from ivr.cli_common import actor as _actor
 from ivr.cli_common import emit as _emit
 from ivr.cli_common import open_vault as _open_vault
 from ivr.config import ConfigError
+from ivr.policy import LawfulBasis
 from media.prompts import PromptError
 from media.wavfile import UnsupportedAudio
-from storage.catalog import CatalogError, LawfulBasis, RecordingStatus
+from storage.catalog import CatalogError, RecordingStatus
 from storage.format import FormatError
 from storage.keys import KeyCustodyError
 from storage.vault import VaultError

@@ -33,10 +33,10 @@ from ivr.policy import (
     DISCARD_ON_WITHDRAW_DEFAULT,
     WITHDRAWABLE,
     ConsentMode,
+    LawfulBasis,
     mode_error,
 )
 from media.prompts import LANGUAGES, PROMPT_IDS
-from storage.catalog import LawfulBasis
 from storage.custody import CUSTODY_MODES, parse_public_key
 
 __all__ = [

@@ -33,8 +33,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from ivr.policy import ConsentMode
-from storage.catalog import LawfulBasis
+from ivr.policy import ConsentMode, LawfulBasis
 from storage.files import utc_iso
 
 DIGITS = frozenset("0123456789*#ABCD")

@@ -1,4 +1,4 @@
-"""Which consent modes each GDPR lawful basis admits (DESIGN.md: lawful basis → call flow).
+"""The GDPR lawful bases, and which consent modes each admits (DESIGN.md: lawful basis → call flow).
 
 - ``opt_in``: the caller is asked and recording starts only after the accept key; silence or the
   decline key is a refusal (Art. 7, Recital 32). The only mode for ``consent``.
@@ -14,7 +14,20 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from storage.catalog import LawfulBasis
+
+class LawfulBasis(StrEnum):
+    """GDPR Art. 6(1) (a)–(f), in the vocabulary of draft-howe-vcon-lawful-basis.
+
+    The meaning lives here, with the tables below; the catalog stores a basis as a validated
+    name only (storage.catalog.LAWFUL_BASES, kept equal to this by tests/test_lawful_basis.py).
+    """
+
+    CONSENT = "consent"
+    CONTRACT = "contract"
+    LEGAL_OBLIGATION = "legal_obligation"
+    VITAL_INTERESTS = "vital_interests"
+    PUBLIC_TASK = "public_task"
+    LEGITIMATE_INTERESTS = "legitimate_interests"
 
 
 class ConsentMode(StrEnum):

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from ivr.policy import DEFAULT_RETENTION_DAYS
+from ivr.policy import DEFAULT_RETENTION_DAYS, LawfulBasis
 from media.g711 import ulaw_encode
 from media.pcm import float_to_int16, frame, resample
 from media.timeline import Timeline
 from media.wavfile import load_audio, write_wav
-from storage.catalog import LawfulBasis, RecordingRow
+from storage.catalog import RecordingRow
 from storage.vault import Vault, VaultWriteError
 
 STORAGE_CODEC = "pcmu"

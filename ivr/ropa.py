@@ -32,9 +32,8 @@ from urllib.parse import urlsplit
 from ivr import __version__
 from ivr.cli_common import CommandFailed
 from ivr.config import DEMO_CONFIG, Config, Line, Tenant, load_config
-from ivr.policy import ConsentMode
+from ivr.policy import ConsentMode, LawfulBasis
 from storage.blobs import DEFAULT_SYNC_INTERVAL
-from storage.catalog import LawfulBasis
 from storage.custody import key_ref_of
 from storage.files import atomic_write
 from storage.keys import KEYRING_FILE, MASTER_KEY_ENV, MASTER_KEY_FILE

@@ -34,10 +34,10 @@ from storage.blobs import (
     LocalBlobStore,
     sha256_file,
 )
+from storage.catalog import BasisName as LawfulBasis
 from storage.catalog import (
     Catalog,
     CatalogError,
-    LawfulBasis,
     RecordingRow,
     RecordingStatus,
 )

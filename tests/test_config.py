@@ -27,8 +27,8 @@ from ivr.policy import (
     DISCARD_ON_WITHDRAW_DEFAULT,
     WITHDRAWABLE,
     ConsentMode,
+    LawfulBasis,
 )
-from storage.catalog import LawfulBasis
 
 ROOT = Path(__file__).resolve().parent.parent
 

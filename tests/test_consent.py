@@ -28,8 +28,13 @@ from ivr.consent import (
     StopRecording,
     Tick,
 )
-from ivr.policy import ALLOWED_MODES, DISCARD_ON_WITHDRAW_DEFAULT, WITHDRAWABLE, ConsentMode
-from storage.catalog import LawfulBasis
+from ivr.policy import (
+    ALLOWED_MODES,
+    DISCARD_ON_WITHDRAW_DEFAULT,
+    WITHDRAWABLE,
+    ConsentMode,
+    LawfulBasis,
+)
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 PROMPT_IDS = (
