@@ -1,4 +1,5 @@
-"""``ivr loadtest`` against the real service (in process) and the bare reference server.
+"""``ivr loadtest`` against the real service (in process) and the bare reference server
+(``bench/reference/bare_ws_server.py``).
 
 The recording phase runs in real time by definition, so these tests take a few seconds each:
 the numbers are kept small (a handful of calls, 1–1.5 s of recording each).
@@ -19,18 +20,17 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from ivr.config import DEMO_TWILIO_AUTH_TOKEN, load_config
-from ivr.harness import loadtest
 from ivr.harness.loadtest import (
-    DEMO_AUTH_TOKEN,
     LoadtestOptions,
     add_loadtest_parser,
     format_report,
-    media_template,
     options_from_args,
     run_loadtest,
     run_loadtest_cli,
 )
-from ivr.harness.rawws import OP_CLOSE, RawWebSocket, WebSocketError, text_frame
+from ivr.harness.loadtest.twilio import POOL
+from ivr.harness.twilio_wire import DEMO_AUTH_TOKEN, media_template
+from ivr.harness.wsclient import OP_CLOSE, OP_PONG, RawWebSocket, WebSocketError, text_frame
 from ivr.service import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,8 +53,7 @@ async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
 async def bare_port() -> AsyncIterator[int]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "ivr.harness.bare_server",
+        str(ROOT / "bench" / "reference" / "bare_ws_server.py"),
         "--port",
         "0",
         stdout=asyncio.subprocess.PIPE,
@@ -188,9 +187,11 @@ async def test_rawws_against_the_bare_server(bare_port: int) -> None:
     n = 120  # 2.4 s of audio: the bare server seals twice on the way
     frames = []
     for i in range(n):
-        frames.append(text_frame(inbound % (2 + 2 * i, i + 1, 20 * i, loadtest.POOL[0])))
-        frames.append(text_frame(outbound % (3 + 2 * i, i + 1, 20 * i, loadtest.POOL[1])))
+        frames.append(text_frame(inbound % (2 + 2 * i, i + 1, 20 * i, POOL[0])))
+        frames.append(text_frame(outbound % (3 + 2 * i, i + 1, 20 * i, POOL[1])))
     ws.write_raw(b"".join(frames))  # every frame in one write
+    ws.ping(b"after the frames")  # answered once the server has read them all
+    assert await asyncio.wait_for(ws.receive(), 10) == (OP_PONG, b"after the frames")
     ws.send_text(json.dumps({"event": "stop", "sequenceNumber": str(2 + 2 * n)}))
     op, body = await asyncio.wait_for(ws.receive(), 10)
     assert op == OP_CLOSE and ws.close_code == 1000 and body[:2] == b"\x03\xe8"
@@ -210,8 +211,9 @@ async def test_rawws_against_the_bare_server(bare_port: int) -> None:
 
 
 async def test_rawws_handshake_refused_and_server_messages(bare_port: int, service: str) -> None:
-    with pytest.raises(WebSocketError, match="upgrade refused"):
+    with pytest.raises(WebSocketError, match="upgrade refused") as refused:
         await RawWebSocket.connect(f"ws://127.0.0.1:{bare_port}/stats", timeout=10)
+    assert refused.value.status == 200  # a plain HTTP answer is no upgrade
     with pytest.raises(WebSocketError, match="ws://"):
         await RawWebSocket.connect(f"http://127.0.0.1:{bare_port}/ws")
     # The service's consent stream refuses a start without a valid token with close 1008.

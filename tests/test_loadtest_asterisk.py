@@ -1,5 +1,6 @@
 """``ivr loadtest --platform asterisk`` against the real service (in process) and the bare RTP
-reference. The media plane runs in real time, so the numbers are kept small."""
+reference (``bench/reference/bare_rtp_server.py``). The media plane runs in real time, so the
+numbers are kept small."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import random
 import socket
 import sys
@@ -18,15 +20,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from ivr.config import load_config
-from ivr.harness import bare_rtp_server
-from ivr.harness.loadtest import add_loadtest_parser, run_loadtest_cli
-from ivr.harness.loadtest_asterisk import (
+from ivr.harness.loadtest import add_loadtest_parser, asterisk_options_from_args, run_loadtest_cli
+from ivr.harness.loadtest.asterisk import (
     DEFAULT_ASTERISK_TO,
     AsteriskLoadtestOptions,
-    asterisk_options_from_args,
     format_asterisk_report,
     run_asterisk_loadtest,
 )
+from ivr.harness.loadtest.core import parse_ports
 from ivr.service import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,8 +191,7 @@ async def test_bare_rtp_server_counts_and_seals(tmp_path: Path) -> None:
     low, high = _port_range(3)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "ivr.harness.bare_rtp_server",
+        str(ROOT / "bench" / "reference" / "bare_rtp_server.py"),
         "--ports",
         f"{low}-{high}",
         "--data-dir",
@@ -199,6 +199,7 @@ async def test_bare_rtp_server_counts_and_seals(tmp_path: Path) -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
         cwd=str(ROOT),
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # it imports ivr, from this tree
     )
     try:
         assert proc.stdout is not None
@@ -233,8 +234,8 @@ async def test_bare_rtp_server_counts_and_seals(tmp_path: Path) -> None:
 
 
 def test_parse_ports() -> None:
-    assert bare_rtp_server.parse_ports("41000-41009") == (41000, 41009)
-    assert bare_rtp_server.parse_ports("5000") == (5000, 5000)
+    assert parse_ports("41000-41009") == (41000, 41009)
+    assert parse_ports("5000") == (5000, 5000)
     for bad in ("x", "10-5", "0-10", "70000"):
         with pytest.raises(ValueError):
-            bare_rtp_server.parse_ports(bad)
+            parse_ports(bad)

@@ -44,7 +44,7 @@ async def service(tmp_path, monkeypatch):
 
 
 async def call(url: str, to: str = CONSENT_LINE, **kw):
-    options = CallOptions(url=url, to=to, fast=True, quiet_ms=10, **kw)
+    options = CallOptions(url=url, to=to, fast=True, **kw)
     result = await simulate_call(options)
     assert result.error is None, result.transcript
     return result
@@ -482,7 +482,7 @@ async def test_a_tenants_own_prompt_is_played_and_evidenced(tmp_path, monkeypatc
     try:
         url = str(server.make_url("")).rstrip("/")
         result = await simulate_call(
-            CallOptions(url=url, auth_token="tok", presses=[(4.0, "1")], fast=True, quiet_ms=10)
+            CallOptions(url=url, auth_token="tok", presses=[(4.0, "1")], fast=True)
         )
     finally:
         await server.close()

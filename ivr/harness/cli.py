@@ -138,13 +138,9 @@ def add_simulate_parser(subparsers: Any) -> None:
         action="store_true",
         help="virtual call time: send audio as fast as the service takes it",
     )
-    p.add_argument(
-        "--quiet-ms",
-        type=_seconds,
-        default=30.0,
-        metavar="MS",
-        help="fast mode: wait for the service to be quiet this long after each event (30)",
-    )
+    # Fast mode used to wait for the service to be quiet this long; it now syncs with the
+    # service instead (see ivr.harness.twilio_sim). Still accepted so old scripts keep working.
+    p.add_argument("--quiet-ms", type=_seconds, default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--max-call-seconds",
         type=_positive_seconds,
@@ -195,7 +191,6 @@ def options_from_args(args: argparse.Namespace) -> CallOptions:
         audio=args.audio,
         fast=args.fast,
         max_call_seconds=args.max_call_seconds,
-        quiet_ms=args.quiet_ms,
     )
 
 

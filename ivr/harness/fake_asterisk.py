@@ -418,6 +418,14 @@ class RtpPeer:
     def stats(self) -> RtpStats:
         return _stats(self.received, self.received_from)
 
+    def dup_socket(self) -> socket.socket:
+        """A duplicate of this channel's socket: what is sent from it comes from the address
+        the app was told to expect (the load test sends its RTP that way)."""
+        raw = self._transport.get_extra_info("socket") if self._transport is not None else None
+        if raw is None or self.closed:
+            raise RuntimeError(f"the external-media socket of {self.channel_id} is closed")
+        return raw.dup()  # non-blocking, like the original
+
 
 def _stats(received: Sequence[ReceivedPacket], sources: Sequence[Addr]) -> RtpStats:
     return RtpStats(
@@ -906,6 +914,7 @@ class FakeAsterisk:
         self.bridges: dict[str, BridgeState] = {}
         self.calls: dict[str, FakeCall] = {}  # caller channel id -> call
         self.requests: list[RecordedRequest] = []
+        self.observers: list[Callable[[RecordedRequest], None]] = []  # told of each answer
         self.rejected = 0  # requests answered with a 4xx/5xx
         self.events_sent: list[dict[str, Any]] = []  # delivered on an events socket
         self.events_dropped: list[dict[str, Any]] = []  # happened while nobody listened
@@ -1267,6 +1276,8 @@ class FakeAsterisk:
             record.status = response.status
         if response.status >= 400:
             self.rejected += 1
+        for observer in self.observers:
+            observer(record)
         self._notify()
         return response
 

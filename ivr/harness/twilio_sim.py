@@ -1,7 +1,8 @@
 """A simulated Twilio voice platform: places one call against a running service.
 
 It speaks only what Twilio would speak (signed form webhooks, TwiML, Media Streams websockets,
-the status callback) and never imports the service, so it can drive any deployment.
+the status callback) and never imports the service, so it can drive any deployment. The wire
+format is ``ivr.harness.twilio_wire``'s, shared with the load test.
 
 Time. The call clock starts at 0 when the voice webhook is sent. Every stream carries one
 20 ms frame per track per 20 ms of call time; frame ``n`` of a stream has timestamp ``n * 20``
@@ -12,24 +13,22 @@ on the same clock, and when several things fall on the same instant frames go fi
 driver loop sends everything, so every stream sees events in call-time order.
 
 A ``Pacer`` maps the call clock to the wall clock. ``RealTimePacer`` follows the event loop's
-clock (due times are computed from the stream start, so lateness never accumulates).
-``VirtualPacer`` (fast mode) jumps straight to the next due time, so frames go out as fast as
-the socket takes them; to stay behind the server it *settles* after each ``start``, dtmf and mark
-echo: it waits until the server has been quiet for ``quiet_ms`` of wall time (or has closed the
-socket) before sending more, so whatever the server queued in reaction is in the playback queue
-before the call clock moves past it. Webhook round trips take no call time in fast mode.
+clock (due times are computed from the stream start, so lateness never accumulates) and what
+the service sends is applied as it arrives. ``VirtualPacer`` (fast mode) jumps straight to the
+next due time; to stay behind the service it *syncs* (``twilio_wire.Inbox.sync``: a websocket
+ping whose pong follows everything the service sent in reaction to what came before it) after
+the ``start``, after each key and mark echo, and after every frame, and applies what the
+service sent only then, at the call time of the sync. So a call in fast mode goes the same way
+however slow the machine is. Webhook round trips take no call time in fast mode.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import json
 import logging
 import math
-import secrets
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
@@ -42,8 +41,17 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import aiohttp
 from yarl import URL
 
-from ivr.adapters.twilio_signature import SIGNATURE_HEADER, compute_signature
 from ivr.harness import audio as harness_audio
+from ivr.harness import twilio_wire as wire
+from ivr.harness.twilio_wire import (
+    DEFAULT_FROM,
+    DEFAULT_TO,
+    DEMO_AUTH_TOKEN,
+    DTMF_DIGITS,
+    Inbox,
+    Playback,
+)
+from ivr.harness.wsclient import OP_BINARY, RawWebSocket, WebSocketError
 from media.wavfile import UnsupportedAudio
 
 __all__ = [
@@ -62,18 +70,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEMO_AUTH_TOKEN = "demo-auth-token-not-secret"
-DEFAULT_TO = "+15550100001"
-DEFAULT_FROM = "+46701234567"
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
-USER_AGENT = "TwilioProxy/1.1 (ivr-harness)"
-
 FRAME_SECONDS = 0.02
-FRAME_BYTES = harness_audio.FRAME_BYTES
-BYTES_PER_SECOND = harness_audio.SAMPLE_RATE
+BYTES_PER_SECOND = wire.BYTES_PER_SECOND
 _EPS = 1e-6  # call-time instants closer than this (seconds) are the same instant
 _MAX_WEBHOOKS = 50  # voice + redirects + actions: more is a redirect loop
-_SETTLE_CAP_S = 2.0  # a server that never goes quiet still cannot stall a fast call for long
 _WS_CLOSE_TIMEOUT_S = 5.0
 _REFUSAL_CODES = frozenset({1008}) | frozenset(range(4000, 5000))
 _T = TypeVar("_T")
@@ -147,9 +147,7 @@ class CallOptions:
     audio: Path | None = None  # caller audio; None: a tone
     fast: bool = False
     max_call_seconds: float = 600.0
-    quiet_ms: float = 30.0  # fast mode: how long the server must be silent after an event
-    start_wait_ms: float = 1000.0  # fast mode: how long to wait for a first reply to `start`
-    http_timeout: float = 15.0  # per webhook, as Twilio's default
+    http_timeout: float = 15.0  # per webhook, as Twilio's default; also per fast-mode sync
     wall_timeout: float | None = None  # whole call; None: 120 s fast, max_call_seconds + 60 real
     caller_tone_hz: float = 440.0
     caller_tone_dbfs: float = -12.0
@@ -163,9 +161,7 @@ class CallOptions:
 class Pacer(Protocol):
     """Maps the call clock onto the wall clock."""
 
-    fast: bool
-    quiet_s: float  # > 0: settle after start/dtmf/mark echo (see module docstring)
-    start_wait_s: float
+    fast: bool  # virtual time: sync with the service instead of waiting (module docstring)
 
     def start(self) -> None:
         """The call clock reads 0 now."""
@@ -182,9 +178,7 @@ class VirtualPacer:
 
     fast = True
 
-    def __init__(self, quiet_ms: float = 30.0, start_wait_ms: float = 1000.0) -> None:
-        self.quiet_s = max(0.0, quiet_ms) / 1000
-        self.start_wait_s = max(0.0, start_wait_ms) / 1000
+    def __init__(self) -> None:
         self._now = 0.0
 
     def start(self) -> None:
@@ -202,8 +196,6 @@ class RealTimePacer:
     """Call time follows the event loop's clock (or injected ``time_fn``/``sleep_fn``)."""
 
     fast = False
-    quiet_s = 0.0
-    start_wait_s = 0.0
 
     def __init__(
         self,
@@ -251,15 +243,17 @@ class _Stream:
     def __init__(
         self,
         *,
-        ws: Any,
+        ws: RawWebSocket,
         url: str,
         sid: str,
         name: str | None,
         tracks: list[str],
         bidirectional: bool,
         start_t: float,
+        inbox: Inbox | None = None,
     ) -> None:
         self.ws = ws
+        self.inbox = inbox  # None only for streams built by hand in tests
         self.url = url
         self.sid = sid
         self.name = name
@@ -270,22 +264,16 @@ class _Stream:
         self.seq = 0
         self.frames = 0  # frames sent per track
         self.chunks = dict.fromkeys(tracks, 0)
-        self.play_end = start_t  # call time at which the queued prompt audio runs out
-        self.marks: deque[tuple[float, str]] = deque()  # (due call time, name)
+        self.playback = Playback(start_t)
         self.closed = False
         self.closing_by_us = False
-        self.close_reason = ""
-        self.rx_count = 0
-        self.last_rx_wall = -math.inf
-        self.activity = asyncio.Event()
-        self.reader: asyncio.Task[None] | None = None
         self.burst_bytes = 0  # prompt audio not yet reported in the transcript
         self.burst_t = 0.0
         self.warned: set[str] = set()
 
-    def next_seq(self) -> str:
+    def next_seq(self) -> int:
         self.seq += 1
-        return str(self.seq)
+        return self.seq
 
     def next_frame_time(self) -> float:
         return self.start_t + (self.frames + 1) * FRAME_SECONDS
@@ -315,19 +303,10 @@ class _Call:
         self.silence = harness_audio.silence()
         self.on_transcript = on_transcript
         self.base_url = options.url.rstrip("/")
-        account_sid = options.account_sid or "AC" + secrets.token_hex(16)
-        self.account_sid = account_sid
-        self.params = {
-            "CallSid": result.call_sid,
-            "AccountSid": account_sid,
-            "From": options.from_,
-            "To": options.to,
-            "Caller": options.from_,
-            "Called": options.to,
-            "CallStatus": "ringing",
-            "ApiVersion": "2010-04-01",
-            "Direction": "inbound",
-        }
+        self.account_sid = options.account_sid or wire.new_sid("AC")
+        self.params = wire.call_form(
+            result.call_sid, self.account_sid, options.to, options.from_, "ringing"
+        )
         self.streams: list[_Stream] = []
         self.presses: deque[tuple[float, str]] = deque(sorted(options.presses, key=lambda p: p[0]))
         self.hangup_pending = options.hangup_at
@@ -387,8 +366,8 @@ class _Call:
             self.fail("timed out while ending the call")
         finally:
             for s in self.streams:
-                if s.reader is not None:
-                    s.reader.cancel()
+                if s.inbox is not None:
+                    s.inbox.cancel()
 
     async def _execute(self) -> None:
         url, method = f"{self.base_url}/twilio/voice", "POST"
@@ -415,7 +394,10 @@ class _Call:
         self, deadline: float | None = None, until: Callable[[], bool] | None = None
     ) -> None:
         """Send frames and handle timed events until ``deadline``, ``until()`` or a hang-up."""
+        fast = self.pacer.fast
         while not self.hung_up:
+            if not fast:
+                self._take_arrived()
             if until is not None and until():
                 return
             self.wake.clear()
@@ -424,8 +406,9 @@ class _Call:
             for s in self.streams:
                 if not s.closed:
                     items.append((s.next_frame_time(), 0, "frame", s))
-                    if s.marks:
-                        items.append((s.marks[0][0], 1, "mark", s))
+                    due = s.playback.next_due()
+                    if due is not None:
+                        items.append((due, 1, "mark", s))
             if self.presses:
                 items.append((self.presses[0][0], 2, "press", None))
             if self.hangup_pending is not None:
@@ -438,18 +421,21 @@ class _Call:
                 await self.pacer.wait_until(t, self.wake)
                 if self.pacer.now() < t - _EPS:
                     continue  # woken early: something changed, recompute
-            elif self.pacer.fast:
+            elif fast:
                 await asyncio.sleep(0)
-            due = [item for item in items if item[0] <= t + _EPS]
-            priority = min(item[1] for item in due)
-            batch = [item for item in due if item[1] == priority]
-            kind = batch[0][2]
+            due_items = [item for item in items if item[0] <= t + _EPS]
+            priority = min(item[1] for item in due_items)
+            batch = [s for _, p, _, s in due_items if p == priority]
+            kind = next(k for _, p, k, _ in due_items if p == priority)
             if kind == "frame":
-                for *_, s in batch:
+                for s in batch:
                     assert s is not None
                     await self._send_frames(s)
+                for s in batch:  # a frame may bring a deadline: see the service's answer
+                    assert s is not None
+                    await self._sync(s)
             elif kind == "mark":
-                for *_, s in batch:
+                for s in batch:
                     assert s is not None
                     await self._echo_marks(s, t)
             elif kind == "press":
@@ -479,40 +465,33 @@ class _Call:
             return None
         return task.result()
 
-    async def _settle(self, s: _Stream, *, first: bool = False) -> None:
-        """Fast mode: let the server react before the call clock moves on."""
-        quiet = self.pacer.quiet_s
-        if quiet <= 0:
+    async def _sync(self, s: _Stream) -> None:
+        """Fast mode: let the service react before the call clock moves on; apply its answer."""
+        if not self.pacer.fast or s.inbox is None or s.closed:
             return
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        if first and s.bidirectional and self.pacer.start_wait_s > 0:
-            while not s.closed and s.rx_count == 0:
-                left = began + self.pacer.start_wait_s - loop.time()
-                if left <= 0:
-                    break
-                s.activity.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(s.activity.wait(), left)
-        limit = loop.time() + _SETTLE_CAP_S
-        while not s.closed:
-            now = loop.time()
-            quiet_until = max(began, s.last_rx_wall) + quiet
-            if now >= quiet_until or now >= limit:
-                return
-            s.activity.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(s.activity.wait(), min(quiet_until, limit) - now)
+        try:
+            messages = await s.inbox.sync(self.o.http_timeout)
+        except TimeoutError:
+            raise _CallError(
+                f"stream {s.label}: no pong within {self.o.http_timeout:g} s (fast mode needs a "
+                "server that answers websocket pings)"
+            ) from None
+        self._apply(s, messages)
+
+    def _take_arrived(self) -> None:
+        """Real time: apply whatever the service has sent so far."""
+        for s in self.streams:
+            if s.inbox is not None and not s.closed:
+                self._apply(s, s.inbox.take())
 
     # -- sending ----------------------------------------------------------------------------------
-    async def _send(self, s: _Stream, message: dict[str, Any]) -> bool:
+    def _send(self, s: _Stream, message: bytes) -> bool:
         if s.closed:
             return False
         try:
-            await s.ws.send_str(json.dumps(message, separators=(",", ":")))
-        except (ConnectionError, aiohttp.ClientError, RuntimeError):
-            s.closed = True  # the reader reports how it closed
-            return False
+            s.ws.send_text(message)
+        except (ConnectionError, OSError, RuntimeError):
+            return False  # the reader reports how it closed
         return True
 
     async def _send_frames(self, s: _Stream) -> None:
@@ -525,34 +504,22 @@ class _Call:
             else:
                 source = self.agent if self.in_dial else self.silence
             s.chunks[track] += 1
-            message = {
-                "event": "media",
-                "sequenceNumber": s.next_seq(),
-                "streamSid": s.sid,
-                "media": {
-                    "track": track,
-                    "chunk": str(s.chunks[track]),
-                    "timestamp": str(n * 20),
-                    "payload": source.payload(index),
-                },
-            }
-            if not await self._send(s, message):
+            message = wire.media_template(s.sid, track) % (
+                s.next_seq(),
+                s.chunks[track],
+                n * 20,
+                source.payload(index).encode(),
+            )
+            if not self._send(s, message):
                 return
             self.result.frames_sent[track] = self.result.frames_sent.get(track, 0) + 1
 
     async def _echo_marks(self, s: _Stream, t: float) -> None:
-        while s.marks and s.marks[0][0] <= t + _EPS:
-            _, name = s.marks.popleft()
-            message = {
-                "event": "mark",
-                "sequenceNumber": s.next_seq(),
-                "streamSid": s.sid,
-                "mark": {"name": name},
-            }
-            if await self._send(s, message):
+        for name in s.playback.due(t):
+            if self._send(s, wire.mark(s.next_seq(), s.sid, name)):
                 self.result.marks_echoed += 1
                 self.log(f"→ mark echoed {name}")
-        await self._settle(s)
+        await self._sync(s)
 
     async def _press(self) -> None:
         _, digit = self.presses.popleft()
@@ -562,54 +529,30 @@ class _Call:
             return
         self.log(f"→ pressed {digit}")
         for s in targets:
-            await self._send(
-                s,
-                {
-                    "event": "dtmf",
-                    "sequenceNumber": s.next_seq(),
-                    "streamSid": s.sid,
-                    "dtmf": {"track": "inbound_track", "digit": digit},
-                },
-            )
+            self._send(s, wire.dtmf(s.next_seq(), s.sid, digit))
         self.result.dtmf_sent += 1
         for s in targets:
-            await self._settle(s)
+            await self._sync(s)
 
     # -- receiving --------------------------------------------------------------------------------
-    async def _read(self, s: _Stream) -> None:
-        try:
-            while True:
-                msg = await s.ws.receive()
-                if msg.type is aiohttp.WSMsgType.TEXT:
-                    self._on_text(s, msg.data)
-                elif msg.type is aiohttp.WSMsgType.BINARY:
-                    self.warn_once(s, "binary", "server sent a binary frame (ignored)")
-                elif msg.type is aiohttp.WSMsgType.CLOSE:
-                    s.close_reason = str(msg.extra or "")
-                    break
-                elif msg.type in (
-                    aiohttp.WSMsgType.CLOSING,
-                    aiohttp.WSMsgType.CLOSED,
-                    aiohttp.WSMsgType.ERROR,
-                ):
-                    break
-                s.rx_count += 1
-                s.last_rx_wall = asyncio.get_running_loop().time()
-                s.activity.set()
-                self.wake.set()
-        except (aiohttp.ClientError, ConnectionError):
-            pass
-        finally:
+    def _apply(self, s: _Stream, messages: list[tuple[int, bytes]]) -> None:
+        """What the service sent, at the current call time; then whether it closed."""
+        for op, data in messages:
+            if op == OP_BINARY:
+                self.warn_once(s, "binary", "server sent a binary frame (ignored)")
+            else:
+                self._on_message(s, wire.read_server_message(data))
+        assert s.inbox is not None
+        if s.inbox.closed and not s.inbox.messages and not s.closed:
             s.closed = True
             if not s.closing_by_us:
                 self._on_server_close(s)
-            s.activity.set()
-            self.wake.set()
 
     def _on_server_close(self, s: _Stream) -> None:
-        code = s.ws.close_code if s.ws.close_code is not None else 1006
+        assert s.inbox is not None
+        code = s.inbox.close_code if s.inbox.close_code is not None else 1006
         self.result.closed_by_server.append(int(code))
-        reason = f": {s.close_reason}" if s.close_reason else ""
+        reason = f": {s.inbox.close_reason}" if s.inbox.close_reason else ""
         if code in _REFUSAL_CODES:
             self.log(f"server refused stream {s.label} ({code}{reason})")
         elif code == 1006:
@@ -617,17 +560,12 @@ class _Call:
         else:
             self.log(f"server closed stream ({code}{reason})")
 
-    def _on_text(self, s: _Stream, data: str) -> None:
-        try:
-            message = json.loads(data)
-        except ValueError:
-            self.warn_once(s, "json", "server sent a text frame that is not JSON (ignored)")
+    def _on_message(self, s: _Stream, message: wire.ServerMessage) -> None:
+        event = message.event
+        if message.problem is not None:
+            self.warn_once(s, message.problem, f"server sent {message.problem} (ignored)")
             return
-        if not isinstance(message, dict):
-            self.warn_once(s, "json", "server sent JSON that is not an object (ignored)")
-            return
-        event = message.get("event")
-        if message.get("streamSid") != s.sid:
+        if message.stream_sid != s.sid:
             self.warn_once(
                 s, "sid", f"server sent {event!r} with a wrong or missing streamSid (ignored)"
             )
@@ -636,29 +574,21 @@ class _Call:
             self.warn_once(s, "uni", f"server sent {event!r} on a unidirectional stream (ignored)")
             return
         now = self.pacer.now()
-        body = message.get(event) if isinstance(event, str) else None
-        body = body if isinstance(body, dict) else {}
         if event == "media":
-            try:
-                chunk = base64.b64decode(str(body.get("payload", "")), validate=True)
-            except (binascii.Error, ValueError):
-                self.warn_once(s, "payload", "server sent media with a bad base64 payload")
-                return
             if self.result.first_prompt_frame_latency_ms is None:
-                latency = (time.perf_counter() - s.start_wall) * 1000
+                assert s.inbox is not None and s.inbox.first_at is not None
+                latency = (s.inbox.first_at - s.start_wall) * 1000
                 self.result.first_prompt_frame_latency_ms = latency
-            s.play_end = max(s.play_end, now) + len(chunk) / BYTES_PER_SECOND
-            self.result.prompt_ms_received += len(chunk) * 1000 / BYTES_PER_SECOND
+            s.playback.audio(now, message.audio_bytes)
+            self.result.prompt_ms_received += message.audio_bytes * 1000 / BYTES_PER_SECOND
             if s.burst_bytes == 0:
                 s.burst_t = now
-            s.burst_bytes += len(chunk)
+            s.burst_bytes += message.audio_bytes
         elif event == "mark":
-            s.marks.append((max(s.play_end, now), str(body.get("name", ""))))
+            s.playback.mark(now, message.name)
             self._flush(s)
         elif event == "clear":
-            dropped = max(0.0, s.play_end - now)
-            s.play_end = now
-            s.marks = deque((now, name) for _, name in s.marks)
+            dropped = s.playback.clear(now)
             self.log(f"← clear (dropped {dropped:.2f} s of queued audio)")
         else:
             self.warn_once(s, f"event:{event}", f"server sent unknown event {event!r} (ignored)")
@@ -676,28 +606,23 @@ class _Call:
             self.log(f"stream URL query string ?{parts.query} dropped (Twilio drops it)")
         custom = {p.get("name", ""): p.get("value", "") for p in el.iter("Parameter")}
         custom.pop("", None)
-        headers = {
-            SIGNATURE_HEADER: compute_signature(self.o.auth_token, url, {}),
-            "User-Agent": USER_AGENT,
-        }
-        connect = self.session.ws_connect(
-            url,
-            headers=headers,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=_WS_CLOSE_TIMEOUT_S),
-        )
+        headers = wire.signed_headers(self.o.auth_token, url, {})
+        connect = RawWebSocket.connect(url, headers=headers, timeout=self.o.http_timeout)
         try:
-            ws = await self.await_io(asyncio.wait_for(connect, self.o.http_timeout))
-        except aiohttp.WSServerHandshakeError as exc:
-            message = f"stream {url}: websocket handshake refused (HTTP {exc.status})"
-            raise _CallError(message) from None
+            ws = await self.await_io(connect)
+        except WebSocketError as exc:
+            if exc.status:
+                message = f"stream {url}: websocket handshake refused (HTTP {exc.status})"
+                raise _CallError(message) from None
+            raise _CallError(f"stream {url}: {exc}") from None
         except TimeoutError:
             message = f"stream {url}: no websocket handshake in {self.o.http_timeout:g} s"
             raise _CallError(message) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             raise _CallError(f"stream {url}: cannot connect ({exc})") from exc
         if ws is None:
             return None
-        sid = "MZ" + secrets.token_hex(16)
+        sid = wire.new_sid("MZ")
         s = _Stream(
             ws=ws,
             url=url,
@@ -706,25 +631,16 @@ class _Call:
             tracks=tracks,
             bidirectional=bidirectional,
             start_t=self.pacer.now(),
+            inbox=Inbox(ws, self.wake),
         )
+        s.seq = 1  # `start` is sequence number 1
         self.streams.append(s)
         self.result.stream_sids.append(sid)
-        s.reader = asyncio.create_task(self._read(s))
-        await self._send(s, {"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        start = {
-            "accountSid": self.account_sid,
-            "callSid": self.result.call_sid,
-            "streamSid": sid,
-            "tracks": tracks,
-            "customParameters": custom,
-            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-        }
-        await self._send(
-            s, {"event": "start", "sequenceNumber": s.next_seq(), "streamSid": sid, "start": start}
-        )
+        self._send(s, wire.connected())
+        self._send(s, wire.start(sid, self.result.call_sid, self.account_sid, tracks, custom))
         kind = "bidirectional" if bidirectional else "unidirectional"
         self.log(f"→ stream {s.label} started ({kind}, tracks {'+'.join(tracks)})")
-        await self._settle(s, first=True)
+        await self._sync(s)
         return s
 
     async def _stop_stream(self, s: _Stream) -> None:
@@ -732,30 +648,19 @@ class _Call:
         if s.closed:
             return
         s.closing_by_us = True
-        await self._send(
-            s,
-            {
-                "event": "stop",
-                "sequenceNumber": s.next_seq(),
-                "streamSid": s.sid,
-                "stop": {"accountSid": self.account_sid, "callSid": self.result.call_sid},
-            },
-        )
+        self._send(s, wire.stop(s.next_seq(), s.sid, self.result.call_sid, self.account_sid))
         s.closed = True
-        if s.reader is not None:
-            s.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await s.reader
+        if s.inbox is not None:
+            s.inbox.cancel()  # ``close`` reads the socket itself
         with contextlib.suppress(Exception):
-            await s.ws.close()
+            await s.ws.close(timeout=_WS_CLOSE_TIMEOUT_S)
         self.log(f"→ stop sent on stream {s.label}")
 
     async def _reap(self, s: _Stream) -> None:
-        """Wait for a stream's reader to have recorded how the socket closed."""
-        if s.reader is None or s.reader.done():
-            return
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(s.reader), _WS_CLOSE_TIMEOUT_S)
+        """Wait for a stream's reader to have seen how the socket closed."""
+        if s.inbox is not None and not s.closing_by_us:
+            await s.inbox.wait_closed(_WS_CLOSE_TIMEOUT_S)
+            self._apply(s, s.inbox.take())
 
     # -- HTTP -----------------------------------------------------------------------------------
     async def _request(
@@ -778,10 +683,7 @@ class _Call:
         else:
             signed = params
             data = params
-        headers = {
-            SIGNATURE_HEADER: compute_signature(self.o.auth_token, str(target), signed),
-            "User-Agent": USER_AGENT,
-        }
+        headers = wire.signed_headers(self.o.auth_token, str(target), signed)
 
         async def go() -> tuple[int, str, str]:
             async with self.session.request(
@@ -1028,7 +930,7 @@ async def simulate_call(
     ``RealTimePacer``); ``on_transcript`` sees each transcript line as it happens.
     """
     _validate(options)
-    result = CallResult(call_sid=options.call_sid or "CA" + secrets.token_hex(16))
+    result = CallResult(call_sid=options.call_sid or wire.new_sid("CA"))
     try:
         if options.audio is not None:
             caller = harness_audio.from_file(options.audio)
@@ -1043,10 +945,7 @@ async def simulate_call(
             on_transcript(entry)
         return result
     if pacer is None:
-        if options.fast:
-            pacer = VirtualPacer(options.quiet_ms, options.start_wait_ms)
-        else:
-            pacer = RealTimePacer()
+        pacer = VirtualPacer() if options.fast else RealTimePacer()
     own_session = session is None
     if session is None:
         session = aiohttp.ClientSession()

@@ -1,18 +1,20 @@
-"""A minimal websocket client (RFC 6455) on asyncio streams, for load generation.
+"""The harness's one websocket client (RFC 6455) on asyncio streams: Twilio's side of a Media
+Stream, for the simulator and the load test alike.
 
 aiohttp's client builds, masks and writes every message on its own, which at tens of thousands
-of messages per second makes the load generator the bottleneck. This client does only what a
-load generator needs:
+of messages per second makes the load generator the bottleneck. This client does only what
+Twilio's side needs:
 
-* the HTTP/1.1 upgrade (``Sec-WebSocket-Key`` sent, the ``101`` and ``Sec-WebSocket-Accept``
-  checked);
+* the HTTP/1.1 upgrade over ws:// or wss:// (``Sec-WebSocket-Key`` sent, the ``101`` and
+  ``Sec-WebSocket-Accept`` checked), with extra headers (the signature Twilio puts there);
 * text frames, client-masked with the all-zero mask key, which RFC 6455 §5.3 permits (the key
-  must be unpredictable to defeat cache poisoning by proxies, which does not apply to a load
-  generator on loopback) and which makes masking a no-op, so a frame is header ‖ payload;
+  must be unpredictable to stop a browser script poisoning proxy caches, which does not apply to
+  a test tool) and which makes masking a no-op, so a frame is header ‖ payload;
 * ``write_raw``: many pre-built frames in one ``transport.write``;
+* ``ping``: the harness's handshake in virtual time. A server reads a ping in order with the
+  messages before it and answers when it gets to it, so the pong says it has read (and, for our
+  service, reacted to) everything sent before the ping (see ``ivr.harness.twilio_wire.sync``);
 * reading frames (fragmented messages, ping, pong and close included).
-
-It is only for talking to our own servers on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import asyncio
 import base64
 import hashlib
 import os
+import ssl
 import struct
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 __all__ = [
     "OP_BINARY",
     "OP_CLOSE",
+    "OP_PONG",
     "OP_TEXT",
     "RawWebSocket",
     "WebSocketError",
@@ -43,7 +48,12 @@ _MAX_HANDSHAKE = 64 * 1024
 
 
 class WebSocketError(Exception):
-    """The handshake failed or the peer broke the protocol."""
+    """The handshake failed (``status``: the HTTP status, if any) or the peer broke the
+    protocol."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _make_header(fin_opcode: int, length: int) -> bytes:
@@ -91,15 +101,22 @@ class RawWebSocket:
 
     # -- connecting ------------------------------------------------------------------------
     @classmethod
-    async def connect(cls, url: str, *, timeout: float = 10.0) -> RawWebSocket:
-        """Open ``ws://host:port/path`` (plain ws only) and complete the upgrade."""
+    async def connect(
+        cls, url: str, *, headers: Mapping[str, str] | None = None, timeout: float = 10.0
+    ) -> RawWebSocket:
+        """Open ``ws(s)://host:port/path`` and complete the upgrade.
+
+        Raises ``WebSocketError`` (``status`` set when the server answered something other
+        than 101), ``OSError`` or ``TimeoutError``."""
         parts = urlsplit(url)
-        if parts.scheme != "ws" or not parts.hostname:
-            raise WebSocketError(f"only ws:// URLs are supported, not {url!r}")
-        port = parts.port or 80
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise WebSocketError(f"only ws:// and wss:// URLs are supported, not {url!r}")
+        secure = parts.scheme == "wss"
+        port = parts.port or (443 if secure else 80)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host_header = parts.netloc.rpartition("@")[2]
         key = base64.b64encode(os.urandom(16))
+        extra = {"User-Agent": "ivr-harness", **(headers or {})}
         request = (
             f"GET {path} HTTP/1.1\r\n"
             f"Host: {host_header}\r\n"
@@ -107,12 +124,15 @@ class RawWebSocket:
             "Connection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key.decode()}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
-            "User-Agent: ivr-loadtest\r\n"
-            "\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in extra.items())
+            + "\r\n"
         ).encode()
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(
-                parts.hostname, port, limit=_MAX_HANDSHAKE
+                parts.hostname,
+                port,
+                limit=_MAX_HANDSHAKE,
+                ssl=ssl.create_default_context() if secure else None,
             )
             try:
                 writer.write(request)
@@ -120,21 +140,22 @@ class RawWebSocket:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
                     raise WebSocketError(f"{url}: no complete HTTP response ({exc})") from None
-                status_line, headers = _parse_head(head)
+                status_line, answer = _parse_head(head)
                 fields = status_line.split(" ", 2)
                 if len(fields) < 2 or fields[1] != "101":
                     body = b""
-                    length = headers.get("content-length", "")
+                    length = answer.get("content-length", "")
                     if length.isdigit() and int(length) <= _MAX_HANDSHAKE:
                         body = await reader.readexactly(int(length))
                     text = body.decode(errors="replace").strip()[:200]
                     raise WebSocketError(
-                        f"{url}: upgrade refused: {status_line}" + (f": {text}" if text else "")
+                        f"{url}: upgrade refused: {status_line}" + (f": {text}" if text else ""),
+                        status=int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0,
                     )
                 expected = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
-                if headers.get("sec-websocket-accept") != expected:
+                if answer.get("sec-websocket-accept") != expected:
                     raise WebSocketError(f"{url}: bad Sec-WebSocket-Accept")
-                if headers.get("upgrade", "").lower() != "websocket":
+                if answer.get("upgrade", "").lower() != "websocket":
                     raise WebSocketError(f"{url}: response is not a websocket upgrade")
             except BaseException:
                 writer.close()
@@ -152,6 +173,12 @@ class RawWebSocket:
             raise ConnectionResetError("websocket is closed")
         self.transport.write(frames)
 
+    def ping(self, payload: bytes) -> None:
+        """Send a ping; its pong comes back from ``receive`` as ``(OP_PONG, payload)``."""
+        if self._close_sent or self.transport.is_closing():
+            raise ConnectionResetError("websocket is closed")
+        self.transport.write(_make_header(0x80 | OP_PING, len(payload)) + payload)
+
     @property
     def writable(self) -> bool:
         return not self._close_sent and not self.transport.is_closing()
@@ -166,9 +193,9 @@ class RawWebSocket:
 
     # -- receiving -------------------------------------------------------------------------
     async def receive(self) -> tuple[int, bytes]:
-        """The next message as (opcode, payload): OP_TEXT, OP_BINARY or OP_CLOSE.
+        """The next message as (opcode, payload): OP_TEXT, OP_BINARY, OP_PONG or OP_CLOSE.
 
-        Pings are answered and pongs skipped. On OP_CLOSE the payload is the close body; the
+        Pings are answered. On OP_CLOSE the payload is the close body; the
         close is answered and the connection shut, after which every call returns OP_CLOSE.
         Raises ``asyncio.IncompleteReadError``/``ConnectionError`` if the connection drops.
         """
@@ -194,6 +221,8 @@ class RawWebSocket:
             if opcode >= 0x8:  # control frames may arrive between fragments
                 if opcode == OP_CLOSE:
                     return OP_CLOSE, self._closed_by_peer(data)
+                if opcode == OP_PONG:
+                    return OP_PONG, data
                 if opcode == OP_PING and self.writable:
                     self.transport.write(_make_header(0x80 | OP_PONG, len(data)) + data)
                 continue

@@ -9,78 +9,70 @@ Control plane: the fake places N calls (ramped), each a caller channel for ``--t
 bridges them. On an opt-in line the caller presses the accept key ``--press-after`` seconds after
 the bridge is up, and streaming starts once the service reports the recording
 (``IVR_RECORDING_ID``); on the other lines (the default, +15550100004, records at once) it starts
-as soon as the call is bridged. The fake's request dispatcher is wrapped, so every ARI request
-the service makes is seen as it is answered (one dict lookup each): that gives the set-up time
-(StasisStart to bridged, four REST round trips), the recording id and the moment the service has
-finalised a call (it destroys the bridge last).
+as soon as the call is bridged. Every ARI request the service makes is seen as it is answered
+(``FakeAsterisk.observers``): that gives the set-up time (StasisStart to bridged, four REST round
+trips), the recording id and the moment the service has finalised a call (it destroys the bridge
+last).
 
-Media plane: one central ticker (as in the Twilio load test) sends, every 20 ms, the next RTP
-packet (PCMU, PT 0, 160 bytes, sequence +1, timestamp +160, one SSRC per call, marker on the
-first) of every streaming call, with ``sendto`` on a duplicate of that call's external-media
-socket (the ``UNICASTRTP_LOCAL`` address the fake announced, the only source the service
-accepts) to the address the service gave in its externalMedia request. Packets are pre-built
-per call (header template + a one-second payload pool); only sequence and timestamp are
-rewritten. A late tick is caught up, so lateness never accumulates; no task runs per call per
-tick. The service's own RTP (prompts) arriving at the fake's sockets gives the time from bridged
-to the first prompt packet.
+Media plane: the shared ticker (``core.StreamRun``) sends, every 20 ms, the next RTP packet
+(PCMU, PT 0, 160 bytes, sequence +1, timestamp +160, one SSRC per call, marker on the first) of
+every streaming call, with ``sendto`` on a duplicate of that call's external-media socket (the
+``UNICASTRTP_LOCAL`` address the fake announced, the only source the service accepts) to the
+address the service gave in its externalMedia request. Packets are pre-built per call (header
+template + a one-second payload pool); only sequence and timestamp are rewritten. The service's
+own RTP (prompts) arriving at the fake's sockets gives the time from bridged to the first prompt
+packet.
 
 After ``--duration`` seconds of RTP a call is hung up (the caller's ``ChannelHangupRequest``,
-``StasisEnd``, ``ChannelDestroyed``) and the service's finalisation awaited. Then ``/healthz`` is
-polled until ``asterisk.counters.calls_completed`` has grown by every call the service took, and
-the deltas of its counters give frames stored and lost: ``frames_lost`` = frames sent − frames
-stored (0 on loopback: on a ``none`` line recording starts with the first packet; the service
-fills RTP gaps with silence, which its ``rtp_lost`` counter reports). Frames lost with no
-``rtp_lost`` are calls' last packets: the hang-up is sent right after them, as Asterisk does, and
-a service that lags reads its events websocket before the datagrams still in the call's socket.
+``StasisEnd``) and the service's finalisation awaited. Then ``/healthz`` is polled until
+``asterisk.counters.calls_completed`` has grown by every call the service took, and the deltas
+of its counters give frames stored and lost: ``frames_lost`` = frames sent − frames stored (0 on
+loopback: on a ``none`` line recording starts with the first packet; the service fills RTP gaps
+with silence, which its ``rtp_lost`` counter reports). Frames lost with no ``rtp_lost`` are
+calls' last packets: the hang-up is sent right after them, as Asterisk does, and a service that
+lags reads its events websocket before the datagrams still in the call's socket.
 
-Cost: the service's CPU (``/healthz`` ``cpu_seconds``) over the steady window (every call
-streaming) per call-minute streamed. The same media load (same N, duration, ramp and ticker) is
-then sent to ``python -m ivr.harness.bare_rtp_server`` (one UDP socket per call: parse the header,
-append, seal once a second with AES-256-GCM, write), and the report gives the ratio.
+The same media load (same N, duration, ramp and ticker) then goes to
+``bench/reference/bare_rtp_server.py`` (one UDP socket per call: parse the header, append, seal
+once a second with AES-256-GCM, write), and the report gives the ratio.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import os
 import random
 import socket
 import struct
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import web
 
 from ivr.harness.audio import tone
-from ivr.harness.bare_rtp_server import parse_ports
-from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall, RtpPeer
-from ivr.harness.loadtest import (
-    DEFAULT_FROM,
-    DEFAULT_URL,
+from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall, RecordedRequest, RtpPeer
+from ivr.harness.loadtest.core import (
     FRAME_S,
     MAX_ERRORS_REPORTED,
-    OPT_IN_LINES,
     SATURATED_LAG_MS,
     SATURATED_UTILISATION,
     CallFailed,
+    Options,
+    Progress,
     ReferenceServer,
-    _dist,
-    _fmt,
-    _gather_bounded,
-    _pct,
-    _Progress,
-    _round,
-    _schedule,
-    _StreamRun,
+    StreamRun,
+    dist,
+    errors,
+    fmt,
+    gather_bounded,
+    parse_ports,
+    reference_rows,
+    render,
     run_reference,
+    schedule,
     summarise_shared,
 )
 
@@ -89,11 +81,8 @@ __all__ = [
     "DEFAULT_ASTERISK_TO",
     "AsteriskLoadtestOptions",
     "SetupError",
-    "add_asterisk_options",
-    "asterisk_options_from_args",
     "format_asterisk_report",
     "run_asterisk_loadtest",
-    "run_asterisk_loadtest_cli",
 ]
 
 DEFAULT_ASTERISK_TO = "+15550100004"  # the demo's vital_interests/none line: records at once
@@ -103,7 +92,6 @@ DEMO_ARI_PASSWORD = "demo"
 PRESS_AFTER_S = 0.5
 BARE_PORT_BASE = 41000  # just above the service's default RTP range (40000-40999)
 
-FRAME_BYTES = 160
 FRAME_TICKS = 160  # RTP timestamp units per 20 ms of 8 kHz audio
 PT_PCMU = 0
 CONNECT_TIMEOUT_S = 30.0  # the service's ARI client backs off up to 10 s between attempts
@@ -124,35 +112,16 @@ class SetupError(Exception):
     """The load test could not start (e.g. the fake cannot listen on ``--ari-listen``)."""
 
 
-# -- options ----------------------------------------------------------------------------------
-@dataclass
-class AsteriskLoadtestOptions:
-    url: str = DEFAULT_URL  # the service, for /healthz
-    calls: int = 50
-    duration: float = 20.0  # seconds of RTP per call, in real time
-    ramp: float | None = None  # seconds over which call starts are spread; None: min(10, N/50)
+@dataclass(frozen=True)
+class AsteriskLoadtestOptions(Options):
     to: str = DEFAULT_ASTERISK_TO
-    from_: str = DEFAULT_FROM
-    press: str | None = None  # key pressed once bridged; None: "1" on opt-in lines
     press_after: float = PRESS_AFTER_S  # seconds after the bridge is up
     ari_listen: str = DEFAULT_ARI_LISTEN
     ari_app: str = "ivr"
     ari_user: str = "ivr"
     ari_password: str | None = None  # None: $ARI_PASSWORD, else "demo"
     bare_ports: str | None = None  # LOW-HIGH for the reference; None: from 41000, N + slack
-    reference: bool = True
     connect_timeout: float = CONNECT_TIMEOUT_S
-    progress_interval: float = 3.0  # seconds between progress lines; 0: none
-    progress_stream: Any = None  # default sys.stderr
-    margin: float | None = None  # extra seconds before the overall deadline; None: automatic
-
-    def resolved_ramp(self) -> float:
-        return self.ramp if self.ramp is not None else min(10.0, self.calls / 50)
-
-    def resolved_press(self) -> str:
-        if self.press is not None:
-            return self.press
-        return "1" if self.to in OPT_IN_LINES else ""
 
     def resolved_password(self) -> str:
         if self.ari_password is not None:
@@ -177,29 +146,20 @@ class AsteriskLoadtestOptions:
         press = self.press_after if self.resolved_press() else 0.0
         return self.resolved_ramp() + press + self.duration + margin
 
-
-def _validate(options: AsteriskLoadtestOptions) -> None:
-    if options.calls < 1:
-        raise ValueError("--calls must be at least 1")
-    if not options.duration >= FRAME_S:
-        raise ValueError("--duration must be at least 0.02 s")
-    if options.ramp is not None and options.ramp < 0:
-        raise ValueError("--ramp must not be negative")
-    if not options.press_after >= 0:
-        raise ValueError("--press-after must not be negative")
-    press = options.resolved_press()
-    if press and (len(press) != 1 or press not in "0123456789*#ABCD"):
-        raise ValueError(f"--press {press!r} is not one DTMF digit")
-    options.listen()
-    low, high = options.bare_port_range()
-    if options.reference and high - low + 1 < options.calls:
-        raise ValueError(f"--bare-ports {low}-{high} has fewer ports than --calls")
-    base = urlsplit(options.url)
-    if base.scheme != "http" or not base.hostname:
-        raise ValueError(f"--url must be an http:// URL, not {options.url!r}")
+    def check(self) -> None:
+        super().check()
+        if not self.press_after >= 0:
+            raise ValueError("--press-after must not be negative")
+        self.listen()
+        low, high = self.bare_port_range()
+        if self.reference and high - low + 1 < self.calls:
+            raise ValueError(f"--bare-ports {low}-{high} has fewer ports than --calls")
+        base = urlsplit(self.url)
+        if base.scheme != "http" or not base.hostname:
+            raise ValueError(f"--url must be an http:// URL, not {self.url!r}")
 
 
-# -- the RTP ticker ---------------------------------------------------------------------------
+# -- the RTP stream -----------------------------------------------------------------------------
 class _RtpStreamer:
     """One call's real-time RTP stream, fed by the ticker from pre-built packets."""
 
@@ -280,24 +240,14 @@ class _RtpStreamer:
             self.done.set_result(None)
 
 
-class _RtpRun(_StreamRun):
-    """The Twilio load test's streaming run (membership, CPU samples, cost), ticking RTP."""
-
-    SEND_ERRORS = (OSError,)
-    SEND_FAILURE = "RTP send failed"
-
-    def _note_backlog(self, streams: list[Any]) -> None:
-        """UDP has no send buffer to watch."""
-
-    def ticker_stats(self) -> dict[str, Any]:
-        late = sorted(x * 1000 for x in self.lateness)
-        return {
-            "ticks": len(late),
-            "late_p50_ms": _round(_pct(late, 50)),
-            "late_p99_ms": _round(_pct(late, 99)),
-            "late_max_ms": _round(late[-1]) if late else None,
-            "send_errors": sum(s.dropped for s in self.streamers),
-        }
+def _rtp_run(expected: int, read_cpu: Any) -> StreamRun:
+    return StreamRun(
+        expected,
+        read_cpu,
+        send_errors=(OSError,),
+        send_failure="RTP send failed",
+        extra_stats=lambda run: {"send_errors": sum(s.dropped for s in run.streamers)},
+    )
 
 
 def _empty_ticker() -> dict[str, Any]:
@@ -344,8 +294,8 @@ def _settle(fut: asyncio.Future[Any], value: Any) -> None:
 
 
 class _Tracker:
-    """Wraps the fake's request dispatcher: each ARI request the service makes, once answered,
-    updates the watch of the call it concerns."""
+    """Watches every ARI request the service makes, once answered, and updates the watch of the
+    call it concerns."""
 
     def __init__(self, fake: FakeAsterisk) -> None:
         self.fake = fake
@@ -354,19 +304,14 @@ class _Tracker:
         self.bridges: dict[str, _Watch] = {}  # bridge id -> watch
         self.requests = 0
         self.rejected = 0
-        inner = fake._dispatch
+        fake.observers.append(self._answered)
 
-        async def dispatch(request: web.Request) -> web.StreamResponse:
-            response = await inner(request)
-            self.requests += 1
-            if response.status >= 400:
-                self.rejected += 1
-            else:
-                self._observe(request.method, request.path, request.query, response.status)
-            return response
-
-        # Instance attribute: FakeAsterisk.start() routes every request to ``self._dispatch``.
-        fake._dispatch = dispatch  # type: ignore[method-assign]
+    def _answered(self, record: RecordedRequest) -> None:
+        self.requests += 1
+        if record.status is not None and record.status >= 400:
+            self.rejected += 1
+        else:
+            self._observe(record.method, record.path, record.query)
 
     def watch(self, channel_id: str) -> _Watch:
         watch = _Watch(self.loop)
@@ -378,7 +323,7 @@ class _Tracker:
         if watch is not None and watch.bridge_id is not None:
             self.bridges.pop(watch.bridge_id, None)
 
-    def _observe(self, method: str, path: str, query: Any, status: int) -> None:
+    def _observe(self, method: str, path: str, query: dict[str, str]) -> None:
         if not path.startswith("/ari/"):
             return
         parts = path[5:].split("/")
@@ -451,7 +396,7 @@ class _Context:
     options: AsteriskLoadtestOptions
     fake: FakeAsterisk
     tracker: _Tracker
-    run: _RtpRun
+    run: StreamRun
     frames: int
     press: str
     id_prefix: str
@@ -460,16 +405,6 @@ class _Context:
     bridged: int = 0
     finished: int = 0
     failed: int = 0
-
-
-def _media_socket(peer: RtpPeer) -> socket.socket:
-    """A duplicate of the fake's socket for this external-media channel: RTP sent from it comes
-    from the address the service was told to expect."""
-    transport = peer._transport
-    raw = transport.get_extra_info("socket") if transport is not None else None
-    if raw is None or peer.closed:
-        raise CallFailed("the external-media socket is closed")
-    return raw.dup()  # non-blocking, like the original
 
 
 async def _service_call(ctx: _Context, index: int, start_at: float) -> _AriCallResult:
@@ -505,7 +440,7 @@ async def _service_call(ctx: _Context, index: int, start_at: float) -> _AriCallR
                 decision = watch.variables.get("IVR_CONSENT_DECISION") or "-"
                 raise CallFailed(f"no recording after key {ctx.press} (decision {decision})")
             result.decision_ms = (time.monotonic() - pressed_at) * 1000
-        sock = _media_socket(peer)
+        sock = peer.dup_socket()
         streamer = _RtpStreamer(sock, peer.remote, ctx.frames, ctx.rng)
         ctx.run.join(streamer)
         joined = True
@@ -561,10 +496,6 @@ def _failed(index: int, error: str) -> _AriCallResult:
     return _AriCallResult(index, error=error)
 
 
-def _errors(results: Sequence[_AriCallResult]) -> list[str]:
-    return [f"call {r.index}: {r.error}" for r in results if r.error][:MAX_ERRORS_REPORTED]
-
-
 # -- the service's /healthz -------------------------------------------------------------------
 async def _health(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
     try:
@@ -612,7 +543,7 @@ async def _run_service(
     session: aiohttp.ClientSession,
     fake: FakeAsterisk,
     tracker: _Tracker,
-    progress: _Progress,
+    progress: Progress,
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     t_start = loop.time()
@@ -635,7 +566,7 @@ async def _run_service(
         async with session.get(f"{base}/healthz") as resp:
             return float((await resp.json(content_type=None))["cpu_seconds"])
 
-    run = _RtpRun(options.calls, read_cpu)
+    run = _rtp_run(options.calls, read_cpu)
     ctx = _Context(
         options=options,
         fake=fake,
@@ -651,15 +582,15 @@ async def _run_service(
         lambda: (
             f"placed {ctx.placed}/{options.calls}, bridged {ctx.bridged}, streaming "
             f"{len(run.active)}, finished {ctx.finished} (failed {ctx.failed}), frames sent "
-            f"{run.frames_sent}, tick late p99 {_fmt(run.ticker_stats()['late_p99_ms'])} ms"
+            f"{run.frames_sent}, tick late p99 {fmt(run.ticker_stats()['late_p99_ms'])} ms"
         ),
     )
     tasks = [
         asyncio.ensure_future(_service_call(ctx, i, at))
-        for i, at in enumerate(_schedule(loop, options))  # type: ignore[arg-type]
+        for i, at in enumerate(schedule(loop, options))  # type: ignore[arg-type]
     ]
     try:
-        results = await _gather_bounded(tasks, options.deadline(), "call", _failed)
+        results = await gather_bounded(tasks, options.deadline(), "call", _failed)
     finally:
         await progress.stop()
         await run.stop()
@@ -672,7 +603,7 @@ async def _run_service(
 def _service_summary(
     options: AsteriskLoadtestOptions,
     results: list[_AriCallResult],
-    run: _RtpRun | None,
+    run: StreamRun | None,
     tracker: _Tracker,
     delta: dict[str, int],
     settled: bool,
@@ -681,10 +612,10 @@ def _service_summary(
     completed = [r for r in results if r.completed]
     sent = sum(r.frames_sent for r in results)
     stored = delta.get("frames_stored", 0)
-    errors = _errors(results)
+    problems = errors(results)
     if run is not None and not settled:
-        errors = [
-            *errors,
+        problems = [
+            *problems,
             f"/healthz: calls_completed grew by {delta.get('calls_completed', 0)} of "
             f"{sum(1 for r in results if r.setup_ms is not None)} calls in time",
         ][:MAX_ERRORS_REPORTED]
@@ -692,7 +623,7 @@ def _service_summary(
         "calls_attempted": options.calls,
         "calls_completed": len(completed),
         "calls_failed": options.calls - len(completed),
-        "errors": errors,
+        "errors": problems,
         "frames_sent": sent,
         "frames_stored": stored,
         "frames_lost": sent - stored,
@@ -701,16 +632,16 @@ def _service_summary(
         "rtp_lost": delta.get("rtp_lost", 0),
         "counters": delta,
         "finalised": settled,
-        "ari_setup_ms": _dist([r.setup_ms for r in results if r.setup_ms is not None]),
-        "ari_answer_ms": _dist([r.answer_ms for r in results if r.answer_ms is not None]),
-        "decision_ms": _dist([r.decision_ms for r in results if r.decision_ms is not None]),
+        "ari_setup_ms": dist([r.setup_ms for r in results if r.setup_ms is not None]),
+        "ari_answer_ms": dist([r.answer_ms for r in results if r.answer_ms is not None]),
+        "decision_ms": dist([r.decision_ms for r in results if r.decision_ms is not None]),
         "ari_requests": tracker.requests,
         "ari_rejected": tracker.rejected,
-        "first_prompt_ms": _dist(
+        "first_prompt_ms": dist(
             [r.first_prompt_ms for r in results if r.first_prompt_ms is not None]
         ),
         "prompt_packets": sum(r.prompt_packets for r in results),
-        "hangup_to_final_ms": _dist(
+        "hangup_to_final_ms": dist(
             [r.hangup_to_final_ms for r in results if r.hangup_to_final_ms is not None]
         ),
         "cost": run.cost(options.duration) if run is not None else {"window": None},
@@ -721,7 +652,7 @@ def _service_summary(
 
 # -- the reference run -------------------------------------------------------------------------
 async def _bare_call(
-    run: _RtpRun, port: int, index: int, start_at: float, frames: int, rng: random.Random
+    run: StreamRun, port: int, index: int, start_at: float, frames: int, rng: random.Random
 ) -> _AriCallResult:
     loop = asyncio.get_running_loop()
     result = _AriCallResult(index)
@@ -752,12 +683,12 @@ async def _bare_call(
 
 
 async def _run_reference(
-    options: AsteriskLoadtestOptions, session: aiohttp.ClientSession, progress: _Progress
+    options: AsteriskLoadtestOptions, session: aiohttp.ClientSession, progress: Progress
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     low, high = options.bare_port_range()
     bare_server = ReferenceServer(
-        "ivr.harness.bare_rtp_server", ["--ports", f"{low}-{high}"], "bare RTP server"
+        "bare_rtp_server.py", ["--ports", f"{low}-{high}"], "bare RTP server"
     )
     async with bare_server as bare:
         try:
@@ -773,23 +704,23 @@ async def _run_reference(
         async def read_cpu() -> float:
             return float((await bare.get_json(session, "/cpu"))["cpu_seconds"])
 
-        run = _RtpRun(options.calls, read_cpu)
+        run = _rtp_run(options.calls, read_cpu)
         frames = max(1, round(options.duration / FRAME_S))
         rng = random.Random()
         progress.start(
             "bare",
             lambda: (
                 f"streaming {len(run.active)}/{options.calls}, frames sent {run.frames_sent}, "
-                f"tick late p99 {_fmt(run.ticker_stats()['late_p99_ms'])} ms"
+                f"tick late p99 {fmt(run.ticker_stats()['late_p99_ms'])} ms"
             ),
         )
         t_start = loop.time()
         tasks = [
             asyncio.ensure_future(_bare_call(run, ports[i], i, at, frames, rng))
-            for i, at in enumerate(_schedule(loop, options))  # type: ignore[arg-type]
+            for i, at in enumerate(schedule(loop, options))  # type: ignore[arg-type]
         ]
         try:
-            results = await _gather_bounded(tasks, options.deadline(), "reference stream", _failed)
+            results = await gather_bounded(tasks, options.deadline(), "reference stream", _failed)
         finally:
             await progress.stop()
             await run.stop()
@@ -800,7 +731,7 @@ async def _run_reference(
         "streams": options.calls,
         "streams_completed": len(completed),
         "streams_failed": options.calls - len(completed),
-        "errors": _errors(results),
+        "errors": errors(results),
         "ports": f"{low}-{high}",
         "frames_sent": sent,
         "frames_received": received,
@@ -828,17 +759,13 @@ async def _bare_received(
 
 
 # -- the whole test ----------------------------------------------------------------------------
-async def run_asterisk_loadtest(
-    options: AsteriskLoadtestOptions | argparse.Namespace,
-) -> dict[str, Any]:
+async def run_asterisk_loadtest(options: AsteriskLoadtestOptions) -> dict[str, Any]:
     """Run the load test (and the bare reference unless disabled); the report as a dict.
 
     Raises ValueError for bad options and SetupError if the fake Asterisk cannot listen."""
-    if isinstance(options, argparse.Namespace):
-        options = asterisk_options_from_args(options)
-    _validate(options)
+    options.check()
     host, port = options.listen()
-    progress = _Progress(options)  # type: ignore[arg-type]
+    progress = Progress(options)
     report: dict[str, Any] = {
         "platform": "asterisk",
         "url": options.url,
@@ -920,7 +847,6 @@ def _summarise(report: dict[str, Any]) -> None:
 # -- output -----------------------------------------------------------------------------------
 def format_asterisk_report(report: dict[str, Any]) -> str:
     s = report["service"]
-    ref = report.get("reference")
     setup, answer, prompt = s["ari_setup_ms"], s["ari_answer_ms"], s["first_prompt_ms"]
     press = f", press {report['press']}" if report["press"] else ""
     rows: list[tuple[str, str]] = [
@@ -932,148 +858,41 @@ def format_asterisk_report(report: dict[str, Any]) -> str:
         ),
         (
             "frames",
-            f"sent {_fmt(s['frames_sent'])}, stored {_fmt(s['frames_stored'])}, lost "
-            f"{_fmt(s['frames_lost'])}; service: frames lost {_fmt(s['server_frames_lost'])}, "
-            f"rtp lost {_fmt(s['rtp_lost'])}"
-            + (f"; send errors {_fmt(s['send_errors'])}" if s["send_errors"] else ""),
+            f"sent {fmt(s['frames_sent'])}, stored {fmt(s['frames_stored'])}, lost "
+            f"{fmt(s['frames_lost'])}; service: frames lost {fmt(s['server_frames_lost'])}, "
+            f"rtp lost {fmt(s['rtp_lost'])}"
+            + (f"; send errors {fmt(s['send_errors'])}" if s["send_errors"] else ""),
         ),
         (
             "ari set-up ms",
-            f"p50 {_fmt(setup['p50'])}  p99 {_fmt(setup['p99'])}  max {_fmt(setup['max'])}"
-            f"  (StasisStart -> bridged; answer p50 {_fmt(answer['p50'])} p99 "
-            f"{_fmt(answer['p99'])}); {_fmt(s['ari_requests'])} requests, "
-            f"{_fmt(s['ari_rejected'])} rejected",
+            f"p50 {fmt(setup['p50'])}  p99 {fmt(setup['p99'])}  max {fmt(setup['max'])}"
+            f"  (StasisStart -> bridged; answer p50 {fmt(answer['p50'])} p99 "
+            f"{fmt(answer['p99'])}); {fmt(s['ari_requests'])} requests, "
+            f"{fmt(s['ari_rejected'])} rejected",
         ),
     ]
     if s["decision_ms"]["count"]:
         d = s["decision_ms"]
-        rows.append(("key->recording ms", f"p50 {_fmt(d['p50'])}  p99 {_fmt(d['p99'])}"))
+        rows.append(("key->recording ms", f"p50 {fmt(d['p50'])}  p99 {fmt(d['p99'])}"))
     rows.append(
         (
             "first prompt ms",
-            f"p50 {_fmt(prompt['p50'])}  p99 {_fmt(prompt['p99'])}  (bridged -> first RTP "
+            f"p50 {fmt(prompt['p50'])}  p99 {fmt(prompt['p99'])}  (bridged -> first RTP "
             f"packet, n={prompt['count']})"
             if prompt["count"]
             else "- (no prompt played on this line)",
         )
     )
     lag = s["hangup_to_final_ms"]
-    rows.append(("hangup->final ms", f"p50 {_fmt(lag['p50'])}  p99 {_fmt(lag['p99'])}"))
+    rows.append(("hangup->final ms", f"p50 {fmt(lag['p50'])}  p99 {fmt(lag['p99'])}"))
 
-    def cost_rows(label: str, c: dict[str, Any], t: dict[str, Any]) -> None:
-        if not c.get("window"):
-            rows.append((label, "no CPU window measured"))
-            return
-        rows.append(
-            (
-                label,
-                f"{_fmt(c['server_cpu_per_call_minute'])} CPU s per call-minute "
-                f"({_fmt(c['server_cpu_utilisation'] * 100)}% of a core, "
-                f"{c['concurrent_calls']:g} calls over {c['window_s']:g} s, {c['window']})",
-            )
-        )
-        rows.append(
-            (
-                "  sender",
-                f"{_fmt(c['sender_cpu_utilisation'] * 100)}% of a core; ticker late p50 "
-                f"{_fmt(t['late_p50_ms'])} p99 {_fmt(t['late_p99_ms'])} max "
-                f"{_fmt(t['late_max_ms'])} ms",
-            )
-        )
-
-    cost_rows("service cpu", s["cost"], s["ticker"])
-    if ref:
-        cost_rows("bare cpu", ref["cost"], ref["ticker"])
-        rows.append(
-            (
-                "  bare streams",
-                f"{ref['streams_completed']}/{ref['streams']} completed, frames sent "
-                f"{_fmt(ref['frames_sent'])}, received {_fmt(ref['frames_received'])}",
-            )
-        )
-        ratio = report["cpu_ratio"]
-        rows.append(("cpu ratio", f"{ratio:.2f} (service / bare)" if ratio else "-"))
-    elif report.get("reference_error"):
-        rows.append(("bare cpu", f"failed: {report['reference_error']}"))
+    rows += reference_rows(report)
     if report.get("service_saturated"):
         rows.append(
             (
                 "warning",
                 "the service could not keep up (saturated CPU, queue overflow or hangup->final "
-                f"p99 {_fmt(lag['p99'])} ms): its CPU per call-minute understates its cost",
+                f"p99 {fmt(lag['p99'])} ms): its CPU per call-minute understates its cost",
             )
         )
-    for i, error in enumerate(report["errors"]):
-        rows.append(("errors" if i == 0 else "", error))
-    rows.append(("result", "OK" if report["ok"] else "FAILED"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-# -- command line -----------------------------------------------------------------------------
-def add_asterisk_options(p: argparse.ArgumentParser) -> None:
-    """The options only ``--platform asterisk`` uses (``ivr loadtest`` adds the shared ones)."""
-    g = p.add_argument_group("--platform asterisk")
-    g.add_argument(
-        "--ari-listen",
-        default=DEFAULT_ARI_LISTEN,
-        metavar="HOST:PORT",
-        help=f"where the fake ARI listens: the service's [asterisk] url (default "
-        f"{DEFAULT_ARI_LISTEN})",
-    )
-    g.add_argument("--ari-app", default="ivr", help="the Stasis app name (default ivr)")
-    g.add_argument("--ari-user", default="ivr", help="ARI user name (default ivr)")
-    g.add_argument(
-        "--ari-password",
-        default=None,
-        help=f"ARI password (default ${ARI_PASSWORD_ENV}, else '{DEMO_ARI_PASSWORD}')",
-    )
-    g.add_argument(
-        "--press-after",
-        type=float,
-        default=PRESS_AFTER_S,
-        metavar="S",
-        help=f"opt-in lines: seconds after the bridge is up to press the key "
-        f"(default {PRESS_AFTER_S:g})",
-    )
-    g.add_argument(
-        "--bare-ports",
-        default=None,
-        metavar="LOW-HIGH",
-        help=f"UDP ports for the bare reference, one per call (default from {BARE_PORT_BASE})",
-    )
-
-
-def asterisk_options_from_args(args: argparse.Namespace) -> AsteriskLoadtestOptions:
-    return AsteriskLoadtestOptions(
-        url=args.url,
-        calls=args.calls,
-        duration=args.duration,
-        ramp=args.ramp,
-        to=getattr(args, "to", None) or DEFAULT_ASTERISK_TO,
-        from_=getattr(args, "from_", None) or DEFAULT_FROM,
-        press=getattr(args, "press", None),
-        press_after=getattr(args, "press_after", PRESS_AFTER_S),
-        ari_listen=getattr(args, "ari_listen", DEFAULT_ARI_LISTEN),
-        ari_app=getattr(args, "ari_app", "ivr"),
-        ari_user=getattr(args, "ari_user", "ivr"),
-        ari_password=getattr(args, "ari_password", None),
-        bare_ports=getattr(args, "bare_ports", None),
-        reference=not args.no_reference,
-        progress_interval=getattr(args, "progress_interval", 3.0),
-    )
-
-
-def run_asterisk_loadtest_cli(args: argparse.Namespace) -> int:
-    try:
-        options = asterisk_options_from_args(args)
-        _validate(options)
-        report = asyncio.run(run_asterisk_loadtest(options))
-    except (ValueError, SetupError) as exc:
-        print(f"ivr loadtest: error: {exc}", file=sys.stderr)
-        return 2
-    if getattr(args, "json", False):
-        print(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        print(format_asterisk_report(report))
-    return 0 if report["ok"] else 1
+    return render(rows, report)

@@ -1,6 +1,6 @@
 """The bare RTP reference: the least an asyncio process can do to store RTP audio encrypted.
 
-``python -m ivr.harness.bare_rtp_server --ports LOW-HIGH`` binds one UDP socket on 127.0.0.1 per
+``python bench/reference/bare_rtp_server.py --ports LOW-HIGH`` binds one UDP socket on 127.0.0.1 per
 port of the range (a port already in use is skipped), starts an HTTP server on a free loopback
 port and prints ``ready <http-port> <sockets bound>`` once both listen.
 
@@ -15,6 +15,8 @@ machinery (``loop.create_datagram_endpoint``) and receive buffer (1 MiB) as the 
 HTTP: ``GET /ports`` -> ``{"ports": [...]}``, the ports bound; ``GET /cpu`` ->
 ``{"cpu_seconds": user+sys of this process}``; ``GET /stats`` -> datagrams, payload bytes and
 sealed chunks so far. SIGTERM/SIGINT seal every buffer (last chunk flagged) and exit.
+
+``ivr loadtest --platform asterisk`` runs it as a subprocess for its reference ratio.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from pathlib import Path
 from aiohttp import web
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ivr.harness.loadtest.core import parse_ports  # the same ranges as ``--bare-ports``
+
 SEAL_TICKS = 8000  # one second of 8 kHz audio in RTP timestamp units
 RCVBUF_BYTES = 1 << 20  # as the service's RTP sockets
 _HEADER = struct.Struct("!BBHII")
@@ -47,19 +51,6 @@ _STREAMS = web.AppKey("streams", list)
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def parse_ports(text: str) -> tuple[int, int]:
-    """``LOW-HIGH`` (or one port) -> (low, high); ValueError if it is not a valid range."""
-    low_s, sep, high_s = text.partition("-")
-    try:
-        low = int(low_s)
-        high = int(high_s) if sep else low
-    except ValueError:
-        raise ValueError(f"{text!r} is not a port range LOW-HIGH") from None
-    if not 1 <= low <= high <= 65535:
-        raise ValueError(f"{text!r} is not a port range within 1-65535")
-    return low, high
 
 
 class RtpSink(asyncio.DatagramProtocol):
@@ -197,7 +188,7 @@ async def serve(low: int, high: int, data_dir: Path, http_port: int = 0) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ivr.harness.bare_rtp_server",
+        prog="bench/reference/bare_rtp_server.py",
         description="Bare asyncio RTP receive+seal loop, one UDP socket per call (load-test "
         "reference for the Asterisk adapter).",
     )

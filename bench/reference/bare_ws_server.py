@@ -1,17 +1,18 @@
 """The bare reference: the least an aiohttp server can do to store a Media Stream encrypted.
 
-``python -m ivr.harness.bare_server --port P`` listens on 127.0.0.1 and prints ``ready <port>``
-once it accepts connections. ``GET /ws`` is a websocket on which every text message gets only
-the irreducible work of storing Twilio media: ``json.loads``, base64-decode the payload, append
-it (tagged with its track and timestamp, as any two-track container must) to a per-connection
-buffer, and once per second of audio seal the buffer with AES-256-GCM (a random 32-byte key
-per connection, STREAM-style nonce ``prefix ‖ counter ‖ last-flag``) and ``os.write`` it to a
-file in a temporary directory. No validation, no sequence checks, no consent logic. A ``stop``
-message seals the last chunk and closes the socket, as the service does.
+``python bench/reference/bare_ws_server.py --port P`` listens on 127.0.0.1 and prints
+``ready <port>`` once it accepts connections. ``GET /ws`` is a websocket on which every text
+message gets only the irreducible work of storing Twilio media: ``json.loads``, base64-decode
+the payload, append it (tagged with its track and timestamp, as any two-track container must)
+to a per-connection buffer, and once per second of audio seal the buffer with AES-256-GCM (a
+random 32-byte key per connection, STREAM-style nonce ``prefix ‖ counter ‖ last-flag``) and
+``os.write`` it to a file in a temporary directory. No validation, no sequence checks, no
+consent logic. A ``stop`` message seals the last chunk and closes the socket, as the service
+does.
 
 ``GET /cpu`` answers ``{"cpu_seconds": user+sys of this process}``; ``GET /stats`` answers the
-frames received. The load test runs the same streaming load against this server and the real
-service and compares their CPU per call-minute.
+frames received. ``ivr loadtest`` runs it as a subprocess, sends it the same streaming load as
+the real service, and compares their CPU per call-minute.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ async def serve(port: int, data_dir: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ivr.harness.bare_server",
+        prog="bench/reference/bare_ws_server.py",
         description="Bare aiohttp receive+decode+seal loop (load-test reference).",
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")

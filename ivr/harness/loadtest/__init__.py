@@ -1,0 +1,28 @@
+"""``ivr loadtest``: many simulated calls at once, and what they cost the service, measured
+against a bare reference run in the same process run.
+
+``core`` is what both platforms share (options, the real-time ticker, CPU cost, the reference
+run, the report's common part); ``twilio`` and ``asterisk`` are the two drivers; ``cli`` is the
+command line.
+"""
+
+from ivr.harness.loadtest.asterisk import AsteriskLoadtestOptions, run_asterisk_loadtest
+from ivr.harness.loadtest.cli import (
+    add_loadtest_parser,
+    asterisk_options_from_args,
+    options_from_args,
+    run_loadtest_cli,
+)
+from ivr.harness.loadtest.twilio import LoadtestOptions, format_report, run_loadtest
+
+__all__ = [
+    "AsteriskLoadtestOptions",
+    "LoadtestOptions",
+    "add_loadtest_parser",
+    "asterisk_options_from_args",
+    "format_report",
+    "options_from_args",
+    "run_asterisk_loadtest",
+    "run_loadtest",
+    "run_loadtest_cli",
+]

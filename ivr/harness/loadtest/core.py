@@ -1,0 +1,592 @@
+"""What both platforms' load tests share: options, the ticker, CPU cost, the bare reference run,
+and the report's common part.
+
+The ticker (``StreamRun``): every 20 ms it asks each streaming call for the frames it owes
+(``Streamer.pump``), one write per call; a late tick is caught up (each call is owed ``ticks
+since it joined`` frames), so lateness never accumulates, and no task runs per call per tick.
+
+Cost: the server's CPU seconds are read when every call is streaming and again when the first
+call stops, and divided by the call-minutes streamed in between (the whole streaming span when
+that window is too short). The same streaming load is then sent to a bare reference server
+(``bench/reference/``: receive, decode, seal, write; nothing else), run as a subprocess from the
+source tree, and the report gives the ratio of the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+
+from ivr.harness.twilio_wire import DEFAULT_FROM, DTMF_DIGITS, OPT_IN_LINES
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+FRAME_MS = 20
+FRAME_S = FRAME_MS / 1000
+CPU_READ_TIMEOUT_S = 10.0
+MAX_ERRORS_REPORTED = 5
+SATURATED_UTILISATION = 0.95  # server CPU (fraction of one core) that means "flat out"
+SATURATED_LAG_MS = 1000.0  # end-of-call lag p99 this long: the service fell behind real time
+# The reference servers live beside the benchmarks; ivr never imports bench, it runs them.
+REFERENCE_DIR = Path(__file__).resolve().parents[3] / "bench" / "reference"
+
+
+class CallFailed(Exception):
+    """One call did not go as the platform's would; the message says where."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """The options both platforms take."""
+
+    url: str = DEFAULT_URL  # the service
+    calls: int = 50
+    duration: float = 20.0  # seconds of media per call, in real time
+    ramp: float | None = None  # seconds over which call starts are spread; None: min(10, N/50)
+    to: str = ""
+    from_: str = DEFAULT_FROM
+    press: str | None = None  # key pressed during the prompt; None: "1" on opt-in lines
+    reference: bool = True
+    progress_interval: float = 3.0  # seconds between progress lines; 0: none
+    progress_stream: Any = None  # default sys.stderr
+    margin: float | None = None  # extra seconds before the overall deadline; None: automatic
+
+    def resolved_ramp(self) -> float:
+        return self.ramp if self.ramp is not None else min(10.0, self.calls / 50)
+
+    def resolved_press(self) -> str:
+        if self.press is not None:
+            return self.press
+        return "1" if self.to in OPT_IN_LINES else ""
+
+    def check(self) -> None:
+        """ValueError for what no load test can run with."""
+        if self.calls < 1:
+            raise ValueError("--calls must be at least 1")
+        if not self.duration >= FRAME_S:
+            raise ValueError("--duration must be at least 0.02 s")
+        if self.ramp is not None and self.ramp < 0:
+            raise ValueError("--ramp must not be negative")
+        press = self.resolved_press()
+        if press and (len(press) != 1 or press not in DTMF_DIGITS):
+            raise ValueError(f"--press {press!r} is not one DTMF digit")
+
+
+def parse_ports(text: str) -> tuple[int, int]:
+    """``LOW-HIGH`` (or one port) -> (low, high); ValueError if it is not a valid range."""
+    low_s, sep, high_s = text.partition("-")
+    try:
+        low = int(low_s)
+        high = int(high_s) if sep else low
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port range LOW-HIGH") from None
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"{text!r} is not a port range within 1-65535")
+    return low, high
+
+
+# -- numbers ----------------------------------------------------------------------------------
+def pct(sorted_values: Sequence[float], p: float) -> float | None:
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def rounded(x: float | None, digits: int = 2) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def dist(values: Sequence[float]) -> dict[str, Any]:
+    s = sorted(values)
+    return {
+        "count": len(s),
+        "p50": rounded(pct(s, 50), 1),
+        "p99": rounded(pct(s, 99), 1),
+        "max": rounded(s[-1], 1) if s else None,
+    }
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# -- the ticker -------------------------------------------------------------------------------
+class Streamer(Protocol):
+    """One call's real-time stream, fed by the ticker."""
+
+    total: int  # frames in the stream
+    sent: int  # frames due so far
+    error: str | None
+    join_tick: int
+    join_time: float
+    end_time: float | None
+    done: asyncio.Future[None]
+
+    def pump(self, due: int) -> int:
+        """Send every frame owed by tick ``due``; returns the frames (messages) sent."""
+
+    def fail(self, reason: str) -> None: ...
+
+
+class StreamRun:
+    """The streaming phase of one run: the ticker, who is streaming, and the CPU samples.
+
+    ``send_errors``: what a failed ``pump`` raises; ``extra_stats`` adds to ``ticker_stats``
+    what the platform's sender knows (socket backlog, refused datagrams).
+    """
+
+    def __init__(
+        self,
+        expected: int,
+        read_cpu: Callable[[], Awaitable[float]],
+        *,
+        send_errors: tuple[type[Exception], ...],
+        send_failure: str,
+        extra_stats: Callable[[StreamRun], dict[str, Any]] = lambda run: {},
+        on_tick: Callable[[list[Any]], None] | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.read_cpu = read_cpu
+        self.send_errors = send_errors
+        self.send_failure = send_failure
+        self.extra_stats = extra_stats
+        self.on_tick = on_tick  # every 50th tick, with the streams still going
+        self.pending_join = expected  # calls that may still join
+        self.active: list[Any] = []
+        self.streamers: list[Any] = []
+        self.frames_sent = 0
+        self.lateness: list[float] = []
+        self.t0: float | None = None
+        self.first_join = asyncio.Event()
+        self.all_joined = asyncio.Event()
+        self.first_done = asyncio.Event()
+        self.last_done = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.samples: dict[str, tuple[float, float, float]] = {}
+        self._events = (self.first_join, self.all_joined, self.first_done, self.last_done)
+        self._samplers = [
+            asyncio.ensure_future(self._sample_cpu(name, event))
+            for name, event in zip(
+                ("first_join", "all_joined", "first_done", "last_done"), self._events, strict=True
+            )
+        ]
+
+    # -- membership ------------------------------------------------------------------------
+    def join(self, s: Streamer) -> None:
+        if self.t0 is None:
+            self.t0 = self.loop.time()
+            self._task = asyncio.ensure_future(self._tick())
+        s.join_tick = int((self.loop.time() - self.t0) / FRAME_S)
+        s.join_time = self.loop.time()
+        self.active.append(s)
+        self.streamers.append(s)
+        self.pending_join -= 1
+        self.first_join.set()
+        self._check()
+        self._wake.set()
+
+    def gave_up(self) -> None:
+        """A call that will never stream (it failed before its media started)."""
+        self.pending_join -= 1
+        self._check()
+
+    def _check(self) -> None:
+        if self.pending_join <= 0:
+            if self.streamers:
+                self.all_joined.set()
+            if not self.active:
+                self.last_done.set()
+
+    def _finished(self, s: Streamer) -> None:
+        s.end_time = self.loop.time()
+        if not s.done.done():
+            s.done.set_result(None)
+        if s.error is None:
+            self.first_done.set()
+
+    async def _tick(self) -> None:
+        loop, t0 = self.loop, self.t0
+        assert t0 is not None
+        k = 0
+        while not self._stopped:
+            k += 1
+            target = t0 + k * FRAME_S
+            delay = target - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time()
+            self.lateness.append(now - target)
+            due = int((now - t0) / FRAME_S)
+            if due > k:
+                k = due  # late: this pass catches every stream up
+            keep: list[Any] = []
+            sent = 0
+            for s in self.active:
+                if s.error is None:
+                    try:
+                        sent += s.pump(due)
+                    except self.send_errors as exc:
+                        s.fail(f"{self.send_failure}: {exc}")
+                if s.error is not None or s.sent >= s.total:
+                    self._finished(s)
+                else:
+                    keep.append(s)
+            self.active = keep
+            self.frames_sent += sent
+            if k % 50 == 0 and keep and self.on_tick is not None:
+                self.on_tick(keep)
+            if not keep and self.pending_join <= 0:
+                self.last_done.set()
+            if not keep:
+                # Nobody to feed: sleep until a stream joins (or the run ends).
+                self._wake.clear()
+                if self.pending_join <= 0:
+                    return
+                while not self.active and not self._stopped and self.pending_join > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._wake.wait()
+                    self._wake.clear()
+                k = int((loop.time() - t0) / FRAME_S)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _sample_cpu(self, name: str, event: asyncio.Event) -> None:
+        """Read the server's CPU seconds (and ours) when ``event`` fires."""
+        await event.wait()
+        t1 = self.loop.time()
+        own1 = own_cpu()
+        try:
+            async with asyncio.timeout(CPU_READ_TIMEOUT_S):
+                cpu = await self.read_cpu()
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError):
+            return
+        t2 = self.loop.time()
+        self.samples[name] = ((t1 + t2) / 2, cpu, (own1 + own_cpu()) / 2)
+
+    async def stop(self) -> None:
+        """Stop the ticker; let CPU reads already under way finish (bounded); drop the rest."""
+        self._stopped = True
+        self._wake.set()
+        for s in self.active:
+            s.fail("load test stopped")
+        started = [
+            task
+            for task, event in zip(self._samplers, self._events, strict=True)
+            if not task.done() and event.is_set()
+        ]
+        if started:
+            await asyncio.wait(started, timeout=CPU_READ_TIMEOUT_S + 1)
+        for task in [self._task, *self._samplers]:
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    # -- results ---------------------------------------------------------------------------
+    def cost(self, duration: float) -> dict[str, Any]:
+        """CPU over the steady window (all streaming), else over the whole streaming span."""
+        min_window = min(2.0, max(0.5, 0.25 * duration))
+        a, b = self.samples.get("all_joined"), self.samples.get("first_done")
+        window = "steady"
+        if a is None or b is None or b[0] - a[0] < min_window:
+            a, b = self.samples.get("first_join"), self.samples.get("last_done")
+            window = "whole streaming phase"
+        if a is None or b is None or b[0] <= a[0]:
+            return {"window": None}
+        call_s = 0.0
+        for s in self.streamers:
+            end = s.end_time if s.end_time is not None else b[0]
+            call_s += max(0.0, min(end, b[0]) - max(s.join_time, a[0]))
+        wall = b[0] - a[0]
+        cpu, sender = b[1] - a[1], b[2] - a[2]
+        per_minute = cpu / (call_s / 60) if call_s > 0 else None
+        return {
+            "window": window,
+            "window_s": round(wall, 3),
+            "call_minutes": round(call_s / 60, 3),
+            "concurrent_calls": round(call_s / wall, 1),
+            "server_cpu_s": round(cpu, 3),
+            "server_cpu_utilisation": round(cpu / wall, 3),
+            "server_cpu_per_call_minute": round(per_minute, 5) if per_minute else None,
+            "sender_cpu_s": round(sender, 3),
+            "sender_cpu_utilisation": round(sender / wall, 3),
+        }
+
+    def ticker_stats(self) -> dict[str, Any]:
+        late = sorted(x * 1000 for x in self.lateness)
+        return {
+            "ticks": len(late),
+            "late_p50_ms": rounded(pct(late, 50)),
+            "late_p99_ms": rounded(pct(late, 99)),
+            "late_max_ms": rounded(late[-1]) if late else None,
+            **self.extra_stats(self),
+        }
+
+    def progress(self, calls: int) -> str:
+        late = self.ticker_stats()["late_p99_ms"]
+        return (
+            f"streaming {len(self.active)}/{calls}, frames sent {self.frames_sent}, "
+            f"tick late p99 {fmt(late)} ms"
+        )
+
+
+# -- running many calls -----------------------------------------------------------------------
+def schedule(loop: asyncio.AbstractEventLoop, options: Options) -> list[float]:
+    n, ramp = options.calls, options.resolved_ramp()
+    t0 = loop.time() + 0.05
+    return [t0 + (ramp * i / n if n > 1 else 0.0) for i in range(n)]
+
+
+async def gather_bounded(
+    tasks: list[asyncio.Task[Any]],
+    deadline: float,
+    what: str,
+    failed: Callable[[int, str], Any],
+) -> list[Any]:
+    """Each task's result, or ``failed(index, why)`` for those that did not finish in time."""
+    _, pending = await asyncio.wait(tasks, timeout=deadline)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=10)
+    results = []
+    for i, task in enumerate(tasks):
+        if task.done() and not task.cancelled() and task.exception() is None:
+            results.append(task.result())
+        else:
+            error = (
+                f"{what}: overall deadline ({deadline:.0f} s) reached"
+                if task in pending or task.cancelled()
+                else f"{what}: {type(task.exception()).__name__}: {task.exception()}"
+            )
+            results.append(failed(i, error))
+    return results
+
+
+def errors(results: Sequence[Any]) -> list[str]:
+    return [f"call {r.index}: {r.error}" for r in results if r.error][:MAX_ERRORS_REPORTED]
+
+
+class Progress:
+    """A progress line on stderr every ``progress_interval`` seconds."""
+
+    def __init__(self, options: Options) -> None:
+        self.interval = options.progress_interval
+        self.stream = options.progress_stream or sys.stderr
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self, label: str, line: Callable[[], str]) -> None:
+        if self.interval <= 0:
+            return
+        t0 = time.monotonic()
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.interval)
+                print(f"[{label} {time.monotonic() - t0:6.1f}s] {line()}", file=self.stream)
+                with contextlib.suppress(AttributeError, OSError):
+                    self.stream.flush()
+
+        self.task = asyncio.ensure_future(loop())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+
+# -- the bare reference -----------------------------------------------------------------------
+class ReferenceServer:
+    """A bare reference server (``bench/reference/SCRIPT ARGS --data-dir DIR``) as a subprocess.
+
+    It prints ``ready <http-port> ...`` once listening; ``ready`` holds those fields. It needs
+    the source tree (bench/ is not installed with the package): without it, CallFailed says so.
+    """
+
+    def __init__(self, script: str, args: list[str], label: str, start_timeout: float = 30) -> None:
+        self.path = REFERENCE_DIR / script
+        self.args, self.label = args, label
+        self.start_timeout = start_timeout
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.ready: list[str] = []
+        self._dir = tempfile.TemporaryDirectory(prefix="ivr-loadtest-bare-")
+        self._log = Path(self._dir.name) / "stderr.log"
+
+    async def __aenter__(self) -> ReferenceServer:
+        if not self.path.is_file():
+            self._dir.cleanup()
+            raise CallFailed(
+                f"{self.label}: {self.path} not found (it ships with the source tree, not the "
+                "package; run from a checkout or use --no-reference)"
+            )
+        root = REFERENCE_DIR.parents[1]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+        with self._log.open("wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(self.path),
+                *self.args,
+                "--data-dir",
+                str(Path(self._dir.name) / "data"),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                stdin=asyncio.subprocess.DEVNULL,
+                cwd=str(root),
+                env=env,
+            )
+        try:
+            async with asyncio.timeout(self.start_timeout):
+                assert self.proc.stdout is not None
+                line = (await self.proc.stdout.readline()).decode().split()
+            if len(line) < 2 or line[0] != "ready" or not line[1].isdigit():
+                raise RuntimeError(f"{self.label} did not start")
+            self.port = int(line[1])
+            self.ready = line[1:]
+        except (TimeoutError, RuntimeError):
+            await self.__aexit__(None, None, None)
+            tail = (
+                self._log.read_text(errors="replace").strip()[-300:] if self._log.exists() else ""
+            )
+            raise CallFailed(f"{self.label} did not start: {tail or 'no output'}") from None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        self._dir.cleanup()
+
+    async def get_json(self, session: aiohttp.ClientSession, path: str) -> dict[str, Any]:
+        async with asyncio.timeout(CPU_READ_TIMEOUT_S):
+            async with session.get(f"http://127.0.0.1:{self.port}{path}") as resp:
+                return await resp.json()
+
+    async def read_cpu(self, session: aiohttp.ClientSession) -> float:
+        return float((await self.get_json(session, "/cpu"))["cpu_seconds"])
+
+
+async def run_reference(
+    report: dict[str, Any],
+    wanted: bool,
+    skip: str | None,
+    run: Callable[[], Awaitable[dict[str, Any]]],
+) -> None:
+    """The bare reference run, unless not wanted or pointless (``skip`` says why)."""
+    report["reference"] = None
+    report["reference_error"] = None
+    if wanted and skip:
+        report["reference_error"] = f"skipped: {skip}"
+    elif wanted:
+        try:
+            report["reference"] = await run()
+        except CallFailed as exc:
+            report["reference_error"] = str(exc)
+
+
+# -- the report -------------------------------------------------------------------------------
+def summarise_shared(
+    report: dict[str, Any], keys: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """What both platforms' reports put at the top: counts, latencies, CPU and the ratio."""
+    service = report["service"]
+    ours = service["cost"].get("server_cpu_per_call_minute")
+    ref = report["reference"]
+    bare = ref["cost"].get("server_cpu_per_call_minute") if ref else None
+    for key in keys:
+        report[key] = service[key]
+    report["errors"] = (service["errors"] + (ref["errors"] if ref else []))[:MAX_ERRORS_REPORTED]
+    report["first_prompt_p50_ms"] = service["first_prompt_ms"]["p50"]
+    report["first_prompt_p99_ms"] = service["first_prompt_ms"]["p99"]
+    report["sender_cpu_utilisation"] = service["cost"].get("sender_cpu_utilisation")
+    report["ticker_late_p99_ms"] = service["ticker"]["late_p99_ms"]
+    report["server_cpu_per_call_minute"] = ours
+    report["bare_cpu_per_call_minute"] = bare
+    report["cpu_ratio"] = round(ours / bare, 3) if ours and bare else None
+    return service, ref
+
+
+def fmt(x: Any, unit: str = "") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.3g}{unit}" if abs(x) < 1 else f"{x:,.1f}{unit}"
+    if isinstance(x, int):
+        return f"{x:,}{unit}"
+    return f"{x}{unit}"
+
+
+def cost_rows(label: str, cost: dict[str, Any], ticker: dict[str, Any]) -> list[tuple[str, str]]:
+    """The CPU lines of one run (the service's or the reference's)."""
+    if not cost.get("window"):
+        return [(label, "no CPU window measured")]
+    backlog = ticker.get("max_send_backlog_bytes")
+    return [
+        (
+            label,
+            f"{fmt(cost['server_cpu_per_call_minute'])} CPU s per call-minute "
+            f"({fmt(cost['server_cpu_utilisation'] * 100)}% of a core, "
+            f"{cost['concurrent_calls']:g} calls over {cost['window_s']:g} s, {cost['window']})",
+        ),
+        (
+            "  sender",
+            f"{fmt(cost['sender_cpu_utilisation'] * 100)}% of a core; ticker late p50 "
+            f"{fmt(ticker['late_p50_ms'])} p99 {fmt(ticker['late_p99_ms'])} max "
+            f"{fmt(ticker['late_max_ms'])} ms"
+            + (f"; max send backlog {fmt(backlog)} B" if backlog is not None else ""),
+        ),
+    ]
+
+
+def reference_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The CPU lines of both runs, the ratio, and the saturation warning."""
+    s, ref = report["service"], report.get("reference")
+    rows = cost_rows("service cpu", s["cost"], s["ticker"])
+    if ref:
+        rows += cost_rows("bare cpu", ref["cost"], ref["ticker"])
+        rows.append(
+            (
+                "  bare streams",
+                f"{ref['streams_completed']}/{ref['streams']} completed, frames sent "
+                f"{fmt(ref['frames_sent'])}, received {fmt(ref['frames_received'])}",
+            )
+        )
+        ratio = report["cpu_ratio"]
+        rows.append(("cpu ratio", f"{ratio:.2f} (service / bare)" if ratio else "-"))
+    elif report.get("reference_error"):
+        rows.append(("bare cpu", f"failed: {report['reference_error']}"))
+    return rows
+
+
+def render(rows: list[tuple[str, str]], report: dict[str, Any]) -> str:
+    """The rows, the errors and the verdict, aligned."""
+    rows = rows + [("errors" if i == 0 else "", e) for i, e in enumerate(report["errors"])]
+    rows.append(("result", "OK" if report["ok"] else "FAILED"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
