@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from ivr import __version__
 from ivr.cli_common import CommandFailed
 from ivr.config import DEMO_CONFIG, Config, Line, Tenant, load_config
+from ivr.consent import ConsentEvidence
 from ivr.policy import ConsentMode, LawfulBasis
 from storage.blobs import DEFAULT_SYNC_INTERVAL
 from storage.custody import key_ref_of
@@ -84,31 +85,8 @@ BASIS_ARTICLES: dict[LawfulBasis, tuple[str, str]] = {
     ),
 }
 
-# The consent evidence kept with every recording (ivr.consent.ConsentFlow.evidence; a test keeps
-# this list equal to what the flow writes).
-EVIDENCE_FIELDS: tuple[str, ...] = (
-    "policy_id",
-    "policy_version",
-    "lawful_basis",
-    "consent_mode",
-    "purpose",
-    "language",
-    "prompt_id",
-    "prompt_text",
-    "prompt_sha256",
-    "prompt_started_at",
-    "prompt_ended_at",
-    "prompt_played_in_full",
-    "prompts_played",
-    "keys",
-    "key_pressed",
-    "key_pressed_at",
-    "decision",
-    "decided_at",
-    "recording_started_at",
-    "recording_stopped_at",
-    "withdrawn_at",
-)
+# The consent evidence kept with every recording: its fields, as the record's own type names them.
+EVIDENCE_FIELDS: tuple[str, ...] = ConsentEvidence.field_names()
 
 _MODE_PROMPT = {
     ConsentMode.OPT_IN: "consent_request",

@@ -32,7 +32,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from ivr.consent import RECORDING_DECISIONS
+from ivr.consent import RECORDING_DECISIONS, ConsentEvidence
 from ivr.recording_files import decode_recording
 from media.wavfile import write_wav
 from storage.catalog import RecordingRow
@@ -62,19 +62,10 @@ CONSENT_EVIDENCE = "consent_evidence"
 # the same uuid (the core draft's SHOULD is a v8 UUID; see docs/vcon.md).
 VCON_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:ivr-consent:vcon")
 CALLER_PARTY, TENANT_PARTY = 0, 1
-# What the evidence's ``proof_data`` carries; the whole record is in the consent_evidence
-# attachment.
-PROOF_FIELDS = (
-    "decision",
-    "key_pressed",
-    "prompt_id",
-    "prompt_text",
-    "prompt_sha256",
-    "prompt_started_at",
-    "policy_id",
-    "policy_version",
-    "language",
-)
+# What the evidence's ``proof_data`` carries: the fields the record marks as its proof (what was
+# asked, in which words and audio, and what the caller answered); the whole record is in the
+# consent_evidence attachment.
+PROOF_FIELDS: tuple[str, ...] = ConsentEvidence.proof_field_names()
 MAX_SAFE_INTEGER = 2**53
 
 

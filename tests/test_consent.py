@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import random
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ivr.consent
 from ivr.consent import (
     RECORDING_DECISIONS,
+    RECORDING_STATES,
+    TRANSITIONS,
     CallEnded,
     CallStarted,
+    ConsentEvidence,
     ConsentFlow,
     ConsentProtocolError,
     Decision,
     DigitPressed,
+    Event,
     FlowPolicy,
     HandOff,
     HangUp,
@@ -27,6 +36,9 @@ from ivr.consent import (
     StopPrompt,
     StopRecording,
     Tick,
+    Transition,
+    state_diagram,
+    transition_table,
 )
 from ivr.policy import (
     ALLOWED_MODES,
@@ -35,6 +47,8 @@ from ivr.policy import (
     ConsentMode,
     LawfulBasis,
 )
+
+DOC = Path(__file__).parent.parent / "docs" / "consent-flow.md"
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 PROMPT_IDS = (
@@ -183,7 +197,7 @@ def test_recording_limit_stops_and_hangs_up():
     out = f.handle(Tick(at=61))
     assert kinds(out) == ["StopRecording", "PlayPrompt"] and out[0].discard is False
     assert f.handle(PromptFinished(at=64, play_id=out[1].play_id)) == [
-        HangUp("recording limit reached")
+        HangUp(reason="recording limit reached")
     ]
 
 
@@ -301,6 +315,7 @@ def test_random_calls_keep_the_lawful_invariants(mode, stays, discard, script):
 
     def apply(commands):
         nonlocal recording, playing, handoffs
+        assert f.recording == (f.state in RECORDING_STATES)
         for c in commands:
             if isinstance(c, StartRecording):
                 assert not recording
@@ -326,7 +341,14 @@ def test_random_calls_keep_the_lawful_invariants(mode, stays, discard, script):
         if f.decision is not None and (not decisions or decisions[-1] != f.decision):
             decisions.append(f.decision)
 
-    apply(f.handle(CallStarted(at=0)))
+    def step(event: Event) -> list:
+        before = f.state
+        out = f.handle(event)
+        if f.state is not before:  # a step the table declares, and no other
+            assert f.state in TRANSITIONS[(before, type(event))].targets
+        return out
+
+    apply(step(CallStarted(at=0)))
     for action, dt, digit in script:
         now += dt
         if f.state is State.ENDED:
@@ -336,41 +358,260 @@ def test_random_calls_keep_the_lawful_invariants(mode, stays, discard, script):
             if playing.prompt_id in ("consent_request", "objection_notice", "notice_only"):
                 first_prompt_done = True
             current, playing = playing, None
-            apply(f.handle(PromptFinished(at=now, play_id=current.play_id)))
+            apply(step(PromptFinished(at=now, play_id=current.play_id)))
         elif action == "finish_stale":
-            apply(f.handle(PromptFinished(at=now, play_id=10_000)))
+            apply(step(PromptFinished(at=now, play_id=10_000)))
         elif action == "digit":
             if f.decision is None and f.policy.consent_mode is ConsentMode.OPT_IN:
                 accept_pressed = accept_pressed or digit == "1"
             if f.decision is None and f.policy.consent_mode is ConsentMode.OPT_OUT:
                 objected = objected or digit in "9*"
-            out = f.handle(DigitPressed(at=now, digit=digit))
+            out = step(DigitPressed(at=now, digit=digit))
             apply(out)
             if was_recording and digit == "*" and f.policy.withdrawable:
                 stops = [c for c in out if isinstance(c, StopRecording)]
                 assert stops and stops[0].discard is discard  # withdrawal per policy
         elif action == "tick":
-            apply(f.handle(Tick(at=now)))
+            apply(step(Tick(at=now)))
         elif action == "end":
-            apply(f.handle(CallEnded(at=now)))
+            apply(step(CallEnded(at=now)))
     if f.state is not State.ENDED:
-        apply(f.handle(CallEnded(at=now + 1)))
+        apply(step(CallEnded(at=now + 1)))
     assert len(decisions) == 1  # exactly one decision, never changed
     assert not recording  # every recording was stopped by the end of the call
     assert handoffs <= 1
     assert f.evidence()["decision"] == decisions[0].value
 
 
+# -- the table ------------------------------------------------------------------------------------
+def _random_call(rng: random.Random) -> list[tuple[State, Event, State]]:
+    """One random call on a random line: every step it took, as (state, event, next state)."""
+    mode, basis = rng.choice(MODES)
+    f = ConsentFlow(
+        policy(
+            mode,
+            basis,
+            stays_on_stream=rng.random() < 0.5,
+            discard_on_withdraw=rng.random() < 0.5,
+            max_recording_seconds=rng.choice([1, 60]),  # 1: the limit while recording_started plays
+        ),
+        PROMPTS,
+        T0,
+    )
+    now, plays, steps = 0.0, [0], []
+    if rng.random() < 0.02:  # the caller left before the flow began
+        f.handle(CallEnded(at=0))
+        return [(State.IDLE, CallEnded(at=0), f.state)]
+    events: list[Event] = [CallStarted(at=0)]
+    for _ in range(rng.randint(0, 30)):
+        now += rng.choice([0, 0.5, 1, 3, 20, 70])
+        kind = rng.random()
+        if kind < 0.35:
+            events.append(PromptFinished(at=now, play_id=rng.choice([plays[-1], *plays])))
+        elif kind < 0.7:
+            events.append(DigitPressed(at=now, digit=rng.choice("0123456789*#")))
+        elif kind < 0.95:
+            events.append(Tick(at=now))
+        else:
+            events.append(CallEnded(at=now))
+    for event in [*events, CallEnded(at=now + 1)]:
+        if isinstance(event, PromptFinished) and event.play_id == 0:
+            event = PromptFinished(
+                at=event.at, play_id=plays[-1]
+            )  # the latest play, whatever it is
+        before = f.state
+        for command in f.handle(event):
+            if isinstance(command, PlayPrompt):
+                plays.append(command.play_id)
+        steps.append((before, event, f.state))
+    return steps
+
+
+def test_every_step_the_table_declares_is_taken_and_no_other():
+    """The table is exact: calls take every (state, event, next state) it lists, and nothing else
+    moves the flow."""
+    rng = random.Random(20261128)
+    declared = {(s, e, t) for (s, e), tr in TRANSITIONS.items() for t in tr.targets}
+    taken = set()
+    for _ in range(3000):
+        for before, event, after in _random_call(rng):
+            if after is not before or (before, type(event), after) in declared:
+                assert (before, type(event), after) in declared
+                taken.add((before, type(event), after))
+    assert taken == declared
+
+
+def test_the_table_is_well_formed():
+    live = set(State) - {State.IDLE, State.ENDED, State.ERROR}
+    for (state, event), transition in TRANSITIONS.items():
+        assert isinstance(transition, Transition) and transition.targets
+        assert transition.what, f"{state} {event.__name__}: the handler says what it does"
+        assert State.ERROR not in transition.targets and State.IDLE not in transition.targets
+    # The caller can hang up in every state of a live call; nothing leaves ended or error.
+    assert {s for (s, e) in TRANSITIONS if e is CallEnded} == live | {State.IDLE}
+    assert not {s for (s, _) in TRANSITIONS} & {State.ENDED, State.ERROR}
+    # Every state but error is reachable from idle through the table.
+    reached, frontier = {State.IDLE}, [State.IDLE]
+    while frontier:
+        state = frontier.pop()
+        for (s, _), transition in TRANSITIONS.items():
+            if s is state:
+                frontier += transition.targets - reached
+                reached |= transition.targets
+    assert reached == set(State) - {State.ERROR}
+
+
+def test_an_undeclared_step_is_refused(monkeypatch):
+    table = dict(TRANSITIONS)
+    start = table[(State.IDLE, CallStarted)]
+    table[(State.IDLE, CallStarted)] = Transition(start.handler, frozenset({State.RECORDING}))
+    monkeypatch.setattr(ivr.consent, "TRANSITIONS", table)
+    f = flow(ConsentMode.OPT_IN)
+    with pytest.raises(ConsentProtocolError, match="undeclared transition"):
+        f.handle(CallStarted(at=0))
+    assert f.state is State.ERROR
+
+
+def test_a_second_decision_is_refused_in_code():
+    f = flow(ConsentMode.OPT_IN)
+    started(f)
+    f.handle(DigitPressed(at=1, digit="9"))
+    with pytest.raises(ConsentProtocolError, match="exactly one decision"):
+        f._decide(Decision.ACCEPTED)
+    assert f.decision is Decision.DECLINED
+    with pytest.raises(AttributeError):
+        f.decision = Decision.ACCEPTED  # read-only: only the flow decides
+    with pytest.raises(AttributeError):
+        f.state = State.RECORDING
+
+
+def test_a_second_decision_inside_a_step_stops_the_flow(monkeypatch):
+    def decides_twice(self, event):
+        self._decide(Decision.NOTIFIED)
+        self._decide(Decision.HUNG_UP)
+
+    table = dict(TRANSITIONS)
+    table[(State.IDLE, CallStarted)] = Transition(decides_twice, frozenset({State.RECORDING}))
+    monkeypatch.setattr(ivr.consent, "TRANSITIONS", table)
+    f = flow(ConsentMode.NOTICE, basis=LawfulBasis.CONTRACT)
+    with pytest.raises(ConsentProtocolError, match="exactly one decision"):
+        f.handle(CallStarted(at=0))
+    assert f.state is State.ERROR and f.decision is Decision.NOTIFIED
+    with pytest.raises(ConsentProtocolError, match="error state"):
+        f.handle(CallEnded(at=1))
+
+
+def _section(title: str) -> str:
+    doc = DOC.read_text()
+    return doc.split(f"\n## {title}\n")[1].split("\n## ")[0]
+
+
 def test_docs_print_the_transition_table():
-    from pathlib import Path
-
-    from ivr.consent import transition_table
-
-    doc = (Path(__file__).parent.parent / "docs" / "consent-flow.md").read_text()
-    doc = doc.split("## Transitions")[1].split("## Decisions")[0]
     rows = [
-        tuple(cell.strip().strip("`") for cell in line.strip("|").split("|"))
-        for line in doc.splitlines()
+        tuple(cell.strip().replace("`", "") for cell in line.strip("|").split("|"))
+        for line in _section("Transitions").splitlines()
         if line.startswith("| `")
     ]
-    assert rows == [tuple(r) for r in transition_table()]
+    assert rows == transition_table()
+
+
+def test_docs_show_the_state_diagram_drawn_from_the_table():
+    section = _section("State diagram")
+    shown = section.split("```mermaid\n")[1].split("\n```")[0]
+    assert shown == state_diagram()
+
+
+def test_docs_describe_every_state():
+    described = [
+        line.split("|")[1].strip().strip("`")
+        for line in _section("States").splitlines()
+        if line.startswith("| `")
+    ]
+    assert described == [s.value for s in State]
+
+
+# -- commands -------------------------------------------------------------------------------------
+def _evidence(**changes) -> ConsentEvidence:
+    f = flow(ConsentMode.OPT_IN)
+    started(f)
+    (_, start, _) = f.handle(DigitPressed(at=1, digit="1"))
+    return dataclasses.replace(start.evidence, **changes)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: PlayPrompt(prompt_id="", play_id=1),
+        lambda: PlayPrompt(prompt_id="consent_request", play_id=0),
+        lambda: PlayPrompt(prompt_id="consent_request", play_id=True),
+        lambda: PlayPrompt(prompt_id="consent_request", play_id="1"),
+        lambda: StartRecording(evidence={"decision": "accepted"}),
+        lambda: StartRecording(evidence=_evidence(decision=Decision.DECLINED)),
+        lambda: StartRecording(evidence=_evidence(decision=None)),
+        lambda: StartRecording(evidence=_evidence(recording_started_at=None)),
+        lambda: StopRecording(
+            discard="yes", reason="r", evidence=_evidence(recording_stopped_at="t")
+        ),
+        lambda: StopRecording(
+            discard=True, reason=" ", evidence=_evidence(recording_stopped_at="t")
+        ),
+        lambda: StopRecording(discard=True, reason="r", evidence=_evidence()),
+        lambda: HandOff(recording=1),
+        lambda: HangUp(reason=""),
+    ],
+)
+def test_commands_validate_their_fields(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_commands_are_frozen_keyword_only_values():
+    play = PlayPrompt(prompt_id="consent_request", play_id=1)
+    with pytest.raises(TypeError):
+        PlayPrompt("consent_request", 1)
+    with pytest.raises(TypeError):
+        HangUp("recording limit reached")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        play.play_id = 2
+    assert play == PlayPrompt(prompt_id="consent_request", play_id=1)
+    assert HandOff(recording=True) != HandOff(recording=False)
+    assert StopPrompt() == StopPrompt()
+
+
+# -- evidence -------------------------------------------------------------------------------------
+def test_evidence_is_a_frozen_record_and_the_json_the_catalog_stores():
+    evidence = _evidence()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        evidence.decision = Decision.DECLINED
+    stored = dict(evidence)
+    assert stored == evidence.as_dict() == json.loads(json.dumps(stored))
+    assert tuple(stored) == ConsentEvidence.field_names() == tuple(evidence)
+    assert stored["keys"] == {"accept": "1", "decline": "9", "withdraw": "*"}
+    assert stored["lawful_basis"] == "consent" and type(stored["lawful_basis"]) is str
+    assert stored["decision"] == "accepted" and type(stored["decision"]) is str
+    assert stored["prompts_played"][0] == {
+        "prompt_id": "consent_request",
+        "sha256": PROMPTS["consent_request"].sha256,
+        "started_at": "2026-11-28T12:00:00.000000Z",
+        "ended_at": "2026-11-28T12:00:01.000000Z",
+        "interrupted": True,
+    }
+    assert "keys_in_force" not in evidence and evidence.get("nothing") is None
+    with pytest.raises(KeyError):
+        evidence["keys_in_force"]
+
+
+def test_proof_fields_are_evidence_fields():
+    proof = ConsentEvidence.proof_field_names()
+    assert proof[:2] == ("decision", "key_pressed")  # the answer first
+    assert set(proof) < set(ConsentEvidence.field_names())
+
+
+def test_docs_list_every_evidence_field_in_order():
+    listed = [
+        name.strip().strip("`")
+        for line in _section("The consent evidence (Art. 7(1))").splitlines()
+        if line.startswith("| `")
+        for name in line.split("|")[1].split(",")
+    ]
+    assert tuple(listed) == ConsentEvidence.field_names()
