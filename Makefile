@@ -45,19 +45,19 @@ lint: $(TEST_STAMP) typecheck
 # and once the list is all of ivr/ that flag can go.
 TYPED := media storage \
 	ivr/config.py \
-	ivr/api.py \
-	ivr/api_spec.py \
-	ivr/breach.py \
-	ivr/breach_cli.py \
-	ivr/subject.py \
-	ivr/lifecycle_cli.py \
-	ivr/cli.py \
-	ivr/cli_common.py \
-	ivr/recording_files.py \
+	ivr/api/routes.py \
+	ivr/api/spec.py \
+	ivr/gdpr/breach.py \
+	ivr/cli/breach.py \
+	ivr/gdpr/subject.py \
+	ivr/cli/lifecycle.py \
+	ivr/cli/main.py \
+	ivr/cli/common.py \
+	ivr/gdpr/recording_files.py \
 	ivr/prompt_library.py \
-	ivr/stream_token.py \
-	ivr/adapters/twilio.py \
-	ivr/adapters/twilio_signature.py
+	ivr/platforms/twilio/stream_token.py \
+	ivr/platforms/twilio/messages.py \
+	ivr/platforms/twilio/signature.py
 
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy --follow-imports=silent $(TYPED)

@@ -6,8 +6,8 @@
    sink (``LocalBlobStore`` blob against ``os.write`` to a plain file) and end to end through
    ``storage.vault.Vault``. Goal: writer/bare <= 1.5.
 2. Export: one hour of two-track audio recorded through the vault, then exported with
-   ``ivr.recording_files.export_wav``, split into verify+decrypt and the rest, next to a bare loop
-   that only AES-GCM-decrypts the same chunks. Goal: < 1 s. The first export in the process is
+   ``ivr.gdpr.recording_files.export_wav``, split into verify+decrypt and the rest, next to a bare
+   loop that only AES-GCM-decrypts the same chunks. Goal: < 1 s. The first export in the process is
    reported apart (cold, what a CLI export pays); the goal is judged on the later runs' median.
 
 Frames are 20 ms of G.711 (160 bytes) on tracks 0 and 1, interleaved, at ``i * 20`` ms; payloads
@@ -48,7 +48,7 @@ import cryptography
 from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ivr.recording_files import export_wav
+from ivr.gdpr.recording_files import export_wav
 from storage.blobs import LocalBlobStore
 from storage.format import CHUNK_LENGTH, FRAME_HEAD, PREAMBLE, RecordingHeader
 from storage.vault import Vault

@@ -140,8 +140,8 @@ class CallEnded(Event):
 # -- consent evidence -----------------------------------------------------------------------------
 def _proof(rank: int) -> dict[str, Any]:
     """Field metadata: the field is part of the evidence's short proof of what the caller was
-    asked and how they answered (ivr.vcon's lawful-basis proof holds exactly these), at ``rank``
-    in it: the answer first, then what was asked."""
+    asked and how they answered (ivr.gdpr.vcon's lawful-basis proof holds exactly these), at
+    ``rank`` in it: the answer first, then what was asked."""
     return {"proof": rank}
 
 
@@ -177,8 +177,8 @@ class ConsentEvidence(Mapping[str, Any]):
     what followed. docs/consent-flow.md explains each field; times are UTC ISO strings
     (``YYYY-MM-DDTHH:MM:SS.ffffffZ``), None for what has not happened.
 
-    The fields are the record's schema: ivr.ropa lists them and ivr.vcon takes the proof fields
-    from here. It is also a read-only mapping from field name to the JSON value the catalog
+    The fields are the record's schema: ivr.gdpr.ropa lists them and ivr.gdpr.vcon takes the proof
+    fields from here. It is also a read-only mapping from field name to the JSON value the catalog
     stores (``dict(evidence)``), so a driver hands it to the vault as it is.
     """
 

@@ -21,14 +21,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ivr import __version__, api, breach
+from ivr import __version__, api
 from ivr.app_keys import CLOCK, CONFIG, DATA_DIR, VAULT
-from ivr.ari_app import AriApplication
 from ivr.calls import CallRegistry
 from ivr.config import Config
+from ivr.gdpr import breach
+from ivr.platforms.asterisk.app import AriApplication
+from ivr.platforms.twilio.app import TWILIO, TwilioCalls, add_routes
+from ivr.platforms.twilio.stream_token import StreamTokens
 from ivr.prompt_library import PromptLibrary
-from ivr.stream_token import StreamTokens
-from ivr.twilio_app import TWILIO, TwilioCalls, add_routes
 from media.prompts import BUILTIN_SOUNDS
 from storage import lifecycle
 from storage.catalog import RecordingStatus

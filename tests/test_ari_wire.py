@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ivr.adapters import ari
+from ivr.platforms.asterisk import ari
 
 
 def channel(**kw) -> dict:

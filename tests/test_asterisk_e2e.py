@@ -13,10 +13,10 @@ import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
-from ivr.ari_app import AriCall
 from ivr.calls import CallSession
 from ivr.config import load_config
 from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall, build_rtp
+from ivr.platforms.asterisk.app import AriCall
 from ivr.service import ARI, VAULT, create_app
 from storage.catalog import RecordingRow, RecordingStatus
 
@@ -297,7 +297,7 @@ async def test_two_calls_are_kept_apart(pbx):
 # -- Asterisk going away, and Asterisk saying no --------------------------------------------------
 async def test_events_socket_dropped_and_restored_mid_call(pbx, monkeypatch):
     fake, app = pbx
-    monkeypatch.setattr("ivr.ari_app.BACKOFF_START", 0.01)
+    monkeypatch.setattr("ivr.platforms.asterisk.app.BACKOFF_START", 0.01)
     call = await place(fake, app, EMERGENCY_LINE)
     gone = await place(fake, app, EMERGENCY_LINE)
     await call.talk(1.0)
@@ -366,9 +366,9 @@ async def test_bridging_waits_for_the_media_channel_to_enter_stasis(pbx):
 
 
 async def test_a_media_channel_that_never_enters_stasis_fails_the_set_up(pbx, monkeypatch):
-    import ivr.ari_app
+    import ivr.platforms.asterisk.app
 
-    monkeypatch.setattr(ivr.ari_app, "MEDIA_STASIS_TIMEOUT", 0.2)
+    monkeypatch.setattr(ivr.platforms.asterisk.app, "MEDIA_STASIS_TIMEOUT", 0.2)
     fake, app = pbx
     fake.media_stasis_delay = None
     stuck = await fake.place_call(CONSENT_LINE, CALLER)
@@ -467,8 +467,8 @@ async def test_simulate_platform_asterisk_against_the_service(tmp_path, monkeypa
     from ivr.harness.asterisk_sim import AsteriskCallOptions, simulate_asterisk_call
 
     monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
-    monkeypatch.setattr("ivr.ari_app.BACKOFF_START", 0.01)
-    monkeypatch.setattr("ivr.ari_app.BACKOFF_MAX", 0.05)
+    monkeypatch.setattr("ivr.platforms.asterisk.app.BACKOFF_START", 0.01)
+    monkeypatch.setattr("ivr.platforms.asterisk.app.BACKOFF_MAX", 0.05)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -517,7 +517,7 @@ async def test_shutdown_finalises_calls_in_progress(tmp_path, monkeypatch):
 async def test_a_restart_clears_only_this_instances_leftovers(tmp_path, monkeypatch):
     """What a killed process left (our bridge with a caller and our media channel, an open
     call row) is cleared at the next start; another instance's bridge and channels are not."""
-    from ivr.adapters import ari
+    from ivr.platforms.asterisk import ari
 
     monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
     fake = FakeAsterisk(pace=False, app="ivr", username="ivr", password="pw")

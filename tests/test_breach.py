@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from ivr import breach
 from ivr.cli import main
 from ivr.config import load_config
+from ivr.gdpr import breach
 from ivr.service import create_app
 from storage.vault import Vault
 

@@ -156,7 +156,9 @@ async def test_the_timer_rule(registry):
     session = registry.begin(call)
     assert session.timer() is None  # no deadline before the call starts
     await session.start()
-    await session.handle(PromptFinished(at=session.at(13.4), play_id=1))  # the question played: 8 s to answer
+    await session.handle(
+        PromptFinished(at=session.at(13.4), play_id=1)
+    )  # the question played: 8 s to answer
     deadline = session.flow.deadline
     assert deadline is not None
     # The wall clock has not moved: the timer covers the whole wait, and a little more.

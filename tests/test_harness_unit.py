@@ -28,7 +28,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from ivr.adapters.twilio_signature import SIGNATURE_HEADER, is_valid_signature
 from ivr.harness import audio as harness_audio
 from ivr.harness.cli import (
     add_simulate_parser,
@@ -49,6 +48,7 @@ from ivr.harness.twilio_sim import (
     _Stream,
     simulate_call,
 )
+from ivr.platforms.twilio.signature import SIGNATURE_HEADER, is_valid_signature
 from media.g711 import ulaw_decode
 from media.wavfile import write_wav
 

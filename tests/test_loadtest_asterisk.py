@@ -52,8 +52,8 @@ async def service(
     """The service with [asterisk] pointed at a free port; yields (its URL, that HOST:PORT)."""
     monkeypatch.setenv("IVR_MASTER_KEY", "11" * 32)
     monkeypatch.setenv("ARI_PASSWORD", "demo")
-    monkeypatch.setattr("ivr.ari_app.BACKOFF_START", 0.01)
-    monkeypatch.setattr("ivr.ari_app.BACKOFF_MAX", 0.05)
+    monkeypatch.setattr("ivr.platforms.asterisk.app.BACKOFF_START", 0.01)
+    monkeypatch.setattr("ivr.platforms.asterisk.app.BACKOFF_MAX", 0.05)
     ari = f"127.0.0.1:{_free_port()}"
     low, high = _port_range(64)
     text = DEMO.read_text()

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from ivr import ropa as ropa_module
 from ivr.calls import flow_policy
 from ivr.cli import main
 from ivr.config import DEMO_CONFIG, load_config
 from ivr.consent import ConsentFlow
-from ivr.prompt_library import PromptLibrary, prompt_infos
-from ivr.ropa import (
+from ivr.gdpr import breach as breach_module
+from ivr.gdpr.ropa import (
     DEFAULT_PROCESSOR_NAME,
     EVIDENCE_FIELDS,
     ProcessorInfo,
@@ -24,6 +23,7 @@ from ivr.ropa import (
     build_ropa,
     render_markdown,
 )
+from ivr.prompt_library import PromptLibrary, prompt_infos
 from storage.custody import generate_keypair, key_ref_of, public_b64
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -428,21 +428,21 @@ def test_annex_lists_roles_per_tenant(custom):
     }
 
 
-def test_breach_workflow_only_when_its_module_exists(custom, tmp_path, monkeypatch):
-    monkeypatch.setattr(ropa_module, "BREACH_MODULE", tmp_path / "absent" / "breach.py")
+def test_the_breach_workflow_is_named_as_the_cli_offers_it(custom, capsys):
     _, ropa = _build(custom)
-    assert "breach_handling" not in [s["key"] for s in ropa["annex"]]
-    assert "ivr breach" not in render_markdown(ropa)
-    # Section numbers stay contiguous without it.
+    section = next(s for s in ropa["annex"] if s["key"] == "breach_handling")
+    assert section["commands"] == [f"ivr breach {c}" for c in breach_module.COMMANDS]
+    assert "72-hour" in " ".join(section["measures"])
+    # Every step named is a command that exists, and nothing else is one.
+    for step in breach_module.COMMANDS:
+        with pytest.raises(SystemExit) as done:
+            main(["breach", step, "--help"])
+        assert done.value.code == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["breach", "forget", "--help"])
+    assert done.value.code == 2
     assert [s["id"] for s in ropa["annex"]] == [f"A.{i}" for i in range(1, len(ropa["annex"]) + 1)]
-
-    present = tmp_path / "breach.py"
-    present.write_text("")
-    monkeypatch.setattr(ropa_module, "BREACH_MODULE", present)
-    _, ropa = _build(custom)
-    breach = next(s for s in ropa["annex"] if s["key"] == "breach_handling")
-    assert "72-hour" in " ".join(breach["measures"])
-    assert "ivr breach" in render_markdown(ropa)
 
 
 # -- the command --------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from ivr.adapters.twilio_signature import SIGNATURE_HEADER, compute_signature
 from ivr.config import DEMO_TWILIO_AUTH_TOKEN, load_config
 from ivr.harness.twilio_sim import CallOptions, simulate_call
+from ivr.platforms.twilio.app import TWILIO
+from ivr.platforms.twilio.signature import SIGNATURE_HEADER, compute_signature
 from ivr.service import VAULT, create_app
-from ivr.twilio_app import TWILIO
 from storage.catalog import RecordingStatus
 from storage.vault import Vault
 
@@ -305,7 +305,7 @@ async def test_a_token_works_once_and_for_its_own_call(service):
 
 
 async def test_a_stream_that_never_starts_is_closed(service, monkeypatch):
-    monkeypatch.setattr("ivr.twilio_app.START_TIMEOUT_SECONDS", 0.05)
+    monkeypatch.setattr("ivr.platforms.twilio.app.START_TIMEOUT_SECONDS", 0.05)
     _, url = service
     async with aiohttp.ClientSession() as s:
         _, ws_url, _ = await start_call(s, url)

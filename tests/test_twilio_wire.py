@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
-from ivr.adapters.twilio import (
+from ivr.platforms.twilio.messages import (
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
     CallWebhook,
@@ -34,8 +34,8 @@ from ivr.adapters.twilio import (
     twiml_record_and_dial,
     twiml_say_hangup,
 )
-from ivr.adapters.twilio_signature import compute_signature, is_valid_signature, url_variants
-from ivr.stream_token import StreamTokens, TokenError
+from ivr.platforms.twilio.signature import compute_signature, is_valid_signature, url_variants
+from ivr.platforms.twilio.stream_token import StreamTokens, TokenError
 
 CALL = "CA" + "a" * 32
 ACCOUNT = "AC" + "b" * 32

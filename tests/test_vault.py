@@ -271,7 +271,7 @@ def test_sigkilled_writer_leaves_audio_up_to_a_second_before_the_kill(tmp_path):
     assert int(last_ts) - last_kept <= 1000 and last_kept >= 5000
     assert kept == [(t, i * 20, pattern(i, t)) for i in range(last_kept // 20 + 1) for t in (0, 1)]
 
-    from ivr.recording_files import export_wav
+    from ivr.gdpr.recording_files import export_wav
 
     out = export_wav(vault, rid, tmp_path / "out.wav", actor="test", reason="test")
     assert out.channels == 2 and out.duration_ms >= int(last_ts) - 1000

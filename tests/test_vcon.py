@@ -1,7 +1,7 @@
 """Recordings exported as vCons: structure, the lawful-basis hash (JCS), the audio, the CLI.
 
 The export is read back with the `vcon` package from PyPI (its own parser and validator), and
-every hash is recomputed here without ivr.vcon's helpers.
+every hash is recomputed here without ivr.gdpr.vcon's helpers.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ivr.cli import main
-from ivr.recording_files import export_wav
-from ivr.vcon import (
+from ivr.gdpr.recording_files import export_wav
+from ivr.gdpr.vcon import (
     build_vcon,
     canonical_json,
     export_vcon,
@@ -295,7 +295,7 @@ def test_inline_vcon_loads_in_the_vcon_package(vault: Vault, tmp_path: Path) -> 
         "policy_version": 3,
         "language": "sv-SE",
     }
-    # The content hash, recomputed independently of ivr.vcon.
+    # The content hash, recomputed independently of ivr.gdpr.vcon.
     ch = body["content_hash"]
     assert (ch["algorithm"], ch["canonicalization"]) == ("sha-256", "jcs")
     unhashed = {k: v for k, v in body.items() if k != "content_hash"}

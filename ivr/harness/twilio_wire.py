@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ivr.adapters.twilio_signature import SIGNATURE_HEADER, compute_signature
 from ivr.harness.wsclient import OP_CLOSE, OP_PONG, OP_TEXT, RawWebSocket, WebSocketError
+from ivr.platforms.twilio.signature import SIGNATURE_HEADER, compute_signature
 
 __all__ = [
     "AUTH_TOKEN_ENV",
@@ -256,10 +256,10 @@ class Inbox:
 
     ``sync`` is how virtual time waits for the service without waiting for silence: it sends a
     websocket ping and returns what arrived before the pong. The service reacts to each message
-    before it reads the next (``ivr.twilio_app`` writes its commands out inline) and aiohttp
-    answers a ping when the handler reads it, so everything the service sent in reaction to what
-    we sent before the ping is in front of the pong. A server that never answers pings cannot
-    run in virtual time: ``sync`` then raises ``TimeoutError``.
+    before it reads the next (``ivr.platforms.twilio.app`` writes its commands out inline) and
+    aiohttp answers a ping when the handler reads it, so everything the service sent in reaction
+    to what we sent before the ping is in front of the pong. A server that never answers pings
+    cannot run in virtual time: ``sync`` then raises ``TimeoutError``.
     """
 
     def __init__(self, ws: RawWebSocket, wake: asyncio.Event | None = None) -> None:

@@ -8,7 +8,7 @@ import contextlib
 import time
 from pathlib import Path
 
-from ivr.adapters import ari
+from ivr.platforms.asterisk import ari
 from tests.asterisk.checks import (
     assert_only_parties,
     find_in_recording,

@@ -23,7 +23,10 @@ from datetime import datetime
 
 from aiohttp import WSMsgType, web
 
-from ivr.adapters.twilio import (
+from ivr.calls import TRACK_AGENT, TRACK_CALLER, Call, CallRegistry, CallSession, carry_out
+from ivr.config import Config, normalise_number
+from ivr.consent import Command, DigitPressed, PromptFinished
+from ivr.platforms.twilio.messages import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
@@ -51,11 +54,8 @@ from ivr.adapters.twilio import (
     twiml_record_and_dial,
     twiml_say_hangup,
 )
-from ivr.adapters.twilio_signature import SIGNATURE_HEADER, is_valid_signature
-from ivr.calls import TRACK_AGENT, TRACK_CALLER, Call, CallRegistry, CallSession, carry_out
-from ivr.config import Config, normalise_number
-from ivr.consent import Command, DigitPressed, PromptFinished
-from ivr.stream_token import StreamTokens, TokenError
+from ivr.platforms.twilio.signature import SIGNATURE_HEADER, is_valid_signature
+from ivr.platforms.twilio.stream_token import StreamTokens, TokenError
 from media.prompts import Prompt, prompt_frames
 
 log = logging.getLogger(__name__)

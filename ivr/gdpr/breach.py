@@ -36,6 +36,9 @@ from storage.catalog import RecordingRow, RecordingStatus
 from storage.files import parse_utc, utc_iso
 from storage.vault import Vault
 
+# The workflow's steps, as `ivr breach` offers them (the CLI builds one subcommand each; the
+# Art. 30 annex names them).
+COMMANDS = ("open", "list", "show", "report", "subjects", "close")
 NOTIFY_WITHIN = timedelta(hours=72)
 NEARLY_DUE = timedelta(hours=12)
 LIVE = (RecordingStatus.COMPLETE, RecordingStatus.INCOMPLETE, RecordingStatus.RECORDING)

@@ -8,11 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ivr import breach
-from ivr.cli_common import EXIT_OK, CommandFailed, actor, emit, open_vault
+from ivr.cli.common import CONFIG_ENV, EXIT_OK, CommandFailed, actor, emit, open_vault
+from ivr.gdpr import breach
 from storage.files import atomic_write, parse_utc
-
-CONFIG_ENV = "IVR_CONFIG"
 
 
 def _time(text: str) -> datetime:

@@ -14,6 +14,10 @@ from storage.vault import Vault
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
+# Where every command that reads the configuration finds it when --config is not given.
+CONFIG_ENV = "IVR_CONFIG"
+
+
 class CommandFailed(Exception):
     """A command could not do what was asked; the message says why, for the operator."""
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import phonenumbers
 
-from ivr.recording_files import decode_recording
+from ivr.gdpr.recording_files import decode_recording
 from media.wavfile import write_wav
 from storage.catalog import RecordingRow, RecordingStatus
 from storage.lifecycle import ErasureReport, SubjectCalls, erase_subject, find_subject

@@ -14,9 +14,9 @@ When set-up fails, the caller is handed back to the dialplan after ``Stasis()`` 
 ``IVR_ERROR=setup_failed`` (hung up should that fail too), and the call's row says why.
 
 Every bridge and channel we create is named ``ivr-<instance>-<call key>-<kind>``
-(``ivr.adapters.ari.own_id``): unique across processes, and marked as this instance's, so that
-after a crash the next start finds its own leftovers (and only its own) and clears them: see
-``AriApplication._clear_leftovers``.
+(``ivr.platforms.asterisk.ari.own_id``): unique across processes, and marked as this
+instance's, so that after a crash the next start finds its own leftovers (and only its own) and
+clears them: see ``AriApplication._clear_leftovers``.
 
 Each call has one task that takes its work (RTP, events, timers) from a queue, so the flow sees
 events in order and one call's trouble stays in that call. The events websocket reconnects with
@@ -42,10 +42,10 @@ from typing import Any
 
 import aiohttp
 
-from ivr.adapters import ari
 from ivr.calls import Call, CallRegistry, CallSession, carry_out
 from ivr.config import AsteriskSettings, Config, Line, normalise_number
 from ivr.consent import Command, DigitPressed, PromptFinished
+from ivr.platforms.asterisk import ari
 from media.dtmf import DtmfDetector, parse_telephone_event
 from media.prompts import Prompt, prompt_frames
 from media.rtp import JitterBuffer, RtpError, RtpSender, classify, parse_rtp

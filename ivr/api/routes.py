@@ -28,8 +28,8 @@ from aiohttp import web
 
 from ivr.app_keys import CLOCK, VAULT
 from ivr.config import Tenant
-from ivr.recording_files import decode_recording
-from ivr.subject import SubjectError, normalise_phone
+from ivr.gdpr.recording_files import decode_recording
+from ivr.gdpr.subject import SubjectError, normalise_phone
 from media.wavfile import wav_header
 from storage import lifecycle
 from storage.catalog import RecordingRow, RecordingStatus, UnknownRecording
@@ -302,7 +302,7 @@ def _phone(body: Mapping[str, Any]) -> str:
 
 @endpoint(DPO_ONLY, "subject_erase")
 async def subject_erase(request: web.Request, caller: Caller) -> web.Response:
-    from ivr import subject
+    from ivr.gdpr import subject
 
     vault = request.app[VAULT]
     body = await _body(request)
@@ -323,7 +323,7 @@ async def subject_erase(request: web.Request, caller: Caller) -> web.Response:
 async def subject_export(request: web.Request, caller: Caller) -> web.StreamResponse:
     import tempfile
 
-    from ivr import subject
+    from ivr.gdpr import subject
 
     vault = request.app[VAULT]
     body = await _body(request)
@@ -397,7 +397,7 @@ def _retention_entry(row: RecordingRow, until: str) -> dict[str, object]:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    from ivr.api_spec import OPENAPI
+    from ivr.api.spec import OPENAPI
 
     return web.json_response(OPENAPI)
 

@@ -8,15 +8,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ivr.cli_common import EXIT_FAILURE, EXIT_OK, CommandFailed, actor, emit, open_vault
-from ivr.subject import SubjectError, held_back_message, normalise_phone
+from ivr.cli.common import CONFIG_ENV, EXIT_FAILURE, EXIT_OK, CommandFailed, actor, emit, open_vault
+from ivr.gdpr.subject import SubjectError, held_back_message, normalise_phone
 from storage import lifecycle
 from storage.audit import verify_catalog
 from storage.catalog import CatalogError, RecordingRow
 from storage.errors import VaultError
 from storage.files import parse_utc, utc_iso
-
-CONFIG_ENV = "IVR_CONFIG"
 
 
 def _when(text: str) -> datetime:
@@ -169,7 +167,7 @@ def _brief(row: RecordingRow) -> dict[str, object]:
 
 # -- subject requests -----------------------------------------------------------------------------
 def cmd_subject_erase(args: argparse.Namespace) -> int:
-    from ivr import subject
+    from ivr.gdpr import subject
 
     phone = _phone(args)
     with open_vault(args) as vault:
@@ -189,7 +187,7 @@ def cmd_subject_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_subject_export(args: argparse.Namespace) -> int:
-    from ivr import subject
+    from ivr.gdpr import subject
 
     phone = _phone(args)
     config = _config(args)

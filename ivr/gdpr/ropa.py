@@ -14,13 +14,9 @@ under ``to_complete``. docs/ropa.md describes the output.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import inspect
-import json
-import os
 import socket
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -30,13 +26,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ivr import __version__
-from ivr.cli_common import CommandFailed
-from ivr.config import DEMO_CONFIG, Config, Line, Tenant, load_config
+from ivr.config import Config, Line, Tenant
 from ivr.consent import ConsentEvidence
+from ivr.gdpr.breach import COMMANDS as BREACH_COMMANDS
 from ivr.policy import ConsentMode, LawfulBasis
 from storage.blobs import DEFAULT_SYNC_INTERVAL
 from storage.custody import key_ref_of
-from storage.files import atomic_write
 from storage.keys import KEYRING_FILE, MASTER_KEY_ENV, MASTER_KEY_FILE
 from storage.vault import CATALOG_FILE, Vault
 
@@ -47,16 +42,13 @@ __all__ = [
     "EVIDENCE_FIELDS",
     "ProcessorInfo",
     "UnknownTenant",
-    "add_parser",
     "build_ropa",
-    "cmd_ropa",
     "render_markdown",
 ]
 
 DEFAULT_PROCESSOR_NAME = "the operator of this service"
 DEFAULT_PROCESSOR_CONTACT = "-"
 # Checked at run time: the breach workflow is referenced only where it is installed.
-BREACH_MODULE = Path(__file__).with_name("breach.py")
 
 # GDPR Art. 6(1) points, in the order of the Regulation.
 BASIS_ARTICLES: dict[LawfulBasis, tuple[str, str]] = {
@@ -116,10 +108,10 @@ class ProcessorInfo:
 
 def _api_role_rights() -> dict[str, list[str]]:
     """What each admin API role may do, from the role sets ``ivr.api`` enforces."""
-    from ivr import api
+    from ivr import api  # the roles the API enforces
 
     rights: dict[str, list[str]] = {role: [] for role in api.ROLES}
-    # The retention report's role set is written inline in ivr/api.py (dpo and admin).
+    # The retention report's role set is written inline in ivr/api/routes.py (dpo and admin).
     table = (
         (api.READ_ROLES, "list and view recording metadata and consent evidence"),
         (api.AUDIO_ROLES, "play or download recordings (a reason is required and audited)"),
@@ -144,26 +136,6 @@ def _runtime_facts(config: Config) -> dict[str, Any]:
     }
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
-def _breach_commands() -> list[str] | None:
-    """``ivr breach`` actions when ivr/breach.py exists, else None (nothing to reference)."""
-    if not BREACH_MODULE.is_file():
-        return None
-    try:
-        from ivr.cli import build_parser
-
-        breach = _subcommands(build_parser()).get("breach")
-        return list(_subcommands(breach)) if breach is not None else []
-    except Exception:  # a half-finished breach module must not stop the records being made
-        return []
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -173,7 +145,7 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -856,26 +828,24 @@ def _annex(
             {},
         ),
     ]
-    breach = _breach_commands()
-    if breach is not None:
-        commands = ", ".join(f"ivr breach {c}" for c in breach) if breach else "ivr breach …"
-        sections.append(
-            (
-                "breach_handling",
-                "Personal data breach handling",
-                [
-                    "A breach register with the 72-hour deadline is available in this "
-                    f"installation ({commands}): it records when the breach became known, "
-                    "works out from the vault which recordings and how many callers each "
-                    "controller has affected, prepares the content of the notification to the "
-                    "supervisory authority (Art. 33(3)) and supports the decision on informing "
-                    "the callers (Art. 34).",
-                    "The processor informs each affected controller without undue delay "
-                    "(Art. 33(2)); notifying the supervisory authority is the controller's duty.",
-                ],
-                {"commands": [f"ivr breach {c}" for c in breach]},
-            )
+    commands = [f"ivr breach {c}" for c in BREACH_COMMANDS]
+    sections.append(
+        (
+            "breach_handling",
+            "Personal data breach handling",
+            [
+                "A breach register with the 72-hour deadline is available in this "
+                f"installation ({', '.join(commands)}): it records when the breach became known, "
+                "works out from the vault which recordings and how many callers each "
+                "controller has affected, prepares the content of the notification to the "
+                "supervisory authority (Art. 33(3)) and supports the decision on informing "
+                "the callers (Art. 34).",
+                "The processor informs each affected controller without undue delay "
+                "(Art. 33(2)); notifying the supervisory authority is the controller's duty.",
+            ],
+            {"commands": commands},
         )
+    )
     return [
         {"id": f"A.{i}", "key": key, "title": title, "measures": measures, **extra}
         for i, (key, title, measures, extra) in enumerate(sections, start=1)
@@ -907,7 +877,7 @@ def build_ropa(
     timing = _runtime_facts(config)
     host = socket.gethostname()
     source = str(config.source) if config.source is not None else None
-    digest = _file_sha256(config.source) if config.source is not None else None
+    digest = file_sha256(config.source) if config.source is not None else None
     chosen = [config.tenants[tenant]] if tenant is not None else list(config.tenants.values())
     # A copy for one controller (an annex to its contract) must not reveal the processor's
     # other clients: the processor record and the annex then speak of that controller only.
@@ -1161,73 +1131,3 @@ def _render_controller(n: int, c: dict[str, Any]) -> list[str]:
         "",
     ]
     return out
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_parser(top: Any, common: argparse.ArgumentParser) -> None:
-    """``ivr ropa``: registered by ivr.cli next to ``ivr config``."""
-    from ivr.cli import CONFIG_ENV
-
-    p = top.add_parser(
-        "ropa",
-        parents=[common],
-        help="the GDPR Art. 30 records and measures annex, from the configuration",
-    )
-    p.add_argument(
-        "--config",
-        default=os.environ.get(CONFIG_ENV),
-        help=f"configuration file (env {CONFIG_ENV}; default: the embedded demo)",
-    )
-    p.add_argument("--tenant", help="only this controller's Art. 30(1) record")
-    p.add_argument("--format", choices=("md", "json"), default="md", help="md (default) or json")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here (atomically), not stdout")
-    p.add_argument(
-        "--processor-name",
-        default=DEFAULT_PROCESSOR_NAME,
-        help="the processor (the contact centre operating this service)",
-    )
-    p.add_argument(
-        "--processor-contact",
-        default=DEFAULT_PROCESSOR_CONTACT,
-        help="the processor's contact details",
-    )
-    p.set_defaults(func=cmd_ropa)
-
-
-def cmd_ropa(args: argparse.Namespace) -> int:
-    path = Path(args.config) if args.config else None
-    try:  # the hash must describe the very file the records are made from
-        before = _file_sha256(path if path is not None else DEMO_CONFIG)
-    except OSError:
-        before = None  # load_config reports it
-    config = load_config(path)
-    ropa = build_ropa(
-        config,
-        tenant=args.tenant,
-        data_dir=Path(args.data_dir) if args.data_dir else None,
-        now=datetime.now(UTC),
-        processor=ProcessorInfo(args.processor_name, args.processor_contact),
-    )
-    if ropa["config"]["sha256"] != before:
-        raise CommandFailed(f"{config.source} changed while the records were made; run again")
-    if args.format == "json":
-        text = json.dumps(ropa, indent=2, ensure_ascii=False) + "\n"
-    else:
-        text = render_markdown(ropa)
-    if not args.output:
-        sys.stdout.write(text)
-        return 0
-    out = Path(args.output)
-    if out.is_dir():
-        raise CommandFailed(f"{out} is a directory; give a file name")
-    atomic_write(out, text.encode("utf-8"), mode=0o644)
-    for warning in ropa["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(
-        f"wrote {out}: Art. 30 records of {len(ropa['controllers'])} controller(s) and the "
-        "processor, with the measures annex",
-        file=sys.stderr,
-    )
-    return 0

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from ivr import __version__
-from ivr.cli_common import CommandFailed
-from ivr.cli_common import actor as _actor
-from ivr.cli_common import emit as _emit
-from ivr.cli_common import open_vault as _open_vault
+from ivr.cli.common import CONFIG_ENV, CommandFailed
+from ivr.cli.common import actor as _actor
+from ivr.cli.common import emit as _emit
+from ivr.cli.common import open_vault as _open_vault
 from ivr.config import ConfigError
 from ivr.policy import LawfulBasis
 from media.prompts import PromptError
@@ -26,7 +26,6 @@ from storage.keys import KeyCustodyError
 from storage.vault import VaultError
 
 DATA_DIR_ENV = "IVR_DATA_DIR"
-CONFIG_ENV = "IVR_CONFIG"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 # Failures an operator can act on: reported in one line, never as a traceback.
@@ -52,7 +51,7 @@ def _fmt_duration(ms: int | None) -> str:
 
 # -- recordings -----------------------------------------------------------------------------------
 def cmd_recordings_import(args: argparse.Namespace) -> int:
-    from ivr.recording_files import import_wav, load_for_import
+    from ivr.gdpr.recording_files import import_wav, load_for_import
 
     audio = load_for_import(Path(args.file))
     with _open_vault(args, create=True) as vault:
@@ -121,7 +120,7 @@ def cmd_recordings_show(args: argparse.Namespace) -> int:
 
 
 def cmd_recordings_export(args: argparse.Namespace) -> int:
-    from ivr.recording_files import export_wav
+    from ivr.gdpr.recording_files import export_wav
 
     out = Path(args.output)
     if out.is_dir():
@@ -157,7 +156,7 @@ def cmd_recordings_export(args: argparse.Namespace) -> int:
 
 
 def _export_vcon(args: argparse.Namespace, out: Path, private_key: Any) -> int:
-    from ivr.vcon import export_vcon, wav_path_for
+    from ivr.gdpr.vcon import export_vcon, wav_path_for
 
     wav = wav_path_for(out) if args.reference else None
     with _open_vault(args) as vault:
@@ -515,8 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.set_defaults(func=cmd_recordings_export)
 
-    from ivr.breach_cli import add_parsers as add_breach_parsers
-    from ivr.lifecycle_cli import add_parsers as add_lifecycle_parsers
+    from ivr.cli.breach import add_parsers as add_breach_parsers
+    from ivr.cli.lifecycle import add_parsers as add_lifecycle_parsers
 
     add_lifecycle_parsers(top, rsub, common, data_out)
     add_breach_parsers(top, common, data_out)
@@ -531,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_config_check)
 
-    from ivr.ropa import add_parser as add_ropa_parser
+    from ivr.cli.ropa import add_parser as add_ropa_parser
 
     add_ropa_parser(top, common)
 

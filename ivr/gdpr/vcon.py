@@ -33,7 +33,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ivr.consent import RECORDING_DECISIONS, ConsentEvidence
-from ivr.recording_files import decode_recording
+from ivr.gdpr.recording_files import decode_recording
 from media.wavfile import write_wav
 from storage.catalog import RecordingRow
 from storage.files import fsync_dir, utc_iso

@@ -1,1 +1,0 @@
-"""Thin translators between platforms' wire messages and the consent flow's events/commands."""
