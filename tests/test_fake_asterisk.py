@@ -328,7 +328,12 @@ async def test_request_errors_look_like_asterisks(fake: FakeAsterisk, ari: Ari) 
         (("POST", "/bridges"), {"type": "bogus"}, 400, "Invalid bridge type"),
         (("POST", "/bridges/nope/addChannel"), {"channel": cid}, 404, "Bridge not found"),
         (("DELETE", "/bridges/nope"), {}, 404, "Bridge not found"),
-        (("GET", f"/channels/{cid}/variable"), {}, 400, "Variable name is required"),
+        (("POST", f"/channels/{cid}/variable"), {}, 400, "Variable name is required"),
+        # What the service never asks for is not served.
+        (("POST", f"/channels/{cid}/play"), {"media": "sound:x"}, 404, "Resource not found"),
+        (("GET", f"/channels/{cid}/variable"), {"variable": "X"}, 405, "Invalid method"),
+        (("POST", "/bridges/b0/removeChannel"), {"channel": cid}, 404, "Resource not found"),
+        (("GET", "/asterisk/info"), {}, 404, "Resource not found"),
     ]
     for (method, path), params, status, message in checks:
         got_status, body = await ari(method, path, **params)
@@ -513,10 +518,7 @@ async def test_rest_sequence_returns_asterisks_json_and_streams_rtp(
     assert up["channel"]["id"] == "em-1" and up["channel"]["state"] == "Up"
     assert own["channel"]["id"] == "em-1" and own["channel"]["name"].startswith("UnicastRTP/")
     assert own["args"] == []
-    assert await ari("GET", "/channels/em-1/variable", variable="UNICASTRTP_LOCAL_PORT") == (
-        200,
-        {"value": str(local_port)},
-    )
+    assert fake.channels["em-1"].vars["UNICASTRTP_LOCAL_PORT"] == str(local_port)
 
     assert await ari("POST", "/bridges/call-bridge/addChannel", channel=f"{cid},em-1") == (
         204,
@@ -647,7 +649,7 @@ async def test_inject_rtp_from_the_media_socket_or_a_stranger(
     assert d2 == b"\x80\x00spoof" and a2 == stranger and a2[1] != call.media.local[1]
 
 
-# -- app-side hang-ups, continue, playback ---------------------------------------------------------
+# -- app-side hang-ups and continue ----------------------------------------------------------------
 async def test_app_deleting_its_external_media_channel(
     fake: FakeAsterisk, ari: Ari, events: Events, sink: UdpSink
 ) -> None:
@@ -679,20 +681,6 @@ async def test_app_deleting_its_external_media_channel(
     assert hangup[0]["cause"] == 17
 
 
-async def test_play_returns_a_playback_and_its_events(
-    fake: FakeAsterisk, ari: Ari, events: Events
-) -> None:
-    call = await fake.place_call("100", "+4930777")
-    await events.expect("StasisStart")
-    status, playback = await ari("POST", f"/channels/{call.channel_id}/play", media="sound:hello")
-    assert status == 201
-    assert playback["media_uri"] == "sound:hello"
-    assert playback["target_uri"] == f"channel:{call.channel_id}"
-    started, finished = await events.expect("PlaybackStarted", "PlaybackFinished")
-    assert started["playback"]["id"] == finished["playback"]["id"] == playback["id"]
-    assert finished["playback"]["state"] == "done"
-
-
 # -- failure injection -----------------------------------------------------------------------------
 async def test_fail_next_fails_one_matching_request(
     fake: FakeAsterisk, ari: Ari, events: Events
@@ -701,7 +689,7 @@ async def test_fail_next_fails_one_matching_request(
     await events.expect("StasisStart")
     cid = call.channel_id
     fake.fail_next("POST", r"/answer$", 500)
-    fake.fail_next("*", r"/play$", 412)
+    fake.fail_next("*", r"/variable$", 412)
     assert await ari("POST", f"/channels/{cid}/answer") == (
         500,
         {"message": "Internal Server Error"},
@@ -711,10 +699,11 @@ async def test_fail_next_fails_one_matching_request(
     await events.expect("ChannelStateChange")
     answered = await fake.wait_for_request("POST", r"/answer$", start=len(fake.requests) - 1)
     assert answered.status == 204 and answered.path == f"/ari/channels/{cid}/answer"
-    assert await ari("POST", f"/channels/{cid}/play", media="sound:x") == (
+    assert await ari("POST", f"/channels/{cid}/variable", variable="X", value="1") == (
         412,
         {"message": "Channel in invalid state"},
     )
+    assert "X" not in fake.channels[cid].vars  # a failed request has no effect
     fake.fail_next("POST", r"^/ari/bridges$", 409, "busy")
     assert await ari("POST", "/bridges") == (409, {"message": "busy"})
     assert (await ari("POST", "/bridges"))[0] == 200
@@ -891,30 +880,6 @@ async def test_paced_mode_streams_every_20_ms(
             sink.queue.get_nowait()
         await asyncio.sleep(0.05)
         assert sink.empty()
-
-
-async def test_parameters_in_json_and_form_bodies(
-    fake: FakeAsterisk, session: aiohttp.ClientSession, events: Events
-) -> None:
-    body = {
-        "endpoint": "PJSIP/agent",
-        "app": APP,
-        "appArgs": "x",
-        "variables": {"CALL_REF": "r-1"},
-    }
-    async with session.post(f"{fake.url}/channels", json=body) as r:
-        assert r.status == 200
-        agent = await r.json()
-    assert agent["channelvars"] == {"CALL_REF": "r-1"}
-    assert fake.channels[agent["id"]].vars == {"CALL_REF": "r-1"}
-    _, start = await events.expect("ChannelStateChange", "StasisStart")
-    assert start["args"] == ["x"] and start["channel"]["channelvars"] == {"CALL_REF": "r-1"}
-    bad = {"endpoint": "PJSIP/agent", "app": APP, "variables": {"N": 1}}
-    async with session.post(f"{fake.url}/channels", json=bad) as r:
-        assert r.status == 400
-        assert await r.json() == {"message": "Only string values in the 'variables' object allowed"}
-    async with session.post(f"{fake.url}/bridges", data={"bridgeId": "f", "type": "mixing"}) as r:
-        assert r.status == 200 and (await r.json())["id"] == "f"
 
 
 async def test_stop_with_an_open_events_socket_is_quick(

@@ -6,8 +6,12 @@ the call, streams caller audio as RTP, presses keys and hangs up at the given ca
 reads the outcome from the channel variables the service sets (IVR_CONSENT_DECISION,
 IVR_LAWFUL_BASIS, IVR_RECORDING_ID).
 
-Fast mode runs on virtual time: audio goes out in small bursts as fast as the service takes it,
-with a short pause after each burst so the service is never far behind the call clock.
+Fast mode runs on virtual time: the call clock moves by one 20 ms RTP packet at a time, and
+after each packet, key and hang-up the fake syncs with the service (``FakeAsterisk.sync``: a
+ping on the events websocket, answered once the service has read everything before it). The
+packet was in the service's socket before the ping was sent, and the service's event loop takes
+a ready datagram before it gets to the events reader woken by the ping, so the pong also means
+the packet was taken: the service is never behind the call clock, however slow the machine.
 """
 
 from __future__ import annotations
@@ -20,8 +24,7 @@ from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall
 from ivr.harness.twilio_sim import DEFAULT_FROM, DEFAULT_TO, CallResult, TranscriptEntry
 
 FRAME_S = 0.02
-FAST_BURST = 10  # frames per burst in fast mode (200 ms of call time)
-FAST_PAUSE = 0.004  # wall seconds after each burst
+REPORT_FRAMES = 10  # how often (in frames) the transcript looks at the prompt audio heard
 
 
 @dataclass
@@ -85,7 +88,7 @@ async def simulate_asterisk_call(
         note(f"→ StasisStart for channel {call.channel_id} (exten {options.to})")
         await call.wait_until_bridged(timeout=10)
         note("← answered; bridge with external media up")
-        await _drive(call, options, note, clock)
+        await _drive(fake, call, options, note, clock)
     except Exception as exc:  # a harness never hangs or dies on a misbehaving service
         result.error = f"{type(exc).__name__}: {exc}"
         note(f"error: {result.error}")
@@ -109,11 +112,16 @@ async def simulate_asterisk_call(
 
 
 async def _drive(
-    call: FakeCall, options: AsteriskCallOptions, note: Callable[[str], None], clock: list[float]
+    fake: FakeAsterisk,
+    call: FakeCall,
+    options: AsteriskCallOptions,
+    note: Callable[[str], None],
+    clock: list[float],
 ) -> None:
     """Play the caller's part until someone hangs up; ``clock[0]`` follows the call time."""
     presses = sorted(options.presses)
     now = 0.0
+    frames = 0  # fast mode: packets sent, the call clock
     heard = 0.0  # seconds of prompt audio received, as last reported
     playing = False
     end_at = options.hangup_at
@@ -134,7 +142,7 @@ async def _drive(
             await call.press(digit)
             note(f"→ pressed {digit}")
             if options.fast:
-                await asyncio.sleep(FAST_PAUSE * 5)
+                await fake.sync(options.app)
         if not agent_seen and call.agent is not None and call.agent.bridge_id:
             agent_seen = True
             note("← agent connected into the bridge")
@@ -144,18 +152,21 @@ async def _drive(
             await call.hangup()
             note("→ caller hangs up")
             return
-        received = len(call.prompt_audio()) / 8000
-        if received > heard and not playing:
-            playing = True
-            note("← prompt audio starts")
-        elif received == heard and playing:
-            playing = False
-            note(f"← prompt audio paused; {received:.2f} s heard so far")
-        heard = received
+        if frames % REPORT_FRAMES == 0:
+            received = len(call.prompt_audio()) / 8000
+            if received > heard and not playing:
+                playing = True
+                note("← prompt audio starts")
+            elif received == heard and playing:
+                playing = False
+                note(f"← prompt audio paused; {received:.2f} s heard so far")
+            heard = received
         if options.fast:
-            await call.send_audio(FAST_BURST)
-            now += FAST_BURST * FRAME_S
-            await asyncio.sleep(FAST_PAUSE)
+            if fake.pbx.bridge_peer(call.channel) is not None:  # else nobody hears the caller
+                await call.send_audio(1)
+            frames += 1
+            now = frames * FRAME_S
+            await fake.sync(options.app)
         else:
-            await asyncio.sleep(FRAME_S * 5)
+            await asyncio.sleep(FRAME_S * REPORT_FRAMES)
             now = loop.time() - start

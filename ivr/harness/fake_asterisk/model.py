@@ -1,0 +1,392 @@
+"""The fake Asterisk's state: channels, bridges, and how they change.
+
+Every change that Asterisk would report goes out through ``Pbx.emit`` (the events socket), in
+the order Asterisk 22 reports it; ``Pbx.changed`` is called after anything that may change who
+hears whom (the media streams are re-evaluated then). Lookups that fail raise ``AriError``
+with Asterisk's own status and message, for the REST layer to answer with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from ivr.harness.fake_asterisk.rtp import RtpPeer, mix_frames
+
+CALLER = "caller"
+EXTERNAL_MEDIA = "external_media"
+AGENT = "agent"
+#: What a caller's hang-up looks like by default (typical on Asterisk 22, not guaranteed).
+DEFAULT_HANGUP_ORDER: tuple[str, ...] = ("ChannelHangupRequest", "StasisEnd", "ChannelDestroyed")
+HANGUP_EVENTS = frozenset(
+    {"ChannelHangupRequest", "ChannelLeftBridge", "StasisEnd", "ChannelDestroyed"}
+)
+# Q.850 cause texts as Asterisk's ast_cause2str gives them.
+CAUSE_TEXT: dict[int, str] = {
+    0: "Unknown",
+    1: "Unallocated (unassigned) number",
+    16: "Normal Clearing",
+    17: "User busy",
+    18: "No user responding",
+    19: "User alerting, no answer",
+    21: "Call Rejected",
+    26: "Answered elsewhere",
+    27: "Destination out of order",
+    28: "Invalid number format (addr incomplete)",
+    31: "Normal, unspecified",
+    34: "Circuit/channel congestion",
+    38: "Network out of order",
+    58: "Bearer capability not available",
+    127: "Interworking, unspecified",
+}
+
+
+class FrameSource(Protocol):
+    """Anything that yields 160-byte μ-law frames by index, e.g. ``ivr.harness.audio.tone()``."""
+
+    def frame(self, index: int) -> bytes: ...
+
+
+class AriError(Exception):
+    """A request Asterisk would refuse: its status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def format_timestamp(moment: datetime) -> str:
+    """Asterisk's event timestamp: ``2026-11-28T12:00:00.000+0000``."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
+
+
+@dataclass
+class ChannelState:
+    """One channel as the fake sees it; ``to_json()`` is the ARI Channel model."""
+
+    id: str
+    name: str
+    kind: str  # CALLER, EXTERNAL_MEDIA or AGENT
+    app: str
+    state: str
+    creationtime: str
+    caller_name: str = ""
+    caller_number: str = ""
+    connected_name: str = ""
+    connected_number: str = ""
+    context: str = "default"
+    exten: str = "s"
+    priority: int = 1
+    app_name: str = ""
+    app_data: str = ""
+    language: str = "en"
+    protocol_id: str = ""
+    vars: dict[str, str] = field(default_factory=dict)
+    show_vars: bool = False  # include ``channelvars`` in event snapshots
+    args: list[str] = field(default_factory=list)
+    in_stasis: bool = False
+    subscribed: bool = False  # the app gets this channel's events
+    answered: bool = False
+    destroyed: bool = False
+    hangup_cause: int | None = None
+    bridge_id: str | None = None
+    met: list[str] = field(default_factory=list)  # channels it has shared a bridge with
+    rtp: RtpPeer | None = None  # external-media channels
+    audio: FrameSource | None = None  # callers and agents: what they say
+    audio_index: int = 0  # next frame of ``audio`` to mix
+
+    def to_json(self, *, with_vars: bool | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "protocol_id": self.protocol_id,
+            "caller": {"name": self.caller_name, "number": self.caller_number},
+            "connected": {"name": self.connected_name, "number": self.connected_number},
+            "accountcode": "",
+            "dialplan": {
+                "context": self.context,
+                "exten": self.exten,
+                "priority": self.priority,
+                "app_name": self.app_name,
+                "app_data": self.app_data,
+            },
+            "creationtime": self.creationtime,
+            "language": self.language,
+        }
+        if (self.show_vars if with_vars is None else with_vars) and self.vars:
+            data["channelvars"] = dict(self.vars)
+        return data
+
+
+@dataclass
+class BridgeState:
+    """One bridge; ``to_json()`` is the ARI Bridge model."""
+
+    id: str
+    types: list[str]
+    name: str
+    creationtime: str
+    channels: list[str] = field(default_factory=list)
+    destroyed: bool = False
+
+    @property
+    def mixing(self) -> bool:
+        return "mixing" in self.types
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "technology": "softmix" if len(self.channels) > 2 else "simple_bridge",
+            "bridge_type": "mixing" if self.mixing else "holding",
+            "bridge_class": "stasis",
+            "creator": "Stasis",
+            "name": self.name,
+            "channels": list(self.channels),
+            "creationtime": self.creationtime,
+            "video_mode": "none",
+        }
+
+
+class Pbx:
+    """Channels and bridges, and every transition between their states."""
+
+    def __init__(
+        self,
+        *,
+        app: str,
+        seed: int,
+        clock: Callable[[], datetime],
+        emit: Callable[[str, str, Mapping[str, Any]], None],
+        changed: Callable[[], None],
+    ) -> None:
+        self.app = app
+        self.rng = random.Random(seed)
+        self.clock = clock
+        self.emit = emit  # (app, event type, fields)
+        self.changed = changed
+        self.channels: dict[str, ChannelState] = {}
+        self.bridges: dict[str, BridgeState] = {}
+        self.timers: dict[str, asyncio.TimerHandle] = {}  # ringing agents' no-answer timers
+        self._epoch = int(datetime.now(UTC).timestamp())
+        self._ids = 0
+        self._names = 0
+
+    # -- ids and lookups ---------------------------------------------------------------------
+    def now(self) -> str:
+        return format_timestamp(self.clock())
+
+    def new_channel_id(self) -> str:
+        self._ids += 1
+        return f"{self._epoch}.{self._ids}"
+
+    def new_name_seq(self) -> str:
+        self._names += 1
+        return f"{self._names:08x}"
+
+    def new_uuid(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def id_taken(self, channel_id: str) -> bool:
+        """Asterisk refuses a new channel id that is a prefix (case-insensitive) of any live
+        channel's id, not only an equal one (channelstorage's uniqueid lookup compares the new
+        id's length only)."""
+        new = channel_id.lower()
+        return any(
+            cid.lower().startswith(new) for cid, ch in self.channels.items() if not ch.destroyed
+        )
+
+    def live(self, channel_id: str) -> ChannelState | None:
+        ch = self.channels.get(channel_id)
+        return ch if ch is not None and not ch.destroyed else None
+
+    def control(self, channel_id: str) -> ChannelState:
+        """The channel if it is in Stasis; else 404 / 409 as Asterisk's find_control()."""
+        ch = self.live(channel_id)
+        if ch is None:
+            raise AriError(404, "Channel not found")
+        if not ch.in_stasis:
+            raise AriError(409, "Channel not in Stasis application")
+        return ch
+
+    def bridge(self, bridge_id: str) -> BridgeState:
+        bridge = self.bridges.get(bridge_id)
+        if bridge is None or bridge.destroyed:
+            raise AriError(404, "Bridge not found")
+        return bridge
+
+    # -- channel transitions -----------------------------------------------------------------
+    def add(self, ch: ChannelState) -> ChannelState:
+        self.channels[ch.id] = ch
+        return ch
+
+    def emit_channel(self, ch: ChannelState, type_: str, fields: Mapping[str, Any] = {}) -> None:
+        if ch.subscribed:
+            self.emit(ch.app, type_, {**fields, "channel": ch.to_json()})
+
+    def answer(self, ch: ChannelState) -> None:
+        if ch.state != "Up":
+            ch.state = "Up"
+            ch.answered = True
+            self.emit_channel(ch, "ChannelStateChange")
+            self.changed()
+
+    def enter_stasis(self, ch: ChannelState) -> None:
+        """A channel the app created enters ``Stasis(app[,args])``."""
+        ch.in_stasis = True
+        ch.app_name = "Stasis"
+        ch.app_data = ",".join([ch.app, *ch.args])
+        self.emit_channel(ch, "StasisStart", {"args": list(ch.args)})
+
+    def agent_answers(self, ch: ChannelState) -> None:
+        timer = self.timers.pop(ch.id, None)
+        if timer is not None:
+            timer.cancel()
+        self.answer(ch)
+        if ch.subscribed:  # originated with an app: it runs Stasis(app[,appArgs])
+            self.enter_stasis(ch)
+
+    def back_to_dialplan(self, ch: ChannelState) -> None:
+        """``continue``: the channel leaves Stasis."""
+        self.leave_bridge(ch)
+        ch.in_stasis = False
+        self.emit_channel(ch, "StasisEnd")
+        if ch.kind == CALLER:
+            ch.subscribed = False  # back in the dialplan; the app hears no more of it
+        else:  # channels the app created have no dialplan to return to: they hang up
+            self.terminate(ch, 16, order=("ChannelDestroyed",))
+        self.changed()
+
+    def terminate(
+        self,
+        ch: ChannelState,
+        cause: int,
+        *,
+        order: Sequence[str],
+        duplicate: bool | Collection[str] = False,
+        soft: bool = False,
+        faithful: bool = True,
+    ) -> None:
+        """Hang ``ch`` up, emitting the hang-up events in ``order`` (see
+        ``FakeAsterisk.hangup_channel``); ``faithful``: as Asterisk would, so nothing after a
+        caller's StasisEnd."""
+        names = list(order)
+        unknown = [n for n in names if n not in HANGUP_EVENTS]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(f"order must name distinct events of {sorted(HANGUP_EVENTS)}")
+        twice = set(names) if duplicate is True else set(duplicate or ())
+        if "ChannelLeftBridge" not in names and ch.bridge_id is not None:
+            at = names.index("StasisEnd") if "StasisEnd" in names else len(names)
+            names.insert(at, "ChannelLeftBridge")
+        was_in_stasis = ch.in_stasis
+        bridge_json = self.leave_bridge(ch, emit=False)
+        ch.in_stasis = False
+        ch.destroyed = True
+        ch.hangup_cause = cause
+        snapshot = ch.to_json()
+        fields: dict[str, dict[str, Any]] = {
+            "ChannelHangupRequest": {"soft": True, "cause": cause} if soft else {"cause": cause},
+            "ChannelLeftBridge": {"bridge": bridge_json},
+            "StasisEnd": {},
+            "ChannelDestroyed": {"cause": cause, "cause_txt": CAUSE_TEXT.get(cause, "Unknown")},
+        }
+        if ch.subscribed:
+            for name in names:
+                if (name == "ChannelLeftBridge" and bridge_json is None) or (
+                    name == "StasisEnd" and not was_in_stasis
+                ):
+                    continue
+                for _ in range(2 if name in twice else 1):
+                    self.emit(ch.app, name, {**fields[name], "channel": snapshot})
+                if name == "StasisEnd" and ch.kind == CALLER and faithful:
+                    # A channel that came in by Stasis() in the dialplan is the app's only
+                    # until StasisEnd: Asterisk 22 sends it nothing after (no
+                    # ChannelDestroyed). Channels the app created stay subscribed.
+                    break
+        ch.subscribed = False
+        if ch.rtp is not None:
+            ch.rtp.close()
+        timer = self.timers.pop(ch.id, None)
+        if timer is not None:
+            timer.cancel()
+        self.changed()
+
+    # -- bridges -------------------------------------------------------------------------------
+    def add_to_bridge(self, bridge: BridgeState, members: Sequence[ChannelState]) -> None:
+        for ch in members:
+            if ch.bridge_id == bridge.id:
+                continue
+            self.leave_bridge(ch)  # a channel is moved from its old bridge
+            for other in bridge.channels:
+                for a, b in ((ch, self.channels[other]), (self.channels[other], ch)):
+                    if b.id not in a.met:
+                        a.met.append(b.id)
+            bridge.channels.append(ch.id)
+            ch.bridge_id = bridge.id
+            self.emit_channel(ch, "ChannelEnteredBridge", {"bridge": bridge.to_json()})
+        self.changed()
+
+    def leave_bridge(self, ch: ChannelState, *, emit: bool = True) -> dict[str, Any] | None:
+        """Take ``ch`` out of its bridge; returns the bridge JSON afterwards (None if unbridged)."""
+        if ch.bridge_id is None:
+            return None
+        bridge = self.bridges.get(ch.bridge_id)
+        ch.bridge_id = None
+        if bridge is None:
+            return None
+        if ch.id in bridge.channels:
+            bridge.channels.remove(ch.id)
+        snapshot = bridge.to_json()
+        if emit:
+            self.emit_channel(ch, "ChannelLeftBridge", {"bridge": snapshot})
+        return snapshot
+
+    def destroy_bridge(self, bridge: BridgeState) -> None:
+        members = [self.channels[cid] for cid in bridge.channels]
+        for ch in members:
+            self.leave_bridge(ch)
+        bridge.destroyed = True
+        for app in dict.fromkeys([self.app, *(ch.app for ch in members)]):
+            self.emit(app, "BridgeDestroyed", {"bridge": bridge.to_json()})
+        self.changed()
+
+    # -- who hears whom ------------------------------------------------------------------------
+    def bridge_peer(self, ch: ChannelState) -> RtpPeer | None:
+        """The open RTP peer of an external-media channel sharing a mixing bridge with ``ch``."""
+        if ch.destroyed or ch.bridge_id is None:
+            return None
+        bridge = self.bridges.get(ch.bridge_id)
+        if bridge is None or bridge.destroyed or not bridge.mixing:
+            return None
+        for cid in reversed(bridge.channels):
+            peer = self.channels[cid].rtp
+            if peer is not None and not peer.closed:
+                return peer
+        return None
+
+    def voices(self, peer: RtpPeer) -> list[ChannelState]:
+        """The members of ``peer``'s bridge whose audio it hears (everyone with a voice)."""
+        ch = self.channels[peer.channel_id]
+        bridge = self.bridges.get(ch.bridge_id) if ch.bridge_id else None
+        if bridge is None or bridge.destroyed or not bridge.mixing:
+            return []
+        members = [self.channels[c] for c in bridge.channels]
+        return [m for m in members if m.audio is not None and m.answered and not m.destroyed]
+
+    def next_mixed_packet(self, peer: RtpPeer) -> bytes:
+        """The bridge's next 20 ms for ``peer``. Each voice has a frame counter that advances
+        only while it is mixed in, so an agent who joins after ``k`` caller frames is heard
+        from its own frame 0 alongside the caller's frame ``k``."""
+        frames = []
+        for voice in self.voices(peer):
+            assert voice.audio is not None
+            frames.append(voice.audio.frame(voice.audio_index))
+            voice.audio_index += 1
+        return peer.next_audio_packet(mix_frames(frames, peer.format))

@@ -1,0 +1,912 @@
+"""The fake Asterisk's REST and events: an aiohttp server speaking ARI, and the driver's API.
+
+Requests are checked the way Asterisk checks them and answered with its statuses and messages;
+what they change is done by ``model.Pbx``, whose events go out on the app's events websocket
+in order (one queue, one writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import itertools
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from multidict import MultiDictProxy
+
+from ivr.harness import audio as harness_audio
+from ivr.harness.fake_asterisk.call import FRAME_SECONDS, FakeCall
+from ivr.harness.fake_asterisk.model import (
+    AGENT,
+    CALLER,
+    DEFAULT_HANGUP_ORDER,
+    EXTERNAL_MEDIA,
+    AriError,
+    BridgeState,
+    ChannelState,
+    FrameSource,
+    Pbx,
+)
+from ivr.harness.fake_asterisk.rtp import STREAMED_FORMATS, RtpPeer
+
+log = logging.getLogger(__name__)
+
+# ``DELETE /channels/{id}?reason=`` names (resource_channels.c convert_reason_to_hangup_code).
+_HANGUP_REASONS: dict[str, int] = {
+    "normal": 16,
+    "busy": 17,
+    "congestion": 34,
+    "no_answer": 19,
+    "timeout": 18,
+    "rejected": 21,
+    "unallocated": 1,
+    "normal_unspecified": 31,
+    "number_incomplete": 28,
+    "codec_mismatch": 58,
+    "interworking": 127,
+    "failure": 38,
+    "answered_elsewhere": 26,
+}
+_BRIDGE_TYPES = frozenset(
+    {"mixing", "holding", "dtmf_events", "proxy_media", "video_sfu", "video_single", "sdp_label"}
+)
+# Format names Asterisk knows; only the two G.711 laws are streamed by the fake.
+_KNOWN_FORMATS = frozenset(
+    {"ulaw", "alaw", "gsm", "g722", "g726", "g729", "ilbc", "opus", "speex", "lpc10", "adpcm"}
+    | {"slin", "slin12", "slin16", "slin24", "slin32", "slin44", "slin48", "slin96", "slin192"}
+)
+_INJECTED = {
+    404: "Channel not found",
+    409: "Channel not in Stasis application",
+    412: "Channel in invalid state",
+    500: "Internal Server Error",
+}
+_PINGS = itertools.count(1)
+
+
+@dataclass
+class RecordedRequest:
+    """One HTTP request the fake received (``status`` is filled in once answered)."""
+
+    method: str
+    path: str
+    query: dict[str, str]  # repeated parameters joined with ","
+    auth_ok: bool
+    status: int | None = None
+    at: float = field(default_factory=time.monotonic)  # when it arrived
+
+
+@dataclass(eq=False)
+class _EventSocket:
+    ws: web.WebSocketResponse
+    transport: asyncio.Transport | None
+    apps: list[str]
+    dropped: bool = False
+    pongs: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Req:
+    request: web.Request
+    record: RecordedRequest
+    params: MultiDictProxy[str]
+    groups: tuple[str, ...]
+
+    def get(self, name: str) -> str | None:
+        return self.params.get(name) or None
+
+    def getall(self, name: str) -> list[str]:
+        return [v for raw in self.params.getall(name, []) for v in raw.split(",") if v]
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response({"message": message}, status=status, headers=headers)
+
+
+def _parse_caller_id(raw: str) -> tuple[str, str]:
+    """``"Name" <number>`` / ``Name <number>`` / ``number`` -> (name, number)."""
+    m = re.fullmatch(r'\s*"?([^"<]*?)"?\s*<([^>]*)>\s*', raw)
+    if m:
+        return m.group(1).strip(), m.group(2).strip()
+    return "", raw.strip()
+
+
+def _split_host_port(raw: str) -> tuple[str, int] | None:
+    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", raw)
+    if not m:
+        return None
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    return (host, port) if 0 < port < 65536 else None
+
+
+class FakeAsterisk:
+    """A fake Asterisk 22 ARI server plus RTP peers. See the package docstring.
+
+    ``pace``: stream caller audio in real time (True) or only on ``FakeCall.send_audio`` (False);
+    also makes ``press`` wait for the digit's duration. ``auto_answer_agents``: originated
+    channels answer after ``agent_answer_delay`` seconds (else call :meth:`answer_agent` or
+    :meth:`reject_agent`; unanswered ones give up after the originate ``timeout``).
+    ``media_stasis_delay``: seconds between the answer to ``POST /channels/externalMedia`` and
+    the new channel's ``StasisStart`` (real Asterisk answers first and puts the channel in the
+    app a little later; until then ``addChannel`` refuses it with 422); None: never. ``seed``
+    makes ids, SSRCs and initial sequence numbers/timestamps reproducible; ``clock`` supplies
+    event timestamps (default: now, UTC).
+    """
+
+    def __init__(
+        self,
+        *,
+        app: str = "consent",
+        username: str = "asterisk",
+        password: str = "asterisk",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        pace: bool = True,
+        caller_audio: FrameSource | None = None,
+        agent_audio: FrameSource | None = None,
+        auto_answer_agents: bool = True,
+        agent_answer_delay: float = 0.0,
+        media_stasis_delay: float | None = 0.005,
+        asterisk_id: str = "02:42:ac:11:00:02",
+        seed: int = 0,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.app = app
+        self.username = username
+        self.password = password
+        self.host = host
+        self.port = port
+        self.pace = pace
+        self.caller_audio: FrameSource = caller_audio or harness_audio.tone(440.0, -12.0)
+        self.agent_audio: FrameSource = agent_audio or harness_audio.tone(660.0, -12.0)
+        self.auto_answer_agents = auto_answer_agents
+        self.agent_answer_delay = agent_answer_delay
+        self.media_stasis_delay = media_stasis_delay
+        self.asterisk_id = asterisk_id
+        self.pbx = Pbx(
+            app=app,
+            seed=seed,
+            clock=clock or (lambda: datetime.now(UTC)),
+            emit=self._emit,
+            changed=self._media_changed,
+        )
+        self.channels: dict[str, ChannelState] = self.pbx.channels
+        self.bridges: dict[str, BridgeState] = self.pbx.bridges
+        self.calls: dict[str, FakeCall] = {}  # caller channel id -> call
+        self.requests: list[RecordedRequest] = []
+        self.observers: list[Callable[[RecordedRequest], None]] = []  # told of each answer
+        self.rejected = 0  # requests answered with a 4xx/5xx
+        self.events_sent: list[dict[str, Any]] = []  # delivered on an events socket
+        self.events_dropped: list[dict[str, Any]] = []  # happened while nobody listened
+        self._failures: list[tuple[str, re.Pattern[str], int, str]] = []
+        self._refusing = False
+        self._sockets: list[_EventSocket] = []
+        self._app_sockets: dict[str, _EventSocket] = {}
+        self._outbox: asyncio.Queue[tuple[_EventSocket, dict[str, Any]]] | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start serving; ``port`` is then the real port."""
+        if self._runner is not None:
+            raise RuntimeError("already started")
+        self._outbox = asyncio.Queue()
+        self._pump_task = asyncio.create_task(self._pump(), name="fake-asterisk-events")
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Close every socket and stop serving. Safe to call twice."""
+        for timer in self.pbx.timers.values():
+            timer.cancel()
+        self.pbx.timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for ch in self.channels.values():
+            if ch.rtp is not None:
+                ch.rtp.close()
+        for sock in list(self._sockets):
+            sock.dropped = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sock.ws.close(code=1001, message=b"shutdown"), 0.5)
+            if sock.transport is not None:
+                sock.transport.abort()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+            self._pump_task = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> FakeAsterisk:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        """ARI base URL, e.g. ``http://127.0.0.1:PORT/ari`` (no trailing slash)."""
+        return f"http://{self.host}:{self.port}/ari"
+
+    @property
+    def events_url(self) -> str:
+        """The events websocket URL for ``app`` (without credentials)."""
+        return f"ws://{self.host}:{self.port}/ari/events?app={self.app}"
+
+    # -- failure injection -------------------------------------------------------------------
+    async def drop_events_socket(self, *, clean: bool = False) -> int:
+        """Close every events websocket abruptly (TCP abort; ``clean``: a 1011 close frame).
+
+        Returns how many were dropped. Events emitted afterwards are lost until the app
+        reconnects.
+        """
+        dropped = list(self._sockets)
+        for sock in dropped:
+            sock.dropped = True
+            self._unregister(sock)
+            if clean:
+                with contextlib.suppress(Exception):
+                    await sock.ws.close(code=1011, message=b"dropped")
+            elif sock.transport is not None:
+                sock.transport.abort()
+        self._notify()
+        await asyncio.sleep(0)
+        return len(dropped)
+
+    def refuse_connections(self, refuse: bool = True) -> None:
+        """While True, ``GET /ari/events`` answers 503 (open sockets stay open)."""
+        self._refusing = refuse
+
+    def fail_next(
+        self, method: str, path_regex: str, status: int, message: str | None = None
+    ) -> None:
+        """Make the next request matching ``method`` (or ``*``) and ``path_regex`` fail.
+
+        ``path_regex`` is searched in the full path (``/ari/channels/1.2/answer``). The failed
+        request has no effect. Several may be queued; each fires once.
+        """
+        if not 400 <= status <= 599:
+            raise ValueError(f"status must be 4xx or 5xx, got {status}")
+        text = message or _INJECTED.get(status, "Injected failure")
+        self._failures.append((method.upper(), re.compile(path_regex), status, text))
+
+    # -- driving calls -----------------------------------------------------------------------
+    async def place_call(
+        self,
+        exten: str,
+        caller: str,
+        *,
+        args: Sequence[str] = (),
+        channel_vars: Mapping[str, str] | None = None,
+        caller_name: str = "",
+        endpoint: str = "caller",
+        context: str = "from-external",
+        app: str | None = None,
+        audio: FrameSource | None = None,
+        channel_id: str | None = None,
+    ) -> FakeCall:
+        """A call to ``exten`` from ``caller`` reaches ``Stasis(app[,args])``: ``StasisStart``.
+
+        The channel (``PJSIP/{endpoint}-0000000n``) is in state ``Ring`` until the app answers.
+        """
+        self._require_started()
+        app = app or self.app
+        cid = channel_id or self.pbx.new_channel_id()
+        if cid in self.channels:
+            raise ValueError(f"channel id {cid} exists")
+        ch = self.pbx.add(
+            ChannelState(
+                id=cid,
+                name=f"PJSIP/{endpoint}-{self.pbx.new_name_seq()}",
+                kind=CALLER,
+                app=app,
+                state="Ring",
+                creationtime=self.pbx.now(),
+                caller_name=caller_name,
+                caller_number=caller,
+                context=context,
+                exten=exten,
+                app_name="Stasis",
+                app_data=",".join([app, *args]),
+                protocol_id=f"{self.pbx.rng.getrandbits(64):016x}@127.0.0.1",
+                vars={str(k): str(v) for k, v in (channel_vars or {}).items()},
+                show_vars=bool(channel_vars),
+                args=list(args),
+                in_stasis=True,
+                subscribed=True,
+                audio=audio or self.caller_audio,
+            )
+        )
+        call = FakeCall(self, ch)
+        self.calls[cid] = call
+        self.pbx.emit_channel(ch, "StasisStart", {"args": list(ch.args)})
+        await self.flush_events()
+        return call
+
+    async def hangup_channel(
+        self,
+        channel_id: str,
+        cause: int = 16,
+        *,
+        order: Sequence[str] = DEFAULT_HANGUP_ORDER,
+        duplicate: bool | Collection[str] = False,
+    ) -> None:
+        """The far end of ``channel_id`` hangs up (a caller's BYE, an agent putting down).
+
+        ``order`` is the order of ``ChannelHangupRequest``, ``StasisEnd``, ``ChannelDestroyed``
+        (and optionally ``ChannelLeftBridge``; if left out it comes just before ``StasisEnd``
+        when the channel was bridged). Leaving an event out of ``order`` means it is never sent.
+        ``duplicate``: True sends every event twice in a row, or name the ones to repeat. The
+        channel leaves its bridge and is destroyed; the app gets no events for a channel that
+        has left Stasis. With the default order a caller's events end at ``StasisEnd``, as on
+        Asterisk 22; an order given explicitly is sent as given (to test odd orders).
+        """
+        ch = self.channels.get(channel_id)
+        if ch is None:
+            raise KeyError(channel_id)
+        if ch.destroyed:
+            raise RuntimeError(f"channel {channel_id} is already destroyed")
+        faithful = tuple(order) == DEFAULT_HANGUP_ORDER and not duplicate
+        self.pbx.terminate(ch, cause, order=order, duplicate=duplicate, faithful=faithful)
+        await self.flush_events()
+
+    async def answer_agent(self, channel_id: str) -> None:
+        """An originated (ringing) channel answers: it enters Stasis (``StasisStart``)."""
+        self.pbx.agent_answers(self._ringing_agent(channel_id))
+        await self.flush_events()
+
+    async def reject_agent(self, channel_id: str, cause: int = 21) -> None:
+        """An originated (ringing) channel is refused: ``ChannelDestroyed`` with ``cause``."""
+        self.pbx.terminate(self._ringing_agent(channel_id), cause, order=("ChannelDestroyed",))
+        await self.flush_events()
+
+    def _ringing_agent(self, channel_id: str) -> ChannelState:
+        ch = self.pbx.live(channel_id)
+        if ch is None or ch.kind != AGENT or ch.answered:
+            raise RuntimeError(f"{channel_id} is not a ringing originated channel")
+        return ch
+
+    @property
+    def agents(self) -> list[ChannelState]:
+        """Every channel the app originated, in order."""
+        return [c for c in self.channels.values() if c.kind == AGENT]
+
+    @property
+    def external_media(self) -> list[ChannelState]:
+        """Every external-media channel the app created, in order."""
+        return [c for c in self.channels.values() if c.kind == EXTERNAL_MEDIA]
+
+    @property
+    def connected_apps(self) -> list[str]:
+        return sorted(app for app, s in self._app_sockets.items() if not s.ws.closed)
+
+    def is_connected(self, app: str | None = None) -> bool:
+        return (app or self.app) in self.connected_apps
+
+    # -- waiting -----------------------------------------------------------------------------
+    async def flush_events(self) -> None:
+        """Wait until every emitted event has been written to its socket (or lost)."""
+        if self._outbox is not None:
+            await self._outbox.join()
+
+    async def sync(self, app: str | None = None, timeout: float = 10.0) -> None:
+        """Wait until the app has read every event sent so far: a websocket ping after them,
+        answered when its reader gets there (the handshake ``ivr simulate --platform asterisk
+        --fast`` moves its clock by). Returns at once if nobody listens."""
+        await self.flush_events()
+        sock = self._app_sockets.get(app or self.app)
+        if sock is None or sock.dropped or sock.ws.closed:
+            return
+        token = b"sync-%d" % next(_PINGS)
+        pong = sock.pongs[token] = asyncio.get_running_loop().create_future()
+        try:
+            await sock.ws.ping(token)
+            async with asyncio.timeout(timeout):
+                await pong
+        except (ConnectionError, RuntimeError):
+            return  # the socket went away: nobody is there to wait for
+        finally:
+            sock.pongs.pop(token, None)
+
+    async def wait_for(
+        self, predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
+    ) -> None:
+        """Wait until ``predicate()`` holds; it is re-checked on every request, event and datagram.
+
+        Raises TimeoutError.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"fake asterisk: timed out waiting for {what}")
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(fut)
+            try:
+                await asyncio.wait_for(fut, remaining)
+            except TimeoutError:
+                pass
+            finally:
+                self._waiters.discard(fut)
+
+    async def wait_connected(self, app: str | None = None, timeout: float = 5.0) -> None:
+        """Wait until an events websocket is open for ``app``."""
+        await self.wait_for(lambda: self.is_connected(app), timeout, "events websocket")
+
+    async def wait_for_request(
+        self, method: str, path_regex: str, timeout: float = 5.0, *, start: int = 0
+    ) -> RecordedRequest:
+        """Wait for an answered request (index >= ``start``) matching ``method`` and the path."""
+        pattern = re.compile(path_regex)
+
+        def find() -> RecordedRequest | None:
+            for r in self.requests[start:]:
+                if r.status is not None and r.method == method.upper() and pattern.search(r.path):
+                    return r
+            return None
+
+        await self.wait_for(lambda: find() is not None, timeout, f"{method} {path_regex}")
+        found = find()
+        assert found is not None
+        return found
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    # -- events ------------------------------------------------------------------------------
+    def _emit(self, app: str, type_: str, fields: Mapping[str, Any]) -> None:
+        event: dict[str, Any] = {"type": type_, "timestamp": self.pbx.now(), **fields}
+        event["asterisk_id"] = self.asterisk_id
+        event["application"] = app
+        sock = self._app_sockets.get(app)
+        if sock is None or sock.dropped or sock.ws.closed or self._outbox is None:
+            self.events_dropped.append(event)
+        else:
+            self._outbox.put_nowait((sock, event))
+        self._notify()
+
+    async def _pump(self) -> None:
+        assert self._outbox is not None
+        while True:
+            sock, event = await self._outbox.get()
+            try:
+                if sock.dropped or sock.ws.closed:
+                    self.events_dropped.append(event)
+                else:
+                    await sock.ws.send_str(json.dumps(event))
+                    self.events_sent.append(event)
+            except (ConnectionError, RuntimeError) as exc:
+                log.debug("fake asterisk: event %s lost: %s", event["type"], exc)
+                self.events_dropped.append(event)
+            finally:
+                self._outbox.task_done()
+                self._notify()
+
+    def _unregister(self, sock: _EventSocket) -> None:
+        for app in sock.apps:
+            if self._app_sockets.get(app) is sock:
+                del self._app_sockets[app]
+        if sock in self._sockets:
+            self._sockets.remove(sock)
+
+    async def _h_events(self, rq: _Req) -> web.StreamResponse:
+        if self._refusing:
+            return _error(503, "Service Unavailable")
+        apps = rq.getall("app")
+        if not apps:
+            return _error(400, "Missing parameter app")
+        # Pongs are ours to read (``sync``), so pings are answered here rather than by aiohttp.
+        ws = web.WebSocketResponse(autoping=False, timeout=1.0)
+        if not ws.can_prepare(rq.request).ok:
+            return _error(400, "WebSocket upgrade required")
+        transport = rq.request.transport
+        await ws.prepare(rq.request)
+        rq.record.status = 101
+        sock = _EventSocket(ws, transport, apps)
+        for app in apps:
+            old = self._app_sockets.get(app)
+            if old is not None and old is not sock and self._outbox is not None:
+                replaced = {
+                    "type": "ApplicationReplaced",
+                    "timestamp": self.pbx.now(),
+                    "asterisk_id": self.asterisk_id,
+                    "application": app,
+                }
+                self._outbox.put_nowait((old, replaced))
+            self._app_sockets[app] = sock
+        self._sockets.append(sock)
+        self._notify()
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.PING:
+                    await ws.pong(msg.data)
+                elif msg.type == WSMsgType.PONG:
+                    pong = sock.pongs.get(bytes(msg.data))
+                    if pong is not None and not pong.done():
+                        pong.set_result(None)
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self._unregister(sock)
+            self._notify()
+        return ws
+
+    # -- HTTP --------------------------------------------------------------------------------
+    def _check_auth(self, request: web.Request) -> bool:
+        expected = f"{self.username}:{self.password}"
+        if request.query.get("api_key") == expected:
+            return True
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            return base64.b64decode(value.strip(), validate=True).decode() == expected
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        query = {k: ",".join(request.query.getall(k)) for k in dict.fromkeys(request.query.keys())}
+        record = RecordedRequest(request.method, request.path, query, self._check_auth(request))
+        self.requests.append(record)
+        self._notify()
+        try:
+            response = await self._answer(request, record)
+        except AriError as exc:
+            response = _error(exc.status, exc.message)
+        if record.status is None:
+            record.status = response.status
+        if response.status >= 400:
+            self.rejected += 1
+        for observer in self.observers:
+            observer(record)
+        self._notify()
+        return response
+
+    async def _answer(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
+        if not record.auth_ok:
+            realm = {"WWW-Authenticate": 'Basic realm="Asterisk REST Interface"'}
+            return _error(401, "Authentication required", realm)
+        path = request.path
+        for i, (method, pattern, status, message) in enumerate(self._failures):
+            if method in ("*", request.method) and pattern.search(path):
+                del self._failures[i]
+                return _error(status, message)
+        allowed: set[str] = set()
+        sub = path.removeprefix("/ari") if path.startswith("/ari/") else None
+        for pattern, methods in _ROUTES if sub is not None else ():
+            m = pattern.fullmatch(sub)
+            if m is None:
+                continue
+            handler = methods.get(request.method)
+            if handler is not None:
+                return await handler(self, _Req(request, record, request.query, m.groups()))
+            allowed |= set(methods)
+        if allowed:
+            return _error(405, "Invalid method", {"Allow": ", ".join(sorted(allowed))})
+        return _error(404, "Resource not found")
+
+    def _require_started(self) -> None:
+        if self._runner is None:
+            raise RuntimeError("FakeAsterisk is not started")
+
+    # -- REST handlers -----------------------------------------------------------------------
+    async def _h_channels_list(self, rq: _Req) -> web.StreamResponse:
+        return web.json_response([c.to_json() for c in self.channels.values() if not c.destroyed])
+
+    async def _h_channel_get(self, rq: _Req) -> web.StreamResponse:
+        ch = self.pbx.live(rq.groups[0])
+        if ch is None:
+            return _error(404, "Channel not found")
+        return web.json_response(ch.to_json())
+
+    async def _h_originate(self, rq: _Req) -> web.StreamResponse:
+        cid, endpoint, app = rq.get("channelId"), rq.get("endpoint"), rq.get("app")
+        if cid is not None and len(cid) > 127:
+            return _error(400, "Uniqueid length exceeds maximum of 127")
+        if not endpoint:
+            return _error(400, "Endpoint must be specified")
+        if rq.get("originator") and rq.get("formats"):
+            return _error(400, "Originator and formats can't both be specified")
+        tech, _, resource = endpoint.partition("/")
+        if not tech or not resource:
+            return _error(400, "Invalid endpoint specified")
+        if not app and not rq.get("extension"):
+            return _error(400, "Application or extension must be specified")
+        timeout_raw = rq.get("timeout") or "30"
+        try:
+            timeout = int(timeout_raw)
+        except ValueError:
+            return _error(400, f"timeout: invalid integer {timeout_raw!r}")
+        originator = rq.get("originator")
+        if originator and self.pbx.live(originator) is None:
+            return _error(400, "Provided originator channel was not found")
+        if cid and self.pbx.id_taken(cid):
+            return _error(409, "Channel with given unique ID already exists")
+        cid_name, cid_num = _parse_caller_id(rq.get("callerId") or "")
+        app_args = rq.get("appArgs") or ""
+        device = re.split(r"[@/;]", resource, maxsplit=1)[0] or resource
+        ch = self.pbx.add(
+            ChannelState(
+                id=cid or self.pbx.new_channel_id(),
+                name=f"{tech}/{device}-{self.pbx.new_name_seq()}",
+                kind=AGENT,
+                app=app or self.app,
+                state="Down",
+                creationtime=self.pbx.now(),
+                caller_name=cid_name,
+                caller_number=cid_num,
+                connected_name=cid_name,
+                connected_number=cid_num,
+                exten=rq.get("extension") or "s",
+                context=rq.get("context") or "default",
+                protocol_id=f"{self.pbx.rng.getrandbits(64):016x}@127.0.0.1",
+                args=app_args.split(",") if app_args else [],
+                subscribed=bool(app),
+                audio=self.agent_audio,
+            )
+        )
+        if self.auto_answer_agents:
+            self._spawn(self._auto_answer(ch.id))
+        elif timeout != -1:
+            loop = asyncio.get_running_loop()
+            self.pbx.timers[ch.id] = loop.call_later(
+                timeout if timeout > 0 else 30, self._agent_no_answer, ch.id
+            )
+        return web.json_response(ch.to_json())
+
+    async def _auto_answer(self, channel_id: str) -> None:
+        await asyncio.sleep(self.agent_answer_delay)
+        ch = self.pbx.live(channel_id)
+        if ch is not None and not ch.answered:
+            self.pbx.agent_answers(ch)
+
+    def _agent_no_answer(self, channel_id: str) -> None:
+        self.pbx.timers.pop(channel_id, None)
+        ch = self.pbx.live(channel_id)
+        if ch is not None and not ch.answered:
+            self.pbx.terminate(ch, 19, order=("ChannelDestroyed",))
+
+    async def _h_external_media(self, rq: _Req) -> web.StreamResponse:
+        app, external_host, fmt = rq.get("app"), rq.get("external_host"), rq.get("format")
+        if not app:
+            return _error(400, "app cannot be empty")
+        if not external_host:
+            return _error(400, "external_host cannot be empty")
+        remote = _split_host_port(external_host)
+        if remote is None:
+            return _error(400, "external_host must be <host>:<port>")
+        if not fmt:
+            return _error(400, "format cannot be empty")
+        encapsulation = (rq.get("encapsulation") or "rtp").lower()
+        transport = (rq.get("transport") or "udp").lower()
+        if (encapsulation, transport) != ("rtp", "udp"):
+            return _error(501, "The encapsulation and/or transport is not supported")
+        if (rq.get("connection_type") or "client") != "client":
+            return _error(400, "connection_type must be 'client'")
+        if (rq.get("direction") or "both") != "both":
+            return _error(400, "direction must be 'both'")
+        if fmt not in _KNOWN_FORMATS:
+            return _error(400, f"Provided format ({fmt}) was not found")
+        if fmt not in STREAMED_FORMATS:
+            return _error(501, f"The fake Asterisk streams only ulaw and alaw, not {fmt}")
+        cid = rq.get("channelId")
+        if cid is not None and self.pbx.id_taken(cid):
+            # Asterisk 22 reports this as a general failure here (409 only on originate).
+            return _error(500, "An internal error prevented this request from being handled")
+        cid = cid or self.pbx.new_channel_id()
+        rng = self.pbx.rng
+        peer = RtpPeer(
+            cid,
+            remote,
+            fmt,
+            ssrc=rng.getrandbits(32),
+            sequence=rng.getrandbits(16),
+            timestamp=rng.getrandbits(32),
+            on_change=self._notify,
+        )
+        await peer.open(self.host)
+        data = rq.get("data")
+        ch = self.pbx.add(
+            ChannelState(
+                id=cid,
+                name=f"UnicastRTP/{external_host}-0x{rng.getrandbits(48):012x}",
+                kind=EXTERNAL_MEDIA,
+                app=app,
+                # The UnicastRTP channel answers at once, but enters Stasis(app[,data]) only
+                # after the reply has gone out, as on Asterisk 22 (see media_stasis_delay).
+                state="Up",
+                answered=True,
+                creationtime=self.pbx.now(),
+                vars={
+                    "UNICASTRTP_LOCAL_ADDRESS": peer.local[0],
+                    "UNICASTRTP_LOCAL_PORT": str(peer.local[1]),
+                },
+                args=[data] if data else [],
+                subscribed=True,
+                rtp=peer,
+            )
+        )
+        if self.media_stasis_delay is not None:
+            self._spawn(self._media_enters_stasis(ch.id, self.media_stasis_delay))
+        return web.json_response(ch.to_json(with_vars=True))
+
+    async def _media_enters_stasis(self, channel_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        ch = self.pbx.live(channel_id)
+        if ch is not None and not ch.in_stasis:
+            self.pbx.emit_channel(ch, "ChannelStateChange")  # Up, as Asterisk 22 reports first
+            self.pbx.enter_stasis(ch)
+
+    async def _h_hangup(self, rq: _Req) -> web.StreamResponse:
+        ch = self.pbx.live(rq.groups[0])
+        if ch is None:
+            return _error(404, "Channel not found")
+        reason, reason_code = rq.get("reason"), rq.get("reason_code")
+        if reason and reason_code:
+            return _error(400, "The reason and reason_code can't both be specified")
+        cause = 16
+        if reason_code:
+            if not reason_code.isdigit():
+                return _error(400, "Invalid reason for hangup reason code provided")
+            cause = int(reason_code)
+        elif reason:
+            if reason not in _HANGUP_REASONS:
+                return _error(400, "Invalid reason for hangup reason provided")
+            cause = _HANGUP_REASONS[reason]
+        order = ("ChannelHangupRequest", "ChannelLeftBridge", "StasisEnd", "ChannelDestroyed")
+        self.pbx.terminate(ch, cause, order=order, soft=True)
+        return web.Response(status=204)
+
+    async def _h_answer(self, rq: _Req) -> web.StreamResponse:
+        self.pbx.answer(self.pbx.control(rq.groups[0]))
+        return web.Response(status=204)
+
+    async def _h_continue(self, rq: _Req) -> web.StreamResponse:
+        ch = self.pbx.control(rq.groups[0])
+        priority = rq.get("priority")
+        if priority is not None and not priority.lstrip("-").isdigit():
+            return _error(400, f"priority: invalid integer {priority!r}")
+        ch.context = rq.get("context") or ch.context
+        ch.exten = rq.get("extension") or ch.exten
+        self.pbx.back_to_dialplan(ch)
+        return web.Response(status=204)
+
+    async def _h_variable_set(self, rq: _Req) -> web.StreamResponse:
+        name = rq.get("variable")
+        if not name:
+            return _error(400, "Variable name is required")
+        self.pbx.control(rq.groups[0]).vars[name] = rq.get("value") or ""
+        return web.Response(status=204)
+
+    async def _h_bridges_list(self, rq: _Req) -> web.StreamResponse:
+        return web.json_response([b.to_json() for b in self.bridges.values() if not b.destroyed])
+
+    async def _h_bridge_create(self, rq: _Req) -> web.StreamResponse:
+        bid = rq.get("bridgeId")
+        types = rq.getall("type") or ["mixing"]
+        if any(t not in _BRIDGE_TYPES for t in types):
+            return _error(400, "Invalid bridge type")
+        existing = self.bridges.get(bid) if bid else None
+        if existing is not None and not existing.destroyed:
+            return _error(409, f"Bridge with id '{bid}' already exists")
+        bridge = BridgeState(
+            id=bid or self.pbx.new_uuid(),
+            types=types,
+            name=rq.get("name") or "",
+            creationtime=self.pbx.now(),
+        )
+        self.bridges[bridge.id] = bridge
+        return web.json_response(bridge.to_json())
+
+    async def _h_bridge_destroy(self, rq: _Req) -> web.StreamResponse:
+        self.pbx.destroy_bridge(self.pbx.bridge(rq.groups[0]))
+        return web.Response(status=204)
+
+    async def _h_add_channel(self, rq: _Req) -> web.StreamResponse:
+        bridge = self.pbx.bridge(rq.groups[0])
+        ids = rq.getall("channel")
+        if not ids:
+            return _error(400, "Missing parameter channel")
+        members = []
+        for cid in ids:  # Asterisk's own answers for the channels it is given
+            ch = self.pbx.live(cid)
+            if ch is None:
+                return _error(400, "Channel not found")
+            if not ch.in_stasis:
+                return _error(422, "Channel not in Stasis application")
+            members.append(ch)
+        self.pbx.add_to_bridge(bridge, members)
+        return web.Response(status=204)
+
+    # -- media -------------------------------------------------------------------------------
+    def _media_changed(self) -> None:
+        """Paced mode: start or stop each external-media channel's stream as voices come and
+        go."""
+        if self.pace:
+            for ch in self.channels.values():
+                peer = ch.rtp
+                if peer is None or peer.closed:
+                    continue
+                wanted = bool(self.pbx.voices(peer))
+                running = peer.stream_task is not None and not peer.stream_task.done()
+                if wanted and not running:
+                    peer.stream_task = self._spawn(self._stream(peer))
+                elif not wanted and running and peer.stream_task is not None:
+                    peer.stream_task.cancel()
+                    peer.stream_task = None
+        self._notify()
+
+    async def _stream(self, peer: RtpPeer) -> None:
+        """Paced mode: one packet of the bridge's mix every 20 ms while anyone speaks."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + FRAME_SECONDS
+        while not peer.closed:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            if peer.closed or not self.pbx.voices(peer):
+                return
+            peer.send(self.pbx.next_mixed_packet(peer))
+            due += FRAME_SECONDS
+            if loop.time() - due > 5 * FRAME_SECONDS:  # stalled: resynchronise, do not burst
+                due = loop.time() + FRAME_SECONDS
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("fake asterisk task failed", exc_info=task.exception())
+
+
+_Handler = Callable[[FakeAsterisk, _Req], Awaitable[web.StreamResponse]]
+# Only what the service asks of Asterisk (ivr/adapters/ari.py), plus the events socket.
+_ROUTES: list[tuple[re.Pattern[str], dict[str, _Handler]]] = [
+    (re.compile(p), methods)
+    for p, methods in [
+        (r"/events", {"GET": FakeAsterisk._h_events}),
+        (r"/channels", {"GET": FakeAsterisk._h_channels_list, "POST": FakeAsterisk._h_originate}),
+        (r"/channels/externalMedia", {"POST": FakeAsterisk._h_external_media}),
+        (
+            r"/channels/([^/]+)",
+            {"GET": FakeAsterisk._h_channel_get, "DELETE": FakeAsterisk._h_hangup},
+        ),
+        (r"/channels/([^/]+)/answer", {"POST": FakeAsterisk._h_answer}),
+        (r"/channels/([^/]+)/continue", {"POST": FakeAsterisk._h_continue}),
+        (r"/channels/([^/]+)/variable", {"POST": FakeAsterisk._h_variable_set}),
+        (r"/bridges", {"GET": FakeAsterisk._h_bridges_list, "POST": FakeAsterisk._h_bridge_create}),
+        (r"/bridges/([^/]+)", {"DELETE": FakeAsterisk._h_bridge_destroy}),
+        (r"/bridges/([^/]+)/addChannel", {"POST": FakeAsterisk._h_add_channel}),
+    ]
+]
