@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from ivr.calls import CallSession
 from ivr.config import load_config
 from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall, build_rtp
-from ivr.platforms.asterisk.app import AriCall
+from ivr.platforms.asterisk.call import AriCall
 from ivr.service import ARI, VAULT, create_app
 from storage.catalog import RecordingRow, RecordingStatus
 
@@ -366,9 +366,9 @@ async def test_bridging_waits_for_the_media_channel_to_enter_stasis(pbx):
 
 
 async def test_a_media_channel_that_never_enters_stasis_fails_the_set_up(pbx, monkeypatch):
-    import ivr.platforms.asterisk.app
+    import ivr.platforms.asterisk.call
 
-    monkeypatch.setattr(ivr.platforms.asterisk.app, "MEDIA_STASIS_TIMEOUT", 0.2)
+    monkeypatch.setattr(ivr.platforms.asterisk.call, "MEDIA_STASIS_TIMEOUT", 0.2)
     fake, app = pbx
     fake.media_stasis_delay = None
     stuck = await fake.place_call(CONSENT_LINE, CALLER)

@@ -1,7 +1,7 @@
 """Asterisk ARI wire format: events from the websocket, and the REST calls we make (PROTOCOLS §2).
 
 Pure translation: JSON text in, typed events out; an intention in, (method, path, query) out.
-Sockets and HTTP live in ``ivr/platforms/asterisk/app.py``.
+Sockets and HTTP live in ``app.py``, ``call.py`` and ``rest.py`` beside it.
 """
 
 from __future__ import annotations

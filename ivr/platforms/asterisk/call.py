@@ -1,0 +1,497 @@
+"""One caller on Asterisk: the channel, and everything of ours around it.
+
+For each caller entering the Stasis app: answer; create a mixing bridge; create an external-media
+channel (RTP/PCMU over UDP) to a port of ours; wait until that channel has entered the Stasis
+application (its own ``StasisStart``: Asterisk answers ``POST /channels/externalMedia`` before
+the channel is in the app, and a bridge refuses it until then with 422); bridge caller and
+external media; then play prompts by sending paced RTP to the address Asterisk announced, take
+keys from ``ChannelDtmfReceived`` (and RFC 4733 packets should any arrive), and record the RTP we
+receive (the bridge's mix: the caller, and the agent once connected) through the vault. After the
+decision a line with ``forward_to`` gets its agent originated into the bridge; a line without one
+records the caller until hang-up or its maximum.
+
+When set-up fails, the caller is handed back to the dialplan after ``Stasis()`` with
+``IVR_ERROR=setup_failed`` (hung up should that fail too), and the call's row says why.
+
+Each call has one task that takes its work (RTP, events, timers) from a queue, so the flow sees
+events in order and one call's trouble stays in that call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ivr.calls import Call, CallSession, carry_out
+from ivr.config import normalise_number
+from ivr.consent import Command, DigitPressed, PromptFinished
+from ivr.platforms.asterisk import ari
+from ivr.platforms.asterisk.rest import AriHttpError
+from media.dtmf import DtmfDetector, parse_telephone_event
+from media.prompts import Prompt, prompt_frames
+from media.rtp import JitterBuffer, RtpError, RtpSender, classify, parse_rtp
+
+if TYPE_CHECKING:
+    from ivr.platforms.asterisk.app import AriApplication
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "asterisk"
+FRAME_MS = 20
+DRAIN_QUIET_SECONDS = 0.02
+DRAIN_ROUNDS = 10
+MAX_QUEUE = 2000  # per call: about 40 s of RTP; beyond that a call is hopelessly stuck
+DIGIT_DEDUP_SECONDS = 0.5  # a key seen both as an ARI event and as RFC 4733 counts once
+AGENT_RING_SECONDS = 30
+# How long the external-media channel may take to enter the app after Asterisk created it.
+# Measured on Asterisk 22: a few ms idle, tens of ms under load; 5 s means Asterisk is stuck.
+MEDIA_STASIS_TIMEOUT = 5.0
+
+
+class SetupFailed(Exception):
+    """A call's media could not be connected; the message says why, for its row and the log."""
+
+
+class RtpPort(asyncio.DatagramProtocol):
+    """A call's UDP socket: packets only from the peer Asterisk announced are let through."""
+
+    def __init__(self, call: AriCall) -> None:
+        self.call = call
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # room for a second of audio should the loop stall briefly
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.call.rtp_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("call %s: RTP socket error: %s", self.call.label, exc)
+
+
+@dataclass
+class _Playback:
+    play_id: int
+    frames: deque[bytes]
+    started_at: float  # call time
+
+
+@dataclass(eq=False)
+class AriCall:
+    """One caller's channel and everything of ours around it: RTP port, bridge, external
+    media, agent leg, the prompt being played. The ``Wire`` of its ``Call``."""
+
+    app: AriApplication
+    caller: ari.Channel
+    key: str
+    args: tuple[str, ...] = ()
+    call: Call | None = None  # in the registry once the line is known
+    handed_back: bool = False  # returned to the dialplan: not ours to hang up
+    agent_answered: bool = False
+    gone: asyncio.Event = field(default_factory=asyncio.Event)  # the caller hung up
+    media_entered: asyncio.Future[None] | None = None
+    bridge_id: str = ""
+    media_id: str = ""
+    agent_id: str | None = None
+    port: int | None = None
+    protocol: RtpPort | None = None
+    peer: tuple[str, int] | None = None
+    queue: asyncio.Queue[tuple[str, Any]] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUE))
+    task: asyncio.Task[None] | None = None
+    finished: bool = False
+    playback: _Playback | None = None
+    sender: RtpSender = field(default_factory=RtpSender)
+    jitter: JitterBuffer = field(default_factory=JitterBuffer)
+    dtmf: DtmfDetector = field(default_factory=DtmfDetector)
+    media_base_ms: int | None = None
+    strangers: int = 0
+    malformed: int = 0
+    last_digit: tuple[str, float] | None = None
+    caller_gone: bool = False
+    early_end: str | None = None  # why it ended, before it was in the registry
+    packets: int = 0
+    _pump_posted: bool = False
+    reported: dict[str, str] = field(default_factory=dict)
+    _reported_state: tuple[Any, bool] | None = None
+
+    @property
+    def session(self) -> CallSession | None:
+        return self.call.session if self.call is not None else None
+
+    @property
+    def label(self) -> str:
+        return self.call.call_id if self.call is not None else f"ari:{self.caller.id}"
+
+    def ended_by(self, reason: str) -> None:
+        if self.call is not None:
+            self.call.ended_by(reason)
+        elif self.early_end is None:
+            self.early_end = reason
+
+    def caller_left(self, reason: str) -> None:
+        self.caller_gone = True
+        self.ended_by(reason)
+        self.gone.set()
+        self.post("end", reason)
+
+    # -- input from the socket and the events loop -----------------------------------------------
+    def rtp_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """The per-packet path, taken synchronously (no queue, no task switch): the audio
+        gate and the jitter buffer need no awaiting; the call's task is woken only when the
+        flow or the prompt pump has something due."""
+        peer = self.peer
+        if (
+            peer is None
+            or addr[1] != peer[1]
+            or (peer[0] not in ("0.0.0.0", "::") and addr[0] != peer[0])
+        ):
+            self.strangers += 1
+            if self.strangers == 1:
+                log.warning("call %s: RTP from an unexpected address dropped", self.label)
+            return
+        session = self.session
+        if session is None or self.finished:
+            return
+        self.packets += 1
+        self._take_rtp(session, data)
+        deadline = session.flow.deadline
+        due = self.playback is not None or (deadline is not None and session.now >= deadline)
+        if due and not self._pump_posted:
+            self._pump_posted = True
+            self.post("pump")
+
+    def post(self, kind: str, value: Any = None) -> None:
+        try:
+            self.queue.put_nowait((kind, value))
+        except asyncio.QueueFull:
+            self.app.count("call_queue_overflow")
+
+    # -- the call's task ------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            if await self._setup():
+                await self._loop()
+        except Exception:
+            log.exception("call %s: failed", self.label)
+        finally:
+            await self._finish("call task ended")
+
+    async def _setup(self) -> bool:
+        app = self.app
+        line = app.line_for(self.caller, self.args)
+        if line is None:
+            app.count("calls_unknown_line")
+            log.info("ari channel %s: no line for this call; hanging up", self.caller.id)
+            await app.rest_quiet(ari.hang_up(self.caller.id, "unallocated"))
+            self.handed_back = True
+            return False
+        number = self.caller.caller_number
+        call = await app.registry.open(
+            platform=PLATFORM,
+            platform_call_id=self.caller.id,
+            line=line,
+            caller=normalise_number(number) if number.startswith(("+", "00")) else None,
+        )
+        call.attached = 1  # the channel feeds it until _finish
+        if self.early_end is not None:
+            call.ended_by(self.early_end)
+        self.call = call
+        app.count("calls")
+        try:
+            await self._connect_media()
+        except SetupFailed as exc:
+            await self._setup_failed(str(exc))
+            return False
+        # The call's clock starts here: the caller can hear us from now on.
+        session = app.registry.begin(call, tracks=("mixed",))
+        await self._run(await session.start())
+        return True
+
+    async def _connect_media(self) -> None:
+        """Answer, bridge, external media, in the order real Asterisk needs (docs/asterisk.md,
+        "What happens to a call"). Raises SetupFailed with the reason."""
+        app = self.app
+        settings = app.settings
+        try:
+            self.port, self.protocol = await app.bind_rtp(self)
+        except OSError as exc:
+            app.count("rtp_ports_exhausted")
+            raise SetupFailed(f"no RTP port free ({exc})") from None
+        self.bridge_id = app.own_id(self.key, ari.BRIDGE)
+        self.media_id = app.own_id(self.key, ari.MEDIA)
+        # Registered before the request: the channel's StasisStart may even arrive before the
+        # response to POST /channels/externalMedia is read.
+        self.media_entered = asyncio.get_running_loop().create_future()
+        app.own_channels[self.media_id] = self
+        started = app.wall()
+        try:
+            await app.rest(ari.answer(self.caller.id))
+            await app.rest(ari.create_bridge(self.bridge_id))
+            media = await app.rest(
+                ari.external_media(settings.app, self.media_id, settings.rtp_host, self.port)
+            )
+            self.peer = ari.rtp_peer(media or {})
+            await self._media_in_stasis()
+            await app.rest(ari.add_to_bridge(self.bridge_id, [self.caller.id, self.media_id]))
+        except (AriHttpError, ari.AriEventError) as exc:
+            raise SetupFailed(str(exc)) from None
+        log.debug("call %s: media connected in %.1f ms", self.label, (app.wall() - started) * 1e3)
+
+    async def _media_in_stasis(self) -> None:
+        """Wait for the external-media channel's StasisStart (bounded), or the caller leaving."""
+        entered = self.media_entered
+        assert entered is not None
+        if entered.done():
+            return
+        gone = asyncio.ensure_future(self.gone.wait())
+        try:
+            await asyncio.wait(
+                {entered, gone}, timeout=MEDIA_STASIS_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            gone.cancel()
+        if entered.done():
+            return
+        if self.caller_gone:
+            raise SetupFailed("the caller hung up while the call was being set up")
+        self.app.count("media_stasis_timeouts")
+        raise SetupFailed(
+            f"the external-media channel {self.media_id} did not enter the Stasis application "
+            f"within {MEDIA_STASIS_TIMEOUT:g} s"
+        )
+
+    async def _setup_failed(self, reason: str) -> None:
+        """Set-up did not complete. A caller who hung up meanwhile is just a hang-up; anyone
+        else is handed back to the dialplan (IVR_ERROR=setup_failed), not left in silence."""
+        if self.caller_gone:
+            log.info("call %s: caller hung up during set-up", self.label)
+            return
+        assert self.call is not None
+        self.app.count("calls_setup_failed")
+        self.call.setup_error = reason
+        self.ended_by(f"set-up failed: {reason}")
+        log.error(
+            "call %s: set-up failed: %s; handing the caller back to the dialplan",
+            self.label,
+            reason,
+        )
+        self.handed_back = await self.app.hand_back(self.caller.id, "setup_failed")
+
+    async def _loop(self) -> None:
+        session = self.session
+        assert session is not None
+        queue = self.queue
+        while not self.finished:
+            if not queue.empty():  # the common case under load: no timer, no task
+                kind, value = queue.get_nowait()
+            else:
+                # Keep prompts paced should RTP stop arriving; else the timer rule.
+                timeout = FRAME_MS / 1000 if self.playback is not None else session.timer()
+                if timeout is None:
+                    kind, value = await queue.get()
+                else:
+                    try:
+                        async with asyncio.timeout(timeout):
+                            kind, value = await queue.get()
+                    except TimeoutError:
+                        kind, value = "timer", None
+            if kind == "pump":
+                self._pump_posted = False
+            elif kind in ("digit", "rtp-digit"):
+                await self._digit(session, value)
+            elif kind == "agent":
+                await self._agent_entered(value)
+            elif kind == "end":
+                await self._drain_then_finish(value)
+                return
+            await self._pump(session)
+
+    async def _drain_then_finish(self, reason: str) -> None:
+        """RTP that arrived before the hang-up may still sit in the socket when the hang-up
+        event is read: let it in (until the socket has been quiet briefly) before finishing."""
+        for _ in range(DRAIN_ROUNDS):
+            seen = self.packets
+            await asyncio.sleep(DRAIN_QUIET_SECONDS)
+            if self.packets == seen:
+                break
+        await self._finish(reason)
+
+    async def _pump(self, session: CallSession) -> None:
+        """Send the prompt frames that are due, and give the flow its ticks."""
+        now = session.now_event()
+        pb = self.playback
+        if pb is not None and self.protocol and self.protocol.transport and self.peer:
+            due = int((now - pb.started_at) * 1000 // FRAME_MS) + 1
+            sent = 0
+            while pb.frames and due > 0:
+                frame = pb.frames.popleft()
+                self.protocol.transport.sendto(self.sender.packet(frame), self.peer)
+                due -= 1
+                sent += 1
+            if not pb.frames and self.playback is pb:
+                self.playback = None
+                await self._run(await session.handle(PromptFinished(at=now, play_id=pb.play_id)))
+            elif sent:
+                pb.started_at += sent * FRAME_MS / 1000
+        await self._run(await session.tick(now))
+
+    def _take_rtp(self, session: CallSession, data: bytes) -> None:
+        try:
+            packet = parse_rtp(data)
+        except RtpError as exc:
+            self.malformed += 1
+            self.jitter.stats.malformed += 1
+            if self.malformed == 1:
+                log.warning("call %s: malformed RTP dropped: %s", self.label, exc)
+            return
+        kind = classify(packet)
+        if kind == "dtmf":
+            with contextlib.suppress(ValueError):
+                # One packet can close two digits when end packets were lost.
+                for digit in (
+                    self.dtmf.feed(packet.timestamp, parse_telephone_event(packet.payload)) or ""
+                ):
+                    self.post("rtp-digit", digit)
+            return
+        if kind != "audio":
+            return
+        if self.media_base_ms is None:
+            self.media_base_ms = int(session.call_time() * 1000)
+        for frame in self.jitter.push(packet):
+            session.audio(0, self.media_base_ms + frame.timestamp_ms, frame.payload)
+            session.at((self.media_base_ms + frame.timestamp_ms + FRAME_MS) / 1000)
+
+    async def _digit(self, session: CallSession, digit: str) -> None:
+        now = session.now_event()
+        last = self.last_digit
+        if last and last[0] == digit and now - last[1] < DIGIT_DEDUP_SECONDS:
+            return  # the same key reported by both ARI and RFC 4733
+        self.last_digit = (digit, now)
+        await self._run(await session.handle(DigitPressed(at=now, digit=digit)))
+
+    async def _report(self, session: CallSession) -> None:
+        """Tell the PBX what was decided, as channel variables its dialplan or CDR can use:
+        IVR_CONSENT_DECISION, IVR_LAWFUL_BASIS and, once recording, IVR_RECORDING_ID."""
+        values = {
+            "IVR_CONSENT_DECISION": session.decision.value if session.decision else "",
+            "IVR_LAWFUL_BASIS": session.line.lawful_basis.value,
+            "IVR_RECORDING_ID": session.recording.id if session.recording else "",
+        }
+        for name, value in values.items():
+            if value and self.reported.get(name) != value and not self.caller_gone:
+                self.reported[name] = value
+                await self.app.rest_quiet(ari.set_variable(self.caller.id, name, value))
+
+    async def _run(self, commands: list[Command]) -> None:
+        session = self.session
+        assert session is not None and self.call is not None
+        state = (session.decision, session.recording is not None)
+        if session.decision is not None and state != self._reported_state:
+            self._reported_state = state
+            await self._report(session)
+        await carry_out(self.call, self, commands)
+
+    # -- the Wire ---------------------------------------------------------------------------
+    async def play(self, prompt: Prompt, play_id: int) -> None:
+        session = self.session
+        assert session is not None
+        self.sender.start_talkspurt()
+        self.playback = _Playback(play_id, deque(prompt_frames(prompt)), session.call_time())
+
+    async def stop_playing(self) -> None:
+        self.playback = None
+
+    async def hand_off(self, recording: bool) -> None:
+        call = self.call
+        assert call is not None
+        forward = call.line.forward_to
+        if forward is None:
+            if not recording:  # a message line whose caller refused: nothing to do
+                await self.hang_up("nothing to record")
+            return
+        self.agent_id = self.app.own_id(self.key, ari.AGENT)
+        self.app.own_channels[self.agent_id] = self
+        try:
+            await self.app.rest(
+                ari.originate(
+                    self.app.settings.app,
+                    self.agent_id,
+                    self.app.settings.endpoint(forward),
+                    call.line.number,
+                    AGENT_RING_SECONDS,
+                )
+            )
+        except AriHttpError as exc:
+            self.app.count("ari_errors")
+            log.error("call %s: could not reach the agent: %s", call.call_id, exc)
+
+    async def hang_up(self, reason: str) -> None:
+        log.info("call %s: hanging up (%s)", self.label, reason)
+        self.ended_by(f"service hung up: {reason}")
+        await self.app.rest_quiet(ari.hang_up(self.caller.id))
+
+    async def _agent_entered(self, channel_id: str) -> None:
+        try:
+            await self.app.rest(ari.answer(channel_id))
+            await self.app.rest(ari.add_to_bridge(self.bridge_id, [channel_id]))
+            log.info("call %s: agent connected", self.label)
+        except AriHttpError as exc:
+            self.app.count("ari_errors")
+            log.error("call %s: agent could not join: %s", self.label, exc)
+
+    async def _finish(self, reason: str) -> None:
+        """Everything a call leaves behind is closed here, exactly once."""
+        if self.finished:
+            return
+        self.finished = True
+        app = self.app
+        call, session = self.call, self.session
+        if session is not None:
+            for frame in self.jitter.flush():
+                if self.media_base_ms is not None:
+                    session.audio(0, self.media_base_ms + frame.timestamp_ms, frame.payload)
+        if call is not None:
+            call.attached = 0
+            await app.registry.finish(call, reason)
+        if session is not None:
+            stats = self.jitter.stats
+            log.info(
+                "call %s: rtp lost %d dup %d late %d strangers %d malformed %d",
+                self.label,
+                stats.lost,
+                stats.duplicates,
+                stats.late,
+                self.strangers,
+                self.malformed,
+            )
+            if self.jitter.gaps:
+                # Losses were filled with silence; say where, so a listener knows the quiet
+                # at 12.3 s is the network's and not the caller's.
+                log.info(
+                    "call %s: silence filled for lost RTP at %s",
+                    self.label,
+                    ", ".join(f"{start}+{length} ms" for start, length in self.jitter.gaps[:20]),
+                )
+            app.count("calls_completed")
+            app.count("frames_stored", session.stats.frames_stored)
+            app.count("frames_lost", session.stats.frames_lost)
+            app.count("rtp_lost", stats.lost)
+        for channel_id in (self.agent_id, self.media_id):
+            if channel_id:
+                await app.rest_quiet(ari.hang_up(channel_id))
+        if self.bridge_id:
+            await app.rest_quiet(ari.destroy_bridge(self.bridge_id))
+        if not self.caller_gone and not self.handed_back:
+            await app.rest_quiet(ari.hang_up(self.caller.id))
+        if self.protocol and self.protocol.transport:
+            self.protocol.transport.close()  # releases the UDP port
+        app.forget(self)
