@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from ivr import config as config_module
+import ivr
 from ivr.config import (
     DEMO_CONFIG,
     DEMO_TWILIO_AUTH_TOKEN,
@@ -20,6 +21,8 @@ from ivr.config import (
     load_config,
     normalise_number,
 )
+from ivr.config import keys as config_keys
+from ivr.config.model import FILE_TABLES
 from ivr.policy import (
     ALLOWED_MODES,
     DEFAULT_MODE,
@@ -146,7 +149,8 @@ def test_demo_uses_the_environment_token_when_set():
 
 
 def test_demo_file_is_next_to_the_module():
-    assert Path(config_module.__file__).parent / "demo.toml" == DEMO_CONFIG
+    # In the ivr package (pyproject package-data), beside the ivr/config/ package.
+    assert Path(ivr.__file__).parent / "demo.toml" == DEMO_CONFIG
     assert DEMO_CONFIG.is_file()
 
 
@@ -1121,6 +1125,92 @@ def test_docs_example_loads(tmp_path):
     assert set(config.lines) == {"+46850000001", "+46850000002"}
     assert config.lines["+46850000001"].retention_days == 30
     assert config.lines["+46850000002"].forward_to == "sip:complaints@pbx.acme.example"
+
+
+def _documented_keys() -> dict[str, set[str]]:
+    """The keys docs/configuration.md documents, per table, with tables named as the docs do.
+
+    A table headed "| key | type | default | rule |" documents keys of the table the text named
+    last, in backticks: `[service]`, `[[lines]]`, `[tenants.<id>]`, and so on. A heading naming
+    a sub-table, `[retention.default_days]`, documents each of its segments as a key of the
+    table above it, except the <id>-style ones, which stand for names chosen in the file.
+    """
+    docs = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    keys: dict[str, set[str]] = {}
+    current = None
+    in_key_table = False
+    for text in docs.splitlines():
+        if text.startswith("| key | type | default | rule |"):
+            in_key_table = True
+            keys.setdefault(current, set())
+            continue
+        if in_key_table and text.startswith("|"):
+            if match := re.match(r"\| `(\w+)` \|", text):
+                keys[current].add(match[1])
+            continue
+        in_key_table = False
+        for name in re.findall(r"`\[\[?([\w.<>]+)\]\]?`", text):
+            current = name
+            if text.startswith("#"):
+                segments = name.split(".")
+                for i, segment in enumerate(segments):
+                    if not segment.startswith("<"):
+                        keys.setdefault(".".join(segments[:i]), set()).add(segment)
+    return keys
+
+
+def test_docs_document_exactly_the_accepted_keys():
+    documented = _documented_keys()
+    accepted = {table: set(keys.accepted) for table, keys in FILE_TABLES.items()}
+    for table in accepted.keys() | documented.keys():
+        assert documented.get(table) == accepted.get(table), table
+
+
+def test_key_lists_are_read_off_the_model_fields():
+    @dataclass(frozen=True)
+    class Section:
+        plain: int
+        renamed: int = field(metadata=config_keys.key("written_so"))
+        both_halves: int = field(metadata=config_keys.key("range"))
+        other_half: int = field(metadata=config_keys.key("range"))
+        nested: str = field(metadata=config_keys.key("sub.inner"))
+        from_env: str = field(
+            metadata=config_keys.not_a_key()
+            | config_keys.refuses({"secret": "why", "sub.pw": "no"})
+        )
+
+    assert config_keys.table_keys(Section).accepted == ("plain", "written_so", "range", "sub")
+    assert dict(config_keys.table_keys(Section).refused) == {"secret": "why"}
+    assert config_keys.table_keys(Section, "sub").accepted == ("inner",)
+    assert dict(config_keys.table_keys(Section, "sub").refused) == {"pw": "no"}
+
+
+def test_no_key_is_both_accepted_and_refused():
+    for table, keys in FILE_TABLES.items():
+        assert not set(keys.accepted) & set(keys.refused), table
+
+
+ASTERISK = '[asterisk]\nurl = "http://127.0.0.1:8088/ari"\nusername = "ivr"\n'
+API_TOKEN = (
+    f'[[api_tokens]]\ntenant = "acme"\nname = "n"\nrole = "dpo"\ntoken_sha256 = "{"a" * 64}"\n'
+)
+# Where to write each refused key so that it lands in its table: (table, key) -> file, key path.
+REFUSED = {
+    ("twilio", "auth_token"): ("[twilio]\nauth_token = 'x'\n" + TENANT + LINE, "twilio"),
+    ("asterisk", "password"): (ASTERISK + "password = 'x'\n" + TENANT + LINE, "asterisk"),
+    ("tenants.<id>", "private_key"): (TENANT + "private_key = 'x'\n" + LINE, "tenants.acme"),
+    ("api_tokens", "token"): (TENANT + LINE + API_TOKEN + "token = 'x'\n", "api_tokens[0]"),
+}
+
+
+def test_every_refused_key_is_refused_with_its_reason(tmp_path):
+    declared = {(table, k) for table, keys in FILE_TABLES.items() for k in keys.refused}
+    assert declared == set(REFUSED)
+    for (table, refused), (text, key_path) in REFUSED.items():
+        reason = FILE_TABLES[table].refused[refused]
+        assert errors_of(tmp_path, text) == [
+            f"{tmp_path / 'ivr.toml'}: {key_path}.{refused}: {reason}"
+        ]
 
 
 def test_asterisk_section(tmp_path):

@@ -1,0 +1,295 @@
+"""What a loaded configuration is: frozen values, their defaults and limits, and the file's tables.
+
+Each field declares the TOML key it is read from (:mod:`ivr.config.keys`); :data:`FILE_TABLES`
+turns those declarations into the key lists the loader accepts, so a new field cannot be
+forgotten there. Fields no key sets, and keys refused on purpose, are declared here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import MappingProxyType
+
+import phonenumbers
+
+from ivr.config.keys import TableKeys, key, not_a_key, refuses, table_keys
+from ivr.policy import WITHDRAWABLE, ConsentMode, LawfulBasis
+from media.prompts import LANGUAGES, PROMPT_IDS
+
+__all__ = [
+    "API_ROLES",
+    "DEFAULT_AUTH_TOKEN_ENV",
+    "FILE_TABLES",
+    "MODE_PROMPT",
+    "PROMPT_IDS",
+    "PROMPT_KEYS",
+    "PROMPT_LANGUAGES",
+    "ApiTokenConfig",
+    "AsteriskSettings",
+    "Config",
+    "Line",
+    "PromptOverride",
+    "Tenant",
+    "normalise_number",
+]
+
+# --------------------------------------------------------------------------- defaults and limits
+
+# The languages and prompts the service ships (media/prompts.py owns the lists).
+PROMPT_LANGUAGES = LANGUAGES
+# The prompt a call opens with in each mode, and which of the line's keys that prompt names
+# (the built-in recordings say "press 1" etc., so other keys need the tenant's own recording).
+MODE_PROMPT: Mapping[ConsentMode, str | None] = MappingProxyType(
+    {
+        ConsentMode.OPT_IN: "consent_request",
+        ConsentMode.OPT_OUT: "objection_notice",
+        ConsentMode.NOTICE: "notice_only",
+        ConsentMode.NONE: None,
+    }
+)
+PROMPT_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "consent_request": ("accept_key", "decline_key", "withdraw_key"),
+        "objection_notice": ("decline_key", "withdraw_key"),
+    }
+)
+
+DEFAULT_AUTH_TOKEN_ENV = "TWILIO_AUTH_TOKEN"
+DEFAULT_STREAM_TOKEN_TTL_SECONDS = 300
+DEFAULT_MAX_RECORDING_SECONDS = 3600
+DEFAULT_LANGUAGE = "en"
+DEFAULT_PROMPT_TIMEOUT_SECONDS = 8.0
+DEFAULT_POLICY_VERSION = 1
+DEFAULT_SWEEP_MINUTES = 60
+DEFAULT_CALL_RECORD_DAYS = 30
+DEFAULT_KEYS: Mapping[str, str] = MappingProxyType(
+    {"accept_key": "1", "decline_key": "9", "withdraw_key": "*"}
+)
+DTMF_KEYS = "0123456789*#"
+MAX_RECORDING_SECONDS = 86400
+# 100 years: long enough for any legal duty, short enough that "now + retention" stays a date.
+MAX_RETENTION_DAYS = 36500
+API_ROLES = ("dpo", "supervisor", "admin")
+
+
+# --------------------------------------------------------------------------- the values
+
+
+@dataclass(frozen=True, slots=True)
+class PromptOverride:
+    """A tenant's own recording for one built-in prompt in one language."""
+
+    # Both named by the table: [tenants.<id>.prompts.<language>.<prompt_id>].
+    language: str = field(metadata=not_a_key())
+    prompt_id: str = field(metadata=not_a_key())
+    file: Path  # absolute; existence checked at load, audio checked by media/
+    text: str  # what the recording says, kept as consent evidence
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str = field(metadata=not_a_key())  # named by the table: [tenants.<id>]
+    display_name: str
+    dpo_contact: str
+    # Only what the tenant sets; a line's resolved value is Line.retention_days.
+    retention_days: Mapping[LawfulBasis, int]
+    prompt_overrides: tuple[PromptOverride, ...] = field(metadata=key("prompts"))
+    # "local" (the service's keyring) or "public_key": data keys sealed to ``public_key`` (raw
+    # 32-byte X25519), whose private half the controller keeps (docs/key-custody.md).
+    key_custody: str = "local"
+    public_key: bytes | None = field(
+        default=None,
+        metadata=refuses(
+            {
+                "private_key": (
+                    "never put the private key in the file: the service must not be able to "
+                    'decrypt. Set key_custody = "public_key" and public_key to the public half '
+                    "(`ivr keys generate`)"
+                )
+            }
+        ),
+    )
+
+    def prompt(self, language: str, prompt_id: str) -> PromptOverride | None:
+        """The tenant's own recording of ``prompt_id`` in ``language``, if it has one."""
+        for override in self.prompt_overrides:
+            if override.language == language and override.prompt_id == prompt_id:
+                return override
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One dialled number and the policy for recording calls to it (all defaults resolved)."""
+
+    number: str  # E.164
+    tenant: str
+    purpose: str
+    lawful_basis: LawfulBasis
+    consent_mode: ConsentMode
+    language: str
+    accept_key: str
+    decline_key: str
+    withdraw_key: str
+    prompt_timeout_seconds: float
+    retention_days: int
+    forward_to: str | None  # E.164 or a SIP URI; None: the caller is recorded until hang-up
+    max_recording_seconds: int
+    policy_id: str
+    policy_version: int
+    discard_on_withdraw: bool
+
+    @property
+    def withdrawable(self) -> bool:
+        """Whether the caller may stop the recording mid-call with ``withdraw_key``."""
+        return WITHDRAWABLE[self.lawful_basis]
+
+
+# Line fields that take part in what the caller is told under one policy_id/policy_version.
+POLICY_TERMS = (
+    "tenant",
+    "purpose",
+    "lawful_basis",
+    "consent_mode",
+    "retention_days",
+    "discard_on_withdraw",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AsteriskSettings:
+    """How to reach Asterisk's ARI, and where Asterisk should send a call's RTP."""
+
+    url: str  # base URL of ARI, e.g. http://127.0.0.1:8088/ari
+    username: str
+    # Read from the variable password_env names: the file holds no secrets.
+    password: str | None = field(
+        repr=False,
+        metadata=not_a_key()
+        | refuses(
+            {"password": "never put the ARI password in the file; export it and set password_env"}
+        ),
+    )
+    password_env: str
+    app: str
+    rtp_host: str  # the address Asterisk sends a call's RTP to (ours, as Asterisk sees it)
+    rtp_bind: str  # the local address our RTP sockets bind to
+    # Both from one key, rtp_ports = "40000-40999".
+    rtp_port_min: int = field(metadata=key("rtp_ports"))
+    rtp_port_max: int = field(metadata=key("rtp_ports"))
+    dial_template: str  # how a line's forward_to becomes an endpoint to originate
+
+    def endpoint(self, forward_to: str) -> str:
+        return self.dial_template.format(number=forward_to)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiTokenConfig:
+    """An admin API token: only its SHA-256 is in the file, never the token."""
+
+    tenant: str
+    name: str
+    role: str
+    token_sha256: str = field(
+        metadata=refuses(
+            {
+                "token": "never put a token in the file: set token_sha256 to its SHA-256 "
+                "(`ivr api token` prints both)"
+            }
+        )
+    )
+    expires: datetime | None
+
+
+# Keyword-only, so the fields can follow the file's layout: [service], [twilio], [asterisk],
+# [retention], [tenants], [[lines]], [[api_tokens]]; that order is also the order in which
+# "known keys" messages list the top-level tables.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    source: Path | None = field(metadata=not_a_key())  # the file read
+    public_url: str | None = field(metadata=key("service.public_url"))
+    max_recording_seconds: int = field(metadata=key("service.max_recording_seconds"))
+    # Read from the variable twilio_auth_token_env names: the file holds no secrets.
+    twilio_auth_token: str | None = field(
+        repr=False,
+        metadata=not_a_key()
+        | refuses(
+            {
+                "twilio.auth_token": (
+                    "never put the auth token in the file; export it as an environment variable "
+                    f"and set auth_token_env to its name (default {DEFAULT_AUTH_TOKEN_ENV})"
+                )
+            }
+        ),
+    )
+    twilio_auth_token_env: str = field(metadata=key("twilio.auth_token_env"))
+    stream_token_ttl_seconds: int = field(metadata=key("twilio.stream_token_ttl_seconds"))
+    asterisk: AsteriskSettings | None = None  # None: no [asterisk] section, ARI not used
+    # Per lawful basis: [retention.default_days] over policy.DEFAULT_RETENTION_DAYS, every basis.
+    retention_default_days: Mapping[LawfulBasis, int] = field(
+        metadata=key("retention.default_days")
+    )
+    # How often the service purges what has expired.
+    retention_sweep_minutes: int = field(
+        default=DEFAULT_SWEEP_MINUTES, metadata=key("retention.sweep_interval_minutes")
+    )
+    # How long a call's caller number is kept once nothing recorded of the call is.
+    call_record_days: int = field(
+        default=DEFAULT_CALL_RECORD_DAYS, metadata=key("retention.call_record_days")
+    )
+    tenants: Mapping[str, Tenant]
+    lines: Mapping[str, Line]  # by E.164 number
+    api_tokens: tuple[ApiTokenConfig, ...] = ()
+    demo: bool = field(metadata=not_a_key())
+    # Things an operator should know that do not stop the service (log them at start-up).
+    warnings: tuple[str, ...] = field(default=(), metadata=not_a_key())
+
+    def line_for(self, number: str) -> Line | None:
+        """The line for a dialled number in any notation with a country code, or None."""
+        e164 = normalise_number(number)
+        return None if e164 is None else self.lines.get(e164)
+
+
+def normalise_number(number: str) -> str | None:
+    """E.164 form of a number written with its country code ("+46 8 …", "0046 8 …", "tel:+46…").
+
+    None when it cannot be read as an international number. Only parsing is required, not
+    validity: fictional ranges such as +1 555 01xx are fine.
+    """
+    if not isinstance(number, str):
+        return None
+    text = number.strip()
+    if text[:4].lower() == "tel:":
+        text = text[4:].strip()
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    if not text.startswith("+"):
+        return None
+    try:
+        parsed = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+# --------------------------------------------------------------------------- the file's tables
+
+# Every table of the file, named as docs/configuration.md heads it, with the keys it accepts.
+# The keys inside [retention.default_days] and tenants' retention_days are lawful bases, and
+# those of a tenant's prompts are languages and prompt ids: values, not fields.
+FILE_TABLES: Mapping[str, TableKeys] = MappingProxyType(
+    {
+        "": table_keys(Config),
+        "service": table_keys(Config, "service"),
+        "twilio": table_keys(Config, "twilio"),
+        "retention": table_keys(Config, "retention"),
+        "asterisk": table_keys(AsteriskSettings),
+        "tenants.<id>": table_keys(Tenant),
+        "tenants.<id>.prompts.<language>.<prompt>": table_keys(PromptOverride),
+        "lines": table_keys(Line),
+        "api_tokens": table_keys(ApiTokenConfig),
+    }
+)
