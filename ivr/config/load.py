@@ -25,9 +25,14 @@ from ivr.config.checks import ConfigError, Invalid, describe, join, quote, sugge
 from ivr.config.lines import read_lines
 from ivr.config.model import (
     API_ROLES,
+    DEFAULT_ARI_APP,
+    DEFAULT_ARI_PASSWORD_ENV,
     DEFAULT_AUTH_TOKEN_ENV,
     DEFAULT_CALL_RECORD_DAYS,
+    DEFAULT_DIAL_TEMPLATE,
     DEFAULT_MAX_RECORDING_SECONDS,
+    DEFAULT_RTP_HOST,
+    DEFAULT_RTP_PORTS,
     DEFAULT_STREAM_TOKEN_TTL_SECONDS,
     DEFAULT_SWEEP_MINUTES,
     FILE_TABLES,
@@ -283,12 +288,16 @@ def _asterisk(
     r.check_keys(section, "asterisk", FILE_TABLES["asterisk"])
     url = r.get(section, "asterisk", "url", check.ari_url)
     username = r.get(section, "asterisk", "username", check.string)
-    password_env = r.get(section, "asterisk", "password_env", check.env_name, "ARI_PASSWORD")
-    app = r.get(section, "asterisk", "app", check.ari_app, "ivr")
-    rtp_host = r.get(section, "asterisk", "rtp_host", check.string, "127.0.0.1")
+    password_env = r.get(
+        section, "asterisk", "password_env", check.env_name, DEFAULT_ARI_PASSWORD_ENV
+    )
+    app = r.get(section, "asterisk", "app", check.ari_app, DEFAULT_ARI_APP)
+    rtp_host = r.get(section, "asterisk", "rtp_host", check.string, DEFAULT_RTP_HOST)
     rtp_bind = r.get(section, "asterisk", "rtp_bind", check.string, rtp_host)
-    ports = r.get(section, "asterisk", "rtp_ports", check.port_range, (40000, 40999))
-    template = r.get(section, "asterisk", "dial_template", check.dial_template, "PJSIP/{number}")
+    ports = r.get(section, "asterisk", "rtp_ports", check.port_range, DEFAULT_RTP_PORTS)
+    template = r.get(
+        section, "asterisk", "dial_template", check.dial_template, DEFAULT_DIAL_TEMPLATE
+    )
     values = (url, username, password_env, app, rtp_host, rtp_bind, ports, template)
     if not all(ok(v) for v in values):
         return None
@@ -331,7 +340,6 @@ def _tenant(
     display_name = r.get(raw, path, "display_name", check.string)
     dpo_contact = r.get(raw, path, "dpo_contact", check.string)
     retention = _retention_table(r, raw, path, "retention_days")
-    # Kept even when the tenant is broken, so its lines resolve retention as they would.
     tenant_retention[tenant_id] = retention
     overrides = _prompt_overrides(r, raw, path, declared)
     custody, public_key = _key_custody(r, raw, path)
