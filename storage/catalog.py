@@ -23,27 +23,18 @@ from typing import Any
 
 from storage.files import utc_iso
 
-
-class BasisName(StrEnum):
-    """A recording's GDPR Art. 6(1) lawful basis, by name only.
-
-    What each basis means, and which consent flow it admits, is the application's business
-    (ivr.policy.LawfulBasis; tests/test_lawful_basis.py keeps the two equal): the catalog only
-    checks that a recording names one of these. An enum rather than a plain string only because
-    readers of ``RecordingRow.lawful_basis`` still ask for ``.value``.
-    """
-
-    CONSENT = "consent"
-    CONTRACT = "contract"
-    LEGAL_OBLIGATION = "legal_obligation"
-    VITAL_INTERESTS = "vital_interests"
-    PUBLIC_TASK = "public_task"
-    LEGITIMATE_INTERESTS = "legitimate_interests"
-
-
-# The names the recordings table's CHECK constraint accepts, in the order existing databases
-# carry in their schema text.
-LAWFUL_BASES: tuple[str, ...] = tuple(name.value for name in BasisName)
+# A recording's GDPR Art. 6(1) lawful basis, by name. What each basis means, and which consent
+# flow it admits, is the application's business (ivr.policy.LawfulBasis; tests/test_lawful_basis.py
+# keeps the two equal): the catalog only checks that a recording names one of these, in the order
+# existing databases carry in their CHECK constraint.
+LAWFUL_BASES: tuple[str, ...] = (
+    "consent",
+    "contract",
+    "legal_obligation",
+    "vital_interests",
+    "public_task",
+    "legitimate_interests",
+)
 
 
 class RecordingStatus(StrEnum):
@@ -173,7 +164,7 @@ class RecordingRow:
     call_id: str | None
     status: RecordingStatus
     status_reason: str | None
-    lawful_basis: BasisName
+    lawful_basis: str  # one of LAWFUL_BASES
     purpose: str
     policy_id: str | None
     policy_version: int | None
@@ -206,7 +197,7 @@ class RecordingRow:
             call_id=row["call_id"],
             status=RecordingStatus(row["status"]),
             status_reason=row["status_reason"],
-            lawful_basis=BasisName(row["lawful_basis"]),
+            lawful_basis=str(row["lawful_basis"]),
             purpose=row["purpose"],
             policy_id=row["policy_id"],
             policy_version=row["policy_version"],
@@ -239,7 +230,7 @@ class RecordingRow:
             "call_id": self.call_id,
             "status": self.status.value,
             "status_reason": self.status_reason,
-            "lawful_basis": self.lawful_basis.value,
+            "lawful_basis": self.lawful_basis,
             "purpose": self.purpose,
             "policy_id": self.policy_id,
             "policy_version": self.policy_version,

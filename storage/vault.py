@@ -34,8 +34,8 @@ from storage.blobs import (
     LocalBlobStore,
     sha256_file,
 )
-from storage.catalog import BasisName as LawfulBasis
 from storage.catalog import (
+    LAWFUL_BASES,
     Catalog,
     CatalogError,
     RecordingRow,
@@ -231,7 +231,7 @@ class Vault:
         self,
         *,
         tenant: str,
-        lawful_basis: LawfulBasis | str,
+        lawful_basis: str,
         purpose: str,
         call_id: str | None = None,
         policy_id: str | None = None,
@@ -242,7 +242,10 @@ class Vault:
         tracks: tuple[str, ...] = ("caller", "agent"),
         retention_until: datetime | None = None,
     ) -> Recording:
-        basis = LawfulBasis(lawful_basis)
+        basis = str(lawful_basis)  # a str enum passes as its name
+        if basis not in LAWFUL_BASES:
+            choices = ", ".join(LAWFUL_BASES)
+            raise VaultError(f"unknown lawful basis {lawful_basis!r}: one of {choices}")
         if not purpose.strip():
             raise VaultError("a recording needs a purpose")
         recording_id = _new_id("rec")
@@ -271,7 +274,7 @@ class Vault:
                 tenant=tenant,
                 call_id=call_id,
                 status=RecordingStatus.RECORDING.value,
-                lawful_basis=basis.value,
+                lawful_basis=basis,
                 purpose=purpose,
                 policy_id=policy_id,
                 policy_version=policy_version,
@@ -654,7 +657,6 @@ def _add_ms(iso: str, ms: int) -> datetime:
 
 __all__ = [
     "CatalogError",
-    "LawfulBasis",
     "NotReadable",
     "Recording",
     "RecordingStatus",

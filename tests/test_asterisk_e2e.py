@@ -177,8 +177,8 @@ async def test_opt_out_objection_and_notice_and_emergency(pbx):
     assert emergency.session.decision.value == "not_asked"
     rows = [await c.hang_up() for c in (objector, notice, emergency)]
     assert rows[0] is None
-    assert rows[1].lawful_basis.value == "contract" and rows[1].status is RecordingStatus.COMPLETE
-    assert rows[2].lawful_basis.value == "vital_interests" and rows[2].duration_ms >= 1900
+    assert rows[1].lawful_basis == "contract" and rows[1].status is RecordingStatus.COMPLETE
+    assert rows[2].lawful_basis == "vital_interests" and rows[2].duration_ms >= 1900
 
 
 async def test_withdrawal_mid_call_discards(pbx):

@@ -73,7 +73,7 @@ def test_erasure_crypto_shreds_and_leaves_a_tombstone(vault):
     assert erased.status is RecordingStatus.ERASED and erased.wrapped_dek is None
     assert erased.consent_evidence is None and erased.call_id is None
     assert erased.erasure_reason == "Art. 17 request" and erased.erased_at
-    assert (erased.tenant, erased.lawful_basis.value) == ("acme", "consent")
+    assert (erased.tenant, erased.lawful_basis) == ("acme", "consent")
     assert not blob_path.exists()
     # Nothing left in the data directory opens the copy: the wrapped key is gone from every
     # file (WAL included), and no key in the keyring decrypts the blob directly.

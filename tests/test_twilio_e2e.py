@@ -108,14 +108,14 @@ async def test_opt_out_without_objection_records(service):
     result = await call(url, to=OBJECTION_LINE, duration=3.0)
     assert result.decision == "not_objected" and result.recording_status == "complete"
     (row,) = rows(app, result.call_sid)
-    assert row.lawful_basis.value == "legitimate_interests"
+    assert row.lawful_basis == "legitimate_interests"
 
 
 async def test_notice_records_and_ignores_keys(service):
     app, url = service
     result = await call(url, to=NOTICE_LINE, presses=[(2.0, "9")], duration=2.0)
     assert result.decision == "notified" and result.recording_status == "complete"
-    assert rows(app, result.call_sid)[0].lawful_basis.value == "contract"
+    assert rows(app, result.call_sid)[0].lawful_basis == "contract"
 
 
 async def test_emergency_line_records_at_once(service):

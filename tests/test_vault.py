@@ -60,7 +60,7 @@ def test_recording_round_trip_and_catalog_row(vault):
     row = rec.close()
     assert row.status is RecordingStatus.COMPLETE
     assert row.chunk_count == 3 and row.duration_ms == 3000
-    assert row.lawful_basis.value == "consent" and row.policy_version == 3
+    assert row.lawful_basis == "consent" and row.policy_version == 3
     assert row.consent_evidence == {"decision": "accepted", "key": "1"}
     assert row.key_ref == "local/1" and row.wrapped_dek is not None
     assert frames_of(vault, row.id) == sent
@@ -361,7 +361,7 @@ def test_catalog_migrates_and_refuses_newer_schemas(tmp_path):
 
 
 def test_catalog_rejects_unknown_lawful_basis(vault):
-    with pytest.raises(ValueError):
+    with pytest.raises(VaultError, match="unknown lawful basis 'because'"):
         vault.start_recording(tenant="acme", lawful_basis="because", purpose="x")
     with vault.catalog.transaction() as db, pytest.raises(sqlite3.IntegrityError):
         db.execute(

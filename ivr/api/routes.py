@@ -390,7 +390,7 @@ async def retention_report(request: web.Request, caller: Caller) -> web.Response
 def _retention_entry(row: RecordingRow, until: str) -> dict[str, object]:
     return {
         "id": row.id,
-        "lawful_basis": row.lawful_basis.value,
+        "lawful_basis": row.lawful_basis,
         "retention_until": until,
         "legal_hold": row.legal_hold,
     }

@@ -118,7 +118,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def text() -> str:
         lines = [f"retention sweep at {report.now}: {verb} {len(report.purged)} recording(s)"]
         lines += [
-            f"  {verb} {r.id} ({r.tenant}, {r.lawful_basis.value}, kept until {r.retention_until})"
+            f"  {verb} {r.id} ({r.tenant}, {r.lawful_basis}, kept until {r.retention_until})"
             for r in report.purged
         ]
         lines += [f"  held   {r.id}: legal hold ({r.legal_hold_reason})" for r in report.held]
@@ -158,7 +158,7 @@ def _brief(row: RecordingRow) -> dict[str, object]:
     return {
         "id": row.id,
         "tenant": row.tenant,
-        "lawful_basis": row.lawful_basis.value,
+        "lawful_basis": row.lawful_basis,
         "retention_until": row.retention_until,
         "legal_hold": row.legal_hold,
         "legal_hold_reason": row.legal_hold_reason,

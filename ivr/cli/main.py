@@ -70,7 +70,7 @@ def cmd_recordings_import(args: argparse.Namespace) -> int:
         lambda: (
             f"imported {args.file} as {row.id} ({row.status.value}, "
             f"{_fmt_duration(row.duration_ms)}, {len(row.tracks)} track(s), "
-            f"{row.lawful_basis.value})"
+            f"{row.lawful_basis})"
         ),
     )
     if row.status is not RecordingStatus.COMPLETE:
@@ -93,7 +93,7 @@ def cmd_recordings_list(args: argparse.Namespace) -> int:
         lines = [head]
         for r in rows:
             lines.append(
-                f"{r.id:<24} {r.tenant:<12} {r.status.value:<10} {r.lawful_basis.value:<20} "
+                f"{r.id:<24} {r.tenant:<12} {r.status.value:<10} {r.lawful_basis:<20} "
                 f"{_fmt_duration(r.duration_ms):>8}  {r.started_at}"
             )
         return "\n".join(lines)

@@ -193,7 +193,7 @@ def assess(vault: Vault, config: Config, scope: Scope) -> dict[str, Any]:
             "records": len(recs),
             "subjects": len(subjects),
             "subjects_unknown_number": sum(1 for r in recs if not r.call_id),
-            "lawful_bases": sorted({r.lawful_basis.value for r in recs}),
+            "lawful_bases": sorted({r.lawful_basis for r in recs}),
             "categories": categories,
             "key_custody": custody,
             "art34_3a_applies": exempt,

@@ -238,7 +238,7 @@ def _summary_html(
         rows.append(
             "<tr>"
             f"<td>{e(row.id)}</td><td>{e(row.started_at)}</td>"
-            f"<td>{e(basis_words.get(row.lawful_basis.value, row.lawful_basis.value))}</td>"
+            f"<td>{e(basis_words.get(row.lawful_basis, row.lawful_basis))}</td>"
             f"<td>{e(row.purpose)}</td><td>{e(decision)}</td>"
             f"<td>{e(row.retention_until or '-')}</td>"
             f"<td>{e(name or '-')}</td>"

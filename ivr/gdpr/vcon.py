@@ -244,7 +244,7 @@ def lawful_basis_body(row: RecordingRow) -> dict[str, Any]:
     evidence = row.consent_evidence
     granted_at = (evidence or {}).get("decided_at") or row.started_at
     body: dict[str, Any] = {
-        "lawful_basis": row.lawful_basis.value,
+        "lawful_basis": row.lawful_basis,
         "expiration": row.retention_until,
         "purpose_grants": [
             {"purpose": row.purpose, "granted": _granted(evidence), "granted_at": granted_at}
