@@ -259,9 +259,9 @@ class AriApplication:
                 return
             if channel.id in self.calls:
                 return  # a repeated StasisStart for a call we already have
-            call = AriCall(self, channel, ari.new_call_key(), event.args)
-            self.calls[channel.id] = call
-            call.task = asyncio.create_task(call.run(), name=f"ari-call-{channel.id}")
+            new = AriCall(self, channel, ari.new_call_key(), event.args)
+            self.calls[channel.id] = new
+            new.task = asyncio.create_task(new.run(), name=f"ari-call-{channel.id}")
             return
         call = self.calls.get(channel.id)
         if call is None:

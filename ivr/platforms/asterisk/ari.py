@@ -92,9 +92,9 @@ class Channel:
     def from_json(cls, obj: Any) -> Channel:
         if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not obj["id"]:
             raise AriEventError("event without a channel id")
-        caller = obj.get("caller") if isinstance(obj.get("caller"), dict) else {}
-        dialplan = obj.get("dialplan") if isinstance(obj.get("dialplan"), dict) else {}
-        variables = obj.get("channelvars") if isinstance(obj.get("channelvars"), dict) else {}
+        caller = _object(obj.get("caller"))
+        dialplan = _object(obj.get("dialplan"))
+        variables = _object(obj.get("channelvars"))
         return cls(
             id=obj["id"],
             name=str(obj.get("name", "")),
@@ -103,6 +103,11 @@ class Channel:
             exten=str(dialplan.get("exten", "") or ""),
             variables={str(k): str(v) for k, v in variables.items() if v is not None},
         )
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A JSON object, or an empty one for anything else (a missing or malformed part)."""
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,4 +329,4 @@ def rtp_peer(channel: Mapping[str, Any]) -> tuple[str, int]:
     port = variables.get("UNICASTRTP_LOCAL_PORT")
     if not isinstance(host, str) or not host or not str(port).isdigit():
         raise AriEventError("externalMedia channel without UNICASTRTP_LOCAL_ADDRESS/PORT")
-    return host, int(port)
+    return host, int(str(port))

@@ -252,7 +252,7 @@ class AriCall:
         assert entered is not None
         if entered.done():
             return
-        gone = asyncio.ensure_future(self.gone.wait())
+        gone: asyncio.Future[None] = asyncio.ensure_future(self._caller_gone())
         try:
             await asyncio.wait(
                 {entered, gone}, timeout=MEDIA_STASIS_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
@@ -268,6 +268,9 @@ class AriCall:
             f"the external-media channel {self.media_id} did not enter the Stasis application "
             f"within {MEDIA_STASIS_TIMEOUT:g} s"
         )
+
+    async def _caller_gone(self) -> None:
+        await self.gone.wait()
 
     async def _setup_failed(self, reason: str) -> None:
         """Set-up did not complete. A caller who hung up meanwhile is just a hang-up; anyone

@@ -420,8 +420,8 @@ async def _dispatch(stream: _Stream, message: object) -> bool:
         if stream.in_order(message.sequence) and message.name.startswith("play-"):
             play = message.name.removeprefix("play-")
             if play.isdigit():
-                event = PromptFinished(at=session.now_event(), play_id=int(play))
-                await stream.run(await session.handle(event))
+                finished = PromptFinished(at=session.now_event(), play_id=int(play))
+                await stream.run(await session.handle(finished))
         return True
     if isinstance(message, Stop):
         # The recording is closed now; the status callback (or expiry) writes the call's row.
