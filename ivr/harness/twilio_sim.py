@@ -103,8 +103,9 @@ class CallResult:
     duration: float = 0.0  # call time at the end of the call, seconds
     stream_sids: list[str] = field(default_factory=list)
 
-    def _status(self, key: str) -> Any:
-        return (self.status_response or {}).get(key)
+    def _status(self, key: str) -> str | None:
+        value = (self.status_response or {}).get(key)
+        return None if value is None else str(value)
 
     @property
     def decision(self) -> str | None:
@@ -425,18 +426,15 @@ class _Call:
                 await asyncio.sleep(0)
             due_items = [item for item in items if item[0] <= t + _EPS]
             priority = min(item[1] for item in due_items)
-            batch = [s for _, p, _, s in due_items if p == priority]
+            batch = [s for _, p, _, s in due_items if p == priority and s is not None]
             kind = next(k for _, p, k, _ in due_items if p == priority)
             if kind == "frame":
                 for s in batch:
-                    assert s is not None
                     await self._send_frames(s)
                 for s in batch:  # a frame may bring a deadline: see the service's answer
-                    assert s is not None
                     await self._sync(s)
             elif kind == "mark":
                 for s in batch:
-                    assert s is not None
                     await self._echo_marks(s, t)
             elif kind == "press":
                 await self._press()

@@ -30,7 +30,7 @@ as the service sends them):
 ``POST /bridges/{id}/addChannel``      ``channel=a,b`` -> ``ChannelEnteredBridge``
 =====================================  =========================================================
 
-That is what ``ivr/adapters/ari.py`` asks for; the rest of ARI (playbacks, removeChannel,
+That is what ``ivr/platforms/asterisk/ari.py`` asks for; the rest of ARI (playbacks, removeChannel,
 reading variables, ...) is not served: 404 or 405, as for any unknown path or method.
 
 Errors: 401 ``Authentication required``; 404 ``Resource not found`` (unknown path); 405

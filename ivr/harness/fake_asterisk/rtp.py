@@ -265,7 +265,8 @@ class RtpPeer:
         raw = self._transport.get_extra_info("socket") if self._transport is not None else None
         if raw is None or self.closed:
             raise RuntimeError(f"the external-media socket of {self.channel_id} is closed")
-        return raw.dup()  # non-blocking, like the original
+        dup: socket.socket = raw.dup()  # non-blocking, like the original
+        return dup
 
     def close(self) -> None:
         if self.stream_task is not None:

@@ -16,13 +16,13 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from multidict import MultiDictProxy
+from multidict import MultiMapping
 
 from ivr.harness import audio as harness_audio
 from ivr.harness.fake_asterisk.call import FRAME_SECONDS, FakeCall
@@ -99,7 +99,7 @@ class _EventSocket:
 class _Req:
     request: web.Request
     record: RecordedRequest
-    params: MultiDictProxy[str]
+    params: MultiMapping[str]
     groups: tuple[str, ...]
 
     def get(self, name: str) -> str | None:
@@ -601,9 +601,9 @@ class FakeAsterisk:
                 del self._failures[i]
                 return _error(status, message)
         allowed: set[str] = set()
-        sub = path.removeprefix("/ari") if path.startswith("/ari/") else None
-        for pattern, methods in _ROUTES if sub is not None else ():
-            m = pattern.fullmatch(sub)
+        routed = path.startswith("/ari/")
+        for pattern, methods in _ROUTES if routed else ():
+            m = pattern.fullmatch(path.removeprefix("/ari"))
             if m is None:
                 continue
             handler = methods.get(request.method)
@@ -890,23 +890,19 @@ class FakeAsterisk:
             log.error("fake asterisk task failed", exc_info=task.exception())
 
 
-_Handler = Callable[[FakeAsterisk, _Req], Awaitable[web.StreamResponse]]
-# Only what the service asks of Asterisk (ivr/adapters/ari.py), plus the events socket.
-_ROUTES: list[tuple[re.Pattern[str], dict[str, _Handler]]] = [
-    (re.compile(p), methods)
-    for p, methods in [
-        (r"/events", {"GET": FakeAsterisk._h_events}),
-        (r"/channels", {"GET": FakeAsterisk._h_channels_list, "POST": FakeAsterisk._h_originate}),
-        (r"/channels/externalMedia", {"POST": FakeAsterisk._h_external_media}),
-        (
-            r"/channels/([^/]+)",
-            {"GET": FakeAsterisk._h_channel_get, "DELETE": FakeAsterisk._h_hangup},
-        ),
-        (r"/channels/([^/]+)/answer", {"POST": FakeAsterisk._h_answer}),
-        (r"/channels/([^/]+)/continue", {"POST": FakeAsterisk._h_continue}),
-        (r"/channels/([^/]+)/variable", {"POST": FakeAsterisk._h_variable_set}),
-        (r"/bridges", {"GET": FakeAsterisk._h_bridges_list, "POST": FakeAsterisk._h_bridge_create}),
-        (r"/bridges/([^/]+)", {"DELETE": FakeAsterisk._h_bridge_destroy}),
-        (r"/bridges/([^/]+)/addChannel", {"POST": FakeAsterisk._h_add_channel}),
-    ]
+_Handler = Callable[[FakeAsterisk, _Req], Coroutine[Any, Any, web.StreamResponse]]
+_F = FakeAsterisk
+# Only what the service asks of Asterisk (ivr/platforms/asterisk/ari.py), and the events socket.
+_TABLE: list[tuple[str, dict[str, _Handler]]] = [
+    (r"/events", {"GET": _F._h_events}),
+    (r"/channels", {"GET": _F._h_channels_list, "POST": _F._h_originate}),
+    (r"/channels/externalMedia", {"POST": _F._h_external_media}),
+    (r"/channels/([^/]+)", {"GET": _F._h_channel_get, "DELETE": _F._h_hangup}),
+    (r"/channels/([^/]+)/answer", {"POST": _F._h_answer}),
+    (r"/channels/([^/]+)/continue", {"POST": _F._h_continue}),
+    (r"/channels/([^/]+)/variable", {"POST": _F._h_variable_set}),
+    (r"/bridges", {"GET": _F._h_bridges_list, "POST": _F._h_bridge_create}),
+    (r"/bridges/([^/]+)", {"DELETE": _F._h_bridge_destroy}),
+    (r"/bridges/([^/]+)/addChannel", {"POST": _F._h_add_channel}),
 ]
+_ROUTES = [(re.compile(pattern), methods) for pattern, methods in _TABLE]

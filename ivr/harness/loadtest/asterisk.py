@@ -46,9 +46,8 @@ import random
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -64,15 +63,15 @@ from ivr.harness.loadtest.core import (
     Progress,
     ReferenceServer,
     StreamRun,
+    TickedStream,
     dist,
     errors,
     fmt,
-    gather_bounded,
     parse_ports,
     reference_rows,
     render,
+    run_calls,
     run_reference,
-    schedule,
     summarise_shared,
 )
 
@@ -154,50 +153,23 @@ class AsteriskLoadtestOptions(Options):
         low, high = self.bare_port_range()
         if self.reference and high - low + 1 < self.calls:
             raise ValueError(f"--bare-ports {low}-{high} has fewer ports than --calls")
-        base = urlsplit(self.url)
-        if base.scheme != "http" or not base.hostname:
-            raise ValueError(f"--url must be an http:// URL, not {self.url!r}")
 
 
 # -- the RTP stream -----------------------------------------------------------------------------
-class _RtpStreamer:
+class _RtpStreamer(TickedStream):
     """One call's real-time RTP stream, fed by the ticker from pre-built packets."""
-
-    __slots__ = (
-        "dest",
-        "done",
-        "dropped",
-        "end_time",
-        "error",
-        "join_tick",
-        "join_time",
-        "packets",
-        "send",
-        "sent",
-        "seq0",
-        "sock",
-        "total",
-        "ts0",
-    )
 
     def __init__(
         self, sock: socket.socket, dest: tuple[str, int], total: int, rng: random.Random
     ) -> None:
-        self.sock = sock
+        super().__init__(total)  # packets; ``sent`` counts those due, sent or dropped
         self.send = sock.sendto
         self.dest = dest
         head = _RTP_HEAD.pack(0x80, PT_PCMU, 0, 0, rng.getrandbits(32))
         self.packets = [bytearray(head + payload) for payload in POOL]
         self.seq0 = rng.getrandbits(16)
         self.ts0 = rng.getrandbits(32)
-        self.total = total  # packets in the stream
-        self.sent = 0  # packets due so far (sent or dropped)
         self.dropped = 0  # packets the socket refused (EAGAIN)
-        self.join_tick = 0
-        self.join_time = 0.0
-        self.end_time: float | None = None
-        self.error: str | None = None
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
     def frames_sent(self) -> int:
@@ -233,12 +205,6 @@ class _RtpStreamer:
         self.dropped += dropped
         return n - start - dropped
 
-    def fail(self, reason: str) -> None:
-        if self.error is None and self.sent < self.total:
-            self.error = reason
-        if not self.done.done():
-            self.done.set_result(None)
-
 
 def _rtp_run(expected: int, read_cpu: Any) -> StreamRun:
     return StreamRun(
@@ -261,31 +227,19 @@ def _empty_ticker() -> dict[str, Any]:
 
 
 # -- what the service asks of the fake --------------------------------------------------------
+@dataclass
 class _Watch:
     """One call as seen through the service's ARI requests."""
 
-    __slots__ = (
-        "answered_at",
-        "bridge_id",
-        "bridged",
-        "bridged_at",
-        "finalised",
-        "finalised_at",
-        "hung_up",
-        "recording",
-        "variables",
-    )
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.answered_at: float | None = None
-        self.bridged: asyncio.Future[RtpPeer | None] = loop.create_future()
-        self.bridged_at = 0.0
-        self.bridge_id: str | None = None
-        self.recording: asyncio.Future[str | None] = loop.create_future()
-        self.finalised: asyncio.Future[None] = loop.create_future()
-        self.finalised_at = 0.0
-        self.hung_up: str | None = None  # the service hung the caller up (reason)
-        self.variables: dict[str, str] = {}
+    bridged: asyncio.Future[RtpPeer | None]
+    recording: asyncio.Future[str | None]
+    finalised: asyncio.Future[None]
+    answered_at: float | None = None
+    bridged_at: float = 0.0
+    bridge_id: str | None = None
+    finalised_at: float = 0.0
+    hung_up: str | None = None  # the service hung the caller up (reason)
+    variables: dict[str, str] = field(default_factory=dict)
 
 
 def _settle(fut: asyncio.Future[Any], value: Any) -> None:
@@ -314,7 +268,8 @@ class _Tracker:
             self._observe(record.method, record.path, record.query)
 
     def watch(self, channel_id: str) -> _Watch:
-        watch = _Watch(self.loop)
+        loop = self.loop
+        watch = _Watch(loop.create_future(), loop.create_future(), loop.create_future())
         self.calls[channel_id] = watch
         return watch
 
@@ -577,23 +532,19 @@ async def _run_service(
         id_prefix=str(int(time.time() * 1000)),
         rng=random.Random(),
     )
-    progress.start(
+    results = await run_calls(
+        options,
+        run,
+        progress,
         "service",
         lambda: (
-            f"placed {ctx.placed}/{options.calls}, bridged {ctx.bridged}, streaming "
-            f"{len(run.active)}, finished {ctx.finished} (failed {ctx.failed}), frames sent "
-            f"{run.frames_sent}, tick late p99 {fmt(run.ticker_stats()['late_p99_ms'])} ms"
+            f"placed {ctx.placed}/{options.calls}, bridged {ctx.bridged}, finished "
+            f"{ctx.finished} (failed {ctx.failed}), {run.progress(options.calls)}"
         ),
+        lambda i, at: _service_call(ctx, i, at),
+        _failed,
+        options.deadline(),
     )
-    tasks = [
-        asyncio.ensure_future(_service_call(ctx, i, at))
-        for i, at in enumerate(schedule(loop, options))  # type: ignore[arg-type]
-    ]
-    try:
-        results = await gather_bounded(tasks, options.deadline(), "call", _failed)
-    finally:
-        await progress.stop()
-        await run.stop()
     delta, settled = await _wait_finalised(
         session, base, before, ctx.placed, 30.0 + 0.05 * options.calls
     )
@@ -665,7 +616,6 @@ async def _bare_call(
             streamer = _RtpStreamer(sock, ("127.0.0.1", port), frames, rng)
             run.join(streamer)
             joined = True
-            run.wake()
             await streamer.done
             result.frames_sent = streamer.frames_sent
             result.send_errors = streamer.dropped
@@ -701,29 +651,20 @@ async def _run_reference(
                 f"({options.calls} needed; see --bare-ports)"
             )
 
-        async def read_cpu() -> float:
-            return float((await bare.get_json(session, "/cpu"))["cpu_seconds"])
-
-        run = _rtp_run(options.calls, read_cpu)
+        run = _rtp_run(options.calls, lambda: bare.read_cpu(session))
         frames = max(1, round(options.duration / FRAME_S))
         rng = random.Random()
-        progress.start(
-            "bare",
-            lambda: (
-                f"streaming {len(run.active)}/{options.calls}, frames sent {run.frames_sent}, "
-                f"tick late p99 {fmt(run.ticker_stats()['late_p99_ms'])} ms"
-            ),
-        )
         t_start = loop.time()
-        tasks = [
-            asyncio.ensure_future(_bare_call(run, ports[i], i, at, frames, rng))
-            for i, at in enumerate(schedule(loop, options))  # type: ignore[arg-type]
-        ]
-        try:
-            results = await gather_bounded(tasks, options.deadline(), "reference stream", _failed)
-        finally:
-            await progress.stop()
-            await run.stop()
+        results = await run_calls(
+            options,
+            run,
+            progress,
+            "bare",
+            lambda: run.progress(options.calls),
+            lambda i, at: _bare_call(run, ports[i], i, at, frames, rng),
+            _failed,
+            options.deadline(),
+        )
         sent = sum(r.frames_sent for r in results)
         received = await _bare_received(bare, session, sent)
     completed = [r for r in results if r.completed]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
 from ivr.harness.loadtest.asterisk import (
     ARI_PASSWORD_ENV,
     BARE_PORT_BASE,
     DEFAULT_ARI_LISTEN,
-    DEFAULT_ASTERISK_TO,
     DEMO_ARI_PASSWORD,
     PRESS_AFTER_S,
     AsteriskLoadtestOptions,
@@ -26,10 +26,12 @@ from ivr.harness.twilio_wire import AUTH_TOKEN_ENV, DEFAULT_FROM, DEFAULT_TO
 
 __all__ = ["add_loadtest_parser", "asterisk_options_from_args", "options_from_args"]
 
+_O = TypeVar("_O", LoadtestOptions, AsteriskLoadtestOptions)
+
 
 def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``loadtest`` to an ``add_subparsers()`` object; its ``func`` is ``run_loadtest_cli``."""
-    p = subparsers.add_parser(
+    p: argparse.ArgumentParser = subparsers.add_parser(
         "loadtest",
         help="many simulated calls (Twilio or Asterisk) at once against a running service",
         description=(
@@ -132,41 +134,25 @@ def _add_asterisk_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _options(cls: type[_O], args: argparse.Namespace) -> _O:
+    """The options of ``cls`` that were given on the command line (the dests match the field
+    names; ``--to`` left out means the platform's default line)."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if f.init and getattr(args, f.name, None) is not None
+    }
+    return cls(**given, reference=not args.no_reference)
+
+
 def asterisk_options_from_args(args: argparse.Namespace) -> AsteriskLoadtestOptions:
     """``--platform asterisk``'s options."""
-    return AsteriskLoadtestOptions(
-        url=args.url,
-        calls=args.calls,
-        duration=args.duration,
-        ramp=args.ramp,
-        to=getattr(args, "to", None) or DEFAULT_ASTERISK_TO,
-        from_=getattr(args, "from_", None) or DEFAULT_FROM,
-        press=getattr(args, "press", None),
-        press_after=getattr(args, "press_after", PRESS_AFTER_S),
-        ari_listen=getattr(args, "ari_listen", DEFAULT_ARI_LISTEN),
-        ari_app=getattr(args, "ari_app", "ivr"),
-        ari_user=getattr(args, "ari_user", "ivr"),
-        ari_password=getattr(args, "ari_password", None),
-        bare_ports=getattr(args, "bare_ports", None),
-        reference=not args.no_reference,
-        progress_interval=getattr(args, "progress_interval", 3.0),
-    )
+    return _options(AsteriskLoadtestOptions, args)
 
 
 def options_from_args(args: argparse.Namespace) -> LoadtestOptions:
     """``--platform twilio``'s options."""
-    return LoadtestOptions(
-        url=args.url,
-        calls=args.calls,
-        duration=args.duration,
-        ramp=args.ramp,
-        to=args.to or DEFAULT_TO,
-        from_=getattr(args, "from_", DEFAULT_FROM),
-        press=getattr(args, "press", None),
-        auth_token=args.auth_token,
-        reference=not args.no_reference,
-        progress_interval=getattr(args, "progress_interval", 3.0),
-    )
+    return _options(LoadtestOptions, args)
 
 
 def run_loadtest_cli(args: argparse.Namespace) -> int:

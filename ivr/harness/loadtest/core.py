@@ -2,7 +2,7 @@
 and the report's common part.
 
 The ticker (``StreamRun``): every 20 ms it asks each streaming call for the frames it owes
-(``Streamer.pump``), one write per call; a late tick is caught up (each call is owed ``ticks
+(``TickedStream.pump``), one write per call; a late tick is caught up (each call is owed ``ticks
 since it joined`` frames), so lateness never accumulates, and no task runs per call per tick.
 
 Cost: the server's CPU seconds are read when every call is streaming and again when the first
@@ -25,7 +25,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -81,6 +82,9 @@ class Options:
         press = self.resolved_press()
         if press and (len(press) != 1 or press not in DTMF_DIGITS):
             raise ValueError(f"--press {press!r} is not one DTMF digit")
+        base = urlsplit(self.url)
+        if base.scheme != "http" or not base.hostname:
+            raise ValueError(f"--url must be an http:// URL, not {self.url!r}")
 
 
 def parse_ports(text: str) -> tuple[int, int]:
@@ -124,21 +128,27 @@ def own_cpu() -> float:
 
 
 # -- the ticker -------------------------------------------------------------------------------
-class Streamer(Protocol):
-    """One call's real-time stream, fed by the ticker."""
+class TickedStream:
+    """One call's real-time stream, fed by the ticker; ``pump`` is the platform's."""
 
-    total: int  # frames in the stream
-    sent: int  # frames due so far
-    error: str | None
-    join_tick: int
-    join_time: float
-    end_time: float | None
-    done: asyncio.Future[None]
+    def __init__(self, total: int) -> None:
+        self.total = total  # frames in the stream
+        self.sent = 0  # frames due so far
+        self.error: str | None = None
+        self.join_tick = 0
+        self.join_time = 0.0
+        self.end_time: float | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def pump(self, due: int) -> int:
-        """Send every frame owed by tick ``due``; returns the frames (messages) sent."""
+        """Send every frame owed by tick ``due``; returns the messages sent."""
+        raise NotImplementedError
 
-    def fail(self, reason: str) -> None: ...
+    def fail(self, reason: str) -> None:
+        if self.error is None and self.sent < self.total:
+            self.error = reason
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 class StreamRun:
@@ -187,7 +197,7 @@ class StreamRun:
         ]
 
     # -- membership ------------------------------------------------------------------------
-    def join(self, s: Streamer) -> None:
+    def join(self, s: TickedStream) -> None:
         if self.t0 is None:
             self.t0 = self.loop.time()
             self._task = asyncio.ensure_future(self._tick())
@@ -212,7 +222,7 @@ class StreamRun:
             if not self.active:
                 self.last_done.set()
 
-    def _finished(self, s: Streamer) -> None:
+    def _finished(self, s: TickedStream) -> None:
         s.end_time = self.loop.time()
         if not s.done.done():
             s.done.set_result(None)
@@ -380,6 +390,29 @@ async def gather_bounded(
     return results
 
 
+async def run_calls(
+    options: Options,
+    run: StreamRun,
+    progress: Progress,
+    label: str,
+    line: Callable[[], str],
+    call: Callable[[int, float], Awaitable[Any]],
+    failed: Callable[[int, str], Any],
+    deadline: float,
+) -> list[Any]:
+    """``call(i, start_at)`` for every call on the ramp's schedule, bounded by ``deadline``;
+    the ticker and the progress line are stopped whatever happens."""
+    loop = asyncio.get_running_loop()
+    progress.start(label, line)
+    tasks = [asyncio.ensure_future(call(i, at)) for i, at in enumerate(schedule(loop, options))]
+    try:
+        what = "call" if label == "service" else "reference stream"
+        return await gather_bounded(tasks, deadline, what, failed)
+    finally:
+        await progress.stop()
+        await run.stop()
+
+
 def errors(results: Sequence[Any]) -> list[str]:
     return [f"call {r.index}: {r.error}" for r in results if r.error][:MAX_ERRORS_REPORTED]
 
@@ -486,7 +519,10 @@ class ReferenceServer:
     async def get_json(self, session: aiohttp.ClientSession, path: str) -> dict[str, Any]:
         async with asyncio.timeout(CPU_READ_TIMEOUT_S):
             async with session.get(f"http://127.0.0.1:{self.port}{path}") as resp:
-                return await resp.json()
+                answer = await resp.json()
+        if not isinstance(answer, dict):
+            raise ValueError(f"{self.label} {path}: not a JSON object")
+        return answer
 
     async def read_cpu(self, session: aiohttp.ClientSession) -> float:
         return float((await self.get_json(session, "/cpu"))["cpu_seconds"])

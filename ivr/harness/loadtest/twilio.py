@@ -25,7 +25,6 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -41,14 +40,14 @@ from ivr.harness.loadtest.core import (
     Progress,
     ReferenceServer,
     StreamRun,
+    TickedStream,
     dist,
     errors,
     fmt,
-    gather_bounded,
     reference_rows,
     render,
+    run_calls,
     run_reference,
-    schedule,
     summarise_shared,
 )
 from ivr.harness.twilio_wire import AUTH_TOKEN_ENV, DEFAULT_TO, DEMO_AUTH_TOKEN, Inbox
@@ -86,37 +85,16 @@ class LoadtestOptions(Options):
 
 
 # -- the recording stream ---------------------------------------------------------------------
-class _Streamer:
+class _Streamer(TickedStream):
     """One real-time two-track stream, fed by the ticker."""
 
-    __slots__ = (
-        "closed_at",
-        "done",
-        "end_time",
-        "error",
-        "join_tick",
-        "join_time",
-        "sent",
-        "seq0",
-        "tmpl_in",
-        "tmpl_out",
-        "total",
-        "ws",
-    )
-
     def __init__(self, ws: RawWebSocket, stream_sid: str, total: int, seq0: int) -> None:
+        super().__init__(total)  # frames per track
         self.ws = ws
         self.tmpl_in = wire.media_template(stream_sid, "inbound")
         self.tmpl_out = wire.media_template(stream_sid, "outbound")
-        self.total = total  # frames per track
         self.seq0 = seq0  # sequence number of the first media message
-        self.sent = 0  # frames per track written so far
-        self.join_tick = 0
-        self.join_time = 0.0
-        self.end_time: float | None = None
-        self.error: str | None = None
         self.closed_at: float | None = None
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def pump(self, due: int) -> int:
         target = min(due - self.join_tick, self.total)
@@ -141,12 +119,6 @@ class _Streamer:
         self.ws.write_raw(b"".join(parts))
         self.sent = target
         return written
-
-    def fail(self, reason: str) -> None:
-        if self.error is None and self.sent < self.total:
-            self.error = reason
-        if not self.done.done():
-            self.done.set_result(None)
 
 
 def _stream_run(expected: int, read_cpu: Any) -> StreamRun:
@@ -297,10 +269,11 @@ async def _service_call(ctx: _Context, index: int, start_at: float) -> _CallResu
         voice_done = True
         root, stream_url, params = _stream_in(body, "Connect", "voice")
         redirect = root.find("Redirect")
-        if redirect is None or not (redirect.text or "").strip():
+        next_url = (redirect.text or "").strip() if redirect is not None else ""
+        if not next_url:
             raise CallFailed("voice webhook: no <Redirect> after the consent stream")
         await _consent_phase(ctx, result, stream_url, params)
-        body = await ctx.webhook("continue", redirect.text.strip(), call_sid, "in-progress")
+        body = await ctx.webhook("continue", next_url, call_sid, "in-progress")
         _, rec_url, rec_params = _stream_in(body, "Start", "continue")
         ctx.set_up += 1
         joined = True
@@ -485,23 +458,20 @@ async def _run_service(
         run=run,
         frames_per_track=max(1, round(options.duration / FRAME_S)),
     )
-    progress.start(
+    t_start = loop.time()
+    results = await run_calls(
+        options,
+        run,
+        progress,
         "service",
         lambda: (
             f"set up {ctx.set_up}/{options.calls}, finished {ctx.finished} (failed "
             f"{ctx.failed}), {run.progress(options.calls)}"
         ),
+        lambda i, at: _service_call(ctx, i, at),
+        _failed,
+        options.deadline(),
     )
-    t_start = loop.time()
-    tasks = [
-        asyncio.ensure_future(_service_call(ctx, i, at))
-        for i, at in enumerate(schedule(loop, options))
-    ]
-    try:
-        results = await gather_bounded(tasks, options.deadline(), "call", _failed)
-    finally:
-        await progress.stop()
-        await run.stop()
     completed = [r for r in results if r.completed]
     expected = sum(r.frames_sent + r.frames_sent_consent for r in completed)
     stored = sum(r.frames_stored for r in completed)
@@ -559,17 +529,17 @@ async def _run_reference(
     async with server as bare:
         run = _stream_run(options.calls, lambda: bare.read_cpu(session))
         frames = max(1, round(options.duration / FRAME_S))
-        progress.start("bare", lambda: run.progress(options.calls))
         t_start = loop.time()
-        tasks = [
-            asyncio.ensure_future(_bare_call(run, bare.port, i, at, frames))
-            for i, at in enumerate(schedule(loop, options))
-        ]
-        try:
-            results = await gather_bounded(tasks, options.deadline(), "reference stream", _failed)
-        finally:
-            await progress.stop()
-            await run.stop()
+        results = await run_calls(
+            options,
+            run,
+            progress,
+            "bare",
+            lambda: run.progress(options.calls),
+            lambda i, at: _bare_call(run, bare.port, i, at, frames),
+            _failed,
+            options.deadline(),
+        )
         try:
             received: int | None = int((await bare.get_json(session, "/stats"))["frames"])
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
@@ -594,9 +564,6 @@ async def _run_reference(
 async def run_loadtest(options: LoadtestOptions) -> dict[str, Any]:
     """Run the load test (and the bare reference unless disabled); the report as a dict."""
     options.check()
-    base = urlsplit(options.url)
-    if base.scheme != "http" or not base.hostname:
-        raise ValueError(f"--url must be an http:// URL, not {options.url!r}")
     progress = Progress(options)
     timeout = aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S)
     connector = aiohttp.TCPConnector(limit=100, force_close=False)
