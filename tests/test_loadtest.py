@@ -151,7 +151,7 @@ async def test_wrong_auth_token_fails_calls_with_exit_code_1(
     report = json.loads(capsys.readouterr().out)
     assert report["calls_failed"] == 3 and report["calls_completed"] == 0
     errors = report["service"]["errors"]
-    assert errors and all("voice webhook: HTTP 403" in e for e in errors)
+    assert errors and all("voice webhook" in e and "HTTP 403" in e for e in errors)
     assert report["ok"] is False
 
 

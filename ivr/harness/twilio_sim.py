@@ -63,6 +63,7 @@ __all__ = [
     "CallResult",
     "Pacer",
     "RealTimePacer",
+    "StreamStart",
     "TranscriptEntry",
     "VirtualPacer",
     "simulate_call",
@@ -94,6 +95,7 @@ class CallResult:
     first_prompt_frame_latency_ms: float | None = None
     webhook_latency_ms: list[float] = field(default_factory=list)
     frames_sent: dict[str, int] = field(default_factory=dict)
+    frames_after_key: int = 0  # frames sent on bidirectional streams after the first key
     marks_echoed: int = 0
     dtmf_sent: int = 0
     status_response: dict[str, Any] | None = None
@@ -156,6 +158,21 @@ class CallOptions:
     agent_tone_dbfs: float = -12.0
     account_sid: str | None = None  # None: a random AC…
     call_sid: str | None = None  # None: a random CA…
+    # Fast mode: sync with the service after every this many frames of a stream. 1 sees each
+    # reaction to a deadline at the frame that reached it; the load test takes 25 (0.5 s).
+    sync_frames: int = 1
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    """A ``<Start><Stream>`` handed to the caller of ``simulate_call`` (the load test streams
+    the recording itself, in real time): where to connect, and what its ``start`` carries."""
+
+    url: str
+    params: dict[str, str]
+    tracks: list[str]
+    call_sid: str
+    account_sid: str
 
 
 # -- pacing ----------------------------------------------------------------------------------------
@@ -294,8 +311,11 @@ class _Call:
         caller: harness_audio.LoopedFrames,
         agent: harness_audio.LoopedFrames,
         on_transcript: Callable[[TranscriptEntry], None] | None = None,
+        on_start_stream: Callable[[StreamStart], Awaitable[None]] | None = None,
     ) -> None:
         self.o = options
+        self.on_start_stream = on_start_stream
+        self.keyed = False  # a key has been delivered
         self.session = session
         self.pacer = pacer
         self.result = result
@@ -432,7 +452,8 @@ class _Call:
                 for s in batch:
                     await self._send_frames(s)
                 for s in batch:  # a frame may bring a deadline: see the service's answer
-                    await self._sync(s)
+                    if s.frames % self.o.sync_frames == 0:
+                        await self._sync(s)
             elif kind == "mark":
                 for s in batch:
                     await self._echo_marks(s, t)
@@ -511,6 +532,8 @@ class _Call:
             if not self._send(s, message):
                 return
             self.result.frames_sent[track] = self.result.frames_sent.get(track, 0) + 1
+            if s.bidirectional and self.keyed:
+                self.result.frames_after_key += 1
 
     async def _echo_marks(self, s: _Stream, t: float) -> None:
         for name in s.playback.due(t):
@@ -526,6 +549,7 @@ class _Call:
             self.log(f"→ pressed {digit} (no bidirectional stream: not delivered)")
             return
         self.log(f"→ pressed {digit}")
+        self.keyed = True
         for s in targets:
             self._send(s, wire.dtmf(s.next_seq(), s.sid, digit))
         self.result.dtmf_sent += 1
@@ -828,7 +852,15 @@ class _Call:
         }.get(track)
         if tracks is None:
             raise _CallError(f"bad TwiML: <Stream track={track!r}>")
-        await self._open_stream(stream_el, bidirectional=False, tracks=tracks)
+        if self.on_start_stream is None:
+            await self._open_stream(stream_el, bidirectional=False, tracks=tracks)
+            return
+        params = {p.get("name", ""): p.get("value", "") for p in stream_el.iter("Parameter")}
+        params.pop("", None)
+        url = (stream_el.get("url") or "").strip()
+        self.log(f"→ stream {url} handed over ({'+'.join(tracks)})")
+        start = StreamStart(url, params, tracks, self.result.call_sid, self.account_sid)
+        await self.await_io(self.on_start_stream(start))
 
     async def _stop_verb(self, el: ET.Element) -> None:
         for stream_el in el.iter("Stream"):
@@ -913,6 +945,8 @@ def _validate(options: CallOptions) -> None:
         value = getattr(options, name)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    if options.sync_frames < 1:
+        raise ValueError(f"sync_frames must be at least 1, got {options.sync_frames!r}")
 
 
 async def simulate_call(
@@ -921,11 +955,14 @@ async def simulate_call(
     *,
     pacer: Pacer | None = None,
     on_transcript: Callable[[TranscriptEntry], None] | None = None,
+    on_start_stream: Callable[[StreamStart], Awaitable[None]] | None = None,
 ) -> CallResult:
     """Place one simulated call; never raises for anything the service does.
 
     ``pacer`` overrides the pacing (default: ``VirtualPacer`` if ``options.fast``, else
-    ``RealTimePacer``); ``on_transcript`` sees each transcript line as it happens.
+    ``RealTimePacer``); ``on_transcript`` sees each transcript line as it happens;
+    ``on_start_stream``, if given, is awaited for each ``<Start><Stream>`` instead of the
+    simulator streaming it (it must not raise).
     """
     _validate(options)
     result = CallResult(call_sid=options.call_sid or wire.new_sid("CA"))
@@ -948,7 +985,7 @@ async def simulate_call(
     if session is None:
         session = aiohttp.ClientSession()
     try:
-        call = _Call(options, session, pacer, result, caller, agent, on_transcript)
+        call = _Call(options, session, pacer, result, caller, agent, on_transcript, on_start_stream)
         await call.run()
     finally:
         if own_session:

@@ -1,13 +1,11 @@
 """``ivr loadtest``: many simulated Twilio calls at once, and what they cost the service.
 
-Each call does what Twilio does (``ivr.harness.twilio_wire``): the signed voice webhook, the
-consent stream in virtual time (the prompt is "played" by counting the audio the service sends,
-media timestamps move the call clock, the accept key is pressed half a second into the prompt
-and marks are echoed once their audio has played; after each step the driver syncs with the
-service, ``twilio_wire.Inbox.sync``), the signed continue webhook, the recording stream with
-both tracks in REAL time (fed by the shared ticker, ``core.StreamRun``, from pre-built byte
-templates), and the signed status callback, whose answer says how many frames the service
-stored. The same streaming load then goes to ``bench/reference/bare_ws_server.py``.
+Each call is the simulator's (``ivr.harness.twilio_sim``, in fast mode): the signed voice
+webhook, the consent stream in virtual time (the accept key half a second into the prompt on
+opt-in lines), the signed continue webhook; then it hands the recording stream over, and this
+module streams both tracks in REAL time, fed by the shared ticker (``core.StreamRun``) from
+pre-built byte templates; then the signed status callback, whose answer says how many frames the
+service stored. The same streaming load then goes to ``bench/reference/bare_ws_server.py``.
 
 Frame accounting: ``frames_sent`` counts recording-stream frames (both tracks). On the opt-in
 line the frames of the consent stream sent after the accept key (while the "recording started"
@@ -19,10 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,17 +45,17 @@ from ivr.harness.loadtest.core import (
     run_reference,
     summarise_shared,
 )
-from ivr.harness.twilio_wire import AUTH_TOKEN_ENV, DEFAULT_TO, DEMO_AUTH_TOKEN, Inbox
+from ivr.harness.twilio_sim import CallOptions, StreamStart, simulate_call
+from ivr.harness.twilio_wire import AUTH_TOKEN_ENV, DEFAULT_TO, DEMO_AUTH_TOKEN
 from ivr.harness.wsclient import OP_CLOSE, RawWebSocket, WebSocketError, frame_header
 
 __all__ = ["LoadtestOptions", "format_report", "run_loadtest"]
 
 PRESS_AFTER_S = 0.5  # call time into the prompt at which the accept key is pressed
-IDLE_ADVANCE_S = 0.5  # call time sent when the service is waiting for time to pass
+SYNC_FRAMES = 25  # the consent phase syncs with the service every 0.5 s of call time
 MAX_CONSENT_CALL_S = 120.0  # a consent phase longer than this (call time) is a failure
 WEBHOOK_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 15.0
-SYNC_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 30.0
 
 _TONE = tone(440.0, -24.0)
@@ -212,7 +207,6 @@ class _CallResult:
 @dataclass
 class _Context:
     options: LoadtestOptions
-    base: str
     session: aiohttp.ClientSession
     run: StreamRun
     frames_per_track: int
@@ -224,94 +218,82 @@ class _Context:
     finished: int = 0
     failed: int = 0
 
-    async def webhook(self, kind: str, url: str, call_sid: str, status: str, **extra: str) -> str:
-        o = self.options
-        params = wire.call_form(call_sid, self.account_sid, o.to, o.from_, status, **extra)
-        headers = wire.signed_headers(o.resolved_token(), url, params)
-        t = time.perf_counter()
-        try:
-            async with asyncio.timeout(WEBHOOK_TIMEOUT_S):
-                async with self.session.post(url, data=params, headers=headers) as resp:
-                    body = await resp.text()
-        except TimeoutError:
-            raise CallFailed(f"{kind} webhook: no answer in {WEBHOOK_TIMEOUT_S:.0f} s") from None
-        except aiohttp.ClientError as exc:
-            raise CallFailed(f"{kind} webhook: {type(exc).__name__}: {exc}") from None
-        self.latencies[kind].append((time.perf_counter() - t) * 1000)
-        if resp.status != 200:
-            raise CallFailed(f"{kind} webhook: HTTP {resp.status}: {body.strip()[:120]}")
-        return body
-
-
-def _stream_in(body: str, verb: str, kind: str) -> tuple[ET.Element, str, dict[str, str]]:
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise CallFailed(f"{kind} webhook: answer is not TwiML ({exc})") from None
-    found = wire.stream_of(root, verb)
-    if found is None:
-        verbs = " ".join(child.tag for child in root) or "nothing"
-        raise CallFailed(f"{kind} webhook: no <{verb}><Stream> in the answer (got {verbs})")
-    return root, *found
-
 
 async def _service_call(ctx: _Context, index: int, start_at: float) -> _CallResult:
-    loop = asyncio.get_running_loop()
+    """One call as Twilio places it: the simulator (``twilio_sim``) does the webhooks and the
+    consent stream in virtual time, and hands the recording stream over to the ticker."""
+    o = ctx.options
     result = _CallResult(index, call_sid=wire.new_sid("CA"))
-    call_sid = result.call_sid
-    joined = False
-    voice_done = False
-    began = 0.0
-    await asyncio.sleep(max(0.0, start_at - loop.time()))
-    try:
-        began = loop.time()
-        body = await ctx.webhook("voice", f"{ctx.base}/twilio/voice", call_sid, "ringing")
-        voice_done = True
-        root, stream_url, params = _stream_in(body, "Connect", "voice")
-        redirect = root.find("Redirect")
-        next_url = (redirect.text or "").strip() if redirect is not None else ""
-        if not next_url:
-            raise CallFailed("voice webhook: no <Redirect> after the consent stream")
-        await _consent_phase(ctx, result, stream_url, params)
-        body = await ctx.webhook("continue", next_url, call_sid, "in-progress")
-        _, rec_url, rec_params = _stream_in(body, "Start", "continue")
+    await asyncio.sleep(max(0.0, start_at - asyncio.get_running_loop().time()))
+    recording: list[_Streamer | CallFailed] = []
+
+    async def stream_recording(start: StreamStart) -> None:
         ctx.set_up += 1
-        joined = True
         try:
-            streamer = await _stream_two_tracks(
-                ctx.run, rec_url, call_sid, ctx.account_sid, rec_params, ctx.frames_per_track
+            recording.append(
+                await _stream_two_tracks(
+                    ctx.run,
+                    start.url,
+                    start.call_sid,
+                    start.account_sid,
+                    start.params,
+                    ctx.frames_per_track,
+                )
             )
         except CallFailed as exc:
-            raise CallFailed(f"recording {exc}") from None
+            recording.append(exc)
+
+    press = o.resolved_press()
+    options = CallOptions(
+        url=o.url,
+        to=o.to,
+        from_=o.from_,
+        auth_token=o.resolved_token(),
+        presses=[(PRESS_AFTER_S, press)] if press else [],
+        duration=0.0,  # the recording stream is the conversation
+        fast=True,
+        max_call_seconds=MAX_CONSENT_CALL_S,
+        http_timeout=WEBHOOK_TIMEOUT_S,
+        wall_timeout=o.deadline(),
+        account_sid=ctx.account_sid,
+        call_sid=result.call_sid,
+        sync_frames=SYNC_FRAMES,
+    )
+    try:
+        call = await simulate_call(options, ctx.session, on_start_stream=stream_recording)
+    finally:
+        if not recording:
+            ctx.run.gave_up()  # it never reached its recording stream
+    # The simulator times every webhook in order: voice, continue, and the status callback.
+    latencies = list(call.webhook_latency_ms)
+    if call.status_response is not None and latencies:
+        ctx.latencies["status"].append(latencies.pop())
+    for kind, ms in zip(("voice", "continue"), latencies, strict=False):
+        ctx.latencies[kind].append(ms)
+    status = call.status_response or {}
+    result.frames_stored = int(status.get("frames_stored") or 0)
+    result.server_frames_lost = int(status.get("frames_lost") or 0)
+    result.recording_id, result.decision = call.recording_id, call.decision
+    result.recording_status = call.recording_status
+    result.first_prompt_ms = call.first_prompt_frame_latency_ms
+    if call.decision == "accepted":  # recorded from the key on, on the consent stream too
+        result.frames_sent_consent = call.frames_after_key
+    refused = [code for code in call.closed_by_server if code != 1000]
+    streamer = recording[0] if recording else None
+    if call.error is not None:
+        result.error = call.error
+    elif refused:
+        result.error = f"consent stream closed by the service: {refused[0]}"
+    elif isinstance(streamer, CallFailed):
+        result.error = f"recording {streamer}"
+    elif streamer is None:
+        result.error = f"no recording stream (decision {call.decision or '-'})"
+    else:
         result.frames_sent = 2 * streamer.sent
         if streamer.error is not None:
-            raise CallFailed(f"recording {streamer.error}")
-        if streamer.closed_at is not None and streamer.end_time is not None:
+            result.error = f"recording {streamer.error}"
+        elif streamer.closed_at is not None and streamer.end_time is not None:
             result.stop_to_close_ms = (streamer.closed_at - streamer.end_time) * 1000
-    except CallFailed as exc:
-        result.error = str(exc)
-    except (OSError, WebSocketError, asyncio.IncompleteReadError) as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        if not joined:
-            ctx.run.gave_up()
-    # The status callback: Twilio sends it whatever happened, and it ends the call server-side.
-    if voice_done:
-        duration = str(max(1, round(loop.time() - began)))
-        try:
-            body = await ctx.webhook(
-                "status", f"{ctx.base}/twilio/status", call_sid, "completed", CallDuration=duration
-            )
-            summary = json.loads(body)
-            result.frames_stored = int(summary.get("frames_stored") or 0)
-            result.server_frames_lost = int(summary.get("frames_lost") or 0)
-            result.recording_id = summary.get("recording_id")
-            result.recording_status = summary.get("recording_status")
-            result.decision = summary.get("decision")
-        except CallFailed as exc:
-            result.error = result.error or str(exc)
-        except (ValueError, TypeError) as exc:
-            result.error = result.error or f"status webhook: unexpected answer ({exc})"
     if result.error is None:
         if result.recording_status != "complete":
             result.error = (
@@ -325,114 +307,6 @@ async def _service_call(ctx: _Context, index: int, start_at: float) -> _CallResu
     if not result.completed:
         ctx.failed += 1
     return result
-
-
-async def _consent_phase(
-    ctx: _Context, result: _CallResult, url: str, params: dict[str, str]
-) -> None:
-    """The bidirectional consent stream, in virtual time; returns when the service closes it."""
-    try:
-        ws = await RawWebSocket.connect(url, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError) as exc:
-        raise CallFailed(f"consent stream: cannot connect: {exc or type(exc).__name__}") from None
-    except WebSocketError as exc:
-        raise CallFailed(f"consent stream: {exc}") from None
-    driver = _ConsentDriver(ctx, result, ws, params)
-    try:
-        async with asyncio.timeout(WEBHOOK_TIMEOUT_S + MAX_CONSENT_CALL_S):
-            await driver.run()
-    except TimeoutError:
-        raise CallFailed("consent stream: the service never finished the consent phase") from None
-    finally:
-        driver.inbox.cancel()
-        if not ws.closed:
-            ws.abort()
-
-
-class _ConsentDriver:
-    """Plays Twilio on the consent stream: the call clock moves only with the media we send."""
-
-    def __init__(
-        self, ctx: _Context, result: _CallResult, ws: RawWebSocket, params: dict[str, str]
-    ) -> None:
-        self.ctx, self.result, self.ws, self.params = ctx, result, ws, params
-        self.inbox = Inbox(ws)
-        self.sid = wire.new_sid("MZ")
-        self.tmpl = wire.media_template(self.sid, "inbound")
-        self.seq = 1
-        self.frames = 0  # frames sent; call time covered = frames * 20 ms
-        self.playback = wire.Playback(0.0)
-        self.frames_at_press: int | None = None
-        self.accepted = False  # the service answered the key with ``clear``: recording
-        self.frames_at_last_echo = 0
-
-    @property
-    def now(self) -> float:
-        return self.frames * FRAME_S
-
-    async def run(self) -> None:
-        ws, press = self.ws, self.ctx.options.resolved_press()
-        ws.send_text(wire.connected())
-        ws.send_text(
-            wire.start(
-                self.sid, self.result.call_sid, self.ctx.account_sid, ["inbound"], self.params
-            )
-        )
-        start_sent = time.perf_counter()
-        await self._sync()
-        while not self.inbox.closed:
-            due = self.playback.next_due()
-            if press and self.frames_at_press is None and due is not None:
-                # The prompt is queued: press the key a moment into it.
-                self._advance(self.now + PRESS_AFTER_S)
-                ws.send_text(wire.dtmf(self._next_seq(), self.sid, press))
-                self.frames_at_press = self.frames
-            elif due is not None:
-                self._advance(due)
-                for name in self.playback.due(self.now):
-                    ws.send_text(wire.mark(self._next_seq(), self.sid, name))
-                    self.frames_at_last_echo = self.frames
-            elif self.now > MAX_CONSENT_CALL_S:
-                raise CallFailed("consent stream: still open after 120 s of call time")
-            else:
-                self._advance(self.now + IDLE_ADVANCE_S)
-            await self._sync()
-        if self.inbox.first_at is not None:
-            self.result.first_prompt_ms = (self.inbox.first_at - start_sent) * 1000
-        code, reason = self.inbox.close_code, self.inbox.close_reason
-        if code != 1000:
-            raise CallFailed(f"consent stream closed by the service: {code} {reason}".rstrip())
-        if self.accepted and self.frames_at_last_echo > (self.frames_at_press or 0):
-            # Sent after the key and before the echo that ended the stream: recorded.
-            self.result.frames_sent_consent = self.frames_at_last_echo - (self.frames_at_press or 0)
-
-    def _next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
-
-    def _advance(self, until: float) -> None:
-        """Send inbound frames until the call clock reaches ``until``."""
-        parts: list[bytes] = []
-        tmpl, n = self.tmpl, self.frames
-        while n * FRAME_S < until - 1e-9:
-            m = tmpl % (self._next_seq(), n + 1, n * FRAME_MS, POOL[n % _POOL_N])
-            parts.append(frame_header(len(m)))
-            parts.append(m)
-            n += 1
-        self.frames = n
-        if parts:
-            self.ws.write_raw(b"".join(parts))
-
-    async def _sync(self) -> None:
-        for _, data in await self.inbox.sync(SYNC_TIMEOUT_S):
-            message = wire.read_server_message(data)
-            if message.event == "media":
-                self.playback.audio(self.now, message.audio_bytes)
-            elif message.event == "mark":
-                self.playback.mark(self.now, message.name)
-            elif message.event == "clear":
-                self.accepted = self.frames_at_press is not None
-                self.playback.clear(self.now)  # Twilio echoes the pending marks at once
 
 
 # -- the runs ---------------------------------------------------------------------------------
@@ -453,7 +327,6 @@ async def _run_service(
     run = _stream_run(options.calls, read_cpu)
     ctx = _Context(
         options=options,
-        base=base,
         session=session,
         run=run,
         frames_per_track=max(1, round(options.duration / FRAME_S)),
