@@ -19,7 +19,6 @@ import json
 import re
 import secrets
 import time
-import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,7 +46,6 @@ __all__ = [
     "signed_headers",
     "start",
     "stop",
-    "stream_of",
 ]
 
 DEMO_AUTH_TOKEN = "demo-auth-token-not-secret"  # the embedded demo configuration's token
@@ -96,16 +94,6 @@ def call_form(
 def signed_headers(token: str, url: str, params: Mapping[str, str]) -> dict[str, str]:
     """``X-Twilio-Signature`` over ``url`` and the form (``{}`` for GET and stream upgrades)."""
     return {SIGNATURE_HEADER: compute_signature(token, url, params), "User-Agent": USER_AGENT}
-
-
-def stream_of(root: ET.Element, verb: str) -> tuple[str, dict[str, str]] | None:
-    """The ``<Stream>`` of ``<verb>`` in a TwiML document: its URL and ``<Parameter>`` values."""
-    stream = root.find(f"{verb}/Stream")
-    if stream is None or not stream.get("url"):
-        return None
-    params = {p.get("name", ""): p.get("value", "") for p in stream.iter("Parameter")}
-    params.pop("", None)
-    return stream.get("url", ""), params
 
 
 # -- Media Streams: what Twilio sends -----------------------------------------------------------
