@@ -42,9 +42,9 @@ from types import MappingProxyType
 from typing import Any, NoReturn
 
 from ivr.policy import ConsentMode, LawfulBasis
+from media.dtmf import DIGITS
 from storage.files import utc_iso
 
-DIGITS = frozenset("0123456789*#ABCD")
 MAX_INVALID_KEYS = 2
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from media.rtp import RtpError
 
 __all__ = [
+    "DIGITS",
     "EVENT_DIGITS",
     "DtmfDetector",
     "TelephoneEvent",
@@ -26,7 +27,8 @@ __all__ = [
 ]
 
 # Event codes 0-15 in order (RFC 4733 §3.2); higher codes are tones/flash, not digits.
-EVENT_DIGITS = "0123456789*#ABCD"
+EVENT_DIGITS = "0123456789*#ABCD"  # RFC 4733 event codes 0-15, in order
+DIGITS = frozenset(EVENT_DIGITS)  # the keys a phone has, however a platform reports them
 
 _PAYLOAD = struct.Struct("!BBH")
 

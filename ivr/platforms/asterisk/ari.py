@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from media.dtmf import DIGITS
+
 # Channels and bridges we create carry this prefix in their ids, so their own StasisStart
 # (Asterisk raises one for every channel entering the app) is recognised and skipped.
 OWN_PREFIX = "ivr-"
@@ -163,7 +165,6 @@ AriEvent = (
     | ApplicationReplaced
     | UnknownEvent
 )
-DIGITS = frozenset("0123456789*#ABCD")
 
 
 def _cause(value: Any) -> int | None:

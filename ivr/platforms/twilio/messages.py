@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from xml.etree import ElementTree as ET
 
+from media.dtmf import DIGITS
+
 CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
 ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
 STREAM_SID = re.compile(r"^MZ[0-9a-fA-F]{32}$")
@@ -187,7 +189,6 @@ class Unknown:
 
 
 StreamMessage = Connected | Start | Media | Dtmf | Mark | Stop | Unknown
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
 _TRACKS = frozenset(("inbound", "outbound"))
 _loads = json.loads
 _a2b = binascii.a2b_base64
@@ -293,7 +294,7 @@ def _parse_carefully(message: object) -> StreamMessage:
         )
     if event == "dtmf":
         digit = _obj(message, "dtmf").get("digit")
-        if not isinstance(digit, str) or digit not in DTMF_DIGITS:
+        if not isinstance(digit, str) or digit not in DIGITS:
             raise StreamError(f"dtmf digit {digit!r} is not a DTMF digit")
         return Dtmf(_int(message.get("sequenceNumber"), "sequenceNumber"), digit)
     if event == "mark":
