@@ -7,11 +7,14 @@ reads the outcome from the channel variables the service sets (IVR_CONSENT_DECIS
 IVR_LAWFUL_BASIS, IVR_RECORDING_ID).
 
 Fast mode runs on virtual time: the call clock moves by one 20 ms RTP packet at a time, and
-after each packet, key and hang-up the fake syncs with the service (``FakeAsterisk.sync``: a
-ping on the events websocket, answered once the service has read everything before it). The
-packet was in the service's socket before the ping was sent, and the service's event loop takes
-a ready datagram before it gets to the events reader woken by the ping, so the pong also means
-the packet was taken: the service is never behind the call clock, however slow the machine.
+after each packet and each key the fake syncs with the service (``FakeAsterisk.sync``: a ping on
+the events websocket, answered once the service has read everything before it). The packet was
+in the service's socket before the ping was sent, and the service's event loop takes a ready
+datagram before it gets to the events reader woken by the ping, so the pong also means the
+packet was taken: keys land at their call time and the service is never behind the call clock,
+however slow the machine. What the service then does on its own time (opening a recording, a
+REST round trip such as originating the agent) is not waited for: the call goes on meanwhile,
+as on a real PBX, so when the agent is connected can vary by a few frames.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ FRAME_S = 0.02
 REPORT_FRAMES = 10  # how often (in frames) the transcript looks at the prompt audio heard
 
 
-@dataclass
+@dataclass(frozen=True)
 class AsteriskCallOptions:
     host: str = "127.0.0.1"
     port: int = 8088
@@ -167,6 +170,6 @@ async def _drive(
             frames += 1
             now = frames * FRAME_S
             await fake.sync(options.app)
-        else:
-            await asyncio.sleep(FRAME_S * REPORT_FRAMES)
+        else:  # the fake paces the audio itself; look at the call every 100 ms
+            await asyncio.sleep(FRAME_S * 5)
             now = loop.time() - start

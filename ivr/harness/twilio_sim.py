@@ -17,9 +17,10 @@ clock (due times are computed from the stream start, so lateness never accumulat
 the service sends is applied as it arrives. ``VirtualPacer`` (fast mode) jumps straight to the
 next due time; to stay behind the service it *syncs* (``twilio_wire.Inbox.sync``: a websocket
 ping whose pong follows everything the service sent in reaction to what came before it) after
-the ``start``, after each key and mark echo, and after every frame, and applies what the
-service sent only then, at the call time of the sync. So a call in fast mode goes the same way
-however slow the machine is. Webhook round trips take no call time in fast mode.
+the ``start``, after each key and mark echo, and after every frame (``sync_frames``), and
+applies what the service sent only then, at the call time of the sync. There is no waiting for
+quiet: a call in fast mode goes the same way however slow the machine is. Webhook round trips
+take no call time in fast mode.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class CallResult:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class CallOptions:
     url: str
     to: str = DEFAULT_TO
