@@ -7,6 +7,7 @@ import base64
 import logging
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -39,13 +40,22 @@ def config_file(tmp_path: Path, url: str, ports: str = "42000-42199") -> Path:
     return path
 
 
+def still_clock() -> Callable[[], datetime]:
+    """The service's wall clock, held still. The fake sends RTP only when a test says so
+    (pace=False), so media time is the test's own virtual time; a wall clock that ran on would
+    overtake it whenever the test runs slower than real time (a busy machine) and move prompts
+    and deadlines by itself (call time is the later of the two)."""
+    moment = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    return lambda: moment
+
+
 @pytest.fixture
 async def pbx(tmp_path, monkeypatch):
     monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
     fake = FakeAsterisk(pace=False, app="ivr", username="ivr", password="pw")
     await fake.start()
     config = load_config(config_file(tmp_path, fake.url), {"ARI_PASSWORD": "pw"})
-    app = create_app(config, tmp_path / "var", fsync=False)
+    app = create_app(config, tmp_path / "var", fsync=False, clock=still_clock())
     server = TestServer(app)
     await server.start_server()
     await fake.wait_connected()
@@ -99,10 +109,16 @@ class Call:
         await until(lambda: self.session.now >= target - 0.1 or self.session.ended, "media")
 
     async def press(self, digit: str) -> None:
-        before = self.session.flow.decision, self.session.flow.recording
+        """Press a key and wait until the service has acted on it in full: the decision taken
+        and the answer it plays (every key pressed here is answered with a prompt) started.
+        Only then may the test send more audio: media sent earlier would be call time the
+        answer prompt never saw."""
+        ari = self.ari
+        assert ari is not None
+        before = ari.playback.play_id if ari.playback else None
         await self.fake.press(digit)
         await until(
-            lambda: (self.session.flow.decision, self.session.flow.recording) != before,
+            lambda: ari.playback is not None and ari.playback.play_id != before,
             f"key {digit} to take effect",
         )
 
