@@ -63,6 +63,7 @@ class RtpPort(asyncio.DatagramProtocol):
     def __init__(self, call: AriCall) -> None:
         self.call = call
         self.transport: asyncio.DatagramTransport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -76,6 +77,10 @@ class RtpPort(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("call %s: RTP socket error: %s", self.call.label, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 @dataclass
@@ -496,5 +501,8 @@ class AriCall:
         if not self.caller_gone and not self.handed_back:
             await app.rest_quiet(ari.hang_up(self.caller.id))
         if self.protocol and self.protocol.transport:
-            self.protocol.transport.close()  # releases the UDP port
+            self.protocol.transport.close()
+            # The socket closes on the loop's next pass: wait for it, so that the port is free
+            # again by the time the call is gone (a new call may bind it at once).
+            await self.protocol.closed
         app.forget(self)

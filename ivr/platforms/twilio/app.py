@@ -326,6 +326,9 @@ async def _stream_handler(request: web.Request, kind: str) -> web.WebSocketRespo
 
 
 async def _serve_stream(stream: _Stream) -> None:
+    """Read the stream's messages one at a time, acting on each in full (its commands written
+    out) before reading the next. Keep it so: the simulator's fast mode relies on it, a
+    websocket ping answered meaning everything before it has been acted on."""
     twilio, ws = stream.twilio, stream.ws
     text = WSMsgType.TEXT
     while not ws.closed:
