@@ -98,6 +98,11 @@ def create_app(
         await registry.finish_all("service shutting down")
 
     async def twilio_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Twilio calls a dead process left open cannot be picked up again (their streams went
+        # with it): their rows are closed now. A late status callback finds no call.
+        orphans = await app[CALLS].close_orphans("twilio", clock())
+        if orphans:
+            log.warning("closed %d Twilio call record(s) an earlier run left open", len(orphans))
         app[TWILIO] = TwilioCalls(
             config=config,
             calls=app[CALLS],

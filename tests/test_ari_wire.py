@@ -124,3 +124,42 @@ def test_listings_and_application_replaced():
             ari.channel_ids_from_json(bad)
     assert ari.parse_event(event("ApplicationReplaced")) == ari.ApplicationReplaced("ivr")
     assert ari.continue_in_dialplan("c1") == ari.Request("POST", "/channels/c1/continue")
+
+
+def test_leftovers_are_only_this_instances_and_only_dead_calls():
+    mine, theirs = ari.instance_tag("ivr"), ari.instance_tag("ivr-b")
+    live, dead = ari.new_call_key(), ari.new_call_key()
+
+    def own(instance: str, key: str, kind: str) -> str:
+        return ari.own_id(instance, key, kind)
+
+    bridges = [
+        ari.BridgeInfo(own(mine, dead, ari.BRIDGE), ("caller-1", own(mine, dead, ari.MEDIA))),
+        ari.BridgeInfo(own(mine, live, ari.BRIDGE), ("caller-2", own(mine, live, ari.MEDIA))),
+        ari.BridgeInfo(own(theirs, dead, ari.BRIDGE), ("caller-3", own(theirs, dead, ari.MEDIA))),
+        ari.BridgeInfo("someone-elses", ("caller-4",)),
+    ]
+    channels = [
+        "caller-1",
+        "caller-2",
+        own(mine, dead, ari.MEDIA),
+        own(mine, dead, ari.AGENT),
+        own(mine, live, ari.MEDIA),
+        own(theirs, dead, ari.MEDIA),
+    ]
+    found = ari.find_leftovers(mine, {live}, bridges, channels)
+    assert found.bridges == (own(mine, dead, ari.BRIDGE),)
+    assert set(found.channels) == {own(mine, dead, ari.MEDIA), own(mine, dead, ari.AGENT)}
+    assert found.callers == {"caller-1"}
+
+
+def test_what_the_pbx_is_told_and_where_the_line_is_named():
+    assert ari.outcome_variables("accepted", "consent", "") == {
+        "IVR_CONSENT_DECISION": "accepted",
+        "IVR_LAWFUL_BASIS": "consent",
+    }
+    chan = ari.Channel.from_json(
+        {"id": "c", "dialplan": {"exten": "+4685"}, "channelvars": {"IVR_LINE": "+4686"}}
+    )
+    assert ari.line_candidates(chan, ("+4687",)) == ("+4687", "+4686", "+4685")
+    assert ari.line_candidates(chan, ()) == ("+4686", "+4685")

@@ -166,3 +166,34 @@ async def test_the_timer_rule(registry):
     registry.test_clock.advance(deadline)  # wall time now past the deadline
     assert session.timer() == pytest.approx(0.05)
     assert session.now_event() >= deadline  # an event now happens at wall time
+
+
+async def test_rows_a_dead_process_left_open_are_closed_and_named(registry):
+    clock = registry.test_clock
+    old = await open_call(registry, CONSENT_LINE, "CA-old")
+    registry._calls.clear()  # the process that opened it died
+    clock.advance(60)
+    started = clock()
+    clock.advance(1)
+    current = await open_call(registry, CONSENT_LINE, "CA-now")
+    assert await registry.close_orphans("test", started) == ["CA-old"]
+    gone = row(registry, old)
+    assert gone["ended_at"] and gone["outcome"] == "interrupted"
+    assert gone["end_reason"] == "the service stopped during the call; closed at the next start"
+    assert row(registry, current)["ended_at"] is None  # this process's call is left alone
+    assert await registry.close_orphans("other", started) == []
+
+
+def test_a_prompt_is_paced_by_call_time():
+    from collections import deque
+
+    from ivr.calls.playback import PacedPrompt
+
+    frames = [bytes([i]) * 160 for i in range(5)]
+    prompt = PacedPrompt(play_id=1, frames=deque(frames), started_at=10.0)
+    assert prompt.due(9.99) == []  # not before its slot
+    assert prompt.due(10.0) == frames[:1]  # one ahead of call time
+    assert prompt.due(10.0) == []
+    assert prompt.due(10.05) == frames[1:3]  # a late wake-up sends what it missed
+    assert not prompt.finished
+    assert prompt.due(11.0) == frames[3:] and prompt.finished

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # status callback) is forgotten once it has been silent this long beyond its line's longest
 # recording: the platform never said goodbye.
 EXPIRY_MARGIN_SECONDS = 600.0
+ORPHAN_REASON = "the service stopped during the call; closed at the next start"
 
 
 @dataclass(eq=False)
@@ -160,6 +161,23 @@ class CallRegistry:
             session.stats.frames_stored if session else 0,
         )
         return row
+
+    async def close_orphans(self, platform: str, started_before: datetime) -> list[str]:
+        """Close the catalog rows of ``platform`` calls that began before ``started_before``
+        (this process's start) and never ended: a process that died left them. Their platform
+        call ids, for the platform to deal with what it still holds of them."""
+        rows = await asyncio.to_thread(
+            self.vault.catalog.open_calls, platform, utc_iso(started_before)
+        )
+        for row in rows:
+            await asyncio.to_thread(
+                self.vault.catalog.update_call,
+                row["id"],
+                ended_at=utc_iso(self.clock()),
+                outcome=row["outcome"] or "interrupted",
+                end_reason=ORPHAN_REASON,
+            )
+        return [row["platform_call_id"] for row in rows if row["platform_call_id"]]
 
     async def expire(self) -> int:
         """Finish the calls nothing has fed for longer than their line could record (plus a

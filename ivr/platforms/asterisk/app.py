@@ -27,7 +27,7 @@ import aiohttp
 from ivr.calls import CallRegistry
 from ivr.config import Config, Line
 from ivr.platforms.asterisk import ari
-from ivr.platforms.asterisk.call import AriCall, RtpPort
+from ivr.platforms.asterisk.call import PLATFORM, AriCall, RtpPort
 from ivr.platforms.asterisk.rest import AriHttpError, AriRest, basic_auth
 
 log = logging.getLogger(__name__)
@@ -184,52 +184,34 @@ class AriApplication:
         our bridges, and hand the callers found in them back to the dialplan
         (``IVR_ERROR=service_restarted``). On the first connection, calls the catalog still
         has open from before this process started are closed too, and their callers (if
-        Asterisk still holds them) handed back. Nobody else's bridges or channels are touched:
-        ownership is the instance part of the id, or our own catalog row."""
-        live = {call.key for call in self.calls.values()}
-        bridges = ari.bridges_from_json(await self.rest(ari.list_bridges()))
-        channels = set(ari.channel_ids_from_json(await self.rest(ari.list_channels())))
-        callers: set[str] = set()
-        cleared = 0
-        for bridge in bridges:
-            own = self.is_own(bridge.id)
-            if own is None or own.key in live:
-                continue
-            callers.update(c for c in bridge.channels if ari.parse_own_id(c) is None)
-            await self.rest_quiet(ari.destroy_bridge(bridge.id))
-            cleared += 1
-        for channel_id in channels:
-            own = self.is_own(channel_id)
-            if own is not None and own.key not in live:
-                await self.rest_quiet(ari.hang_up(channel_id))
-                cleared += 1
-        closed = 0
+        Asterisk still holds them) handed back. Nobody else's bridges or channels are touched
+        (``ari.find_leftovers``)."""
+        channels = ari.channel_ids_from_json(await self.rest(ari.list_channels()))
+        found = ari.find_leftovers(
+            self.instance,
+            {call.key for call in self.calls.values()},
+            ari.bridges_from_json(await self.rest(ari.list_bridges())),
+            channels,
+        )
+        for bridge_id in found.bridges:
+            await self.rest_quiet(ari.destroy_bridge(bridge_id))
+        for channel_id in found.channels:
+            await self.rest_quiet(ari.hang_up(channel_id))
+        callers = set(found.callers)
+        closed: list[str] = []
         if first:
-            before = self.started_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            rows = await asyncio.to_thread(self.vault.catalog.open_calls, "asterisk", before)
-            for row in rows:
-                channel_id = row["platform_call_id"]
-                if channel_id in self.calls:
-                    continue
-                if channel_id in channels:
-                    callers.add(channel_id)
-                await asyncio.to_thread(
-                    self.vault.catalog.update_call,
-                    row["id"],
-                    ended_at=self.clock().strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                    outcome=row["outcome"] or "interrupted",
-                    end_reason="the service stopped during the call; closed at the next start",
-                )
-                closed += 1
+            closed = await self.registry.close_orphans(PLATFORM, self.started_at)
+            callers.update(c for c in closed if c in channels)
         for channel_id in sorted(callers - set(self.calls)):
             await self.hand_back(channel_id, "service_restarted")
+        cleared = len(found.bridges) + len(found.channels)
         if cleared or closed or callers:
             self.count("leftovers_cleared", cleared)
             log.warning(
                 "ARI: cleared %d bridge(s)/channel(s) left by an earlier run, closed %d call "
                 "record(s), handed %d caller(s) back to the dialplan",
                 cleared,
-                closed,
+                len(closed),
                 len(callers),
             )
 
@@ -299,11 +281,9 @@ class AriApplication:
 
     # -- per-call helpers ----------------------------------------------------------------------
     def line_for(self, channel: ari.Channel, args: tuple[str, ...]) -> Line | None:
-        """The line a call is for: the first Stasis argument, the IVR_LINE channel variable,
-        or the dialled extension, whichever names a configured number first."""
-        first_arg = args[0] if args else ""
-        for candidate in (first_arg, channel.variables.get("IVR_LINE", ""), channel.exten):
-            line = self.config.line_for(candidate) if candidate else None
+        """The line a call is for: the first of ``ari.line_candidates`` that names one."""
+        for candidate in ari.line_candidates(channel, args):
+            line = self.config.line_for(candidate)
             if line is not None:
                 return line
         return None

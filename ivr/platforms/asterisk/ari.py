@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -311,6 +311,54 @@ def bridges_from_json(value: Any) -> list[BridgeInfo]:
             ids = [c for c in members if isinstance(c, str)] if isinstance(members, list) else []
             out.append(BridgeInfo(item["id"], tuple(ids)))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Leftovers:
+    """What a dead process of this instance left in Asterisk, and what to do with it."""
+
+    bridges: tuple[str, ...]  # ours, no live call's: destroy
+    channels: tuple[str, ...]  # ours (media, agent), no live call's: hang up
+    callers: frozenset[str]  # not ours, found in those bridges: hand back to the dialplan
+
+
+def find_leftovers(
+    instance: str,
+    live_keys: Collection[str],
+    bridges: Sequence[BridgeInfo],
+    channels: Iterable[str],
+) -> Leftovers:
+    """Ownership is the instance part of an id: another instance's bridges and channels, and
+    this instance's live calls, are never in the result."""
+
+    def orphaned(object_id: str) -> bool:
+        own = parse_own_id(object_id)
+        return own is not None and own.instance == instance and own.key not in live_keys
+
+    dead = [b for b in bridges if orphaned(b.id)]
+    return Leftovers(
+        bridges=tuple(b.id for b in dead),
+        channels=tuple(sorted(c for c in channels if orphaned(c))),
+        callers=frozenset(c for b in dead for c in b.channels if parse_own_id(c) is None),
+    )
+
+
+def outcome_variables(decision: str, lawful_basis: str, recording_id: str) -> dict[str, str]:
+    """What the PBX is told of a call, as channel variables for the dialplan after Stasis()
+    and for CDRs; empty values are not set."""
+    values = {
+        "IVR_CONSENT_DECISION": decision,
+        "IVR_LAWFUL_BASIS": lawful_basis,
+        "IVR_RECORDING_ID": recording_id,
+    }
+    return {name: value for name, value in values.items() if value}
+
+
+def line_candidates(channel: Channel, args: Sequence[str]) -> tuple[str, ...]:
+    """Where a call's line is named, in order: the first Stasis argument, the IVR_LINE channel
+    variable, the dialled extension."""
+    named = (args[0] if args else "", channel.variables.get("IVR_LINE", ""), channel.exten)
+    return tuple(n for n in named if n)
 
 
 def channel_ids_from_json(value: Any) -> list[str]:

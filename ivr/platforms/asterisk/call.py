@@ -23,17 +23,17 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ivr.calls import Call, CallSession, carry_out
+from ivr.calls.playback import FRAME_MS, PacedPrompt
 from ivr.config import normalise_number
 from ivr.consent import Command, DigitPressed, PromptFinished
 from ivr.platforms.asterisk import ari
 from ivr.platforms.asterisk.rest import AriHttpError
 from media.dtmf import DtmfDetector, parse_telephone_event
-from media.prompts import Prompt, prompt_frames
+from media.prompts import Prompt
 from media.rtp import JitterBuffer, RtpError, RtpSender, classify, parse_rtp
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLATFORM = "asterisk"
-FRAME_MS = 20
 DRAIN_QUIET_SECONDS = 0.02
 DRAIN_ROUNDS = 10
 MAX_QUEUE = 2000  # per call: about 40 s of RTP; beyond that a call is hopelessly stuck
@@ -83,13 +82,6 @@ class RtpPort(asyncio.DatagramProtocol):
             self.closed.set_result(None)
 
 
-@dataclass
-class _Playback:
-    play_id: int
-    frames: deque[bytes]
-    started_at: float  # call time
-
-
 @dataclass(eq=False)
 class AriCall:
     """One caller's channel and everything of ours around it: RTP port, bridge, external
@@ -113,7 +105,7 @@ class AriCall:
     queue: asyncio.Queue[tuple[str, Any]] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUE))
     task: asyncio.Task[None] | None = None
     finished: bool = False
-    playback: _Playback | None = None
+    playback: PacedPrompt | None = None
     sender: RtpSender = field(default_factory=RtpSender)
     jitter: JitterBuffer = field(default_factory=JitterBuffer)
     dtmf: DtmfDetector = field(default_factory=DtmfDetector)
@@ -338,18 +330,11 @@ class AriCall:
         now = session.now_event()
         pb = self.playback
         if pb is not None and self.protocol and self.protocol.transport and self.peer:
-            due = int((now - pb.started_at) * 1000 // FRAME_MS) + 1
-            sent = 0
-            while pb.frames and due > 0:
-                frame = pb.frames.popleft()
+            for frame in pb.due(now):
                 self.protocol.transport.sendto(self.sender.packet(frame), self.peer)
-                due -= 1
-                sent += 1
-            if not pb.frames and self.playback is pb:
+            if pb.finished and self.playback is pb:
                 self.playback = None
                 await self._run(await session.handle(PromptFinished(at=now, play_id=pb.play_id)))
-            elif sent:
-                pb.started_at += sent * FRAME_MS / 1000
         await self._run(await session.tick(now))
 
     def _take_rtp(self, session: CallSession, data: bytes) -> None:
@@ -389,13 +374,13 @@ class AriCall:
     async def _report(self, session: CallSession) -> None:
         """Tell the PBX what was decided, as channel variables its dialplan or CDR can use:
         IVR_CONSENT_DECISION, IVR_LAWFUL_BASIS and, once recording, IVR_RECORDING_ID."""
-        values = {
-            "IVR_CONSENT_DECISION": session.decision.value if session.decision else "",
-            "IVR_LAWFUL_BASIS": session.line.lawful_basis.value,
-            "IVR_RECORDING_ID": session.recording.id if session.recording else "",
-        }
+        values = ari.outcome_variables(
+            session.decision.value if session.decision else "",
+            session.line.lawful_basis.value,
+            session.recording.id if session.recording else "",
+        )
         for name, value in values.items():
-            if value and self.reported.get(name) != value and not self.caller_gone:
+            if self.reported.get(name) != value and not self.caller_gone:
                 self.reported[name] = value
                 await self.app.rest_quiet(ari.set_variable(self.caller.id, name, value))
 
@@ -413,7 +398,7 @@ class AriCall:
         session = self.session
         assert session is not None
         self.sender.start_talkspurt()
-        self.playback = _Playback(play_id, deque(prompt_frames(prompt)), session.call_time())
+        self.playback = PacedPrompt.start(prompt, play_id, session.call_time())
 
     async def stop_playing(self) -> None:
         self.playback = None

@@ -13,8 +13,6 @@ fast mode. A wall-clock fallback covers a stream that stops sending.
 
 from __future__ import annotations
 
-import base64
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -45,6 +43,7 @@ from ivr.platforms.twilio.messages import (
     Unknown,
     WebhookError,
     clear_message,
+    encoded_frames,
     mark_message,
     media_message_encoded,
     parse_stream_message,
@@ -53,10 +52,11 @@ from ivr.platforms.twilio.messages import (
     twiml_hangup,
     twiml_record_and_dial,
     twiml_say_hangup,
+    websocket_base,
 )
 from ivr.platforms.twilio.signature import SIGNATURE_HEADER, is_valid_signature
 from ivr.platforms.twilio.stream_token import StreamTokens, TokenError
-from media.prompts import Prompt, prompt_frames
+from media.prompts import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +98,6 @@ def _public_base(request: web.Request, config: Config) -> str:
     if config.public_url:
         return config.public_url.rstrip("/")
     return f"{request.scheme}://{request.host}"
-
-
-def _ws_base(http_base: str) -> str:
-    if http_base.startswith("https://"):
-        return "wss://" + http_base[len("https://") :]
-    return "ws://" + http_base[len("http://") :]
 
 
 async def _signed_form(request: web.Request) -> tuple[TwilioCalls, CallWebhook]:
@@ -155,7 +149,9 @@ async def voice(request: web.Request) -> web.Response:
     token = twilio.tokens.issue("consent", hook.call_sid, twilio.wall())
     return _twiml(
         twiml_consent_stream(
-            f"{_ws_base(base)}/twilio/stream/consent", {"token": token}, f"{base}/twilio/continue"
+            f"{websocket_base(base)}/twilio/stream/consent",
+            {"token": token},
+            f"{base}/twilio/continue",
         )
     )
 
@@ -174,7 +170,7 @@ async def continue_call(request: web.Request) -> web.Response:
         token = twilio.tokens.issue("recording", hook.call_sid, twilio.wall())
         return _twiml(
             twiml_record_and_dial(
-                f"{_ws_base(base)}/twilio/stream/recording", {"token": token}, forward
+                f"{websocket_base(base)}/twilio/stream/recording", {"token": token}, forward
             )
         )
     return _twiml(twiml_dial(forward))
@@ -271,7 +267,7 @@ class _Stream:
         if self.kind != "consent":
             return  # a one-way stream cannot play anything
         sid = self.stream_sid
-        for payload in _encoded_frames(prompt):
+        for payload in encoded_frames(prompt):
             await self.ws.send_str(media_message_encoded(sid, payload))
         await self.ws.send_str(mark_message(sid, f"play-{play_id}"))
 
@@ -290,12 +286,6 @@ class _Stream:
         assert self.call is not None
         log.info("call %s: hanging up (%s)", self.call.call_id, reason)
         await self.close(CLOSE_NORMAL, reason)
-
-
-@functools.lru_cache(maxsize=512)
-def _encoded_frames(prompt: Prompt) -> tuple[str, ...]:
-    """A prompt's 20 ms frames in base64, made once per prompt rather than once per call."""
-    return tuple(base64.b64encode(f).decode("ascii") for f in prompt_frames(prompt))
 
 
 async def _stream_handler(request: web.Request, kind: str) -> web.WebSocketResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from xml.etree import ElementTree as ET
 
 from media.dtmf import DIGITS
+from media.prompts import Prompt, prompt_frames
 
 CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
 ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
@@ -323,3 +325,16 @@ def mark_message(stream_sid: str, name: str) -> str:
 
 def clear_message(stream_sid: str) -> str:
     return json.dumps({"event": "clear", "streamSid": stream_sid})
+
+
+def websocket_base(http_base: str) -> str:
+    """The websocket URL base for the service's public HTTP base (https -> wss)."""
+    if http_base.startswith("https://"):
+        return "wss://" + http_base[len("https://") :]
+    return "ws://" + http_base[len("http://") :]
+
+
+@functools.lru_cache(maxsize=512)
+def encoded_frames(prompt: Prompt) -> tuple[str, ...]:
+    """A prompt's 20 ms frames as media payloads (base64), made once per prompt, not per call."""
+    return tuple(base64.b64encode(f).decode("ascii") for f in prompt_frames(prompt))
