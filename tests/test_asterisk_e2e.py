@@ -115,10 +115,10 @@ class Call:
         answer prompt never saw."""
         ari = self.ari
         assert ari is not None
-        before = ari.playback.play_id if ari.playback else None
+        before = ari.rtp.playback.play_id if ari.rtp.playback else None
         await self.fake.press(digit)
         await until(
-            lambda: ari.playback is not None and ari.playback.play_id != before,
+            lambda: ari.rtp.playback is not None and ari.rtp.playback.play_id != before,
             f"key {digit} to take effect",
         )
 
@@ -239,7 +239,7 @@ async def test_rfc4733_digits_count_once(pbx):
 async def test_hang_up_during_the_prompt_releases_everything(pbx):
     fake, app = pbx
     call = await place(fake, app, CONSENT_LINE)
-    port, media_id, bridge_id = call.ari.port, call.ari.media_id, call.ari.bridge_id
+    port, media_id, bridge_id = call.ari.rtp.port, call.ari.media_id, call.ari.bridge_id
     await call.talk(2.0)
     assert await call.hang_up() is None
     assert call.session.decision.value == "hung_up"
@@ -274,7 +274,7 @@ async def test_lost_duplicated_and_reordered_rtp(pbx, caplog):
     call = await place(fake, app, EMERGENCY_LINE)
     await call.talk(1.0, drop={10, 11, 30}, duplicate={20, 21}, reorder=[(40, 41), (45, 47)])
     await call.talk(0.2)
-    stats = call.ari.jitter.stats
+    stats = call.ari.rtp.jitter.stats
     assert stats.lost == 3 and stats.duplicates == 2
     row = await call.hang_up()
     # Losses are filled with silence, so the timeline keeps its length.
@@ -289,7 +289,7 @@ async def test_rtp_from_strangers_and_garbage_is_dropped(pbx):
     await call.talk(0.5)
     await call.fake.inject_rtp(build_rtp(0, 1, 1, 99, b"\x00" * 160), from_stranger=True)
     await call.fake.inject_rtp(b"\x01\x02garbage")
-    await until(lambda: call.ari.strangers == 1 and call.ari.malformed == 1, "the drops")
+    await until(lambda: call.ari.rtp.strangers == 1 and call.ari.rtp.malformed == 1, "the drops")
     await call.talk(0.5)
     row = await call.hang_up()
     assert row.status is RecordingStatus.COMPLETE and call.session.stats.frames_stored == 50
@@ -299,7 +299,7 @@ async def test_two_calls_are_kept_apart(pbx):
     fake, app = pbx
     a = await place(fake, app, EMERGENCY_LINE)
     b = await place(fake, app, EMERGENCY_LINE)
-    assert a.ari.port != b.ari.port
+    assert a.ari.rtp.port != b.ari.rtp.port
     await a.talk(1.0)
     await b.talk(2.0)
     await a.fake.press("1")  # ignored on this line, and only seen by a

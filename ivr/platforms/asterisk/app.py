@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
-import socket
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -25,9 +23,10 @@ from typing import Any
 import aiohttp
 
 from ivr.calls import CallRegistry
+from ivr.calls.rtp import PortRange
 from ivr.config import Config, Line
 from ivr.platforms.asterisk import ari
-from ivr.platforms.asterisk.call import PLATFORM, AriCall, RtpPort
+from ivr.platforms.asterisk.call import PLATFORM, AriCall
 from ivr.platforms.asterisk.rest import AriHttpError, AriRest, basic_auth
 
 log = logging.getLogger(__name__)
@@ -72,7 +71,9 @@ class AriApplication:
         self.replaced = False  # another websocket took our application name
         self.instance = ari.instance_tag(self.settings.app)
         self.started_at = clock()
-        self._next_port = self.settings.rtp_port_min
+        self.rtp_ports = PortRange(
+            self.settings.rtp_bind, self.settings.rtp_port_min, self.settings.rtp_port_max
+        )
         # Made here, so every field is valid from construction (which therefore happens inside
         # the running loop, in the service's asterisk step); start() only begins listening.
         self._session = aiohttp.ClientSession()
@@ -287,26 +288,6 @@ class AriApplication:
             if line is not None:
                 return line
         return None
-
-    async def bind_rtp(self, call: AriCall) -> tuple[int, RtpPort]:
-        loop = asyncio.get_running_loop()
-        low, high = self.settings.rtp_port_min, self.settings.rtp_port_max
-        span = high - low + 1
-        for _ in range(span):
-            port = self._next_port
-            self._next_port = low + (port - low + 1) % span
-            try:
-                _, protocol = await loop.create_datagram_endpoint(
-                    lambda: RtpPort(call),
-                    local_addr=(self.settings.rtp_bind, port),
-                    family=socket.AF_INET6 if ":" in self.settings.rtp_bind else socket.AF_INET,
-                )
-            except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                    continue
-                raise
-            return port, protocol
-        raise OSError(errno.EADDRINUSE, f"all {span} RTP ports in {low}-{high} are in use")
 
     def forget(self, call: AriCall) -> None:
         self.calls.pop(call.caller.id, None)

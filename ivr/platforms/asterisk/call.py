@@ -20,21 +20,18 @@ events in order and one call's trouble stays in that call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ivr.calls import Call, CallSession, carry_out
-from ivr.calls.playback import FRAME_MS, PacedPrompt
+from ivr.calls.playback import FRAME_MS
+from ivr.calls.rtp import WAKE_DIGIT, RtpLeg
 from ivr.config import normalise_number
 from ivr.consent import Command, DigitPressed, PromptFinished
 from ivr.platforms.asterisk import ari
 from ivr.platforms.asterisk.rest import AriHttpError
-from media.dtmf import DtmfDetector, parse_telephone_event
 from media.prompts import Prompt
-from media.rtp import JitterBuffer, RtpError, RtpSender, classify, parse_rtp
 
 if TYPE_CHECKING:
     from ivr.platforms.asterisk.app import AriApplication
@@ -56,35 +53,9 @@ class SetupFailed(Exception):
     """A call's media could not be connected; the message says why, for its row and the log."""
 
 
-class RtpPort(asyncio.DatagramProtocol):
-    """A call's UDP socket: packets only from the peer Asterisk announced are let through."""
-
-    def __init__(self, call: AriCall) -> None:
-        self.call = call
-        self.transport: asyncio.DatagramTransport | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:  # room for a second of audio should the loop stall briefly
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.call.rtp_received(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("call %s: RTP socket error: %s", self.call.label, exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
 @dataclass(eq=False)
 class AriCall:
-    """One caller's channel and everything of ours around it: RTP port, bridge, external
+    """One caller's channel and everything of ours around it: RTP leg, bridge, external
     media, agent leg, the prompt being played. The ``Wire`` of its ``Call``."""
 
     app: AriApplication
@@ -99,26 +70,18 @@ class AriCall:
     bridge_id: str = ""
     media_id: str = ""
     agent_id: str | None = None
-    port: int | None = None
-    protocol: RtpPort | None = None
-    peer: tuple[str, int] | None = None
+    rtp: RtpLeg = field(init=False)
     queue: asyncio.Queue[tuple[str, Any]] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUE))
     task: asyncio.Task[None] | None = None
     finished: bool = False
-    playback: PacedPrompt | None = None
-    sender: RtpSender = field(default_factory=RtpSender)
-    jitter: JitterBuffer = field(default_factory=JitterBuffer)
-    dtmf: DtmfDetector = field(default_factory=DtmfDetector)
-    media_base_ms: int | None = None
-    strangers: int = 0
-    malformed: int = 0
     last_digit: tuple[str, float] | None = None
     caller_gone: bool = False
     early_end: str | None = None  # why it ended, before it was in the registry
-    packets: int = 0
-    _pump_posted: bool = False
     reported: dict[str, str] = field(default_factory=dict)
     _reported_state: tuple[Any, bool] | None = None
+
+    def __post_init__(self) -> None:
+        self.rtp = RtpLeg(self.post, name=f"ari:{self.caller.id}")
 
     @property
     def session(self) -> CallSession | None:
@@ -140,33 +103,8 @@ class AriCall:
         self.gone.set()
         self.post("end", reason)
 
-    # -- input from the socket and the events loop -----------------------------------------------
-    def rtp_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        """The per-packet path, taken synchronously (no queue, no task switch): the audio
-        gate and the jitter buffer need no awaiting; the call's task is woken only when the
-        flow or the prompt pump has something due."""
-        peer = self.peer
-        if (
-            peer is None
-            or addr[1] != peer[1]
-            or (peer[0] not in ("0.0.0.0", "::") and addr[0] != peer[0])
-        ):
-            self.strangers += 1
-            if self.strangers == 1:
-                log.warning("call %s: RTP from an unexpected address dropped", self.label)
-            return
-        session = self.session
-        if session is None or self.finished:
-            return
-        self.packets += 1
-        self._take_rtp(session, data)
-        deadline = session.flow.deadline
-        due = self.playback is not None or (deadline is not None and session.now >= deadline)
-        if due and not self._pump_posted:
-            self._pump_posted = True
-            self.post("pump")
-
-    def post(self, kind: str, value: Any = None) -> None:
+    # -- input from the events loop and the RTP leg -------------------------------------------
+    def post(self, kind: str, value: object = None) -> None:
         try:
             self.queue.put_nowait((kind, value))
         except asyncio.QueueFull:
@@ -202,6 +140,7 @@ class AriCall:
         if self.early_end is not None:
             call.ended_by(self.early_end)
         self.call = call
+        self.rtp.name = call.call_id
         app.count("calls")
         try:
             await self._connect_media()
@@ -209,7 +148,7 @@ class AriCall:
             await self._setup_failed(str(exc))
             return False
         # The call's clock starts here: the caller can hear us from now on.
-        session = app.registry.begin(call, tracks=("mixed",))
+        session = self.rtp.session = app.registry.begin(call, tracks=("mixed",))
         await self._run(await session.start())
         return True
 
@@ -219,7 +158,7 @@ class AriCall:
         app = self.app
         settings = app.settings
         try:
-            self.port, self.protocol = await app.bind_rtp(self)
+            port = await app.rtp_ports.bind(self.rtp)
         except OSError as exc:
             app.count("rtp_ports_exhausted")
             raise SetupFailed(f"no RTP port free ({exc})") from None
@@ -234,9 +173,9 @@ class AriCall:
             await app.rest(ari.answer(self.caller.id))
             await app.rest(ari.create_bridge(self.bridge_id))
             media = await app.rest(
-                ari.external_media(settings.app, self.media_id, settings.rtp_host, self.port)
+                ari.external_media(settings.app, self.media_id, settings.rtp_host, port)
             )
-            self.peer = ari.rtp_peer(media or {})
+            self.rtp.peer = ari.rtp_peer(media or {})
             await self._media_in_stasis()
             await app.rest(ari.add_to_bridge(self.bridge_id, [self.caller.id, self.media_id]))
         except (AriHttpError, ari.AriEventError) as exc:
@@ -295,7 +234,7 @@ class AriCall:
                 kind, value = queue.get_nowait()
             else:
                 # Keep prompts paced should RTP stop arriving; else the timer rule.
-                timeout = FRAME_MS / 1000 if self.playback is not None else session.timer()
+                timeout = FRAME_MS / 1000 if self.rtp.playback is not None else session.timer()
                 if timeout is None:
                     kind, value = await queue.get()
                 else:
@@ -304,9 +243,7 @@ class AriCall:
                             kind, value = await queue.get()
                     except TimeoutError:
                         kind, value = "timer", None
-            if kind == "pump":
-                self._pump_posted = False
-            elif kind in ("digit", "rtp-digit"):
+            if kind in ("digit", WAKE_DIGIT):
                 await self._digit(session, value)
             elif kind == "agent":
                 await self._agent_entered(value)
@@ -319,49 +256,19 @@ class AriCall:
         """RTP that arrived before the hang-up may still sit in the socket when the hang-up
         event is read: let it in (until the socket has been quiet briefly) before finishing."""
         for _ in range(DRAIN_ROUNDS):
-            seen = self.packets
+            seen = self.rtp.packets
             await asyncio.sleep(DRAIN_QUIET_SECONDS)
-            if self.packets == seen:
+            if self.rtp.packets == seen:
                 break
         await self._finish(reason)
 
     async def _pump(self, session: CallSession) -> None:
         """Send the prompt frames that are due, and give the flow its ticks."""
         now = session.now_event()
-        pb = self.playback
-        if pb is not None and self.protocol and self.protocol.transport and self.peer:
-            for frame in pb.due(now):
-                self.protocol.transport.sendto(self.sender.packet(frame), self.peer)
-            if pb.finished and self.playback is pb:
-                self.playback = None
-                await self._run(await session.handle(PromptFinished(at=now, play_id=pb.play_id)))
+        finished = self.rtp.pump(now)
+        if finished is not None:
+            await self._run(await session.handle(PromptFinished(at=now, play_id=finished)))
         await self._run(await session.tick(now))
-
-    def _take_rtp(self, session: CallSession, data: bytes) -> None:
-        try:
-            packet = parse_rtp(data)
-        except RtpError as exc:
-            self.malformed += 1
-            self.jitter.stats.malformed += 1
-            if self.malformed == 1:
-                log.warning("call %s: malformed RTP dropped: %s", self.label, exc)
-            return
-        kind = classify(packet)
-        if kind == "dtmf":
-            with contextlib.suppress(ValueError):
-                # One packet can close two digits when end packets were lost.
-                for digit in (
-                    self.dtmf.feed(packet.timestamp, parse_telephone_event(packet.payload)) or ""
-                ):
-                    self.post("rtp-digit", digit)
-            return
-        if kind != "audio":
-            return
-        if self.media_base_ms is None:
-            self.media_base_ms = int(session.call_time() * 1000)
-        for frame in self.jitter.push(packet):
-            session.audio(0, self.media_base_ms + frame.timestamp_ms, frame.payload)
-            session.at((self.media_base_ms + frame.timestamp_ms + FRAME_MS) / 1000)
 
     async def _digit(self, session: CallSession, digit: str) -> None:
         now = session.now_event()
@@ -397,11 +304,10 @@ class AriCall:
     async def play(self, prompt: Prompt, play_id: int) -> None:
         session = self.session
         assert session is not None
-        self.sender.start_talkspurt()
-        self.playback = PacedPrompt.start(prompt, play_id, session.call_time())
+        self.rtp.play(prompt, play_id, session.call_time())
 
     async def stop_playing(self) -> None:
-        self.playback = None
+        self.rtp.stop_playing()
 
     async def hand_off(self, recording: bool) -> None:
         call = self.call
@@ -448,36 +354,15 @@ class AriCall:
         self.finished = True
         app = self.app
         call, session = self.call, self.session
-        if session is not None:
-            for frame in self.jitter.flush():
-                if self.media_base_ms is not None:
-                    session.audio(0, self.media_base_ms + frame.timestamp_ms, frame.payload)
+        self.rtp.flush()
         if call is not None:
             call.attached = 0
             await app.registry.finish(call, reason)
         if session is not None:
-            stats = self.jitter.stats
-            log.info(
-                "call %s: rtp lost %d dup %d late %d strangers %d malformed %d",
-                self.label,
-                stats.lost,
-                stats.duplicates,
-                stats.late,
-                self.strangers,
-                self.malformed,
-            )
-            if self.jitter.gaps:
-                # Losses were filled with silence; say where, so a listener knows the quiet
-                # at 12.3 s is the network's and not the caller's.
-                log.info(
-                    "call %s: silence filled for lost RTP at %s",
-                    self.label,
-                    ", ".join(f"{start}+{length} ms" for start, length in self.jitter.gaps[:20]),
-                )
             app.count("calls_completed")
             app.count("frames_stored", session.stats.frames_stored)
             app.count("frames_lost", session.stats.frames_lost)
-            app.count("rtp_lost", stats.lost)
+            app.count("rtp_lost", self.rtp.jitter.stats.lost)
         for channel_id in (self.agent_id, self.media_id):
             if channel_id:
                 await app.rest_quiet(ari.hang_up(channel_id))
@@ -485,9 +370,5 @@ class AriCall:
             await app.rest_quiet(ari.destroy_bridge(self.bridge_id))
         if not self.caller_gone and not self.handed_back:
             await app.rest_quiet(ari.hang_up(self.caller.id))
-        if self.protocol and self.protocol.transport:
-            self.protocol.transport.close()
-            # The socket closes on the loop's next pass: wait for it, so that the port is free
-            # again by the time the call is gone (a new call may bind it at once).
-            await self.protocol.closed
+        await self.rtp.close()
         app.forget(self)

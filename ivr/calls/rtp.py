@@ -1,0 +1,222 @@
+"""A call's audio over RTP, for a platform that hands us a plain RTP stream.
+
+Asterisk's external media does (AudioSocket or FreeSWITCH would too), so what such a platform
+shares lives here rather than in one of them: a UDP port from a configured range, packets let in
+only from the peer the platform announced, the audio through a jitter buffer into the call's
+``CallSession``, RFC 4733 keys, and prompts sent as paced RTP. The platform keeps the signalling
+(who the peer is, when the call ends) and the call's task; ``RtpLeg`` wakes that task through
+``wake`` only when something is due, so the per-packet path never switches tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ivr.calls.playback import FRAME_MS, PacedPrompt
+from ivr.calls.session import TRACK_CALLER, CallSession
+from media.dtmf import DtmfDetector, parse_telephone_event
+from media.prompts import Prompt
+from media.rtp import JitterBuffer, RtpError, RtpSender, classify, parse_rtp
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BUFFER_BYTES = 1 << 20  # room for a second of audio should the loop stall briefly
+ANY_ADDRESS = ("0.0.0.0", "::")
+
+# What ``RtpLeg`` asks of the call's task, through ``wake(kind, value)``.
+WAKE_PUMP = "pump"  # prompt frames or a flow deadline are due: call ``pump``
+WAKE_DIGIT = "rtp-digit"  # an RFC 4733 key (value: the digit)
+
+
+class RtpPort(asyncio.DatagramProtocol):
+    """The leg's UDP socket; ``closed`` resolves once the port is free again."""
+
+    def __init__(self, leg: RtpLeg) -> None:
+        self.leg = leg
+        self.transport: asyncio.DatagramTransport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.leg.received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("call %s: RTP socket error: %s", self.leg.name, exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class PortRange:
+    """UDP ports from ``low`` to ``high`` handed out in turn, skipping those in use."""
+
+    def __init__(self, host: str, low: int, high: int) -> None:
+        self.host, self.low, self.high = host, low, high
+        self._next = low
+
+    async def bind(self, leg: RtpLeg) -> int:
+        """Bind ``leg`` to the next free port and return it; OSError when every port is taken."""
+        loop = asyncio.get_running_loop()
+        span = self.high - self.low + 1
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        for _ in range(span):
+            port = self._next
+            self._next = self.low + (port - self.low + 1) % span
+            try:
+                _, protocol = await loop.create_datagram_endpoint(
+                    lambda: RtpPort(leg), local_addr=(self.host, port), family=family
+                )
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    continue
+                raise
+            leg.port, leg.protocol = port, protocol
+            return port
+        raise OSError(
+            errno.EADDRINUSE, f"all {span} RTP ports in {self.low}-{self.high} are in use"
+        )
+
+
+@dataclass(eq=False)
+class RtpLeg:
+    """One call's RTP: what arrives goes to ``session``, prompts go to ``peer``."""
+
+    wake: Callable[[str, object], None]
+    name: str = ""  # for the log: the call id once known
+    session: CallSession | None = None  # audio is taken from the moment this is set
+    port: int | None = None
+    protocol: RtpPort | None = None
+    peer: tuple[str, int] | None = None
+    playback: PacedPrompt | None = None
+    sender: RtpSender = field(default_factory=RtpSender)
+    jitter: JitterBuffer = field(default_factory=JitterBuffer)
+    dtmf: DtmfDetector = field(default_factory=DtmfDetector)
+    media_base_ms: int | None = None
+    strangers: int = 0
+    malformed: int = 0
+    packets: int = 0
+    closed: bool = False
+    _pump_posted: bool = False
+
+    # -- in -------------------------------------------------------------------------------------
+    def received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """The per-packet path, taken synchronously (no queue, no task switch): the audio
+        gate and the jitter buffer need no awaiting."""
+        peer = self.peer
+        if (
+            peer is None
+            or addr[1] != peer[1]
+            or (peer[0] not in ANY_ADDRESS and addr[0] != peer[0])
+        ):
+            self.strangers += 1
+            if self.strangers == 1:
+                log.warning("call %s: RTP from an unexpected address dropped", self.name)
+            return
+        session = self.session
+        if session is None or self.closed:
+            return
+        self.packets += 1
+        self._take(session, data)
+        deadline = session.flow.deadline
+        due = self.playback is not None or (deadline is not None and session.now >= deadline)
+        if due and not self._pump_posted:
+            self._pump_posted = True
+            self.wake(WAKE_PUMP, None)
+
+    def _take(self, session: CallSession, data: bytes) -> None:
+        try:
+            packet = parse_rtp(data)
+        except RtpError as exc:
+            self.malformed += 1
+            self.jitter.stats.malformed += 1
+            if self.malformed == 1:
+                log.warning("call %s: malformed RTP dropped: %s", self.name, exc)
+            return
+        kind = classify(packet)
+        if kind == "dtmf":
+            with contextlib.suppress(ValueError):
+                event = parse_telephone_event(packet.payload)
+                # One packet can close two digits when end packets were lost.
+                for digit in self.dtmf.feed(packet.timestamp, event) or "":
+                    self.wake(WAKE_DIGIT, digit)
+            return
+        if kind != "audio":
+            return
+        if self.media_base_ms is None:
+            self.media_base_ms = int(session.call_time() * 1000)
+        for frame in self.jitter.push(packet):
+            session.audio(TRACK_CALLER, self.media_base_ms + frame.timestamp_ms, frame.payload)
+            session.at((self.media_base_ms + frame.timestamp_ms + FRAME_MS) / 1000)
+
+    # -- out ------------------------------------------------------------------------------------
+    def play(self, prompt: Prompt, play_id: int, now: float) -> None:
+        self.sender.start_talkspurt()
+        self.playback = PacedPrompt.start(prompt, play_id, now)
+
+    def stop_playing(self) -> None:
+        self.playback = None
+
+    def pump(self, now: float) -> int | None:
+        """Send the prompt frames due at call time ``now``; the prompt's play id when it has
+        just finished playing."""
+        self._pump_posted = False
+        pb = self.playback
+        transport = self.protocol.transport if self.protocol else None
+        if pb is None or transport is None or self.peer is None:
+            return None
+        for frame in pb.due(now):
+            transport.sendto(self.sender.packet(frame), self.peer)
+        if not pb.finished:
+            return None
+        self.playback = None
+        return pb.play_id
+
+    # -- end ------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """No more audio is taken; what the jitter buffer still holds goes to the session."""
+        self.closed = True
+        session = self.session
+        if session is not None and self.media_base_ms is not None:
+            for frame in self.jitter.flush():
+                session.audio(TRACK_CALLER, self.media_base_ms + frame.timestamp_ms, frame.payload)
+
+    async def close(self) -> None:
+        """Log the leg's losses and free its port."""
+        self.closed = True
+        if self.session is not None:
+            stats = self.jitter.stats
+            log.info(
+                "call %s: rtp lost %d dup %d late %d strangers %d malformed %d",
+                self.name,
+                stats.lost,
+                stats.duplicates,
+                stats.late,
+                self.strangers,
+                self.malformed,
+            )
+            if self.jitter.gaps:
+                # Losses were filled with silence; say where, so a listener knows the quiet
+                # at 12.3 s is the network's and not the caller's.
+                log.info(
+                    "call %s: silence filled for lost RTP at %s",
+                    self.name,
+                    ", ".join(f"{start}+{length} ms" for start, length in self.jitter.gaps[:20]),
+                )
+        if self.protocol and self.protocol.transport:
+            self.protocol.transport.close()
+            # The socket closes on the loop's next pass: wait for it, so that the port is free
+            # again by the time the call is gone (a new call may bind it at once).
+            await self.protocol.closed
