@@ -11,9 +11,7 @@ from ivr.harness.fake_asterisk.model import (
     AGENT,
     DEFAULT_HANGUP_ORDER,
     EXTERNAL_MEDIA,
-    BridgeState,
     ChannelState,
-    FrameSource,
 )
 from ivr.harness.fake_asterisk.rtp import (
     DTMF_EVENT_CODES,
@@ -44,24 +42,12 @@ class FakeCall:
     def channel_id(self) -> str:
         return self.channel.id
 
-    @property
-    def audio(self) -> FrameSource:
-        """What the caller says (looped 20 ms μ-law frames); may be replaced at any time."""
-        assert self.channel.audio is not None
-        return self.channel.audio
-
-    @audio.setter
-    def audio(self, source: FrameSource) -> None:
-        self.channel.audio = source
-
-    @property
-    def bridge(self) -> BridgeState | None:
-        bid = self.channel.bridge_id
-        return self._pbx.bridges.get(bid) if bid else None
-
     def _met(self, kind: str) -> list[ChannelState]:
         channels = [self._pbx.channels[cid] for cid in self.channel.met]
         return [ch for ch in channels if ch.kind == kind]
+
+    def _peers(self) -> list[RtpPeer]:
+        return [ch.rtp for ch in self._met(EXTERNAL_MEDIA) if ch.rtp is not None]
 
     @property
     def media(self) -> RtpPeer | None:
@@ -72,38 +58,28 @@ class FakeCall:
     @property
     def agent(self) -> ChannelState | None:
         """The agent channel in the caller's bridge, else the last one that was."""
-        bridge = self.bridge
-        if bridge is not None:
-            for cid in bridge.channels:
-                if self._pbx.channels[cid].kind == AGENT:
-                    return self._pbx.channels[cid]
+        bridge = self._pbx.bridges.get(self.channel.bridge_id or "")
+        for cid in bridge.channels if bridge is not None else ():
+            if self._pbx.channels[cid].kind == AGENT:
+                return self._pbx.channels[cid]
         agents = self._met(AGENT)
         return agents[-1] if agents else None
 
-    @property
     def received_rtp(self) -> list[ReceivedPacket]:
         """Datagrams the app sent to this call's external-media socket(s), in arrival order."""
         return [p for peer in self._peers() for p in peer.received]
 
-    def prompt_audio(self, payload_type: int | None = None) -> bytes:
-        """Payloads of the received RTP packets of ``payload_type`` (default: the stream's)."""
-        out = bytearray()
-        for peer in self._peers():
-            pt = peer.payload_type if payload_type is None else payload_type
-            for p in peer.received:
-                if p.header is not None and p.header.payload_type == pt:
-                    out += p.payload
-        return bytes(out)
-
-    def rtp_stats(self) -> RtpStats:
-        peers = self._peers()
-        return RtpStats.of(
-            [p for peer in peers for p in peer.received],
-            [a for peer in peers for a in peer.received_from],
+    def prompt_audio(self) -> bytes:
+        """Payloads of the received RTP packets of the stream's payload type."""
+        return b"".join(
+            p.payload
+            for peer in self._peers()
+            for p in peer.received
+            if p.header is not None and p.header.payload_type == peer.payload_type
         )
 
-    def _peers(self) -> list[RtpPeer]:
-        return [ch.rtp for ch in self._met(EXTERNAL_MEDIA) if ch.rtp is not None]
+    def rtp_stats(self) -> RtpStats:
+        return RtpStats.of(self.received_rtp())
 
     def _require_peer(self) -> RtpPeer:
         peer = self._pbx.bridge_peer(self.channel)
@@ -116,9 +92,7 @@ class FakeCall:
     # -- what the caller does -----------------------------------------------------------------
     async def press(self, digit: str, duration_ms: int = 100) -> None:
         """The caller presses ``digit``: ``ChannelDtmfReceived`` (at the end of the digit)."""
-        key = digit.upper()
-        if len(key) != 1 or key not in DTMF_EVENT_CODES:
-            raise ValueError(f"not a DTMF digit: {digit!r}")
+        key = _dtmf_key(digit)
         if self.channel.destroyed:
             raise RuntimeError(f"call {self.channel_id} has hung up")
         if self._fake.pace:
@@ -138,13 +112,7 @@ class FakeCall:
         """The caller hangs up. See ``FakeAsterisk.hangup_channel``."""
         await self._fake.hangup_channel(self.channel_id, cause, order=order, duplicate=duplicate)
 
-    async def hangup_agent(
-        self,
-        cause: int = 16,
-        *,
-        order: Sequence[str] = DEFAULT_HANGUP_ORDER,
-        duplicate: bool | Collection[str] = False,
-    ) -> None:
+    async def hangup_agent(self, cause: int = 16) -> None:
         """The agent bridged with this caller hangs up (or the only live agent, if none is)."""
         agent = self.agent
         if agent is None or agent.destroyed:
@@ -152,7 +120,7 @@ class FakeCall:
             if len(live) != 1:
                 raise RuntimeError(f"no agent to hang up for call {self.channel_id}")
             agent = live[0]
-        await self._fake.hangup_channel(agent.id, cause, order=order, duplicate=duplicate)
+        await self._fake.hangup_channel(agent.id, cause)
 
     async def send_audio(
         self,
@@ -161,16 +129,14 @@ class FakeCall:
         drop: Collection[int] = (),
         duplicate: Collection[int] = (),
         reorder: Iterable[tuple[int, int]] = (),
-        paced: bool = False,
     ) -> list[bytes]:
-        """Send the next ``n_frames`` 20 ms packets of the bridge's mix to the app.
+        """Send the next ``n_frames`` 20 ms packets of the bridge's mix to the app at once.
 
         Indices are 0-based within this call of ``send_audio``: ``drop`` packets are built (they
         use up a sequence number, a timestamp and audio) but never sent, ``duplicate`` ones are
         sent twice in a row, and each ``(i, j)`` in ``reorder`` swaps when packets i and j go
-        out. ``paced`` spaces them 20 ms apart in wall time. Returns the datagrams sent, in order.
-        Raises RuntimeError unless an external-media channel shares a mixing bridge with the
-        caller.
+        out. Returns the datagrams sent, in order. Raises RuntimeError unless an external-media
+        channel shares a mixing bridge with the caller.
         """
         peer = self._require_peer()
         indices = set(drop) | set(duplicate) | {i for pair in reorder for i in pair}
@@ -180,18 +146,9 @@ class FakeCall:
         order = list(range(n_frames))
         for i, j in reorder:
             order[i], order[j] = order[j], order[i]
-        sent: list[bytes] = []
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        for index in order:
-            if paced:
-                due += FRAME_SECONDS
-                await asyncio.sleep(max(0.0, due - loop.time()))
-            if index in drop:
-                continue
-            for _ in range(2 if index in duplicate else 1):
-                peer.send(packets[index])
-                sent.append(packets[index])
+        sent = [packets[i] for i in order if i not in drop for _ in range(1 + (i in duplicate))]
+        for packet in sent:
+            peer.send(packet)
         return sent
 
     async def inject_rtp(self, raw: bytes, *, from_stranger: bool = False) -> Addr:
@@ -212,14 +169,7 @@ class FakeCall:
             host, port = s.getsockname()[:2]
         return (str(host), int(port))
 
-    async def also_send_dtmf_rtp(
-        self,
-        digit: str,
-        *,
-        duration_ms: int = 100,
-        volume: int = 10,
-        payload_type: int = PT_TELEPHONE_EVENT,
-    ) -> list[bytes]:
+    async def also_send_dtmf_rtp(self, digit: str, *, duration_ms: int = 100) -> list[bytes]:
         """Send ``digit`` as RFC 4733 telephone-events on the call's RTP stream.
 
         One packet per 20 ms with growing durations (marker on the first), then three end
@@ -227,22 +177,20 @@ class FakeCall:
         the stream's timestamp then moves on by the event's duration. Paced at 20 ms when the
         fake is. No ``ChannelDtmfReceived`` is emitted: combine with :meth:`press` if wanted.
         """
-        key = digit.upper()
-        if len(key) != 1 or key not in DTMF_EVENT_CODES:
-            raise ValueError(f"not a DTMF digit: {digit!r}")
+        event = DTMF_EVENT_CODES[_dtmf_key(digit)]
         steps = max(1, round(duration_ms / 20))
-        if steps * SAMPLES_PER_FRAME > 0xFFFF:
+        final = steps * SAMPLES_PER_FRAME
+        if final > 0xFFFF:
             raise ValueError(f"duration_ms too long for one event: {duration_ms}")
         peer = self._require_peer()
-        event, ts, final = DTMF_EVENT_CODES[key], peer.timestamp, steps * SAMPLES_PER_FRAME
 
         def packet(duration: int, *, end: bool, marker: bool) -> bytes:
-            payload = telephone_event_payload(event, end=end, volume=volume, duration=duration)
-            return peer.build(payload, payload_type=payload_type, marker=marker, timestamp=ts)
+            payload = telephone_event_payload(event, end=end, volume=10, duration=duration)
+            return peer.build(payload, payload_type=PT_TELEPHONE_EVENT, marker=marker)
 
         packets = [packet(k * SAMPLES_PER_FRAME, end=False, marker=k == 1) for k in range(1, steps)]
         packets += [packet(final, end=True, marker=steps == 1 and r == 0) for r in range(3)]
-        peer.timestamp = (ts + final) & 0xFFFFFFFF
+        peer.timestamp = (peer.timestamp + final) & 0xFFFFFFFF
         for i, data in enumerate(packets):
             if self._fake.pace and 0 < i < steps:
                 await asyncio.sleep(FRAME_SECONDS)
@@ -253,15 +201,20 @@ class FakeCall:
     async def wait_for_rtp(self, n_packets: int = 1, timeout: float = 5.0) -> list[ReceivedPacket]:
         """Wait until the app has sent at least ``n_packets`` datagrams to this call."""
         await self._fake.wait_for(
-            lambda: len(self.received_rtp) >= n_packets, timeout, f"{n_packets} RTP packets"
+            lambda: len(self.received_rtp()) >= n_packets, timeout, f"{n_packets} RTP packets"
         )
-        return self.received_rtp
+        return self.received_rtp()
 
     async def wait_until_bridged(self, timeout: float = 5.0) -> RtpPeer:
         """Wait until an external-media channel shares a mixing bridge with the caller."""
         await self._fake.wait_for(
             lambda: self._pbx.bridge_peer(self.channel) is not None, timeout, "media bridge"
         )
-        peer = self._pbx.bridge_peer(self.channel)
-        assert peer is not None
-        return peer
+        return self._require_peer()
+
+
+def _dtmf_key(digit: str) -> str:
+    key = digit.upper()
+    if len(key) != 1 or key not in DTMF_EVENT_CODES:
+        raise ValueError(f"not a DTMF digit: {digit!r}")
+    return key

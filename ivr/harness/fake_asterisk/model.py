@@ -26,28 +26,19 @@ DEFAULT_HANGUP_ORDER: tuple[str, ...] = ("ChannelHangupRequest", "StasisEnd", "C
 HANGUP_EVENTS = frozenset(
     {"ChannelHangupRequest", "ChannelLeftBridge", "StasisEnd", "ChannelDestroyed"}
 )
-# Q.850 cause texts as Asterisk's ast_cause2str gives them.
+# Q.850 cause texts as Asterisk's ast_cause2str gives them, for the causes the fake produces.
 CAUSE_TEXT: dict[int, str] = {
-    0: "Unknown",
     1: "Unallocated (unassigned) number",
     16: "Normal Clearing",
     17: "User busy",
-    18: "No user responding",
     19: "User alerting, no answer",
     21: "Call Rejected",
-    26: "Answered elsewhere",
-    27: "Destination out of order",
-    28: "Invalid number format (addr incomplete)",
-    31: "Normal, unspecified",
     34: "Circuit/channel congestion",
-    38: "Network out of order",
-    58: "Bearer capability not available",
-    127: "Interworking, unspecified",
 }
 
 
 class FrameSource(Protocol):
-    """Anything that yields 160-byte μ-law frames by index, e.g. ``ivr.harness.audio.tone()``."""
+    """160-byte μ-law frames by index, e.g. ``ivr.harness.audio.tone()``."""
 
     def frame(self, index: int) -> bytes: ...
 
@@ -83,10 +74,8 @@ class ChannelState:
     connected_number: str = ""
     context: str = "default"
     exten: str = "s"
-    priority: int = 1
     app_name: str = ""
     app_data: str = ""
-    language: str = "en"
     protocol_id: str = ""
     vars: dict[str, str] = field(default_factory=dict)
     show_vars: bool = False  # include ``channelvars`` in event snapshots
@@ -114,12 +103,12 @@ class ChannelState:
             "dialplan": {
                 "context": self.context,
                 "exten": self.exten,
-                "priority": self.priority,
+                "priority": 1,
                 "app_name": self.app_name,
                 "app_data": self.app_data,
             },
             "creationtime": self.creationtime,
-            "language": self.language,
+            "language": "en",
         }
         if (self.show_vars if with_vars is None else with_vars) and self.vars:
             data["channelvars"] = dict(self.vars)
@@ -163,13 +152,11 @@ class Pbx:
         *,
         app: str,
         seed: int,
-        clock: Callable[[], datetime],
         emit: Callable[[str, str, Mapping[str, Any]], None],
         changed: Callable[[], None],
     ) -> None:
         self.app = app
         self.rng = random.Random(seed)
-        self.clock = clock
         self.emit = emit  # (app, event type, fields)
         self.changed = changed
         self.channels: dict[str, ChannelState] = {}
@@ -181,7 +168,7 @@ class Pbx:
 
     # -- ids and lookups ---------------------------------------------------------------------
     def now(self) -> str:
-        return format_timestamp(self.clock())
+        return format_timestamp(datetime.now(UTC))
 
     def new_channel_id(self) -> str:
         self._ids += 1
@@ -207,11 +194,15 @@ class Pbx:
         ch = self.channels.get(channel_id)
         return ch if ch is not None and not ch.destroyed else None
 
-    def control(self, channel_id: str) -> ChannelState:
-        """The channel if it is in Stasis; else 404 / 409 as Asterisk's find_control()."""
+    def channel(self, channel_id: str) -> ChannelState:
         ch = self.live(channel_id)
         if ch is None:
             raise AriError(404, "Channel not found")
+        return ch
+
+    def control(self, channel_id: str) -> ChannelState:
+        """The channel if it is in Stasis; else 404 / 409 as Asterisk's find_control()."""
+        ch = self.channel(channel_id)
         if not ch.in_stasis:
             raise AriError(409, "Channel not in Stasis application")
         return ch
@@ -250,8 +241,7 @@ class Pbx:
         if timer is not None:
             timer.cancel()
         self.answer(ch)
-        if ch.subscribed:  # originated with an app: it runs Stasis(app[,appArgs])
-            self.enter_stasis(ch)
+        self.enter_stasis(ch)  # originated into the app: it runs Stasis(app[,appArgs])
 
     def back_to_dialplan(self, ch: ChannelState) -> None:
         """``continue``: the channel leaves Stasis."""

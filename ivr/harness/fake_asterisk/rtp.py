@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
+import random
 import socket
 import statistics
 import struct
@@ -26,32 +26,21 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ivr.harness.audio import FRAME_BYTES
 from media.g711 import alaw_encode, ulaw_decode, ulaw_encode
 
-log = logging.getLogger(__name__)
-
 Addr = tuple[str, int]
-FRAME_BYTES = 160  # 20 ms of 8 kHz G.711
 SAMPLES_PER_FRAME = 160  # RTP timestamp units per 20 ms packet
 PT_PCMU = 0
 PT_PCMA = 8
 PT_TELEPHONE_EVENT = 101
-RTP_VERSION = 2
 STREAMED_FORMATS = {"ulaw": PT_PCMU, "alaw": PT_PCMA}
-#: RFC 4733 event codes for the DTMF keys.
-DTMF_EVENT_CODES: dict[str, int] = {
-    **{str(d): d for d in range(10)},
-    **{"*": 10, "#": 11, "A": 12, "B": 13, "C": 14, "D": 15},
-}
+DTMF_EVENT_CODES = {key: code for code, key in enumerate("0123456789*#ABCD")}  # RFC 4733 §3.2
+_HEADER = struct.Struct("!BBHII")
 
 
 class RtpHeader(NamedTuple):
-    """The fixed RTP header (RFC 3550 §5.1)."""
-
     version: int
-    padding: bool
-    extension: bool
-    csrc_count: int
     marker: bool
     payload_type: int
     sequence: int
@@ -63,6 +52,7 @@ class ReceivedPacket(NamedTuple):
     """One datagram that reached a fake RTP socket; ``header`` is None if it was not RTP."""
 
     arrival: float  # time.monotonic()
+    source: Addr
     header: RtpHeader | None
     payload: bytes
 
@@ -78,66 +68,37 @@ def build_rtp(
 ) -> bytes:
     """An RTP packet with a 12-byte header (no CSRCs, no extension, no padding)."""
     byte1 = (0x80 if marker else 0) | (payload_type & 0x7F)
-    header = struct.pack(
-        "!BBHII", RTP_VERSION << 6, byte1, sequence & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc
-    )
-    return header + payload
+    return _HEADER.pack(0x80, byte1, sequence & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + payload
 
 
 def parse_rtp(data: bytes) -> tuple[RtpHeader, bytes] | None:
-    """Header and payload of an RTP packet, or None if ``data`` is not a well-formed one."""
-    if len(data) < 12:
+    """Header and payload of a version 2 RTP packet as the service sends them (no padding, no
+    extension, no CSRCs); None for anything else, which the tests count as malformed."""
+    if len(data) < _HEADER.size:
         return None
-    b0, b1, seq, ts, ssrc = struct.unpack_from("!BBHII", data)
-    if b0 >> 6 != RTP_VERSION:
+    b0, b1, seq, ts, ssrc = _HEADER.unpack_from(data)
+    if b0 != 0x80:
         return None
-    padding, extension, cc = bool(b0 & 0x20), bool(b0 & 0x10), b0 & 0x0F
-    offset = 12 + 4 * cc
-    if extension:
-        if len(data) < offset + 4:
-            return None
-        (ext_words,) = struct.unpack_from("!H", data, offset + 2)
-        offset += 4 + 4 * ext_words
-    end = len(data)
-    if padding:
-        if end <= offset or data[-1] == 0 or data[-1] > end - offset:
-            return None
-        end -= data[-1]
-    if offset > end:
-        return None
-    header = RtpHeader(
-        RTP_VERSION, padding, extension, cc, bool(b1 & 0x80), b1 & 0x7F, seq, ts, ssrc
-    )
-    return header, bytes(data[offset:end])
+    return RtpHeader(2, bool(b1 & 0x80), b1 & 0x7F, seq, ts, ssrc), bytes(data[_HEADER.size :])
 
 
 def telephone_event_payload(event: int, *, end: bool, volume: int, duration: int) -> bytes:
     """RFC 4733 payload: ``event u8 | E:1 R:1 volume:6 | duration u16``."""
-    if not 0 <= event <= 255:
-        raise ValueError(f"event must be 0..255, got {event}")
-    if not 0 <= volume <= 63:
-        raise ValueError(f"volume must be 0..63, got {volume}")
-    if not 0 <= duration <= 0xFFFF:
-        raise ValueError(f"duration must be 0..65535, got {duration}")
+    if not (0 <= event <= 255 and 0 <= volume <= 63 and 0 <= duration <= 0xFFFF):
+        raise ValueError(f"event {event}, volume {volume} or duration {duration} out of range")
     return struct.pack("!BBH", event, (0x80 if end else 0) | volume, duration)
 
 
 def mix_frames(frames: Sequence[bytes], fmt: str = "ulaw") -> bytes:
-    """What a mixing bridge sends: the sum of μ-law ``frames`` as linear PCM, clipped, in ``fmt``.
-
-    One ``ulaw`` frame passes through untouched; ``fmt`` is ``ulaw`` or ``alaw``.
-    """
-    if fmt not in STREAMED_FORMATS:
-        raise ValueError(f"format must be ulaw or alaw, got {fmt!r}")
+    """What a mixing bridge sends: the sum of μ-law ``frames`` as linear PCM, clipped, in ``fmt``
+    (``ulaw`` or ``alaw``). One ``ulaw`` frame passes through untouched."""
     if not frames:
         frames = [b"\xff" * FRAME_BYTES]
     if len(frames) == 1 and fmt == "ulaw":
         return bytes(frames[0])
-    total = np.zeros(len(frames[0]), dtype=np.int32)
-    for f in frames:
-        if len(f) != len(frames[0]):
-            raise ValueError("frames to mix must have the same length")
-        total += ulaw_decode(f).astype(np.int32)
+    if any(len(f) != len(frames[0]) for f in frames):
+        raise ValueError("frames to mix must have the same length")
+    total = np.sum([ulaw_decode(f).astype(np.int32) for f in frames], axis=0)
     mixed = np.clip(total, -32768, 32767).astype(np.int16)
     return ulaw_encode(mixed) if fmt == "ulaw" else alaw_encode(mixed)
 
@@ -154,29 +115,26 @@ class RtpStats:
     arrival_times: tuple[float, ...]
 
     @classmethod
-    def of(cls, received: Sequence[ReceivedPacket], sources: Sequence[Addr]) -> RtpStats:
+    def of(cls, received: Sequence[ReceivedPacket]) -> RtpStats:
         return cls(
             packets=len(received),
             malformed=sum(1 for p in received if p.header is None),
             payload_bytes=sum(len(p.payload) for p in received if p.header is not None),
-            sources=tuple(dict.fromkeys(sources)),
+            sources=tuple(dict.fromkeys(p.source for p in received)),
             first_packet_at=received[0].arrival if received else None,
             arrival_times=tuple(p.arrival for p in received),
         )
 
     def inter_arrival_ms(self) -> list[float]:
-        """Gaps between consecutive datagrams, in milliseconds."""
         return [(b - a) * 1000.0 for a, b in itertools.pairwise(self.arrival_times)]
 
     def paced(self, expected_ms: float = 20.0, tolerance_ms: float = 5.0) -> bool:
         """True if the median and mean gaps are both within ``tolerance_ms`` of ``expected_ms``
         (the mean catches bursts the median would hide). Needs at least three packets."""
         gaps = self.inter_arrival_ms()
-        if len(gaps) < 2:
-            return False
-        return (
-            abs(statistics.median(gaps) - expected_ms) <= tolerance_ms
-            and abs(statistics.fmean(gaps) - expected_ms) <= tolerance_ms
+        return len(gaps) >= 2 and all(
+            abs(average(gaps) - expected_ms) <= tolerance_ms
+            for average in (statistics.median, statistics.fmean)
         )
 
 
@@ -185,16 +143,20 @@ class _Protocol(asyncio.DatagramProtocol):
         self._peer = peer
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self._peer.on_datagram(data, (str(addr[0]), int(addr[1])))
+        parsed = parse_rtp(data)
+        header, payload = parsed if parsed is not None else (None, bytes(data))
+        source = (str(addr[0]), int(addr[1]))
+        self._peer.received.append(ReceivedPacket(time.monotonic(), source, header, payload))
+        self._peer.on_change()
 
-    def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable
-        log.debug("fake asterisk RTP socket %s: %s", self._peer.local, exc)
+    def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable: ignored
+        pass
 
 
 class RtpPeer:
-    """The fake's end of one external-media channel. It sends to ``remote`` (the
-    ``external_host`` the app gave) from ``local`` (the channel's ``UNICASTRTP_LOCAL_*``) and
-    records everything that arrives at ``local``."""
+    """The fake's end of one external-media channel: sends to ``remote`` (the app's
+    ``external_host``) from ``local`` (the channel's ``UNICASTRTP_LOCAL_*``), and records what
+    arrives at ``local``."""
 
     def __init__(
         self,
@@ -202,26 +164,23 @@ class RtpPeer:
         remote: Addr,
         fmt: str,
         *,
-        ssrc: int,
-        sequence: int,
-        timestamp: int,
+        rng: random.Random,
         on_change: Callable[[], None],
     ) -> None:
         self.channel_id = channel_id
         self.remote = remote
         self.format = fmt
         self.payload_type = STREAMED_FORMATS[fmt]
-        self.ssrc = ssrc
-        self.sequence = sequence  # of the next packet
-        self.timestamp = timestamp  # of the next audio packet
+        self.ssrc: int = rng.getrandbits(32)
+        self.sequence: int = rng.getrandbits(16)  # of the next packet
+        self.timestamp: int = rng.getrandbits(32)  # of the next audio packet
+        self.on_change = on_change
         self.local: Addr = ("", 0)
         self.received: list[ReceivedPacket] = []
-        self.received_from: list[Addr] = []  # aligned with ``received``
         self.closed = False
         self.stream_task: asyncio.Task[None] | None = None  # paced mode's sender
         self._marker_pending = True
         self._transport: asyncio.DatagramTransport | None = None
-        self._on_change = on_change
 
     async def open(self, host: str) -> None:
         loop = asyncio.get_running_loop()
@@ -233,17 +192,11 @@ class RtpPeer:
         self.local = (str(name[0]), int(name[1]))
 
     def build(
-        self,
-        payload: bytes,
-        *,
-        payload_type: int | None = None,
-        marker: bool = False,
-        timestamp: int | None = None,
+        self, payload: bytes, *, payload_type: int | None = None, marker: bool = False
     ) -> bytes:
         """The next packet of this stream (takes a sequence number; the timestamp is unchanged)."""
         pt = self.payload_type if payload_type is None else payload_type
-        ts = self.timestamp if timestamp is None else timestamp
-        packet = build_rtp(pt, self.sequence, ts, self.ssrc, payload, marker=marker)
+        packet = build_rtp(pt, self.sequence, self.timestamp, self.ssrc, payload, marker=marker)
         self.sequence = (self.sequence + 1) & 0xFFFF
         return packet
 
@@ -275,13 +228,3 @@ class RtpPeer:
         if self._transport is not None and not self.closed:
             self._transport.close()
         self.closed = True
-
-    def on_datagram(self, data: bytes, addr: Addr) -> None:
-        parsed = parse_rtp(data)
-        header, payload = parsed if parsed is not None else (None, bytes(data))
-        self.received.append(ReceivedPacket(time.monotonic(), header, payload))
-        self.received_from.append(addr)
-        self._on_change()
-
-    def stats(self) -> RtpStats:
-        return RtpStats.of(self.received, self.received_from)

@@ -18,11 +18,9 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from multidict import MultiMapping
 
 from ivr.harness import audio as harness_audio
 from ivr.harness.fake_asterisk.call import FRAME_SECONDS, FakeCall
@@ -41,22 +39,9 @@ from ivr.harness.fake_asterisk.rtp import STREAMED_FORMATS, RtpPeer
 
 log = logging.getLogger(__name__)
 
-# ``DELETE /channels/{id}?reason=`` names (resource_channels.c convert_reason_to_hangup_code).
-_HANGUP_REASONS: dict[str, int] = {
-    "normal": 16,
-    "busy": 17,
-    "congestion": 34,
-    "no_answer": 19,
-    "timeout": 18,
-    "rejected": 21,
-    "unallocated": 1,
-    "normal_unspecified": 31,
-    "number_incomplete": 28,
-    "codec_mismatch": 58,
-    "interworking": 127,
-    "failure": 38,
-    "answered_elsewhere": 26,
-}
+# The ``DELETE /channels/{id}?reason=`` names the service sends, with Asterisk's causes
+# (resource_channels.c convert_reason_to_hangup_code); other names are refused.
+_HANGUP_REASONS = {"normal": 16, "congestion": 34, "unallocated": 1}
 _BRIDGE_TYPES = frozenset(
     {"mixing", "holding", "dtmf_events", "proxy_media", "video_sfu", "video_single", "sdp_label"}
 )
@@ -72,6 +57,7 @@ _INJECTED = {
     500: "Internal Server Error",
 }
 _PINGS = itertools.count(1)
+ASTERISK_ID = "02:42:ac:11:00:02"
 
 
 @dataclass
@@ -99,14 +85,20 @@ class _EventSocket:
 class _Req:
     request: web.Request
     record: RecordedRequest
-    params: MultiMapping[str]
     groups: tuple[str, ...]
 
     def get(self, name: str) -> str | None:
-        return self.params.get(name) or None
+        return self.record.query.get(name) or None
+
+    def need(self, name: str, message: str) -> str:
+        """The parameter, or a 400 with Asterisk's ``message`` for its absence."""
+        value = self.get(name)
+        if value is None:
+            raise AriError(400, message)
+        return value
 
     def getall(self, name: str) -> list[str]:
-        return [v for raw in self.params.getall(name, []) for v in raw.split(",") if v]
+        return [v for v in (self.get(name) or "").split(",") if v]
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -135,13 +127,12 @@ class FakeAsterisk:
 
     ``pace``: stream caller audio in real time (True) or only on ``FakeCall.send_audio`` (False);
     also makes ``press`` wait for the digit's duration. ``auto_answer_agents``: originated
-    channels answer after ``agent_answer_delay`` seconds (else call :meth:`answer_agent` or
-    :meth:`reject_agent`; unanswered ones give up after the originate ``timeout``).
-    ``media_stasis_delay``: seconds between the answer to ``POST /channels/externalMedia`` and
-    the new channel's ``StasisStart`` (real Asterisk answers first and puts the channel in the
-    app a little later; until then ``addChannel`` refuses it with 422); None: never. ``seed``
-    makes ids, SSRCs and initial sequence numbers/timestamps reproducible; ``clock`` supplies
-    event timestamps (default: now, UTC).
+    channels answer at once (else call :meth:`answer_agent` or :meth:`reject_agent`; unanswered
+    ones give up after the originate ``timeout``). ``media_stasis_delay``: seconds between the
+    answer to ``POST /channels/externalMedia`` and the new channel's ``StasisStart`` (real
+    Asterisk answers first and puts the channel in the app a little later; until then
+    ``addChannel`` refuses it with 422); None: never. ``seed`` makes ids, SSRCs and initial
+    sequence numbers and timestamps reproducible.
     """
 
     def __init__(
@@ -156,11 +147,8 @@ class FakeAsterisk:
         caller_audio: FrameSource | None = None,
         agent_audio: FrameSource | None = None,
         auto_answer_agents: bool = True,
-        agent_answer_delay: float = 0.0,
         media_stasis_delay: float | None = 0.005,
-        asterisk_id: str = "02:42:ac:11:00:02",
         seed: int = 0,
-        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.app = app
         self.username = username
@@ -171,16 +159,8 @@ class FakeAsterisk:
         self.caller_audio: FrameSource = caller_audio or harness_audio.tone(440.0, -12.0)
         self.agent_audio: FrameSource = agent_audio or harness_audio.tone(660.0, -12.0)
         self.auto_answer_agents = auto_answer_agents
-        self.agent_answer_delay = agent_answer_delay
         self.media_stasis_delay = media_stasis_delay
-        self.asterisk_id = asterisk_id
-        self.pbx = Pbx(
-            app=app,
-            seed=seed,
-            clock=clock or (lambda: datetime.now(UTC)),
-            emit=self._emit,
-            changed=self._media_changed,
-        )
+        self.pbx = Pbx(app=app, seed=seed, emit=self._emit, changed=self._media_changed)
         self.channels: dict[str, ChannelState] = self.pbx.channels
         self.bridges: dict[str, BridgeState] = self.pbx.bridges
         self.calls: dict[str, FakeCall] = {}  # caller channel id -> call
@@ -259,20 +239,14 @@ class FakeAsterisk:
         return f"ws://{self.host}:{self.port}/ari/events?app={self.app}"
 
     # -- failure injection -------------------------------------------------------------------
-    async def drop_events_socket(self, *, clean: bool = False) -> int:
-        """Close every events websocket abruptly (TCP abort; ``clean``: a 1011 close frame).
-
-        Returns how many were dropped. Events emitted afterwards are lost until the app
-        reconnects.
-        """
+    async def drop_events_socket(self) -> int:
+        """Close every events websocket abruptly (TCP abort); returns how many were dropped.
+        Events emitted afterwards are lost until the app reconnects."""
         dropped = list(self._sockets)
         for sock in dropped:
             sock.dropped = True
             self._unregister(sock)
-            if clean:
-                with contextlib.suppress(Exception):
-                    await sock.ws.close(code=1011, message=b"dropped")
-            elif sock.transport is not None:
+            if sock.transport is not None:
                 sock.transport.abort()
         self._notify()
         await asyncio.sleep(0)
@@ -303,17 +277,11 @@ class FakeAsterisk:
         *,
         args: Sequence[str] = (),
         channel_vars: Mapping[str, str] | None = None,
-        caller_name: str = "",
-        endpoint: str = "caller",
-        context: str = "from-external",
         app: str | None = None,
-        audio: FrameSource | None = None,
         channel_id: str | None = None,
     ) -> FakeCall:
         """A call to ``exten`` from ``caller`` reaches ``Stasis(app[,args])``: ``StasisStart``.
-
-        The channel (``PJSIP/{endpoint}-0000000n``) is in state ``Ring`` until the app answers.
-        """
+        Its channel is in state ``Ring`` until the app answers."""
         self._require_started()
         app = app or self.app
         cid = channel_id or self.pbx.new_channel_id()
@@ -322,14 +290,13 @@ class FakeAsterisk:
         ch = self.pbx.add(
             ChannelState(
                 id=cid,
-                name=f"PJSIP/{endpoint}-{self.pbx.new_name_seq()}",
+                name=f"PJSIP/caller-{self.pbx.new_name_seq()}",
                 kind=CALLER,
                 app=app,
                 state="Ring",
                 creationtime=self.pbx.now(),
-                caller_name=caller_name,
                 caller_number=caller,
-                context=context,
+                context="from-external",
                 exten=exten,
                 app_name="Stasis",
                 app_data=",".join([app, *args]),
@@ -339,7 +306,7 @@ class FakeAsterisk:
                 args=list(args),
                 in_stasis=True,
                 subscribed=True,
-                audio=audio or self.caller_audio,
+                audio=self.caller_audio,
             )
         )
         call = FakeCall(self, ch)
@@ -358,13 +325,11 @@ class FakeAsterisk:
     ) -> None:
         """The far end of ``channel_id`` hangs up (a caller's BYE, an agent putting down).
 
-        ``order`` is the order of ``ChannelHangupRequest``, ``StasisEnd``, ``ChannelDestroyed``
-        (and optionally ``ChannelLeftBridge``; if left out it comes just before ``StasisEnd``
-        when the channel was bridged). Leaving an event out of ``order`` means it is never sent.
-        ``duplicate``: True sends every event twice in a row, or name the ones to repeat. The
-        channel leaves its bridge and is destroyed; the app gets no events for a channel that
-        has left Stasis. With the default order a caller's events end at ``StasisEnd``, as on
-        Asterisk 22; an order given explicitly is sent as given (to test odd orders).
+        ``order``: the order of ``ChannelHangupRequest``, ``StasisEnd``, ``ChannelDestroyed``
+        and optionally ``ChannelLeftBridge`` (else just before ``StasisEnd`` if bridged); an
+        event left out is never sent. ``duplicate``: True sends every event twice in a row, or
+        name the ones to repeat. With the default order a caller's events end at
+        ``StasisEnd``, as on Asterisk 22; an order given explicitly is sent as given.
         """
         ch = self.channels.get(channel_id)
         if ch is None:
@@ -392,21 +357,13 @@ class FakeAsterisk:
         return ch
 
     @property
-    def agents(self) -> list[ChannelState]:
-        """Every channel the app originated, in order."""
-        return [c for c in self.channels.values() if c.kind == AGENT]
-
-    @property
     def external_media(self) -> list[ChannelState]:
         """Every external-media channel the app created, in order."""
         return [c for c in self.channels.values() if c.kind == EXTERNAL_MEDIA]
 
-    @property
-    def connected_apps(self) -> list[str]:
-        return sorted(app for app, s in self._app_sockets.items() if not s.ws.closed)
-
     def is_connected(self, app: str | None = None) -> bool:
-        return (app or self.app) in self.connected_apps
+        sock = self._app_sockets.get(app or self.app)
+        return sock is not None and not sock.ws.closed
 
     # -- waiting -----------------------------------------------------------------------------
     async def flush_events(self) -> None:
@@ -485,7 +442,7 @@ class FakeAsterisk:
     # -- events ------------------------------------------------------------------------------
     def _emit(self, app: str, type_: str, fields: Mapping[str, Any]) -> None:
         event: dict[str, Any] = {"type": type_, "timestamp": self.pbx.now(), **fields}
-        event["asterisk_id"] = self.asterisk_id
+        event["asterisk_id"] = ASTERISK_ID
         event["application"] = app
         sock = self._app_sockets.get(app)
         if sock is None or sock.dropped or sock.ws.closed or self._outbox is None:
@@ -538,7 +495,7 @@ class FakeAsterisk:
                 replaced = {
                     "type": "ApplicationReplaced",
                     "timestamp": self.pbx.now(),
-                    "asterisk_id": self.asterisk_id,
+                    "asterisk_id": ASTERISK_ID,
                     "application": app,
                 }
                 self._outbox.put_nowait((old, replaced))
@@ -608,7 +565,7 @@ class FakeAsterisk:
                 continue
             handler = methods.get(request.method)
             if handler is not None:
-                return await handler(self, _Req(request, record, request.query, m.groups()))
+                return await handler(self, _Req(request, record, m.groups()))
             allowed |= set(methods)
         if allowed:
             return _error(405, "Invalid method", {"Allow": ", ".join(sorted(allowed))})
@@ -623,32 +580,23 @@ class FakeAsterisk:
         return web.json_response([c.to_json() for c in self.channels.values() if not c.destroyed])
 
     async def _h_channel_get(self, rq: _Req) -> web.StreamResponse:
-        ch = self.pbx.live(rq.groups[0])
-        if ch is None:
-            return _error(404, "Channel not found")
-        return web.json_response(ch.to_json())
+        return web.json_response(self.pbx.channel(rq.groups[0]).to_json())
 
     async def _h_originate(self, rq: _Req) -> web.StreamResponse:
-        cid, endpoint, app = rq.get("channelId"), rq.get("endpoint"), rq.get("app")
+        """Originate into the app (``Stasis(app[,appArgs])``); the service never originates
+        into the dialplan, so an ``extension`` without ``app`` is refused here."""
+        cid = rq.get("channelId")
         if cid is not None and len(cid) > 127:
             return _error(400, "Uniqueid length exceeds maximum of 127")
-        if not endpoint:
-            return _error(400, "Endpoint must be specified")
-        if rq.get("originator") and rq.get("formats"):
-            return _error(400, "Originator and formats can't both be specified")
-        tech, _, resource = endpoint.partition("/")
+        tech, _, resource = rq.need("endpoint", "Endpoint must be specified").partition("/")
         if not tech or not resource:
             return _error(400, "Invalid endpoint specified")
-        if not app and not rq.get("extension"):
-            return _error(400, "Application or extension must be specified")
+        app = rq.need("app", "Application or extension must be specified")
         timeout_raw = rq.get("timeout") or "30"
         try:
             timeout = int(timeout_raw)
         except ValueError:
             return _error(400, f"timeout: invalid integer {timeout_raw!r}")
-        originator = rq.get("originator")
-        if originator and self.pbx.live(originator) is None:
-            return _error(400, "Provided originator channel was not found")
         if cid and self.pbx.id_taken(cid):
             return _error(409, "Channel with given unique ID already exists")
         cid_name, cid_num = _parse_caller_id(rq.get("callerId") or "")
@@ -659,18 +607,16 @@ class FakeAsterisk:
                 id=cid or self.pbx.new_channel_id(),
                 name=f"{tech}/{device}-{self.pbx.new_name_seq()}",
                 kind=AGENT,
-                app=app or self.app,
+                app=app,
                 state="Down",
                 creationtime=self.pbx.now(),
                 caller_name=cid_name,
                 caller_number=cid_num,
                 connected_name=cid_name,
                 connected_number=cid_num,
-                exten=rq.get("extension") or "s",
-                context=rq.get("context") or "default",
                 protocol_id=f"{self.pbx.rng.getrandbits(64):016x}@127.0.0.1",
                 args=app_args.split(",") if app_args else [],
-                subscribed=bool(app),
+                subscribed=True,
                 audio=self.agent_audio,
             )
         )
@@ -684,7 +630,7 @@ class FakeAsterisk:
         return web.json_response(ch.to_json())
 
     async def _auto_answer(self, channel_id: str) -> None:
-        await asyncio.sleep(self.agent_answer_delay)
+        await asyncio.sleep(0)  # after the reply
         ch = self.pbx.live(channel_id)
         if ch is not None and not ch.answered:
             self.pbx.agent_answers(ch)
@@ -696,24 +642,16 @@ class FakeAsterisk:
             self.pbx.terminate(ch, 19, order=("ChannelDestroyed",))
 
     async def _h_external_media(self, rq: _Req) -> web.StreamResponse:
-        app, external_host, fmt = rq.get("app"), rq.get("external_host"), rq.get("format")
-        if not app:
-            return _error(400, "app cannot be empty")
-        if not external_host:
-            return _error(400, "external_host cannot be empty")
+        app = rq.need("app", "app cannot be empty")
+        external_host = rq.need("external_host", "external_host cannot be empty")
         remote = _split_host_port(external_host)
         if remote is None:
             return _error(400, "external_host must be <host>:<port>")
-        if not fmt:
-            return _error(400, "format cannot be empty")
+        fmt = rq.need("format", "format cannot be empty")
         encapsulation = (rq.get("encapsulation") or "rtp").lower()
         transport = (rq.get("transport") or "udp").lower()
         if (encapsulation, transport) != ("rtp", "udp"):
             return _error(501, "The encapsulation and/or transport is not supported")
-        if (rq.get("connection_type") or "client") != "client":
-            return _error(400, "connection_type must be 'client'")
-        if (rq.get("direction") or "both") != "both":
-            return _error(400, "direction must be 'both'")
         if fmt not in _KNOWN_FORMATS:
             return _error(400, f"Provided format ({fmt}) was not found")
         if fmt not in STREAMED_FORMATS:
@@ -724,17 +662,8 @@ class FakeAsterisk:
             return _error(500, "An internal error prevented this request from being handled")
         cid = cid or self.pbx.new_channel_id()
         rng = self.pbx.rng
-        peer = RtpPeer(
-            cid,
-            remote,
-            fmt,
-            ssrc=rng.getrandbits(32),
-            sequence=rng.getrandbits(16),
-            timestamp=rng.getrandbits(32),
-            on_change=self._notify,
-        )
+        peer = RtpPeer(cid, remote, fmt, rng=rng, on_change=self._notify)
         await peer.open(self.host)
-        data = rq.get("data")
         ch = self.pbx.add(
             ChannelState(
                 id=cid,
@@ -750,7 +679,6 @@ class FakeAsterisk:
                     "UNICASTRTP_LOCAL_ADDRESS": peer.local[0],
                     "UNICASTRTP_LOCAL_PORT": str(peer.local[1]),
                 },
-                args=[data] if data else [],
                 subscribed=True,
                 rtp=peer,
             )
@@ -767,9 +695,7 @@ class FakeAsterisk:
             self.pbx.enter_stasis(ch)
 
     async def _h_hangup(self, rq: _Req) -> web.StreamResponse:
-        ch = self.pbx.live(rq.groups[0])
-        if ch is None:
-            return _error(404, "Channel not found")
+        ch = self.pbx.channel(rq.groups[0])
         reason, reason_code = rq.get("reason"), rq.get("reason_code")
         if reason and reason_code:
             return _error(400, "The reason and reason_code can't both be specified")
@@ -791,19 +717,11 @@ class FakeAsterisk:
         return web.Response(status=204)
 
     async def _h_continue(self, rq: _Req) -> web.StreamResponse:
-        ch = self.pbx.control(rq.groups[0])
-        priority = rq.get("priority")
-        if priority is not None and not priority.lstrip("-").isdigit():
-            return _error(400, f"priority: invalid integer {priority!r}")
-        ch.context = rq.get("context") or ch.context
-        ch.exten = rq.get("extension") or ch.exten
-        self.pbx.back_to_dialplan(ch)
+        self.pbx.back_to_dialplan(self.pbx.control(rq.groups[0]))
         return web.Response(status=204)
 
     async def _h_variable_set(self, rq: _Req) -> web.StreamResponse:
-        name = rq.get("variable")
-        if not name:
-            return _error(400, "Variable name is required")
+        name = rq.need("variable", "Variable name is required")
         self.pbx.control(rq.groups[0]).vars[name] = rq.get("value") or ""
         return web.Response(status=204)
 
