@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.errors import VaultWriteError
-from storage.files import fsync_dir
+from storage.files import fsync_dir, open_private, private_dir
 
 PART_SUFFIX = ".rec.part"
 # How often a growing blob is fsynced. Every chunk reaches the OS as it is sealed (a dead process
@@ -49,7 +49,7 @@ class LocalBlobStore:
         self.fsync = fsync
         self.sync_interval = sync_interval
         self._executor = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blob-io")
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(root, tighten=True)
 
     def relpath(self, tenant: str, recording_id: str, suffix: str = FINAL_SUFFIX) -> str:
         return f"{tenant}/{recording_id[-2:]}/{recording_id}{suffix}"
@@ -59,7 +59,7 @@ class LocalBlobStore:
 
     def create(self, tenant: str, recording_id: str) -> BlobFile:
         part = self.path(self.relpath(tenant, recording_id, PART_SUFFIX))
-        part.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(part.parent)
         return BlobFile(
             part,
             self.relpath(tenant, recording_id),
@@ -101,7 +101,7 @@ class BlobFile:
         self.final = final
         self._executor = executor
         self._fsync = fsync
-        self._fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._fd = open_private(part)
         self._sync_interval = sync_interval
         self._next_sync = 0.0
         self._lock = threading.Lock()

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from storage.errors import NotReadable
+from storage.files import open_private, private_dir
 from storage.keys import (
     CustodyChange,
     KeyCustodyError,
@@ -225,13 +226,13 @@ def as_private_key(key: X25519PrivateKey | bytes) -> X25519PrivateKey:
 def write_keypair(directory: Path) -> tuple[Path, Path, bytes]:
     """Generate a key pair into ``directory``: private.pem (0600) and public.pem. Refuses to
     overwrite either. Returns (private path, public path, raw public key)."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(directory)
     private, public = generate_keypair()
     priv_path, pub_path = directory / PRIVATE_KEY_FILE, directory / PUBLIC_KEY_FILE
     for path in (priv_path, pub_path):
         if path.exists():
             raise CustodyError(f"{path} already exists; not overwriting a key")
-    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = open_private(priv_path)
     try:
         os.write(fd, private_pem(private))
         os.fsync(fd)

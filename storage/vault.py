@@ -54,7 +54,7 @@ from storage.custody import (
     wrap_dek_to,
 )
 from storage.errors import NotReadable, VaultError, VaultWriteError
-from storage.files import parse_utc, utc_iso
+from storage.files import open_private, parse_utc, private_dir, utc_iso
 from storage.format import (
     CHUNK_LENGTH,
     MAX_CHUNK_PLAINTEXT,
@@ -119,7 +119,7 @@ class Vault:
         self.chunk_interval_ms = chunk_interval_ms
         if not (data_dir / CATALOG_FILE).exists() and not create:
             raise VaultError(f"no vault at {data_dir} (nothing recorded there yet?)")
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(data_dir, tighten=True)
         master = (
             master_key if master_key is not None else load_master_key(data_dir, environ=environ)
         )
@@ -132,9 +132,11 @@ class Vault:
             apply_custody(self, public_keys)
         self.blobs = LocalBlobStore(data_dir / "blobs", fsync=fsync, sync_interval=sync_interval)
         self._locks = data_dir / "locks"
-        self._locks.mkdir(exist_ok=True)
+        private_dir(self._locks, tighten=True)
         self.writer_id = secrets.token_hex(8)
-        self._writer_lock = os.open(self._locks / f"{self.writer_id}.lock", os.O_RDWR | os.O_CREAT)
+        self._writer_lock = open_private(
+            self._locks / f"{self.writer_id}.lock", os.O_RDWR | os.O_CREAT
+        )
         fcntl.flock(self._writer_lock, fcntl.LOCK_EX)
         self.open_recordings: dict[str, Recording] = {}
         if recover:
@@ -366,7 +368,7 @@ class Vault:
     def _try_lock_writer(self, writer_id: str | None) -> int | None:
         if not writer_id:
             return os.open(os.devnull, os.O_RDONLY)
-        fd = os.open(self._locks / f"{writer_id}.lock", os.O_RDWR | os.O_CREAT)
+        fd = open_private(self._locks / f"{writer_id}.lock", os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -77,7 +77,7 @@ def cmd_ropa(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise CommandFailed(f"{out} is a directory; give a file name")
-    atomic_write(out, text.encode("utf-8"), mode=0o644)
+    atomic_write(out, text.encode("utf-8"))
     for warning in ropa["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     print(

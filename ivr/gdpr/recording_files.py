@@ -16,6 +16,7 @@ from media.pcm import float_to_int16, frame, resample
 from media.timeline import Timeline
 from media.wavfile import load_audio, write_wav
 from storage.catalog import RecordingRow
+from storage.files import private_file
 from storage.vault import Vault, VaultWriteError
 
 STORAGE_CODEC = "pcmu"
@@ -135,11 +136,12 @@ def export_wav(
     samples = decode_recording(vault, row, private_key=private_key)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
     try:
-        write_wav(
-            tmp,
-            samples[:, 0] if samples.shape[1] == 1 else np.ascontiguousarray(samples),
-            row.sample_rate,
-        )
+        with private_file(tmp) as fh:
+            write_wav(
+                fh,
+                samples[:, 0] if samples.shape[1] == 1 else np.ascontiguousarray(samples),
+                row.sample_rate,
+            )
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

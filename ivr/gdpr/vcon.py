@@ -36,7 +36,7 @@ from ivr.consent import RECORDING_DECISIONS, ConsentEvidence
 from ivr.gdpr.recording_files import decode_recording
 from media.wavfile import write_wav
 from storage.catalog import RecordingRow
-from storage.files import fsync_dir, utc_iso
+from storage.files import fsync_dir, private_file, utc_iso
 from storage.vault import Vault
 
 __all__ = [
@@ -421,7 +421,7 @@ def _stage(path: Path, data: bytes) -> Path:
     """``data`` in a private (0600), synced temporary file beside ``path``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        with open(tmp, "wb", opener=lambda p, flags: os.open(p, flags, 0o600)) as fh:
+        with private_file(tmp) as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
