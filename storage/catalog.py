@@ -21,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from storage.files import utc_iso
+from storage.files import open_private, utc_iso
 
 # A recording's GDPR Art. 6(1) lawful basis, by name. What each basis means, and which consent
 # flow it admits, is the application's business (ivr.policy.LawfulBasis; tests/test_lawful_basis.py
@@ -306,7 +306,7 @@ class Catalog:
         self._lock = threading.RLock()
         if not path.exists():
             # The WAL and shared-memory files take their mode from the database file.
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            os.close(open_private(path, os.O_WRONLY | os.O_CREAT))
         try:
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=10.0

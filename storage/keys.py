@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from storage.files import atomic_write, utc_iso
+from storage.files import atomic_write, open_private, private_dir, utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def load_master_key(data_dir: Path, *, environ: dict[str, str] | None = None) ->
             f"set {MASTER_KEY_ENV} to the key that created it"
         )
     key = secrets.token_bytes(KEY_LEN)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     atomic_write(path, base64.b64encode(key) + b"\n", mode=0o600)
     log.warning(
         "generated a master key at %s (mode 0600). For production set %s from a secret store "
@@ -466,8 +466,8 @@ class Keyring:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        private_dir(self.path.parent)
+        fd = open_private(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
