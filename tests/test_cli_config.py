@@ -34,7 +34,7 @@ def test_a_silent_tenant_prompt_is_refused(tmp_path, capsys):
     cfg = tmp_path / "ivr.toml"
     cfg.write_text(
         '[tenants.acme]\ndisplay_name = "Acme"\ndpo_contact = "dpo@acme.example"\n'
-        '[tenants.acme.prompts.en.consent_request]\nfile = "silent.wav"\ntext = "Hello"\n'
+        '[tenants.acme.prompts.en.recording_started]\nfile = "silent.wav"\ntext = "Hello"\n'
         '[[lines]]\nnumber = "+46850000001"\ntenant = "acme"\npurpose = "quality"\n'
         'lawful_basis = "consent"\n'
     )

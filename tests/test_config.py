@@ -23,6 +23,7 @@ from ivr.config import (
 )
 from ivr.config import keys as config_keys
 from ivr.config.model import FILE_TABLES
+from ivr.capabilities import WithdrawChannel
 from ivr.policy import (
     ALLOWED_MODES,
     DEFAULT_MODE,
@@ -220,7 +221,16 @@ def test_full_example_with_every_key(tmp_path):
         retention_days = { consent = 30 }
         [tenants.acme.prompts.sv.consent_request]
         file = "prompts/acme-consent-sv.wav"
-        text = "Det här samtalet kan spelas in. Tryck 5 för ja, 6 för nej, 0 för att sluta."
+        text = "Vi vill spela in samtalet för kvalitetssäkring, med ditt samtycke. Tryck 5 för \
+        ja, 6 för nej. Tryck 0 när som helst för att sluta; det som spelats in sparas."
+        [tenants.acme.prompts.sv.consent_request.promise]
+        lawful_basis = "consent"
+        purpose = "quality assurance"
+        withdraw = "keys"
+        deletes_on_withdraw = false
+        accept_key = "5"
+        decline_key = "6"
+        withdraw_key = "0"
 
         [[lines]]
         number = "+46 8 500 000 01"
@@ -239,6 +249,8 @@ def test_full_example_with_every_key(tmp_path):
         policy_id = "acme-quality"
         policy_version = 3
         discard_on_withdraw = false
+        withdraw_via = "keys"
+        platforms = ["asterisk"]
         """,
         {"TWILIO_AUTH_TOKEN": "tok"},
     )
@@ -267,8 +279,11 @@ def test_full_example_with_every_key(tmp_path):
         policy_id="acme-quality",
         policy_version=3,
         discard_on_withdraw=False,
+        withdraw_via=WithdrawChannel.KEYS,
+        platforms=("asterisk",),
     )
     tenant = config.tenants["acme"]
+    assert tenant.prompt("sv", "consent_request").promise.withdraw_key == "0"
     assert tenant.retention_days == {LawfulBasis.CONSENT: 30}
     assert config.lines[number].withdrawable is True
 
@@ -695,45 +710,6 @@ def test_keys_must_differ(tmp_path, fields, key_path, problem):
     one_error(tmp_path, text, key_path, problem, "must all differ")
 
 
-@pytest.mark.parametrize(
-    ("fields", "key_path", "prompt", "press"),
-    [
-        ({"accept_key": '"5"'}, "lines[0].accept_key", "en.consent_request", "'press 1'"),
-        ({"decline_key": '"0"'}, "lines[0].decline_key", "en.consent_request", "'press 9'"),
-        ({"withdraw_key": '"#"'}, "lines[0].withdraw_key", "en.consent_request", "'press *'"),
-        (
-            {"language": '"sv"', "accept_key": '"5"'},
-            "lines[0].accept_key",
-            "sv.consent_request",
-            "'press 1'",
-        ),
-        (
-            {"lawful_basis": '"legitimate_interests"', "decline_key": '"0"'},
-            "lines[0].decline_key",
-            "en.objection_notice",
-            "'press 9'",
-        ),
-        (
-            {"lawful_basis": '"public_task"', "consent_mode": '"opt_out"', "withdraw_key": '"#"'},
-            "lines[0].withdraw_key",
-            "en.objection_notice",
-            "'press *'",
-        ),
-    ],
-)
-def test_non_default_keys_need_the_tenants_own_prompt(tmp_path, fields, key_path, prompt, press):
-    name = key_path.rsplit(".", 1)[1]
-    default = {"accept_key": "1", "decline_key": "9", "withdraw_key": "*"}[name]
-    one_error(
-        tmp_path,
-        TENANT + line(**fields),
-        key_path,
-        f"says {press}",
-        f"provide your own prompt for tenants.acme.prompts.{prompt}",
-        f"or use {name} = '{default}'",
-    )
-
-
 def test_non_default_keys_that_the_prompt_does_not_name_are_fine(tmp_path):
     # opt_out never names the accept key; notice and none name no key at all.
     text = (
@@ -754,19 +730,6 @@ def test_non_default_keys_that_the_prompt_does_not_name_are_fine(tmp_path):
         )
     )
     assert len(load(tmp_path, text).lines) == 3
-
-
-def test_non_default_keys_with_an_override_in_another_language_still_fail(tmp_path):
-    (tmp_path / "p.wav").write_bytes(b"RIFF")
-    text = TENANT + '[tenants.acme.prompts.sv.consent_request]\nfile = "p.wav"\ntext = "x"\n'
-    one_error(
-        tmp_path,
-        text + line(language='"en"', accept_key='"5"'),
-        "lines[0].accept_key",
-        "tenants.acme.prompts.en.consent_request",
-    )
-    config = load(tmp_path, text + line(language='"sv"', accept_key='"5"'))
-    assert config.lines["+46850000001"].accept_key == "5"
 
 
 @pytest.mark.parametrize(

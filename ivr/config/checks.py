@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import phonenumbers
 
+from ivr.capabilities import PLATFORMS, WithdrawChannel
 from ivr.config.model import DTMF_KEYS
 from ivr.policy import ConsentMode, LawfulBasis
 from storage.custody import parse_public_key
@@ -166,6 +167,19 @@ def choice(options: Iterable[str], what: str) -> Callable[[Any], str]:
 
 def lawful_basis(value: Any) -> LawfulBasis:
     return LawfulBasis(choice([b.value for b in LawfulBasis], "lawful basis")(value))
+
+
+def withdraw_channel(value: Any) -> WithdrawChannel:
+    return WithdrawChannel(choice([c.value for c in WithdrawChannel], "withdraw channel")(value))
+
+
+def platform_names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise wrong_type("a non-empty array of platform names", value)
+    names = tuple(choice(PLATFORMS, "platform")(v) for v in value)
+    if len(set(names)) != len(names):
+        raise Invalid(f"{names} names a platform twice")
+    return names
 
 
 def consent_mode(value: Any) -> ConsentMode:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ivr.capabilities import PLATFORMS, channel_error
 from ivr.config import checks as check
 from ivr.config.checks import Invalid, describe, join, quote, suggest, wrong_type
 from ivr.config.model import (
@@ -20,27 +21,19 @@ from ivr.config.model import (
     FILE_TABLES,
     MAX_RECORDING_SECONDS,
     MAX_RETENTION_DAYS,
-    MODE_PROMPT,
     POLICY_TERMS,
-    PROMPT_KEYS,
     PROMPT_LANGUAGES,
     Line,
+    PromptOverride,
 )
 from ivr.config.reader import Reader, ok
 from ivr.policy import (
     DEFAULT_MODE,
     DISCARD_ON_WITHDRAW_DEFAULT,
-    ConsentMode,
     LawfulBasis,
     mode_error,
 )
-
-# What a key does, for the "the built-in prompt says 'press 1'" error.
-_KEY_ACTIONS = {
-    "accept_key": "to accept",
-    "decline_key": "to decline",
-    "withdraw_key": "to stop the recording",
-}
+from ivr.wording import PROMISING_PROMPTS, promise_of
 
 
 def read_lines(
@@ -49,7 +42,7 @@ def read_lines(
     *,
     tenant_ids: tuple[str, ...],
     tenant_retention: Mapping[str, Mapping[LawfulBasis, int]],
-    declared_prompts: Mapping[str, set[tuple[str, str]]],
+    tenant_prompts: Mapping[str, tuple[PromptOverride, ...]],
     max_recording: int,
     retention_defaults: Mapping[LawfulBasis, int],
 ) -> dict[str, Line]:
@@ -84,7 +77,6 @@ def read_lines(
             path,
             tenant_ref=tenant_ref,
             tenant_retention=tenant_retention,
-            declared_prompts=declared_prompts,
             max_recording=max_recording,
             retention_defaults=retention_defaults,
         )
@@ -106,6 +98,7 @@ def read_lines(
             continue
         lines[line.number] = line
         _check_policy(r, line, index, policies)
+        _check_what_is_promised(r, line, path, tenant_prompts.get(line.tenant, ()))
     return lines
 
 
@@ -137,7 +130,6 @@ def _line(
     *,
     tenant_ref: Callable[[Any], str],
     tenant_retention: Mapping[str, Mapping[LawfulBasis, int]],
-    declared_prompts: Mapping[str, set[tuple[str, str]]],
     max_recording: int,
     retention_defaults: Mapping[LawfulBasis, int],
 ) -> Line | None:
@@ -169,9 +161,6 @@ def _line(
                     f"{keys[name]!r} is also the {earlier}; the accept, decline and withdraw "
                     "keys must all differ",
                 )
-    if ok(mode, language, tenant) and mode is not None:
-        _check_prompt_keys(r, path, tenant, mode, language, keys, declared_prompts)
-
     timeout = r.get(
         raw,
         path,
@@ -206,6 +195,8 @@ def _line(
     policy_id = r.get(raw, path, "policy_id", check.policy_id, None)
     policy_version = r.get(raw, path, "policy_version", check.integer(1), DEFAULT_POLICY_VERSION)
     discard = r.get(raw, path, "discard_on_withdraw", check.boolean, None)
+    withdraw_via = r.get(raw, path, "withdraw_via", check.withdraw_channel, None)
+    platforms = r.get(raw, path, "platforms", check.platform_names, tuple(PLATFORMS))
 
     if len(r.errors) != errors_before:
         return None
@@ -230,35 +221,45 @@ def _line(
         discard_on_withdraw=(
             discard if discard is not None else DISCARD_ON_WITHDRAW_DEFAULT[basis]
         ),
+        withdraw_via=withdraw_via,
+        platforms=platforms,
     )
 
 
-def _check_prompt_keys(
-    r: Reader,
-    path: str,
-    tenant: str,
-    mode: ConsentMode,
-    language: str,
-    keys: Mapping[str, Any],
-    declared_prompts: Mapping[str, set[tuple[str, str]]],
+def _check_what_is_promised(
+    r: Reader, line: Line, path: str, overrides: tuple[PromptOverride, ...]
 ) -> None:
-    """A key other than the default needs the tenant's own recording of the prompt naming it."""
-    prompt_id = MODE_PROMPT[mode]
-    if prompt_id is None or (language, prompt_id) in declared_prompts.get(tenant, set()):
-        return
-    for name in PROMPT_KEYS.get(prompt_id, ()):
-        value, default = keys[name], DEFAULT_KEYS[name]
-        if not ok(value) or value == default:
+    """The caller must be promised only what the service does: a withdraw channel each of the
+    line's platforms honours, and a tenant's own recording promising what this line does."""
+    hands_off = line.forward_to is not None
+    platforms = [PLATFORMS[name] for name in line.platforms]
+    if line.withdraw_via is not None:
+        for platform in platforms:
+            problem = channel_error(
+                platform, line.withdraw_via, withdrawable=line.withdrawable, hands_off=hands_off
+            )
+            if problem:
+                r.error(
+                    join(path, "withdraw_via"),
+                    f"withdraw_via = {line.withdraw_via.value!r} cannot be honoured: {problem}",
+                )
+                return
+    for override in overrides:
+        if override.language != line.language or override.prompt_id not in PROMISING_PROMPTS:
             continue
-        action = (
-            "to object"
-            if name == "decline_key" and prompt_id == "objection_notice"
-            else _KEY_ACTIONS[name]
-        )
-        r.error(
-            join(path, name),
-            f"the built-in {prompt_id} prompt in {language!r} says 'press {default}' "
-            f"{action}; provide your own prompt for "
-            f"{join(join(join(join('tenants', tenant), 'prompts'), language), prompt_id)} "
-            f"or use {name} = '{default}'",
-        )
+        for platform in platforms:
+            wanted = promise_of(line.terms(platform), override.prompt_id)
+            if override.promise == wanted:
+                continue
+            where = join(
+                join(join(join("tenants", line.tenant), "prompts"), line.language),
+                override.prompt_id,
+            )
+            r.error(
+                join(where, "promise"),
+                f"the tenant's own {override.prompt_id} recording would be played on line "
+                f"{line.number} over {platform.platform}, but it does not promise what that "
+                f"line does ({'; '.join(override.promise.differences(wanted))}: declared vs "
+                "the line); record a prompt that says what the line does, or change the line",
+            )
+            break

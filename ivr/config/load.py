@@ -48,6 +48,7 @@ from ivr.config.model import (
 )
 from ivr.config.reader import Reader, ok
 from ivr.policy import DEFAULT_RETENTION_DAYS, LawfulBasis
+from ivr.wording import Promise
 from storage.custody import CUSTODY_MODES
 
 __all__ = ["DEMO_CONFIG", "DEMO_TWILIO_AUTH_TOKEN", "load_config"]
@@ -155,14 +156,20 @@ def _build(
     )
     retention_defaults = {**DEFAULT_RETENTION_DAYS, **overrides}
 
+    keys_table = r.table(data, "", "keys")
+    r.check_keys(keys_table, "keys", FILE_TABLES["keys"])
+    rotate_days = r.get(
+        keys_table, "keys", "rotate_every_days", check.integer(1, MAX_RETENTION_DAYS), None
+    )
+    retire_days = r.get(
+        keys_table, "keys", "retire_after_days", check.integer(1, MAX_RETENTION_DAYS), None
+    )
+
     tenants_raw = r.table(data, "", "tenants")
     tenants: dict[str, Tenant] = {}
     tenant_retention: dict[str, dict[LawfulBasis, int]] = {}
-    declared_prompts: dict[str, set[tuple[str, str]]] = {}
     for tenant_id, raw in tenants_raw.items():
-        tenant = _tenant(
-            r, tenant_id, raw, tenant_retention, declared_prompts.setdefault(tenant_id, set())
-        )
+        tenant = _tenant(r, tenant_id, raw, tenant_retention)
         if tenant is not None:
             tenants[tenant_id] = tenant
 
@@ -171,7 +178,7 @@ def _build(
         data,
         tenant_ids=tuple(tenants_raw),
         tenant_retention=tenant_retention,
-        declared_prompts=declared_prompts,
+        tenant_prompts={t.id: t.prompt_overrides for t in tenants.values()},
         max_recording=max_recording if ok(max_recording) else DEFAULT_MAX_RECORDING_SECONDS,
         retention_defaults=retention_defaults,
     )
@@ -199,6 +206,12 @@ def _build(
         )
     if not lines:
         warnings.append("no [[lines]] configured: every call hears 'unknown number'")
+    if rotate_days is not None and retire_days is None:
+        warnings.append(
+            "keys.rotate_every_days is set without keys.retire_after_days: old key versions are "
+            "never destroyed, so a backup of the catalog still opens recordings erased since "
+            "it was taken (docs/key-custody.md)"
+        )
     if asterisk is not None and asterisk.password is None:
         warnings.append(f"{asterisk.password_env} is not set: connecting to ARI without a password")
 
@@ -212,6 +225,8 @@ def _build(
         retention_default_days=MappingProxyType(retention_defaults),
         retention_sweep_minutes=sweep_minutes,
         call_record_days=call_record_days,
+        key_rotate_every_days=rotate_days,
+        key_retire_after_days=retire_days,
         tenants=MappingProxyType(tenants),
         lines=MappingProxyType(lines),
         demo=demo,
@@ -323,7 +338,6 @@ def _tenant(
     tenant_id: str,
     raw: Any,
     tenant_retention: dict[str, dict[LawfulBasis, int]],
-    declared: set[tuple[str, str]],
 ) -> Tenant | None:
     path = join("tenants", tenant_id)
     errors_before = len(r.errors)
@@ -341,7 +355,7 @@ def _tenant(
     dpo_contact = r.get(raw, path, "dpo_contact", check.string)
     retention = _retention_table(r, raw, path, "retention_days")
     tenant_retention[tenant_id] = retention
-    overrides = _prompt_overrides(r, raw, path, declared)
+    overrides = _prompt_overrides(r, raw, path)
     custody, public_key = _key_custody(r, raw, path)
     if len(r.errors) != errors_before:
         return None
@@ -374,9 +388,7 @@ def _key_custody(r: Reader, raw: Mapping[str, Any], path: str) -> tuple[str, byt
     return custody, public_key if custody == "public_key" else None
 
 
-def _prompt_overrides(
-    r: Reader, raw: Mapping[str, Any], path: str, declared: set[tuple[str, str]]
-) -> list[PromptOverride]:
+def _prompt_overrides(r: Reader, raw: Mapping[str, Any], path: str) -> list[PromptOverride]:
     prompts = r.table(raw, path, "prompts")
     prompts_path = join(path, "prompts")
     out: list[PromptOverride] = []
@@ -401,8 +413,6 @@ def _prompt_overrides(
                     f"(one of {quote(PROMPT_IDS)})",
                 )
                 continue
-            # Declared even if broken below, so lines are not also blamed for it.
-            declared.add((language, prompt_id))
             if not isinstance(spec, dict):
                 r.error(
                     here,
@@ -413,9 +423,29 @@ def _prompt_overrides(
             r.check_keys(spec, here, FILE_TABLES["tenants.<id>.prompts.<language>.<prompt>"])
             file = r.get(spec, here, "file", lambda value: _prompt_file(r, value))
             text = r.get(spec, here, "text", check.string)
-            if ok(file, text):
-                out.append(PromptOverride(language, prompt_id, file, text))
+            promise = _promise(r, spec, here)
+            if ok(file, text) and promise is not None:
+                out.append(PromptOverride(language, prompt_id, file, text, promise))
     return out
+
+
+def _promise(r: Reader, spec: Mapping[str, Any], path: str) -> Promise | None:
+    """The ``promise`` table of a tenant's prompt: what its words commit the service to."""
+    raw = r.table(spec, path, "promise")
+    here = join(path, "promise")
+    errors_before = len(r.errors)
+    r.check_keys(raw, here, FILE_TABLES["tenants.<id>.prompts.<language>.<prompt>.promise"])
+    withdraw = r.get(raw, here, "withdraw", check.withdraw_channel, None)
+    promise = Promise(
+        lawful_basis=r.get(raw, here, "lawful_basis", check.lawful_basis, None),
+        purpose=r.get(raw, here, "purpose", check.string, None),
+        withdraw=withdraw,
+        deletes_on_withdraw=r.get(raw, here, "deletes_on_withdraw", check.boolean, None),
+        accept_key=r.get(raw, here, "accept_key", check.dtmf_key, None),
+        decline_key=r.get(raw, here, "decline_key", check.dtmf_key, None),
+        withdraw_key=r.get(raw, here, "withdraw_key", check.dtmf_key, None),
+    )
+    return promise if len(r.errors) == errors_before else None
 
 
 def _prompt_file(r: Reader, value: Any) -> Path:

@@ -15,17 +15,17 @@ from types import MappingProxyType
 
 import phonenumbers
 
+from ivr.capabilities import PLATFORMS, Capabilities, WithdrawChannel, withdraw_channel
 from ivr.config.keys import TableKeys, key, not_a_key, refuses, table_keys
 from ivr.policy import WITHDRAWABLE, ConsentMode, LawfulBasis
+from ivr.wording import Promise, Terms
 from media.prompts import LANGUAGES, PROMPT_IDS
 
 __all__ = [
     "API_ROLES",
     "DEFAULT_AUTH_TOKEN_ENV",
     "FILE_TABLES",
-    "MODE_PROMPT",
     "PROMPT_IDS",
-    "PROMPT_KEYS",
     "PROMPT_LANGUAGES",
     "ApiTokenConfig",
     "AsteriskSettings",
@@ -40,23 +40,6 @@ __all__ = [
 
 # The languages and prompts the service ships (media/prompts.py owns the lists).
 PROMPT_LANGUAGES = LANGUAGES
-# The prompt a call opens with in each mode, and which of the line's keys that prompt names
-# (the built-in recordings say "press 1" etc., so other keys need the tenant's own recording).
-MODE_PROMPT: Mapping[ConsentMode, str | None] = MappingProxyType(
-    {
-        ConsentMode.OPT_IN: "consent_request",
-        ConsentMode.OPT_OUT: "objection_notice",
-        ConsentMode.NOTICE: "notice_only",
-        ConsentMode.NONE: None,
-    }
-)
-PROMPT_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "consent_request": ("accept_key", "decline_key", "withdraw_key"),
-        "objection_notice": ("decline_key", "withdraw_key"),
-    }
-)
-
 DEFAULT_AUTH_TOKEN_ENV = "TWILIO_AUTH_TOKEN"
 DEFAULT_STREAM_TOKEN_TTL_SECONDS = 300
 DEFAULT_MAX_RECORDING_SECONDS = 3600
@@ -92,6 +75,9 @@ class PromptOverride:
     prompt_id: str = field(metadata=not_a_key())
     file: Path  # absolute; existence checked at load, audio checked by media/
     text: str  # what the recording says, kept as consent evidence
+    # What the recording promises (ivr.wording.Promise), declared by the tenant in the prompt's
+    # ``promise`` table and checked against every line that plays it.
+    promise: Promise = field(default=Promise())
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,11 +132,38 @@ class Line:
     policy_id: str
     policy_version: int
     discard_on_withdraw: bool
+    # How the caller is told to stop the recording; None: what each platform honours
+    # (ivr.capabilities.withdraw_channel).
+    withdraw_via: WithdrawChannel | None = None
+    platforms: tuple[str, ...] = tuple(PLATFORMS)  # the platforms its calls may come over
 
     @property
     def withdrawable(self) -> bool:
-        """Whether the caller may stop the recording mid-call with ``withdraw_key``."""
+        """Whether the caller may stop the recording mid-call (key or agent)."""
         return WITHDRAWABLE[self.lawful_basis]
+
+    def withdraw_channel(self, platform: Capabilities) -> WithdrawChannel:
+        """How a caller of this line, on ``platform``, can stop the recording."""
+        return withdraw_channel(
+            platform,
+            withdrawable=self.withdrawable,
+            hands_off=self.forward_to is not None,
+            configured=self.withdraw_via,
+        )
+
+    def terms(self, platform: Capabilities) -> Terms:
+        """What the caller of this line is told on ``platform`` depends on (ivr.wording)."""
+        return Terms(
+            language=self.language,
+            lawful_basis=self.lawful_basis,
+            consent_mode=self.consent_mode,
+            purpose=self.purpose,
+            accept_key=self.accept_key,
+            decline_key=self.decline_key,
+            withdraw_key=self.withdraw_key,
+            withdraw=self.withdraw_channel(platform),
+            discard_on_withdraw=self.discard_on_withdraw,
+        )
 
 
 # Line fields that take part in what the caller is told under one policy_id/policy_version.
@@ -161,6 +174,7 @@ POLICY_TERMS = (
     "consent_mode",
     "retention_days",
     "discard_on_withdraw",
+    "withdraw_via",
 )
 
 
@@ -210,7 +224,7 @@ class ApiTokenConfig:
 
 
 # Keyword-only, so the fields can follow the file's layout: [service], [twilio], [asterisk],
-# [retention], [tenants], [[lines]], [[api_tokens]]; that order is also the order in which
+# [retention], [keys], [tenants], [[lines]], [[api_tokens]]; that order is also the order in which
 # "known keys" messages list the top-level tables.
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
@@ -245,6 +259,12 @@ class Config:
     call_record_days: int = field(
         default=DEFAULT_CALL_RECORD_DAYS, metadata=key("retention.call_record_days")
     )
+    # The key schedule (docs/key-custody.md, storage/retirement.py); None: that half is off.
+    # A tenant's newest key version this old gets a successor, everything re-wrapped under it.
+    key_rotate_every_days: int | None = field(default=None, metadata=key("keys.rotate_every_days"))
+    # A version whose successor is this old is destroyed; at least the operator's retention of
+    # catalog backups, which need the versions they were wrapped under to be restored.
+    key_retire_after_days: int | None = field(default=None, metadata=key("keys.retire_after_days"))
     tenants: Mapping[str, Tenant]
     lines: Mapping[str, Line]  # by E.164 number
     api_tokens: tuple[ApiTokenConfig, ...] = ()
@@ -291,9 +311,11 @@ FILE_TABLES: Mapping[str, TableKeys] = MappingProxyType(
         "service": table_keys(Config, "service"),
         "twilio": table_keys(Config, "twilio"),
         "retention": table_keys(Config, "retention"),
+        "keys": table_keys(Config, "keys"),
         "asterisk": table_keys(AsteriskSettings),
         "tenants.<id>": table_keys(Tenant),
         "tenants.<id>.prompts.<language>.<prompt>": table_keys(PromptOverride),
+        "tenants.<id>.prompts.<language>.<prompt>.promise": table_keys(Promise),
         "lines": table_keys(Line),
         "api_tokens": table_keys(ApiTokenConfig),
     }

@@ -30,6 +30,7 @@ from ivr.config import Config, Line, Tenant
 from ivr.consent import ConsentEvidence
 from ivr.gdpr.breach import COMMANDS as BREACH_COMMANDS
 from ivr.policy import ConsentMode, LawfulBasis
+from ivr.wording import OPENING_PROMPT
 from storage.blobs import DEFAULT_SYNC_INTERVAL
 from storage.custody import key_ref_of
 from storage.keys import KEYRING_FILE, MASTER_KEY_ENV, MASTER_KEY_FILE
@@ -79,12 +80,6 @@ BASIS_ARTICLES: dict[LawfulBasis, tuple[str, str]] = {
 
 # The consent evidence kept with every recording: its fields, as the record's own type names them.
 EVIDENCE_FIELDS: tuple[str, ...] = ConsentEvidence.field_names()
-
-_MODE_PROMPT = {
-    ConsentMode.OPT_IN: "consent_request",
-    ConsentMode.OPT_OUT: "objection_notice",
-    ConsentMode.NOTICE: "notice_only",
-}
 
 
 class UnknownTenant(ValueError):
@@ -215,7 +210,7 @@ def _lawful_basis(lines: Sequence[Line], basis: LawfulBasis, tenant: Tenant) -> 
     for mode in modes:
         group = [line for line in lines if line.consent_mode is mode]
         numbers = _join(line.number for line in group)
-        prompt = _MODE_PROMPT.get(mode)
+        prompt = OPENING_PROMPT.get(mode)
         if mode is ConsentMode.OPT_IN:
             how.append(
                 f"{numbers}: explicit opt-in by keypad (DTMF). Before anything is recorded the "
