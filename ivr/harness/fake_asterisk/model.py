@@ -52,12 +52,6 @@ class AriError(Exception):
         self.message = message
 
 
-def format_timestamp(moment: datetime) -> str:
-    """Asterisk's event timestamp: ``2026-11-28T12:00:00.000+0000``."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
-
-
 @dataclass
 class ChannelState:
     """One channel as the fake sees it; ``to_json()`` is the ARI Channel model."""
@@ -70,8 +64,6 @@ class ChannelState:
     creationtime: str
     caller_name: str = ""
     caller_number: str = ""
-    connected_name: str = ""
-    connected_number: str = ""
     context: str = "default"
     exten: str = "s"
     app_name: str = ""
@@ -84,7 +76,6 @@ class ChannelState:
     subscribed: bool = False  # the app gets this channel's events
     answered: bool = False
     destroyed: bool = False
-    hangup_cause: int | None = None
     bridge_id: str | None = None
     met: list[str] = field(default_factory=list)  # channels it has shared a bridge with
     rtp: RtpPeer | None = None  # external-media channels
@@ -98,7 +89,7 @@ class ChannelState:
             "state": self.state,
             "protocol_id": self.protocol_id,
             "caller": {"name": self.caller_name, "number": self.caller_number},
-            "connected": {"name": self.connected_name, "number": self.connected_number},
+            "connected": {"name": "", "number": ""},
             "accountcode": "",
             "dialplan": {
                 "context": self.context,
@@ -168,7 +159,9 @@ class Pbx:
 
     # -- ids and lookups ---------------------------------------------------------------------
     def now(self) -> str:
-        return format_timestamp(datetime.now(UTC))
+        """Asterisk's timestamp: ``2026-11-28T12:00:00.000+0000``."""
+        moment = datetime.now(UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
 
     def new_channel_id(self) -> str:
         self._ids += 1
@@ -279,7 +272,6 @@ class Pbx:
         bridge_json = self.leave_bridge(ch, emit=False)
         ch.in_stasis = False
         ch.destroyed = True
-        ch.hangup_cause = cause
         snapshot = ch.to_json()
         fields: dict[str, dict[str, Any]] = {
             "ChannelHangupRequest": {"soft": True, "cause": cause} if soft else {"cause": cause},

@@ -612,8 +612,6 @@ class FakeAsterisk:
                 creationtime=self.pbx.now(),
                 caller_name=cid_name,
                 caller_number=cid_num,
-                connected_name=cid_name,
-                connected_number=cid_num,
                 protocol_id=f"{self.pbx.rng.getrandbits(64):016x}@127.0.0.1",
                 args=app_args.split(",") if app_args else [],
                 subscribed=True,

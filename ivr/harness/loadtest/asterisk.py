@@ -1,40 +1,29 @@
 """``ivr loadtest --platform asterisk``: many PBX calls at once, and what they cost the service.
 
-The service must be running with its ``[asterisk] url`` pointing at ``--ari-listen`` (default
-127.0.0.1:8088), where this module starts a fake Asterisk (``ivr.harness.fake_asterisk``, unpaced:
-it sends no RTP of its own). Its ARI client retries until the fake listens.
+The service must run with its ``[asterisk] url`` pointing at ``--ari-listen`` (default
+127.0.0.1:8088), where a fake Asterisk (``ivr.harness.fake_asterisk``, unpaced: it sends no RTP
+of its own) places N calls, ramped, to ``--to``. The service answers and bridges each with an
+external-media channel; every ARI request it makes is seen as it is answered
+(``FakeAsterisk.observers``), which gives the set-up time (StasisStart to bridged), the
+recording id and the moment the service has finalised a call (it destroys the bridge last). On
+an opt-in line the caller presses the accept key ``--press-after`` seconds after the bridge is
+up and streams once the service reports the recording; elsewhere (the default line records at
+once) it streams as soon as it is bridged.
 
-Control plane: the fake places N calls (ramped), each a caller channel for ``--to`` entering
-``Stasis``; the service answers, creates a mixing bridge and an external-media channel, and
-bridges them. On an opt-in line the caller presses the accept key ``--press-after`` seconds after
-the bridge is up, and streaming starts once the service reports the recording
-(``IVR_RECORDING_ID``); on the other lines (the default, +15550100004, records at once) it starts
-as soon as the call is bridged. Every ARI request the service makes is seen as it is answered
-(``FakeAsterisk.observers``): that gives the set-up time (StasisStart to bridged, four REST round
-trips), the recording id and the moment the service has finalised a call (it destroys the bridge
-last).
+Media: the shared ticker (``core.StreamRun``) sends every 20 ms the next packet of each call's
+external-media RTP stream (``RtpPeer.next_audio_packet``: PCMU, a one-second tone), with
+``sendto`` on a duplicate of that channel's socket, the only source the service accepts. The
+service's own RTP (prompts) arriving at the fake gives the time from bridged to first prompt.
 
-Media plane: the shared ticker (``core.StreamRun``) sends, every 20 ms, the next RTP packet
-(PCMU, PT 0, 160 bytes, sequence +1, timestamp +160, one SSRC per call, marker on the first) of
-every streaming call, with ``sendto`` on a duplicate of that call's external-media socket (the
-``UNICASTRTP_LOCAL`` address the fake announced, the only source the service accepts) to the
-address the service gave in its externalMedia request. Packets are pre-built per call (header
-template + a one-second payload pool); only sequence and timestamp are rewritten. The service's
-own RTP (prompts) arriving at the fake's sockets gives the time from bridged to the first prompt
-packet.
+After ``--duration`` seconds of RTP the caller hangs up and the service's finalisation is
+awaited; then ``/healthz`` is polled until ``calls_completed`` has grown by every call, and its
+counter deltas give frames stored and lost (``frames_lost`` = sent - stored: 0 on loopback; the
+service fills RTP gaps with silence and counts them in ``rtp_lost``). Frames lost with no
+``rtp_lost`` are calls' last packets: the hang-up follows them at once, as on Asterisk, and a
+lagging service reads its events websocket before the datagrams still in the call's socket.
 
-After ``--duration`` seconds of RTP a call is hung up (the caller's ``ChannelHangupRequest``,
-``StasisEnd``) and the service's finalisation awaited. Then ``/healthz`` is polled until
-``asterisk.counters.calls_completed`` has grown by every call the service took, and the deltas
-of its counters give frames stored and lost: ``frames_lost`` = frames sent − frames stored (0 on
-loopback: on a ``none`` line recording starts with the first packet; the service fills RTP gaps
-with silence, which its ``rtp_lost`` counter reports). Frames lost with no ``rtp_lost`` are
-calls' last packets: the hang-up is sent right after them, as Asterisk does, and a service that
-lags reads its events websocket before the datagrams still in the call's socket.
-
-The same media load (same N, duration, ramp and ticker) then goes to
-``bench/reference/bare_rtp_server.py`` (one UDP socket per call: parse the header, append, seal
-once a second with AES-256-GCM, write), and the report gives the ratio.
+The same media load then goes to ``bench/reference/bare_rtp_server.py`` (one UDP socket per
+call: parse, append, seal once a second, write), and the report gives the ratio.
 """
 
 from __future__ import annotations
@@ -43,8 +32,8 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,36 +64,20 @@ from ivr.harness.loadtest.core import (
     summarise_shared,
 )
 
-__all__ = [
-    "DEFAULT_ARI_LISTEN",
-    "DEFAULT_ASTERISK_TO",
-    "AsteriskLoadtestOptions",
-    "SetupError",
-    "format_asterisk_report",
-    "run_asterisk_loadtest",
-]
-
 DEFAULT_ASTERISK_TO = "+15550100004"  # the demo's vital_interests/none line: records at once
 DEFAULT_ARI_LISTEN = "127.0.0.1:8088"
 ARI_PASSWORD_ENV = "ARI_PASSWORD"
 DEMO_ARI_PASSWORD = "demo"
 PRESS_AFTER_S = 0.5
 BARE_PORT_BASE = 41000  # just above the service's default RTP range (40000-40999)
-
-FRAME_TICKS = 160  # RTP timestamp units per 20 ms of 8 kHz audio
-PT_PCMU = 0
 CONNECT_TIMEOUT_S = 30.0  # the service's ARI client backs off up to 10 s between attempts
 SETUP_TIMEOUT_S = 30.0  # StasisStart -> bridged
 DECISION_TIMEOUT_S = 30.0  # accept key -> IVR_RECORDING_ID
 FINALISE_TIMEOUT_S = 60.0  # caller hang-up -> bridge destroyed
 SETTLE_POLL_S = 0.2
 HEALTH_TIMEOUT_S = 10.0
-
-_RTP_HEAD = struct.Struct("!BBHII")
-_RTP_VAR = struct.Struct("!BHI")  # byte 1 (marker | payload type), sequence, timestamp; at 1
 _TONE = tone(440.0, -12.0)
 POOL: tuple[bytes, ...] = tuple(_TONE.frame(i) for i in range(len(_TONE)))  # one second
-_POOL_N = len(POOL)
 
 
 class SetupError(Exception):
@@ -157,18 +130,13 @@ class AsteriskLoadtestOptions(Options):
 
 # -- the RTP stream -----------------------------------------------------------------------------
 class _RtpStreamer(TickedStream):
-    """One call's real-time RTP stream, fed by the ticker from pre-built packets."""
+    """One call's real-time RTP stream, fed by the ticker: the next packets of ``peer``'s stream,
+    sent with ``sendto`` on ``sock`` (a datagram the socket refuses is dropped, not queued)."""
 
-    def __init__(
-        self, sock: socket.socket, dest: tuple[str, int], total: int, rng: random.Random
-    ) -> None:
+    def __init__(self, sock: socket.socket, peer: RtpPeer, total: int) -> None:
         super().__init__(total)  # packets; ``sent`` counts those due, sent or dropped
         self.send = sock.sendto
-        self.dest = dest
-        head = _RTP_HEAD.pack(0x80, PT_PCMU, 0, 0, rng.getrandbits(32))
-        self.packets = [bytearray(head + payload) for payload in POOL]
-        self.seq0 = rng.getrandbits(16)
-        self.ts0 = rng.getrandbits(32)
+        self.peer = peer
         self.dropped = 0  # packets the socket refused (EAGAIN)
 
     @property
@@ -177,33 +145,15 @@ class _RtpStreamer(TickedStream):
 
     def pump(self, due: int) -> int:
         """Send every packet owed by tick ``due``; returns the packets sent."""
-        target = due - self.join_tick
-        if target > self.total:
-            target = self.total
-        n = self.sent
-        if target <= n:
-            return 0
-        send, dest, packets, pack_into = self.send, self.dest, self.packets, _RTP_VAR.pack_into
-        seq0, ts0 = self.seq0, self.ts0
-        dropped = 0
-        start = n
-        while n < target:
-            packet = packets[n % _POOL_N]
-            pack_into(
-                packet,
-                1,
-                PT_PCMU | (0x80 if n == 0 else 0),
-                (seq0 + n) & 0xFFFF,
-                (ts0 + n * FRAME_TICKS) & 0xFFFFFFFF,
-            )
+        start, target = self.sent, min(due - self.join_tick, self.total)
+        next_packet, dest, dropped = self.peer.next_audio_packet, self.peer.remote, self.dropped
+        for n in range(start, target):
             try:
-                send(packet, dest)
+                self.send(next_packet(POOL[n % len(POOL)]), dest)
             except BlockingIOError:
-                dropped += 1
-            n += 1
-        self.sent = n
-        self.dropped += dropped
-        return n - start - dropped
+                self.dropped += 1
+        self.sent = max(start, target)
+        return self.sent - start - (self.dropped - dropped)
 
 
 def _rtp_run(expected: int, read_cpu: Any) -> StreamRun:
@@ -247,9 +197,12 @@ def _settle(fut: asyncio.Future[Any], value: Any) -> None:
         fut.set_result(value)
 
 
+_PATH = re.compile(r"/ari/(channels|bridges)/([^/]+)(?:/([^/]+))?")
+
+
 class _Tracker:
     """Watches every ARI request the service makes, once answered, and updates the watch of the
-    call it concerns."""
+    call it concerns (one look-up a request, however many calls are waiting)."""
 
     def __init__(self, fake: FakeAsterisk) -> None:
         self.fake = fake
@@ -259,13 +212,6 @@ class _Tracker:
         self.requests = 0
         self.rejected = 0
         fake.observers.append(self._answered)
-
-    def _answered(self, record: RecordedRequest) -> None:
-        self.requests += 1
-        if record.status is not None and record.status >= 400:
-            self.rejected += 1
-        else:
-            self._observe(record.method, record.path, record.query)
 
     def watch(self, channel_id: str) -> _Watch:
         loop = self.loop
@@ -278,46 +224,44 @@ class _Tracker:
         if watch is not None and watch.bridge_id is not None:
             self.bridges.pop(watch.bridge_id, None)
 
-    def _observe(self, method: str, path: str, query: dict[str, str]) -> None:
-        if not path.startswith("/ari/"):
+    def _answered(self, record: RecordedRequest) -> None:
+        self.requests += 1
+        if record.status is not None and record.status >= 400:
+            self.rejected += 1
             return
-        parts = path[5:].split("/")
-        now = time.monotonic()
-        if parts[0] == "channels" and len(parts) >= 2:
-            watch = self.calls.get(parts[1])
-            if watch is None:
-                return
-            if len(parts) == 2 and method == "DELETE":
-                watch.hung_up = query.get("reason") or "normal"
-                _settle(watch.bridged, None)
+        m = _PATH.fullmatch(record.path)
+        if m is None:
+            return
+        kind, id_, verb = m.groups()
+        request, query, now = (record.method, verb), record.query, time.monotonic()
+        watch = self.calls.get(id_) if kind == "channels" else self.bridges.get(id_)
+        if request == ("POST", "addChannel"):
+            for channel_id in query.get("channel", "").split(","):
+                caller, call = self.calls.get(channel_id), self.fake.calls.get(channel_id)
+                peer = call.media if call is not None else None
+                if caller is not None and peer is not None and not caller.bridged.done():
+                    caller.bridged_at, caller.bridge_id = now, id_
+                    self.bridges[id_] = caller
+                    _settle(caller.bridged, peer)
+        elif watch is None:
+            return
+        elif kind == "bridges" and request == ("DELETE", None):
+            del self.bridges[id_]
+            watch.finalised_at = now
+            _settle(watch.finalised, None)
+        elif request == ("DELETE", None):
+            watch.hung_up = query.get("reason") or "normal"
+            _settle(watch.bridged, None)
+            _settle(watch.recording, None)
+        elif request == ("POST", "answer"):
+            watch.answered_at = now
+        elif request == ("POST", "variable"):
+            name, value = query.get("variable", ""), query.get("value", "")
+            watch.variables[name] = value
+            if name == "IVR_RECORDING_ID" and value:
+                _settle(watch.recording, value)
+            elif name == "IVR_CONSENT_DECISION" and value != "accepted":
                 _settle(watch.recording, None)
-            elif len(parts) == 3 and method == "POST" and parts[2] == "answer":
-                watch.answered_at = now
-            elif len(parts) == 3 and method == "POST" and parts[2] == "variable":
-                name, value = query.get("variable", ""), query.get("value", "")
-                watch.variables[name] = value
-                if name == "IVR_RECORDING_ID" and value:
-                    _settle(watch.recording, value)
-                elif name == "IVR_CONSENT_DECISION" and value != "accepted":
-                    _settle(watch.recording, None)
-        elif parts[0] == "bridges" and len(parts) >= 2:
-            if len(parts) == 3 and method == "POST" and parts[2] == "addChannel":
-                for channel_id in (query.get("channel") or "").split(","):
-                    watch = self.calls.get(channel_id)
-                    fake_call = self.fake.calls.get(channel_id)
-                    if watch is None or fake_call is None or watch.bridged.done():
-                        continue
-                    peer = fake_call.media
-                    if peer is not None:
-                        watch.bridged_at = now
-                        watch.bridge_id = parts[1]
-                        self.bridges[parts[1]] = watch
-                        _settle(watch.bridged, peer)
-            elif len(parts) == 2 and method == "DELETE":
-                watch = self.bridges.pop(parts[1], None)
-                if watch is not None:
-                    watch.finalised_at = now
-                    _settle(watch.finalised, None)
 
 
 async def _within(fut: asyncio.Future[Any], timeout: float, what: str) -> Any:
@@ -355,7 +299,6 @@ class _Context:
     frames: int
     press: str
     id_prefix: str
-    rng: random.Random
     placed: int = 0
     bridged: int = 0
     finished: int = 0
@@ -396,7 +339,7 @@ async def _service_call(ctx: _Context, index: int, start_at: float) -> _AriCallR
                 raise CallFailed(f"no recording after key {ctx.press} (decision {decision})")
             result.decision_ms = (time.monotonic() - pressed_at) * 1000
         sock = peer.dup_socket()
-        streamer = _RtpStreamer(sock, peer.remote, ctx.frames, ctx.rng)
+        streamer = _RtpStreamer(sock, peer, ctx.frames)
         ctx.run.join(streamer)
         joined = True
         ctx.run.wake()
@@ -530,7 +473,6 @@ async def _run_service(
         frames=max(1, round(options.duration / FRAME_S)),
         press=options.resolved_press(),
         id_prefix=str(int(time.time() * 1000)),
-        rng=random.Random(),
     )
     results = await run_calls(
         options,
@@ -613,7 +555,11 @@ async def _bare_call(
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.bind(("127.0.0.1", 0))
             sock.setblocking(False)
-            streamer = _RtpStreamer(sock, ("127.0.0.1", port), frames, rng)
+            # Numbered like a fake channel's stream, sent from a plain socket.
+            stream = RtpPeer(
+                f"bare-{index}", ("127.0.0.1", port), "ulaw", rng=rng, on_change=lambda: None
+            )
+            streamer = _RtpStreamer(sock, stream, frames)
             run.join(streamer)
             joined = True
             await streamer.done
