@@ -48,6 +48,7 @@ from ivr.harness.twilio_sim import (
     _Stream,
     simulate_call,
 )
+from ivr.harness.twilio_wire import Inbox
 from ivr.platforms.twilio.signature import SIGNATURE_HEADER, is_valid_signature
 from media.g711 import ulaw_decode
 from media.wavfile import write_wav
@@ -558,34 +559,32 @@ class RecordingWS:
     def send_text(self, data: bytes) -> None:
         self.sent.append((self.clock.t, json.loads(data)))
 
+    async def receive(self) -> tuple[int, bytes]:
+        await asyncio.Event().wait()  # the service never answers
+        raise AssertionError
+
 
 async def test_real_time_pacing_does_not_drift() -> None:
     clock = FakeClock(overshoot=0.007)
     pacer = RealTimePacer(time_fn=clock.time, sleep_fn=clock.sleep)
     result = CallResult(call_sid="CA" + "0" * 32)
     async with aiohttp.ClientSession() as session:
-        call = _Call(
-            CallOptions(url="http://unused"),
-            session,
-            pacer,
-            result,
-            harness_audio.tone(),
-            harness_audio.tone(330),
-        )
+        call = _Call(CallOptions(url="http://unused"), session, pacer, result)
         pacer.start()
         clock.t += 0.013  # the stream starts at an odd call time
         ws = RecordingWS(clock)
         stream = _Stream(
             ws=ws,  # type: ignore[arg-type]
-            url="ws://x",
             sid="MZ" + "0" * 32,
             name=None,
             tracks=["inbound"],
             bidirectional=False,
             start_t=pacer.now(),
+            inbox=Inbox(ws),  # type: ignore[arg-type]
         )
         call.streams.append(stream)
         await call.run_until(deadline=2.013)
+        stream.inbox.cancel()
     sent_at = [t - 100.0 for t, _ in ws.sent]
     assert len(sent_at) == 100
     assert [m["media"]["timestamp"] for _, m in ws.sent] == [str(20 * i) for i in range(100)]

@@ -1,8 +1,8 @@
-"""``ivr simulate``: place a simulated Twilio call against a running service.
+"""``ivr simulate``: place a simulated call against a running service; and the options it shares
+with ``ivr loadtest`` (``ivr.harness.loadtest.cli``).
 
-``add_simulate_parser`` adds the subcommand to any argparse subparsers object (it sets
-``func=run_simulate``); ``run_simulate`` returns the exit status: 0 for a completed call, 1 if the
-call ended in an error. Bad arguments are argparse errors (exit 2).
+``run_simulate`` returns the exit status: 0 for a completed call, 1 if the call ended in an
+error. Bad arguments are argparse errors (exit 2).
 """
 
 from __future__ import annotations
@@ -19,18 +19,17 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from ivr.harness.asterisk_sim import AsteriskCallOptions, simulate_asterisk_call
-from ivr.harness.twilio_sim import (
+from ivr.harness.twilio_sim import CallOptions, CallResult, TranscriptEntry, simulate_call
+from ivr.harness.twilio_wire import (
+    AUTH_TOKEN_ENV,
     DEFAULT_FROM,
     DEFAULT_TO,
+    DEFAULT_URL,
     DEMO_AUTH_TOKEN,
-    CallOptions,
-    CallResult,
-    TranscriptEntry,
-    simulate_call,
 )
 
 __all__ = [
-    "AUTH_TOKEN_ENV",
+    "add_platform_options",
     "add_simulate_parser",
     "format_entry",
     "options_from_args",
@@ -40,9 +39,6 @@ __all__ = [
     "summary_line",
 ]
 
-AUTH_TOKEN_ENV = "TWILIO_AUTH_TOKEN"
-DEFAULT_URL = "http://127.0.0.1:8080"
-EXIT_OK, EXIT_FAILURE = 0, 1
 _PRESS = re.compile(r"([0-9*#ABCD])@(.+)")
 
 
@@ -86,6 +82,50 @@ def _base_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def add_platform_options(p: argparse.ArgumentParser, to_help: str) -> argparse._ArgumentGroup:
+    """What ``simulate`` and ``loadtest`` both take: the platform, the service, the call's
+    numbers, the Twilio signing token and ``--json``; and the fake Asterisk's ARI settings, in
+    the group returned."""
+    p.add_argument(
+        "--platform",
+        choices=("twilio", "asterisk"),
+        default="twilio",
+        help="twilio: act as Twilio against --url; asterisk: act as an Asterisk PBX that the "
+        "service's [asterisk] url points at (default twilio)",
+    )
+    p.add_argument(
+        "--url", type=_base_url, default=DEFAULT_URL, help=f"the service ({DEFAULT_URL})"
+    )
+    p.add_argument("--to", default=None, metavar="NUMBER", help=to_help)
+    p.add_argument(
+        "--from",
+        dest="from_",
+        default=DEFAULT_FROM,
+        metavar="NUMBER",
+        help=f"the caller ({DEFAULT_FROM})",
+    )
+    p.add_argument(
+        "--auth-token",
+        default=None,
+        metavar="TOKEN",
+        help=f"Twilio auth token to sign with (default ${AUTH_TOKEN_ENV}, else the demo token)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    g = p.add_argument_group("--platform asterisk")
+    g.add_argument(
+        "--ari-listen",
+        default="127.0.0.1:8088",
+        metavar="HOST:PORT",
+        help="where the fake ARI listens: the service's [asterisk] url (127.0.0.1:8088)",
+    )
+    g.add_argument("--ari-app", default="ivr", help="the Stasis app name (ivr)")
+    g.add_argument("--ari-user", default="ivr", help="ARI user name (ivr)")
+    g.add_argument(
+        "--ari-password", default=None, help="ARI password (default $ARI_PASSWORD, else 'demo')"
+    )
+    return g
+
+
 def add_simulate_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "simulate",
@@ -96,19 +136,7 @@ def add_simulate_parser(subparsers: Any) -> None:
             "given call times, then the status callback. Prints the call's transcript."
         ),
     )
-    p.add_argument(
-        "--url", type=_base_url, default=DEFAULT_URL, help=f"the service ({DEFAULT_URL})"
-    )
-    p.add_argument(
-        "--to", default=DEFAULT_TO, metavar="NUMBER", help=f"the dialled number ({DEFAULT_TO})"
-    )
-    p.add_argument(
-        "--from",
-        dest="from_",
-        default=DEFAULT_FROM,
-        metavar="NUMBER",
-        help=f"the caller ({DEFAULT_FROM})",
-    )
+    add_platform_options(p, f"the dialled number ({DEFAULT_TO})")
     p.add_argument(
         "--press",
         action="append",
@@ -148,43 +176,15 @@ def add_simulate_parser(subparsers: Any) -> None:
         metavar="S",
         help="hang up after this much call time (600)",
     )
-    p.add_argument(
-        "--auth-token",
-        default=None,
-        metavar="TOKEN",
-        help=f"Twilio auth token to sign with (default ${AUTH_TOKEN_ENV}, else the demo token)",
-    )
-    p.add_argument(
-        "--platform",
-        choices=("twilio", "asterisk"),
-        default="twilio",
-        help="twilio: act as Twilio against --url; asterisk: act as an Asterisk PBX that the "
-        "service's [asterisk] url points at (default twilio)",
-    )
-    p.add_argument(
-        "--ari-listen",
-        default="127.0.0.1:8088",
-        metavar="HOST:PORT",
-        help="asterisk: where the fake ARI listens (127.0.0.1:8088)",
-    )
-    p.add_argument("--ari-app", default="ivr", help="asterisk: the Stasis app name (ivr)")
-    p.add_argument("--ari-user", default="ivr", help="asterisk: ARI user name (ivr)")
-    p.add_argument(
-        "--ari-password",
-        default=None,
-        help="asterisk: ARI password (default $ARI_PASSWORD, else 'demo')",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=run_simulate)
 
 
 def options_from_args(args: argparse.Namespace) -> CallOptions:
-    token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or DEMO_AUTH_TOKEN
     return CallOptions(
         url=args.url,
-        to=args.to,
+        to=args.to or DEFAULT_TO,
         from_=args.from_,
-        auth_token=token,
+        auth_token=args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or DEMO_AUTH_TOKEN,
         presses=list(args.press),
         hangup_at=args.hangup_at,
         duration=args.duration,
@@ -194,7 +194,7 @@ def options_from_args(args: argparse.Namespace) -> CallOptions:
     )
 
 
-def asterisk_options_from_args(args: argparse.Namespace) -> AsteriskCallOptions:
+def _asterisk_options(args: argparse.Namespace) -> AsteriskCallOptions:
     host, _, port = args.ari_listen.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--ari-listen {args.ari_listen!r} is not HOST:PORT")
@@ -204,7 +204,7 @@ def asterisk_options_from_args(args: argparse.Namespace) -> AsteriskCallOptions:
         app=args.ari_app,
         username=args.ari_user,
         password=args.ari_password or os.environ.get("ARI_PASSWORD") or "demo",
-        to=args.to,
+        to=args.to or DEFAULT_TO,
         from_=args.from_,
         presses=list(args.press),
         hangup_at=args.hangup_at,
@@ -233,26 +233,26 @@ def summary_line(result: CallResult) -> str:
 
 async def run_simulate_async(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    options = options_from_args(args)
 
     def live(entry: TranscriptEntry) -> None:
         print(format_entry(entry), file=out, flush=True)
 
+    on_transcript = None if args.json else live
     try:
-        if getattr(args, "platform", "twilio") == "asterisk":
+        if args.platform == "asterisk":
             result = await simulate_asterisk_call(
-                asterisk_options_from_args(args), on_transcript=None if args.json else live
+                _asterisk_options(args), on_transcript=on_transcript
             )
         else:
-            result = await simulate_call(options, on_transcript=None if args.json else live)
+            result = await simulate_call(options_from_args(args), on_transcript=on_transcript)
     except ValueError as exc:  # options the parser could not check
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return 1
     if args.json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False), file=out)
     else:
         print(summary_line(result), file=out)
-    return EXIT_OK if result.error is None else EXIT_FAILURE
+    return 0 if result.error is None else 1
 
 
 def run_simulate(args: argparse.Namespace) -> int:

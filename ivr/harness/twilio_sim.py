@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import aiohttp
@@ -44,22 +44,15 @@ from yarl import URL
 
 from ivr.harness import audio as harness_audio
 from ivr.harness import twilio_wire as wire
-from ivr.harness.twilio_wire import (
-    DEFAULT_FROM,
-    DEFAULT_TO,
-    DEMO_AUTH_TOKEN,
-    DTMF_DIGITS,
-    Inbox,
-    Playback,
-)
+from ivr.harness.twilio_wire import DEFAULT_FROM, DEFAULT_TO, DEMO_AUTH_TOKEN, Inbox, Playback
 from ivr.harness.wsclient import OP_BINARY, RawWebSocket, WebSocketError
+from media.dtmf import DIGITS
 from media.wavfile import UnsupportedAudio
 
 __all__ = [
     "DEFAULT_FROM",
     "DEFAULT_TO",
     "DEMO_AUTH_TOKEN",
-    "DTMF_DIGITS",
     "CallOptions",
     "CallResult",
     "Pacer",
@@ -79,6 +72,8 @@ _MAX_WEBHOOKS = 50  # voice + redirects + actions: more is a redirect loop
 _WS_CLOSE_TIMEOUT_S = 5.0
 _REFUSAL_CODES = frozenset({1008}) | frozenset(range(4000, 5000))
 _T = TypeVar("_T")
+_CALLER_TONE = harness_audio.tone(440.0, -12.0)  # CallOptions.audio None
+_AGENT_TONE = harness_audio.tone(330.0, -12.0)
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -104,7 +99,6 @@ class CallResult:
     twiml: list[str] = field(default_factory=list)
     error: str | None = None
     duration: float = 0.0  # call time at the end of the call, seconds
-    stream_sids: list[str] = field(default_factory=list)
 
     def _status(self, key: str) -> str | None:
         value = (self.status_response or {}).get(key)
@@ -153,10 +147,6 @@ class CallOptions:
     max_call_seconds: float = 600.0
     http_timeout: float = 15.0  # per webhook, as Twilio's default; also per fast-mode sync
     wall_timeout: float | None = None  # whole call; None: 120 s fast, max_call_seconds + 60 real
-    caller_tone_hz: float = 440.0
-    caller_tone_dbfs: float = -12.0
-    agent_tone_hz: float = 330.0
-    agent_tone_dbfs: float = -12.0
     account_sid: str | None = None  # None: a random AC…
     call_sid: str | None = None  # None: a random CA…
     # Fast mode: sync with the service after every this many frames of a stream. 1 sees each
@@ -177,23 +167,8 @@ class StreamStart:
 
 
 # -- pacing ----------------------------------------------------------------------------------------
-class Pacer(Protocol):
-    """Maps the call clock onto the wall clock."""
-
-    fast: bool  # virtual time: sync with the service instead of waiting (module docstring)
-
-    def start(self) -> None:
-        """The call clock reads 0 now."""
-
-    def now(self) -> float:
-        """Call time in seconds."""
-
-    async def wait_until(self, t: float, wake: asyncio.Event) -> None:
-        """Return at call time ``t``, or earlier once ``wake`` is set."""
-
-
 class VirtualPacer:
-    """Fast mode: call time is virtual and jumps to whatever is due next."""
+    """Fast mode: call time is virtual and jumps to whatever is due next (no waiting)."""
 
     fast = True
 
@@ -219,7 +194,7 @@ class RealTimePacer:
     def __init__(
         self,
         time_fn: Callable[[], float] | None = None,
-        sleep_fn: Callable[[float], Awaitable[None]] | None = None,
+        sleep_fn: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._time_fn = time_fn
         self._sleep_fn = sleep_fn
@@ -235,12 +210,9 @@ class RealTimePacer:
         return self._time() - self._t0
 
     async def wait_until(self, t: float, wake: asyncio.Event) -> None:
+        """Return at call time ``t``, or earlier once ``wake`` is set."""
         delay = t - self.now()
         if delay <= 0 or wake.is_set():
-            return
-        if self._sleep_fn is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), delay)
             return
         waker = asyncio.ensure_future(wake.wait())
         sleeper = asyncio.ensure_future(self._sleep_fn(delay))
@@ -249,6 +221,9 @@ class RealTimePacer:
         finally:
             for task in (waker, sleeper):
                 task.cancel()
+
+
+Pacer = VirtualPacer | RealTimePacer  # maps the call clock onto the wall clock
 
 
 # -- the call --------------------------------------------------------------------------------------
@@ -263,17 +238,15 @@ class _Stream:
         self,
         *,
         ws: RawWebSocket,
-        url: str,
         sid: str,
         name: str | None,
         tracks: list[str],
         bidirectional: bool,
         start_t: float,
-        inbox: Inbox | None = None,
+        inbox: Inbox,
     ) -> None:
         self.ws = ws
-        self.inbox = inbox  # None only for streams built by hand in tests
-        self.url = url
+        self.inbox = inbox
         self.sid = sid
         self.name = name
         self.tracks = tracks
@@ -309,8 +282,6 @@ class _Call:
         session: aiohttp.ClientSession,
         pacer: Pacer,
         result: CallResult,
-        caller: harness_audio.LoopedFrames,
-        agent: harness_audio.LoopedFrames,
         on_transcript: Callable[[TranscriptEntry], None] | None = None,
         on_start_stream: Callable[[StreamStart], Awaitable[None]] | None = None,
     ) -> None:
@@ -320,9 +291,7 @@ class _Call:
         self.session = session
         self.pacer = pacer
         self.result = result
-        self.caller = caller
-        self.agent = agent
-        self.silence = harness_audio.silence()
+        self.caller, self.agent, self.silence = _CALLER_TONE, _AGENT_TONE, harness_audio.silence()
         self.on_transcript = on_transcript
         self.base_url = options.url.rstrip("/")
         self.account_sid = options.account_sid or wire.new_sid("AC")
@@ -368,6 +337,12 @@ class _Call:
     # -- running --------------------------------------------------------------------------------
     async def run(self) -> None:
         self.pacer.start()
+        try:
+            if self.o.audio is not None:
+                self.caller = harness_audio.from_file(self.o.audio)
+        except (UnsupportedAudio, ValueError) as exc:
+            self.fail(str(exc))  # before calling: no webhook at all
+            return
         wall = self.o.wall_timeout
         if wall is None:
             wall = 120.0 if self.pacer.fast else self.o.max_call_seconds + 60.0
@@ -388,8 +363,7 @@ class _Call:
             self.fail("timed out while ending the call")
         finally:
             for s in self.streams:
-                if s.inbox is not None:
-                    s.inbox.cancel()
+                s.inbox.cancel()
 
     async def _execute(self) -> None:
         url, method = f"{self.base_url}/twilio/voice", "POST"
@@ -487,7 +461,7 @@ class _Call:
 
     async def _sync(self, s: _Stream) -> None:
         """Fast mode: let the service react before the call clock moves on; apply its answer."""
-        if not self.pacer.fast or s.inbox is None or s.closed:
+        if not self.pacer.fast or s.closed:
             return
         try:
             messages = await s.inbox.sync(self.o.http_timeout)
@@ -501,7 +475,7 @@ class _Call:
     def _take_arrived(self) -> None:
         """Real time: apply whatever the service has sent so far."""
         for s in self.streams:
-            if s.inbox is not None and not s.closed:
+            if not s.closed:
                 self._apply(s, s.inbox.take())
 
     # -- sending ----------------------------------------------------------------------------------
@@ -565,14 +539,12 @@ class _Call:
                 self.warn_once(s, "binary", "server sent a binary frame (ignored)")
             else:
                 self._on_message(s, wire.read_server_message(data))
-        assert s.inbox is not None
         if s.inbox.closed and not s.inbox.messages and not s.closed:
             s.closed = True
             if not s.closing_by_us:
                 self._on_server_close(s)
 
     def _on_server_close(self, s: _Stream) -> None:
-        assert s.inbox is not None
         code = s.inbox.close_code if s.inbox.close_code is not None else 1006
         self.result.closed_by_server.append(int(code))
         reason = f": {s.inbox.close_reason}" if s.inbox.close_reason else ""
@@ -599,7 +571,7 @@ class _Call:
         now = self.pacer.now()
         if event == "media":
             if self.result.first_prompt_frame_latency_ms is None:
-                assert s.inbox is not None and s.inbox.first_at is not None
+                assert s.inbox.first_at is not None
                 latency = (s.inbox.first_at - s.start_wall) * 1000
                 self.result.first_prompt_frame_latency_ms = latency
             s.playback.audio(now, message.audio_bytes)
@@ -617,30 +589,32 @@ class _Call:
             self.warn_once(s, f"event:{event}", f"server sent unknown event {event!r} (ignored)")
 
     # -- streams --------------------------------------------------------------------------------
-    async def _open_stream(
-        self, el: ET.Element, *, bidirectional: bool, tracks: list[str]
-    ) -> _Stream | None:
+    def _stream_target(self, el: ET.Element) -> tuple[str, dict[str, str]]:
+        """A ``<Stream>``'s URL as Twilio connects to it (no query string) and its parameters."""
         raw_url = (el.get("url") or "").strip()
         parts = urlsplit(raw_url)
         if parts.scheme not in ("ws", "wss") or not parts.netloc:
             raise _CallError(f"bad TwiML: <Stream url={raw_url!r}> is not a ws:// or wss:// URL")
-        url = urlunsplit(parts._replace(query="", fragment=""))
         if parts.query:
             self.log(f"stream URL query string ?{parts.query} dropped (Twilio drops it)")
-        custom = {p.get("name", ""): p.get("value", "") for p in el.iter("Parameter")}
-        custom.pop("", None)
+        params = {p.get("name", ""): p.get("value", "") for p in el.iter("Parameter")}
+        params.pop("", None)
+        return urlunsplit(parts._replace(query="", fragment="")), params
+
+    async def _open_stream(
+        self, el: ET.Element, *, bidirectional: bool, tracks: list[str]
+    ) -> _Stream | None:
+        url, custom = self._stream_target(el)
         headers = wire.signed_headers(self.o.auth_token, url, {})
         connect = RawWebSocket.connect(url, headers=headers, timeout=self.o.http_timeout)
         try:
             ws = await self.await_io(connect)
         except WebSocketError as exc:
-            if exc.status:
-                message = f"stream {url}: websocket handshake refused (HTTP {exc.status})"
-                raise _CallError(message) from None
-            raise _CallError(f"stream {url}: {exc}") from None
+            why = f"websocket handshake refused (HTTP {exc.status})" if exc.status else exc
+            raise _CallError(f"stream {url}: {why}") from None
         except TimeoutError:
-            message = f"stream {url}: no websocket handshake in {self.o.http_timeout:g} s"
-            raise _CallError(message) from None
+            why = f"no websocket handshake in {self.o.http_timeout:g} s"
+            raise _CallError(f"stream {url}: {why}") from None
         except OSError as exc:
             raise _CallError(f"stream {url}: cannot connect ({exc})") from exc
         if ws is None:
@@ -648,7 +622,6 @@ class _Call:
         sid = wire.new_sid("MZ")
         s = _Stream(
             ws=ws,
-            url=url,
             sid=sid,
             name=el.get("name"),
             tracks=tracks,
@@ -658,7 +631,6 @@ class _Call:
         )
         s.seq = 1  # `start` is sequence number 1
         self.streams.append(s)
-        self.result.stream_sids.append(sid)
         self._send(s, wire.connected())
         self._send(s, wire.start(sid, self.result.call_sid, self.account_sid, tracks, custom))
         kind = "bidirectional" if bidirectional else "unidirectional"
@@ -673,15 +645,14 @@ class _Call:
         s.closing_by_us = True
         self._send(s, wire.stop(s.next_seq(), s.sid, self.result.call_sid, self.account_sid))
         s.closed = True
-        if s.inbox is not None:
-            s.inbox.cancel()  # ``close`` reads the socket itself
+        s.inbox.cancel()  # ``close`` reads the socket itself
         with contextlib.suppress(Exception):
             await s.ws.close(timeout=_WS_CLOSE_TIMEOUT_S)
         self.log(f"→ stop sent on stream {s.label}")
 
     async def _reap(self, s: _Stream) -> None:
         """Wait for a stream's reader to have seen how the socket closed."""
-        if s.inbox is not None and not s.closing_by_us:
+        if not s.closing_by_us:
             await s.inbox.wait_closed(_WS_CLOSE_TIMEOUT_S)
             self._apply(s, s.inbox.take())
 
@@ -856,9 +827,7 @@ class _Call:
         if self.on_start_stream is None:
             await self._open_stream(stream_el, bidirectional=False, tracks=tracks)
             return
-        params = {p.get("name", ""): p.get("value", "") for p in stream_el.iter("Parameter")}
-        params.pop("", None)
-        url = (stream_el.get("url") or "").strip()
+        url, params = self._stream_target(stream_el)
         self.log(f"→ stream {url} handed over ({'+'.join(tracks)})")
         start = StreamStart(url, params, tracks, self.result.call_sid, self.account_sid)
         await self.await_io(self.on_start_stream(start))
@@ -938,7 +907,7 @@ def _snippet(body: str, limit: int = 120) -> str:
 
 def _validate(options: CallOptions) -> None:
     for t, digit in options.presses:
-        if digit not in DTMF_DIGITS or len(digit) != 1:
+        if digit not in DIGITS:
             raise ValueError(f"key press digit must be one of 0-9 * # A-D, got {digit!r}")
         if not (math.isfinite(t) and t >= 0):
             raise ValueError(f"key press time must be a non-negative number, got {t!r}")
@@ -966,29 +935,16 @@ async def simulate_call(
     simulator streaming it (it must not raise).
     """
     _validate(options)
-    result = CallResult(call_sid=options.call_sid or wire.new_sid("CA"))
-    try:
-        if options.audio is not None:
-            caller = harness_audio.from_file(options.audio)
-        else:
-            caller = harness_audio.tone(options.caller_tone_hz, options.caller_tone_dbfs)
-        agent = harness_audio.tone(options.agent_tone_hz, options.agent_tone_dbfs)
-    except (UnsupportedAudio, ValueError) as exc:
-        result.error = str(exc)
-        entry = TranscriptEntry(0.0, f"error: {exc}")
-        result.transcript.append(entry)
-        if on_transcript is not None:
-            on_transcript(entry)
-        return result
-    if pacer is None:
-        pacer = VirtualPacer() if options.fast else RealTimePacer()
-    own_session = session is None
     if session is None:
-        session = aiohttp.ClientSession()
-    try:
-        call = _Call(options, session, pacer, result, caller, agent, on_transcript, on_start_stream)
-        await call.run()
-    finally:
-        if own_session:
-            await session.close()
+        async with aiohttp.ClientSession() as own:
+            return await simulate_call(
+                options,
+                own,
+                pacer=pacer,
+                on_transcript=on_transcript,
+                on_start_stream=on_start_stream,
+            )
+    result = CallResult(call_sid=options.call_sid or wire.new_sid("CA"))
+    pacer = pacer or (VirtualPacer() if options.fast else RealTimePacer())
+    await _Call(options, session, pacer, result, on_transcript, on_start_stream).run()
     return result

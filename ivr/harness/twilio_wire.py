@@ -26,34 +26,12 @@ from dataclasses import dataclass
 from ivr.harness.wsclient import OP_CLOSE, OP_PONG, OP_TEXT, RawWebSocket, WebSocketError
 from ivr.platforms.twilio.signature import SIGNATURE_HEADER, compute_signature
 
-__all__ = [
-    "AUTH_TOKEN_ENV",
-    "DEFAULT_FROM",
-    "DEFAULT_TO",
-    "DEMO_AUTH_TOKEN",
-    "DTMF_DIGITS",
-    "OPT_IN_LINES",
-    "Inbox",
-    "Playback",
-    "ServerMessage",
-    "call_form",
-    "connected",
-    "dtmf",
-    "mark",
-    "media_template",
-    "new_sid",
-    "read_server_message",
-    "signed_headers",
-    "start",
-    "stop",
-]
-
 DEMO_AUTH_TOKEN = "demo-auth-token-not-secret"  # the embedded demo configuration's token
 AUTH_TOKEN_ENV = "TWILIO_AUTH_TOKEN"
+DEFAULT_URL = "http://127.0.0.1:8080"  # a local ``ivr serve``
 DEFAULT_TO = "+15550100001"
 DEFAULT_FROM = "+46701234567"
 OPT_IN_LINES = frozenset({"+15550100001", "+15550100005"})  # demo lines that ask for key 1
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
 USER_AGENT = "TwilioProxy/1.1 (ivr-harness)"
 BYTES_PER_SECOND = 8000  # 8 kHz μ-law: what a prompt's length is measured in
 
@@ -97,16 +75,17 @@ def signed_headers(token: str, url: str, params: Mapping[str, str]) -> dict[str,
 
 
 # -- Media Streams: what Twilio sends -----------------------------------------------------------
+def _event(event: str, seq: int, stream_sid: str, body: Mapping[str, object]) -> bytes:
+    message = {"event": event, "sequenceNumber": str(seq), "streamSid": stream_sid, event: body}
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
 def connected() -> bytes:
     return b'{"event":"connected","protocol":"Call","version":"1.0.0"}'
 
 
 def start(
-    stream_sid: str,
-    call_sid: str,
-    account_sid: str,
-    tracks: list[str],
-    params: Mapping[str, str],
+    stream_sid: str, call_sid: str, account_sid: str, tracks: list[str], params: Mapping[str, str]
 ) -> bytes:
     """The ``start`` message; always sequence number 1."""
     body = {
@@ -117,8 +96,7 @@ def start(
         "customParameters": dict(params),
         "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
     }
-    message = {"event": "start", "sequenceNumber": "1", "streamSid": stream_sid, "start": body}
-    return json.dumps(message, separators=(",", ":")).encode()
+    return _event("start", 1, stream_sid, body)
 
 
 def media_template(stream_sid: str, track: str) -> bytes:
@@ -130,31 +108,15 @@ def media_template(stream_sid: str, track: str) -> bytes:
 
 
 def dtmf(seq: int, stream_sid: str, digit: str) -> bytes:
-    return (
-        b'{"event":"dtmf","sequenceNumber":"%d","streamSid":"%b",'
-        b'"dtmf":{"track":"inbound_track","digit":"%b"}}'
-        % (seq, stream_sid.encode(), digit.encode())
-    )
+    return _event("dtmf", seq, stream_sid, {"track": "inbound_track", "digit": digit})
 
 
 def mark(seq: int, stream_sid: str, name: str) -> bytes:
-    message = {
-        "event": "mark",
-        "sequenceNumber": str(seq),
-        "streamSid": stream_sid,
-        "mark": {"name": name},
-    }
-    return json.dumps(message, separators=(",", ":")).encode()
+    return _event("mark", seq, stream_sid, {"name": name})
 
 
 def stop(seq: int, stream_sid: str, call_sid: str, account_sid: str) -> bytes:
-    message = {
-        "event": "stop",
-        "sequenceNumber": str(seq),
-        "streamSid": stream_sid,
-        "stop": {"accountSid": account_sid, "callSid": call_sid},
-    }
-    return json.dumps(message, separators=(",", ":")).encode()
+    return _event("stop", seq, stream_sid, {"accountSid": account_sid, "callSid": call_sid})
 
 
 # -- Media Streams: what the service sends -----------------------------------------------------

@@ -9,20 +9,17 @@ import json
 import sys
 from typing import Any, TypeVar
 
+from ivr.harness.cli import add_platform_options
 from ivr.harness.loadtest.asterisk import (
-    ARI_PASSWORD_ENV,
     BARE_PORT_BASE,
-    DEFAULT_ARI_LISTEN,
-    DEMO_ARI_PASSWORD,
     PRESS_AFTER_S,
     AsteriskLoadtestOptions,
     SetupError,
     format_asterisk_report,
     run_asterisk_loadtest,
 )
-from ivr.harness.loadtest.core import DEFAULT_URL
 from ivr.harness.loadtest.twilio import LoadtestOptions, format_report, run_loadtest
-from ivr.harness.twilio_wire import AUTH_TOKEN_ENV, DEFAULT_FROM, DEFAULT_TO
+from ivr.harness.twilio_wire import DEFAULT_TO
 
 __all__ = ["add_loadtest_parser", "asterisk_options_from_args", "options_from_args"]
 
@@ -44,20 +41,9 @@ def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
             "completed and no frame was lost."
         ),
     )
-    _add_options(p)
-    p.set_defaults(func=run_loadtest_cli)
-    return p
-
-
-def _add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--platform",
-        choices=("twilio", "asterisk"),
-        default="twilio",
-        help="twilio: act as Twilio against --url; asterisk: act as an Asterisk PBX that the "
-        "service's [asterisk] url points at (default twilio)",
+    g = add_platform_options(
+        p, f"the dialled line (default {DEFAULT_TO}; asterisk: +15550100004, which records at once)"
     )
-    p.add_argument("--url", default=DEFAULT_URL, help=f"the service (default {DEFAULT_URL})")
     p.add_argument("--calls", type=int, default=50, help="concurrent calls (default 50)")
     p.add_argument(
         "--duration",
@@ -72,51 +58,16 @@ def _add_options(p: argparse.ArgumentParser) -> None:
         help="spread the call starts over this many seconds (default min(10, calls/50))",
     )
     p.add_argument(
-        "--to",
-        default=None,
-        help=f"the dialled line (default {DEFAULT_TO}; asterisk: +15550100004, which records "
-        "at once)",
-    )
-    p.add_argument(
-        "--from", dest="from_", metavar="NUMBER", default=DEFAULT_FROM, help="the caller's number"
-    )
-    p.add_argument(
         "--press",
         default=None,
         help="key pressed during the consent prompt ('' for none; default 1 on opt-in lines)",
     )
-    p.add_argument(
-        "--auth-token",
-        default=None,
-        help=f"Twilio auth token for signing (default ${AUTH_TOKEN_ENV}, else the demo token)",
-    )
     p.add_argument("--no-reference", action="store_true", help="skip the bare reference comparison")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument(
         "--progress-interval",
         type=float,
         default=3.0,
         help="seconds between progress lines on stderr (0: none; default 3)",
-    )
-    _add_asterisk_options(p)
-
-
-def _add_asterisk_options(p: argparse.ArgumentParser) -> None:
-    """The options only ``--platform asterisk`` uses."""
-    g = p.add_argument_group("--platform asterisk")
-    g.add_argument(
-        "--ari-listen",
-        default=DEFAULT_ARI_LISTEN,
-        metavar="HOST:PORT",
-        help=f"where the fake ARI listens: the service's [asterisk] url (default "
-        f"{DEFAULT_ARI_LISTEN})",
-    )
-    g.add_argument("--ari-app", default="ivr", help="the Stasis app name (default ivr)")
-    g.add_argument("--ari-user", default="ivr", help="ARI user name (default ivr)")
-    g.add_argument(
-        "--ari-password",
-        default=None,
-        help=f"ARI password (default ${ARI_PASSWORD_ENV}, else '{DEMO_ARI_PASSWORD}')",
     )
     g.add_argument(
         "--press-after",
@@ -132,6 +83,8 @@ def _add_asterisk_options(p: argparse.ArgumentParser) -> None:
         metavar="LOW-HIGH",
         help=f"UDP ports for the bare reference, one per call (default from {BARE_PORT_BASE})",
     )
+    p.set_defaults(func=run_loadtest_cli)
+    return p
 
 
 def _options(cls: type[_O], args: argparse.Namespace) -> _O:
@@ -146,12 +99,10 @@ def _options(cls: type[_O], args: argparse.Namespace) -> _O:
 
 
 def asterisk_options_from_args(args: argparse.Namespace) -> AsteriskLoadtestOptions:
-    """``--platform asterisk``'s options."""
     return _options(AsteriskLoadtestOptions, args)
 
 
 def options_from_args(args: argparse.Namespace) -> LoadtestOptions:
-    """``--platform twilio``'s options."""
     return _options(LoadtestOptions, args)
 
 
@@ -159,7 +110,7 @@ def run_loadtest_cli(args: argparse.Namespace) -> int:
     """Exit status: 0 when every call completed and no frame was lost, 1 if not, 2 for bad
     options (or a fake Asterisk that cannot listen)."""
     try:
-        if getattr(args, "platform", "twilio") == "asterisk":
+        if args.platform == "asterisk":
             options: Any = asterisk_options_from_args(args)
             options.check()
             report = asyncio.run(run_asterisk_loadtest(options))

@@ -30,9 +30,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from ivr.harness.twilio_wire import DEFAULT_FROM, DTMF_DIGITS, OPT_IN_LINES
+from ivr.harness.twilio_wire import DEFAULT_FROM, DEFAULT_URL, OPT_IN_LINES
+from media.dtmf import DIGITS
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 FRAME_MS = 20
 FRAME_S = FRAME_MS / 1000
 CPU_READ_TIMEOUT_S = 10.0
@@ -80,7 +80,7 @@ class Options:
         if self.ramp is not None and self.ramp < 0:
             raise ValueError("--ramp must not be negative")
         press = self.resolved_press()
-        if press and (len(press) != 1 or press not in DTMF_DIGITS):
+        if press and (len(press) != 1 or press not in DIGITS):
             raise ValueError(f"--press {press!r} is not one DTMF digit")
         base = urlsplit(self.url)
         if base.scheme != "http" or not base.hostname:
