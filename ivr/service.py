@@ -22,7 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ivr import __version__, api
-from ivr.app_keys import CLOCK, CONFIG, DATA_DIR, VAULT
+from ivr.app_keys import CALLS, CLOCK, CONFIG, DATA_DIR, VAULT
 from ivr.calls import CallRegistry
 from ivr.config import Config
 from ivr.gdpr import breach
@@ -34,6 +34,7 @@ from media.prompts import BUILTIN_SOUNDS
 from storage import lifecycle
 from storage.catalog import RecordingStatus
 from storage.keys import now_utc
+from storage.retirement import KeySchedule, run_schedule
 from storage.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,12 @@ def create_app(
         interval = (
             sweep_interval if sweep_interval is not None else config.retention_sweep_minutes * 60
         )
+        keys = KeySchedule(
+            rotate_every_days=config.key_rotate_every_days,
+            retire_after_days=config.key_retire_after_days,
+        )
         sweeper = asyncio.create_task(
-            _retention_sweeper(app[VAULT], clock, interval, config.call_record_days),
+            _retention_sweeper(app[VAULT], clock, interval, config.call_record_days, keys),
             name="retention-sweeper",
         )
         log.info(
@@ -176,10 +181,15 @@ async def _expire_calls(registry: CallRegistry) -> None:
 
 
 async def _retention_sweeper(
-    vault: Vault, clock: Callable[[], datetime], interval: float, call_record_days: int
+    vault: Vault,
+    clock: Callable[[], datetime],
+    interval: float,
+    call_record_days: int,
+    keys: KeySchedule | None = None,
 ) -> None:
     """Storage limitation, enforced: purge what has outlived its retention period, on a
-    schedule, from the moment the service starts."""
+    schedule, from the moment the service starts; then the key schedule (rotate, re-wrap,
+    retire), which is what makes an erasure reach backups of the catalog."""
     while True:
         try:
             _warn_about_breaches(vault, clock())
@@ -199,6 +209,21 @@ async def _retention_sweeper(
                 )
         except Exception:  # the sweeper must survive a bad night; it logs and tries again
             log.exception("retention sweep failed")
+        if keys is not None and keys.active:
+            try:
+                steps = await asyncio.to_thread(run_schedule, vault, keys, now=clock())
+                for step in steps:
+                    if step.changed:
+                        log.info(
+                            "key schedule, tenant %s: rotated to %s, %d key(s) re-wrapped, "
+                            "retired %s",
+                            step.tenant,
+                            step.rotated_to if step.rotated_to is not None else "-",
+                            step.rewrapped,
+                            ", ".join(map(str, step.retired)) or "-",
+                        )
+            except Exception:  # like the sweep: log, and try again next round
+                log.exception("key schedule failed")
         await asyncio.sleep(interval)
 
 

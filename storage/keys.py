@@ -444,6 +444,33 @@ class Keyring:
             self._load()
         return next(k for k in self.list(tenant) if k.version == version)
 
+    @_synchronized
+    def retire(self, tenant: str, before: int) -> builtins.list[KekInfo]:
+        """Destroy the tenant's KEK versions older than ``before``; what was destroyed.
+
+        The keyring file is rewritten without them and replaced atomically, and this process
+        forgets them (other processes reload the changed file before their next use). The
+        newest version never goes: new recordings need it. Whether anything still needs the
+        old versions is the caller's question (storage.retirement asks the catalog)."""
+        with self._locked():
+            self._load()
+            entry = self._doc["tenants"].get(tenant)
+            if entry is None:
+                raise UnknownKey(f"tenant {tenant!r} has no keys")
+            newest = max(int(k["version"]) for k in entry["keks"])
+            if not 1 <= before <= newest:
+                raise KeyCustodyError(
+                    f"tenant {tenant!r}: cannot retire versions before {before}: the newest "
+                    f"version, {newest}, must stay (give a version from 1 to {newest}; "
+                    f"`ivr keys rotate --tenant {tenant}` makes a newer one)"
+                )
+            doomed = [k for k in self.list(tenant) if k.version < before]
+            if doomed:
+                entry["keks"] = [k for k in entry["keks"] if int(k["version"]) >= before]
+                self._save()
+                self._load()
+        return doomed
+
     def _add_version(self, tenant: str) -> int:
         entry = self._doc["tenants"].setdefault(tenant, {"keks": []})
         if "lookup_key" not in entry:

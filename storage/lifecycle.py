@@ -1,10 +1,18 @@
 """The end of a recording's life: legal holds, erasure by crypto-shredding, retention sweeps.
 
-Erasing a recording destroys its wrapped data key in the catalog (the only copy, so every copy
-of the blob, backups included, becomes noise), scrubs the row down to a tombstone (id, tenant,
-lawful basis, dates, reason), deletes the blob and appends an audit entry, in that order:
-the key row and the audit entry change in one transaction, so an erasure either happened or did
-not; a blob left behind by a crash in between is undecryptable and removed by the next sweep.
+Erasing a recording destroys its wrapped data key in the live catalog, scrubs the row down to a
+tombstone (id, tenant, lawful basis, dates, reason), deletes the blob and appends an audit
+entry, in that order: the key row and the audit entry change in one transaction, so an erasure
+either happened or did not; a blob left behind by a crash in between is undecryptable and
+removed by the next sweep.
+
+A copy of the catalog taken before the erasure (a backup) still holds the wrapped key: it opens
+with the KEK version that wrapped it until that version is retired (storage/retirement.py). So
+a backed-up recording becomes unreadable when its key version is retired, not at erasure.
+
+Erasing a caller (``erase_subject``), and the sweep once a call record's time is up, remove what
+ties a call row to the caller: the sealed number, its keyed hash, and the platform's own call
+id (a Twilio CallSid, an ARI channel id), which the platform's call log maps to the number.
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ class ErasureReport:
     erased: list[str] = field(default_factory=list)
     held: list[tuple[str, str]] = field(default_factory=list)  # (id, hold reason)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why)
+    # (platform, platform call id) of the call rows scrubbed: removed from the catalog, and
+    # still in the platform's own call log (with the number) until erased there.
+    platform_calls: list[tuple[str, str]] = field(default_factory=list)
 
 
 def set_hold(vault: Vault, recording_id: str, *, reason: str, actor: str) -> RecordingRow:
@@ -201,15 +212,17 @@ def sweep(
 
 def scrub_stale_calls(vault: Vault, *, before: datetime) -> int:
     """Storage limitation for call records: once a call is older than ``before`` and none of
-    its recordings is still kept, its caller's number (sealed and hashed) has no purpose left
-    and is removed; times and the outcome stay, without anyone to tie them to."""
+    its recordings is still kept, its caller's number (sealed and hashed) and the platform's
+    call id (which the platform's call log maps to the number) have no purpose left and are
+    removed; times and the outcome stay."""
     cutoff = utc_iso(before)
     now = utc_iso(vault.clock())
     with vault.catalog.transaction() as db:
         count = db.execute(
             "UPDATE calls SET caller_hash = NULL, caller_sealed = NULL, caller_key_ref = NULL,"
-            " erased_at = ? WHERE started_at < ? AND (caller_hash IS NOT NULL"
-            " OR caller_sealed IS NOT NULL) AND NOT EXISTS (SELECT 1 FROM recordings r"
+            " platform_call_id = NULL, erased_at = ? WHERE started_at < ?"
+            " AND (caller_hash IS NOT NULL OR caller_sealed IS NOT NULL"
+            " OR platform_call_id IS NOT NULL) AND NOT EXISTS (SELECT 1 FROM recordings r"
             " WHERE r.call_id = calls.id AND r.status IN ('recording', 'complete', 'incomplete'))",
             (now, cutoff),
         ).rowcount
@@ -282,9 +295,14 @@ def erase_subject(
             for call_id in group.calls:
                 if any(r.call_id == call_id and r.id in kept for r in group.recordings):
                     continue
+                row = db.execute(
+                    "SELECT platform, platform_call_id FROM calls WHERE id = ?", (call_id,)
+                ).fetchone()
+                if row is not None and row["platform_call_id"]:
+                    report.platform_calls.append((row["platform"], row["platform_call_id"]))
                 db.execute(
                     "UPDATE calls SET caller_hash = NULL, caller_sealed = NULL,"
-                    " caller_key_ref = NULL, erased_at = ? WHERE id = ?",
+                    " caller_key_ref = NULL, platform_call_id = NULL, erased_at = ? WHERE id = ?",
                     (now, call_id),
                 )
                 scrubbed += 1

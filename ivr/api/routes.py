@@ -315,6 +315,8 @@ async def subject_erase(request: web.Request, caller: Caller) -> web.Response:
             "erased": report.erased,
             "held": [{"id": rid, "reason": why} for rid, why in report.held],
             "skipped": [{"id": rid, "reason": why} for rid, why in report.skipped],
+            # Removed here; still in the platform's call log until erased there.
+            "platform_calls": [{"platform": p, "id": cid} for p, cid in report.platform_calls],
         }
     )
 

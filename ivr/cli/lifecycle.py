@@ -174,12 +174,23 @@ def cmd_subject_erase(args: argparse.Namespace) -> int:
         tenants = _tenants(args, vault)
         report = subject.erase(vault, phone, tenants, reason=args.reason, actor=actor())
     kept = held_back_message(report)
-    data = {"erased": report.erased, "held": report.held, "skipped": report.skipped}
+    data = {
+        "erased": report.erased,
+        "held": report.held,
+        "skipped": report.skipped,
+        "platform_calls": [{"platform": p, "id": cid} for p, cid in report.platform_calls],
+    }
 
     def text() -> str:
         lines = [f"erased {len(report.erased)} recording(s) of this caller"]
         lines += [f"  erased {rid}" for rid in report.erased]
         lines += [f"  {line}" for line in kept]
+        if report.platform_calls:
+            lines.append(
+                "  removed from the catalog; the platform's own call log still maps these "
+                "call ids to the number, so erase them there too:"
+            )
+            lines += [f"    {p} {cid}" for p, cid in report.platform_calls]
         return "\n".join(lines)
 
     emit(args, data, text)

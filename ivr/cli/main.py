@@ -575,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="private key of the previous public key (local keys need none)",
     )
     rew.set_defaults(func=cmd_keys_rewrap)
+    from ivr.cli.keys import add_retire_parser
+
+    add_retire_parser(ksub, common, data_out)
     gen = ksub.add_parser(
         "generate", parents=[data_out], help="make an X25519 key pair for public-key custody"
     )

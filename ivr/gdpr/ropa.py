@@ -128,6 +128,8 @@ def _runtime_facts(config: Config) -> dict[str, Any]:
         "fsync_interval_seconds": DEFAULT_SYNC_INTERVAL,
         "retention_sweep_seconds": config.retention_sweep_minutes * 60,
         "call_record_days": config.call_record_days,
+        "key_rotate_every_days": config.key_rotate_every_days,
+        "key_retire_after_days": config.key_retire_after_days,
     }
 
 
@@ -461,22 +463,67 @@ def _retention(lines: Sequence[Line]) -> dict[str, Any]:
     }
 
 
-def _erasure(timing: dict[str, Any]) -> list[str]:
+def _backups(timing: dict[str, Any], sealed: Sequence[str]) -> str:
+    """When an erased recording becomes unreadable in a backup of the catalog: when the key
+    version that wrapped its data key is retired (docs/key-custody.md, tests/test_retirement.py)."""
+    rotate, retire = timing["key_rotate_every_days"], timing["key_retire_after_days"]
+    head = (
+        "a backup of the catalog taken before an erasure still holds the recording's wrapped "
+        "data key and, with the live keyring, opens it until the key version that wrapped it "
+        "is retired (destroyed; ivr keys retire)"
+    )
+    if rotate is not None and retire is not None:
+        when = (
+            f": the service rotates each controller's local key every {rotate} day(s), "
+            f"re-wrapping every kept recording under the new version, and retires a version "
+            f"{retire} day(s) after its successor was made, so an erased recording is unreadable "
+            f"in every backup at the latest {rotate + retire} day(s) (plus one sweep) after its "
+            "erasure"
+        )
+    elif retire is not None:
+        when = (
+            f": the service retires a version {retire} day(s) after its successor was made; "
+            "successors are made only by hand (ivr keys rotate --rewrap), so until then an "
+            "erased recording stays readable in such a backup"
+        )
+    else:
+        when = (
+            ": no retirement schedule is configured ([keys] retire_after_days), so until an "
+            "operator retires the version by hand an erased recording stays readable in such a "
+            "backup"
+        )
+    text = (
+        head
+        + when
+        + ". Keyring backups must be kept apart from data backups and only in their newest "
+        "copy: an older keyring copy still holds retired versions"
+    )
+    if sealed:
+        text += (
+            f". For {_join(sealed)}, under public-key custody, the same holds for the "
+            "controller's private key, which only the controller can destroy"
+        )
+    return text
+
+
+def _erasure(timing: dict[str, Any], sealed: Sequence[str]) -> list[str]:
     hours = timing["retention_sweep_seconds"] / 3600
     return [
         "when a recording's retention period ends it is purged by crypto-shredding: its data "
-        "key (the only copy, in the catalog) is destroyed, which makes every copy of the audio "
-        "undecryptable, backups included; the audio file is then deleted and a tombstone (id, "
-        "controller, lawful basis, dates, reason) is kept",
+        "key is destroyed in the live catalog, which makes the live audio undecryptable at "
+        "once; the audio file is then deleted and a tombstone (id, controller, lawful basis, "
+        "dates, reason) is kept",
+        _backups(timing, sealed),
         f"the purge runs automatically every {hours:g} hour(s) inside the service and on demand "
         "(ivr retention sweep); recordings under a legal hold are kept until the hold is "
         "released",
         "erasure before the end of the period: per recording or per caller, on the "
         "controller's instruction (ivr recordings delete, ivr subject erase, the admin API)",
-        f"call records: the caller's number (sealed, and its keyed hash) is removed by the same "
-        f"sweep {timing['call_record_days']} days after the call once nothing recorded of it is "
-        "kept (at once for the caller by ivr subject erase); the times and outcome stay, tied "
-        "to no one. The audit log is kept; it holds ids, not numbers",
+        f"call records: the caller's number (sealed, and its keyed hash) and the platform's call "
+        f"id are removed by the same sweep {timing['call_record_days']} days after the call once "
+        "nothing recorded of it is kept (at once for the caller by ivr subject erase, which "
+        "lists the platform call ids so that the platform's own call log can be erased too); "
+        "the times and outcome stay. The audit log is kept; it holds ids, not numbers",
     ]
 
 
@@ -527,7 +574,7 @@ def _controller(
         "controllers, representative)",
         "key_custody": _custody(tenant),
         "activities": activities,
-        "erasure": _erasure(timing),
+        "erasure": _erasure(timing, [tenant.id] if tenant.key_custody == "public_key" else []),
         "recipients": _recipients(config, tenant, now),
         "transfers": _transfers(config),
         "security_measures": (
@@ -635,7 +682,19 @@ def _annex(
             "the controller's own versioned key-encryption key (KEK, one per controller), and "
             "the KEKs are sealed under a master key the service takes from its environment "
             f"({MASTER_KEY_ENV}, to be provided from a secret store). Keys rotate with ivr keys "
-            "rotate."
+            "rotate and old versions are destroyed with ivr keys retire"
+            + (
+                f"; the service rotates every {timing['key_rotate_every_days']} day(s)"
+                if timing["key_rotate_every_days"] is not None
+                else ""
+            )
+            + (
+                f" and retires a version {timing['key_retire_after_days']} day(s) after its "
+                "successor"
+                if timing["key_retire_after_days"] is not None
+                else ""
+            )
+            + "."
         )
     if sealed:
         encryption.append(
@@ -702,7 +761,9 @@ def _annex(
             "encrypted file per recording).",
             "The service sends no recording anywhere else. Backups of this directory, the "
             "disks and the hosting provider are outside the service and must be described by "
-            "the operator.",
+            "the operator; the catalog and blobs (data) are to be backed up apart from "
+            f"{KEYRING_FILE} and the master key (keys), whose backups are kept only in their "
+            "newest copy (docs/key-custody.md).",
         ]
         if where is not None
         else ["No data directory was given; the operator must state where the data is stored."]
@@ -767,9 +828,11 @@ def _annex(
                 f"The service purges what has passed its date every "
                 f"{timing['retention_sweep_seconds'] / 3600:g} hour(s); ivr retention sweep does "
                 "the same on demand, and ivr retention report shows what is due when.",
-                "Purging is crypto-shredding: the data key is destroyed, so every copy of the "
-                "audio, backups included, becomes undecryptable. Legal holds suspend it.",
-                f"Call records lose the caller's number (sealed, and its keyed hash) "
+                "Purging is crypto-shredding: the data key is destroyed in the live catalog, so "
+                "the live audio becomes undecryptable at once. Legal holds suspend it.",
+                _upper_first(_backups(timing, sealed)) + ".",
+                f"Call records lose the caller's number (sealed, and its keyed hash) and the "
+                f"platform's call id "
                 f"{timing['call_record_days']} days after the call once nothing recorded of it "
                 "is kept; per-caller erasure removes them at once.",
             ],
@@ -797,7 +860,8 @@ def _annex(
                 "file with every recording of a caller, its metadata, consent evidence and "
                 "access history, and a summary in the caller's language.",
                 "Erasure (Art. 17) and objection (Art. 21): ivr subject erase or the API erase "
-                "every recording of a caller and the caller fields of their calls; "
+                "every recording of a caller and the caller fields and platform call ids of "
+                "their calls (backups: see storage limitation); "
                 "ivr recordings delete erases one recording.",
                 "Withdrawal and objection during the call with one key, where the basis gives "
                 "that right.",
