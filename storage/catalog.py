@@ -2,7 +2,9 @@
 
 Personal data never appears here in clear: a caller is a keyed hash (to find their calls) and
 a sealed number (to show it to someone entitled). The wrapped data key of a recording lives
-here and only here, so deleting that one value destroys the recording everywhere.
+here and only here, so deleting that one value makes the recording unreadable in this data
+directory; copies of this file (backups) keep it until its key version is retired
+(storage/retirement.py).
 """
 
 from __future__ import annotations
