@@ -24,6 +24,7 @@ from storage.vault import Vault
 KEY_A = "11" * 32  # 32 bytes as 64 hex digits
 KEY_B = base64.b64encode(bytes(range(32))).decode()  # a different, valid key as base64
 IN_RATE = 44100
+EVIDENCE = "consent given to the agent at 10:02, ticket 4711"
 OUT_RATE = 8000
 
 
@@ -104,6 +105,8 @@ def import_rec(
         basis,
         "--purpose",
         "quality",
+        "--evidence",
+        EVIDENCE,
     )
 
 
@@ -361,7 +364,7 @@ def test_wrong_master_key_fails_and_changes_nothing(
     code, out, err = run(
         capsys,
         *("recordings", "import", wav, "--data-dir", data_dir, "--tenant", "acme"),
-        *("--lawful-basis", "consent", "--purpose", "quality"),
+        *("--lawful-basis", "consent", "--evidence", EVIDENCE, "--purpose", "quality"),
     )
     assert code == 1
     assert out == ""
@@ -401,7 +404,7 @@ def test_malformed_master_key_fails(
     code, out, err = run(
         capsys,
         *("recordings", "import", wav, "--data-dir", data_dir, "--tenant", "acme"),
-        *("--lawful-basis", "consent", "--purpose", "quality"),
+        *("--lawful-basis", "consent", "--evidence", EVIDENCE, "--purpose", "quality"),
     )
     assert code == 1
     assert out == ""
@@ -485,7 +488,7 @@ def test_corrupt_keyring_fails(
         ("recordings", "export", row["id"], "-o", str(tmp_path / "o.wav")),
         (
             *("recordings", "import", str(wav), "--tenant", "acme"),
-            *("--lawful-basis", "consent", "--purpose", "quality"),
+            *("--lawful-basis", "consent", "--evidence", EVIDENCE, "--purpose", "quality"),
         ),
     ):
         code, out, err = run(capsys, *argv, "--data-dir", data_dir)
@@ -556,7 +559,7 @@ def test_unsupported_input_is_rejected(
     code, out, err = run(
         capsys,
         *("recordings", "import", bad, "--data-dir", data_dir, "--tenant", "acme"),
-        *("--lawful-basis", "consent", "--purpose", "quality"),
+        *("--lawful-basis", "consent", "--evidence", EVIDENCE, "--purpose", "quality"),
     )
     assert code == 1
     assert out == ""
@@ -643,7 +646,15 @@ def _import_with_full_disk(
         code, out, err = run(
             capsys,
             *("recordings", "import", wav, "--data-dir", data_dir, "--tenant", "acme"),
-            *("--lawful-basis", "consent", "--purpose", "quality", "--json"),
+            *(
+                "--lawful-basis",
+                "consent",
+                "--evidence",
+                EVIDENCE,
+                "--purpose",
+                "quality",
+                "--json",
+            ),
         )
     return code, out, err, fake
 

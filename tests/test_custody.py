@@ -47,6 +47,7 @@ from storage.vault import Vault
 from tests.independent_decrypter import decrypt as independent_decrypt
 
 MASTER = os.urandom(32)
+EVIDENCE = "consent given to the agent at 10:02, ticket 4711"
 MASTER_B64 = base64.b64encode(MASTER).decode()
 RATE = 8000
 
@@ -369,7 +370,7 @@ def import_rec(capsys, data: Path, wav: Path, *extra: Any) -> dict[str, Any]:
     return run_json(
         capsys,
         *("recordings", "import", wav, "--data-dir", data, "--tenant", "acme"),
-        *("--lawful-basis", "consent", "--purpose", "quality", *extra),
+        *("--lawful-basis", "consent", "--evidence", EVIDENCE, "--purpose", "quality", *extra),
     )
 
 

@@ -17,7 +17,6 @@ from ivr.cli.common import actor as _actor
 from ivr.cli.common import emit as _emit
 from ivr.cli.common import open_vault as _open_vault
 from ivr.config import ConfigError
-from ivr.policy import LawfulBasis
 from media.prompts import PromptError
 from media.wavfile import UnsupportedAudio
 from storage.catalog import CatalogError, RecordingStatus
@@ -50,34 +49,6 @@ def _fmt_duration(ms: int | None) -> str:
 
 
 # -- recordings -----------------------------------------------------------------------------------
-def cmd_recordings_import(args: argparse.Namespace) -> int:
-    from ivr.gdpr.recording_files import import_wav, load_for_import
-
-    audio = load_for_import(Path(args.file))
-    with _open_vault(args, create=True) as vault:
-        row = import_wav(
-            vault,
-            audio,
-            tenant=args.tenant,
-            lawful_basis=LawfulBasis(args.lawful_basis),
-            purpose=args.purpose,
-            actor=_actor(),
-            retention_days=args.retention_days,
-        )
-    _emit(
-        args,
-        row.public(),
-        lambda: (
-            f"imported {args.file} as {row.id} ({row.status.value}, "
-            f"{_fmt_duration(row.duration_ms)}, {len(row.tracks)} track(s), "
-            f"{row.lawful_basis})"
-        ),
-    )
-    if row.status is not RecordingStatus.COMPLETE:
-        raise CommandFailed(f"recording {row.id} ended {row.status.value}: {row.status_reason}")
-    return EXIT_OK
-
-
 def cmd_recordings_list(args: argparse.Namespace) -> int:
     with _open_vault(args) as vault:
         rows = vault.list(
@@ -452,29 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     recs = top.add_parser("recordings", help="list, show, import and export recordings")
     rsub = recs.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    imp = rsub.add_parser(
-        "import", parents=[common, data_out], help="record an audio file into the vault"
-    )
-    imp.add_argument("file", help="audio file (WAV or anything libsndfile reads; 1–2 channels)")
-    imp.add_argument("--tenant", required=True, help="the controller the recording belongs to")
-    imp.add_argument(
-        "--lawful-basis",
-        required=True,
-        choices=[b.value for b in LawfulBasis],
-        help="GDPR Art. 6 lawful basis",
-    )
-    imp.add_argument("--purpose", required=True, help="why it is recorded, e.g. quality")
-    imp.add_argument(
-        "--config",
-        default=os.environ.get(CONFIG_ENV),
-        help=f"configuration, for the tenant's key custody (env {CONFIG_ENV})",
-    )
-    imp.add_argument(
-        "--retention-days",
-        type=_positive_int,
-        help="keep it this long (default: the lawful basis's default period)",
-    )
-    imp.set_defaults(func=cmd_recordings_import)
+    from ivr.cli.imports import add_parser as add_import_parser
+
+    add_import_parser(rsub, common, data_out)
 
     lst = rsub.add_parser("list", parents=[common, data_out], help="list recordings")
     lst.add_argument("--tenant", help="only this tenant's")

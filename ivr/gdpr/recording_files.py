@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -10,13 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from ivr.config import normalise_number
 from ivr.policy import DEFAULT_RETENTION_DAYS, LawfulBasis
 from media.g711 import ulaw_encode
 from media.pcm import float_to_int16, frame, resample
 from media.timeline import Timeline
 from media.wavfile import load_audio, write_wav
 from storage.catalog import RecordingRow
-from storage.files import private_file
+from storage.files import private_file, utc_iso
 from storage.vault import Vault, VaultWriteError
 
 STORAGE_CODEC = "pcmu"
@@ -24,6 +26,86 @@ STORAGE_RATE = 8000
 FRAME_MS = 20
 FRAME_BYTES = STORAGE_RATE * FRAME_MS // 1000
 TRACKS_BY_CHANNELS = {1: ("caller",), 2: ("caller", "agent")}
+# The lawful bases under which an imported recording must come with its evidence, or with the
+# reason there is none: consent must be demonstrable (Art. 7(1)). The other bases rest on the
+# controller's own assessment, not on something the caller did, so evidence is optional for them.
+EVIDENCE_REQUIRED: frozenset[LawfulBasis] = frozenset({LawfulBasis.CONSENT})
+MAX_EVIDENCE_BYTES = 64 * 1024
+
+
+class ImportRefused(ValueError):
+    """An import that would store a recording the service cannot stand behind."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImportEvidence:
+    """What the controller gives with a recording made elsewhere: the evidence of its lawful
+    basis (e.g. "consent given orally to agent 12 at 10:02, ticket 4711"), or, exactly
+    instead, the reason it has none. Kept as the recording's consent evidence and audited."""
+
+    text: str | None = None
+    source: str | None = None  # the file the text came from, by name
+    no_evidence_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [v for v in (self.text, self.no_evidence_reason) if v is not None]
+        if len(given) != 1:
+            raise ImportRefused("give either evidence or the reason there is none, not both")
+        if not given[0].strip():
+            what = "the evidence" if self.text is not None else "the no-evidence reason"
+            raise ImportRefused(f"{what} is empty")
+        if self.source is not None and self.text is None:
+            raise ImportRefused("an evidence file needs its text")
+
+    @classmethod
+    def from_file(cls, path: Path) -> ImportEvidence:
+        """The evidence in a UTF-8 text file (at most 64 KiB): a note, an e-mail, a form."""
+        data = path.read_bytes()
+        if len(data) > MAX_EVIDENCE_BYTES:
+            raise ImportRefused(
+                f"evidence file {path} is {len(data)} bytes; at most {MAX_EVIDENCE_BYTES} "
+                "(give a summary, and keep the original with the controller)"
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ImportRefused(f"evidence file {path} is not UTF-8 text") from None
+        return cls(text=text, source=path.name)
+
+    @property
+    def kind(self) -> str:
+        """How the basis is evidenced, as the audit log says it: file, text or none."""
+        if self.text is None:
+            return "none"
+        return "file" if self.source is not None else "text"
+
+    def record(
+        self, *, lawful_basis: LawfulBasis, purpose: str, audio: str, at: str
+    ) -> dict[str, Any]:
+        """The consent evidence stored with the recording (docs/recording-format.md)."""
+        return {
+            "origin": "import",
+            "lawful_basis": lawful_basis.value,
+            "purpose": purpose,
+            "audio_file": audio,
+            "imported_at": at,
+            "evidence": self.text,
+            "evidence_file": self.source,
+            "evidence_sha256": (
+                None if self.text is None else hashlib.sha256(self.text.encode()).hexdigest()
+            ),
+            "no_evidence_reason": self.no_evidence_reason,
+        }
+
+
+def check_import(lawful_basis: LawfulBasis, evidence: ImportEvidence | None) -> None:
+    """Refuse, before any audio is read, an import whose basis needs evidence and has none."""
+    if evidence is None and lawful_basis in EVIDENCE_REQUIRED:
+        raise ImportRefused(
+            f"a recording imported under lawful basis {lawful_basis.value} needs the evidence of "
+            "it (Art. 7(1)): give --evidence TEXT or --evidence-file FILE, or say why there is "
+            "none with --no-evidence-reason TEXT"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +144,35 @@ def import_wav(
     purpose: str,
     actor: str,
     retention_days: int | None = None,
+    caller: str | None = None,
+    evidence: ImportEvidence | None = None,
 ) -> RecordingRow:
     """Record converted audio through the same writer as a call.
 
     Stereo is taken as caller (left) and agent (right), mirroring what export produces.
+    ``caller`` (E.164, normalised as for a subject request) is stored as a call's is: keyed
+    hash and sealed copy, so that subject requests and breach counts find the recording.
+    ``evidence`` is required under the bases in EVIDENCE_REQUIRED (see ``check_import``).
     """
+    check_import(lawful_basis, evidence)
+    if caller is not None and normalise_number(caller) != caller:
+        raise ImportRefused(f"caller {caller!r} is not a normalised E.164 number")
     framed = audio.tracks
     path = audio.path
-    call_id = vault.open_call(tenant=tenant, platform="import")
+    call_id = vault.open_call(tenant=tenant, platform="import", caller=caller)
+    record = (
+        None
+        if evidence is None
+        else evidence.record(
+            lawful_basis=lawful_basis, purpose=purpose, audio=path.name, at=utc_iso(vault.clock())
+        )
+    )
     rec = vault.start_recording(
         tenant=tenant,
         call_id=call_id,
         lawful_basis=lawful_basis,
         purpose=purpose,
+        consent_evidence=record,
         tracks=TRACKS_BY_CHANNELS[len(framed)],
         retention_until=vault.clock()
         + timedelta(days=retention_days or DEFAULT_RETENTION_DAYS[LawfulBasis(lawful_basis)]),
@@ -94,7 +192,14 @@ def import_wav(
         action="recording.imported",
         tenant=tenant,
         target=row.id,
-        detail={"source": path.name, "status": row.status.value},
+        detail={
+            "source": path.name,
+            "status": row.status.value,
+            "caller": caller is not None,
+            "evidence": "none given" if evidence is None else evidence.kind,
+            "evidence_sha256": None if record is None else record["evidence_sha256"],
+            "no_evidence_reason": None if evidence is None else evidence.no_evidence_reason,
+        },
     )
     return row
 
