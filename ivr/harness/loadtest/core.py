@@ -358,24 +358,35 @@ class StreamRun:
 
 
 # -- running many calls -----------------------------------------------------------------------
-def schedule(loop: asyncio.AbstractEventLoop, options: Options) -> list[float]:
-    n, ramp = options.calls, options.resolved_ramp()
-    t0 = loop.time() + 0.05
-    return [t0 + (ramp * i / n if n > 1 else 0.0) for i in range(n)]
-
-
-async def gather_bounded(
-    tasks: list[asyncio.Task[Any]],
-    deadline: float,
-    what: str,
+async def run_calls(
+    options: Options,
+    run: StreamRun,
+    progress: Progress,
+    label: str,
+    line: Callable[[], str],
+    call: Callable[[int, float], Awaitable[Any]],
     failed: Callable[[int, str], Any],
+    deadline: float,
 ) -> list[Any]:
-    """Each task's result, or ``failed(index, why)`` for those that did not finish in time."""
-    _, pending = await asyncio.wait(tasks, timeout=deadline)
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending, timeout=10)
+    """``call(i, start_at)`` for every call on the ramp's schedule; each one's result, or
+    ``failed(i, why)`` for those that did not finish by ``deadline``. The ticker and the
+    progress line are stopped whatever happens."""
+    n, ramp = options.calls, options.resolved_ramp()
+    t0 = asyncio.get_running_loop().time() + 0.05
+    progress.start(label, line)
+    tasks = [
+        asyncio.ensure_future(call(i, t0 + (ramp * i / n if n > 1 else 0.0))) for i in range(n)
+    ]
+    what = "call" if label == "service" else "reference stream"
+    try:
+        _, pending = await asyncio.wait(tasks, timeout=deadline)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+    finally:
+        await progress.stop()
+        await run.stop()
     results = []
     for i, task in enumerate(tasks):
         if task.done() and not task.cancelled() and task.exception() is None:
@@ -388,29 +399,6 @@ async def gather_bounded(
             )
             results.append(failed(i, error))
     return results
-
-
-async def run_calls(
-    options: Options,
-    run: StreamRun,
-    progress: Progress,
-    label: str,
-    line: Callable[[], str],
-    call: Callable[[int, float], Awaitable[Any]],
-    failed: Callable[[int, str], Any],
-    deadline: float,
-) -> list[Any]:
-    """``call(i, start_at)`` for every call on the ramp's schedule, bounded by ``deadline``;
-    the ticker and the progress line are stopped whatever happens."""
-    loop = asyncio.get_running_loop()
-    progress.start(label, line)
-    tasks = [asyncio.ensure_future(call(i, at)) for i, at in enumerate(schedule(loop, options))]
-    try:
-        what = "call" if label == "service" else "reference stream"
-        return await gather_bounded(tasks, deadline, what, failed)
-    finally:
-        await progress.stop()
-        await run.stop()
 
 
 def errors(results: Sequence[Any]) -> list[str]:

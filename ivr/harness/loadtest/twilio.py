@@ -132,16 +132,14 @@ def _stream_run(expected: int, read_cpu: Any) -> StreamRun:
     )
 
 
-async def _stream_two_tracks(
-    run: StreamRun, url: str, call_sid: str, account: str, params: dict[str, str], frames: int
-) -> _Streamer:
+async def _stream_two_tracks(run: StreamRun, start: StreamStart, frames: int) -> _Streamer:
     """Open a two-track stream, stream it in real time via the ticker, stop, wait for the close.
 
     Joins the run, or tells it that this call gave up, exactly once, whatever happens."""
     joined = False
     try:
         try:
-            ws = await RawWebSocket.connect(url, timeout=CONNECT_TIMEOUT_S)
+            ws = await RawWebSocket.connect(start.url, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError) as exc:
             raise CallFailed(f"stream: cannot connect: {exc or type(exc).__name__}") from None
         except WebSocketError as exc:
@@ -163,12 +161,15 @@ async def _stream_two_tracks(
         watcher = asyncio.ensure_future(watch())
         try:
             ws.send_text(wire.connected())
-            ws.send_text(wire.start(sid, call_sid, account, ["inbound", "outbound"], params))
+            ws.send_text(
+                wire.start(sid, start.call_sid, start.account_sid, start.tracks, start.params)
+            )
             run.join(streamer)
             joined = True
             await streamer.done  # the ticker sets it; bounded by the overall deadline
             if streamer.error is None:
-                ws.send_text(wire.stop(streamer.seq0 + 2 * streamer.total, sid, call_sid, account))
+                seq = streamer.seq0 + 2 * streamer.total
+                ws.send_text(wire.stop(seq, sid, start.call_sid, start.account_sid))
                 try:
                     async with asyncio.timeout(CLOSE_TIMEOUT_S):
                         await closed.wait()
@@ -197,9 +198,6 @@ class _CallResult:
     frames_sent_consent: int = 0
     frames_stored: int = 0
     server_frames_lost: int = 0
-    recording_id: str | None = None
-    recording_status: str | None = None
-    decision: str | None = None
     first_prompt_ms: float | None = None
     stop_to_close_ms: float | None = None
 
@@ -230,16 +228,7 @@ async def _service_call(ctx: _Context, index: int, start_at: float) -> _CallResu
     async def stream_recording(start: StreamStart) -> None:
         ctx.set_up += 1
         try:
-            recording.append(
-                await _stream_two_tracks(
-                    ctx.run,
-                    start.url,
-                    start.call_sid,
-                    start.account_sid,
-                    start.params,
-                    ctx.frames_per_track,
-                )
-            )
+            recording.append(await _stream_two_tracks(ctx.run, start, ctx.frames_per_track))
         except CallFailed as exc:
             recording.append(exc)
 
@@ -273,8 +262,6 @@ async def _service_call(ctx: _Context, index: int, start_at: float) -> _CallResu
     status = call.status_response or {}
     result.frames_stored = int(status.get("frames_stored") or 0)
     result.server_frames_lost = int(status.get("frames_lost") or 0)
-    result.recording_id, result.decision = call.recording_id, call.decision
-    result.recording_status = call.recording_status
     result.first_prompt_ms = call.first_prompt_frame_latency_ms
     if call.decision == "accepted":  # recorded from the key on, on the consent stream too
         result.frames_sent_consent = call.frames_after_key
@@ -294,18 +281,14 @@ async def _service_call(ctx: _Context, index: int, start_at: float) -> _CallResu
             result.error = f"recording {streamer.error}"
         elif streamer.closed_at is not None and streamer.end_time is not None:
             result.stop_to_close_ms = (streamer.closed_at - streamer.end_time) * 1000
-    if result.error is None:
-        if result.recording_status != "complete":
-            result.error = (
-                f"recording {result.recording_id or '-'} ended "
-                f"{result.recording_status or 'without a recording'} "
-                f"(decision {result.decision or '-'})"
-            )
-        else:
-            result.completed = True
+    if result.error is None and call.recording_status != "complete":
+        result.error = (
+            f"recording {call.recording_id or '-'} ended "
+            f"{call.recording_status or 'without a recording'} (decision {call.decision or '-'})"
+        )
+    result.completed = result.error is None
     ctx.finished += 1
-    if not result.completed:
-        ctx.failed += 1
+    ctx.failed += not result.completed
     return result
 
 
@@ -375,10 +358,16 @@ async def _bare_call(run: StreamRun, port: int, index: int, at: float, frames: i
     loop = asyncio.get_running_loop()
     result = _CallResult(index, call_sid=wire.new_sid("CA"))
     await asyncio.sleep(max(0.0, at - loop.time()))
-    url, account = f"ws://127.0.0.1:{port}/ws", wire.new_sid("AC")
+    start = StreamStart(
+        f"ws://127.0.0.1:{port}/ws",
+        {},
+        ["inbound", "outbound"],
+        result.call_sid,
+        wire.new_sid("AC"),
+    )
     try:
         try:
-            streamer = await _stream_two_tracks(run, url, result.call_sid, account, {}, frames)
+            streamer = await _stream_two_tracks(run, start, frames)
         except CallFailed as exc:
             raise CallFailed(f"bare server: {exc}") from None
         result.frames_sent = 2 * streamer.sent
