@@ -23,6 +23,7 @@ import phonenumbers
 from ivr.gdpr.recording_files import decode_recording
 from media.wavfile import write_wav
 from storage.catalog import RecordingRow, RecordingStatus
+from storage.files import private_file
 from storage.lifecycle import ErasureReport, SubjectCalls, erase_subject, find_subject
 from storage.vault import Vault
 
@@ -148,7 +149,7 @@ def export(
     words = SUMMARY_TEXT.get(lang, SUMMARY_TEXT["en"])
     tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with private_file(tmp) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
             entries = []
             for row in rows:
                 name = None
