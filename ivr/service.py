@@ -22,7 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ivr import __version__, api
-from ivr.app_keys import CALLS, CLOCK, CONFIG, DATA_DIR, VAULT
+from ivr.app_keys import CLOCK, CONFIG, DATA_DIR, VAULT
 from ivr.calls import CallRegistry
 from ivr.config import Config
 from ivr.gdpr import breach
