@@ -74,6 +74,7 @@ _REFUSAL_CODES = frozenset({1008}) | frozenset(range(4000, 5000))
 _T = TypeVar("_T")
 _CALLER_TONE = harness_audio.tone(440.0, -12.0)  # CallOptions.audio None
 _AGENT_TONE = harness_audio.tone(330.0, -12.0)
+_SILENCE = harness_audio.silence()
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -291,7 +292,7 @@ class _Call:
         self.session = session
         self.pacer = pacer
         self.result = result
-        self.caller, self.agent, self.silence = _CALLER_TONE, _AGENT_TONE, harness_audio.silence()
+        self.caller = _CALLER_TONE
         self.on_transcript = on_transcript
         self.base_url = options.url.rstrip("/")
         self.account_sid = options.account_sid or wire.new_sid("AC")
@@ -496,7 +497,7 @@ class _Call:
             if track == "inbound":
                 source = self.caller
             else:
-                source = self.agent if self.in_dial else self.silence
+                source = _AGENT_TONE if self.in_dial else _SILENCE
             s.chunks[track] += 1
             message = wire.media_template(s.sid, track) % (
                 s.next_seq(),
@@ -672,12 +673,8 @@ class _Call:
             raise _CallError(f"{what}: not an http(s) URL: {url!r}")
         if method == "GET":
             target = target.update_query(params)
-            signed: dict[str, str] = {}
-            data = None
-        else:
-            signed = params
-            data = params
-        headers = wire.signed_headers(self.o.auth_token, str(target), signed)
+        data = params if method == "POST" else None  # what the signature covers, with the URL
+        headers = wire.signed_headers(self.o.auth_token, str(target), data or {})
 
         async def go() -> tuple[int, str, str]:
             async with self.session.request(
@@ -705,9 +702,8 @@ class _Call:
             raise _CallError(f"{what} {url}: caller hung up before the answer")  # pragma: no cover
         latency = (time.perf_counter() - began) * 1000
         self.result.webhook_latency_ms.append(latency)
-        status = answer[0]
         if not quiet:
-            self.log(f"→ {method} {target.path} → HTTP {status} ({latency:.0f} ms)")
+            self.log(f"→ {method} {target.path} → HTTP {answer[0]} ({latency:.0f} ms)")
         return answer
 
     async def _fetch_twiml(self, url: str, method: str) -> ET.Element:
