@@ -29,8 +29,7 @@ from ivr.gdpr import breach
 from ivr.platforms.asterisk.app import AriApplication
 from ivr.platforms.twilio.app import TWILIO, TwilioCalls, add_routes
 from ivr.platforms.twilio.stream_token import StreamTokens
-from ivr.prompt_library import PromptLibrary
-from media.prompts import BUILTIN_SOUNDS
+from ivr.prompt_library import PromptLibrary, cache_dir
 from storage import lifecycle
 from storage.catalog import RecordingStatus
 from storage.keys import now_utc
@@ -53,7 +52,7 @@ def create_app(
     data_dir: Path,
     *,
     clock: Callable[[], datetime] = now_utc,
-    sounds_dir: Path = BUILTIN_SOUNDS,
+    prompt_cache: Path | None = None,
     fsync: bool = True,
     sweep_interval: float | None = None,
 ) -> web.Application:
@@ -89,7 +88,12 @@ def create_app(
         log.info("vault closed")
 
     async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
-        prompts = await asyncio.to_thread(PromptLibrary.load, config, sounds_dir)
+        prompts = await asyncio.to_thread(
+            PromptLibrary.load,
+            config,
+            prompt_cache or cache_dir(data_dir),
+            progress=lambda line: log.info("prompts: %s", line.strip()),
+        )
         registry = CallRegistry(app[VAULT], prompts, clock=clock)
         app[CALLS] = registry
         expiry = asyncio.create_task(_expire_calls(registry), name="call-expiry")

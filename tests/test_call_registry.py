@@ -17,6 +17,7 @@ from storage.vault import Vault
 
 CONSENT_LINE = "+15550100001"  # the demo's opt-in line, forwarded to an agent
 MESSAGE_LINE = "+15550100005"  # opt-in, Swedish, no agent
+PLATFORM = "asterisk"  # a platform the demo lines are served on: the prompts are its own
 
 
 class Clock:
@@ -57,12 +58,13 @@ class RecordingWire:
 
 
 @pytest.fixture
-async def registry(tmp_path, monkeypatch):
+async def registry(tmp_path, monkeypatch, prompt_cache):
     monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
     config = load_config(None)
     clock = Clock()
     vault = Vault(tmp_path, fsync=False, clock=clock)
-    reg = CallRegistry(vault, PromptLibrary.load(config), clock=clock, monotonic=clock.monotonic)
+    prompts = PromptLibrary.load(config, prompt_cache)
+    reg = CallRegistry(vault, prompts, clock=clock, monotonic=clock.monotonic)
     reg.config = config  # type: ignore[attr-defined]
     reg.test_clock = clock  # type: ignore[attr-defined]
     yield reg
@@ -70,10 +72,12 @@ async def registry(tmp_path, monkeypatch):
     vault.close()
 
 
-async def open_call(registry: CallRegistry, number: str, sid: str = "CA1") -> Call:
+async def open_call(
+    registry: CallRegistry, number: str, sid: str = "CA1", platform: str = PLATFORM
+) -> Call:
     line = registry.config.line_for(number)  # type: ignore[attr-defined]
     return await registry.open(
-        platform="test", platform_call_id=sid, line=line, caller="+46701234567"
+        platform=platform, platform_call_id=sid, line=line, caller="+46701234567"
     )
 
 
@@ -83,7 +87,7 @@ def row(registry: CallRegistry, call: Call):
 
 async def test_a_call_is_registered_found_and_finished_once(registry):
     call = await open_call(registry, CONSENT_LINE)
-    assert registry.get("test", "CA1") is call and len(registry) == 1
+    assert registry.get(PLATFORM, "CA1") is call and len(registry) == 1
     assert registry.get("other", "CA1") is None  # ids are per platform
     session = registry.begin(call)
     wire = RecordingWire()
@@ -102,6 +106,30 @@ async def test_a_call_is_registered_found_and_finished_once(registry):
     saved = row(registry, call)
     assert saved["outcome"] == "accepted" and saved["end_reason"] == "caller hung up"
     assert saved["ended_at"]
+
+
+async def test_a_call_plays_the_prompts_of_its_line_on_its_platform(registry):
+    """The opening prompt names the withdraw channel the call's own platform honours: keys on
+    Asterisk; on Twilio, where no key reaches us after the hand-off, the agent."""
+    heard = {}
+    for n, platform in enumerate(("asterisk", "twilio")):
+        call = await open_call(registry, CONSENT_LINE, sid=f"CA{n}", platform=platform)
+        session = registry.begin(call)
+        heard[platform] = session.prompts["consent_request"]
+        assert session.prompts == registry.prompts.for_call(call.line, platform)
+    assert "press star at any time to stop the recording" in heard["asterisk"].text
+    assert "tell the person you speak with" in heard["twilio"].text
+    assert heard["asterisk"].sha256 != heard["twilio"].sha256
+    # The evidence's words and hash are those of the audio played.
+    evidence = registry.prompts.texts(call.line, "twilio")
+    assert evidence["consent_request"] == heard["twilio"].text
+
+
+async def test_a_platform_the_line_is_not_served_on_has_no_prompts(registry):
+    call = await open_call(registry, CONSENT_LINE, platform="nowhere")
+    with pytest.raises(LookupError, match="no prompts for line"):
+        registry.begin(call)
+    await registry.finish(call, "test over")
 
 
 async def test_a_hang_up_by_the_flow_is_the_reason_and_tells_the_platform(registry):
@@ -176,7 +204,7 @@ async def test_rows_a_dead_process_left_open_are_closed_and_named(registry):
     started = clock()
     clock.advance(1)
     current = await open_call(registry, CONSENT_LINE, "CA-now")
-    assert await registry.close_orphans("test", started) == ["CA-old"]
+    assert await registry.close_orphans(PLATFORM, started) == ["CA-old"]
     gone = row(registry, old)
     assert gone["ended_at"] and gone["outcome"] == "interrupted"
     assert gone["end_reason"] == "the service stopped during the call; closed at the next start"

@@ -226,10 +226,10 @@ def test_demo_header_ties_the_document_to_the_file_and_data_dir(tmp_path):
     assert ropa["config"]["sha256"] in md and str((tmp_path / "vault").resolve()) in md
 
 
-def test_evidence_fields_are_what_the_flow_writes():
+def test_evidence_fields_are_what_the_flow_writes(prompt_cache):
     config = load_config(None, environ={})
     line = config.lines["+15550100001"]
-    prompts = PromptLibrary.load(config).for_line(line.tenant, line.language)
+    prompts = PromptLibrary.load(config, prompt_cache).for_call(line, "twilio")
     flow = ConsentFlow(flow_policy(line, stays_on_stream=False), prompt_infos(prompts), NOW)
     assert tuple(flow.evidence()) == EVIDENCE_FIELDS
 

@@ -67,7 +67,8 @@ async def test_opt_in_accept_records_both_tracks_with_evidence(service):
     (row,) = rows(app, result.call_sid)
     assert row.id == result.recording_id and row.tracks == ("caller", "agent")
     ev = row.consent_evidence
-    prompt = app[TWILIO].calls.prompts.get("demo", "en", "consent_request")
+    line = load_config(None).lines[CONSENT_LINE]
+    prompt = app[TWILIO].calls.prompts.for_call(line, "twilio")["consent_request"]
     assert ev["decision"] == "accepted" and ev["key_pressed"] == "1"
     assert ev["prompt_sha256"] == prompt.sha256 and ev["prompt_text"] == prompt.text
     assert ev["prompt_played_in_full"] is False  # pressed during the prompt

@@ -121,7 +121,7 @@ class CallRegistry:
             line=line,
             call_id=call.call_id,
             platform_call_id=call.platform_call_id,
-            prompts=self.prompts.for_line(line.tenant, line.language),
+            prompts=self.prompts.for_call(line, call.platform),
             started_wall=self.clock(),
             clock=self.clock,
             tracks=tracks,

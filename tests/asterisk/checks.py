@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from media.prompts import Prompt, load_manifest, prompt_frames
+from ivr.config import load_config
+from ivr.prompt_library import CACHE_ENV, PromptLibrary
+from media.prompts import Prompt, prompt_frames
 from tests.asterisk.sip import FRAME_MS, PT_PCMU, Received, RtpPeer, Sent, is_silence
 
-SOUNDS = Path(__file__).resolve().parents[2] / "sounds"
+DEMO = Path(__file__).resolve().parents[2] / "ivr" / "demo.toml"
 _ZERO = bytes.maketrans(b"\x7f", b"\xff")
 
 
@@ -27,12 +30,16 @@ def norm(payload: bytes) -> bytes:
 
 
 @functools.cache
-def _prompts() -> dict[tuple[str, str], Prompt]:
-    return load_manifest(SOUNDS)
+def _prompts() -> PromptLibrary:
+    """The demo's prompts, from the cache the service under test uses (tests/conftest.py sets
+    IVR_PROMPT_CACHE for this process and the ``ivr serve`` it starts)."""
+    return PromptLibrary.load(load_config(DEMO, {}), Path(os.environ[CACHE_ENV]))
 
 
-def prompt(language: str, prompt_id: str) -> Prompt:
-    return _prompts()[(language, prompt_id)]
+def prompt(line: str, prompt_id: str) -> Prompt:
+    """What a caller of the demo ``line`` hears as ``prompt_id`` over Asterisk."""
+    library = _prompts()
+    return library.calls[(line, "asterisk")][prompt_id]
 
 
 def voiced(frames: Sequence[bytes]) -> list[bytes]:
@@ -54,16 +61,16 @@ class Heard:
     mixed: bool = False
 
 
-def assert_heard(received: Sequence[Received], language: str, expected: Sequence[Heard]) -> None:
+def assert_heard(received: Sequence[Received], line: str, expected: Sequence[Heard]) -> None:
     """The caller heard exactly these prompts, in this order, bit-exact: each whole, or a
     prefix of it (a key cut it short), and no other audio. Prompts played into a mixing
     bridge must be found, 20 ms at a time and in order, in the audio stream that followed."""
     got = heard(received)
     pos = 0
     for n, item in enumerate(expected):
-        frames = voiced(prompt_frames(prompt(language, item.prompt_id)))
+        frames = voiced(prompt_frames(prompt(line, item.prompt_id)))
         if item.mixed:
-            _assert_in_stream(b"".join(got[pos:]), language, expected[n:])
+            _assert_in_stream(b"".join(got[pos:]), line, expected[n:])
             return
         if item.whole:
             part = got[pos : pos + len(frames)]
@@ -88,7 +95,9 @@ def assert_heard(received: Sequence[Received], language: str, expected: Sequence
 def identify(frames: Sequence[bytes]) -> str:
     """Which prompts 5 ms pieces of these frames come from: for a failing test's message."""
     streams = {
-        f"{lang}/{pid}": b"".join(voiced(prompt_frames(p))) for (lang, pid), p in _prompts().items()
+        f"{line}/{platform}/{pid}": b"".join(voiced(prompt_frames(p)))
+        for (line, platform), prompts in _prompts().calls.items()
+        for pid, p in prompts.items()
     }
     seen: dict[str, int] = {}
     for frame in frames:
@@ -99,11 +108,11 @@ def identify(frames: Sequence[bytes]) -> str:
     return ", ".join(f"{n}: {k} pieces" for n, k in sorted(seen.items()))
 
 
-def _assert_in_stream(stream: bytes, language: str, expected: Sequence[Heard]) -> None:
+def _assert_in_stream(stream: bytes, line: str, expected: Sequence[Heard]) -> None:
     at = 0
     for item in expected:
         assert item.whole, "a prompt cut short in a mixing bridge is not checked"
-        frames = voiced(prompt_frames(prompt(language, item.prompt_id)))
+        frames = voiced(prompt_frames(prompt(line, item.prompt_id)))
         found = 0
         for frame in frames:
             where = stream.find(frame, at)

@@ -11,8 +11,8 @@ from tests.asterisk.checks import prompt, voiced
 from tests.asterisk.sip import FRAME_MS, SipCaller
 
 
-def voiced_ms(language: str, prompt_id: str) -> int:
-    return len(voiced(prompt_frames(prompt(language, prompt_id)))) * FRAME_MS
+def voiced_ms(line: str, prompt_id: str) -> int:
+    return len(voiced(prompt_frames(prompt(line, prompt_id)))) * FRAME_MS
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Driver:
     """One scripted caller: keys after observed events, marks of when things happened."""
 
     call: SipCaller
-    language: str
+    line: str  # the demo line called: its prompts are what the caller should hear
     marks: dict[str, float] = field(default_factory=dict)
 
     def heard_ms(self) -> int:
@@ -34,7 +34,7 @@ class Driver:
 
     async def hear_prompt(self, prompt_id: str, *, after: int) -> None:
         """Wait until ``prompt_id`` has been heard in full after ``after`` ms of audio."""
-        await self.hear(after + voiced_ms(self.language, prompt_id))
+        await self.hear(after + voiced_ms(self.line, prompt_id))
 
     async def talk(self, seconds: float) -> None:
         """Let the caller's side send ``seconds`` more audio (its own pacing: real time)."""

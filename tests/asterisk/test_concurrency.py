@@ -74,7 +74,7 @@ async def _round(bench: Bench, round_no: int) -> list[Driver]:
         async def one(i: int) -> Driver:
             call = await phones.dial(CONSENT_LINE, caller(round_no, i), name=f"c{i:02d}")
             await call.wait_answered()
-            d = Driver(call, "en")
+            d = Driver(call, CONSENT_LINE)
             await d.accept("info" if i % 2 else "rfc4733")
             await d.talk(1.0)
             d.hang_up()

@@ -359,7 +359,7 @@ async def _run(pbx: Asterisk, service: Service, root: Path) -> Matrix:
 
         async def one(i: int, sc: Scenario) -> None:
             call = await phones.dial(sc.line, caller_number(i), name=f"s{i:02d}")
-            driver = drivers[sc.name] = Driver(call, sc.language)
+            driver = drivers[sc.name] = Driver(call, sc.line)
             await call.wait_answered()
             await sc.script(driver)
             ended[sc.name] = await call.wait_ended()
@@ -429,7 +429,7 @@ def test_call(matrix: Matrix, scenario: Scenario) -> None:
     assert out.call_row["ended_at"]
     assert out.call_row["end_reason"].startswith(want.end_reason), out.call_row["end_reason"]
     # What the caller heard: the prompts, bit-exact, and nothing else.
-    assert_heard(d.call.rtp.received, scenario.language, want.heard)
+    assert_heard(d.call.rtp.received, scenario.line, want.heard)
     # What was recorded.
     rec = out.recording_row
     if want.recording is None:
