@@ -51,10 +51,8 @@ async def simulate_asterisk_call(
     options: AsteriskCallOptions,
     *,
     on_transcript: Callable[[TranscriptEntry], None] | None = None,
-    fake: FakeAsterisk | None = None,
 ) -> CallResult:
-    own_fake = fake is None
-    fake = fake or FakeAsterisk(
+    fake = FakeAsterisk(
         app=options.app,
         username=options.username,
         password=options.password,
@@ -72,8 +70,7 @@ async def simulate_asterisk_call(
             on_transcript(entry)
 
     try:
-        if own_fake:
-            await fake.start()
+        await fake.start()
         note(
             f"fake Asterisk listening at {fake.url}; waiting for the service's app {options.app!r}"
         )
@@ -96,21 +93,17 @@ async def simulate_asterisk_call(
         result.error = f"{type(exc).__name__}: {exc}"
         note(f"error: {result.error}")
     finally:
-        if result.call_sid:
-            state = fake.channels.get(result.call_sid)
-            variables = state.vars if state is not None else {}
+        if result.call_sid:  # placed: the fake keeps its channel, and what its caller heard
+            placed = fake.calls[result.call_sid]
+            variables = placed.channel.vars
             result.status_response = {
                 "decision": variables.get("IVR_CONSENT_DECISION") or None,
                 "lawful_basis": variables.get("IVR_LAWFUL_BASIS") or None,
                 "recording_id": variables.get("IVR_RECORDING_ID") or None,
             }
-            heard = (
-                fake.calls[result.call_sid].prompt_audio() if result.call_sid in fake.calls else b""
-            )
-            result.prompt_ms_received = len(heard) / 8
+            result.prompt_ms_received = len(placed.prompt_audio()) / 8
         result.duration = clock[0]
-        if own_fake:
-            await fake.stop()
+        await fake.stop()
     return result
 
 

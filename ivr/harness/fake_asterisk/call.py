@@ -109,8 +109,15 @@ class FakeCall:
         order: Sequence[str] = DEFAULT_HANGUP_ORDER,
         duplicate: bool | Collection[str] = False,
     ) -> None:
-        """The caller hangs up. See ``FakeAsterisk.hangup_channel``."""
-        await self._fake.hangup_channel(self.channel_id, cause, order=order, duplicate=duplicate)
+        """The caller hangs up (a BYE): it leaves its bridge and is destroyed.
+
+        ``order``: the order of ``ChannelHangupRequest``, ``StasisEnd``, ``ChannelDestroyed``
+        and optionally ``ChannelLeftBridge`` (else just before ``StasisEnd`` if bridged); an
+        event left out is never sent. ``duplicate``: True sends every event twice in a row, or
+        name the ones to repeat. With the default order a caller's events end at
+        ``StasisEnd``, as on Asterisk 22; an order given explicitly is sent as given.
+        """
+        await self._hang_up(self.channel, cause, order, duplicate)
 
     async def hangup_agent(self, cause: int = 16) -> None:
         """The agent bridged with this caller hangs up (or the only live agent, if none is)."""
@@ -120,7 +127,16 @@ class FakeCall:
             if len(live) != 1:
                 raise RuntimeError(f"no agent to hang up for call {self.channel_id}")
             agent = live[0]
-        await self._fake.hangup_channel(agent.id, cause)
+        await self._hang_up(agent, cause, DEFAULT_HANGUP_ORDER, False)
+
+    async def _hang_up(
+        self, ch: ChannelState, cause: int, order: Sequence[str], duplicate: bool | Collection[str]
+    ) -> None:
+        if ch.destroyed:
+            raise RuntimeError(f"channel {ch.id} is already destroyed")
+        faithful = tuple(order) == DEFAULT_HANGUP_ORDER and not duplicate
+        self._pbx.terminate(ch, cause, order=order, duplicate=duplicate, faithful=faithful)
+        await self._fake.flush_events()
 
     async def send_audio(
         self,

@@ -258,7 +258,7 @@ class Pbx:
         faithful: bool = True,
     ) -> None:
         """Hang ``ch`` up, emitting the hang-up events in ``order`` (see
-        ``FakeAsterisk.hangup_channel``); ``faithful``: as Asterisk would, so nothing after a
+        ``FakeCall.hangup``); ``faithful``: as Asterisk would, so nothing after a
         caller's StasisEnd."""
         names = list(order)
         unknown = [n for n in names if n not in HANGUP_EVENTS]

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,6 @@ from ivr.harness.fake_asterisk.call import FRAME_SECONDS, FakeCall
 from ivr.harness.fake_asterisk.model import (
     AGENT,
     CALLER,
-    DEFAULT_HANGUP_ORDER,
     EXTERNAL_MEDIA,
     AriError,
     BridgeState,
@@ -314,31 +313,6 @@ class FakeAsterisk:
         self.pbx.emit_channel(ch, "StasisStart", {"args": list(ch.args)})
         await self.flush_events()
         return call
-
-    async def hangup_channel(
-        self,
-        channel_id: str,
-        cause: int = 16,
-        *,
-        order: Sequence[str] = DEFAULT_HANGUP_ORDER,
-        duplicate: bool | Collection[str] = False,
-    ) -> None:
-        """The far end of ``channel_id`` hangs up (a caller's BYE, an agent putting down).
-
-        ``order``: the order of ``ChannelHangupRequest``, ``StasisEnd``, ``ChannelDestroyed``
-        and optionally ``ChannelLeftBridge`` (else just before ``StasisEnd`` if bridged); an
-        event left out is never sent. ``duplicate``: True sends every event twice in a row, or
-        name the ones to repeat. With the default order a caller's events end at
-        ``StasisEnd``, as on Asterisk 22; an order given explicitly is sent as given.
-        """
-        ch = self.channels.get(channel_id)
-        if ch is None:
-            raise KeyError(channel_id)
-        if ch.destroyed:
-            raise RuntimeError(f"channel {channel_id} is already destroyed")
-        faithful = tuple(order) == DEFAULT_HANGUP_ORDER and not duplicate
-        self.pbx.terminate(ch, cause, order=order, duplicate=duplicate, faithful=faithful)
-        await self.flush_events()
 
     async def answer_agent(self, channel_id: str) -> None:
         """An originated (ringing) channel answers: it enters Stasis (``StasisStart``)."""

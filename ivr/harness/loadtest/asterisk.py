@@ -156,6 +156,18 @@ class _RtpStreamer(TickedStream):
         return self.sent - start - (self.dropped - dropped)
 
 
+async def _stream(
+    run: StreamRun, sock: socket.socket, peer: RtpPeer, frames: int, result: _AriCallResult
+) -> None:
+    """``frames`` packets of ``peer``'s stream through the ticker; CallFailed if they fail."""
+    streamer = _RtpStreamer(sock, peer, frames)
+    run.join(streamer)
+    await streamer.done  # the ticker sets it; bounded by the overall deadline
+    result.frames_sent, result.send_errors = streamer.frames_sent, streamer.dropped
+    if streamer.error is not None:
+        raise CallFailed(streamer.error)
+
+
 def _rtp_run(expected: int, read_cpu: Any) -> StreamRun:
     return StreamRun(
         expected,
@@ -276,7 +288,6 @@ async def _within(fut: asyncio.Future[Any], timeout: float, what: str) -> Any:
 @dataclass
 class _AriCallResult:
     index: int
-    channel_id: str = ""
     completed: bool = False
     error: str | None = None
     frames_sent: int = 0
@@ -287,7 +298,6 @@ class _AriCallResult:
     first_prompt_ms: float | None = None  # bridged -> first prompt packet
     prompt_packets: int = 0
     hangup_to_final_ms: float | None = None  # caller hang-up -> bridge destroyed
-    recording_id: str | None = None
 
 
 @dataclass
@@ -308,7 +318,7 @@ class _Context:
 async def _service_call(ctx: _Context, index: int, start_at: float) -> _AriCallResult:
     loop = asyncio.get_running_loop()
     channel_id = f"{ctx.id_prefix}.{index + 1}"
-    result = _AriCallResult(index, channel_id=channel_id)
+    result = _AriCallResult(index)
     watch = ctx.tracker.watch(channel_id)
     call: FakeCall | None = None
     joined = False
@@ -339,15 +349,8 @@ async def _service_call(ctx: _Context, index: int, start_at: float) -> _AriCallR
                 raise CallFailed(f"no recording after key {ctx.press} (decision {decision})")
             result.decision_ms = (time.monotonic() - pressed_at) * 1000
         sock = peer.dup_socket()
-        streamer = _RtpStreamer(sock, peer, ctx.frames)
-        ctx.run.join(streamer)
         joined = True
-        ctx.run.wake()
-        await streamer.done  # the ticker sets it; bounded by the overall deadline
-        result.frames_sent = streamer.frames_sent
-        result.send_errors = streamer.dropped
-        if streamer.error is not None:
-            raise CallFailed(streamer.error)
+        await _stream(ctx.run, sock, peer, ctx.frames, result)
         if watch.hung_up is not None:
             raise CallFailed(f"the service hung up during the call (reason {watch.hung_up})")
     except CallFailed as exc:
@@ -378,7 +381,6 @@ async def _service_call(ctx: _Context, index: int, start_at: float) -> _AriCallR
         result.prompt_packets = stats.packets
         if stats.first_packet_at is not None and watch.bridged_at:
             result.first_prompt_ms = (stats.first_packet_at - watch.bridged_at) * 1000
-        result.recording_id = watch.variables.get("IVR_RECORDING_ID") or None
         ctx.fake.calls.pop(channel_id, None)  # keeps the fake's per-request bookkeeping small
     ctx.tracker.forget(channel_id)
     result.completed = result.error is None and watch.finalised.done()
@@ -559,14 +561,8 @@ async def _bare_call(
             stream = RtpPeer(
                 f"bare-{index}", ("127.0.0.1", port), "ulaw", rng=rng, on_change=lambda: None
             )
-            streamer = _RtpStreamer(sock, stream, frames)
-            run.join(streamer)
             joined = True
-            await streamer.done
-            result.frames_sent = streamer.frames_sent
-            result.send_errors = streamer.dropped
-            if streamer.error is not None:
-                raise CallFailed(streamer.error)
+            await _stream(run, sock, stream, frames, result)
             result.completed = True
     except CallFailed as exc:
         result.error = str(exc)
