@@ -154,6 +154,18 @@ MIGRATIONS: Sequence[str] = (
     ALTER TABLE calls ADD COLUMN end_reason TEXT;
     CREATE INDEX calls_open ON calls (platform, ended_at);
     """,
+    # 6: the measures taken about a breach, as the operator entered them, each with when and
+    # by whom (the Art. 33(3)(d) content; the register never words them itself).
+    """
+    CREATE TABLE breach_measures (
+        seq INTEGER PRIMARY KEY,
+        breach_id TEXT NOT NULL REFERENCES breaches (id),
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        text TEXT NOT NULL
+    );
+    CREATE INDEX breach_measures_by_breach ON breach_measures (breach_id, seq);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 GENESIS_HASH = "0" * 64
@@ -376,6 +388,36 @@ class Catalog:
     def breaches(self) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute("SELECT * FROM breaches ORDER BY opened_at, id").fetchall()
+
+    def breach_measures(self, breach_id: str) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT * FROM breach_measures WHERE breach_id = ? ORDER BY seq", (breach_id,)
+            ).fetchall()
+
+    def calls_with_caller(
+        self,
+        *,
+        tenant: str | None = None,
+        started_from: str | None = None,
+        started_to: str | None = None,
+        caller_key_ref: str | None = None,
+    ) -> list[sqlite3.Row]:
+        """Calls that still hold a caller's number (sealed, or its keyed hash), narrowed by
+        tenant, start time (inclusive bounds) and the key the number is sealed under."""
+        sql = "SELECT * FROM calls WHERE (caller_hash IS NOT NULL OR caller_sealed IS NOT NULL)"
+        params: list[Any] = []
+        for clause, value in (
+            ("tenant = ?", tenant),
+            ("started_at >= ?", started_from),
+            ("started_at <= ?", started_to),
+            ("caller_key_ref = ?", caller_key_ref),
+        ):
+            if value is not None:
+                sql += f" AND {clause}"
+                params.append(value)
+        with self._lock:
+            return self._db.execute(sql + " ORDER BY started_at, id", params).fetchall()
 
     def calls(self, call_ids: Sequence[str]) -> list[sqlite3.Row]:
         if not call_ids:

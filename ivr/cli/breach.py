@@ -51,6 +51,7 @@ def cmd_open(args: argparse.Namespace) -> int:
                 description=args.description,
                 scope=scope,
                 actor=actor(),
+                measures=args.measure,
             )
         except breach.BreachError as exc:
             raise CommandFailed(str(exc)) from None
@@ -61,6 +62,11 @@ def cmd_open(args: argparse.Namespace) -> int:
             f"breach {b['id']} opened: {b['scope']['description']}",
             f"  notify the supervisory authority by {b['deadline']} ({_left(b, now)})",
         ]
+        if b["assessment"]["nobody_affected"]:
+            lines.append(
+                f"  nobody's data is known to be affected: {b['assessment']['nobody_affected']}"
+            )
+        lines.append(f"  measures taken: {len(b['measures'])} entered")
         for tenant, c in b["assessment"]["controllers"].items():
             told = "callers need not be told" if c["art34_3a_applies"] else "CALLERS MUST BE TOLD"
             lines.append(
@@ -116,18 +122,34 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_measure(args: argparse.Namespace) -> int:
+    with open_vault(args) as vault:
+        _get(vault, args.id)
+        try:
+            b = breach.add_measures(vault, args.id, args.text, actor=actor())
+        except breach.BreachError as exc:
+            raise CommandFailed(str(exc)) from None
+
+    def text() -> str:
+        lines = [f"breach {b['id']}: {len(b['measures'])} measure(s) taken on record"]
+        lines += [f"  {m['at']}  {m['actor']}: {m['text']}" for m in b["measures"]]
+        return "\n".join(lines)
+
+    emit(args, b["measures"], text)
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
+    fmt = "json" if args.json else args.format
     with open_vault(args) as vault:
         b = _get(vault, args.id)
-        vault.audit(
-            actor=actor(), action="breach.reported", target=b["id"], detail={"format": args.format}
-        )
+        vault.audit(actor=actor(), action="breach.reported", target=b["id"], detail={"format": fmt})
     rep = breach.report(b, datetime.now(UTC))
     text = (
         json.dumps(rep, indent=2, ensure_ascii=False)
-        if args.format == "json"
+        if fmt == "json"
         else breach.render_markdown(rep)
     )
     if args.output:
@@ -192,15 +214,30 @@ def add_parsers(top: Any, common: argparse.ArgumentParser, data_out: Any) -> Non
     op.add_argument(
         "--keys-safe", action="store_true", help="no key was exposed, only encrypted data"
     )
+    op.add_argument(
+        "--measure",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a measure already taken, in your words (repeatable; add more later with "
+        "`ivr breach measure`)",
+    )
     op.set_defaults(func=cmd_open)
     ls = bs.add_parser("list", parents=[common, data_out], help="breaches and time left")
     ls.set_defaults(func=cmd_list)
     sh = bs.add_parser("show", parents=[common, data_out], help="one breach")
     sh.add_argument("id")
     sh.set_defaults(func=cmd_show)
+    me = bs.add_parser(
+        "measure", parents=[common, data_out], help="record measures taken (stored, audited)"
+    )
+    me.add_argument("id")
+    me.add_argument("text", nargs="+", help="each a measure taken, in your words")
+    me.set_defaults(func=cmd_measure)
     rp = bs.add_parser("report", parents=[common], help="the Art. 33(3) notification content")
     rp.add_argument("id")
     rp.add_argument("--format", choices=("md", "json"), default="md")
+    rp.add_argument("--json", action="store_true", help="same as --format json")
     rp.add_argument("-o", "--output", help="write to this file")
     rp.set_defaults(func=cmd_report)
     su = bs.add_parser(
