@@ -143,7 +143,7 @@ def retire(vault: Vault, tenant: str, before: int, *, actor: str) -> RetireRepor
         raise UnknownKey(f"tenant {tenant!r} has no keys")
     if not 1 <= before <= max(versions):
         raise KeyCustodyError(
-            f"tenant {tenant!r}: cannot retire versions before {before}: the newest version, "
+            f"tenant {tenant}: cannot retire versions before {before}: the newest version, "
             f"{max(versions)}, must stay (give a version from 1 to {max(versions)}; "
             f"`ivr keys rotate --tenant {tenant}` makes a newer one)"
         )

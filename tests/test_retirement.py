@@ -108,6 +108,7 @@ def test_an_erased_recording_in_a_backup_stops_decrypting_when_its_key_version_i
         assert (erased.key_ref, kept.key_ref) == ("local/1", "local/2")
         frames_kept = read_all(vault, kept.id)
     backup(data, tmp_path / "backup")
+    keyring_copy = (data / "keyring.json").read_bytes()  # a keyring backup of the same day
     v1_sealed = next(
         k["wrapped"]
         for k in json.loads((data / "keyring.json").read_text())["tenants"]["acme"]["keks"]
@@ -154,6 +155,20 @@ def test_an_erased_recording_in_a_backup_stops_decrypting_when_its_key_version_i
             blob = old.blobs.path(row.blob_path or "").read_bytes()
             with pytest.raises(ValueError):
                 independent_decrypt(blob, old.keyring.kek("acme", info.key_ref))
+        # What the restored backup still says of the erased call: its row, platform call id
+        # and keyed hash are back (the lookup key is never rotated); the number does not open.
+        call_id = row.call_id or ""
+        found = old.catalog.calls_by_caller("acme", old.caller_hash("acme", CALLER))
+        assert [c["id"] for c in found] == [call_id]
+        with pytest.raises(UnknownKey):
+            old.caller_of(call_id)
+
+    # An older keyring copy still holds version 1: with it the backup opens the erased
+    # recording again. Hence "keep only the newest keyring copy".
+    stale = restore_beside(tmp_path / "backup", data, tmp_path / "r3")
+    (stale / "keyring.json").write_bytes(keyring_copy)
+    with open_vault(stale) as old:
+        assert read_all(old, erased.id) == 60
 
 
 # -- retiring by hand ---------------------------------------------------------------------------
@@ -463,3 +478,36 @@ def test_retire_refuses_a_version_below_one(tmp_path: Path) -> None:
         record(vault)
         with pytest.raises(KeyCustodyError, match="give a version from 1 to 1"):
             retire(vault, "acme", 0, actor="ops")
+
+
+# -- what the documents say -----------------------------------------------------------------------
+def _erasure_text(config_text: str | None, tmp_path: Path) -> str:
+    from ivr.gdpr.ropa import ProcessorInfo, build_ropa
+
+    if config_text is None:
+        config = load_config(None)
+    else:
+        path = tmp_path / "ivr.toml"
+        path.write_text(config_text)
+        config = load_config(path, {})
+    ropa = build_ropa(
+        config, tenant=None, data_dir=None, now=T0, processor=ProcessorInfo("P", "p@example")
+    )
+    texts = [*ropa["controllers"][0]["erasure"]]
+    for section in ropa["annex"]:
+        texts += section["measures"]
+    return " ".join(texts)
+
+
+def test_the_ropa_says_when_a_backup_stops_opening_an_erased_recording(tmp_path: Path) -> None:
+    scheduled = _erasure_text(
+        "[keys]\nrotate_every_days = 30\nretire_after_days = 35\n" + TENANT, tmp_path
+    )
+    assert "at the latest 65 day(s) (plus one sweep) after its erasure" in scheduled
+    assert "backups included" not in scheduled and "every copy" not in scheduled
+    assert "only in their newest copy" in scheduled
+    # Without a schedule it says that nothing ends it but an operator.
+    demo = _erasure_text(None, tmp_path)
+    assert "no retirement schedule is configured" in demo
+    assert "backups included" not in demo and "every copy" not in demo
+    assert "platform's call id" in demo
