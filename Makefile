@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test test-asterisk asterisk lint typecheck format bench clean
+.PHONY: run test test-asterisk asterisk lint typecheck format bench clean espeak-ng
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,27 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $@
 
-run: $(STAMP)
+# The prompts are synthesised with espeak-ng (docs/prompts.md): installed here when it is
+# missing and we are root on Debian/Ubuntu; otherwise the command to run is printed.
+espeak-ng:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing espeak-ng (the caller prompts are synthesised with it)"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null 2>&1 \
+				|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends espeak-ng; }; \
+			command -v espeak-ng >/dev/null 2>&1 \
+				|| { echo "espeak-ng is still not on PATH after apt-get install" >&2; exit 2; }; \
+		else \
+			echo "espeak-ng is needed to synthesise the caller prompts; install it with:" >&2; \
+			echo "  sudo apt-get install -y espeak-ng" >&2; \
+			exit 2; \
+		fi; }
+
+run: $(STAMP) espeak-ng
 	$(BIN)/ivr serve
 
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) espeak-ng
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The whole default suite STRESS_RUNS times in a row beside a CPU hog (Debian's `stress --cpu 2`,
@@ -32,7 +49,7 @@ test: $(TEST_STAMP)
 # ends.
 STRESS_RUNS ?= 10
 .PHONY: test-stress
-test-stress: $(TEST_STAMP)
+test-stress: $(TEST_STAMP) espeak-ng
 	@command -v stress >/dev/null || { echo "test-stress needs stress (apt-get install stress)"; exit 2; }
 	@hog=; trap 'kill $$hog 2>/dev/null; wait $$hog 2>/dev/null' EXIT INT TERM; \
 	for run in $$(seq 1 $(STRESS_RUNS)); do \
@@ -54,7 +71,7 @@ test-stress: $(TEST_STAMP)
 asterisk:
 	bash tests/asterisk/build.sh
 
-test-asterisk: $(TEST_STAMP) asterisk
+test-asterisk: $(TEST_STAMP) espeak-ng asterisk
 	$(BIN)/python -m pytest tests/asterisk $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP) typecheck

@@ -22,7 +22,7 @@ from ivr.config import Config, Line
 from ivr.consent import PromptInfo
 from ivr.wording import prompt_texts
 from media.prompts import PROMPT_IDS, Prompt, load_prompt
-from media.tts import PromptCache
+from media.tts import INSTALL_HINT, PromptCache, SpeechError
 
 # Where synthesised prompts are kept: env IVR_PROMPT_CACHE, else this folder of the data dir.
 CACHE_ENV = "IVR_PROMPT_CACHE"
@@ -149,6 +149,11 @@ class PromptLibrary:
                 seen.add(key)
                 if cache.cached(*key) is None:
                     to_make[key] = p.prompt_id
+        if to_make and cache.engine() is None:
+            raise SpeechError(
+                f"{len(to_make)} prompt(s) are not in the prompt cache at {cache.directory} "
+                f"and {cache.espeak} is not installed; {INSTALL_HINT}"
+            )
         if to_make:
             say(f"synthesising {len(to_make)} prompt(s) into {cache.directory}")
         audio: dict[tuple[str, str], Prompt] = {}
