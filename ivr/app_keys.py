@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ivr.calls import CallRegistry
 from ivr.config import Config
 from storage.vault import Vault
 
@@ -20,3 +21,4 @@ CONFIG = web.AppKey("config", Config)
 DATA_DIR = web.AppKey("data_dir", Path)
 CLOCK = web.AppKey[Callable[[], datetime]]("clock")
 VAULT = web.AppKey("vault", Vault)
+CALLS = web.AppKey("calls", CallRegistry)

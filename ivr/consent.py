@@ -41,7 +41,9 @@ from enum import Enum, StrEnum
 from types import MappingProxyType
 from typing import Any, NoReturn
 
+from ivr.capabilities import WithdrawChannel
 from ivr.policy import ConsentMode, LawfulBasis
+from ivr.wording import OPENING_PROMPT
 from media.dtmf import DIGITS
 from storage.files import utc_iso
 
@@ -133,8 +135,25 @@ class Tick(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WithdrawalRequested(Event):
+    """Someone other than the caller's keypad asks, for the caller, to stop the recording: the
+    agent the caller told (where keys cannot reach us after the hand-off; ivr.capabilities)."""
+
+    by: str
+
+    def __post_init__(self) -> None:
+        Event.__post_init__(self)
+        if self.by not in WITHDRAWN_BY:
+            raise ValueError(f"withdrawal by {self.by!r}: one of {sorted(WITHDRAWN_BY)}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CallEnded(Event):
     reason: str = "hangup"
+
+
+# Who stopped a recording on the caller's behalf: the caller's key, or the agent (API, CLI).
+WITHDRAWN_BY = frozenset({"caller", "agent"})
 
 
 # -- consent evidence -----------------------------------------------------------------------------
@@ -156,10 +175,19 @@ class PlayedPrompt:
     """One prompt as the caller heard it."""
 
     prompt_id: str
+    text: str  # its words
     sha256: str  # of the exact 8 kHz μ-law audio played
-    started_at: str | None
-    ended_at: str | None
+    started_at: str | None  # when its first audio went to the platform
+    ended_at: str | None  # when it finished playing, or was cut short
     interrupted: bool  # cut short by a key or the hang-up
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyPress:
+    """A key the caller pressed, deciding or not."""
+
+    digit: str
+    at: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,7 +196,8 @@ class EvidenceKeys:
 
     accept: str
     decline: str
-    withdraw: str | None  # None where the basis gives no withdrawal during the call
+    withdraw: str | None  # None where the caller is not told of a withdraw key
+    withdraw_via: WithdrawChannel  # how the caller was told they can stop the recording
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,6 +217,11 @@ class ConsentEvidence(Mapping[str, Any]):
     consent_mode: ConsentMode
     purpose: str
     language: str = field(metadata=_proof(8))
+    # The call's clock: every time below is this instant plus call time. The caller could hear
+    # us from here; the platform announced the call ``setup_seconds`` earlier (a webhook, an
+    # ARI StasisStart), while its media was being connected.
+    call_started_at: str
+    setup_seconds: float | None
     prompt_id: str | None = field(metadata=_proof(2))  # the consent question or notice
     prompt_text: str | None = field(metadata=_proof(3))  # its words
     prompt_sha256: str | None = field(metadata=_proof(4))  # the audio played
@@ -197,6 +231,7 @@ class ConsentEvidence(Mapping[str, Any]):
     prompts_played: tuple[PlayedPrompt, ...]  # every prompt, in order
     # "keys" in the record; not as an attribute, where it would hide Mapping.keys().
     keys_in_force: EvidenceKeys = field(metadata={"name": "keys"})
+    keys_pressed: tuple[KeyPress, ...]  # every key, in order
     key_pressed: str | None = field(metadata=_proof(1))  # the deciding key
     key_pressed_at: str | None
     decision: Decision | None = field(metadata=_proof(0))
@@ -204,6 +239,7 @@ class ConsentEvidence(Mapping[str, Any]):
     recording_started_at: str | None
     recording_stopped_at: str | None
     withdrawn_at: str | None
+    withdrawn_by: str | None  # one of WITHDRAWN_BY
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -331,10 +367,18 @@ class FlowPolicy:
     decline_key: str = "9"
     withdraw_key: str = "*"
     prompt_timeout_seconds: float = 8.0
-    withdrawable: bool = True
+    withdraw: WithdrawChannel = WithdrawChannel.KEYS  # how the caller is told to withdraw
     discard_on_withdraw: bool = True
     max_recording_seconds: float = 3600.0
     stays_on_stream: bool = False  # no onward connection: keep the caller here while recording
+    # The platform can still play to the caller after the hand-off (ivr.capabilities); where it
+    # cannot, nothing is played then, and the evidence says so by listing nothing.
+    plays_after_hand_off: bool = True
+
+    @property
+    def withdrawable(self) -> bool:
+        """Whether the caller may stop the recording during the call (key or agent)."""
+        return self.withdraw is not WithdrawChannel.NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,11 +400,7 @@ class _Play:
     interrupted: bool = False
 
 
-_FIRST_PROMPT = {
-    ConsentMode.OPT_IN: "consent_request",
-    ConsentMode.OPT_OUT: "objection_notice",
-    ConsentMode.NOTICE: "notice_only",
-}
+_FIRST_PROMPT = OPENING_PROMPT
 
 # What a handler returns: where the flow goes and what the driver must do. None: the event does
 # not apply here (a stale mark, a key with no meaning, a tick before the deadline) and is ignored.
@@ -372,6 +412,7 @@ class ConsentFlow:
     policy: FlowPolicy
     prompts: Mapping[str, PromptInfo]
     call_started_wall: datetime
+    setup_seconds: float | None = None  # see ConsentEvidence.setup_seconds
     deadline: float | None = field(default=None, init=False)  # when the flow wants a Tick
     ignored_events: int = field(default=0, init=False)
     # Whether audio may be kept now; equal to ``state in RECORDING_STATES``, but a plain
@@ -383,6 +424,8 @@ class ConsentFlow:
     _now: float = field(default=0.0, init=False)
     _plays: list[_Play] = field(default_factory=list, init=False)
     _key: tuple[str, float] | None = field(default=None, init=False)
+    _keys: list[tuple[str, float]] = field(default_factory=list, init=False)
+    _withdrawn_by: str | None = field(default=None, init=False)
     _invalid_keys: int = field(default=0, init=False)
     _recording_started_at: float | None = field(default=None, init=False)
     _recording_stopped_at: float | None = field(default=None, init=False)
@@ -415,6 +458,8 @@ class ConsentFlow:
     def handle(self, event: Event) -> list[Command]:
         self._check_order(event)
         self._now = event.at
+        if isinstance(event, DigitPressed) and self._state is not State.ENDED:
+            self._keys.append((event.digit, event.at))
         transition = TRANSITIONS.get((self._state, type(event)))
         try:
             step = None if transition is None else transition.handler(self, event)
@@ -459,6 +504,8 @@ class ConsentFlow:
             consent_mode=p.consent_mode,
             purpose=p.purpose,
             language=p.language,
+            call_started_at=utc_iso(self.call_started_wall),
+            setup_seconds=self.setup_seconds,
             prompt_id=first.prompt_id if first else None,
             prompt_text=first.text if first else None,
             prompt_sha256=first.sha256 if first else None,
@@ -470,6 +517,7 @@ class ConsentFlow:
             prompts_played=tuple(
                 PlayedPrompt(
                     prompt_id=x.prompt_id,
+                    text=self.prompts[x.prompt_id].text,
                     sha256=self.prompts[x.prompt_id].sha256,
                     started_at=self._wall(x.started_at),
                     ended_at=self._wall(x.ended_at),
@@ -480,8 +528,10 @@ class ConsentFlow:
             keys_in_force=EvidenceKeys(
                 accept=p.accept_key,
                 decline=p.decline_key,
-                withdraw=p.withdraw_key if p.withdrawable else None,
+                withdraw=p.withdraw_key if p.withdraw is WithdrawChannel.KEYS else None,
+                withdraw_via=p.withdraw,
             ),
+            keys_pressed=tuple(KeyPress(digit=d, at=self._wall(t) or "") for d, t in self._keys),
             key_pressed=self._key[0] if self._key else None,
             key_pressed_at=self._wall(self._key[1]) if self._key else None,
             decision=self._decision,
@@ -489,6 +539,7 @@ class ConsentFlow:
             recording_started_at=self._wall(self._recording_started_at),
             recording_stopped_at=self._wall(self._recording_stopped_at),
             withdrawn_at=self._wall(self._withdrawn_at),
+            withdrawn_by=self._withdrawn_by,
         )
 
     def _wall(self, t: float | None) -> str | None:
@@ -634,17 +685,31 @@ class ConsentFlow:
         return State.RECORDING, [] if self.policy.stays_on_stream else [self._hand_off()]
 
     def _on_key_recording(self, event: DigitPressed) -> Step | None:
-        """Withdraw key: stop recording, discard per policy, tell the caller; other keys are
-        ignored."""
+        """Withdraw key: stop recording, discard per policy, tell the caller (where the
+        platform can still play); other keys are ignored."""
         p = self.policy
         if event.digit != p.withdraw_key or not p.withdrawable:
             return None
-        self._withdrawn_at = event.at
+        return self._withdraw("caller")
+
+    def _on_withdrawal_requested(self, event: WithdrawalRequested) -> Step | None:
+        """The agent asks for the caller: as the withdraw key."""
+        if not self.policy.withdrawable:
+            return None
+        return self._withdraw(event.by)
+
+    def _withdraw(self, by: str) -> Step:
+        p = self.policy
+        self._withdrawn_at, self._withdrawn_by = self._now, by
         out = self._stop_prompt()
-        out += self._stop_recording(discard=p.discard_on_withdraw, reason="withdrawn by caller")
+        can_play = not self._handed_off or p.plays_after_hand_off
+        # Played before the recording's evidence is sealed, so that the evidence lists it.
+        notice = [self._play("recording_stopped")] if can_play else []
+        reason = "withdrawn by caller" if by == "caller" else f"withdrawn for the caller by {by}"
+        out += self._stop_recording(discard=p.discard_on_withdraw, reason=reason)
         self.deadline = None
         target = State.WITHDRAWN if self._handed_off else State.WITHDRAWING
-        return target, [*out, self._play("recording_stopped")]
+        return target, [*out, *notice]
 
     def _on_tick_recording(self, event: Tick) -> Step | None:
         """Maximum length reached: stop recording, tell the caller."""
@@ -728,8 +793,12 @@ TRANSITIONS: Mapping[tuple[State, type[Event]], Transition] = MappingProxyType(
         (State.AWAITING_KEY, Tick): _to(_F._on_tick_awaiting, State.REFUSING),
         (State.CONFIRMING, PromptFinished): _to(_F._on_confirmation_played, State.RECORDING),
         (State.CONFIRMING, DigitPressed): _to(_F._on_key_recording, State.WITHDRAWING),
+        (State.CONFIRMING, WithdrawalRequested): _to(
+            _F._on_withdrawal_requested, State.WITHDRAWING
+        ),
         (State.CONFIRMING, Tick): _to(_F._on_tick_recording, State.LIMIT_REACHED),
         (State.RECORDING, DigitPressed): _to(_F._on_key_recording, *_WITHDRAWN),
+        (State.RECORDING, WithdrawalRequested): _to(_F._on_withdrawal_requested, *_WITHDRAWN),
         (State.RECORDING, Tick): _to(_F._on_tick_recording, State.LIMIT_REACHED),
         (State.REFUSING, PromptFinished): _to(_F._on_refusal_played, State.NOT_RECORDING),
         (State.WITHDRAWING, PromptFinished): _to(_F._on_withdrawal_played, State.WITHDRAWN),
@@ -739,7 +808,14 @@ TRANSITIONS: Mapping[tuple[State, type[Event]], Transition] = MappingProxyType(
     }
 )
 
-_EVENT_ORDER: tuple[type[Event], ...] = (CallStarted, PromptFinished, DigitPressed, Tick, CallEnded)
+_EVENT_ORDER: tuple[type[Event], ...] = (
+    CallStarted,
+    PromptFinished,
+    DigitPressed,
+    WithdrawalRequested,
+    Tick,
+    CallEnded,
+)
 _STATE_ORDER = tuple(State)
 
 

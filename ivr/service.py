@@ -22,7 +22,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ivr import __version__, api
-from ivr.app_keys import CLOCK, CONFIG, DATA_DIR, VAULT
+from ivr.app_keys import CALLS, CLOCK, CONFIG, DATA_DIR, VAULT
 from ivr.calls import CallRegistry
 from ivr.config import Config
 from ivr.gdpr import breach
@@ -39,7 +39,6 @@ from storage.vault import Vault
 log = logging.getLogger(__name__)
 
 ARI = web.AppKey("ari", AriApplication)
-CALLS = web.AppKey("calls", CallRegistry)
 
 
 def cpu_seconds() -> float:

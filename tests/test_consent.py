@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ivr.consent
+from ivr.capabilities import WithdrawChannel
 from ivr.consent import (
     RECORDING_DECISIONS,
     RECORDING_STATES,
@@ -37,6 +38,7 @@ from ivr.consent import (
     StopRecording,
     Tick,
     Transition,
+    WithdrawalRequested,
     state_diagram,
     transition_table,
 )
@@ -73,7 +75,7 @@ def policy(mode: ConsentMode, basis: LawfulBasis | None = None, **kw) -> FlowPol
         consent_mode=mode,
         purpose="quality",
         language="en",
-        withdrawable=WITHDRAWABLE[basis],
+        withdraw=WithdrawChannel.KEYS if WITHDRAWABLE[basis] else WithdrawChannel.NONE,
         discard_on_withdraw=DISCARD_ON_WITHDRAW_DEFAULT[basis],
         max_recording_seconds=600,
     )
@@ -394,6 +396,7 @@ def _random_call(rng: random.Random) -> list[tuple[State, Event, State]]:
             stays_on_stream=rng.random() < 0.5,
             discard_on_withdraw=rng.random() < 0.5,
             max_recording_seconds=rng.choice([1, 60]),  # 1: the limit while recording_started plays
+            plays_after_hand_off=rng.random() < 0.5,
         ),
         PROMPTS,
         T0,
@@ -408,8 +411,10 @@ def _random_call(rng: random.Random) -> list[tuple[State, Event, State]]:
         kind = rng.random()
         if kind < 0.35:
             events.append(PromptFinished(at=now, play_id=rng.choice([plays[-1], *plays])))
-        elif kind < 0.7:
+        elif kind < 0.65:
             events.append(DigitPressed(at=now, digit=rng.choice("0123456789*#")))
+        elif kind < 0.7:
+            events.append(WithdrawalRequested(at=now, by="agent"))
         elif kind < 0.95:
             events.append(Tick(at=now))
         else:
@@ -586,11 +591,19 @@ def test_evidence_is_a_frozen_record_and_the_json_the_catalog_stores():
     stored = dict(evidence)
     assert stored == evidence.as_dict() == json.loads(json.dumps(stored))
     assert tuple(stored) == ConsentEvidence.field_names() == tuple(evidence)
-    assert stored["keys"] == {"accept": "1", "decline": "9", "withdraw": "*"}
+    assert stored["keys"] == {
+        "accept": "1",
+        "decline": "9",
+        "withdraw": "*",
+        "withdraw_via": "keys",
+    }
+    assert stored["keys_pressed"] == [{"digit": "1", "at": "2026-11-28T12:00:01.000000Z"}]
+    assert stored["call_started_at"] == "2026-11-28T12:00:00.000000Z"
     assert stored["lawful_basis"] == "consent" and type(stored["lawful_basis"]) is str
     assert stored["decision"] == "accepted" and type(stored["decision"]) is str
     assert stored["prompts_played"][0] == {
         "prompt_id": "consent_request",
+        "text": PROMPTS["consent_request"].text,
         "sha256": PROMPTS["consent_request"].sha256,
         "started_at": "2026-11-28T12:00:00.000000Z",
         "ended_at": "2026-11-28T12:00:01.000000Z",
@@ -615,3 +628,78 @@ def test_docs_list_every_evidence_field_in_order():
         for name in line.split("|")[1].split(",")
     ]
     assert tuple(listed) == ConsentEvidence.field_names()
+
+
+# -- withdrawal, where keys cannot reach us, and what the evidence keeps ---------------------------
+def _recording_after_hand_off(**kw) -> ConsentFlow:
+    f = flow(ConsentMode.OPT_IN, **kw)
+    started(f)
+    out = f.handle(DigitPressed(at=2, digit="1"))
+    (confirm,) = [c for c in out if isinstance(c, PlayPrompt)]
+    (handoff,) = f.handle(PromptFinished(at=4, play_id=confirm.play_id))
+    assert isinstance(handoff, HandOff) and f.state is State.RECORDING
+    return f
+
+
+def test_the_agent_withdraws_for_the_caller_where_nothing_can_be_played():
+    f = _recording_after_hand_off(withdraw=WithdrawChannel.AGENT, plays_after_hand_off=False)
+    out = f.handle(WithdrawalRequested(at=30, by="agent"))
+    (stop,) = out  # nothing played: the platform cannot play after the hand-off
+    assert isinstance(stop, StopRecording) and stop.discard is True
+    assert stop.reason == "withdrawn for the caller by agent"
+    assert stop.evidence.withdrawn_by == "agent"
+    assert stop.evidence.withdrawn_at == "2026-11-28T12:00:30.000000Z"
+    assert [p.prompt_id for p in stop.evidence.prompts_played] == [
+        "consent_request",
+        "recording_started",
+    ]
+    assert f.state is State.WITHDRAWN and not f.recording
+
+
+def test_an_agent_request_on_a_basis_without_withdrawal_changes_nothing():
+    f = flow(ConsentMode.NOTICE, basis=LawfulBasis.CONTRACT)
+    play = started(f)
+    f.handle(PromptFinished(at=9, play_id=play.play_id))
+    assert f.recording
+    assert f.handle(WithdrawalRequested(at=20, by="agent")) == []
+    assert f.recording
+
+
+def test_the_recording_stopped_prompt_is_in_the_evidence_of_the_stop():
+    f = _recording_after_hand_off()
+    out = f.handle(DigitPressed(at=30, digit="*"))
+    (stop,) = [c for c in out if isinstance(c, StopRecording)]
+    last = stop.evidence.prompts_played[-1]
+    assert last.prompt_id == "recording_stopped"
+    assert last.text == PROMPTS["recording_stopped"].text
+    assert last.started_at == "2026-11-28T12:00:30.000000Z" and last.ended_at is None
+    assert stop.evidence.withdrawn_by == "caller"
+
+
+def test_every_key_is_in_the_evidence_with_its_time():
+    f = flow(ConsentMode.OPT_IN)
+    started(f)
+    f.handle(DigitPressed(at=1.5, digit="7"))  # invalid: asked again
+    f.handle(DigitPressed(at=2.25, digit="#"))
+    out = f.handle(DigitPressed(at=6, digit="1"))
+    (start,) = [c for c in out if isinstance(c, StartRecording)]
+    assert [(k.digit, k.at) for k in start.evidence.keys_pressed] == [
+        ("7", "2026-11-28T12:00:01.500000Z"),
+        ("#", "2026-11-28T12:00:02.250000Z"),
+        ("1", "2026-11-28T12:00:06.000000Z"),
+    ]
+    assert start.evidence.key_pressed == "1"
+
+
+def test_the_evidence_keeps_the_set_up_time_apart_from_the_call_clock():
+    f = ConsentFlow(policy(ConsentMode.OPT_IN), PROMPTS, T0, setup_seconds=3.1)
+    started(f)
+    evidence = f.evidence()
+    assert evidence.setup_seconds == 3.1
+    assert evidence.call_started_at == "2026-11-28T12:00:00.000000Z"
+    assert evidence.prompt_started_at == evidence.call_started_at
+
+
+def test_withdrawal_requests_validate_who_asks():
+    with pytest.raises(ValueError, match="withdrawal by"):
+        WithdrawalRequested(at=1, by="someone")

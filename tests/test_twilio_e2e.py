@@ -467,14 +467,20 @@ async def test_a_tenants_own_prompt_is_played_and_evidenced(tmp_path, monkeypatc
     monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
     t = np.arange(44100 * 3) / 44100
     sf.write(tmp_path / "ours.wav", 0.4 * np.sin(2 * np.pi * 500 * t), 44100)  # any rate
-    text = "Hello, this is Acme. Press 1 to allow recording, 9 to decline, star to stop."
+    text = (
+        "Hello, this is Acme. We would like to record this call for quality, with your consent."
+        " Press 1 to allow recording, 9 to decline. Once you are connected, ask the agent to stop"
+        " it, and what was recorded will be deleted."
+    )
     config = tmp_path / "ivr.toml"
     config.write_text(
         '[tenants.acme]\ndisplay_name = "Acme"\ndpo_contact = "dpo@acme.example"\n'
         '[tenants.acme.prompts.en.consent_request]\nfile = "ours.wav"\n'
         f'text = "{text}"\n'
+        'promise = { lawful_basis = "consent", purpose = "quality", withdraw = "agent", '
+        'deletes_on_withdraw = true, accept_key = "1", decline_key = "9" }\n'
         '[[lines]]\nnumber = "+15550100001"\ntenant = "acme"\npurpose = "quality"\n'
-        'lawful_basis = "consent"\nforward_to = "+15550100099"\n'
+        'lawful_basis = "consent"\nforward_to = "+15550100099"\nplatforms = ["twilio"]\n'
     )
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", "tok")
     app = create_app(load_config(config), tmp_path / "var", fsync=False)

@@ -5,7 +5,8 @@ SHA-256 of each token, with the tenant it belongs to and its role:
 
 - ``dpo``: everything for its tenant, subject requests and erasure included;
 - ``supervisor``: list and show recordings, and play them (audited, with a reason);
-- ``admin``: list and show recordings' metadata and the retention report; no audio.
+- ``admin``: list and show recordings' metadata and the retention report; no audio;
+- ``agent``: only stop a live call's recording for the caller who asked (``ivr.api.calls``).
 
 A token of tenant A never sees anything of tenant B: another tenant's recording answers 404,
 exactly like one that does not exist. Every attempt is audited, refusals included.
@@ -26,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ivr.app_keys import CLOCK, VAULT
+from ivr.app_keys import CLOCK, CONFIG, VAULT
 from ivr.config import Tenant
 from ivr.gdpr.recording_files import decode_recording
 from ivr.gdpr.subject import SubjectError, normalise_phone
@@ -39,8 +40,8 @@ from storage.vault import Vault
 
 log = logging.getLogger(__name__)
 
-ROLES = ("dpo", "supervisor", "admin")
-READ_ROLES = frozenset(ROLES)
+ROLES = ("dpo", "supervisor", "admin", "agent")
+READ_ROLES = frozenset({"dpo", "supervisor", "admin"})  # an agent sees no recordings
 AUDIO_ROLES = frozenset({"dpo", "supervisor"})
 DPO_ONLY = frozenset({"dpo"})
 
@@ -116,7 +117,7 @@ def endpoint(roles: frozenset[str], action: str) -> Callable[[Handler], Route]:
     def wrap(handler: Handler) -> Route:
         async def run(request: web.Request) -> web.StreamResponse:
             vault = request.app[VAULT]
-            target = request.match_info.get("recording_id")
+            target = request.match_info.get("recording_id") or request.match_info.get("call_id")
             try:
                 caller = _authenticate(request)
             except web.HTTPException as exc:
@@ -333,7 +334,6 @@ async def subject_export(request: web.Request, caller: Caller) -> web.StreamResp
     language = body.get("language")
     if language not in (None, "en", "sv"):
         raise _json_error(400, "language must be en or sv")
-    tenant = request.app[TENANTS_KEY].get(caller.tenant)
 
     def build() -> bytes:
         with tempfile.TemporaryDirectory(prefix="ivr-export-") as tmp:
@@ -345,8 +345,7 @@ async def subject_export(request: web.Request, caller: Caller) -> web.StreamResp
                 out,
                 actor=caller.actor,
                 reason=reason,
-                dpo_contacts={caller.tenant: tenant.dpo_contact if tenant else "-"},
-                controller_names={caller.tenant: tenant.display_name if tenant else caller.tenant},
+                config=request.app[CONFIG],
                 language=language,
                 now=utc_iso(request.app[CLOCK]()),
             )
@@ -354,7 +353,7 @@ async def subject_export(request: web.Request, caller: Caller) -> web.StreamResp
 
     try:
         data = await asyncio.to_thread(build)
-    except NotReadable as exc:  # e.g. sealed to the tenant's public key: only they can open it
+    except NotReadable as exc:  # e.g. a blob gone missing (sealed recordings are held, sealed)
         raise _json_error(409, str(exc)) from None
     return web.Response(
         body=data,

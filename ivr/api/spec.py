@@ -74,8 +74,9 @@ OPENAPI: dict[str, Any] = {
         "version": "1",
         "description": (
             "Recordings, legal holds, subject requests and retention for one tenant per token. "
-            "Roles: dpo (everything), supervisor (list, show, audio), admin (list, show, "
-            "retention). Another tenant's recording answers 404. Every call is audited."
+            "Roles: dpo (everything), supervisor (list, show, audio, withdraw), admin (list, "
+            "show, retention), agent (withdraw a live call's recording for its caller). Another "
+            "tenant's recording or call answers 404. Every request is audited."
         ),
     },
     "servers": [{"url": "/"}],
@@ -218,6 +219,54 @@ OPENAPI: dict[str, Any] = {
                 "summary": "erase every recording of one caller (Art. 17); dpo",
                 "requestBody": _SUBJECT_BODY,
                 "responses": {**_ok({"type": "object"}), "400": _ERROR, **_COMMON_ERRORS},
+            }
+        },
+        "/api/v1/calls/{call_id}/withdraw": {
+            "post": {
+                "summary": (
+                    "stop a live call's recording for the caller who asked (the withdraw key's "
+                    "step, by the agent; discarded or kept as the line says); agent, supervisor, "
+                    "dpo"
+                ),
+                "parameters": [
+                    {
+                        "name": "call_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"note": {"type": "string", "maxLength": 500}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    **_ok(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "call_id": {"type": "string"},
+                                "withdrawn": {"type": "boolean"},
+                                "recording_id": {"type": ["string", "null"]},
+                                "recording_status": {"type": ["string", "null"]},
+                            },
+                        }
+                    ),
+                    "400": _ERROR,
+                    "404": {**_ERROR, "description": "no such call in progress for the tenant"},
+                    "409": {
+                        **_ERROR,
+                        "description": "nothing is recorded, or the basis gives no withdrawal",
+                    },
+                    **_COMMON_ERRORS,
+                },
             }
         },
         "/api/v1/retention": {

@@ -15,13 +15,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ivr.calls.session import CallSession
+from ivr.capabilities import PLATFORMS
 from ivr.config import Line
 from ivr.prompt_library import PromptLibrary
 from storage.catalog import RecordingRow
 from storage.files import utc_iso
 from storage.vault import Vault
+
+if TYPE_CHECKING:
+    from ivr.calls.wire import Wire
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,8 @@ class Call:
     attached: int = 0  # streams or channels feeding the call now
     streams: set[str] = field(default_factory=set)  # media legs admitted so far (each kind once)
     last_heard: float = 0.0  # monotonic time of the platform's latest word
+    wire: Wire | None = None  # what reaches the caller now, for commands from outside the call
+    opened: float = 0.0  # monotonic time the platform announced the call
     _finishing: asyncio.Future[RecordingRow | None] | None = field(default=None, repr=False)
 
     @property
@@ -85,6 +92,10 @@ class CallRegistry:
     def get(self, platform: str, platform_call_id: str) -> Call | None:
         return self._calls.get((platform, platform_call_id))
 
+    def by_call_id(self, call_id: str) -> Call | None:
+        """A live call by the catalog's id (the id the API and CLI name calls by)."""
+        return next((c for c in self._calls.values() if c.call_id == call_id), None)
+
     def calls(self, platform: str | None = None) -> list[Call]:
         return [c for c in self._calls.values() if platform is None or c.platform == platform]
 
@@ -100,7 +111,8 @@ class CallRegistry:
             line=line.policy_id,
             caller=caller,
         )
-        call = Call(platform, platform_call_id, call_id, line, last_heard=self.monotonic())
+        now = self.monotonic()
+        call = Call(platform, platform_call_id, call_id, line, last_heard=now, opened=now)
         self._calls[(platform, platform_call_id)] = call
         log.info(
             "call %s: %s %s, policy %s (%s, %s)",
@@ -124,6 +136,8 @@ class CallRegistry:
             prompts=self.prompts.for_call(line, call.platform),
             started_wall=self.clock(),
             clock=self.clock,
+            platform=PLATFORMS[call.platform],
+            setup_seconds=round(self.monotonic() - call.opened, 3),
             tracks=tracks,
         )
         return call.session

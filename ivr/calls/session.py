@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from ivr.capabilities import Capabilities
 from ivr.config import Line
 from ivr.consent import (
     CallEnded,
@@ -55,7 +56,7 @@ NEAR_DEADLINE_SECONDS = 30.0
 TICK_GRACE_SECONDS = 0.05
 
 
-def flow_policy(line: Line, *, stays_on_stream: bool) -> FlowPolicy:
+def flow_policy(line: Line, platform: Capabilities) -> FlowPolicy:
     return FlowPolicy(
         policy_id=line.policy_id,
         policy_version=line.policy_version,
@@ -67,10 +68,11 @@ def flow_policy(line: Line, *, stays_on_stream: bool) -> FlowPolicy:
         decline_key=line.decline_key,
         withdraw_key=line.withdraw_key,
         prompt_timeout_seconds=line.prompt_timeout_seconds,
-        withdrawable=line.withdrawable,
+        withdraw=line.withdraw_channel(platform),
         discard_on_withdraw=line.discard_on_withdraw,
         max_recording_seconds=line.max_recording_seconds,
-        stays_on_stream=stays_on_stream,
+        stays_on_stream=line.forward_to is None,
+        plays_after_hand_off=platform.plays_after_hand_off,
     )
 
 
@@ -95,6 +97,8 @@ class CallSession:
     prompts: Mapping[str, Prompt]
     started_wall: datetime
     clock: Callable[[], datetime]
+    platform: Capabilities
+    setup_seconds: float | None = None  # from the platform's first word to now (evidence)
     flow: ConsentFlow = field(init=False)
     recording: Recording | None = None
     row: RecordingRow | None = None
@@ -111,9 +115,10 @@ class CallSession:
     def __post_init__(self) -> None:
         forwards = self.line.forward_to is not None
         self.flow = ConsentFlow(
-            flow_policy(self.line, stays_on_stream=not forwards),
+            flow_policy(self.line, self.platform),
             prompt_infos(self.prompts),
             self.started_wall,
+            setup_seconds=self.setup_seconds,
         )
         if not self.tracks:  # a platform with separate legs; Asterisk passes its one mix
             self.tracks = ("caller", "agent") if forwards else ("caller",)

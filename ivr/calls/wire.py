@@ -9,11 +9,13 @@ commands never get here (the session carries them out against the vault itself).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from ivr.calls.registry import Call
-from ivr.consent import Command, HandOff, HangUp, PlayPrompt, StopPrompt
+from ivr.consent import Command, HandOff, HangUp, PlayPrompt, StopPrompt, WithdrawalRequested
 from media.prompts import Prompt
+from storage.catalog import RecordingRow
 
 
 class Wire(Protocol):
@@ -31,6 +33,35 @@ class Wire(Protocol):
 
     async def hang_up(self, reason: str) -> None:
         """End the call for the caller."""
+
+
+class NotWithdrawable(Exception):
+    """A withdrawal that cannot happen: the message says why (for the API's 409)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    call_id: str
+    recording: RecordingRow | None  # the stopped recording: discarded, or kept per policy
+
+
+async def withdraw_for_caller(call: Call, by: str) -> Withdrawn:
+    """Stop the call's recording on the caller's behalf (the agent they told, where keys do
+    not reach us): the same step as the withdraw key, recorded in the evidence as ``by``.
+    Raises NotWithdrawable when there is nothing to stop or the basis gives no withdrawal."""
+    session = call.session
+    if session is None or session.ended or call.finished:
+        raise NotWithdrawable("the call is not in progress")
+    if not session.flow.policy.withdrawable:
+        raise NotWithdrawable(
+            f"lawful basis {call.line.lawful_basis.value!r} gives no withdrawal during the call"
+        )
+    if not session.recording_allowed:
+        raise NotWithdrawable("nothing is being recorded on this call")
+    commands = await session.handle(WithdrawalRequested(at=session.now_event(), by=by))
+    if call.wire is not None:
+        await carry_out(call, call.wire, commands)
+    return Withdrawn(call.call_id, session.row)
 
 
 async def carry_out(call: Call, wire: Wire, commands: Sequence[Command]) -> None:

@@ -500,10 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_config_check)
 
+    from ivr.cli.calls import add_parsers as add_calls_parsers
     from ivr.cli.prompts import add_parsers as add_prompts_parsers
     from ivr.cli.ropa import add_parser as add_ropa_parser
 
     add_prompts_parsers(top, common)
+    add_calls_parsers(top, data_out)
     add_ropa_parser(top, common)
 
     from ivr.harness.cli import add_simulate_parser

@@ -60,7 +60,7 @@ DTMF_KEYS = "0123456789*#"
 MAX_RECORDING_SECONDS = 86400
 # 100 years: long enough for any legal duty, short enough that "now + retention" stays a date.
 MAX_RETENTION_DAYS = 36500
-API_ROLES = ("dpo", "supervisor", "admin")
+API_ROLES = ("dpo", "supervisor", "admin", "agent")
 
 
 # --------------------------------------------------------------------------- the values

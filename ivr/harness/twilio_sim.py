@@ -141,6 +141,9 @@ class CallOptions:
     from_: str = DEFAULT_FROM
     auth_token: str = DEMO_AUTH_TOKEN
     presses: list[tuple[float, str]] = field(default_factory=list)  # (call time, digit)
+    # (call time, what the agent does then): e.g. stop the recording through the admin API
+    # because the caller asked them to; done while the agent is on the line (after <Dial>).
+    agent_actions: list[tuple[float, Callable[[], Awaitable[object]]]] = field(default_factory=list)
     hangup_at: float | None = None
     duration: float = 5.0  # conversation after <Dial>, or the message left at <Record>
     audio: Path | None = None  # caller audio; None: a tone
@@ -301,6 +304,7 @@ class _Call:
         )
         self.streams: list[_Stream] = []
         self.presses: deque[tuple[float, str]] = deque(sorted(options.presses, key=lambda p: p[0]))
+        self.agent_actions = deque(sorted(options.agent_actions, key=lambda a: a[0]))
         self.hangup_pending = options.hangup_at
         self.hung_up = False
         self.in_dial = False
@@ -408,6 +412,8 @@ class _Call:
                         items.append((due, 1, "mark", s))
             if self.presses:
                 items.append((self.presses[0][0], 2, "press", None))
+            if self.agent_actions and self.in_dial:
+                items.append((self.agent_actions[0][0], 2, "agent", None))
             if self.hangup_pending is not None:
                 items.append((self.hangup_pending, 3, "hangup", None))
             items.append((self.o.max_call_seconds, 4, "cap", None))
@@ -435,6 +441,8 @@ class _Call:
                     await self._echo_marks(s, t)
             elif kind == "press":
                 await self._press()
+            elif kind == "agent":
+                await self._agent_acts()
             elif kind == "hangup":
                 self.hangup_pending = None
                 self.hung_up = True
@@ -530,6 +538,13 @@ class _Call:
             self._send(s, wire.dtmf(s.next_seq(), s.sid, digit))
         self.result.dtmf_sent += 1
         for s in targets:
+            await self._sync(s)
+
+    async def _agent_acts(self) -> None:
+        _, action = self.agent_actions.popleft()
+        self.log("→ agent acts for the caller")
+        await action()
+        for s in self.streams:
             await self._sync(s)
 
     # -- receiving --------------------------------------------------------------------------------

@@ -140,6 +140,7 @@ class AriCall:
         if self.early_end is not None:
             call.ended_by(self.early_end)
         self.call = call
+        call.wire = self
         self.rtp.name = call.call_id
         app.count("calls")
         try:

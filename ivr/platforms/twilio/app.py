@@ -137,13 +137,14 @@ async def voice(request: web.Request) -> web.Response:
         log.info("call %s: no line for the dialled number; hanging up", hook.call_sid)
         return _twiml(twiml_say_hangup(UNKNOWN_NUMBER_TEXT))
     if twilio.call(hook.call_sid) is None:
-        call = await twilio.calls.open(
+        # The call's clock starts when the consent stream does (the caller hears us from
+        # then); until then its set-up time runs (the evidence's setup_seconds).
+        await twilio.calls.open(
             platform=PLATFORM,
             platform_call_id=hook.call_sid,
             line=line,
             caller=normalise_number(hook.from_),
         )
-        twilio.calls.begin(call)
         twilio.count("calls")
     base = _public_base(request, twilio.config)
     token = twilio.tokens.issue("consent", hook.call_sid, twilio.wall())
@@ -179,13 +180,14 @@ async def continue_call(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     twilio, hook = await _signed_form(request)
     call = twilio.call(hook.call_sid)
-    if call is None or call.session is None:
+    if call is None:
         return web.json_response({"call_sid": hook.call_sid, "known": False})
-    if hook.call_status not in TERMINAL_STATUSES:
-        return web.json_response({"call_sid": hook.call_sid, **call.session.summary()})
-    await twilio.calls.finish(call, f"call {hook.call_status}")
-    twilio.count("calls_completed")
-    return web.json_response({"call_sid": hook.call_sid, **call.session.summary()})
+    if hook.call_status in TERMINAL_STATUSES:
+        # Also for a call whose consent stream never started: its row is closed now.
+        await twilio.calls.finish(call, f"call {hook.call_status}")
+        twilio.count("calls_completed")
+    summary = call.session.summary() if call.session else {"call_id": call.call_id}
+    return web.json_response({"call_sid": hook.call_sid, **summary})
 
 
 # -- Media Streams --------------------------------------------------------------------------------
@@ -225,6 +227,8 @@ class _Stream:
             await self.close(CLOSE_POLICY, str(exc))
             return False
         call = twilio.call(start.call_sid)
+        if call is not None and call.session is None and self.kind == "consent":
+            call.session = twilio.calls.begin(call)  # the caller can hear us from now on
         if call is None or call.session is None or self.kind in call.streams:
             why = "call is not in progress" if call is None else "token already used"
             twilio.count("streams_refused")
@@ -238,6 +242,7 @@ class _Stream:
             return False
         call.streams.add(self.kind)
         call.attached += 1
+        call.wire = self
         self.call, self.session = call, call.session
         self.stream_sid = start.stream_sid
         self.base_ms = int(call.session.call_time() * 1000)
@@ -306,6 +311,8 @@ async def _stream_handler(request: web.Request, kind: str) -> web.WebSocketRespo
         call = stream.call
         if call is not None:
             call.attached -= 1
+            if call.wire is stream:
+                call.wire = None
             twilio.calls.heard(call)
             if not stream.closed_by_us and call.session is not None and not call.session.ended:
                 # The platform went away without a 'stop': the call is over as far as we can
