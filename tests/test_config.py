@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import ivr
+from ivr.capabilities import WithdrawChannel
 from ivr.config import (
     DEMO_CONFIG,
     DEMO_TWILIO_AUTH_TOKEN,
@@ -23,7 +24,6 @@ from ivr.config import (
 )
 from ivr.config import keys as config_keys
 from ivr.config.model import FILE_TABLES
-from ivr.capabilities import WithdrawChannel
 from ivr.policy import (
     ALLOWED_MODES,
     DEFAULT_MODE,
