@@ -238,7 +238,7 @@ def test_subject_export_has_audio_metadata_and_a_summary_in_swedish(cli_vault, c
             assert isinstance(meta["access_log"], list)
         assert f"recordings/{rows['other'].id}.wav" not in names
         summary = zf.read("summary.html").decode()
-        assert 'lang="sv"' in summary and "Dina samtalsinspelningar" in summary
+        assert 'lang="sv"' in summary and "Dina uppgifter" in summary
         assert "ditt samtycke" in summary
     with Vault(data, create=False) as v:
         assert any(e.action == "subject.exported" for e in v.catalog.audit_events())
@@ -268,7 +268,9 @@ def test_audit_verify_finds_edits_removals_and_a_cut_tail(vault, capsys, monkeyp
     assert main(args) == 1 and "BROKEN" in capsys.readouterr().out
 
 
-def test_subject_export_of_a_public_key_tenant_needs_its_private_key(tmp_path, capsys, monkeypatch):
+def test_subject_export_of_a_public_key_tenant_holds_its_audio_sealed_without_the_key(
+    tmp_path, capsys, monkeypatch
+):
     from storage.custody import write_keypair
 
     monkeypatch.setenv("IVR_MASTER_KEY", base64.b64encode(MASTER).decode())
@@ -277,8 +279,12 @@ def test_subject_export_of_a_public_key_tenant_needs_its_private_key(tmp_path, c
     with Vault(data, fsync=False, public_keys={"acme": public}) as v:
         row = record(v)
     base = ["subject", "export", "--data-dir", str(data), "--phone", CALLER, "--tenant", "acme"]
-    assert main([*base, "-o", str(tmp_path / "no.zip")]) == 1
-    assert "private" in capsys.readouterr().err and not (tmp_path / "no.zip").exists()
+    held = tmp_path / "held.zip"
+    assert main([*base, "-o", str(held)]) == 0
+    assert f"{row.id}: held, sealed to {row.key_ref}" in capsys.readouterr().out
+    with zipfile.ZipFile(held) as zf:
+        assert f"recordings/{row.id}.wav" not in zf.namelist()
+        assert json.loads(zf.read(f"recordings/{row.id}.json"))["audio"] == "held_sealed"
     out = tmp_path / "yes.zip"
     assert main([*base, "-o", str(out), "--private-key", str(private)]) == 0
     with zipfile.ZipFile(out) as zf:

@@ -213,17 +213,28 @@ def cmd_subject_export(args: argparse.Namespace) -> int:
             out,
             actor=actor(),
             reason=args.reason,
-            dpo_contacts={t.id: t.dpo_contact for t in config.tenants.values()},
-            controller_names={t.id: t.display_name for t in config.tenants.values()},
+            config=config,
             language=args.language,
             now=utc_iso(datetime.now(UTC)),
             private_key=_private_key(args),
+            processor=subject.Processor(args.processor_name, args.processor_contact),
         )
-    emit(
-        args,
-        {"output": str(result.path), "recordings": result.recordings, "tenants": result.tenants},
-        lambda: f"wrote {result.path}: {result.recordings} recording(s)",
-    )
+    data = result.as_dict()
+
+    def text() -> str:
+        lines = [
+            f"wrote {result.path}: {data['calls']} call(s), {data['calls_without_recording']} "
+            f"without a recording, {result.recordings} recording(s); summary in "
+            f"{data['language']} ({data['language_from']})"
+        ]
+        lines += [
+            f"  {rid}: held, sealed to {ref} (metadata only; give --private-key for its audio)"
+            for rid, ref in result.sealed
+        ]
+        lines += [f"  not stated: {gap['kind']} {gap['facts']}" for gap in data["gaps"]]
+        return "\n".join(lines)
+
+    emit(args, data, text)
     return EXIT_OK
 
 
@@ -355,8 +366,14 @@ def add_parsers(top: Any, rsub: Any, common: argparse.ArgumentParser, data_out: 
             p.add_argument(
                 "--config",
                 default=os.environ.get(CONFIG_ENV),
-                help="configuration (for controller names and DPO contacts)",
+                help="configuration (controllers, lines, retention: what the export states)",
             )
+            p.add_argument(
+                "--processor-name",
+                help="the processor (the contact centre operating this service) to name as a "
+                "recipient (default: described, not named)",
+            )
+            p.add_argument("--processor-contact", help="the processor's contact details")
 
     apip = top.add_parser("api", help="admin API tokens")
     aps = apip.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -1,15 +1,17 @@
 """Data subject requests: find, export (Art. 15) and erase (Art. 17) everything about one caller.
 
 The caller is named by phone number, parsed and normalised to E.164 with phonenumbers, and found
-through the keyed hash the vault keeps for each call. An export is one zip file: every recording
-as WAV, its metadata as JSON (lawful basis, purpose, consent evidence, retention date, who
-accessed it), and a summary page in the caller's language.
+through the keyed hash the vault keeps for each call. An export is one zip file, 0600: every
+recording as WAV (or, sealed to a controller's public key without its private key, held sealed:
+metadata only), its metadata as JSON (lawful basis, purpose, consent evidence, retention date,
+who accessed it), and ``summary.html`` / ``summary.txt`` / ``summary.json``: every call (with or
+without a recording) and the Art. 15(1)(a)-(h) information, derived from the configuration and
+the data by :mod:`ivr.gdpr.access`, worded in the caller's language by :mod:`ivr.gdpr.access_text`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import html
 import io
 import json
 import os
@@ -20,10 +22,14 @@ from typing import Any
 
 import phonenumbers
 
+from ivr.config import Config
+from ivr.gdpr.access import AccessReport, Audio, Processor, build_report, gather
+from ivr.gdpr.access_text import LANGUAGES, render_html, render_text
 from ivr.gdpr.recording_files import decode_recording
 from media.wavfile import write_wav
-from storage.catalog import RecordingRow, RecordingStatus
-from storage.files import private_file
+from storage.catalog import RecordingRow
+from storage.custody import as_private_key, key_ref_of, raw_public
+from storage.files import private_dir, private_file
 from storage.lifecycle import ErasureReport, SubjectCalls, erase_subject, find_subject
 from storage.vault import Vault
 
@@ -69,63 +75,32 @@ def erase(
 
 
 # -- export ---------------------------------------------------------------------------------------
-SUMMARY_TEXT = {
-    "en": {
-        "title": "Your call recordings",
-        "intro": "This export holds every call recording kept about the telephone number {phone} "
-        "by {controllers}, as of {now}.",
-        "none": "No recordings are kept about this number.",
-        "recording": "Recording",
-        "when": "When",
-        "basis": "Lawful basis",
-        "purpose": "Purpose",
-        "consent": "Your choice",
-        "kept_until": "Kept until",
-        "file": "Audio file",
-        "rights": "You may ask for these recordings to be erased, or object to their use, by "
-        "contacting the data protection officer: {dpo}.",
-    },
-    "sv": {
-        "title": "Dina samtalsinspelningar",
-        "intro": "Den här exporten innehåller alla samtalsinspelningar som {controllers} sparar om "
-        "telefonnumret {phone}, per {now}.",
-        "none": "Inga inspelningar sparas om det här numret.",
-        "recording": "Inspelning",
-        "when": "När",
-        "basis": "Rättslig grund",
-        "purpose": "Ändamål",
-        "consent": "Ditt val",
-        "kept_until": "Sparas till",
-        "file": "Ljudfil",
-        "rights": "Du kan begära att inspelningarna raderas, eller invända mot att de används, "
-        "genom att kontakta dataskyddsombudet: {dpo}.",
-    },
-}
-BASIS_WORDS = {
-    "en": {
-        "consent": "your consent",
-        "contract": "a contract with you",
-        "legal_obligation": "a legal obligation",
-        "vital_interests": "vital interests",
-        "public_task": "a task in the public interest",
-        "legitimate_interests": "legitimate interests",
-    },
-    "sv": {
-        "consent": "ditt samtycke",
-        "contract": "avtal med dig",
-        "legal_obligation": "rättslig förpliktelse",
-        "vital_interests": "grundläggande intressen",
-        "public_task": "uppgift av allmänt intresse",
-        "legitimate_interests": "berättigat intresse",
-    },
-}
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExportResult:
     path: Path
     recordings: int
     tenants: list[str]
+    report: AccessReport
+
+    @property
+    def sealed(self) -> list[tuple[str, str]]:
+        """(recording id, key ref) of every recording held sealed, its audio not exported."""
+        return [(r.row.id, r.row.key_ref or "") for r in self.report.sealed]
+
+    def as_dict(self) -> dict[str, Any]:
+        report = self.report
+        return {
+            "output": str(self.path),
+            "recordings": self.recordings,
+            "tenants": self.tenants,
+            "calls": len(report.calls),
+            "calls_without_recording": sum(1 for c in report.calls if not c.recordings),
+            "audio_included": [r.row.id for r in report.recordings if r.audio is Audio.INCLUDED],
+            "held_sealed": [{"id": rid, "key_ref": ref} for rid, ref in self.sealed],
+            "language": report.language,
+            "language_from": report.language_from,
+            "gaps": [s.as_dict() for s in report.gaps],
+        }
 
 
 def export(
@@ -136,72 +111,65 @@ def export(
     *,
     actor: str,
     reason: str,
-    dpo_contacts: dict[str, str],
-    controller_names: dict[str, str],
+    config: Config,
     language: str | None = None,
     now: str,
     private_key: Any = None,
+    processor: Processor | None = None,
 ) -> ExportResult:
-    """Write the subject access export; nothing is written under ``out`` unless it all worked."""
-    groups = find(vault, phone, tenants)
-    rows = [r for g in groups for r in g.recordings if r.status is not RecordingStatus.ERASED]
-    lang = language or _language_of(rows) or "en"
-    words = SUMMARY_TEXT.get(lang, SUMMARY_TEXT["en"])
+    """Write the subject access export; nothing is written under ``out`` unless it all worked.
+
+    Recordings sealed to a public key that ``private_key`` does not open are exported as held,
+    sealed: their metadata without audio. The zip is 0600, a missing folder for it 0700."""
+    if language is not None and language not in LANGUAGES:
+        raise SubjectError(f"no summary in language {language!r}: one of {', '.join(LANGUAGES)}")
+    key_ref = None
+    if private_key is not None:
+        key_ref = key_ref_of(raw_public(as_private_key(private_key)))
+    tag = subject_digest(phone)
+    report = build_report(
+        gather(vault, phone, tenants, tag),
+        config,
+        phone=phone,
+        now=now,
+        language=language,
+        languages=LANGUAGES,
+        private_key_ref=key_ref,
+        processor=processor or Processor(),
+    )
+    private_dir(out.parent)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
+    tmp.unlink(missing_ok=True)
     try:
         with private_file(tmp) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-            entries = []
-            for row in rows:
-                name = None
-                if row.status in (RecordingStatus.COMPLETE, RecordingStatus.INCOMPLETE):
-                    name = f"recordings/{row.id}.wav"
-                    zf.writestr(name, _wav_bytes(vault, row, private_key))
-                meta = _metadata(vault, row)
+            for entry in report.recordings:
+                if entry.audio_file is not None:
+                    zf.writestr(entry.audio_file, _wav_bytes(vault, entry.row, private_key))
                 zf.writestr(
-                    f"recordings/{row.id}.json", json.dumps(meta, indent=2, ensure_ascii=False)
+                    f"recordings/{entry.row.id}.json",
+                    json.dumps(entry.as_dict(), indent=2, ensure_ascii=False),
                 )
-                entries.append((row, name))
-            used = sorted({g.tenant for g in groups})
-            controllers = ", ".join(controller_names.get(t, t) for t in used) or "-"
-            dpos = "; ".join(dpo_contacts.get(t, "-") for t in used) or "-"
-            zf.writestr(
-                "summary.html",
-                _summary_html(words, lang, phone, controllers, dpos, now, entries),
-            )
-            zf.writestr(
-                "summary.json",
-                json.dumps(
-                    {
-                        "phone": phone,
-                        "generated_at": now,
-                        "controllers": used,
-                        "recordings": [r.id for r, _ in entries],
-                    },
-                    indent=2,
-                ),
-            )
+            zf.writestr("summary.html", render_html(report))
+            zf.writestr("summary.txt", render_text(report))
+            zf.writestr("summary.json", json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    for group in groups:
+    used = sorted({c.tenant for c in report.controllers})
+    for tenant in used:
         vault.audit(
             actor=actor,
             action="subject.exported",
-            tenant=group.tenant,
+            tenant=tenant,
             detail={
-                "subject": subject_digest(phone),
+                "subject": tag,
                 "reason": reason,
-                "recordings": [r.id for r in group.recordings],
+                "recordings": [r.row.id for r in report.recordings if r.row.tenant == tenant],
+                "calls": sum(1 for c in report.calls if c.call.tenant == tenant),
+                "held_sealed": [r.row.id for r in report.sealed if r.row.tenant == tenant],
             },
         )
-    return ExportResult(out, len(rows), sorted({g.tenant for g in groups}))
-
-
-def _language_of(rows: list[RecordingRow]) -> str | None:
-    for row in rows:
-        if row.consent_evidence and row.consent_evidence.get("language"):
-            return str(row.consent_evidence["language"])
-    return None
+    return ExportResult(out, len(report.recordings), used, report)
 
 
 def _wav_bytes(vault: Vault, row: RecordingRow, private_key: Any) -> bytes:
@@ -209,61 +177,6 @@ def _wav_bytes(vault: Vault, row: RecordingRow, private_key: Any) -> bytes:
     buf = io.BytesIO()
     write_wav(buf, samples[:, 0] if samples.shape[1] == 1 else samples, row.sample_rate)
     return buf.getvalue()
-
-
-def _metadata(vault: Vault, row: RecordingRow) -> dict[str, Any]:
-    accesses = [
-        {"at": e.at, "actor": e.actor, "action": e.action, "reason": e.detail.get("reason")}
-        for e in vault.catalog.audit_events()
-        if e.target == row.id
-    ]
-    meta = row.public()
-    meta["access_log"] = accesses
-    return meta
-
-
-def _summary_html(
-    words: dict[str, str],
-    lang: str,
-    phone: str,
-    controllers: str,
-    dpo: str,
-    now: str,
-    entries: list[tuple[RecordingRow, str | None]],
-) -> str:
-    e = html.escape
-    basis_words = BASIS_WORDS.get(lang, BASIS_WORDS["en"])
-    rows = []
-    for row, name in entries:
-        decision = (row.consent_evidence or {}).get("decision") or "-"
-        rows.append(
-            "<tr>"
-            f"<td>{e(row.id)}</td><td>{e(row.started_at)}</td>"
-            f"<td>{e(basis_words.get(row.lawful_basis, row.lawful_basis))}</td>"
-            f"<td>{e(row.purpose)}</td><td>{e(decision)}</td>"
-            f"<td>{e(row.retention_until or '-')}</td>"
-            f"<td>{e(name or '-')}</td>"
-            "</tr>"
-        )
-    table = (
-        "<table><tr>"
-        + "".join(
-            f"<th>{e(words[k])}</th>"
-            for k in ("recording", "when", "basis", "purpose", "consent", "kept_until", "file")
-        )
-        + "</tr>"
-        + "".join(rows)
-        + "</table>"
-        if rows
-        else f"<p>{e(words['none'])}</p>"
-    )
-    intro = words["intro"].format(phone=phone, controllers=controllers, now=now)
-    return (
-        f'<!doctype html><html lang="{e(lang)}"><head><meta charset="utf-8">'
-        f"<title>{e(words['title'])}</title></head><body>"
-        f"<h1>{e(words['title'])}</h1><p>{e(intro)}</p>{table}"
-        f"<p>{e(words['rights'].format(dpo=dpo))}</p></body></html>"
-    )
 
 
 def held_back_message(report: ErasureReport) -> list[str]:
@@ -274,6 +187,7 @@ def held_back_message(report: ErasureReport) -> list[str]:
 
 __all__ = [
     "ExportResult",
+    "Processor",
     "SubjectError",
     "erase",
     "export",
