@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ivr.app_keys import CLOCK, VAULT
+from ivr.app_keys import CLOCK, CONFIG, VAULT
 from ivr.config import Tenant
 from ivr.gdpr.recording_files import decode_recording
 from ivr.gdpr.subject import SubjectError, normalise_phone
@@ -334,7 +334,6 @@ async def subject_export(request: web.Request, caller: Caller) -> web.StreamResp
     language = body.get("language")
     if language not in (None, "en", "sv"):
         raise _json_error(400, "language must be en or sv")
-    tenant = request.app[TENANTS_KEY].get(caller.tenant)
 
     def build() -> bytes:
         with tempfile.TemporaryDirectory(prefix="ivr-export-") as tmp:
@@ -346,8 +345,7 @@ async def subject_export(request: web.Request, caller: Caller) -> web.StreamResp
                 out,
                 actor=caller.actor,
                 reason=reason,
-                dpo_contacts={caller.tenant: tenant.dpo_contact if tenant else "-"},
-                controller_names={caller.tenant: tenant.display_name if tenant else caller.tenant},
+                config=request.app[CONFIG],
                 language=language,
                 now=utc_iso(request.app[CLOCK]()),
             )
@@ -355,7 +353,7 @@ async def subject_export(request: web.Request, caller: Caller) -> web.StreamResp
 
     try:
         data = await asyncio.to_thread(build)
-    except NotReadable as exc:  # e.g. sealed to the tenant's public key: only they can open it
+    except NotReadable as exc:  # e.g. a blob gone missing (sealed recordings are held, sealed)
         raise _json_error(409, str(exc)) from None
     return web.Response(
         body=data,
