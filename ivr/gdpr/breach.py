@@ -33,7 +33,8 @@ holds the two equal): a category is listed for a controller only when the scope 
 the data in scope holds some of it.
 
 Data subjects are counted from the catalog, not from the recordings alone: a call row keeps its
-caller's number (sealed, and a keyed hash) for up to 30 days even when nothing was recorded, and
+caller's number (sealed, and a keyed hash) for ``call_record_days`` (30 by default) even when
+nothing was recorded, and
 an imported recording carries a number when one was given. Callers are counted once per
 controller by the keyed hash of their number; a recording whose caller is not known (a withheld
 number, an import without one) counts as one more subject.
@@ -177,7 +178,8 @@ NUMBERS = Category(
     label="telephone numbers",
     name="callers' telephone numbers",
     kept="catalog call rows, sealed under the tenant's key (or to its public key), with a "
-    "keyed hash to find a caller's calls; kept up to 30 days after a call with no recording",
+    "keyed hash to find a caller's calls; kept `call_record_days` (30 by default) after a "
+    "call once nothing recorded of it is kept",
     encrypted=True,
 )
 CALL_RECORDS = Category(
@@ -829,16 +831,18 @@ def _measure_lines(taken: Sequence[dict[str, str]]) -> list[str]:
 def _subject_line(c: dict[str, Any]) -> str:
     parts = [f"{c['subjects_by_number']} known by their telephone number"]
     if c["subjects_without_recording"]:
-        parts[0] += f" ({c['subjects_without_recording']} of them from calls not recorded)"
+        parts[0] += f", {c['subjects_without_recording']} of them only from calls not recorded"
     if c["subjects_unknown_number"]:
         parts.append(
             f"{c['subjects_unknown_number']} recording(s) of a caller whose number is not "
             "known, each counted as one"
         )
+    records = f"{c['approximate_records']} recording(s)"
+    if c["call_records"]:
+        records += f", {c['call_records']} call record(s)"
     return (
         f"- **Approximate number of data subjects:** {c['approximate_subjects']} "
-        f"({'; '.join(parts)}); records: {c['approximate_records']} recording(s), "
-        f"{c['call_records']} call record(s)."
+        f"({'; '.join(parts)}); records: {records}."
     )
 
 
