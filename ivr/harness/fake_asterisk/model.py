@@ -37,6 +37,12 @@ CAUSE_TEXT: dict[int, str] = {
 }
 
 
+def now() -> str:
+    """Asterisk's timestamp: ``2026-11-28T12:00:00.000+0000``."""
+    moment = datetime.now(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
+
+
 class FrameSource(Protocol):
     """160-byte μ-law frames by index, e.g. ``ivr.harness.audio.tone()``."""
 
@@ -61,7 +67,7 @@ class ChannelState:
     kind: str  # CALLER, EXTERNAL_MEDIA or AGENT
     app: str
     state: str
-    creationtime: str
+    creationtime: str = field(default_factory=now)
     caller_name: str = ""
     caller_number: str = ""
     context: str = "default"
@@ -73,7 +79,7 @@ class ChannelState:
     show_vars: bool = False  # include ``channelvars`` in event snapshots
     args: list[str] = field(default_factory=list)
     in_stasis: bool = False
-    subscribed: bool = False  # the app gets this channel's events
+    subscribed: bool = True  # the app gets this channel's events
     answered: bool = False
     destroyed: bool = False
     bridge_id: str | None = None
@@ -113,7 +119,7 @@ class BridgeState:
     id: str
     types: list[str]
     name: str
-    creationtime: str
+    creationtime: str = field(default_factory=now)
     channels: list[str] = field(default_factory=list)
     destroyed: bool = False
 
@@ -158,11 +164,6 @@ class Pbx:
         self._names = 0
 
     # -- ids and lookups ---------------------------------------------------------------------
-    def now(self) -> str:
-        """Asterisk's timestamp: ``2026-11-28T12:00:00.000+0000``."""
-        moment = datetime.now(UTC)
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
-
     def new_channel_id(self) -> str:
         self._ids += 1
         return f"{self._epoch}.{self._ids}"

@@ -33,6 +33,7 @@ from ivr.harness.fake_asterisk.model import (
     ChannelState,
     FrameSource,
     Pbx,
+    now,
 )
 from ivr.harness.fake_asterisk.rtp import STREAMED_FORMATS, RtpPeer
 
@@ -41,14 +42,9 @@ log = logging.getLogger(__name__)
 # The ``DELETE /channels/{id}?reason=`` names the service sends, with Asterisk's causes
 # (resource_channels.c convert_reason_to_hangup_code); other names are refused.
 _HANGUP_REASONS = {"normal": 16, "congestion": 34, "unallocated": 1}
-_BRIDGE_TYPES = frozenset(
-    {"mixing", "holding", "dtmf_events", "proxy_media", "video_sfu", "video_single", "sdp_label"}
-)
-# Format names Asterisk knows; only the two G.711 laws are streamed by the fake.
-_KNOWN_FORMATS = frozenset(
-    {"ulaw", "alaw", "gsm", "g722", "g726", "g729", "ilbc", "opus", "speex", "lpc10", "adpcm"}
-    | {"slin", "slin12", "slin16", "slin24", "slin32", "slin44", "slin48", "slin96", "slin192"}
-)
+_BRIDGE_TYPES = {"mixing", "holding", "dtmf_events", "proxy_media"}  # (video types: never sent)
+# Some format names Asterisk knows (400 for others); the fake streams only the G.711 laws (501).
+_KNOWN_FORMATS = {"ulaw", "alaw", "gsm", "g722", "g729", "opus", "slin", "slin16", "slin48"}
 _INJECTED = {
     404: "Channel not found",
     409: "Channel not in Stasis application",
@@ -293,7 +289,6 @@ class FakeAsterisk:
                 kind=CALLER,
                 app=app,
                 state="Ring",
-                creationtime=self.pbx.now(),
                 caller_number=caller,
                 context="from-external",
                 exten=exten,
@@ -304,7 +299,6 @@ class FakeAsterisk:
                 show_vars=bool(channel_vars),
                 args=list(args),
                 in_stasis=True,
-                subscribed=True,
                 audio=self.caller_audio,
             )
         )
@@ -415,7 +409,7 @@ class FakeAsterisk:
 
     # -- events ------------------------------------------------------------------------------
     def _emit(self, app: str, type_: str, fields: Mapping[str, Any]) -> None:
-        event: dict[str, Any] = {"type": type_, "timestamp": self.pbx.now(), **fields}
+        event: dict[str, Any] = {"type": type_, "timestamp": now(), **fields}
         event["asterisk_id"] = ASTERISK_ID
         event["application"] = app
         sock = self._app_sockets.get(app)
@@ -468,7 +462,7 @@ class FakeAsterisk:
             if old is not None and old is not sock and self._outbox is not None:
                 replaced = {
                     "type": "ApplicationReplaced",
-                    "timestamp": self.pbx.now(),
+                    "timestamp": now(),
                     "asterisk_id": ASTERISK_ID,
                     "application": app,
                 }
@@ -583,12 +577,10 @@ class FakeAsterisk:
                 kind=AGENT,
                 app=app,
                 state="Down",
-                creationtime=self.pbx.now(),
                 caller_name=cid_name,
                 caller_number=cid_num,
                 protocol_id=f"{self.pbx.rng.getrandbits(64):016x}@127.0.0.1",
                 args=app_args.split(",") if app_args else [],
-                subscribed=True,
                 audio=self.agent_audio,
             )
         )
@@ -646,12 +638,10 @@ class FakeAsterisk:
                 # after the reply has gone out, as on Asterisk 22 (see media_stasis_delay).
                 state="Up",
                 answered=True,
-                creationtime=self.pbx.now(),
                 vars={
                     "UNICASTRTP_LOCAL_ADDRESS": peer.local[0],
                     "UNICASTRTP_LOCAL_PORT": str(peer.local[1]),
                 },
-                subscribed=True,
                 rtp=peer,
             )
         )
@@ -712,7 +702,6 @@ class FakeAsterisk:
             id=bid or self.pbx.new_uuid(),
             types=types,
             name=rq.get("name") or "",
-            creationtime=self.pbx.now(),
         )
         self.bridges[bridge.id] = bridge
         return web.json_response(bridge.to_json())
