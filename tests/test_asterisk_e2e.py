@@ -166,11 +166,13 @@ async def test_opt_in_accept_connects_the_agent_and_records_the_mix(pbx):
 async def test_opt_in_decline_and_silence_record_nothing(pbx):
     fake, app = pbx
     declined = await place(fake, app, CONSENT_LINE)
-    await declined.talk(14.0)  # the whole question
+    # The question's length is its line's words spoken (docs/prompts.md), not a constant.
+    question = declined.session.prompts["consent_request"].duration_ms / 1000
+    await declined.talk(question + 0.5)  # the whole question
     await declined.press("9")
     assert declined.session.decision.value == "declined"
     silent = await place(fake, app, CONSENT_LINE)
-    await silent.talk(14.0 + 8.5)  # question, then the 8 s timeout
+    await silent.talk(question + 8.5)  # question, then the 8 s timeout
     await until(lambda: silent.session.decision is not None, "the timeout")
     assert silent.session.decision.value == "no_response"
     for call in (declined, silent):
@@ -185,7 +187,7 @@ async def test_opt_out_objection_and_notice_and_emergency(pbx):
     await objector.talk(2.0)
     await objector.press("9")
     notice = await place(fake, app, NOTICE_LINE)
-    await notice.talk(12.0)
+    await notice.talk(notice.session.prompts["notice_only"].duration_ms / 1000 + 1.0)
     emergency = await place(fake, app, EMERGENCY_LINE)
     await emergency.talk(2.0)
     assert objector.session.decision.value == "objected"
