@@ -543,9 +543,17 @@ class Recording:
         self._blob.wait()
 
     def close(
-        self, *, reason: str | None = None, consent_evidence: dict[str, Any] | None = None
+        self,
+        *,
+        reason: str | None = None,
+        consent_evidence: dict[str, Any] | None = None,
+        failure: str | None = None,
     ) -> RecordingRow:
-        """Seal the final chunk, make the blob durable and mark the row. Idempotent."""
+        """Seal the final chunk, make the blob durable and mark the row. Idempotent.
+
+        ``failure``: the audio the recording should hold did not all arrive (a media stream
+        that never connected or broke): it is marked incomplete, or failed when nothing was
+        stored, with that reason, not complete."""
         if self.row is not None:
             return self.row
         vault = self.vault
@@ -555,6 +563,10 @@ class Recording:
             info = self._blob.finish()
             status = RecordingStatus.COMPLETE
             chunks = info.units
+            if failure is not None:
+                stored = self._writer.last_frame is not None  # a final seal holds no audio
+                status = RecordingStatus.INCOMPLETE if stored else RecordingStatus.FAILED
+                reason = f"{failure}; {reason}" if reason else failure
         except VaultWriteError as exc:
             info = self._blob.abandon()
             chunks = info.units
@@ -590,10 +602,14 @@ class Recording:
         return self.row
 
     async def aclose(
-        self, *, reason: str | None = None, consent_evidence: dict[str, Any] | None = None
+        self,
+        *,
+        reason: str | None = None,
+        consent_evidence: dict[str, Any] | None = None,
+        failure: str | None = None,
     ) -> RecordingRow:
         return await asyncio.to_thread(
-            lambda: self.close(reason=reason, consent_evidence=consent_evidence)
+            lambda: self.close(reason=reason, consent_evidence=consent_evidence, failure=failure)
         )
 
     async def adiscard(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ivr.calls import flow_policy
+from ivr.capabilities import TWILIO
 from ivr.cli import main
 from ivr.config import DEMO_CONFIG, load_config
 from ivr.consent import ConsentFlow
@@ -230,7 +231,7 @@ def test_evidence_fields_are_what_the_flow_writes(prompt_cache):
     config = load_config(None, environ={})
     line = config.lines["+15550100001"]
     prompts = PromptLibrary.load(config, prompt_cache).for_call(line, "twilio")
-    flow = ConsentFlow(flow_policy(line, stays_on_stream=False), prompt_infos(prompts), NOW)
+    flow = ConsentFlow(flow_policy(line, TWILIO), prompt_infos(prompts), NOW)
     assert tuple(flow.evidence()) == EVIDENCE_FIELDS
 
 

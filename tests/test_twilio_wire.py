@@ -120,7 +120,9 @@ def test_consent_twiml():
 
 
 def test_record_and_dial_twiml():
-    doc = ET.fromstring(twiml_record_and_dial("wss://h/r", {"token": "x"}, "+15550100099"))
+    doc = ET.fromstring(
+        twiml_record_and_dial("wss://h/r", {"token": "x"}, "+15550100099", "https://h/status")
+    )
     start, dial = list(doc)
     (stream,) = list(start)
     assert stream.get("track") == "both_tracks"

@@ -99,6 +99,10 @@ class CallSession:
     clock: Callable[[], datetime]
     platform: Capabilities
     setup_seconds: float | None = None  # from the platform's first word to now (evidence)
+    # Set by the platform while audio the recording should hold is not arriving (Twilio: the
+    # recording stream asked for but not connected, or broken): the recording then closes as
+    # incomplete or failed with this reason, never as complete.
+    media_failure: str | None = None
     flow: ConsentFlow = field(init=False)
     recording: Recording | None = None
     row: RecordingRow | None = None
@@ -275,7 +279,11 @@ class CallSession:
         if command.discard:
             op = rec.adiscard(reason=command.reason, consent_evidence=evidence)
         else:
-            op = rec.aclose(reason=command.reason, consent_evidence=evidence)
+            if self.media_failure is not None:
+                log.warning("call %s: recording %s: %s", self.call_id, rec.id, self.media_failure)
+            op = rec.aclose(
+                reason=command.reason, consent_evidence=evidence, failure=self.media_failure
+            )
         # Finalising must not be undone by a cancelled handler: run it as its own task.
         self._closing = asyncio.ensure_future(op)
         try:

@@ -144,6 +144,9 @@ class CallOptions:
     # (call time, what the agent does then): e.g. stop the recording through the admin API
     # because the caller asked them to; done while the agent is on the line (after <Dial>).
     agent_actions: list[tuple[float, Callable[[], Awaitable[object]]]] = field(default_factory=list)
+    # Names of <Start><Stream>s Twilio fails to connect: nothing is streamed, and a stream with
+    # a statusCallback gets a stream-error there (as Twilio reports an unreachable stream).
+    broken_streams: frozenset[str] = frozenset()
     hangup_at: float | None = None
     duration: float = 5.0  # conversation after <Dial>, or the message left at <Record>
     audio: Path | None = None  # caller audio; None: a tone
@@ -739,6 +742,28 @@ class _Call:
         self.log("← TwiML: " + (" + ".join(_summary(el) for el in root) or "(empty)"))
         return root
 
+    async def _stream_status(
+        self, el: ET.Element, event: str, stream_sid: str, error: str = ""
+    ) -> None:
+        """Post a ``<Stream statusCallback>`` event, when the TwiML asked for them."""
+        url = (el.get("statusCallback") or "").strip()
+        if not url:
+            return
+        params = {
+            "AccountSid": self.account_sid,
+            "CallSid": self.result.call_sid,
+            "StreamSid": stream_sid,
+            "StreamName": el.get("name") or "",
+            "StreamEvent": event,
+            "Timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if error:
+            params["StreamError"] = error
+        status, _, body = await self._request(url, "POST", params, f"stream {event} callback")
+        self.log(f"→ {event} callback: HTTP {status}")
+        if not 200 <= status < 300:
+            self.fail(f"stream status callback {url}: HTTP {status}: {_snippet(body)}")
+
     async def _status_callback(self) -> None:
         params = dict(
             self.params,
@@ -835,8 +860,15 @@ class _Call:
         }.get(track)
         if tracks is None:
             raise _CallError(f"bad TwiML: <Stream track={track!r}>")
+        name = stream_el.get("name") or ""
+        if name in self.o.broken_streams:
+            self.log(f"→ stream {name} cannot connect (simulated failure)")
+            await self._stream_status(stream_el, "stream-error", "", "connection failed")
+            return
         if self.on_start_stream is None:
-            await self._open_stream(stream_el, bidirectional=False, tracks=tracks)
+            s = await self._open_stream(stream_el, bidirectional=False, tracks=tracks)
+            if s is not None:
+                await self._stream_status(stream_el, "stream-started", s.sid)
             return
         url, params = self._stream_target(stream_el)
         self.log(f"→ stream {url} handed over ({'+'.join(tracks)})")

@@ -32,6 +32,7 @@ from ivr.platforms.twilio.messages import (
     CLOSE_PROTOCOL_ERROR,
     CLOSE_TOO_BIG,
     MAX_MESSAGE_BYTES,
+    RECORDING_STREAM_NAME,
     CallWebhook,
     Connected,
     Dtmf,
@@ -40,6 +41,7 @@ from ivr.platforms.twilio.messages import (
     Start,
     Stop,
     StreamError,
+    StreamStatus,
     Unknown,
     WebhookError,
     clear_message,
@@ -65,6 +67,7 @@ TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canc
 MAX_BAD_MESSAGES = 50  # per stream, before we stop believing it is Twilio talking
 START_TIMEOUT_SECONDS = 10.0  # Twilio sends connected and start at once
 UNKNOWN_NUMBER_TEXT = "This number is not in service. Goodbye."
+NO_RECORDING_STREAM = "the recording stream never connected"
 
 
 @dataclass
@@ -100,9 +103,8 @@ def _public_base(request: web.Request, config: Config) -> str:
     return f"{request.scheme}://{request.host}"
 
 
-async def _signed_form(request: web.Request) -> tuple[TwilioCalls, CallWebhook]:
-    """The webhook's form if Twilio signed it; 403 otherwise, 400 if it is not a call."""
-    twilio = request.app[TWILIO]
+async def _signed_params(request: web.Request, twilio: TwilioCalls) -> dict[str, str]:
+    """The webhook's form if Twilio signed it; 403 otherwise."""
     form = await request.post()
     params = [(k, v) for k, v in form.items() if isinstance(v, str)]
     url = _public_base(request, twilio.config) + request.path_qs
@@ -115,8 +117,15 @@ async def _signed_form(request: web.Request) -> tuple[TwilioCalls, CallWebhook]:
             "%s: refused: %s", request.path, "no auth token set" if not token else "bad signature"
         )
         raise web.HTTPForbidden(text="invalid X-Twilio-Signature\n")
+    return dict(params)
+
+
+async def _signed_form(request: web.Request) -> tuple[TwilioCalls, CallWebhook]:
+    """The webhook's form if Twilio signed it; 403 otherwise, 400 if it is not a call."""
+    twilio = request.app[TWILIO]
+    params = await _signed_params(request, twilio)
     try:
-        hook = CallWebhook.from_form(dict(params))
+        hook = CallWebhook.from_form(params)
     except WebhookError as exc:
         log.warning("%s: bad webhook: %s", request.path, exc)
         raise web.HTTPBadRequest(text=f"{exc}\n") from None
@@ -169,12 +178,38 @@ async def continue_call(request: web.Request) -> web.Response:
     if call.session.recording_allowed:
         base = _public_base(request, twilio.config)
         token = twilio.tokens.issue("recording", hook.call_sid, twilio.wall())
+        # Until the recording stream is admitted, what the recording should hold is missing.
+        call.session.media_failure = NO_RECORDING_STREAM
         return _twiml(
             twiml_record_and_dial(
-                f"{websocket_base(base)}/twilio/stream/recording", {"token": token}, forward
+                f"{websocket_base(base)}/twilio/stream/recording",
+                {"token": token},
+                forward,
+                f"{base}/twilio/stream-status",
             )
         )
     return _twiml(twiml_dial(forward))
+
+
+async def stream_status(request: web.Request) -> web.Response:
+    """``<Stream statusCallback>``: a recording stream that failed (or never connected) leaves
+    its recording marked incomplete or failed, with Twilio's reason, not complete."""
+    twilio = request.app[TWILIO]
+    form = await _signed_params(request, twilio)
+    try:
+        event = StreamStatus.from_form(form)
+    except WebhookError as exc:
+        log.warning("%s: bad webhook: %s", request.path, exc)
+        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+    call = twilio.call(event.call_sid)
+    if call is None or call.session is None:
+        return web.json_response({"call_sid": event.call_sid, "known": False})
+    if event.event == "stream-error" and event.stream_name == RECORDING_STREAM_NAME:
+        twilio.count("recording_streams_failed")
+        why = event.error or "no reason given"
+        log.warning("call %s: Twilio reports the recording stream failed: %s", call.call_id, why)
+        call.session.media_failure = f"the recording stream failed: {why}"
+    return web.json_response({"call_sid": event.call_sid, "event": event.event})
 
 
 async def status(request: web.Request) -> web.Response:
@@ -242,6 +277,8 @@ class _Stream:
             return False
         call.streams.add(self.kind)
         call.attached += 1
+        if self.kind == "recording" and call.session.media_failure == NO_RECORDING_STREAM:
+            call.session.media_failure = None
         call.wire = self
         self.call, self.session = call, call.session
         self.stream_sid = start.stream_sid
@@ -466,6 +503,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/twilio/voice", voice)
     app.router.add_post("/twilio/continue", continue_call)
     app.router.add_post("/twilio/status", status)
+    app.router.add_post("/twilio/stream-status", stream_status)
     app.router.add_get("/twilio/stream/consent", consent_stream)
     app.router.add_get("/twilio/stream/recording", recording_stream)
     app.on_shutdown.append(shutdown)

@@ -87,6 +87,40 @@ class CallWebhook:
         )
 
 
+# The <Stream statusCallback> events (Twilio's docs: "stream-started", "stream-stopped",
+# "stream-error" with the reason in StreamError).
+STREAM_EVENTS = frozenset({"stream-started", "stream-stopped", "stream-error"})
+RECORDING_STREAM_NAME = "recording"
+MAX_STREAM_ERROR = 300
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """A ``<Stream statusCallback>`` request: what became of one of the call's streams."""
+
+    call_sid: str
+    stream_sid: str
+    stream_name: str
+    event: str
+    error: str
+
+    @classmethod
+    def from_form(cls, form: Mapping[str, str]) -> StreamStatus:
+        call_sid = form.get("CallSid", "")
+        if not CALL_SID.match(call_sid):
+            raise WebhookError("CallSid is not CA followed by 32 hex digits")
+        event = form.get("StreamEvent", "")
+        if event not in STREAM_EVENTS:
+            raise WebhookError(f"StreamEvent {event[:40]!r} is not one of {sorted(STREAM_EVENTS)}")
+        return cls(
+            call_sid=call_sid,
+            stream_sid=form.get("StreamSid", "")[:64],
+            stream_name=form.get("StreamName", "")[:64],
+            event=event,
+            error=" ".join(form.get("StreamError", "").split())[:MAX_STREAM_ERROR],
+        )
+
+
 # -- TwiML ----------------------------------------------------------------------------------------
 def _document(root: ET.Element) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(root, encoding="unicode")
@@ -106,11 +140,21 @@ def twiml_consent_stream(stream_url: str, parameters: Mapping[str, str], continu
     return _document(root)
 
 
-def twiml_record_and_dial(stream_url: str, parameters: Mapping[str, str], dial: str) -> str:
-    """Fork both directions of the call to the recording stream, then connect the agent."""
+def twiml_record_and_dial(
+    stream_url: str, parameters: Mapping[str, str], dial: str, status_url: str
+) -> str:
+    """Fork both directions of the call to the recording stream, then connect the agent.
+    Twilio reports the stream's fate to ``status_url`` (``StreamStatus``): a stream that cannot
+    connect must not leave a recording that looks complete."""
     root = ET.Element("Response")
     _stream(
-        ET.SubElement(root, "Start"), stream_url, parameters, track="both_tracks", name="recording"
+        ET.SubElement(root, "Start"),
+        stream_url,
+        parameters,
+        track="both_tracks",
+        name=RECORDING_STREAM_NAME,
+        statusCallback=status_url,
+        statusCallbackMethod="POST",
     )
     _dial(root, dial)
     return _document(root)
@@ -124,7 +168,7 @@ def twiml_dial(dial: str) -> str:
 
 def _dial(root: ET.Element, target: str) -> None:
     dial = ET.SubElement(root, "Dial")
-    if target.startswith("sip:"):
+    if target.startswith(("sip:", "sips:")):
         ET.SubElement(dial, "Sip").text = target
     else:
         dial.text = target
