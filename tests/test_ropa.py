@@ -503,3 +503,22 @@ def test_a_broken_configuration_fails_cleanly(tmp_path, capsys):
     bad.write_text("[tenants.acme]\n")
     assert main(["ropa", "--config", str(bad)]) == 1
     assert "bad.toml: tenants.acme.display_name" in capsys.readouterr().err
+
+
+def test_the_record_says_per_platform_how_a_caller_withdraws():
+    config = load_config(None, environ={})
+    ropa = build_ropa(config, tenant=None, data_dir=None, now=NOW, processor=ProcessorInfo())
+    text = json.dumps(ropa)
+    # Twilio carries no keys after the forward: the record must not promise the key there.
+    assert "+15550100001 on twilio: no key reaches the service once the call is forwarded" in text
+    assert "ask the agent" in text and "ivr calls withdraw" in text
+    assert "+15550100001 on asterisk: the key * stops the recording for the rest of" in text
+    assert "+15550100001 on twilio: the key" not in text
+    lines = [
+        line
+        for c in ropa["controllers"]
+        for a in c["activities"]
+        for line in a["lines"]
+        if line["number"] == "+15550100001"
+    ]
+    assert lines and lines[0]["withdraw_via"] == {"twilio": "agent", "asterisk": "keys"}

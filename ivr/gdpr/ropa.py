@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ivr import __version__
+from ivr.capabilities import PLATFORMS, WithdrawChannel
 from ivr.config import Config, Line, Tenant
 from ivr.consent import ConsentEvidence
 from ivr.gdpr.breach import COMMANDS as BREACH_COMMANDS
@@ -265,7 +266,10 @@ def _lawful_basis(lines: Sequence[Line], basis: LawfulBasis, tenant: Tenant) -> 
                 during += f" (on {_join(opt_out)})"
             in_call.append(during)
         if any(line.withdrawable for line in lines):
-            in_call.append("while recording with the withdraw key")
+            in_call.append(
+                "while recording, by the channel each platform honours (below: the withdraw "
+                "key, or asking the agent)"
+            )
         objection = (
             "Right to object (Art. 21(1)): in the call "
             f"{_join(in_call, 'or')}; after the call through the controller's DPO "
@@ -286,10 +290,25 @@ def _lawful_basis(lines: Sequence[Line], basis: LawfulBasis, tenant: Tenant) -> 
             if line.discard_on_withdraw
             else "what was recorded until then is kept (discard_on_withdraw = false)"
         )
-        withdrawal.append(
-            f"{line.number}: the key {line.withdraw_key} stops the recording for the rest of "
-            f"the call and {fate}"
-        )
+        for channel, platforms in _channels(line).items():
+            on = f"{line.number} on {_join(platforms)}"
+            if channel is WithdrawChannel.KEYS:
+                withdrawal.append(
+                    f"{on}: the key {line.withdraw_key} stops the recording for the rest of "
+                    f"the call and {fate}"
+                )
+            else:
+                early = (
+                    f"; while the confirmation still plays, before the forward, the key "
+                    f"{line.withdraw_key} does it"
+                    if line.consent_mode is ConsentMode.OPT_IN
+                    else ""
+                )
+                withdrawal.append(
+                    f"{on}: no key reaches the service once the call is forwarded, so the "
+                    "caller is told to ask the agent, who stops the recording (ivr calls "
+                    f"withdraw, or the admin API; audited) and {fate}{early}"
+                )
     if basis is LawfulBasis.CONSENT:
         withdrawal.append(
             "after the call (Art. 7(3)): through the controller's DPO, who can erase every "
@@ -305,6 +324,14 @@ def _lawful_basis(lines: Sequence[Line], basis: LawfulBasis, tenant: Tenant) -> 
         "objection": objection,
         "withdrawal": withdrawal,
     }
+
+
+def _channels(line: Line) -> dict[WithdrawChannel, list[str]]:
+    """How the caller of ``line`` can withdraw, and on which of its platforms."""
+    out: dict[WithdrawChannel, list[str]] = {}
+    for name in line.platforms:
+        out.setdefault(line.withdraw_channel(PLATFORMS[name]), []).append(name)
+    return out
 
 
 def _data_subjects(lines: Sequence[Line]) -> list[str]:
@@ -553,6 +580,10 @@ def _controller(
                         "retention_days": line.retention_days,
                         "max_recording_seconds": line.max_recording_seconds,
                         "withdraw_key": line.withdraw_key if line.withdrawable else None,
+                        "withdraw_via": {
+                            name: line.withdraw_channel(PLATFORMS[name]).value
+                            for name in line.platforms
+                        },
                         "discard_on_withdraw": line.discard_on_withdraw,
                     }
                     for line in group

@@ -101,7 +101,9 @@ async def simulate_asterisk_call(
                 "lawful_basis": variables.get("IVR_LAWFUL_BASIS") or None,
                 "recording_id": variables.get("IVR_RECORDING_ID") or None,
             }
-            result.prompt_ms_received = len(placed.prompt_audio()) / 8
+            heard = placed.prompt_audio()
+            result.prompt_ms_received = len(heard) / 8
+            result.audio_heard = bytearray(heard)
         result.duration = clock[0]
         await fake.stop()
     return result

@@ -100,6 +100,7 @@ class CallResult:
     twiml: list[str] = field(default_factory=list)
     error: str | None = None
     duration: float = 0.0  # call time at the end of the call, seconds
+    audio_heard: bytearray = field(default_factory=bytearray)  # with keep_audio: μ-law played
 
     def _status(self, key: str) -> str | None:
         value = (self.status_response or {}).get(key)
@@ -147,6 +148,7 @@ class CallOptions:
     # Names of <Start><Stream>s Twilio fails to connect: nothing is streamed, and a stream with
     # a statusCallback gets a stream-error there (as Twilio reports an unreachable stream).
     broken_streams: frozenset[str] = frozenset()
+    keep_audio: bool = False  # keep the prompt audio the service sends (CallResult.audio_heard)
     hangup_at: float | None = None
     duration: float = 5.0  # conversation after <Dial>, or the message left at <Record>
     audio: Path | None = None  # caller audio; None: a tone
@@ -557,7 +559,8 @@ class _Call:
             if op == OP_BINARY:
                 self.warn_once(s, "binary", "server sent a binary frame (ignored)")
             else:
-                self._on_message(s, wire.read_server_message(data))
+                message = wire.read_server_message(data, keep_audio=self.o.keep_audio)
+                self._on_message(s, message)
         if s.inbox.closed and not s.inbox.messages and not s.closed:
             s.closed = True
             if not s.closing_by_us:
@@ -594,6 +597,7 @@ class _Call:
                 latency = (s.inbox.first_at - s.start_wall) * 1000
                 self.result.first_prompt_frame_latency_ms = latency
             s.playback.audio(now, message.audio_bytes)
+            self.result.audio_heard += message.audio
             self.result.prompt_ms_received += message.audio_bytes * 1000 / BYTES_PER_SECOND
             if s.burst_bytes == 0:
                 s.burst_t = now

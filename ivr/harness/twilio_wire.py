@@ -127,13 +127,14 @@ class ServerMessage:
     event: str  # "media", "mark", "clear", anything else the service invented; "" if unreadable
     stream_sid: str | None = None
     audio_bytes: int = 0  # media: decoded payload length
+    audio: bytes = b""  # media: the payload itself, when asked to keep it
     name: str = ""  # mark: its name
     problem: str | None = None  # why it is unusable (not JSON, bad base64, ...)
 
 
-def read_server_message(data: bytes) -> ServerMessage:
+def read_server_message(data: bytes, *, keep_audio: bool = False) -> ServerMessage:
     match = _MEDIA_OUT.fullmatch(data)
-    if match is not None:  # the service's own prompt frames: no JSON parse, no decode
+    if match is not None and not keep_audio:  # the service's prompt frames: no parse, no decode
         sid, b64 = match.groups()
         if len(b64) % 4 == 0:
             size = len(b64) * 3 // 4 - b64[-2:].count(b"=")
@@ -154,7 +155,7 @@ def read_server_message(data: bytes) -> ServerMessage:
             audio = base64.b64decode(str(body.get("payload", "")), validate=True)
         except (binascii.Error, ValueError):
             return ServerMessage(event, sid, problem="media with a bad base64 payload")
-        return ServerMessage(event, sid, audio_bytes=len(audio))
+        return ServerMessage(event, sid, audio_bytes=len(audio), audio=audio if keep_audio else b"")
     if event == "mark":
         return ServerMessage(event, sid, name=str(body.get("name", "")))
     return ServerMessage(event, sid)
