@@ -225,3 +225,37 @@ def test_a_prompt_is_paced_by_call_time():
     assert prompt.due(10.05) == frames[1:3]  # a late wake-up sends what it missed
     assert not prompt.finished
     assert prompt.due(11.0) == frames[3:] and prompt.finished
+
+
+async def test_the_call_clock_starts_when_the_caller_can_hear_us_and_set_up_is_kept_apart(
+    registry,
+):
+    clock = registry.test_clock  # type: ignore[attr-defined]
+    call = await open_call(registry, CONSENT_LINE)  # the platform announces the call
+    clock.advance(3.0)  # its media takes 3 s to connect
+    session = registry.begin(call)
+    wire = RecordingWire()
+    await carry_out(call, wire, await session.start())
+    evidence = session.flow.evidence()
+    assert evidence.setup_seconds == 3.0
+    # The opening prompt started when the caller could first hear us: the call clock's zero.
+    assert evidence.call_started_at == "2026-11-30T12:00:03.000000Z"
+    assert evidence.prompt_started_at == evidence.call_started_at
+
+
+async def test_the_agent_withdraws_through_the_driver_on_any_platform(registry):
+    from ivr.calls import NotWithdrawable, withdraw_for_caller
+
+    call = await open_call(registry, CONSENT_LINE)
+    session = registry.begin(call)
+    call.wire = wire = RecordingWire()
+    await carry_out(call, wire, await session.start())
+    with pytest.raises(NotWithdrawable, match="nothing is being recorded"):
+        await withdraw_for_caller(call, "agent")
+    await carry_out(call, wire, await session.handle(DigitPressed(at=session.at(1.0), digit="1")))
+    assert session.recording_allowed
+    withdrawn = await withdraw_for_caller(call, "agent")
+    assert withdrawn.recording is not None and withdrawn.recording.status.value == "discarded"
+    # Asterisk can still play to the caller after the hand-off: the notice is played.
+    assert wire.done[-1] == ("play", "recording_stopped")
+    assert not session.recording_allowed

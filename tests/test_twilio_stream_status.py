@@ -114,3 +114,39 @@ def test_the_recording_stream_asks_for_status_callbacks():
     (stream,) = ET.fromstring(twiml.split("?>", 1)[1]).iter("Stream")
     assert stream.get("statusCallback") == "https://x/cb"
     assert stream.get("statusCallbackMethod") == "POST"
+
+
+async def test_the_call_clock_starts_with_the_consent_stream_not_the_webhook(tmp_path, monkeypatch):
+    from ivr.app_keys import CALLS
+
+    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "tok")
+    (tmp_path / "ivr.toml").write_text(CONFIG)
+    app = create_app(load_config(tmp_path / "ivr.toml"), tmp_path / "var", fsync=False)
+    server = TestServer(app)
+    await server.start_server()
+    seen: list[tuple[str, bool]] = []
+
+    def watch(entry) -> None:  # the simulator's transcript, as each line is written
+        calls = app[CALLS].calls()
+        if calls:
+            seen.append((entry.text, calls[0].session is not None))
+
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        options = CallOptions(url=url, auth_token="tok", to="+15550100002", fast=True)
+        result = await simulate_call(options, on_transcript=watch)
+    finally:
+        await server.close()
+    assert result.error is None
+    twiml = next(started for text, started in seen if "TwiML" in text)
+    # The session (the call clock) begins when the consent stream's start is admitted: not at
+    # the webhook, and by the time the caller hears the first prompt audio.
+    stream = next(started for text, started in seen if "started (bidirectional" in text)
+    heard = next(started for text, started in seen if "prompt audio" in text)
+    assert (twiml, stream, heard) == (False, False, True)
+    with Vault(tmp_path / "var", create=False) as vault:
+        (row,) = vault.list()
+    evidence = row.consent_evidence
+    assert evidence["setup_seconds"] is not None and evidence["setup_seconds"] >= 0
+    assert evidence["prompt_started_at"] == evidence["call_started_at"]
