@@ -1,9 +1,9 @@
 """``ivr loadtest``: many simulated calls at once, and what they cost the service, measured
 against a bare reference run in the same process run.
 
-``core`` is what both platforms share (options, the real-time ticker, CPU cost, the reference
-run, the report's common part); ``twilio`` and ``asterisk`` are the two drivers; ``cli`` is the
-command line.
+``core`` is what both platforms share (the run itself, options, the real-time ticker, CPU cost,
+the reference run, the report and its verdict); ``twilio`` and ``asterisk`` are the two drivers
+(one call and its media, and the platform's own metrics); ``cli`` is the command line.
 """
 
 from ivr.harness.loadtest.asterisk import AsteriskLoadtestOptions, run_asterisk_loadtest

@@ -43,25 +43,16 @@ import aiohttp
 from ivr.harness.audio import tone
 from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall, RecordedRequest, RtpPeer
 from ivr.harness.loadtest.core import (
-    FRAME_S,
-    MAX_ERRORS_REPORTED,
-    SATURATED_LAG_MS,
-    SATURATED_UTILISATION,
     CallFailed,
+    CallResult,
+    Driver,
     Options,
-    Progress,
     ReferenceServer,
-    StreamRun,
     TickedStream,
-    dist,
-    errors,
     fmt,
+    p50_p99,
     parse_ports,
-    reference_rows,
-    render,
-    run_calls,
-    run_reference,
-    summarise_shared,
+    run,
 )
 
 DEFAULT_ASTERISK_TO = "+15550100004"  # the demo's vital_interests/none line: records at once
@@ -133,6 +124,8 @@ class _RtpStreamer(TickedStream):
     """One call's real-time RTP stream, fed by the ticker: the next packets of ``peer``'s stream,
     sent with ``sendto`` on ``sock`` (a datagram the socket refuses is dropped, not queued)."""
 
+    send_failure = "RTP send failed"
+
     def __init__(self, sock: socket.socket, peer: RtpPeer, total: int) -> None:
         super().__init__(total)  # packets; ``sent`` counts those due, sent or dropped
         self.send = sock.sendto
@@ -142,6 +135,10 @@ class _RtpStreamer(TickedStream):
     @property
     def frames_sent(self) -> int:
         return self.sent - self.dropped
+
+    @classmethod
+    def stats(cls, streams: list[_RtpStreamer]) -> dict[str, Any]:
+        return {"send_errors": sum(s.dropped for s in streams)}
 
     def pump(self, due: int) -> int:
         """Send every packet owed by tick ``due``; returns the packets sent."""
@@ -154,38 +151,6 @@ class _RtpStreamer(TickedStream):
                 self.dropped += 1
         self.sent = max(start, target)
         return self.sent - start - (self.dropped - dropped)
-
-
-async def _stream(
-    run: StreamRun, sock: socket.socket, peer: RtpPeer, frames: int, result: _AriCallResult
-) -> None:
-    """``frames`` packets of ``peer``'s stream through the ticker; CallFailed if they fail."""
-    streamer = _RtpStreamer(sock, peer, frames)
-    run.join(streamer)
-    await streamer.done  # the ticker sets it; bounded by the overall deadline
-    result.frames_sent, result.send_errors = streamer.frames_sent, streamer.dropped
-    if streamer.error is not None:
-        raise CallFailed(streamer.error)
-
-
-def _rtp_run(expected: int, read_cpu: Any) -> StreamRun:
-    return StreamRun(
-        expected,
-        read_cpu,
-        send_errors=(OSError,),
-        send_failure="RTP send failed",
-        extra_stats=lambda run: {"send_errors": sum(s.dropped for s in run.streamers)},
-    )
-
-
-def _empty_ticker() -> dict[str, Any]:
-    return {
-        "ticks": 0,
-        "late_p50_ms": None,
-        "late_p99_ms": None,
-        "late_max_ms": None,
-        "send_errors": 0,
-    }
 
 
 # -- what the service asks of the fake --------------------------------------------------------
@@ -284,384 +249,27 @@ async def _within(fut: asyncio.Future[Any], timeout: float, what: str) -> Any:
         raise CallFailed(f"{what} within {timeout:.0f} s") from None
 
 
-# -- one call against the service -------------------------------------------------------------
-@dataclass
-class _AriCallResult:
-    index: int
-    completed: bool = False
-    error: str | None = None
-    frames_sent: int = 0
-    send_errors: int = 0
-    setup_ms: float | None = None  # StasisStart -> bridged
-    answer_ms: float | None = None  # StasisStart -> answer request
-    decision_ms: float | None = None  # key -> IVR_RECORDING_ID
-    first_prompt_ms: float | None = None  # bridged -> first prompt packet
-    prompt_packets: int = 0
-    hangup_to_final_ms: float | None = None  # caller hang-up -> bridge destroyed
-
-
-@dataclass
-class _Context:
-    options: AsteriskLoadtestOptions
-    fake: FakeAsterisk
-    tracker: _Tracker
-    run: StreamRun
-    frames: int
-    press: str
-    id_prefix: str
-    placed: int = 0
-    bridged: int = 0
-    finished: int = 0
-    failed: int = 0
-
-
-async def _service_call(ctx: _Context, index: int, start_at: float) -> _AriCallResult:
-    loop = asyncio.get_running_loop()
-    channel_id = f"{ctx.id_prefix}.{index + 1}"
-    result = _AriCallResult(index)
-    watch = ctx.tracker.watch(channel_id)
-    call: FakeCall | None = None
-    joined = False
-    sock: socket.socket | None = None
-    await asyncio.sleep(max(0.0, start_at - loop.time()))
-    placed_at = time.monotonic()
-    try:
-        call = await ctx.fake.place_call(ctx.options.to, ctx.options.from_, channel_id=channel_id)
-        ctx.placed += 1
-        peer = await _within(watch.bridged, SETUP_TIMEOUT_S, "the call was not bridged")
-        if peer is None:
-            raise CallFailed(f"the service hung up during set-up (reason {watch.hung_up})")
-        ctx.bridged += 1
-        result.setup_ms = (watch.bridged_at - placed_at) * 1000
-        if watch.answered_at is not None:
-            result.answer_ms = (watch.answered_at - placed_at) * 1000
-        if ctx.press:
-            await asyncio.sleep(
-                max(0.0, watch.bridged_at + ctx.options.press_after - time.monotonic())
-            )
-            pressed_at = time.monotonic()
-            await call.press(ctx.press)
-            recording = await _within(
-                watch.recording, DECISION_TIMEOUT_S, f"no recording started after key {ctx.press}"
-            )
-            if recording is None:
-                decision = watch.variables.get("IVR_CONSENT_DECISION") or "-"
-                raise CallFailed(f"no recording after key {ctx.press} (decision {decision})")
-            result.decision_ms = (time.monotonic() - pressed_at) * 1000
-        sock = peer.dup_socket()
-        joined = True
-        await _stream(ctx.run, sock, peer, ctx.frames, result)
-        if watch.hung_up is not None:
-            raise CallFailed(f"the service hung up during the call (reason {watch.hung_up})")
-    except CallFailed as exc:
-        result.error = str(exc)
-    except (OSError, RuntimeError) as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        if not joined:
-            ctx.run.gave_up()
-        if sock is not None:
-            sock.close()
-    # The caller hangs up whatever happened; the service then finalises (the bridge goes last).
-    if call is not None:
-        try:
-            if not call.channel.destroyed:
-                hung_up_at = time.monotonic()
-                await call.hangup()
-                if watch.bridge_id is not None:
-                    await _within(
-                        watch.finalised, FINALISE_TIMEOUT_S, "the service did not finalise the call"
-                    )
-                    result.hangup_to_final_ms = (watch.finalised_at - hung_up_at) * 1000
-        except CallFailed as exc:
-            result.error = result.error or str(exc)
-        except (OSError, RuntimeError) as exc:
-            result.error = result.error or f"hang-up: {type(exc).__name__}: {exc}"
-        stats = call.rtp_stats()
-        result.prompt_packets = stats.packets
-        if stats.first_packet_at is not None and watch.bridged_at:
-            result.first_prompt_ms = (stats.first_packet_at - watch.bridged_at) * 1000
-        ctx.fake.calls.pop(channel_id, None)  # keeps the fake's per-request bookkeeping small
-    ctx.tracker.forget(channel_id)
-    result.completed = result.error is None and watch.finalised.done()
-    if result.error is None and not result.completed:
-        result.error = "the call was never finalised"
-    ctx.finished += 1
-    if not result.completed:
-        ctx.failed += 1
-    return result
-
-
-def _failed(index: int, error: str) -> _AriCallResult:
-    return _AriCallResult(index, error=error)
-
-
-# -- the service's /healthz -------------------------------------------------------------------
-async def _health(session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
-    try:
-        async with asyncio.timeout(HEALTH_TIMEOUT_S):
-            async with session.get(f"{base}/healthz") as resp:
-                body = await resp.json(content_type=None)
-    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-        raise CallFailed(f"cannot read {base}/healthz: {exc or type(exc).__name__}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("asterisk"), dict):
-        raise CallFailed(f"{base}/healthz has no 'asterisk' section: is [asterisk] configured?")
-    return body
-
-
-def _counters(health: dict[str, Any]) -> dict[str, int]:
-    counters = health["asterisk"].get("counters") or {}
-    return {k: int(v) for k, v in counters.items() if isinstance(v, int)}
-
-
-async def _wait_finalised(
-    session: aiohttp.ClientSession, base: str, before: dict[str, int], placed: int, timeout: float
-) -> tuple[dict[str, int], bool]:
-    """Poll /healthz until calls_completed has grown by every call placed (or, if some never
-    reached the service, until it has finished every call it took). Returns the counter deltas
-    and whether it settled in time."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    delta: dict[str, int] = {}
-    while True:
-        with contextlib.suppress(CallFailed):
-            health = await _health(session, base)
-            after = _counters(health)
-            delta = {k: after.get(k, 0) - before.get(k, 0) for k in sorted({*after, *before})}
-            done, taken = delta.get("calls_completed", 0), delta.get("calls", 0)
-            idle = not health["asterisk"].get("calls_in_progress")
-            if done >= placed or (idle and done >= taken):
-                return delta, True
-        if loop.time() >= deadline:
-            return delta, False
-        await asyncio.sleep(SETTLE_POLL_S)
-
-
-# -- the run against the service --------------------------------------------------------------
-async def _run_service(
-    options: AsteriskLoadtestOptions,
-    session: aiohttp.ClientSession,
-    fake: FakeAsterisk,
-    tracker: _Tracker,
-    progress: Progress,
-) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    t_start = loop.time()
-    base = options.url.rstrip("/")
-    try:
-        before = _counters(await _health(session, base))
-        try:
-            await fake.wait_connected(options.ari_app, timeout=options.connect_timeout)
-        except TimeoutError:
-            raise CallFailed(
-                f"the service did not connect to the fake ARI at {fake.url} (app "
-                f"{options.ari_app!r}) within {options.connect_timeout:.0f} s: is its "
-                "[asterisk] url set to --ari-listen, with the same user and password?"
-            ) from None
-    except CallFailed as exc:
-        results = [_AriCallResult(i, error=str(exc)) for i in range(options.calls)]
-        return _service_summary(options, results, None, tracker, {}, False, loop.time() - t_start)
-
-    async def read_cpu() -> float:
-        async with session.get(f"{base}/healthz") as resp:
-            return float((await resp.json(content_type=None))["cpu_seconds"])
-
-    run = _rtp_run(options.calls, read_cpu)
-    ctx = _Context(
-        options=options,
-        fake=fake,
-        tracker=tracker,
-        run=run,
-        frames=max(1, round(options.duration / FRAME_S)),
-        press=options.resolved_press(),
-        id_prefix=str(int(time.time() * 1000)),
+# -- the driver ------------------------------------------------------------------------------
+class _Asterisk(Driver[AsteriskLoadtestOptions]):
+    stream = _RtpStreamer
+    media = "of RTP"
+    timings = (
+        "ari_setup_ms",
+        "ari_answer_ms",
+        "decision_ms",
+        "first_prompt_ms",
+        "hangup_to_final_ms",
     )
-    results = await run_calls(
-        options,
-        run,
-        progress,
-        "service",
-        lambda: (
-            f"placed {ctx.placed}/{options.calls}, bridged {ctx.bridged}, finished "
-            f"{ctx.finished} (failed {ctx.failed}), {run.progress(options.calls)}"
-        ),
-        lambda i, at: _service_call(ctx, i, at),
-        _failed,
-        options.deadline(),
-    )
-    delta, settled = await _wait_finalised(
-        session, base, before, ctx.placed, 30.0 + 0.05 * options.calls
-    )
-    return _service_summary(options, results, run, tracker, delta, settled, loop.time() - t_start)
+    headline = "ari_setup_ms"
+    top = ("rtp_lost",)
+    lag = ("hangup_to_final_ms", "hangup->final")
+    saturation = "saturated CPU, queue overflow"
+    needs = ("frames_sent", "no call streamed to the service")
 
-
-def _service_summary(
-    options: AsteriskLoadtestOptions,
-    results: list[_AriCallResult],
-    run: StreamRun | None,
-    tracker: _Tracker,
-    delta: dict[str, int],
-    settled: bool,
-    elapsed: float,
-) -> dict[str, Any]:
-    completed = [r for r in results if r.completed]
-    sent = sum(r.frames_sent for r in results)
-    stored = delta.get("frames_stored", 0)
-    problems = errors(results)
-    if run is not None and not settled:
-        problems = [
-            *problems,
-            f"/healthz: calls_completed grew by {delta.get('calls_completed', 0)} of "
-            f"{sum(1 for r in results if r.setup_ms is not None)} calls in time",
-        ][:MAX_ERRORS_REPORTED]
-    return {
-        "calls_attempted": options.calls,
-        "calls_completed": len(completed),
-        "calls_failed": options.calls - len(completed),
-        "errors": problems,
-        "frames_sent": sent,
-        "frames_stored": stored,
-        "frames_lost": sent - stored,
-        "send_errors": sum(r.send_errors for r in results),
-        "server_frames_lost": delta.get("frames_lost", 0),
-        "rtp_lost": delta.get("rtp_lost", 0),
-        "counters": delta,
-        "finalised": settled,
-        "ari_setup_ms": dist([r.setup_ms for r in results if r.setup_ms is not None]),
-        "ari_answer_ms": dist([r.answer_ms for r in results if r.answer_ms is not None]),
-        "decision_ms": dist([r.decision_ms for r in results if r.decision_ms is not None]),
-        "ari_requests": tracker.requests,
-        "ari_rejected": tracker.rejected,
-        "first_prompt_ms": dist(
-            [r.first_prompt_ms for r in results if r.first_prompt_ms is not None]
-        ),
-        "prompt_packets": sum(r.prompt_packets for r in results),
-        "hangup_to_final_ms": dist(
-            [r.hangup_to_final_ms for r in results if r.hangup_to_final_ms is not None]
-        ),
-        "cost": run.cost(options.duration) if run is not None else {"window": None},
-        "ticker": run.ticker_stats() if run is not None else _empty_ticker(),
-        "elapsed_s": round(elapsed, 1),
-    }
-
-
-# -- the reference run -------------------------------------------------------------------------
-async def _bare_call(
-    run: StreamRun, port: int, index: int, start_at: float, frames: int, rng: random.Random
-) -> _AriCallResult:
-    loop = asyncio.get_running_loop()
-    result = _AriCallResult(index)
-    await asyncio.sleep(max(0.0, start_at - loop.time()))
-    joined = False
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            sock.setblocking(False)
-            # Numbered like a fake channel's stream, sent from a plain socket.
-            stream = RtpPeer(
-                f"bare-{index}", ("127.0.0.1", port), "ulaw", rng=rng, on_change=lambda: None
-            )
-            joined = True
-            await _stream(run, sock, stream, frames, result)
-            result.completed = True
-    except CallFailed as exc:
-        result.error = str(exc)
-    except OSError as exc:
-        result.error = f"bare RTP stream: {type(exc).__name__}: {exc}"
-    finally:
-        if not joined:
-            run.gave_up()
-    return result
-
-
-async def _run_reference(
-    options: AsteriskLoadtestOptions, session: aiohttp.ClientSession, progress: Progress
-) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    low, high = options.bare_port_range()
-    bare_server = ReferenceServer(
-        "bare_rtp_server.py", ["--ports", f"{low}-{high}"], "bare RTP server"
-    )
-    async with bare_server as bare:
-        try:
-            ports = [int(p) for p in (await bare.get_json(session, "/ports"))["ports"]]
-        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
-            raise CallFailed(f"bare RTP server: cannot list its ports: {exc}") from None
-        if len(ports) < options.calls:
-            raise CallFailed(
-                f"bare RTP server bound only {len(ports)} ports of {low}-{high} "
-                f"({options.calls} needed; see --bare-ports)"
-            )
-
-        run = _rtp_run(options.calls, lambda: bare.read_cpu(session))
-        frames = max(1, round(options.duration / FRAME_S))
-        rng = random.Random()
-        t_start = loop.time()
-        results = await run_calls(
-            options,
-            run,
-            progress,
-            "bare",
-            lambda: run.progress(options.calls),
-            lambda i, at: _bare_call(run, ports[i], i, at, frames, rng),
-            _failed,
-            options.deadline(),
-        )
-        sent = sum(r.frames_sent for r in results)
-        received = await _bare_received(bare, session, sent)
-    completed = [r for r in results if r.completed]
-    return {
-        "streams": options.calls,
-        "streams_completed": len(completed),
-        "streams_failed": options.calls - len(completed),
-        "errors": errors(results),
-        "ports": f"{low}-{high}",
-        "frames_sent": sent,
-        "frames_received": received,
-        "frames_lost": sent - received if received is not None else None,
-        "cost": run.cost(options.duration),
-        "ticker": run.ticker_stats(),
-        "elapsed_s": round(loop.time() - t_start, 1),
-    }
-
-
-async def _bare_received(
-    bare: ReferenceServer, session: aiohttp.ClientSession, expected: int
-) -> int | None:
-    """The bare server's datagram count, once the last ones have landed (bounded)."""
-    received: int | None = None
-    for _ in range(20):
-        try:
-            received = int((await bare.get_json(session, "/stats"))["frames"])
-        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
-            return received
-        if received >= expected:
-            break
-        await asyncio.sleep(0.1)
-    return received
-
-
-# -- the whole test ----------------------------------------------------------------------------
-async def run_asterisk_loadtest(options: AsteriskLoadtestOptions) -> dict[str, Any]:
-    """Run the load test (and the bare reference unless disabled); the report as a dict.
-
-    Raises ValueError for bad options and SetupError if the fake Asterisk cannot listen."""
-    options.check()
-    host, port = options.listen()
-    progress = Progress(options)
-    report: dict[str, Any] = {
-        "platform": "asterisk",
-        "url": options.url,
-        "ari_listen": options.ari_listen,
-        "to": options.to,
-        "press": options.resolved_press() or None,
-        "calls": options.calls,
-        "duration_s": options.duration,
-        "ramp_s": options.resolved_ramp(),
-    }
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        fake = FakeAsterisk(
+    def __init__(self, options: AsteriskLoadtestOptions, session: aiohttp.ClientSession) -> None:
+        super().__init__(options, session)
+        host, port = options.listen()
+        self.fake = FakeAsterisk(
             app=options.ari_app,
             username=options.ari_user,
             password=options.resolved_password(),
@@ -670,112 +278,271 @@ async def run_asterisk_loadtest(options: AsteriskLoadtestOptions) -> dict[str, A
             pace=False,
             seed=random.getrandbits(32),
         )
-        tracker = _Tracker(fake)
+        self.tracker = _Tracker(self.fake)
+        self.base = options.url.rstrip("/")
+        self.id_prefix = str(int(time.time() * 1000))
+        self.rng = random.Random()
+        self.placed = self.bridged = 0
+        self.before: dict[str, int] = {}  # the service's counters before the first call
+        self.delta: dict[str, int] = {}  # and how they grew
+        self.settled = False
+
+    async def __aenter__(self) -> _Asterisk:
         try:
-            await fake.start()
+            await self.fake.start()
         except OSError as exc:
-            await fake.stop()
+            await self.fake.stop()
             raise SetupError(
-                f"the fake Asterisk cannot listen on {options.ari_listen}: {exc}"
+                f"the fake Asterisk cannot listen on {self.options.ari_listen}: {exc}"
             ) from None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.fake.stop()
+
+    def header(self) -> dict[str, Any]:
+        return {"platform": "asterisk", "ari_listen": self.options.ari_listen}
+
+    async def _send(self, result: CallResult, sock: socket.socket, peer: RtpPeer) -> None:
+        """``peer``'s stream through the ticker; CallFailed if it fails."""
+        streamer = await result.stream(_RtpStreamer(sock, peer, self.options.frames()))
+        result.counts["send_errors"] = streamer.dropped
+        if streamer.error is not None:
+            raise CallFailed(streamer.error)
+
+    async def _health(self) -> tuple[dict[str, int], bool]:
+        """The service's Asterisk counters from /healthz, and whether it has no call in
+        progress; CallFailed if /healthz cannot tell."""
+        url = f"{self.base}/healthz"
         try:
-            report["service"] = await _run_service(options, session, fake, tracker, progress)
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                async with self.session.get(url) as resp:
+                    body = await resp.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise CallFailed(f"cannot read {url}: {exc or type(exc).__name__}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("asterisk"), dict):
+            raise CallFailed(f"{url} has no 'asterisk' section: is [asterisk] configured?")
+        counters = body["asterisk"].get("counters") or {}
+        idle = not body["asterisk"].get("calls_in_progress")
+        return {k: int(v) for k, v in counters.items() if isinstance(v, int)}, idle
+
+    async def prepare(self) -> None:
+        o = self.options
+        self.before, _ = await self._health()
+        try:
+            await self.fake.wait_connected(o.ari_app, timeout=o.connect_timeout)
+        except TimeoutError:
+            raise CallFailed(
+                f"the service did not connect to the fake ARI at {self.fake.url} (app "
+                f"{o.ari_app!r}) within {o.connect_timeout:.0f} s: is its [asterisk] url set "
+                "to --ari-listen, with the same user and password?"
+            ) from None
+
+    async def call(self, result: CallResult) -> None:
+        o, press = self.options, self.options.resolved_press()
+        channel_id = f"{self.id_prefix}.{result.index + 1}"
+        watch = self.tracker.watch(channel_id)
+        call: FakeCall | None = None
+        placed_at = time.monotonic()
+        try:
+            call = await self.fake.place_call(o.to, o.from_, channel_id=channel_id)
+            self.placed += 1
+            peer = await _within(watch.bridged, SETUP_TIMEOUT_S, "the call was not bridged")
+            if peer is None:
+                raise CallFailed(f"the service hung up during set-up (reason {watch.hung_up})")
+            self.bridged += 1
+            result.ms["ari_setup_ms"] = (watch.bridged_at - placed_at) * 1000
+            if watch.answered_at is not None:
+                result.ms["ari_answer_ms"] = (watch.answered_at - placed_at) * 1000
+            if press:
+                await asyncio.sleep(max(0.0, watch.bridged_at + o.press_after - time.monotonic()))
+                pressed_at = time.monotonic()
+                await call.press(press)
+                recording = await _within(
+                    watch.recording, DECISION_TIMEOUT_S, f"no recording started after key {press}"
+                )
+                if recording is None:
+                    decision = watch.variables.get("IVR_CONSENT_DECISION") or "-"
+                    raise CallFailed(f"no recording after key {press} (decision {decision})")
+                result.ms["decision_ms"] = (time.monotonic() - pressed_at) * 1000
+            with peer.dup_socket() as sock:
+                await self._send(result, sock, peer)
+            if watch.hung_up is not None:
+                raise CallFailed(f"the service hung up during the call (reason {watch.hung_up})")
+        except CallFailed as exc:
+            result.error = str(exc)
+        except (OSError, RuntimeError) as exc:
+            result.error = f"{type(exc).__name__}: {exc}"
         finally:
-            await fake.stop()
-        await run_reference(
-            report,
-            options.reference,
-            "no call streamed to the service" if report["service"]["frames_sent"] == 0 else None,
-            lambda: _run_reference(options, session, progress),
+            result.give_up()  # if it never streamed
+        if call is not None:
+            await self._hang_up(call, watch, result)
+        self.tracker.forget(channel_id)
+        if result.error is None and not watch.finalised.done():
+            result.error = "the call was never finalised"
+
+    async def _hang_up(self, call: FakeCall, watch: _Watch, result: CallResult) -> None:
+        """The caller hangs up whatever happened; the service then finalises (the bridge goes
+        last)."""
+        try:
+            if not call.channel.destroyed:
+                hung_up_at = time.monotonic()
+                await call.hangup()
+                if watch.bridge_id is not None:
+                    await _within(
+                        watch.finalised, FINALISE_TIMEOUT_S, "the service did not finalise the call"
+                    )
+                    result.ms["hangup_to_final_ms"] = (watch.finalised_at - hung_up_at) * 1000
+        except CallFailed as exc:
+            result.error = result.error or str(exc)
+        except (OSError, RuntimeError) as exc:
+            result.error = result.error or f"hang-up: {type(exc).__name__}: {exc}"
+        stats = call.rtp_stats()
+        result.counts["prompt_packets"] = stats.packets
+        if stats.first_packet_at is not None and watch.bridged_at:
+            result.ms["first_prompt_ms"] = (stats.first_packet_at - watch.bridged_at) * 1000
+        self.fake.calls.pop(call.channel.id, None)  # keeps the fake's per-request bookkeeping small
+
+    def progress_head(self) -> str:
+        return f"placed {self.placed}/{self.options.calls}, bridged {self.bridged}"
+
+    async def settle(self, results: list[CallResult]) -> list[str]:
+        """Poll /healthz until calls_completed has grown by every call placed (or, if some never
+        reached the service, until it has finished every call it took); its counters' growth
+        is the service's side of the report."""
+        loop, before = asyncio.get_running_loop(), self.before
+        deadline = loop.time() + 30.0 + 0.05 * self.options.calls
+        while True:
+            with contextlib.suppress(CallFailed):
+                after, idle = await self._health()
+                delta = {k: after.get(k, 0) - before.get(k, 0) for k in sorted({*after, *before})}
+                self.delta, done = delta, delta.get("calls_completed", 0)
+                if done >= self.placed or (idle and done >= delta.get("calls", 0)):
+                    self.settled = True
+                    return []
+            if loop.time() >= deadline:
+                bridged = sum(1 for r in results if "ari_setup_ms" in r.ms)
+                grew = self.delta.get("calls_completed", 0)
+                return [f"/healthz: calls_completed grew by {grew} of {bridged} calls in time"]
+            await asyncio.sleep(SETTLE_POLL_S)
+
+    def service_fields(self, results: list[CallResult]) -> dict[str, Any]:
+        sent, delta = sum(r.frames_sent for r in results), self.delta
+        return {
+            "frames_stored": delta.get("frames_stored", 0),
+            "frames_lost": sent - delta.get("frames_stored", 0),
+            "send_errors": sum(r.counts["send_errors"] for r in results),
+            "server_frames_lost": delta.get("frames_lost", 0),
+            "rtp_lost": delta.get("rtp_lost", 0),
+            "counters": delta,
+            "finalised": self.settled,
+            "ari_requests": self.tracker.requests,
+            "ari_rejected": self.tracker.rejected,
+            "prompt_packets": sum(r.counts["prompt_packets"] for r in results),
+        }
+
+    def reference_server(self) -> ReferenceServer:
+        low, high = self.options.bare_port_range()
+        return ReferenceServer(
+            "bare_rtp_server.py", ["--ports", f"{low}-{high}"], "bare RTP server"
         )
-    _summarise(report)
-    return report
 
+    async def reference_ports(self, bare: ReferenceServer) -> list[int]:
+        try:
+            ports = [int(p) for p in (await bare.get_json(self.session, "/ports"))["ports"]]
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
+            raise CallFailed(f"bare RTP server: cannot list its ports: {exc}") from None
+        if len(ports) < self.options.calls:
+            low, high = self.options.bare_port_range()
+            raise CallFailed(
+                f"bare RTP server bound only {len(ports)} ports of {low}-{high} "
+                f"({self.options.calls} needed; see --bare-ports)"
+            )
+        return ports
 
-def _summarise(report: dict[str, Any]) -> None:
-    keys = (
-        "calls_attempted",
-        "calls_completed",
-        "calls_failed",
-        "frames_sent",
-        "frames_stored",
-        "frames_lost",
-        "rtp_lost",
-    )
-    service, ref = summarise_shared(report, keys)
-    report["ari_setup_p50_ms"] = service["ari_setup_ms"]["p50"]
-    report["ari_setup_p99_ms"] = service["ari_setup_ms"]["p99"]
-    report["ticker_late_p50_ms"] = service["ticker"]["late_p50_ms"]
-    # A service that cannot keep up uses a whole core whatever the load, and its per-call
-    # queues grow: the hang-up then waits behind queued RTP before the call is finalised.
-    utilisation = service["cost"].get("server_cpu_utilisation") or 0.0
-    lag = service["hangup_to_final_ms"]["p99"] or 0.0
-    overflow = service["counters"].get("call_queue_overflow", 0)
-    report["service_saturated"] = (
-        utilisation >= SATURATED_UTILISATION or lag >= SATURATED_LAG_MS or overflow > 0
-    )
-    reference_ok = ref is None or ref["streams_failed"] == 0
-    report["ok"] = (
-        service["calls_failed"] == 0
-        and service["finalised"]
-        and service["frames_sent"] > 0
-        and service["frames_lost"] == 0
-        and service["server_frames_lost"] == 0
-        and service["rtp_lost"] == 0
-        and report["reference_error"] is None
-        and reference_ok
-    )
+    async def bare_call(self, result: CallResult, port: int) -> None:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                sock.setblocking(False)
+                # Numbered like a fake channel's stream, sent from a plain socket.
+                peer = RtpPeer(
+                    f"bare-{result.index}",
+                    ("127.0.0.1", port),
+                    "ulaw",
+                    rng=self.rng,
+                    on_change=lambda: None,
+                )
+                await self._send(result, sock, peer)
+        except OSError as exc:
+            raise CallFailed(f"bare RTP stream: {type(exc).__name__}: {exc}") from None
 
+    def reference_fields(self, sent: int, received: int | None) -> dict[str, Any]:
+        return {
+            "ports": "{}-{}".format(*self.options.bare_port_range()),
+            "frames_lost": sent - received if received is not None else None,
+        }
 
-# -- output -----------------------------------------------------------------------------------
-def format_asterisk_report(report: dict[str, Any]) -> str:
-    s = report["service"]
-    setup, answer, prompt = s["ari_setup_ms"], s["ari_answer_ms"], s["first_prompt_ms"]
-    press = f", press {report['press']}" if report["press"] else ""
-    rows: list[tuple[str, str]] = [
-        (
-            "calls",
-            f"{s['calls_completed']}/{s['calls_attempted']} completed, {s['calls_failed']} failed"
-            f"  ({report['duration_s']:g} s of RTP each, ramp {report['ramp_s']:g} s,"
-            f" to {report['to']}{press}; fake ARI at {report['ari_listen']})",
-        ),
-        (
-            "frames",
-            f"sent {fmt(s['frames_sent'])}, stored {fmt(s['frames_stored'])}, lost "
-            f"{fmt(s['frames_lost'])}; service: frames lost {fmt(s['server_frames_lost'])}, "
-            f"rtp lost {fmt(s['rtp_lost'])}"
-            + (f"; send errors {fmt(s['send_errors'])}" if s["send_errors"] else ""),
-        ),
-        (
-            "ari set-up ms",
-            f"p50 {fmt(setup['p50'])}  p99 {fmt(setup['p99'])}  max {fmt(setup['max'])}"
-            f"  (StasisStart -> bridged; answer p50 {fmt(answer['p50'])} p99 "
-            f"{fmt(answer['p99'])}); {fmt(s['ari_requests'])} requests, "
-            f"{fmt(s['ari_rejected'])} rejected",
-        ),
-    ]
-    if s["decision_ms"]["count"]:
-        d = s["decision_ms"]
-        rows.append(("key->recording ms", f"p50 {fmt(d['p50'])}  p99 {fmt(d['p99'])}"))
-    rows.append(
-        (
-            "first prompt ms",
-            f"p50 {fmt(prompt['p50'])}  p99 {fmt(prompt['p99'])}  (bridged -> first RTP "
-            f"packet, n={prompt['count']})"
-            if prompt["count"]
-            else "- (no prompt played on this line)",
+    @classmethod
+    def overloaded(cls, service: dict[str, Any]) -> bool:
+        # Per-call queues grow: the hang-up then waits behind queued RTP before finalisation.
+        return bool(service["counters"].get("call_queue_overflow", 0) > 0)
+
+    @classmethod
+    def healthy(cls, service: dict[str, Any]) -> bool:
+        return bool(
+            service["finalised"]
+            and service["frames_sent"] > 0
+            and service["server_frames_lost"] == 0
+            and service["rtp_lost"] == 0
         )
-    )
-    lag = s["hangup_to_final_ms"]
-    rows.append(("hangup->final ms", f"p50 {fmt(lag['p50'])}  p99 {fmt(lag['p99'])}"))
 
-    rows += reference_rows(report)
-    if report.get("service_saturated"):
+    @classmethod
+    def summarise(cls, report: dict[str, Any]) -> None:
+        super().summarise(report)
+        report["ticker_late_p50_ms"] = report["service"]["ticker"]["late_p50_ms"]
+
+    @classmethod
+    def calls_note(cls, report: dict[str, Any]) -> str:
+        return f"; fake ARI at {report['ari_listen']}"
+
+    @classmethod
+    def rows(cls, s: dict[str, Any]) -> list[tuple[str, str]]:
+        setup, answer, prompt = s["ari_setup_ms"], s["ari_answer_ms"], s["first_prompt_ms"]
+        rows = [
+            (
+                "frames",
+                f"sent {fmt(s['frames_sent'])}, stored {fmt(s['frames_stored'])}, lost "
+                f"{fmt(s['frames_lost'])}; service: frames lost {fmt(s['server_frames_lost'])}, "
+                f"rtp lost {fmt(s['rtp_lost'])}"
+                + (f"; send errors {fmt(s['send_errors'])}" if s["send_errors"] else ""),
+            ),
+            (
+                "ari set-up ms",
+                f"{p50_p99(setup)}  max {fmt(setup['max'])}  (StasisStart -> bridged; answer "
+                f"p50 {fmt(answer['p50'])} p99 {fmt(answer['p99'])}); "
+                f"{fmt(s['ari_requests'])} requests, {fmt(s['ari_rejected'])} rejected",
+            ),
+        ]
+        if s["decision_ms"]["count"]:
+            rows.append(("key->recording ms", p50_p99(s["decision_ms"])))
         rows.append(
             (
-                "warning",
-                "the service could not keep up (saturated CPU, queue overflow or hangup->final "
-                f"p99 {fmt(lag['p99'])} ms): its CPU per call-minute understates its cost",
+                "first prompt ms",
+                f"{p50_p99(prompt)}  (bridged -> first RTP packet, n={prompt['count']})"
+                if prompt["count"]
+                else "- (no prompt played on this line)",
             )
         )
-    return render(rows, report)
+        return rows
+
+
+async def run_asterisk_loadtest(options: AsteriskLoadtestOptions) -> dict[str, Any]:
+    """Run the load test (and the bare reference unless disabled); the report as a dict.
+
+    Raises ValueError for bad options and SetupError if the fake Asterisk cannot listen."""
+    return await run(_Asterisk, options)
+
+
+def format_asterisk_report(report: dict[str, Any]) -> str:
+    return _Asterisk.format(report)

@@ -1,5 +1,9 @@
-"""What both platforms' load tests share: options, the ticker, CPU cost, the bare reference run,
-and the report's common part.
+"""What both platforms' load tests share: everything but placing a call and streaming its media.
+
+A platform is a ``Driver``: it places one call against the service and streams its media
+(``call``), streams to the bare reference server (``bare_call``), and names the metrics of its
+own. ``run`` does the rest: the options, the ramp, the ticker, CPU cost, the reference run, the
+report and its verdict.
 
 The ticker (``StreamRun``): every 20 ms it asks each streaming call for the frames it owes
 (``TickedStream.pump``), one write per call; a late tick is caught up (each call is owed ``ticks
@@ -22,10 +26,12 @@ import resource
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, Self, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -36,11 +42,15 @@ from media.dtmf import DIGITS
 FRAME_MS = 20
 FRAME_S = FRAME_MS / 1000
 CPU_READ_TIMEOUT_S = 10.0
+HTTP_TIMEOUT_S = 30.0  # any one request to the service (a webhook, /healthz)
 MAX_ERRORS_REPORTED = 5
 SATURATED_UTILISATION = 0.95  # server CPU (fraction of one core) that means "flat out"
 SATURATED_LAG_MS = 1000.0  # end-of-call lag p99 this long: the service fell behind real time
 # The reference servers live beside the benchmarks; ivr never imports bench, it runs them.
 REFERENCE_DIR = Path(__file__).resolve().parents[3] / "bench" / "reference"
+
+_O = TypeVar("_O", bound="Options")
+_S = TypeVar("_S", bound="TickedStream")
 
 
 class CallFailed(Exception):
@@ -70,6 +80,14 @@ class Options:
         if self.press is not None:
             return self.press
         return "1" if self.to in OPT_IN_LINES else ""
+
+    def frames(self) -> int:
+        """Frames (packets) each call streams."""
+        return max(1, round(self.duration / FRAME_S))
+
+    def deadline(self) -> float:
+        """Seconds each run (the service's, the reference's) may take at the most."""
+        raise NotImplementedError
 
     def check(self) -> None:
         """ValueError for what no load test can run with."""
@@ -129,7 +147,11 @@ def own_cpu() -> float:
 
 # -- the ticker -------------------------------------------------------------------------------
 class TickedStream:
-    """One call's real-time stream, fed by the ticker; ``pump`` is the platform's."""
+    """One call's real-time stream, fed by the ticker. The platform's kind says how it sends
+    (``pump``), what a failed send raises, and what its sender knows (``stats``)."""
+
+    send_errors: ClassVar[tuple[type[Exception], ...]] = (OSError,)
+    send_failure: ClassVar[str] = "send failed"
 
     def __init__(self, total: int) -> None:
         self.total = total  # frames in the stream
@@ -140,9 +162,19 @@ class TickedStream:
         self.end_time: float | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    @property
+    def frames_sent(self) -> int:
+        """The frames this stream counts as sent."""
+        return self.sent
+
     def pump(self, due: int) -> int:
         """Send every frame owed by tick ``due``; returns the messages sent."""
         raise NotImplementedError
+
+    @classmethod
+    def stats(cls, streams: list[Any]) -> dict[str, Any]:
+        """The sender's own numbers for the ticker's report (socket backlog, refused sends)."""
+        return {}
 
     def fail(self, reason: str) -> None:
         if self.error is None and self.sent < self.total:
@@ -152,28 +184,14 @@ class TickedStream:
 
 
 class StreamRun:
-    """The streaming phase of one run: the ticker, who is streaming, and the CPU samples.
-
-    ``send_errors``: what a failed ``pump`` raises; ``extra_stats`` adds to ``ticker_stats``
-    what the platform's sender knows (socket backlog, refused datagrams).
-    """
+    """The streaming phase of one run: the ticker, who is streaming, and the CPU samples."""
 
     def __init__(
-        self,
-        expected: int,
-        read_cpu: Callable[[], Awaitable[float]],
-        *,
-        send_errors: tuple[type[Exception], ...],
-        send_failure: str,
-        extra_stats: Callable[[StreamRun], dict[str, Any]] = lambda run: {},
-        on_tick: Callable[[list[Any]], None] | None = None,
+        self, expected: int, read_cpu: Callable[[], Awaitable[float]], kind: type[TickedStream]
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.read_cpu = read_cpu
-        self.send_errors = send_errors
-        self.send_failure = send_failure
-        self.extra_stats = extra_stats
-        self.on_tick = on_tick  # every 50th tick, with the streams still going
+        self.kind = kind  # the platform's streams
         self.pending_join = expected  # calls that may still join
         self.active: list[Any] = []
         self.streamers: list[Any] = []
@@ -250,16 +268,14 @@ class StreamRun:
                 if s.error is None:
                     try:
                         sent += s.pump(due)
-                    except self.send_errors as exc:
-                        s.fail(f"{self.send_failure}: {exc}")
+                    except s.send_errors as exc:
+                        s.fail(f"{s.send_failure}: {exc}")
                 if s.error is not None or s.sent >= s.total:
                     self._finished(s)
                 else:
                     keep.append(s)
             self.active = keep
             self.frames_sent += sent
-            if k % 50 == 0 and keep and self.on_tick is not None:
-                self.on_tick(keep)
             if not keep and self.pending_join <= 0:
                 self.last_done.set()
             if not keep:
@@ -273,9 +289,6 @@ class StreamRun:
                             await self._wake.wait()
                     self._wake.clear()
                 k = int((loop.time() - t0) / FRAME_S)
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def _sample_cpu(self, name: str, event: asyncio.Event) -> None:
         """Read the server's CPU seconds (and ours) when ``event`` fires."""
@@ -346,7 +359,7 @@ class StreamRun:
             "late_p50_ms": rounded(pct(late, 50)),
             "late_p99_ms": rounded(pct(late, 99)),
             "late_max_ms": rounded(late[-1]) if late else None,
-            **self.extra_stats(self),
+            **self.kind.stats(self.streamers),
         }
 
     def progress(self, calls: int) -> str:
@@ -355,84 +368,6 @@ class StreamRun:
             f"streaming {len(self.active)}/{calls}, frames sent {self.frames_sent}, "
             f"tick late p99 {fmt(late)} ms"
         )
-
-
-# -- running many calls -----------------------------------------------------------------------
-async def run_calls(
-    options: Options,
-    run: StreamRun,
-    progress: Progress,
-    label: str,
-    line: Callable[[], str],
-    call: Callable[[int, float], Awaitable[Any]],
-    failed: Callable[[int, str], Any],
-    deadline: float,
-) -> list[Any]:
-    """``call(i, start_at)`` for every call on the ramp's schedule; each one's result, or
-    ``failed(i, why)`` for those that did not finish by ``deadline``. The ticker and the
-    progress line are stopped whatever happens."""
-    n, ramp = options.calls, options.resolved_ramp()
-    t0 = asyncio.get_running_loop().time() + 0.05
-    progress.start(label, line)
-    tasks = [
-        asyncio.ensure_future(call(i, t0 + (ramp * i / n if n > 1 else 0.0))) for i in range(n)
-    ]
-    what = "call" if label == "service" else "reference stream"
-    try:
-        _, pending = await asyncio.wait(tasks, timeout=deadline)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=10)
-    finally:
-        await progress.stop()
-        await run.stop()
-    results = []
-    for i, task in enumerate(tasks):
-        if task.done() and not task.cancelled() and task.exception() is None:
-            results.append(task.result())
-        else:
-            error = (
-                f"{what}: overall deadline ({deadline:.0f} s) reached"
-                if task in pending or task.cancelled()
-                else f"{what}: {type(task.exception()).__name__}: {task.exception()}"
-            )
-            results.append(failed(i, error))
-    return results
-
-
-def errors(results: Sequence[Any]) -> list[str]:
-    return [f"call {r.index}: {r.error}" for r in results if r.error][:MAX_ERRORS_REPORTED]
-
-
-class Progress:
-    """A progress line on stderr every ``progress_interval`` seconds."""
-
-    def __init__(self, options: Options) -> None:
-        self.interval = options.progress_interval
-        self.stream = options.progress_stream or sys.stderr
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self, label: str, line: Callable[[], str]) -> None:
-        if self.interval <= 0:
-            return
-        t0 = time.monotonic()
-
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(self.interval)
-                print(f"[{label} {time.monotonic() - t0:6.1f}s] {line()}", file=self.stream)
-                with contextlib.suppress(AttributeError, OSError):
-                    self.stream.flush()
-
-        self.task = asyncio.ensure_future(loop())
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            self.task = None
 
 
 # -- the bare reference -----------------------------------------------------------------------
@@ -449,7 +384,6 @@ class ReferenceServer:
         self.start_timeout = start_timeout
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
-        self.ready: list[str] = []
         self._dir = tempfile.TemporaryDirectory(prefix="ivr-loadtest-bare-")
         self._log = Path(self._dir.name) / "stderr.log"
 
@@ -483,7 +417,6 @@ class ReferenceServer:
             if len(line) < 2 or line[0] != "ready" or not line[1].isdigit():
                 raise RuntimeError(f"{self.label} did not start")
             self.port = int(line[1])
-            self.ready = line[1:]
         except (TimeoutError, RuntimeError):
             await self.__aexit__(None, None, None)
             tail = (
@@ -515,47 +448,378 @@ class ReferenceServer:
     async def read_cpu(self, session: aiohttp.ClientSession) -> float:
         return float((await self.get_json(session, "/cpu"))["cpu_seconds"])
 
+    async def frames_received(self, session: aiohttp.ClientSession, sent: int) -> int | None:
+        """Its count of frames received, once the last of ``sent`` have landed (bounded)."""
+        received: int | None = None
+        for _ in range(20):
+            try:
+                received = int((await self.get_json(session, "/stats"))["frames"])
+            except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
+                return received
+            if received >= sent:
+                break
+            await asyncio.sleep(0.1)
+        return received
 
-async def run_reference(
-    report: dict[str, Any],
-    wanted: bool,
-    skip: str | None,
-    run: Callable[[], Awaitable[dict[str, Any]]],
-) -> None:
-    """The bare reference run, unless not wanted or pointless (``skip`` says why)."""
-    report["reference"] = None
-    report["reference_error"] = None
-    if wanted and skip:
-        report["reference_error"] = f"skipped: {skip}"
-    elif wanted:
+
+# -- one call's outcome -----------------------------------------------------------------------
+class CallResult:
+    """One call's (or reference stream's) outcome, as its driver fills it in.
+
+    The call either streams through the run's ticker (``stream``) or tells the run that it never
+    will (``give_up``): exactly one of the two reaches the run, however the call ends.
+    """
+
+    def __init__(self, index: int, run: StreamRun | None = None, error: str | None = None) -> None:
+        self.index = index
+        self.error = error  # None: it completed
+        self.frames_sent = 0
+        self.ms: dict[str, float] = {}  # timings, by their key in the report
+        self.counts: Counter[str] = Counter()  # counters, by their key in the report
+        self._run = run  # the run still owed a join or a give-up
+
+    @property
+    def completed(self) -> bool:
+        return self.error is None
+
+    async def stream(self, streamer: _S) -> _S:
+        """Stream through the ticker until done (bounded by the overall deadline)."""
+        run, self._run = self._run, None
+        assert run is not None, "a call streams once"
+        run.join(streamer)
+        await streamer.done
+        self.frames_sent = streamer.frames_sent
+        return streamer
+
+    def give_up(self) -> None:
+        """The call will never stream (nothing once it has)."""
+        if self._run is not None:
+            self._run.gave_up()
+            self._run = None
+
+
+def timings(results: Sequence[CallResult], keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    return {key: dist([r.ms[key] for r in results if key in r.ms]) for key in keys}
+
+
+def errors(results: Sequence[CallResult]) -> list[str]:
+    return [f"call {r.index}: {r.error}" for r in results if r.error][:MAX_ERRORS_REPORTED]
+
+
+# -- a platform's driver ----------------------------------------------------------------------
+class Driver(ABC, Generic[_O]):
+    """One platform's side of the load test; ``run`` does the rest (the ramp, the ticker, CPU,
+    the reference run, the report and its verdict).
+
+    A driver places one call against the service and streams its media (``call``), streams to
+    the bare reference server (``reference_server``, ``reference_ports``, ``bare_call``), and
+    adds what it measures beyond the shared part: timings in ``CallResult.ms`` named by
+    ``timings``, its fields of the service and reference reports (``service_fields``,
+    ``reference_fields``), the progress line's start (``progress_head``), and the rows and
+    verdict terms of its own (``rows``, ``overloaded``, ``healthy``). ``prepare`` runs before
+    the first call (CallFailed fails them all), ``settle`` after the last (problems to report);
+    ``async with`` the driver spans the service run.
+    """
+
+    stream: ClassVar[type[TickedStream]]  # the platform's streams
+    media: ClassVar[str]  # what each call streams, in the report's "calls" row
+    timings: ClassVar[tuple[str, ...]]  # per-call timings in the service report
+    bare_timings: ClassVar[tuple[str, ...]] = ()  # the same for the reference streams
+    headline: ClassVar[str]  # the timing whose p50 and p99 go at the top of the report
+    top: ClassVar[tuple[str, ...]] = ()  # more service fields copied to the top
+    lag: ClassVar[tuple[str, str]]  # the end-of-call lag: its timing and its row's label
+    saturation: ClassVar[str] = "saturated CPU"  # what shows saturation besides the lag
+    needs: ClassVar[tuple[str, str]]  # a service field that 0 makes the reference pointless; why
+
+    def __init__(self, options: _O, session: aiohttp.ClientSession) -> None:
+        self.options = options
+        self.session = session
+        self.finished = 0  # calls done, for the progress line
+        self.failed = 0
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
+
+    def header(self) -> dict[str, Any]:
+        return {}
+
+    async def prepare(self) -> None:
+        pass
+
+    @abstractmethod
+    async def call(self, result: CallResult) -> None: ...
+
+    @abstractmethod
+    def progress_head(self) -> str: ...
+
+    async def settle(self, results: list[CallResult]) -> list[str]:
+        return []
+
+    @abstractmethod
+    def service_fields(self, results: list[CallResult]) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def reference_server(self) -> ReferenceServer: ...
+
+    async def reference_ports(self, bare: ReferenceServer) -> list[int]:
+        return [bare.port] * self.options.calls
+
+    @abstractmethod
+    async def bare_call(self, result: CallResult, port: int) -> None: ...
+
+    def reference_fields(self, sent: int, received: int | None) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def overloaded(cls, service: dict[str, Any]) -> bool:
+        return False
+
+    @classmethod
+    def healthy(cls, service: dict[str, Any]) -> bool:
+        return True
+
+    @classmethod
+    def calls_note(cls, report: dict[str, Any]) -> str:
+        return ""
+
+    @classmethod
+    @abstractmethod
+    def rows(cls, service: dict[str, Any]) -> list[tuple[str, str]]: ...
+
+    # -- the runs ----------------------------------------------------------------------------
+    async def run_service(self) -> dict[str, Any]:
+        loop, o = asyncio.get_running_loop(), self.options
+        t_start = loop.time()
+        base = o.url.rstrip("/")
+
+        async def read_cpu() -> float:
+            async with self.session.get(f"{base}/healthz") as resp:
+                return float((await resp.json(content_type=None))["cpu_seconds"])
+
+        run = StreamRun(o.calls, read_cpu, self.stream)
+        problems: list[str] = []
         try:
-            report["reference"] = await run()
+            await self.prepare()
         except CallFailed as exc:
-            report["reference_error"] = str(exc)
+            await run.stop()
+            results = [CallResult(i, error=str(exc)) for i in range(o.calls)]
+        else:
+            results = await self._run_calls(run, "service", self.call)
+            problems = await self.settle(results)
+        completed = sum(r.completed for r in results)
+        return {
+            "calls_attempted": o.calls,
+            "calls_completed": completed,
+            "calls_failed": o.calls - completed,
+            "errors": (errors(results) + problems)[:MAX_ERRORS_REPORTED],
+            "frames_sent": sum(r.frames_sent for r in results),
+            **timings(results, self.timings),
+            **self.service_fields(results),
+            "cost": run.cost(o.duration),
+            "ticker": run.ticker_stats(),
+            "elapsed_s": round(loop.time() - t_start, 1),
+        }
+
+    async def run_reference(self) -> dict[str, Any]:
+        """The same streaming load against the bare reference server; CallFailed if it fails."""
+        loop, o = asyncio.get_running_loop(), self.options
+        async with self.reference_server() as bare:
+            ports = await self.reference_ports(bare)
+            run = StreamRun(o.calls, lambda: bare.read_cpu(self.session), self.stream)
+            t_start = loop.time()
+            results = await self._run_calls(
+                run, "bare", lambda r: self.bare_call(r, ports[r.index])
+            )
+            sent = sum(r.frames_sent for r in results)
+            received = await bare.frames_received(self.session, sent)
+        completed = sum(r.completed for r in results)
+        return {
+            "streams": o.calls,
+            "streams_completed": completed,
+            "streams_failed": o.calls - completed,
+            "errors": errors(results),
+            "frames_sent": sent,
+            "frames_received": received,
+            **timings(results, self.bare_timings),
+            **self.reference_fields(sent, received),
+            "cost": run.cost(o.duration),
+            "ticker": run.ticker_stats(),
+            "elapsed_s": round(loop.time() - t_start, 1),
+        }
+
+    async def _run_calls(
+        self, run: StreamRun, label: str, call: Callable[[CallResult], Awaitable[None]]
+    ) -> list[CallResult]:
+        """``call`` for every call on the ramp's schedule; each one's result, a failed one for
+        those not done by the overall deadline. The ticker and the progress line are stopped
+        whatever happens."""
+        loop, o = asyncio.get_running_loop(), self.options
+        n, ramp, deadline = o.calls, o.resolved_ramp(), o.deadline()
+        t0 = loop.time() + 0.05
+
+        async def one(i: int) -> CallResult:
+            result = CallResult(i, run)
+            await asyncio.sleep(max(0.0, t0 + (ramp * i / n if n > 1 else 0.0) - loop.time()))
+            try:
+                await call(result)
+            except CallFailed as exc:
+                result.error = str(exc)
+            finally:
+                result.give_up()
+            self.finished += 1
+            self.failed += not result.completed
+            return result
+
+        def line() -> str:
+            if label == "bare":
+                return run.progress(n)
+            return (
+                f"{self.progress_head()}, finished {self.finished} (failed {self.failed}), "
+                f"{run.progress(n)}"
+            )
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+        progress = asyncio.ensure_future(self._progress(label, line))
+        what = "call" if label == "service" else "reference stream"
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=deadline)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=10)
+        finally:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+            await run.stop()
+        results = []
+        for i, task in enumerate(tasks):
+            if task.done() and not task.cancelled() and task.exception() is None:
+                results.append(task.result())
+            else:
+                error = (
+                    f"{what}: overall deadline ({deadline:.0f} s) reached"
+                    if task in pending or task.cancelled()
+                    else f"{what}: {type(task.exception()).__name__}: {task.exception()}"
+                )
+                results.append(CallResult(i, error=error))
+        return results
+
+    async def _progress(self, label: str, line: Callable[[], str]) -> None:
+        """A progress line on stderr every ``progress_interval`` seconds (0: none)."""
+        interval, out = self.options.progress_interval, self.options.progress_stream or sys.stderr
+        t0 = time.monotonic()
+        while interval > 0:
+            await asyncio.sleep(interval)
+            print(f"[{label} {time.monotonic() - t0:6.1f}s] {line()}", file=out)
+            with contextlib.suppress(AttributeError, OSError):
+                out.flush()
+
+    # -- the report --------------------------------------------------------------------------
+    @classmethod
+    def summarise(cls, report: dict[str, Any]) -> None:
+        """The top of the report: counts, latencies, CPU and the ratio, and the verdict."""
+        service, ref = report["service"], report["reference"]
+        ours = service["cost"].get("server_cpu_per_call_minute")
+        bare = ref["cost"].get("server_cpu_per_call_minute") if ref else None
+        shared = ("calls_attempted", "calls_completed", "calls_failed", "frames_sent")
+        for key in (*shared, "frames_stored", "frames_lost", *cls.top):
+            report[key] = service[key]
+        report["errors"] = (service["errors"] + (ref["errors"] if ref else []))[
+            :MAX_ERRORS_REPORTED
+        ]
+        headline = cls.headline.removesuffix("_ms")
+        for name, key in (("first_prompt", "first_prompt_ms"), (headline, cls.headline)):
+            report[f"{name}_p50_ms"] = service[key]["p50"]
+            report[f"{name}_p99_ms"] = service[key]["p99"]
+        report["sender_cpu_utilisation"] = service["cost"].get("sender_cpu_utilisation")
+        report["ticker_late_p99_ms"] = service["ticker"]["late_p99_ms"]
+        report["server_cpu_per_call_minute"] = ours
+        report["bare_cpu_per_call_minute"] = bare
+        report["cpu_ratio"] = round(ours / bare, 3) if ours and bare else None
+        # A service that cannot keep up uses a whole core whatever the load: its CPU per
+        # call-minute (and the ratio) then understate the real cost. The end-of-call lag shows
+        # how far behind real time it ended up.
+        utilisation = service["cost"].get("server_cpu_utilisation") or 0.0
+        lag = service[cls.lag[0]]["p99"] or 0.0
+        report["service_saturated"] = (
+            utilisation >= SATURATED_UTILISATION
+            or lag >= SATURATED_LAG_MS
+            or cls.overloaded(service)
+        )
+        report["ok"] = (
+            service["calls_failed"] == 0
+            and service["frames_lost"] == 0
+            and report["reference_error"] is None
+            and (ref is None or ref["streams_failed"] == 0)
+            and cls.healthy(service)
+        )
+
+    @classmethod
+    def format(cls, report: dict[str, Any]) -> str:
+        """The report as aligned text rows, the errors and the verdict."""
+        s = report["service"]
+        press = f", press {report['press']}" if report["press"] else ""
+        lag_key, lag_label = cls.lag
+        rows = [
+            (
+                "calls",
+                f"{s['calls_completed']}/{s['calls_attempted']} completed, "
+                f"{s['calls_failed']} failed  ({report['duration_s']:g} s {cls.media} each, ramp "
+                f"{report['ramp_s']:g} s, to {report['to']}{press}{cls.calls_note(report)})",
+            ),
+            *cls.rows(s),
+            (f"{lag_label} ms", p50_p99(s[lag_key])),
+            *reference_rows(report),
+        ]
+        if report.get("service_saturated"):
+            rows.append(
+                (
+                    "warning",
+                    f"the service could not keep up ({cls.saturation} or {lag_label} p99 "
+                    f"{fmt(s[lag_key]['p99'])} ms): its CPU per call-minute understates its cost",
+                )
+            )
+        rows += [("errors" if i == 0 else "", e) for i, e in enumerate(report["errors"])]
+        rows.append(("result", "OK" if report["ok"] else "FAILED"))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-# -- the report -------------------------------------------------------------------------------
-def summarise_shared(
-    report: dict[str, Any], keys: Sequence[str]
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """What both platforms' reports put at the top: counts, latencies, CPU and the ratio."""
-    service = report["service"]
-    ours = service["cost"].get("server_cpu_per_call_minute")
-    ref = report["reference"]
-    bare = ref["cost"].get("server_cpu_per_call_minute") if ref else None
-    for key in keys:
-        report[key] = service[key]
-    report["errors"] = (service["errors"] + (ref["errors"] if ref else []))[:MAX_ERRORS_REPORTED]
-    report["first_prompt_p50_ms"] = service["first_prompt_ms"]["p50"]
-    report["first_prompt_p99_ms"] = service["first_prompt_ms"]["p99"]
-    report["sender_cpu_utilisation"] = service["cost"].get("sender_cpu_utilisation")
-    report["ticker_late_p99_ms"] = service["ticker"]["late_p99_ms"]
-    report["server_cpu_per_call_minute"] = ours
-    report["bare_cpu_per_call_minute"] = bare
-    report["cpu_ratio"] = round(ours / bare, 3) if ours and bare else None
-    return service, ref
+async def run(driver: type[Driver[_O]], options: _O) -> dict[str, Any]:
+    """Run the load test (and the bare reference unless disabled); the report as a dict."""
+    options.check()
+    report: dict[str, Any] = {
+        "url": options.url,
+        "to": options.to,
+        "press": options.resolved_press() or None,
+        "calls": options.calls,
+        "duration_s": options.duration,
+        "ramp_s": options.resolved_ramp(),
+    }
+    timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        platform = driver(options, session)
+        report.update(platform.header())
+        async with platform:
+            report["service"] = await platform.run_service()
+        report["reference"] = report["reference_error"] = None
+        key, why = driver.needs
+        if options.reference and not report["service"][key]:
+            report["reference_error"] = f"skipped: {why}"
+        elif options.reference:
+            try:
+                report["reference"] = await platform.run_reference()
+            except CallFailed as exc:
+                report["reference_error"] = str(exc)
+    driver.summarise(report)
+    return report
 
 
+# -- text -------------------------------------------------------------------------------------
 def fmt(x: Any, unit: str = "") -> str:
     if x is None:
         return "-"
@@ -564,6 +828,10 @@ def fmt(x: Any, unit: str = "") -> str:
     if isinstance(x, int):
         return f"{x:,}{unit}"
     return f"{x}{unit}"
+
+
+def p50_p99(d: dict[str, Any]) -> str:
+    return f"p50 {fmt(d['p50'])}  p99 {fmt(d['p99'])}"
 
 
 def cost_rows(label: str, cost: dict[str, Any], ticker: dict[str, Any]) -> list[tuple[str, str]]:
@@ -589,7 +857,7 @@ def cost_rows(label: str, cost: dict[str, Any], ticker: dict[str, Any]) -> list[
 
 
 def reference_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
-    """The CPU lines of both runs, the ratio, and the saturation warning."""
+    """The CPU lines of both runs and the ratio."""
     s, ref = report["service"], report.get("reference")
     rows = cost_rows("service cpu", s["cost"], s["ticker"])
     if ref:
@@ -606,11 +874,3 @@ def reference_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     elif report.get("reference_error"):
         rows.append(("bare cpu", f"failed: {report['reference_error']}"))
     return rows
-
-
-def render(rows: list[tuple[str, str]], report: dict[str, Any]) -> str:
-    """The rows, the errors and the verdict, aligned."""
-    rows = rows + [("errors" if i == 0 else "", e) for i, e in enumerate(report["errors"])]
-    rows.append(("result", "OK" if report["ok"] else "FAILED"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
