@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -65,7 +66,7 @@ class AriApplication:
         self.sleep = sleep
         self.calls: dict[str, AriCall] = {}  # the channels we serve, by caller channel id
         self.own_channels: dict[str, AriCall] = {}
-        self.counters: dict[str, int] = {}
+        self.counters: Counter[str] = Counter()  # served at /healthz
         self.connected = False
         self.connections = 0
         self.replaced = False  # another websocket took our application name
@@ -80,9 +81,6 @@ class AriApplication:
         self.rest = AriRest(self._session, self.settings)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
 
     def own_id(self, key: str, kind: str) -> str:
         return ari.own_id(self.instance, key, kind)
@@ -207,7 +205,7 @@ class AriApplication:
             await self.hand_back(channel_id, "service_restarted")
         cleared = len(found.bridges) + len(found.channels)
         if cleared or closed or callers:
-            self.count("leftovers_cleared", cleared)
+            self.counters["leftovers_cleared"] += cleared
             log.warning(
                 "ARI: cleared %d bridge(s)/channel(s) left by an earlier run, closed %d call "
                 "record(s), handed %d caller(s) back to the dialplan",
@@ -220,12 +218,12 @@ class AriApplication:
         try:
             event = ari.parse_event(text)
         except ari.AriEventError as exc:
-            self.count("events_bad")
+            self.counters["events_bad"] += 1
             log.warning("ARI event dropped: %s", exc)
             return
         if isinstance(event, ari.ApplicationReplaced):
             self.replaced = True
-            self.count("application_replaced")
+            self.counters["application_replaced"] += 1
             log.error(
                 "ARI: another connection registered the Stasis application %r: new calls go "
                 "there, not here. Give each service instance its own [asterisk] app name.",
@@ -233,7 +231,7 @@ class AriApplication:
             )
             return
         if isinstance(event, ari.UnknownEvent):
-            self.count("events_other")
+            self.counters["events_other"] += 1
             return
         channel = event.channel
         if isinstance(event, ari.StasisStart):
@@ -250,7 +248,7 @@ class AriApplication:
         if call is None:
             own = self.own_channels.get(channel.id)
             if own is None:
-                self.count("events_unknown_channel")
+                self.counters["events_unknown_channel"] += 1
                 log.debug("ARI %s for unknown channel %s ignored", type(event).__name__, channel.id)
             elif not isinstance(event, ari.DtmfReceived) and not own.finished:
                 if channel.id != own.agent_id:

@@ -108,7 +108,7 @@ class AriCall:
         try:
             self.queue.put_nowait((kind, value))
         except asyncio.QueueFull:
-            self.app.count("call_queue_overflow")
+            self.app.counters["call_queue_overflow"] += 1
 
     # -- the call's task ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -124,7 +124,7 @@ class AriCall:
         app = self.app
         line = app.line_for(self.caller, self.args)
         if line is None:
-            app.count("calls_unknown_line")
+            app.counters["calls_unknown_line"] += 1
             log.info("ari channel %s: no line for this call; hanging up", self.caller.id)
             await app.rest_quiet(ari.hang_up(self.caller.id, "unallocated"))
             self.handed_back = True
@@ -142,7 +142,7 @@ class AriCall:
         self.call = call
         call.wire = self
         self.rtp.name = call.call_id
-        app.count("calls")
+        app.counters["calls"] += 1
         try:
             await self._connect_media()
         except SetupFailed as exc:
@@ -161,7 +161,7 @@ class AriCall:
         try:
             port = await app.rtp_ports.bind(self.rtp)
         except OSError as exc:
-            app.count("rtp_ports_exhausted")
+            app.counters["rtp_ports_exhausted"] += 1
             raise SetupFailed(f"no RTP port free ({exc})") from None
         self.bridge_id = app.own_id(self.key, ari.BRIDGE)
         self.media_id = app.own_id(self.key, ari.MEDIA)
@@ -200,7 +200,7 @@ class AriCall:
             return
         if self.caller_gone:
             raise SetupFailed("the caller hung up while the call was being set up")
-        self.app.count("media_stasis_timeouts")
+        self.app.counters["media_stasis_timeouts"] += 1
         raise SetupFailed(
             f"the external-media channel {self.media_id} did not enter the Stasis application "
             f"within {MEDIA_STASIS_TIMEOUT:g} s"
@@ -216,7 +216,7 @@ class AriCall:
             log.info("call %s: caller hung up during set-up", self.label)
             return
         assert self.call is not None
-        self.app.count("calls_setup_failed")
+        self.app.counters["calls_setup_failed"] += 1
         self.call.setup_error = reason
         self.ended_by(f"set-up failed: {reason}")
         log.error(
@@ -331,7 +331,7 @@ class AriCall:
                 )
             )
         except AriHttpError as exc:
-            self.app.count("ari_errors")
+            self.app.counters["ari_errors"] += 1
             log.error("call %s: could not reach the agent: %s", call.call_id, exc)
 
     async def hang_up(self, reason: str) -> None:
@@ -345,7 +345,7 @@ class AriCall:
             await self.app.rest(ari.add_to_bridge(self.bridge_id, [channel_id]))
             log.info("call %s: agent connected", self.label)
         except AriHttpError as exc:
-            self.app.count("ari_errors")
+            self.app.counters["ari_errors"] += 1
             log.error("call %s: agent could not join: %s", self.label, exc)
 
     async def _finish(self, reason: str) -> None:
@@ -360,10 +360,10 @@ class AriCall:
             call.attached = 0
             await app.registry.finish(call, reason)
         if session is not None:
-            app.count("calls_completed")
-            app.count("frames_stored", session.stats.frames_stored)
-            app.count("frames_lost", session.stats.frames_lost)
-            app.count("rtp_lost", self.rtp.jitter.stats.lost)
+            app.counters["calls_completed"] += 1
+            app.counters["frames_stored"] += session.stats.frames_stored
+            app.counters["frames_lost"] += session.stats.frames_lost
+            app.counters["rtp_lost"] += self.rtp.jitter.stats.lost
         for channel_id in (self.agent_id, self.media_id):
             if channel_id:
                 await app.rest_quiet(ari.hang_up(channel_id))

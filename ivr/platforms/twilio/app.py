@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -82,10 +83,7 @@ class TwilioCalls:
     wall: Callable[[], float] = time.time
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     accepting: bool = True
-    counters: dict[str, int] = field(default_factory=dict)
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
+    counters: Counter[str] = field(default_factory=Counter)  # served at /healthz
 
     def call(self, call_sid: str) -> Call | None:
         call = self.calls.get(PLATFORM, call_sid)
@@ -112,7 +110,7 @@ async def _signed_params(request: web.Request, twilio: TwilioCalls) -> dict[str,
     if not token or not is_valid_signature(
         token, url, params, request.headers.get(SIGNATURE_HEADER)
     ):
-        twilio.count("webhooks_forbidden")
+        twilio.counters["webhooks_forbidden"] += 1
         log.warning(
             "%s: refused: %s", request.path, "no auth token set" if not token else "bad signature"
         )
@@ -142,7 +140,7 @@ async def voice(request: web.Request) -> web.Response:
         raise web.HTTPServiceUnavailable(text="shutting down\n")
     line = twilio.config.line_for(hook.to)
     if line is None:
-        twilio.count("calls_unknown_number")
+        twilio.counters["calls_unknown_number"] += 1
         log.info("call %s: no line for the dialled number; hanging up", hook.call_sid)
         return _twiml(twiml_say_hangup(UNKNOWN_NUMBER_TEXT))
     if twilio.call(hook.call_sid) is None:
@@ -154,7 +152,7 @@ async def voice(request: web.Request) -> web.Response:
             line=line,
             caller=normalise_number(hook.from_),
         )
-        twilio.count("calls")
+        twilio.counters["calls"] += 1
     base = _public_base(request, twilio.config)
     token = twilio.tokens.issue("consent", hook.call_sid, twilio.wall())
     return _twiml(
@@ -205,7 +203,7 @@ async def stream_status(request: web.Request) -> web.Response:
     if call is None or call.session is None:
         return web.json_response({"call_sid": event.call_sid, "known": False})
     if event.event == "stream-error" and event.stream_name == RECORDING_STREAM_NAME:
-        twilio.count("recording_streams_failed")
+        twilio.counters["recording_streams_failed"] += 1
         why = event.error or "no reason given"
         log.warning("call %s: Twilio reports the recording stream failed: %s", call.call_id, why)
         call.session.media_failure = f"the recording stream failed: {why}"
@@ -220,7 +218,7 @@ async def status(request: web.Request) -> web.Response:
     if hook.call_status in TERMINAL_STATUSES:
         # Also for a call whose consent stream never started: its row is closed now.
         await twilio.calls.finish(call, f"call {hook.call_status}")
-        twilio.count("calls_completed")
+        twilio.counters["calls_completed"] += 1
     summary = call.session.summary() if call.session else {"call_id": call.call_id}
     return web.json_response({"call_sid": hook.call_sid, **summary})
 
@@ -257,24 +255,15 @@ class _Stream:
                 start.parameters.get("token"), self.kind, start.call_sid, twilio.wall()
             )
         except TokenError as exc:
-            twilio.count("streams_refused")
-            log.warning("%s stream for twilio %s refused: %s", self.kind, start.call_sid, exc)
-            await self.close(CLOSE_POLICY, str(exc))
-            return False
+            return await self._refuse(start.call_sid, str(exc))
         call = twilio.call(start.call_sid)
         if call is not None and call.session is None and self.kind == "consent":
             call.session = twilio.calls.begin(call)  # the caller can hear us from now on
         if call is None or call.session is None or self.kind in call.streams:
             why = "call is not in progress" if call is None else "token already used"
-            twilio.count("streams_refused")
-            log.warning("%s stream for twilio %s refused: %s", self.kind, start.call_sid, why)
-            await self.close(CLOSE_POLICY, why)
-            return False
+            return await self._refuse(start.call_sid, why)
         if self.kind == "recording" and not call.session.recording_allowed:
-            twilio.count("streams_refused")
-            log.warning("call %s: recording stream refused: not allowed", call.call_id)
-            await self.close(CLOSE_POLICY, "recording is not allowed for this call")
-            return False
+            return await self._refuse(start.call_sid, "recording is not allowed for this call")
         call.streams.add(self.kind)
         call.attached += 1
         if self.kind == "recording" and call.session.media_failure == NO_RECORDING_STREAM:
@@ -286,9 +275,15 @@ class _Stream:
         self.last_seq = start.sequence
         return True
 
+    async def _refuse(self, call_sid: str, why: str) -> bool:
+        self.twilio.counters["streams_refused"] += 1
+        log.warning("%s stream for twilio %s refused: %s", self.kind, call_sid, why)
+        await self.close(CLOSE_POLICY, why)
+        return False
+
     def in_order(self, sequence: int) -> bool:
         if sequence <= self.last_seq:
-            self.twilio.count("messages_out_of_order")
+            self.twilio.counters["messages_out_of_order"] += 1
             if self.bad == 0:
                 log.warning(
                     "%s: message %d after %d dropped", self.where(), sequence, self.last_seq
@@ -296,7 +291,7 @@ class _Stream:
             self.bad += 1
             return False
         if sequence > self.last_seq + 1:
-            self.twilio.count("messages_missing", sequence - self.last_seq - 1)
+            self.twilio.counters["messages_missing"] += sequence - self.last_seq - 1
         self.last_seq = sequence
         return True
 
@@ -374,7 +369,7 @@ async def _serve_stream(stream: _Stream) -> None:
             msg = await ws.receive(timeout=timeout)
         except TimeoutError:
             if session is None:
-                twilio.count("streams_refused")
+                twilio.counters["streams_refused"] += 1
                 log.warning("%s stream: no start within %.0f s; closed", stream.kind, timeout)
                 await stream.close(CLOSE_POLICY, "no start message")
                 return
@@ -384,18 +379,18 @@ async def _serve_stream(stream: _Stream) -> None:
         if msg.type is not text:
             if msg.type == WSMsgType.ERROR:
                 if isinstance(ws.exception(), ValueError) or ws.close_code == CLOSE_TOO_BIG:
-                    twilio.count("messages_too_big")
+                    twilio.counters["messages_too_big"] += 1
                     log.warning("%s: message too big; stream closed", stream.where())
                 return
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 return
-            twilio.count("messages_bad")
+            twilio.counters["messages_bad"] += 1
             continue
         try:
             message = parse_stream_message(msg.data)
         except StreamError as exc:
             stream.bad += 1
-            twilio.count("messages_bad")
+            twilio.counters["messages_bad"] += 1
             if exc.close_code in (CLOSE_POLICY, CLOSE_TOO_BIG) or stream.bad > MAX_BAD_MESSAGES:
                 log.warning("%s: %s; closing", stream.where(), exc)
                 await stream.close(exc.close_code, str(exc))
@@ -466,17 +461,13 @@ async def _dispatch(stream: _Stream, message: object) -> bool:
         stream.call.ended_by(reason)
         await session.end(reason)
         stream.closed_by_us = True
-        await ws_close_quietly(stream)
+        if not stream.ws.closed:
+            await stream.ws.close(code=CLOSE_NORMAL)
         return False
     if isinstance(message, Unknown):
-        stream.twilio.count("messages_unknown")
+        stream.twilio.counters["messages_unknown"] += 1
         log.info("%s: unknown event %r ignored", stream.where(), message.event)
     return True
-
-
-async def ws_close_quietly(stream: _Stream) -> None:
-    if not stream.ws.closed:
-        await stream.ws.close(code=CLOSE_NORMAL)
 
 
 async def consent_stream(request: web.Request) -> web.WebSocketResponse:
