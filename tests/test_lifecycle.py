@@ -344,3 +344,21 @@ def test_a_rebuilt_audit_chain_is_caught_without_the_master_key(vault):
         verdict = verify_catalog(vault.catalog)
         assert not verdict.ok, alg
         assert verdict.problems[0].seq == 1
+
+
+def test_cli_sweep_keeps_call_records_as_the_configuration_says(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("IVR_MASTER_KEY", base64.b64encode(MASTER).decode())
+    data = tmp_path / "var"
+    with Vault(data, fsync=False) as v:
+        call = v.open_call(tenant="acme", platform="test", caller=OTHER)  # nothing recorded
+    config = tmp_path / "ivr.toml"
+    config.write_text("[retention]\ncall_record_days = 5\n")
+    six_days = (datetime.now(UTC) + timedelta(days=6)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    base = ["retention", "sweep", "--data-dir", str(data), "--now", six_days, "--json"]
+    assert main(base) == 0  # the default, 30 days: the number stays
+    assert json.loads(capsys.readouterr().out)["calls_scrubbed"] == 0
+    assert main([*base, "--config", str(config)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["calls_scrubbed"], out["call_record_days"]) == (1, 5)
+    with Vault(data, create=False) as v:
+        assert v.caller_of(call) is None

@@ -104,8 +104,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
 # -- retention ------------------------------------------------------------------------------------
 def cmd_sweep(args: argparse.Namespace) -> int:
     now = args.now or datetime.now(UTC)
+    # The service's own sweep keeps call records as the configuration says; so does this one.
+    from ivr.config import load_config
+
+    days = load_config(Path(args.config) if args.config else None).call_record_days
     with open_vault(args) as vault:
-        report = lifecycle.sweep(vault, now=now, dry_run=args.dry_run, actor=actor())
+        report = lifecycle.sweep(
+            vault, now=now, dry_run=args.dry_run, actor=actor(), call_record_days=days
+        )
     verb = "would purge" if report.dry_run else "purged"
     data = {
         "now": report.now,
@@ -113,6 +119,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         "purged": [_brief(r) for r in report.purged],
         "held": [_brief(r) for r in report.held],
         "orphan_blobs_removed": report.orphans_removed,
+        "calls_scrubbed": report.calls_scrubbed,
+        "call_record_days": days,
     }
 
     def text() -> str:
@@ -337,6 +345,12 @@ def add_parsers(top: Any, rsub: Any, common: argparse.ArgumentParser, data_out: 
     sweep = rs.add_parser("sweep", parents=[common, data_out], help="purge expired recordings")
     sweep.add_argument("--dry-run", action="store_true", help="report, change nothing")
     sweep.add_argument("--now", type=_when, help="pretend it is this time (UTC)")
+    sweep.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_ENV),
+        help=f"configuration file, for [retention] call_record_days (env {CONFIG_ENV}; "
+        "default: the embedded demo's)",
+    )
     sweep.set_defaults(func=cmd_sweep)
     report = rs.add_parser("report", parents=[common, data_out], help="what is due when")
     report.add_argument("--tenant")
