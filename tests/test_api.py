@@ -56,7 +56,9 @@ async def api(tmp_path, monkeypatch):
     vault = app[VAULT]
     recs = {}
     for tenant in ("acme", "globex"):
-        call = vault.open_call(tenant=tenant, platform="test", caller=CALLER)
+        call = vault.open_call(
+            tenant=tenant, platform="test", platform_call_id=f"CA-{tenant}", caller=CALLER
+        )
         rec = vault.start_recording(
             tenant=tenant,
             call_id=call,
@@ -201,7 +203,10 @@ async def test_subject_requests(api):
         json={"phone": "+46 70 123 45 67", "reason": "Art. 17"},
         headers=auth("acme-dpo"),
     )
-    assert (await resp.json())["erased"] == [recs["acme"].id]
+    erased = await resp.json()
+    assert erased["erased"] == [recs["acme"].id]
+    # The platform's call id left the catalog; the answer names it, to be erased there too.
+    assert erased["platform_calls"] == [{"platform": "test", "id": "CA-acme"}]
     assert app[VAULT].get(recs["globex"].id).status is RecordingStatus.COMPLETE
 
 
