@@ -30,6 +30,7 @@ from ivr.platforms.asterisk.app import AriApplication
 from ivr.platforms.twilio.app import TWILIO, TwilioCalls, add_routes
 from ivr.platforms.twilio.stream_token import StreamTokens
 from ivr.prompt_library import PromptLibrary, cache_dir
+from ivr.supervision import LoopHealth, describe, supervise
 from storage import lifecycle
 from storage.catalog import RecordingStatus
 from storage.keys import now_utc
@@ -39,6 +40,8 @@ from storage.vault import Vault
 log = logging.getLogger(__name__)
 
 ARI = web.AppKey("ari", AriApplication)
+# The background loops' health, by name, for /healthz (ivr/supervision.py).
+LOOPS = web.AppKey[dict[str, LoopHealth]]("loops")
 
 
 def cpu_seconds() -> float:
@@ -61,6 +64,7 @@ def create_app(
     app[CONFIG] = config
     app[DATA_DIR] = data_dir
     app[CLOCK] = clock
+    loops = app[LOOPS] = {}
 
     async def vault_ctx(app: web.Application) -> AsyncIterator[None]:
         for warning in config.warnings:
@@ -95,7 +99,10 @@ def create_app(
         )
         registry = CallRegistry(app[VAULT], prompts, clock=clock)
         app[CALLS] = registry
-        expiry = asyncio.create_task(_expire_calls(registry), name="call-expiry")
+        health = loops["call_expiry"] = LoopHealth("call expiry")
+        expiry = asyncio.create_task(
+            supervise(health, lambda: _expire_calls(registry, health)), name="call-expiry"
+        )
         yield
         await _cancel(expiry)
         # Whatever a platform has not finished by now (it had its chance in its own step).
@@ -133,8 +140,14 @@ def create_app(
             rotate_every_days=config.key_rotate_every_days,
             retire_after_days=config.key_retire_after_days,
         )
+        health = loops["retention_sweeper"] = LoopHealth("retention sweeper")
         sweeper = asyncio.create_task(
-            _retention_sweeper(app[VAULT], clock, interval, config.call_record_days, keys),
+            supervise(
+                health,
+                lambda: _retention_sweeper(
+                    app[VAULT], clock, interval, config.call_record_days, keys, health
+                ),
+            ),
             name="retention-sweeper",
         )
         log.info(
@@ -171,16 +184,20 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 EXPIRY_INTERVAL_SECONDS = 60.0
 
 
-async def _expire_calls(registry: CallRegistry) -> None:
-    """Calls whose platform never said goodbye (a lost status callback) leave memory."""
+async def _expire_calls(registry: CallRegistry, health: LoopHealth | None = None) -> None:
+    """Calls whose platform never said goodbye (a lost status callback) leave memory. A failed
+    round is the health's (logged once, counted, /healthz); the next round comes anyway."""
+    health = health or LoopHealth("call expiry")
     while True:
         await asyncio.sleep(EXPIRY_INTERVAL_SECONDS)
         try:
             expired = await registry.expire()
-            if expired:
-                log.warning("%d call(s) had no word from their platform; forgotten", expired)
-        except Exception:  # like the sweeper: log and try again next round
-            log.exception("call expiry failed")
+        except Exception as exc:
+            health.round_failed(exc, "expiry round")
+            continue
+        health.round_ok()
+        if expired:
+            log.warning("%d call(s) had no word from their platform; forgotten", expired)
 
 
 async def _retention_sweeper(
@@ -189,13 +206,23 @@ async def _retention_sweeper(
     interval: float,
     call_record_days: int,
     keys: KeySchedule | None = None,
+    health: LoopHealth | None = None,
 ) -> None:
     """Storage limitation, enforced: purge what has outlived its retention period, on a
     schedule, from the moment the service starts; then the key schedule (rotate, re-wrap,
-    retire), which is what makes an erasure reach backups of the catalog."""
+    retire), which is what makes an erasure reach backups of the catalog. Each round watches
+    the breach register first (Art. 33's 72 hours). A step that fails is the health's (logged
+    once with its traceback, counted, /healthz degraded until a round succeeds); the other
+    steps still run and the loop carries on."""
+    health = health or LoopHealth("retention sweeper")
     while True:
+        failed = False
         try:
             _warn_about_breaches(vault, clock())
+        except Exception as exc:
+            health.round_failed(exc, "breach watch")
+            failed = True
+        try:
             report = await asyncio.to_thread(
                 lifecycle.sweep,
                 vault,
@@ -210,8 +237,9 @@ async def _retention_sweeper(
                     len(report.purged),
                     len(report.held),
                 )
-        except Exception:  # the sweeper must survive a bad night; it logs and tries again
-            log.exception("retention sweep failed")
+        except Exception as exc:
+            health.round_failed(exc, "retention sweep")
+            failed = True
         if keys is not None and keys.active:
             try:
                 steps = await asyncio.to_thread(run_schedule, vault, keys, now=clock())
@@ -225,8 +253,11 @@ async def _retention_sweeper(
                             step.rewrapped,
                             ", ".join(map(str, step.retired)) or "-",
                         )
-            except Exception:  # like the sweep: log, and try again next round
-                log.exception("key schedule failed")
+            except Exception as exc:
+                health.round_failed(exc, "key schedule")
+                failed = True
+        if not failed:
+            health.round_ok()
         await asyncio.sleep(interval)
 
 
@@ -254,35 +285,56 @@ def _warn_about_breaches(vault: Vault, now: datetime) -> None:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """The service's state: ``ok``, ``degraded`` (``problems`` says why, in words) or
+    ``stopping``. Each part answers for itself: the catalog (read here), every background loop
+    (``loops``), the Asterisk application (``asterisk``). Fields: docs/operations.md."""
     vault = request.app[VAULT]
     twilio = request.app[TWILIO]
-    in_progress = await asyncio.to_thread(lambda: len(vault.list(status=RecordingStatus.RECORDING)))
+    problems: list[str] = []
     body: dict[str, object] = {}
     now = request.app[CLOCK]()
-    pressing = [
-        {"id": b["id"], "urgency": breach.urgency(b, now), "deadline": b["deadline"]}
-        for b in await asyncio.to_thread(breach.all_breaches, vault)
-        if breach.urgency(b, now) in ("overdue", "nearly due")
-    ]
-    if pressing:
-        body["breaches"] = pressing
+    in_progress: int | None = None
+    try:
+        in_progress = await asyncio.to_thread(
+            lambda: len(vault.list(status=RecordingStatus.RECORDING))
+        )
+        breaches = await asyncio.to_thread(breach.all_breaches, vault)
+    except Exception as exc:  # the catalog cannot be read: say so, do not answer 500
+        body["catalog"] = {"ok": False, "error": describe(exc)}
+        problems.append(f"catalog failing: {describe(exc)}")
+    else:
+        body["catalog"] = {"ok": True, "error": None}
+        pressing = [
+            {"id": b["id"], "urgency": breach.urgency(b, now), "deadline": b["deadline"]}
+            for b in breaches
+            if breach.urgency(b, now) in ("overdue", "nearly due")
+        ]
+        if pressing:
+            body["breaches"] = pressing
+    loops = request.app[LOOPS]
+    body["loops"] = {name: health.report() for name, health in sorted(loops.items())}
+    problems.extend(p for health in loops.values() if (p := health.problem) is not None)
     ari_app = request.app.get(ARI)
     if ari_app is not None:
+        problem = ari_app.problem
         body["asterisk"] = {
+            "ok": problem is None,
+            "problem": problem,
             "connected": ari_app.connected,
             "application_replaced": ari_app.replaced,
             "connections": ari_app.connections,
+            "events_loop": ari_app.events_loop.report(),
             "calls_in_progress": len(ari_app.calls),
             "counters": dict(sorted(ari_app.counters.items())),
         }
+        if problem is not None:
+            problems.append(f"asterisk: {problem}")
+    status = "stopping" if not twilio.accepting else "degraded" if problems else "ok"
     return web.json_response(
         body
         | {
-            "status": "stopping"
-            if not twilio.accepting
-            else "degraded"
-            if ari_app is not None and (not ari_app.connected or ari_app.replaced)
-            else "ok",
+            "status": status,
+            "problems": problems,
             "version": __version__,
             "calls_in_progress": len(twilio.calls.calls("twilio")),
             "open_recordings": len(vault.open_recordings),

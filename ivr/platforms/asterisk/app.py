@@ -29,10 +29,15 @@ from ivr.config import Config, Line
 from ivr.platforms.asterisk import ari
 from ivr.platforms.asterisk.call import PLATFORM, AriCall
 from ivr.platforms.asterisk.rest import AriHttpError, AriRest, basic_auth
+from ivr.supervision import LoopHealth, describe, supervise
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
+# An event that could not be handled (not a malformed one: a failure of ours) keeps the
+# application degraded on /healthz for this long after the last one.
+EVENT_FAILURE_DEGRADES_SECONDS = 60.0
+BAD_EVENT_SUMMARY_SECONDS = 60.0  # at most one warning line per minute about bad events
 
 
 def _cause(event: ari.AriEvent) -> str:
@@ -81,6 +86,10 @@ class AriApplication:
         self.rest = AriRest(self._session, self.settings)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.events_loop = LoopHealth("ARI events loop", wall=wall)
+        self.last_event_failure: tuple[float, str] | None = None  # when, and what
+        self._bad_logged: float | None = None  # wall time of the last warning about bad events
+        self._bad_unlogged = 0  # bad events since that warning
 
     def own_id(self, key: str, kind: str) -> str:
         return ari.own_id(self.instance, key, kind)
@@ -92,7 +101,25 @@ class AriApplication:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._events_loop(), name="ari-events")
+        self._task = asyncio.create_task(
+            supervise(self.events_loop, self._events_loop, sleep=self.sleep), name="ari-events"
+        )
+
+    @property
+    def problem(self) -> str | None:
+        """Why the application is not taking Asterisk's calls as it should, in words; None
+        when it is. Shown on /healthz, which then says ``degraded``."""
+        if self.replaced:
+            return "another connection registered the Stasis application"
+        loop = self.events_loop.problem
+        if loop is not None:
+            return loop
+        if not self.connected:
+            return "ARI events socket not connected"
+        failure = self.last_event_failure
+        if failure is not None and self.wall() - failure[0] < EVENT_FAILURE_DEGRADES_SECONDS:
+            return f"an ARI event could not be handled ({failure[1]})"
+        return None
 
     async def stop(self) -> None:
         self._stopping = True
@@ -129,39 +156,49 @@ class AriApplication:
 
     # -- events --------------------------------------------------------------------------------
     async def _events_loop(self) -> None:
-        settings = self.settings
-        url = settings.url.replace("http", "ws", 1) + "/events"
+        """Connect, listen, reconnect with backoff when the connection fails or ends. Any
+        other error ends this loop and is the supervisor's (``start``): counted, logged once,
+        restarted with backoff."""
+        url = self.settings.url.replace("http", "ws", 1) + "/events"
         backoff = BACKOFF_START
         while not self._stopping:
             try:
-                async with self._session.ws_connect(
-                    url,
-                    params={"app": settings.app, "subscribeAll": "false"},
-                    headers={"Authorization": basic_auth(settings)},
-                    heartbeat=30,
-                    max_msg_size=ari.MAX_EVENT_BYTES,
-                ) as ws:
-                    self.connected = True
-                    self.connections += 1
-                    backoff = BACKOFF_START
-                    self.replaced = False
-                    log.info("ARI events connected (%s, app %s)", settings.url, settings.app)
-                    await self._resync(first=self.connections == 1)
-                    async for msg in ws:
-                        if msg.type == aiohttp.WSMsgType.TEXT:
-                            self._on_event_text(msg.data)
-                        elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
-                            break
+                await self._listen(url)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                if self.connected:
+                    backoff = BACKOFF_START
                 log.warning("ARI events: %s; retrying in %.1f s", exc, backoff)
             else:
+                backoff = BACKOFF_START
                 if not self._stopping:
                     log.warning("ARI events connection lost; retrying in %.1f s", backoff)
-            self.connected = False
+            finally:
+                self.connected = False  # whatever ended the connection, even a bug
             if self._stopping:
                 return
             await self.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _listen(self, url: str) -> None:
+        """One events connection, until it closes."""
+        settings = self.settings
+        async with self._session.ws_connect(
+            url,
+            params={"app": settings.app, "subscribeAll": "false"},
+            headers={"Authorization": basic_auth(settings)},
+            heartbeat=30,
+            max_msg_size=ari.MAX_EVENT_BYTES,
+        ) as ws:
+            self.connected = True
+            self.connections += 1
+            self.replaced = False
+            log.info("ARI events connected (%s, app %s)", settings.url, settings.app)
+            await self._resync(first=self.connections == 1)
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    self._on_event_text(msg.data)
+                elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+                    break
 
     async def _resync(self, *, first: bool) -> None:
         """After a (re)connect: calls whose caller vanished meanwhile are finalised, and what
@@ -215,12 +252,48 @@ class AriApplication:
             )
 
     def _on_event_text(self, text: str) -> None:
+        """One message from the events socket. Never raises: a malformed event is counted and
+        dropped (``_bad_event``); one we fail to handle is counted, logged with its traceback
+        the first time, and keeps /healthz degraded for a while, but the next event is read."""
         try:
             event = ari.parse_event(text)
         except ari.AriEventError as exc:
-            self.counters["events_bad"] += 1
-            log.warning("ARI event dropped: %s", exc)
+            self._bad_event(exc)
             return
+        try:
+            self._on_event(event)
+        except Exception as exc:
+            self.counters["events_failed"] += 1
+            self.last_event_failure = (self.wall(), describe(exc))
+            first = self.counters["events_failed"] == 1
+            log.error(
+                "ARI %s event could not be handled: %s",
+                type(event).__name__,
+                describe(exc),
+                exc_info=exc if first else None,
+            )
+
+    def _bad_event(self, exc: ari.AriEventError) -> None:
+        """Counted (``events_bad``) and logged at debug level; a warning only for the first one
+        and then at most once a minute, with how many came since: a flood of bad events from
+        the PBX costs a few lines, not one each."""
+        self.counters["events_bad"] += 1
+        log.debug("ARI event dropped: %s", exc)
+        now = self.wall()
+        if self._bad_logged is not None and now - self._bad_logged < BAD_EVENT_SUMMARY_SECONDS:
+            self._bad_unlogged += 1
+            return
+        since = f"; {self._bad_unlogged} more since the last warning" if self._bad_unlogged else ""
+        log.warning(
+            "ARI event dropped: %s (counted in events_bad, %d so far%s; further ones are "
+            "logged at debug level, summed up at most once a minute)",
+            exc,
+            self.counters["events_bad"],
+            since,
+        )
+        self._bad_logged, self._bad_unlogged = now, 0
+
+    def _on_event(self, event: ari.AriEvent) -> None:
         if isinstance(event, ari.ApplicationReplaced):
             self.replaced = True
             self.counters["application_replaced"] += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,12 @@ from media.dtmf import DIGITS
 OWN_PREFIX = "ivr-"
 OWN_NAME_PREFIXES = ("UnicastRTP/", "Snoop/", "AudioSocket/")
 MAX_EVENT_BYTES = 256 * 1024
+# Asterisk's events nest 4 deep (event, channel, caller, name); deeper text is refused before
+# json.loads sees it, which would otherwise recurse once per level (5,000 "[" raise
+# RecursionError, not ValueError).
+MAX_EVENT_NESTING = 32
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(rb"[\[\]{}]")
 
 # Our ids: ivr-<instance>-<call key>-<kind>, every part of fixed length. The instance part
 # tells a service which leftovers are its own (after a crash) and never anyone else's; the
@@ -171,13 +178,43 @@ def _cause(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def nesting(data: bytes) -> int:
+    """How deep JSON text nests its arrays and objects (brackets inside strings ignored)."""
+    if data.count(b"[") + data.count(b"{") <= MAX_EVENT_NESTING:
+        return MAX_EVENT_NESTING  # cannot be deeper than that: the usual case, no scan
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub(b"", data)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
 def parse_event(text: str | bytes) -> AriEvent:
-    if len(text) > MAX_EVENT_BYTES:
-        raise AriEventError("event too large")
+    """One events-websocket message as an event. Anything else raises ``AriEventError`` saying
+    why (too large, nested too deep, not JSON, not an event, a malformed field); no other
+    exception leaves this function."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    if len(data) > MAX_EVENT_BYTES:
+        raise AriEventError(f"event too large: {len(data)} bytes, at most {MAX_EVENT_BYTES}")
+    depth = nesting(data)
+    if depth > MAX_EVENT_NESTING:
+        raise AriEventError(f"event nested {depth} deep, at most {MAX_EVENT_NESTING}")
     try:
-        event = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise AriEventError(f"not JSON: {exc}") from None
+        event = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:  # UnicodeDecodeError: bytes not UTF-8
+        raise AriEventError(f"not JSON: {str(exc)[:100]}") from None
+    try:
+        return _event(event)
+    except AriEventError:
+        raise
+    except (TypeError, ValueError, RecursionError) as exc:  # a value no field accepts
+        raise AriEventError(f"malformed event: {type(exc).__name__}: {str(exc)[:100]}") from None
+
+
+def _event(event: Any) -> AriEvent:
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         raise AriEventError("event without a type")
     kind = event["type"]
@@ -196,7 +233,7 @@ def parse_event(text: str | bytes) -> AriEvent:
         return DtmfReceived(
             Channel.from_json(event.get("channel")),
             digit,
-            duration if isinstance(duration, int) else 0,
+            duration if isinstance(duration, int) and 0 <= duration < 1 << 31 else 0,
         )
     if kind == "ChannelHangupRequest":
         return HangupRequest(Channel.from_json(event.get("channel")), _cause(event.get("cause")))
