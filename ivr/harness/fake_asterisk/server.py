@@ -168,7 +168,9 @@ class FakeAsterisk:
         self._refusing = False
         self._sockets: list[_EventSocket] = []
         self._app_sockets: dict[str, _EventSocket] = {}
-        self._outbox: asyncio.Queue[tuple[_EventSocket, dict[str, Any]]] | None = None
+        self.raw_sent = 0  # texts sent by ``send_raw`` (not in ``events_sent``)
+        # An event, or a raw text from ``send_raw``, for a socket.
+        self._outbox: asyncio.Queue[tuple[_EventSocket, dict[str, Any] | str]] | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiters: set[asyncio.Future[None]] = set()
@@ -246,6 +248,17 @@ class FakeAsterisk:
         self._notify()
         await asyncio.sleep(0)
         return len(dropped)
+
+    def send_raw(self, text: str, app: str | None = None) -> bool:
+        """Put ``text`` on ``app``'s events socket as one websocket text message, as it is
+        (malformed JSON, a hostile event): in order with the events. False when nobody
+        listens (the text is then dropped and not counted)."""
+        sock = self._app_sockets.get(app or self.app)
+        if sock is None or sock.dropped or sock.ws.closed or self._outbox is None:
+            return False
+        self._outbox.put_nowait((sock, text))
+        self._notify()
+        return True
 
     def refuse_connections(self, refuse: bool = True) -> None:
         """While True, ``GET /ari/events`` answers 503 (open sockets stay open)."""
@@ -424,14 +437,19 @@ class FakeAsterisk:
         while True:
             sock, event = await self._outbox.get()
             try:
-                if sock.dropped or sock.ws.closed:
+                if isinstance(event, str):
+                    if not (sock.dropped or sock.ws.closed):
+                        await sock.ws.send_str(event)
+                        self.raw_sent += 1
+                elif sock.dropped or sock.ws.closed:
                     self.events_dropped.append(event)
                 else:
                     await sock.ws.send_str(json.dumps(event))
                     self.events_sent.append(event)
             except (ConnectionError, RuntimeError) as exc:
-                log.debug("fake asterisk: event %s lost: %s", event["type"], exc)
-                self.events_dropped.append(event)
+                if isinstance(event, dict):
+                    log.debug("fake asterisk: event %s lost: %s", event["type"], exc)
+                    self.events_dropped.append(event)
             finally:
                 self._outbox.task_done()
                 self._notify()
