@@ -253,8 +253,10 @@ class Stats:
     """Receive counters for one stream.
 
     ``received`` counts every audio packet pushed. Once flushed, ``received == released -
-    lost + duplicates + late + foreign_ssrc``. ``malformed`` is not touched by the buffer: the
-    adapter increments it when :func:`parse_rtp` fails.
+    lost + duplicates + late + foreign_ssrc + jumps``. ``malformed`` is not touched by the
+    buffer: the adapter increments it when :func:`parse_rtp` fails. ``jumps`` counts packets
+    dropped because their sequence number or timestamp jumped and the stream did not follow
+    them (RFC 3550 A.1's probation); ``lost`` counts every frame filled with silence.
     """
 
     received: int = 0
@@ -265,6 +267,7 @@ class Stats:
     foreign_ssrc: int = 0
     resyncs: int = 0
     malformed: int = 0
+    jumps: int = 0
 
 
 @dataclass(slots=True)
@@ -293,13 +296,22 @@ class JitterBuffer:
       have arrived, so a reordered first packet is not lost either.
     - Duplicates and packets whose slot was already released are dropped
       (``stats.duplicates``, ``stats.late``).
-    - A jump of more than ``max_gap_ms`` of missing packets, a backward sequence jump of
-      more than ``max_seq_jump``, or a timestamp that disagrees with the sequence number by
-      more than ``max_gap_ms`` is a restart of the far end's stream, not loss: the buffer
-      releases what it holds, counts ``stats.resyncs`` and continues from the new packet.
-      Media time keeps growing by the RTP timestamp difference when that is plausible
-      (positive, at most ``max_resync_gap_ms``), else by one frame, because a restarted
-      stream may pick a random new timestamp base.
+    - A packet that jumps (its sequence number more than ``window`` + 1 ahead or more than
+      ``max_seq_jump`` behind, or its timestamp more than ``max_gap_ms`` away from where its
+      sequence number puts it) is held on probation (RFC 3550 A.1) until the next packet: if
+      that one continues from it (within ``window`` places, timestamps agreeing), the jump
+      was real (loss, an outage, a restart) and both are taken; otherwise the held packet is
+      dropped and counted (``stats.jumps``), and the stream goes on as before. One wild packet
+      therefore never becomes the new baseline (which made every later packet "late", or
+      moved media time by its timestamp).
+    - A real jump of more than ``max_gap_ms`` of missing packets, or a backward one, is a
+      restart of the far end's stream, not loss: the buffer releases what it holds, counts
+      ``stats.resyncs`` and continues from the new packet. Media time keeps growing by the
+      RTP timestamp difference only when sequence numbers and timestamps agree on it (an
+      outage of at most ``max_resync_gap_ms``), else by one frame; a timestamp that leaves
+      the sequence number by more than ``max_gap_ms`` moves media time by what the sequence
+      number says (counted in ``stats.resyncs``). So timestamps alone never stretch a
+      recording by more than ``max_gap_ms`` per packet the stream actually follows.
     - Released frames never overlap: ``timestamp_ms`` grows by at least one frame per frame,
       whatever the timestamps say, so a recording built from them never overwrites audio.
       A timestamp that runs ahead of the sequence number by less than ``max_gap_ms`` is the
@@ -363,6 +375,7 @@ class JitterBuffer:
         # Recently released slots (ext -> was filled), to tell a duplicate from a late packet.
         self._released: dict[int, bool] = {}
         self._released_order: deque[int] = deque()
+        self._held: RtpPacket | None = None  # a jump on probation (see the class docstring)
 
     @property
     def ssrc(self) -> int | None:
@@ -390,10 +403,40 @@ class JitterBuffer:
         if pkt.ssrc != self._ssrc:
             self.stats.foreign_ssrc += 1
             return []
+        held = self._held
+        if held is not None:
+            self._held = None
+            if self._follows(held, pkt):
+                return self._take(held) + self._take(pkt)
+            self.stats.jumps += 1  # the stream did not follow it: one wild packet
+        if self._jumps(pkt):
+            self._held = pkt
+            return []
+        return self._take(pkt)
 
+    def _jumps(self, pkt: RtpPacket) -> bool:
+        """Whether ``pkt`` leaves the stream: too far ahead or behind, or its timestamp far
+        from where its sequence number puts it."""
+        jump = _signed(pkt.sequence - self._seq_ref_raw, _SEQ_MOD)
+        if jump - 1 > self.window or jump < -self.max_seq_jump:
+            return True
+        if jump <= 0:
+            return False  # a straggler: placed by its sequence number if its timestamp is odd
+        delta = _signed(pkt.timestamp - self._ts_ref_raw, _TS_MOD)
+        return abs(delta - jump * self._frame_ticks) > self._max_gap_ticks
+
+    def _follows(self, held: RtpPacket, pkt: RtpPacket) -> bool:
+        """Whether ``pkt`` continues from ``held``: near it, with timestamps that agree."""
+        distance = _signed(pkt.sequence - held.sequence, _SEQ_MOD)
+        if distance == 0 or abs(distance) > self.window + 1:
+            return False
+        delta = _signed(pkt.timestamp - held.timestamp, _TS_MOD)
+        return abs(delta - distance * self._frame_ticks) <= self._max_gap_ticks
+
+    def _take(self, pkt: RtpPacket) -> list[Frame]:
         jump = _signed(pkt.sequence - self._seq_ref_raw, _SEQ_MOD)
         if jump - 1 > self._max_gap_packets or jump < -self.max_seq_jump:
-            return self._resync(pkt)
+            return self._resync(pkt, jump)
         ext = self._max_ext + jump
 
         if jump == 1 and ext == self._next and self._started and not self._buffer:
@@ -436,13 +479,15 @@ class JitterBuffer:
         delta = _signed(pkt.timestamp - self._ts_ref_raw, _TS_MOD)
         # Audio timestamps advance at least one frame per sequence number; one that lags
         # would make frames overlap (and overwrite each other in the recording), so the
-        # sequence number is the floor. A lead is the sender's own pause and is kept.
-        step = delta if expected <= delta <= self._max_resync_ticks else expected
-        skipped = 0
+        # sequence number is the floor. A lead of up to max_gap_ms is the sender's own pause
+        # and is kept; beyond that the sequence number says how far media time moves.
+        step = expected
         if abs(delta - expected) > self._max_gap_ticks:
             # Sequence continues but the timestamp does not: a new timestamp base.
             self.stats.resyncs += 1
-            skipped = step - expected
+        elif delta > expected:
+            step = delta
+        skipped = 0
         time = self._ts_ref_time + step
         self._seq_ref_raw = pkt.sequence
         self._max_ext = ext
@@ -452,8 +497,20 @@ class JitterBuffer:
         return self._drain()
 
     def flush(self) -> list[Frame]:
-        """Release everything buffered (end of call), filling holes between held packets."""
+        """Release everything buffered (end of call), filling holes between held packets. A
+        packet still on probation is taken if it is a plain loss (ahead by at most
+        ``max_gap_ms``, timestamp agreeing), else dropped (``stats.jumps``)."""
         out: list[Frame] = []
+        held, self._held = self._held, None
+        if held is not None:
+            jump = _signed(held.sequence - self._seq_ref_raw, _SEQ_MOD)
+            delta = _signed(held.timestamp - self._ts_ref_raw, _TS_MOD)
+            if 0 < jump - 1 <= self._max_gap_packets and (
+                abs(delta - jump * self._frame_ticks) <= self._max_gap_ticks
+            ):
+                out = self._take(held)
+            else:
+                self.stats.jumps += 1
         if not self._buffer:
             return out
         if not self._started:
@@ -462,12 +519,14 @@ class JitterBuffer:
             out.append(self._release_next())
         return out
 
-    def _resync(self, pkt: RtpPacket) -> list[Frame]:
+    def _resync(self, pkt: RtpPacket, jump: int) -> list[Frame]:
         """Close the old stream and continue, with contiguous frame indices, from ``pkt``."""
         out = self.flush()
         self.stats.resyncs += 1
         delta = _signed(pkt.timestamp - self._ts_ref_raw, _TS_MOD)
-        step = delta if 0 < delta <= self._max_resync_ticks else self._frame_ticks
+        # An outage: sequence numbers and timestamps agree on how long it lasted.
+        agree = abs(delta - jump * self._frame_ticks) <= self._max_gap_ticks
+        step = delta if agree and 0 < delta <= self._max_resync_ticks else self._frame_ticks
         ext = self._max_ext + 1
         # After the flush the last released frame is the old stream's newest packet.
         time = self._last_time + step

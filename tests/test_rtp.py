@@ -67,7 +67,7 @@ def assert_accounted(jb: JitterBuffer) -> None:
     """After a flush every received packet is released, or dropped for a counted reason."""
     s = jb.stats
     assert len(jb) == 0
-    assert s.received == s.released - s.lost + s.duplicates + s.late + s.foreign_ssrc
+    assert s.received == (s.released - s.lost + s.duplicates + s.late + s.foreign_ssrc + s.jumps)
 
 
 # --- packets ----------------------------------------------------------------------------------

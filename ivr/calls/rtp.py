@@ -199,11 +199,13 @@ class RtpLeg:
         if self.session is not None:
             stats = self.jitter.stats
             log.info(
-                "call %s: rtp lost %d dup %d late %d strangers %d malformed %d",
+                "call %s: rtp lost %d dup %d late %d jumps %d resyncs %d strangers %d malformed %d",
                 self.name,
                 stats.lost,
                 stats.duplicates,
                 stats.late,
+                stats.jumps,
+                stats.resyncs,
                 self.strangers,
                 self.malformed,
             )

@@ -29,7 +29,7 @@ from ivr.calls.playback import FRAME_MS
 from ivr.calls.rtp import WAKE_DIGIT, RtpLeg
 from ivr.config import normalise_number
 from ivr.consent import Command, DigitPressed, PromptFinished
-from ivr.platforms.asterisk import ari
+from ivr.platforms.asterisk import ari, busy
 from ivr.platforms.asterisk.rest import AriHttpError
 from media.prompts import Prompt
 
@@ -130,6 +130,9 @@ class AriCall:
             self.handed_back = True
             return False
         number = self.caller.caller_number
+        if busy.full(app.registry, app.config.limits.max_calls):
+            self.handed_back = await busy.turn_away(app, PLATFORM, self.caller.id, line, number)
+            return False
         call = await app.registry.open(
             platform=PLATFORM,
             platform_call_id=self.caller.id,
@@ -372,4 +375,14 @@ class AriCall:
         if not self.caller_gone and not self.handed_back:
             await app.rest_quiet(ari.hang_up(self.caller.id))
         await self.rtp.close()
+        stats = self.rtp.jitter.stats
+        for name, value in (
+            ("rtp_frames_lost", stats.lost),  # filled with silence
+            ("rtp_jumps", stats.jumps),  # wild packets the stream did not follow: dropped
+            ("rtp_resyncs", stats.resyncs),
+            ("rtp_malformed", self.rtp.malformed),
+            ("rtp_strangers", self.rtp.strangers),
+        ):
+            if value:
+                app.counters[name] += value
         app.forget(self)
