@@ -37,7 +37,8 @@ BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
 # An event that could not be handled (not a malformed one: a failure of ours) keeps the
 # application degraded on /healthz for this long after the last one.
 EVENT_FAILURE_DEGRADES_SECONDS = 60.0
-BAD_EVENT_SUMMARY_SECONDS = 60.0  # at most one warning line per minute about bad events
+BAD_EVENT_SUMMARY_SECONDS = 60.0
+MAX_MESSAGE_BYTES = 4 * ari.MAX_EVENT_BYTES  # at most one warning line per minute about bad events
 
 
 def _cause(event: ari.AriEvent) -> str:
@@ -187,7 +188,10 @@ class AriApplication:
             params={"app": settings.app, "subscribeAll": "false"},
             headers={"Authorization": basic_auth(settings)},
             heartbeat=30,
-            max_msg_size=ari.MAX_EVENT_BYTES,
+            # Larger than any event we take: a too-large event is read, refused and counted
+            # like any bad one, rather than closing the socket (and losing the events behind
+            # it); beyond this aiohttp closes it (1009) and we reconnect.
+            max_msg_size=MAX_MESSAGE_BYTES,
         ) as ws:
             self.connected = True
             self.connections += 1
@@ -197,7 +201,11 @@ class AriApplication:
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     self._on_event_text(msg.data)
-                elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+                elif msg.type == aiohttp.WSMsgType.ERROR:
+                    self.counters["events_socket_errors"] += 1
+                    log.warning("ARI events socket error: %s", msg.data)
+                    break
+                elif msg.type == aiohttp.WSMsgType.CLOSE:
                     break
 
     async def _resync(self, *, first: bool) -> None:
