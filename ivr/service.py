@@ -287,7 +287,7 @@ def _warn_about_breaches(vault: Vault, now: datetime) -> None:
 async def healthz(request: web.Request) -> web.Response:
     """The service's state: ``ok``, ``degraded`` (``problems`` says why, in words) or
     ``stopping``. Each part answers for itself: the catalog (read here), every background loop
-    (``loops``), the Asterisk application (``asterisk``). Fields: docs/operations.md."""
+    (``loops``), the Asterisk application (``asterisk``). Fields: docs/healthz.md."""
     vault = request.app[VAULT]
     twilio = request.app[TWILIO]
     problems: list[str] = []
