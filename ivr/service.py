@@ -23,6 +23,7 @@ from aiohttp import web
 
 from ivr import __version__, api
 from ivr.app_keys import CALLS, CLOCK, CONFIG, DATA_DIR, VAULT
+from ivr.audit_heads import HEAD_PUBLISHER, HeadPublisher, publish_heads
 from ivr.calls import CallRegistry
 from ivr.config import Config
 from ivr.gdpr import breach
@@ -33,6 +34,7 @@ from ivr.prompt_library import PromptLibrary, cache_dir
 from ivr.supervision import LoopHealth, describe, supervise
 from storage import lifecycle
 from storage.catalog import RecordingStatus
+from storage.audit import heads_file
 from storage.keys import now_utc
 from storage.retirement import KeySchedule, run_schedule
 from storage.vault import Vault
@@ -43,6 +45,7 @@ ARI = web.AppKey("ari", AriApplication)
 # The background loops' health, by name, for /healthz (ivr/supervision.py).
 LOOPS = web.AppKey[dict[str, LoopHealth]]("loops")
 
+REFUSAL_WINDOW_SECONDS = 60.0  # refused API requests: one window's count per audit entry
 
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -58,6 +61,8 @@ def create_app(
     fsync: bool = True,
     sweep_interval: float | None = None,
 ) -> web.Application:
+    audit_head_interval: float | None = None,
+    refusal_window: float = REFUSAL_WINDOW_SECONDS,
     """The service. Each resource opens in its own ``cleanup_ctx`` step, in this order, and
     closes in the reverse order; a step that fails at start closes only the steps before it."""
     app = web.Application()
@@ -66,6 +71,7 @@ def create_app(
     app[CLOCK] = clock
     loops = app[LOOPS] = {}
 
+    head_file = heads_file(config.audit_head_file, data_dir)
     async def vault_ctx(app: web.Application) -> AsyncIterator[None]:
         for warning in config.warnings:
             log.warning("configuration: %s", warning)
@@ -85,12 +91,47 @@ def create_app(
                 "tenants": sorted(config.tenants),
                 "lines": len(config.lines),
             },
+                "audit_head_file": str(head_file),
         )
         yield
         await asyncio.to_thread(vault.close)
         log.info("vault closed")
 
     async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
+    async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
+        """The audit head published (start, schedule, shutdown; ivr/audit_heads.py), and the
+        API's refused requests written in aggregate (ivr/api/refusals.py)."""
+        publisher = app[HEAD_PUBLISHER] = HeadPublisher(app[VAULT], head_file, clock)
+        await asyncio.to_thread(publisher.check_published)
+        await _publish_head(publisher, "start")
+        interval = (
+            audit_head_interval
+            if audit_head_interval is not None
+            else config.audit_head_interval_minutes * 60
+        )
+        heads = loops["audit_heads"] = LoopHealth("audit head publication")
+        refusals = loops["api_refusals"] = LoopHealth("refused API requests")
+        flush = api.flush_refusals_every
+        tasks = [
+            asyncio.create_task(
+                supervise(heads, lambda: publish_heads(publisher, interval, heads)),
+                name="audit-heads",
+            ),
+            asyncio.create_task(
+                supervise(refusals, lambda: flush(app, refusal_window, refusals)),
+                name="api-refusals",
+            ),
+        ]
+        yield
+        for task in tasks:
+            await _cancel(task)
+        # What the later steps wrote while stopping is in by now; the vault closes next.
+        try:
+            await api.flush_refusals(app)
+        except Exception:
+            log.exception("the last refused API requests could not be audited")
+        await _publish_head(publisher, "shutdown")
+
         prompts = await asyncio.to_thread(
             PromptLibrary.load,
             config,
@@ -168,7 +209,7 @@ def create_app(
         },
         tenants=dict(config.tenants),
     )
-    app.cleanup_ctx.extend([vault_ctx, calls_ctx, twilio_ctx, asterisk_ctx, sweeper_ctx])
+    app.cleanup_ctx.extend([vault_ctx, audit_ctx, calls_ctx, twilio_ctx, asterisk_ctx, sweeper_ctx])
     app.router.add_get("/healthz", healthz)
     add_routes(app)
     api.add_routes(app)
@@ -188,6 +229,14 @@ async def _expire_calls(registry: CallRegistry, health: LoopHealth | None = None
     """Calls whose platform never said goodbye (a lost status callback) leave memory. A failed
     round is the health's (logged once, counted, /healthz); the next round comes anyway."""
     health = health or LoopHealth("call expiry")
+async def _publish_head(publisher: HeadPublisher, why: str) -> None:
+    """At start and shutdown: always, and a failure is logged, never fatal."""
+    try:
+        await asyncio.to_thread(publisher.publish, why, force=True)
+    except Exception as exc:
+        log.error("audit head (%s) could not be written to %s: %s", why, publisher.path, exc)
+
+
     while True:
         await asyncio.sleep(EXPIRY_INTERVAL_SECONDS)
         try:

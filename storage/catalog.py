@@ -580,6 +580,20 @@ class Catalog:
             rows = self._db.execute("SELECT * FROM audit_events ORDER BY seq").fetchall()
         return [
             AuditEvent(
+    def audit_head(self) -> tuple[int, str]:
+        """The newest entry's seq and link; (0, GENESIS_HASH) for an empty chain."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+        return (row[0], row[1]) if row else (0, GENESIS_HASH)
+
+    def audit_link(self, seq: int) -> str | None:
+        """The link of entry ``seq``, None if there is no such entry."""
+        with self._lock:
+            row = self._db.execute("SELECT hash FROM audit_events WHERE seq = ?", (seq,)).fetchone()
+        return row[0] if row else None
+
                 r["seq"],
                 r["at"],
                 r["actor"],

@@ -9,7 +9,8 @@ SHA-256 of each token, with the tenant it belongs to and its role:
 - ``agent``: only stop a live call's recording for the caller who asked (``ivr.api.calls``).
 
 A token of tenant A never sees anything of tenant B: another tenant's recording answers 404,
-exactly like one that does not exist. Every attempt is audited, refusals included.
+exactly like one that does not exist. Every attempt is audited, refusals included; refusals of
+requests without a valid token are audited in aggregate (``ivr.api.refusals``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from typing import Any
 
 from aiohttp import web
 
+from ivr.api.refusals import REPEATED_ACTION, RefusalLedger, short_target
 from ivr.app_keys import CLOCK, CONFIG, VAULT
 from ivr.config import Tenant
 from ivr.gdpr.recording_files import decode_recording
 from ivr.gdpr.subject import SubjectError, normalise_phone
+from ivr.supervision import LoopHealth
 from media.wavfile import wav_header
 from storage import lifecycle
 from storage.catalog import RecordingRow, RecordingStatus, UnknownRecording
@@ -74,6 +77,7 @@ class Caller:
 
 TOKENS_KEY = web.AppKey[dict[str, ApiToken]]("api_tokens")
 TENANTS_KEY = web.AppKey[dict[str, Tenant]]("api_tenants")
+REFUSALS_KEY = web.AppKey("api_refusals", RefusalLedger)
 
 Handler = Callable[[web.Request, Caller], Awaitable[web.StreamResponse]]
 Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -94,20 +98,27 @@ def _json_error(status: int, message: str, **headers: str) -> web.HTTPException:
     )
 
 
+class Unauthenticated(Exception):
+    """No valid token: answered 401 with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _authenticate(request: web.Request) -> Caller:
     tokens = request.app[TOKENS_KEY]
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
-    challenge = {"WWW-Authenticate": 'Bearer realm="ivr"'}
     if scheme.lower() != "bearer" or not value.strip():
-        raise _json_error(401, "a bearer token is required", **challenge)
+        raise Unauthenticated("a bearer token is required")
     digest = token_digest(value.strip())
     found = next((t for d, t in tokens.items() if hmac.compare_digest(d, digest)), None)
     if found is None:
-        raise _json_error(401, "unknown token", **challenge)
+        raise Unauthenticated("unknown token")
     now = request.app[CLOCK]()
     if found.expires is not None and now >= found.expires:
-        raise _json_error(401, "token expired", **challenge)
+        raise Unauthenticated("token expired")
     return Caller(found)
 
 
@@ -120,9 +131,10 @@ def endpoint(roles: frozenset[str], action: str) -> Callable[[Handler], Route]:
             target = request.match_info.get("recording_id") or request.match_info.get("call_id")
             try:
                 caller = _authenticate(request)
-            except web.HTTPException as exc:
-                await _audit(vault, "api", f"api.{action}.denied", None, target, exc.status, {})
-                raise
+            except Unauthenticated as exc:
+                await _refused_unauthenticated(request, action, target, exc.reason)
+                challenge = {"WWW-Authenticate": 'Bearer realm="ivr"'}
+                raise _json_error(401, exc.reason, **challenge) from None
             if caller.token.role not in roles:
                 await _audit(
                     vault, caller.actor, f"api.{action}.denied", caller.tenant, target, 403, {}
@@ -150,6 +162,44 @@ def endpoint(roles: frozenset[str], action: str) -> Callable[[Handler], Route]:
     return wrap
 
 
+async def _refused_unauthenticated(
+    request: web.Request, action: str, target: str | None, reason: str
+) -> None:
+    """The first such refusal of its source and reason in the window is audited now; the
+    others are counted for the window's ``api.denied.repeated`` entry (``flush_refusals``)."""
+    source = request.app[REFUSALS_KEY].note(request.remote, reason, action, target)
+    if source is not None:
+        detail = {"source": source, "reason": reason}
+        await _audit(request.app[VAULT], "api", f"api.{action}.denied", None, target, 401, detail)
+
+
+async def flush_refusals(app: web.Application) -> int:
+    """Close the refusal window: one ``api.denied.repeated`` entry per source and reason that
+    was refused more than once in it. How many entries were written."""
+    repeated = app[REFUSALS_KEY].close_window()
+    if repeated:
+        vault = app[VAULT]
+
+        def write() -> None:
+            for r in repeated:
+                vault.audit(actor="api", action=REPEATED_ACTION, detail=r.detail())
+
+        await asyncio.to_thread(write)
+    return len(repeated)
+
+
+async def flush_refusals_every(app: web.Application, window: float, health: LoopHealth) -> None:
+    """Close the refusal window every ``window`` seconds; a failed round is reported."""
+    while True:
+        await asyncio.sleep(window)
+        try:
+            await flush_refusals(app)
+        except Exception as exc:  # the catalog may be failing (a full disk): next window
+            health.round_failed(exc, "auditing refused API requests")
+            continue
+        health.round_ok()
+
+
 async def _audit(
     vault: Vault,
     actor: str,
@@ -164,7 +214,7 @@ async def _audit(
         actor=actor,
         action=action,
         tenant=tenant,
-        target=target,
+        target=short_target(target),  # an id from the URL: whatever the client sent
         detail={"status": status, **detail},
     )
 
@@ -424,3 +474,4 @@ def configure(
     """The API's own settings; the vault and clock are the service's (ivr.app_keys)."""
     app[TOKENS_KEY] = dict(tokens)
     app[TENANTS_KEY] = dict(tenants)
+    app[REFUSALS_KEY] = RefusalLedger()

@@ -11,8 +11,15 @@ from typing import Any
 from ivr.cli.common import CONFIG_ENV, EXIT_FAILURE, EXIT_OK, CommandFailed, actor, emit, open_vault
 from ivr.gdpr.subject import SubjectError, held_back_message, normalise_phone
 from storage import lifecycle
-from storage.audit import verify_catalog
-from storage.catalog import CatalogError, RecordingRow
+from storage.audit import (
+    HEADS_FILE_NAME,
+    AuditProblem,
+    PublishedHead,
+    heads_file,
+    read_published_heads,
+    verify,
+)
+from storage.catalog import AuditEvent, CatalogError, RecordingRow
 from storage.errors import VaultError
 from storage.files import parse_utc, utc_iso
 
@@ -247,23 +254,75 @@ def cmd_subject_export(args: argparse.Namespace) -> int:
 
 
 # -- audit ----------------------------------------------------------------------------------------
+def _heads_file(args: argparse.Namespace, events: list[AuditEvent]) -> tuple[Path, str | None]:
+    """The heads file to check against, and the entry that names it if the service did: the
+    one given, the configuration's, the one the service last said it publishes to (its
+    ``config.loaded`` entry), or the default in the data directory."""
+    if args.head_file:
+        return Path(args.head_file), None
+    if args.config:
+        return heads_file(_config(args).audit_head_file, Path(args.data_dir)), None
+    for event in reversed(events):
+        named = event.detail.get("audit_head_file") if event.action == "config.loaded" else None
+        if isinstance(named, str):
+            return Path(named), f"entry {event.seq}"
+    return Path(args.data_dir) / HEADS_FILE_NAME, None
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     with open_vault(args) as vault:
-        verdict = verify_catalog(vault.catalog, expect_head=args.expect_head)
+        events = vault.catalog.audit_events()
+        published: list[PublishedHead] = []
+        path, named_by = None, None
+        if not args.no_published_head:
+            path, named_by = _heads_file(args, events)
+            published = read_published_heads(path)
+        verdict = verify(
+            events,
+            key=vault.catalog.audit_key,
+            keyed_after=vault.catalog.audit_keyed_after,
+            expect_head=args.expect_head,
+            published=published,
+        )
+    problems = list(verdict.problems)
+    if path is not None and named_by is not None and not published:
+        problems.append(
+            AuditProblem(
+                verdict.entries,
+                f"the service publishes heads to {path} ({named_by}), and it holds none",
+            )
+        )
+    newest = published[-1] if published else None
     data = {
-        "ok": verdict.ok,
+        "ok": not problems,
         "entries": verdict.entries,
         "head": verdict.head,
-        "problems": [{"seq": p.seq, "what": p.what} for p in verdict.problems],
+        "problems": [{"seq": p.seq, "what": p.what} for p in problems],
+        "published_heads": None
+        if path is None
+        else {
+            "file": str(path),
+            "checked": len(published),
+            "newest": None if newest is None else {"at": newest.at, "seq": newest.seq},
+        },
     }
 
     def text() -> str:
-        if verdict.ok:
-            return f"audit chain intact: {verdict.entries} entries, head {verdict.head}"
-        return "\n".join(["audit chain BROKEN:"] + [f"  {p}" for p in verdict.problems])
+        if path is None:
+            against = "published heads not checked (--no-published-head)"
+        elif newest is None:
+            against = f"no published head in {path}: a cut-off tail cannot be seen"
+        else:
+            against = (
+                f"checked against {len(published)} published head(s) in {path}, "
+                f"the newest entry {newest.seq} at {newest.at}"
+            )
+        if not problems:
+            return f"audit chain intact: {verdict.entries} entries, head {verdict.head}\n{against}"
+        return "\n".join(["audit chain BROKEN:"] + [f"  {p}" for p in problems] + [against])
 
     emit(args, data, text)
-    return EXIT_OK if verdict.ok else EXIT_FAILURE
+    return EXIT_OK if not problems else EXIT_FAILURE
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
@@ -403,6 +462,21 @@ def add_parsers(top: Any, rsub: Any, common: argparse.ArgumentParser, data_out: 
     verify = aus.add_parser("verify", parents=[common, data_out], help="check the hash chain")
     verify.add_argument(
         "--expect-head", help="a head hash kept elsewhere earlier: proves nothing was cut off"
+    )
+    verify.add_argument(
+        "--head-file",
+        help="the published heads to check against (default: [audit] head_file of --config, "
+        "else where the service said it publishes them, else DATA_DIR/audit-heads.log)",
+    )
+    verify.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_ENV),
+        help=f"configuration file, for its [audit] head_file (env {CONFIG_ENV})",
+    )
+    verify.add_argument(
+        "--no-published-head",
+        action="store_true",
+        help="do not check the published heads (a cut-off tail then goes unseen)",
     )
     verify.set_defaults(func=cmd_audit_verify)
     show = aus.add_parser("show", parents=[common, data_out], help="list entries")

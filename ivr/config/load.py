@@ -27,6 +27,7 @@ from ivr.config.model import (
     API_ROLES,
     DEFAULT_ARI_APP,
     DEFAULT_ARI_PASSWORD_ENV,
+    DEFAULT_AUDIT_HEAD_MINUTES,
     DEFAULT_AUTH_TOKEN_ENV,
     DEFAULT_CALL_RECORD_DAYS,
     DEFAULT_DIAL_TEMPLATE,
@@ -168,6 +169,17 @@ def _build(
     tenants_raw = r.table(data, "", "tenants")
     tenants: dict[str, Tenant] = {}
     tenant_retention: dict[str, dict[LawfulBasis, int]] = {}
+    audit = r.table(data, "", "audit")
+    r.check_keys(audit, "audit", FILE_TABLES["audit"])
+    head_file = r.get(audit, "audit", "head_file", lambda v: _head_file(r, v), None)
+    head_minutes = r.get(
+        audit,
+        "audit",
+        "head_interval_minutes",
+        check.integer(1, 24 * 60),
+        DEFAULT_AUDIT_HEAD_MINUTES,
+    )
+
     for tenant_id, raw in tenants_raw.items():
         tenant = _tenant(r, tenant_id, raw, tenant_retention)
         if tenant is not None:
@@ -231,6 +243,8 @@ def _build(
         lines=MappingProxyType(lines),
         demo=demo,
         warnings=tuple(warnings),
+        audit_head_file=head_file,
+        audit_head_interval_minutes=head_minutes,
         asterisk=asterisk,
         api_tokens=api_tokens,
     )
@@ -456,4 +470,16 @@ def _prompt_file(r: Reader, value: Any) -> Path:
         raise Invalid(f"file not found: {resolved}")
     if not resolved.is_file():
         raise Invalid(f"not a file: {resolved}")
+    return resolved
+
+
+def _head_file(r: Reader, value: Any) -> Path:
+    """The audit heads file, relative to the configuration file's directory; its directory
+    must exist (the file is created at the first publication)."""
+    name = check.string(value)
+    resolved = (r.base_dir / Path(name).expanduser()).resolve()
+    if not resolved.parent.is_dir():
+        raise Invalid(f"no such directory: {resolved.parent}")
+    if resolved.is_dir():
+        raise Invalid(f"a directory, not a file: {resolved}")
     return resolved

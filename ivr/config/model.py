@@ -49,6 +49,7 @@ DEFAULT_POLICY_VERSION = 1
 DEFAULT_SWEEP_MINUTES = 60
 DEFAULT_CALL_RECORD_DAYS = 30
 DEFAULT_ARI_PASSWORD_ENV = "ARI_PASSWORD"
+DEFAULT_AUDIT_HEAD_MINUTES = 5
 DEFAULT_ARI_APP = "ivr"
 DEFAULT_RTP_HOST = "127.0.0.1"
 DEFAULT_RTP_PORTS = (40000, 40999)
@@ -224,8 +225,8 @@ class ApiTokenConfig:
 
 
 # Keyword-only, so the fields can follow the file's layout: [service], [twilio], [asterisk],
-# [retention], [keys], [tenants], [[lines]], [[api_tokens]]; that order is also the order in which
-# "known keys" messages list the top-level tables.
+# [retention], [keys], [audit], [tenants], [[lines]], [[api_tokens]]; that order is also the order
+# in which "known keys" messages list the top-level tables.
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     source: Path | None = field(metadata=not_a_key())  # the file read
@@ -289,6 +290,12 @@ def normalise_number(number: str) -> str | None:
     text = number.strip()
     if text[:4].lower() == "tel:":
         text = text[4:].strip()
+    # Where the audit chain's head is published (storage/audit.py); None: in the data directory.
+    audit_head_file: Path | None = field(default=None, metadata=key("audit.head_file"))
+    # How often the service publishes the head when it has changed (and always at shutdown).
+    audit_head_interval_minutes: int = field(
+        default=DEFAULT_AUDIT_HEAD_MINUTES, metadata=key("audit.head_interval_minutes")
+    )
     if text.startswith("00"):
         text = "+" + text[2:]
     if not text.startswith("+"):
@@ -320,3 +327,4 @@ FILE_TABLES: Mapping[str, TableKeys] = MappingProxyType(
         "api_tokens": table_keys(ApiTokenConfig),
     }
 )
+        "audit": table_keys(Config, "audit"),
