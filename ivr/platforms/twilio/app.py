@@ -25,6 +25,7 @@ from aiohttp import WSMsgType, web
 from ivr.calls import TRACK_AGENT, TRACK_CALLER, Call, CallRegistry, CallSession, carry_out
 from ivr.config import Config, normalise_number
 from ivr.consent import Command, DigitPressed, PromptFinished
+from ivr.platforms.twilio import busy
 from ivr.platforms.twilio.messages import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -144,6 +145,8 @@ async def voice(request: web.Request) -> web.Response:
         log.info("call %s: no line for the dialled number; hanging up", hook.call_sid)
         return _twiml(twiml_say_hangup(UNKNOWN_NUMBER_TEXT))
     if twilio.call(hook.call_sid) is None:
+        if busy.full(twilio.calls, twilio.config.limits.max_calls):
+            return _twiml(await busy.turned_away(twilio, PLATFORM, hook, line))
         # The call's clock starts when the consent stream does (the caller hears us from
         # then); until then its set-up time runs (the evidence's setup_seconds).
         await twilio.calls.open(

@@ -187,6 +187,13 @@ def twiml_hangup() -> str:
     return _document(root)
 
 
+def twiml_reject(reason: str) -> str:
+    """Refuse the call unanswered; ``reason`` ``busy`` plays a busy tone (Twilio's <Reject>)."""
+    root = ET.Element("Response")
+    ET.SubElement(root, "Reject", {"reason": reason})
+    return _document(root)
+
+
 # -- Media Streams: what Twilio sends -------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Connected:

@@ -1,0 +1,101 @@
+"""The cap on calls in progress ([limits] max_calls), the same for every platform.
+
+A platform asks :func:`full` before it opens a call. When the service is full the call is turned
+away at once, before any prompt or recording: the platform answers in its own way (Twilio:
+TwiML that puts the caller through unrecorded or rejects the call as busy; Asterisk: back to
+the dialplan with ``IVR_ERROR=busy``) and :func:`turn_away` keeps the call's row, outcome
+``busy``, so that the refusal is on record (and the caller's number, sealed, for the usual
+call_record_days).
+
+The check reads the registry when the call arrives; calls arriving within the same instant
+may each see one slot left, so the cap can be passed by the number of calls being set up at
+that instant (a few), never more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from ivr.calls.registry import CallRegistry
+from ivr.config import Line
+from storage.files import utc_iso
+
+log = logging.getLogger(__name__)
+
+BUSY = "busy"  # the outcome stored, and Asterisk's IVR_ERROR
+WARN_INTERVAL_SECONDS = 60.0
+
+
+def full(registry: CallRegistry, max_calls: int) -> bool:
+    """Whether a new call would pass ``max_calls`` calls in progress (all platforms)."""
+    return len(registry) >= max_calls
+
+
+class _Warnings:
+    """One warning a minute while calls are turned away, with how many were."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.last = -WARN_INTERVAL_SECONDS
+        self.since_last = 0
+
+    def __call__(self, in_progress: int) -> None:
+        self.since_last += 1
+        now = self.clock()
+        if now - self.last >= WARN_INTERVAL_SECONDS:
+            log.warning(
+                "at the call cap ([limits] max_calls, %d calls in progress): %d call(s) turned "
+                "away since the last warning",
+                in_progress,
+                self.since_last,
+            )
+            self.last, self.since_last = now, 0
+
+
+_warn = _Warnings()
+
+
+async def turn_away(
+    registry: CallRegistry,
+    *,
+    platform: str,
+    platform_call_id: str,
+    line: Line,
+    caller: str | None,
+) -> str | None:
+    """Record a call turned away because the service is full: its row, ended at once with
+    outcome ``busy``. The row's id, or None when it could not be written (the caller is
+    answered all the same; the failure is logged)."""
+    in_progress = len(registry)
+    _warn(in_progress)
+    vault = registry.vault
+    reason = f"turned away: {in_progress} calls in progress ([limits] max_calls)"
+
+    def write() -> str:
+        call_id = vault.open_call(
+            tenant=line.tenant,
+            platform=platform,
+            platform_call_id=platform_call_id,
+            line=line.policy_id,
+            caller=caller,
+        )
+        vault.catalog.update_call(
+            call_id, ended_at=utc_iso(registry.clock()), outcome=BUSY, end_reason=reason
+        )
+        return call_id
+
+    try:
+        call_id = await asyncio.to_thread(write)
+    except Exception as exc:  # a full disk must not turn a refusal into an error answer
+        log.warning(
+            "%s call %s turned away; its row could not be written: %s",
+            platform,
+            platform_call_id,
+            exc,
+        )
+        return None
+    log.info("call %s: %s %s turned away (%s)", call_id, platform, platform_call_id, reason)
+    return call_id
