@@ -263,5 +263,5 @@ async def test_healthz_says_degraded_when_the_catalog_fails(pbx, monkeypatch):
     state = await health(app)
     assert state["status"] == "degraded" and state["catalog"]["ok"] is False
     assert "Input/output error" in state["catalog"]["error"]
-    assert set(state["loops"]) == {"call_expiry", "retention_sweeper"}
+    assert {"call_expiry", "retention_sweeper"} <= set(state["loops"])
     assert app[LOOPS]["call_expiry"].state == "running"
