@@ -148,6 +148,7 @@ def create_app(
         await _cancel(expiry)
         # Whatever a platform has not finished by now (it had its chance in its own step).
         await registry.finish_all("service shutting down")
+        await registry.close()
 
     async def twilio_ctx(app: web.Application) -> AsyncIterator[None]:
         # Twilio calls a dead process left open cannot be picked up again (their streams went

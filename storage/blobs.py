@@ -8,8 +8,10 @@ durable run on a small thread pool, never on the caller's thread (the event loop
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -19,6 +21,8 @@ from pathlib import Path
 
 from storage.errors import VaultWriteError
 from storage.files import fsync_dir, open_private, private_dir
+
+log = logging.getLogger(__name__)
 
 PART_SUFFIX = ".rec.part"
 # How often a growing blob is fsynced. Every chunk reaches the OS as it is sealed (a dead process
@@ -112,10 +116,11 @@ class BlobFile:
         self.units = 0
         self.error: VaultWriteError | None = None
         self.closed = False
+        self.done: BlobInfo | None = None  # finished or abandoned
 
     def write(self, data: bytes) -> None:
         if self.error is not None:
-            raise self.error
+            raise self.failure()
         try:
             view = memoryview(data)
             while view:
@@ -150,18 +155,25 @@ class BlobFile:
 
     def _fail(self, exc: OSError) -> VaultWriteError:
         """Record the failure as ``self.error`` (what every later write raises) and return it."""
-        # Cut back to the last whole unit so the file stays a valid (if unfinished) blob.
-        try:
-            os.ftruncate(self._fd, self.size)
-            os.fsync(self._fd)
-        except OSError:
-            pass
+        # Cut back to the last whole unit so the file stays a valid (if unfinished) blob
+        # (never through a descriptor already closed: its number may be another file's now).
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.size)
+                os.fsync(self._fd)
         reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         error = VaultWriteError(f"writing {self.part.name}: {reason}")
         error.errno = exc.errno or errno.EIO
         error.strerror = reason
         self.error = error
         return error
+
+    def failure(self) -> VaultWriteError:
+        """The failure every write after it raises. Raised afresh each time: an exception
+        raised again keeps its old traceback and grows it, which on a full disk, once per
+        frame of every call, would be memory without bound."""
+        assert self.error is not None
+        return self.error.with_traceback(None)
 
     def wait(self) -> None:
         """Block until everything written so far is durable (or has failed)."""
@@ -173,25 +185,47 @@ class BlobFile:
             job.result()
 
     def finish(self) -> BlobInfo:
-        """Make durable and rename to the final name. Raises if any write failed."""
+        """Make durable and rename to the final name. Raises VaultWriteError if any write
+        failed, or the disk refuses now; ``abandon()`` then keeps what reached it."""
+        if self.done is not None:
+            return self.done
         self.wait()
         if self.error is not None:
-            raise self.error
+            raise self.failure()
         try:
-            os.fsync(self._fd)
-        finally:
+            if not self.closed:
+                os.fsync(self._fd)  # a full disk may refuse this too (delayed allocation)
             self._close_fd()
-        os.replace(self.part, self.final)
-        fsync_dir(self.final.parent)
-        return BlobInfo(self.relpath, self.size, self._hash.hexdigest(), self.units)
+            os.replace(self.part, self.final)
+            fsync_dir(self.final.parent)
+        except OSError as exc:
+            raise self._fail(exc) from None
+        return self._done()
 
     def abandon(self) -> BlobInfo:
-        """Stop writing after a failure: keep what reached the disk under the final name."""
+        """Stop writing after a failure: keep what reached the disk under the final name.
+        Idempotent, and never fails on the file: a blob that cannot be renamed stays
+        ``.rec.part``, where recovery finds it."""
+        if self.done is not None:
+            return self.done
         self.wait()
         self._close_fd()
-        os.replace(self.part, self.final)
-        fsync_dir(self.final.parent)
-        return BlobInfo(self.relpath, self.size, self._hash.hexdigest(), self.units)
+        try:
+            if self.part.exists():
+                os.replace(self.part, self.final)
+                fsync_dir(self.final.parent)
+        except OSError as exc:
+            log.error("%s: kept as it is: %s", self.part.name, exc)
+        return self._done()
+
+    @property
+    def kept(self) -> Path:
+        """Where the blob is now: its final name once finished or abandoned."""
+        return self.final if self.final.exists() else self.part
+
+    def _done(self) -> BlobInfo:
+        self.done = BlobInfo(self.relpath, self.size, self._hash.hexdigest(), self.units)
+        return self.done
 
     def discard(self) -> None:
         self.wait()
@@ -203,7 +237,8 @@ class BlobFile:
             if self.closed:
                 return
             self.closed = True
-        os.close(self._fd)
+        with contextlib.suppress(OSError):  # close() may report a write-back error: known
+            os.close(self._fd)
 
 
 def sha256_file(path: Path) -> tuple[int, str]:

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
 import os
 import secrets
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -75,6 +77,7 @@ from storage.keys import (
     unwrap_dek,
     wrap_dek,
 )
+from storage.pending import PendingWrites
 from storage.reader import RecordingReader, read_header
 from storage.writer import EncryptingWriter
 
@@ -90,6 +93,16 @@ class RecoveryResult:
     status: RecordingStatus
     chunks: int
     duration_ms: int | None  # None: not known (recovered without a key to decrypt with)
+
+
+class RecordingNotStarted(VaultWriteError):
+    """The disk refused a recording at its start. Its row says ``failed`` with ``reason``
+    (now, or once the disk takes it: ``Vault.pending``)."""
+
+    def __init__(self, recording_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.recording_id = recording_id
+        self.reason = reason
 
 
 def _new_id(prefix: str) -> str:
@@ -125,6 +138,8 @@ class Vault:
         )
         self.keyring = Keyring(data_dir / "keyring.json", master, clock)
         self.catalog = Catalog(data_dir / CATALOG_FILE, clock)
+        # Writes a call makes along the way, kept while the disk refuses them (storage/pending.py).
+        self.pending = PendingWrites(self.catalog)
         key, legacy = self.keyring.audit_key(self.catalog.audit_count)
         self.catalog.audit_key, self.catalog.audit_keyed_after = key, legacy
         self._custody: dict[str, bytes | None] = dict(public_keys or {})
@@ -143,8 +158,22 @@ class Vault:
             self.recover()
 
     def close(self) -> None:
+        """Finish what is open and make what is kept; never fails on a recording (a full disk,
+        a half-written blob): what cannot be finished now is left to the next start's
+        recovery, and said in the log."""
         for rec in list(self.open_recordings.values()):
-            rec.close()
+            try:
+                rec.close(reason="the vault closed")
+            except Exception:
+                log.exception("recording %s: not finalised; recovered at the next start", rec.id)
+        if not self.pending.flush():
+            log.error(
+                "%d catalog write(s) still refused at close (%s): lost; recordings they "
+                "would have finished are recovered at the next start, open call rows closed "
+                "as orphans",
+                len(self.pending),
+                self.pending.last_error,
+            )
         self.blobs.close()
         self.catalog.close()
         with contextlib.suppress(OSError):
@@ -166,8 +195,13 @@ class Vault:
         platform_call_id: str | None = None,
         line: str | None = None,
         caller: str | None = None,
+        defer: bool = False,
     ) -> str:
-        """Register a call; ``caller`` (already normalised, e.g. E.164) is stored sealed."""
+        """Register a call; ``caller`` (already normalised, e.g. E.164) is stored sealed.
+
+        ``defer``: a call must go on whether or not its row can be written now (the service):
+        a row the disk refuses is kept and written later (``self.pending``), and a number that
+        cannot be sealed (a new tenant's first key cannot be saved) is not kept at all."""
         call_id = _new_id("call")
         values: dict[str, Any] = {
             "id": call_id,
@@ -178,21 +212,41 @@ class Vault:
             "started_at": utc_iso(self.clock()),
         }
         if caller:
-            values["caller_hash"] = self.caller_hash(tenant, caller)
-            public_key = self.public_key_of(tenant)
-            if public_key is None:
-                key_ref, kek = self.keyring.current(tenant)
-                sealed = seal_value(kek, caller_aad(tenant, call_id), caller.encode())
-            else:
-                key_ref = key_ref_of(public_key)
-                sealed = seal_to(
-                    public_key, caller_aad(tenant, call_id), caller.encode(), info=CALLER_INFO
-                )
-            values["caller_sealed"] = sealed
-            values["caller_key_ref"] = key_ref
-        with self.catalog.transaction() as db:
-            self.catalog.insert_call(db, **values)
+            try:
+                values.update(self._sealed_caller(tenant, call_id, caller))
+            except OSError as exc:
+                if not defer:
+                    raise
+                log.error("call %s: the caller's number is not kept: %s", call_id, exc)
+        self.pending.write(
+            f"call {call_id} opened",
+            lambda db: self.catalog.insert_call(db, **values),
+            defer=defer,
+        )
         return call_id
+
+    def _sealed_caller(self, tenant: str, call_id: str, caller: str) -> dict[str, Any]:
+        public_key = self.public_key_of(tenant)
+        if public_key is None:
+            key_ref, kek = self.keyring.current(tenant)
+            sealed = seal_value(kek, caller_aad(tenant, call_id), caller.encode())
+        else:
+            key_ref = key_ref_of(public_key)
+            sealed = seal_to(
+                public_key, caller_aad(tenant, call_id), caller.encode(), info=CALLER_INFO
+            )
+        return {
+            "caller_hash": self.caller_hash(tenant, caller),
+            "caller_sealed": sealed,
+            "caller_key_ref": key_ref,
+        }
+
+    def end_call(self, call_id: str, **values: Any) -> bool:
+        """Write a call's end (``ended_at``, ``outcome``, ``end_reason``), now or, while the
+        disk refuses it, later: True when it is in the catalog now."""
+        return self.pending.write(
+            f"call {call_id} ended", lambda db: self.catalog.set_call(db, call_id, **values)
+        )
 
     def caller_hash(self, tenant: str, caller: str) -> str:
         return keyed_hash(self.keyring.lookup_key(tenant), caller)
@@ -269,37 +323,72 @@ class Vault:
             # Sealed to the tenant's public key: from here on only the controller can unwrap it.
             key_ref, wrapped = wrap_dek_to(public_key, tenant, recording_id, dek)
         relpath = self.blobs.relpath(tenant, recording_id)
-        with self.catalog.transaction() as db:
-            self.catalog.insert_recording(
-                db,
-                id=recording_id,
-                tenant=tenant,
-                call_id=call_id,
-                status=RecordingStatus.RECORDING.value,
-                lawful_basis=basis,
-                purpose=purpose,
-                policy_id=policy_id,
-                policy_version=policy_version,
-                consent_evidence=json.dumps(consent_evidence, sort_keys=True)
-                if consent_evidence is not None
-                else None,
-                started_at=utc_iso(self.clock()),
-                codec=codec,
-                sample_rate=sample_rate,
-                tracks=json.dumps(list(tracks)),
-                key_ref=key_ref,
-                wrapped_dek=wrapped,
-                blob_path=relpath,
-                retention_until=utc_iso(retention_until) if retention_until else None,
-                writer_id=self.writer_id,
+        row: dict[str, Any] = {
+            "id": recording_id,
+            "tenant": tenant,
+            "call_id": call_id,
+            "status": RecordingStatus.RECORDING.value,
+            "lawful_basis": basis,
+            "purpose": purpose,
+            "policy_id": policy_id,
+            "policy_version": policy_version,
+            "consent_evidence": json.dumps(consent_evidence, sort_keys=True)
+            if consent_evidence is not None
+            else None,
+            "started_at": utc_iso(self.clock()),
+            "codec": codec,
+            "sample_rate": sample_rate,
+            "tracks": json.dumps(list(tracks)),
+            "key_ref": key_ref,
+            "wrapped_dek": wrapped,
+            "blob_path": relpath,
+            "retention_until": utc_iso(retention_until) if retention_until else None,
+            "writer_id": self.writer_id,
+        }
+        try:
+            self.pending.write(
+                f"recording {recording_id} started",
+                lambda db: self.catalog.insert_recording(db, **row),
+                defer=False,
             )
+        except VaultWriteError as exc:
+            # No key row, no blob. The call goes on; its row says why, once the disk takes it.
+            reason = f"the recording could not start: {exc}"
+            failed = {**row, **self._failed_values(reason), "key_ref": None, "blob_path": None}
+            self.pending.write(
+                f"recording {recording_id} failed",
+                lambda db: self.catalog.insert_recording(db, **failed),
+            )
+            raise RecordingNotStarted(recording_id, reason) from None
         # The key row is committed (durable) before a single byte of the blob exists.
-        blob = self.blobs.create(tenant, recording_id)
+        try:
+            blob = self.blobs.create(tenant, recording_id)
+        except OSError as exc:
+            reason = f"the recording could not start: {exc.strerror or exc}"
+            values = self._failed_values(reason)
+            self.pending.write(
+                f"recording {recording_id} failed",
+                lambda db: self.catalog.update_recording(db, recording_id, **values),
+            )
+            with contextlib.suppress(OSError):
+                self.blobs.delete(relpath)
+            raise RecordingNotStarted(recording_id, reason) from None
         writer = EncryptingWriter(header, dek, blob)
         rec = Recording(self, header, writer, blob)
         rec._dek = dek  # to verify what reached the disk if the disk fails; dropped on close
         self.open_recordings[recording_id] = rec
         return rec
+
+    def _failed_values(self, reason: str) -> dict[str, Any]:
+        """A recording that holds nothing, and never will: no key, no audio."""
+        return {
+            "status": RecordingStatus.FAILED.value,
+            "status_reason": reason,
+            "ended_at": utc_iso(self.clock()),
+            "wrapped_dek": None,
+            "duration_ms": 0,
+            "chunk_count": 0,
+        }
 
     async def astart_recording(self, **kwargs: Any) -> Recording:
         """``start_recording`` for the event loop: the durable key-row commit runs off-loop."""
@@ -525,6 +614,7 @@ class Recording:
         self._bytes_per_ms = BYTES_PER_SAMPLE[header.codec] * header.sample_rate / 1000
         self.row: RecordingRow | None = None
         self._dek: bytes | None = None  # set by Vault.start_recording
+        self._final: dict[str, Any] | None = None  # the row's values once the blob is done
         # The hot path is the writer's own method: no extra call layer per frame. A failed
         # disk surfaces as VaultWriteError when the next chunk is sealed.
         self.append = writer.append
@@ -557,6 +647,32 @@ class Recording:
         if self.row is not None:
             return self.row
         vault = self.vault
+        if self._final is None:  # the blob's part, done once even if the catalog fails after
+            self._final = self._finish_blob(reason, failure)
+        values = dict(self._final)
+        if consent_evidence is not None:
+            values["consent_evidence"] = json.dumps(consent_evidence, sort_keys=True)
+        written = vault.pending.write(
+            f"recording {self.id} finalised",
+            lambda db: vault.catalog.update_recording(db, self.id, **values),
+        )
+        if values["status"] == RecordingStatus.FAILED.value:
+            with contextlib.suppress(OSError):
+                vault.blobs.delete(self._blob.relpath)
+        vault.open_recordings.pop(self.id, None)
+        self.row = vault.get(self.id) if written else _as_written(vault.get(self.id), values)
+        if not written:
+            log.error(
+                "recording %s: %s, but its row waits for the disk to take it",
+                self.id,
+                values["status"],
+            )
+        return self.row
+
+    def _finish_blob(self, reason: str | None, failure: str | None) -> dict[str, Any]:
+        """Seal the final chunk and make the blob durable, or keep what reached the disk; the
+        row's values to match."""
+        vault = self.vault
         try:
             if self._blob.error is None:
                 self._writer.close()
@@ -571,13 +687,13 @@ class Recording:
             info = self._blob.abandon()
             chunks = info.units
             status = RecordingStatus.INCOMPLETE if chunks else RecordingStatus.FAILED
-            reason = f"blob write failed: {exc.strerror}"
+            reason = f"blob write failed: {exc.strerror or exc}"
             log.error("recording %s: %s; kept %d sealed chunks", self.id, reason, chunks)
         last = self._writer.last_frame
         duration = last[0] + int(last[1] / self._bytes_per_ms) if last else 0
         if status is RecordingStatus.INCOMPLETE:
             # Only what reached the disk counts; measure it rather than trust the appends.
-            scan = vault.scan_blob(vault.get(self.id), self._blob.final, dek=self._dek)
+            scan = vault.scan_blob(vault.get(self.id), self._blob.kept, dek=self._dek)
             duration = scan.duration_ms or 0
         self._dek = None
         values: dict[str, Any] = {
@@ -591,15 +707,7 @@ class Recording:
         }
         if status is RecordingStatus.FAILED:
             values["wrapped_dek"] = None
-        if consent_evidence is not None:
-            values["consent_evidence"] = json.dumps(consent_evidence, sort_keys=True)
-        with vault.catalog.transaction() as db:
-            vault.catalog.update_recording(db, self.id, **values)
-        if status is RecordingStatus.FAILED:
-            vault.blobs.delete(info.relpath)
-        vault.open_recordings.pop(self.id, None)
-        self.row = vault.get(self.id)
-        return self.row
+        return values
 
     async def aclose(
         self,
@@ -633,24 +741,19 @@ class Recording:
         self._writer.abort()
         self._dek = None
         self._blob.discard()
-        # Column values for update_recording's **values (Any), never its expect_status.
-        evidence: dict[str, Any] = (
-            {"consent_evidence": json.dumps(consent_evidence, sort_keys=True)}
-            if consent_evidence is not None
-            else {}
-        )
-        with vault.catalog.transaction() as db:
-            vault.catalog.update_recording(
-                db,
-                self.id,
-                status=RecordingStatus.DISCARDED.value,
-                status_reason=reason,
-                ended_at=utc_iso(vault.clock()),
-                wrapped_dek=None,
-                duration_ms=0,
-                chunk_count=0,
-                **evidence,
-            )
+        values: dict[str, Any] = {
+            "status": RecordingStatus.DISCARDED.value,
+            "status_reason": reason,
+            "ended_at": utc_iso(vault.clock()),
+            "wrapped_dek": None,
+            "duration_ms": 0,
+            "chunk_count": 0,
+        }
+        if consent_evidence is not None:
+            values["consent_evidence"] = json.dumps(consent_evidence, sort_keys=True)
+
+        def apply(db: sqlite3.Connection) -> None:
+            vault.catalog.update_recording(db, self.id, **values)
             vault.catalog.audit(
                 db,
                 actor=actor,
@@ -659,10 +762,26 @@ class Recording:
                 target=self.id,
                 detail={"reason": reason},
             )
-        vault.blobs.delete(vault.blobs.relpath(self.tenant, self.id))
+
+        # The audio is gone with the blob below; the key goes with the row, now or, while the
+        # disk refuses it, when it takes it again.
+        written = vault.pending.write(f"recording {self.id} discarded", apply)
+        with contextlib.suppress(OSError):
+            vault.blobs.delete(vault.blobs.relpath(self.tenant, self.id))
         vault.open_recordings.pop(self.id, None)
-        self.row = vault.get(self.id)
+        self.row = vault.get(self.id) if written else _as_written(vault.get(self.id), values)
         return self.row
+
+
+def _as_written(row: RecordingRow, values: Mapping[str, Any]) -> RecordingRow:
+    """``row`` as it will read once ``values`` (catalog columns, kept for later) are written."""
+    fields = {k: v for k, v in values.items() if k in RecordingRow.__dataclass_fields__}
+    if "status" in fields:
+        fields["status"] = RecordingStatus(fields["status"])
+    if "consent_evidence" in fields:
+        evidence = fields["consent_evidence"]
+        fields["consent_evidence"] = json.loads(evidence) if evidence else None
+    return dataclasses.replace(row, **fields)
 
 
 def _frame_ms(row: RecordingRow, payload: bytes) -> int:
@@ -677,6 +796,7 @@ __all__ = [
     "CatalogError",
     "NotReadable",
     "Recording",
+    "RecordingNotStarted",
     "RecordingStatus",
     "RecoveryResult",
     "Vault",

@@ -52,6 +52,7 @@ class EncryptingWriter:
         "_unwritten_header",
         "chunks_sealed",
         "closed",
+        "failure",
         "header",
     )
 
@@ -83,6 +84,9 @@ class EncryptingWriter:
         self._last_plaintext = b""
         # (timestamp_ms, payload length) of the last frame sealed: the recording's end.
         self.closed = False
+        # What the sink raised, once it failed: every later append raises it at once, so that
+        # nothing is buffered or sealed for a disk that cannot take it.
+        self.failure: Exception | None = None
         # The header goes out with the first chunk: constructing a writer does no I/O, so a
         # full disk shows up where every other write failure does, when a chunk is sealed.
         self._unwritten_header = self._aad
@@ -99,7 +103,7 @@ class EncryptingWriter:
                 self._seal(final=False)
                 self._seal_at = timestamp_ms + self._interval
         elif self.closed:
-            raise WriterClosed(f"recording {self.header.recording_id} is closed")
+            raise self._closed_error()
         else:
             self._seal_at = timestamp_ms + self._interval
         if track >= self._n_tracks:
@@ -127,10 +131,15 @@ class EncryptingWriter:
         _, ts, length = FRAME_HEAD.unpack_from(plain, last)
         return ts, length
 
+    def _closed_error(self) -> Exception:
+        if self.failure is not None:  # afresh: a re-raised exception's traceback grows
+            return self.failure.with_traceback(None)
+        return WriterClosed(f"recording {self.header.recording_id} is closed")
+
     def flush(self) -> None:
         """Seal what is buffered now (e.g. the stream went quiet); no-op when nothing is."""
         if self.closed:
-            raise WriterClosed(f"recording {self.header.recording_id} is closed")
+            raise self._closed_error()
         if self._buf:
             self._seal(final=False)
 
@@ -160,4 +169,11 @@ class EncryptingWriter:
         if self._unwritten_header:
             data = self._unwritten_header + data
             self._unwritten_header = b""
-        self._sink.write(data)
+        try:
+            self._sink.write(data)
+        except Exception as exc:
+            # The sink keeps what it took whole (a blob cuts back to its last chunk); this
+            # writer takes nothing more, so a full disk costs no memory however long it lasts.
+            self.failure = exc
+            self.closed = True
+            raise

@@ -10,6 +10,7 @@ closed), the row gets its end time, outcome and reason, the call leaves the regi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 # recording: the platform never said goodbye.
 EXPIRY_MARGIN_SECONDS = 600.0
 ORPHAN_REASON = "the service stopped during the call; closed at the next start"
+# How often catalog writes the disk refused (a full disk) are tried again.
+RETRY_SECONDS = 5.0
 
 
 @dataclass(eq=False)
@@ -79,12 +82,15 @@ class CallRegistry:
         *,
         clock: Callable[[], datetime],
         monotonic: Callable[[], float] = time.monotonic,
+        retry_seconds: float = RETRY_SECONDS,
     ) -> None:
         self.vault = vault
         self.prompts = prompts
         self.clock = clock
         self.monotonic = monotonic
         self._calls: dict[tuple[str, str], Call] = {}
+        self.retry_seconds = retry_seconds
+        self._retry: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -102,7 +108,9 @@ class CallRegistry:
     async def open(
         self, *, platform: str, platform_call_id: str, line: Line, caller: str | None
     ) -> Call:
-        """Register a call (its catalog row: ``caller`` is stored sealed)."""
+        """Register a call (its catalog row: ``caller`` is stored sealed). The call goes on
+        whether or not the disk takes its row now (kept and written later, see
+        ``storage/pending.py``)."""
         call_id = await asyncio.to_thread(
             self.vault.open_call,
             tenant=line.tenant,
@@ -110,7 +118,9 @@ class CallRegistry:
             platform_call_id=platform_call_id,
             line=line.policy_id,
             caller=caller,
+            defer=True,
         )
+        self._retry_kept_writes()
         now = self.monotonic()
         call = Call(platform, platform_call_id, call_id, line, last_heard=now, opened=now)
         self._calls[(platform, platform_call_id)] = call
@@ -159,12 +169,13 @@ class CallRegistry:
             row = await call.session.end(call.end_reason or "ended")
         self._calls.pop((call.platform, call.platform_call_id), None)
         await asyncio.to_thread(
-            self.vault.catalog.update_call,
+            self.vault.end_call,
             call.call_id,
             ended_at=utc_iso(self.clock()),
             outcome=call.outcome,
             end_reason=call.end_reason,
         )
+        self._retry_kept_writes()
         session = call.session
         log.info(
             "call %s: ended (%s), outcome %s, recording %s, %d frames stored",
@@ -211,3 +222,28 @@ class CallRegistry:
     async def finish_all(self, reason: str) -> None:
         for call in list(self._calls.values()):
             await self.finish(call, reason)
+
+    # -- catalog writes the disk refused ---------------------------------------------------
+    def _retry_kept_writes(self) -> None:
+        """While the vault keeps writes the disk refused, retry them every few seconds (each
+        new write retries them too); the task ends once none is left."""
+        if self.vault.pending and (self._retry is None or self._retry.done()):
+            self._retry = asyncio.create_task(self._retry_loop(), name="catalog-write-retry")
+
+    async def _retry_loop(self) -> None:
+        pending = self.vault.pending
+        while True:
+            await asyncio.sleep(self.retry_seconds)
+            try:
+                if await asyncio.to_thread(pending.flush):
+                    return
+            except Exception:  # the retry must outlive any one failure; it logs, and goes on
+                log.exception("retrying kept catalog writes failed")
+
+    async def close(self) -> None:
+        """Stop retrying (the vault makes one last attempt when it closes)."""
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
+            self._retry = None

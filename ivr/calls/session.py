@@ -42,7 +42,7 @@ from ivr.prompt_library import prompt_infos
 from media.prompts import Prompt
 from storage.catalog import RecordingRow
 from storage.errors import VaultError
-from storage.vault import Recording, Vault
+from storage.vault import Recording, RecordingNotStarted, Vault
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,10 @@ class CallSession:
     # recording stream asked for but not connected, or broken): the recording then closes as
     # incomplete or failed with this reason, never as complete.
     media_failure: str | None = None
+    # The vault could not start the recording (a full disk): the call goes on without it,
+    # and its frames are counted as lost, never buffered.
+    recording_failure: str | None = None
+    failed_recording_id: str | None = None  # its row says failed (once the disk takes it)
     flow: ConsentFlow = field(init=False)
     recording: Recording | None = None
     row: RecordingRow | None = None
@@ -198,6 +202,8 @@ class CallSession:
             return
         if not self.flow.recording:
             self.stats.frames_refused += 1
+        elif self.recording_failure is not None:
+            self.stats.frames_lost += 1
         elif rec is None:  # the recording is being opened: keep the frame until it is
             if len(self._pending) < MAX_PENDING_FRAMES:
                 self._pending.append((track, call_ms, payload))
@@ -252,6 +258,9 @@ class CallSession:
             )
         except (VaultError, OSError) as exc:
             log.error("call %s: recording could not start: %s", self.call_id, exc)
+            self.recording_failure = str(exc) or type(exc).__name__
+            if isinstance(exc, RecordingNotStarted):
+                self.failed_recording_id = exc.recording_id
             self.stats.frames_lost += len(self._pending)
             self.stats.frames_pending = 0
             self._pending.clear()
@@ -303,11 +312,14 @@ class CallSession:
     def summary(self) -> dict[str, Any]:
         row = self.row
         rec_id = row.id if row else (self.recording.id if self.recording else None)
+        status = row.status.value if row else None
+        if rec_id is None and self.recording_failure is not None:
+            rec_id, status = self.failed_recording_id, "failed"
         return {
             "call_id": self.call_id,
             "decision": self.flow.decision.value if self.flow.decision else None,
             "recording_id": rec_id,
-            "recording_status": row.status.value if row else None,
+            "recording_status": status,
             "lawful_basis": self.line.lawful_basis.value,
             "frames_received": self.stats.frames_received,
             "frames_stored": self.stats.frames_stored,
