@@ -238,12 +238,23 @@ def _reason(request: web.Request, body: Mapping[str, Any] | None = None) -> str:
     return reason.strip()[:500]
 
 
+MAX_BODY_BRACKETS = 32  # a request body is one flat object; this bounds its nesting
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        body = await request.json()
-    except ValueError:
+        text = await request.text()
+        # Nesting is bounded before json.loads (5,000 "[" would reach its recursion limit).
+        if text.count("[") + text.count("{") > MAX_BODY_BRACKETS:
+            raise ValueError("nested too deeply")
+        body = json.loads(text, parse_constant=_no_constant)
+    except ValueError:  # not UTF-8, not JSON, NaN or Infinity, nested too deeply
         raise _json_error(400, "the body is not JSON") from None
     if not isinstance(body, dict):
         raise _json_error(400, "the body must be a JSON object")
@@ -258,7 +269,10 @@ async def list_recordings(request: web.Request, caller: Caller) -> web.Response:
     if status is not None and status not in {s.value for s in RecordingStatus}:
         raise _json_error(400, f"unknown status {status!r}")
     limit = request.query.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+    # ASCII digits only: str.isdigit also takes "²", which int() refuses.
+    if not (0 < len(limit) <= 4 and limit.isascii() and limit.isdigit()) or not (
+        1 <= int(limit) <= 1000
+    ):
         raise _json_error(400, "limit must be 1..1000")
     rows = await asyncio.to_thread(
         vault.list,

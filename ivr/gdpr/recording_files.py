@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,7 +16,7 @@ from ivr.config import normalise_number
 from ivr.policy import DEFAULT_RETENTION_DAYS, LawfulBasis
 from media.g711 import ulaw_encode
 from media.pcm import float_to_int16, frame, resample
-from media.timeline import Timeline
+from media.timeline import SAMPLE_BYTES, Timeline
 from media.wavfile import load_audio, write_wav
 from storage.catalog import RecordingRow
 from storage.files import private_file, utc_iso
@@ -31,6 +32,9 @@ TRACKS_BY_CHANNELS = {1: ("caller",), 2: ("caller", "agent")}
 # controller's own assessment, not on something the caller did, so evidence is optional for them.
 EVIDENCE_REQUIRED: frozenset[LawfulBasis] = frozenset({LawfulBasis.CONSENT})
 MAX_EVIDENCE_BYTES = 64 * 1024
+EXPORT_GAP_MS = 10 * 60 * 1000  # the silence an export lays out beyond twice the audio held
+
+log = logging.getLogger(__name__)
 
 
 class ImportRefused(ValueError):
@@ -204,17 +208,50 @@ def import_wav(
     return row
 
 
+def _timeline_limit(row: RecordingRow) -> int:
+    """How many samples per track an export of ``row`` may lay out: its length in the catalog
+    (plus a second), and never more than twice the audio its blob could hold plus ten minutes
+    of gaps. Frames a platform timed at 46 days into a 5 s recording (written before the
+    service checked media timestamps) cannot make an export allocate 60 GiB."""
+    rate = row.sample_rate
+    limit = ((row.duration_ms + 1000) * rate // 1000) if row.duration_ms is not None else None
+    if row.blob_size is not None:
+        held = 2 * row.blob_size // SAMPLE_BYTES[row.codec] + EXPORT_GAP_MS * rate // 1000
+        limit = held if limit is None else min(limit, held)
+    return limit if limit is not None else 2**62
+
+
 def decode_recording(vault: Vault, row: RecordingRow, *, private_key: Any = None) -> np.ndarray:
     """A finished recording verified, decrypted and decoded: int16 (samples, tracks), caller
     first. Raises before returning anything if any chunk fails verification. ``private_key``
     opens a recording sealed to its tenant's public key."""
     if len(row.tracks) > 2:
         raise ValueError(f"recording {row.id} has {len(row.tracks)} tracks; WAV export takes 2")
-    expected = (row.duration_ms or 0) * row.sample_rate // 1000
+    limit = _timeline_limit(row)
+    expected = min((row.duration_ms or 0) * row.sample_rate // 1000, limit)
     timeline = Timeline(row.codec, row.sample_rate, len(row.tracks), expected_samples=expected)
+    left_out, width = 0, SAMPLE_BYTES[row.codec]
     with vault.open_reader(row.id, private_key=private_key) as reader:
         for batch in reader.batches():
-            timeline.add_arrays(batch.tracks, batch.timestamps_ms, batch.lengths, batch.payload)
+            tracks, times, lengths, payload = (
+                batch.tracks,
+                batch.timestamps_ms,
+                batch.lengths,
+                batch.payload,
+            )
+            inside = times * row.sample_rate // 1000 + lengths // width <= limit
+            if not inside.all():
+                left_out += int((~inside).sum())
+                payload = payload[np.repeat(inside, lengths)]
+                tracks, times, lengths = tracks[inside], times[inside], lengths[inside]
+            timeline.add_arrays(tracks, times, lengths, payload)
+    if left_out:
+        log.warning(
+            "recording %s: %d frames timed beyond its length (%d ms) left out of the export",
+            row.id,
+            left_out,
+            limit * 1000 // row.sample_rate,
+        )
     samples = timeline.samples()
     if "caller" in row.tracks and row.tracks.index("caller") != 0:
         samples = samples[:, ::-1]

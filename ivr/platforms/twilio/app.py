@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ivr.calls import TRACK_AGENT, TRACK_CALLER, Call, CallRegistry, CallSession, carry_out
 from ivr.config import Config, normalise_number
@@ -50,6 +51,7 @@ from ivr.platforms.twilio.messages import (
     encoded_frames,
     mark_message,
     media_message_encoded,
+    parse_form,
     parse_stream_message,
     twiml_consent_stream,
     twiml_dial,
@@ -70,6 +72,43 @@ MAX_BAD_MESSAGES = 50  # per stream, before we stop believing it is Twilio talki
 START_TIMEOUT_SECONDS = 10.0  # Twilio sends connected and start at once
 UNKNOWN_NUMBER_TEXT = "This number is not in service. Goodbye."
 NO_RECORDING_STREAM = "the recording stream never connected"
+# Twilio's webhooks are a few dozen short fields (about 2 KB); a larger body is refused before
+# it is read, since it is read before its signature can be checked.
+MAX_WEBHOOK_BYTES = 64 * 1024
+FORM_TYPE = "application/x-www-form-urlencoded"
+WARN_EVERY_SECONDS = 60.0  # a kind of refusal anyone can provoke is logged at most this often
+# Media sanity, against the stream's own history (see _Stream.media_ms): sequence numbers go up
+# by one per message, so a jump of more than this is not a lost message but a broken number;
+# a timestamp may run this far ahead of the audio (or the wall time) the stream has delivered.
+MAX_SEQUENCE_GAP = 1500  # 15 s of both tracks
+MAX_AHEAD_MS = 5_000
+MAX_BACK_MS = 1_000
+ULAW_BYTES_PER_MS = 8
+
+
+@dataclass
+class Warnings:
+    """Warnings about input anyone can send: the first of each kind is logged, then at most one
+    every ``every`` seconds, saying how many were not. Kinds are the service's own words, never
+    the input's, so this holds a handful of entries."""
+
+    every: float = WARN_EVERY_SECONDS
+    clock: Callable[[], float] = time.monotonic
+    _last: dict[str, float] = field(default_factory=dict)
+    _held: Counter[str] = field(default_factory=Counter)
+
+    def warn(self, kind: str, message: str, *args: object) -> None:
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.every:
+            self._held[kind] += 1
+            return
+        self._last[kind] = now
+        held = self._held.pop(kind, 0)
+        if held:
+            message += " (%d more since the last such line)"
+            args = (*args, held)
+        log.warning(message, *args)
 
 
 @dataclass
@@ -85,6 +124,7 @@ class TwilioCalls:
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     accepting: bool = True
     counters: Counter[str] = field(default_factory=Counter)  # served at /healthz
+    warnings: Warnings = field(default_factory=Warnings)
 
     def call(self, call_sid: str) -> Call | None:
         call = self.calls.get(PLATFORM, call_sid)
@@ -102,19 +142,54 @@ def _public_base(request: web.Request, config: Config) -> str:
     return f"{request.scheme}://{request.host}"
 
 
+def _bad_request(twilio: TwilioCalls, request: web.Request, why: str) -> web.HTTPException:
+    twilio.counters["webhooks_bad"] += 1
+    twilio.warnings.warn("webhook-bad", "%s: bad webhook: %s", request.path, why)
+    return web.HTTPBadRequest(text=f"{why}\n")
+
+
+async def _read_form(request: web.Request, twilio: TwilioCalls) -> list[tuple[str, str]]:
+    """The webhook's body as form fields: 413 over MAX_WEBHOOK_BYTES, decided before the body
+    is read (by its Content-Length, and by reading at most one byte more); 400 unless it is a
+    well-formed URL-encoded form, the only kind Twilio sends."""
+    length = request.content_length
+    if length is not None and length > MAX_WEBHOOK_BYTES:
+        twilio.counters["webhooks_too_large"] += 1
+        twilio.warnings.warn("webhook-too-large", "%s: refused: body too large", request.path)
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_WEBHOOK_BYTES, actual_size=length)
+    if request.content_type != FORM_TYPE:
+        raise _bad_request(twilio, request, f"the body is not {FORM_TYPE}")
+    body = bytearray()
+    try:
+        while len(body) <= MAX_WEBHOOK_BYTES:
+            chunk = await request.content.read(MAX_WEBHOOK_BYTES + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
+    except (HttpProcessingError, ConnectionError):  # a broken chunked body, a truncated one
+        raise _bad_request(twilio, request, "the body could not be read") from None
+    if len(body) > MAX_WEBHOOK_BYTES:
+        twilio.counters["webhooks_too_large"] += 1
+        twilio.warnings.warn("webhook-too-large", "%s: refused: body too large", request.path)
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_WEBHOOK_BYTES, actual_size=len(body))
+    try:
+        return parse_form(bytes(body))
+    except WebhookError as exc:
+        raise _bad_request(twilio, request, str(exc)) from None
+
+
 async def _signed_params(request: web.Request, twilio: TwilioCalls) -> dict[str, str]:
-    """The webhook's form if Twilio signed it; 403 otherwise."""
-    form = await request.post()
-    params = [(k, v) for k, v in form.items() if isinstance(v, str)]
+    """The webhook's form if Twilio signed it; 403 otherwise (413 or 400 before that if the
+    body is too large or not a form)."""
+    params = await _read_form(request, twilio)
     url = _public_base(request, twilio.config) + request.path_qs
     token = twilio.config.twilio_auth_token
     if not token or not is_valid_signature(
         token, url, params, request.headers.get(SIGNATURE_HEADER)
     ):
         twilio.counters["webhooks_forbidden"] += 1
-        log.warning(
-            "%s: refused: %s", request.path, "no auth token set" if not token else "bad signature"
-        )
+        why = "no auth token set" if not token else "bad signature"
+        twilio.warnings.warn(f"webhook-forbidden-{why}", "%s: refused: %s", request.path, why)
         raise web.HTTPForbidden(text="invalid X-Twilio-Signature\n")
     return dict(params)
 
@@ -126,8 +201,7 @@ async def _signed_form(request: web.Request) -> tuple[TwilioCalls, CallWebhook]:
     try:
         hook = CallWebhook.from_form(params)
     except WebhookError as exc:
-        log.warning("%s: bad webhook: %s", request.path, exc)
-        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        raise _bad_request(twilio, request, str(exc)) from None
     return twilio, hook
 
 
@@ -200,8 +274,7 @@ async def stream_status(request: web.Request) -> web.Response:
     try:
         event = StreamStatus.from_form(form)
     except WebhookError as exc:
-        log.warning("%s: bad webhook: %s", request.path, exc)
-        raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        raise _bad_request(twilio, request, str(exc)) from None
     call = twilio.call(event.call_sid)
     if call is None or call.session is None:
         return web.json_response({"call_sid": event.call_sid, "known": False})
@@ -239,9 +312,16 @@ class _Stream:
         self.call: Call | None = None
         self.session: CallSession | None = None
         self.stream_sid = ""
+        self.tracks: frozenset[str] = frozenset()
         self.base_ms = 0
         self.last_seq = 0
+        self.jump_seq = -1  # the last message dropped for a jump in its sequence number
+        self.opened = 0.0  # wall time of the start
+        self.next_ms = [-1, -1]  # per track: where its next frame should start (stream ms)
+        self.track_ms = [0, 0]  # per track: the audio it has delivered (ms)
+        self.delivered_ms = 0  # the most of any track
         self.bad = 0
+        self.noted: set[str] = set()
         self.closed_by_us = False
 
     async def close(self, code: int, reason: str) -> None:
@@ -250,6 +330,16 @@ class _Stream:
 
     def where(self) -> str:
         return f"call {self.call.call_id}" if self.call else f"{self.kind} stream"
+
+    def note(self, kind: str, message: str, *args: object) -> None:
+        """A warning about this stream's input, logged for the first of its kind on the stream
+        (the counters count them all); before the stream is admitted (anyone can open one),
+        at most once a minute for all streams."""
+        if self.call is None:
+            self.twilio.warnings.warn(f"stream-{kind}", message, *args)
+        elif kind not in self.noted:
+            self.noted.add(kind)
+            log.warning(message + " (logged once per stream)", *args)
 
     async def admit(self, start: Start) -> bool:
         twilio = self.twilio
@@ -274,29 +364,90 @@ class _Stream:
         call.wire = self
         self.call, self.session = call, call.session
         self.stream_sid = start.stream_sid
+        self.tracks = frozenset(start.tracks)
         self.base_ms = int(call.session.call_time() * 1000)
         self.last_seq = start.sequence
+        self.opened = twilio.wall()
         return True
 
     async def _refuse(self, call_sid: str, why: str) -> bool:
         self.twilio.counters["streams_refused"] += 1
-        log.warning("%s stream for twilio %s refused: %s", self.kind, call_sid, why)
+        self.twilio.warnings.warn(
+            f"stream-refused-{why}", "%s stream for twilio %s refused: %s", self.kind, call_sid, why
+        )
         await self.close(CLOSE_POLICY, why)
         return False
 
     def in_order(self, sequence: int) -> bool:
-        if sequence <= self.last_seq:
-            self.twilio.counters["messages_out_of_order"] += 1
-            if self.bad == 0:
-                log.warning(
-                    "%s: message %d after %d dropped", self.where(), sequence, self.last_seq
-                )
+        """Whether to take a message numbered ``sequence`` (the hot path takes the next number
+        itself). A repeated or late number is dropped; a gap up to MAX_SEQUENCE_GAP counts the
+        messages missing. A larger jump, either way, is a broken number, not a gap: the message
+        is dropped and counted, and the numbering follows only if the next message continues
+        from it. So one bad number never makes every later message look out of order."""
+        counters = self.twilio.counters
+        last = self.last_seq
+        if last < sequence <= last + MAX_SEQUENCE_GAP:
+            if sequence > last + 1:
+                counters["messages_missing"] += sequence - last - 1
+            self.last_seq, self.jump_seq = sequence, -1
+            return True
+        if last - MAX_SEQUENCE_GAP <= sequence <= last:
+            counters["messages_out_of_order"] += 1
+            self.note(
+                "out-of-order", "%s: message %d after %d dropped", self.where(), sequence, last
+            )
             self.bad += 1
             return False
-        if sequence > self.last_seq + 1:
-            self.twilio.counters["messages_missing"] += sequence - self.last_seq - 1
-        self.last_seq = sequence
-        return True
+        if self.jump_seq >= 0 and sequence == self.jump_seq + 1:
+            counters["sequence_renumbered"] += 1
+            self.note(
+                "renumbered",
+                "%s: numbering continues from %d (was %d)",
+                self.where(),
+                sequence,
+                last,
+            )
+            self.last_seq, self.jump_seq = sequence, -1
+            return True
+        self.jump_seq = sequence
+        counters["sequence_jumps"] += 1
+        self.note(
+            "sequence-jump",
+            "%s: message %d after %d dropped: a jump, not a gap",
+            self.where(),
+            sequence,
+            last,
+        )
+        return False
+
+    def media_ms(self, track: int, timestamp: int, size: int) -> int:
+        """A frame's time in the stream (ms), checked against the stream's own history: its
+        timestamp may not run more than MAX_AHEAD_MS ahead of both the audio the stream has
+        delivered and the wall time since it started, nor step back more than MAX_BACK_MS on
+        its track. A frame that does (one timestamp of 4e9 ms) is counted and put right after
+        its track's previous one: a jump never stretches the recording or moves the call's
+        clock, and the frames after it keep their place."""
+        expected = self.next_ms[track]
+        if (
+            timestamp > self.delivered_ms + MAX_AHEAD_MS
+            and timestamp > (self.twilio.wall() - self.opened) * 1000 + MAX_AHEAD_MS
+        ) or timestamp < expected - MAX_BACK_MS:
+            taken = expected if expected >= 0 else self.delivered_ms
+            self.twilio.counters["media_timestamp_jumps"] += 1
+            self.note(
+                "timestamp-jump",
+                "%s: media timestamp %d ms is a jump; taken as %d ms",
+                self.where(),
+                timestamp,
+                taken,
+            )
+            timestamp = taken
+        length = size // ULAW_BYTES_PER_MS
+        self.next_ms[track] = timestamp + length
+        heard = self.track_ms[track] = self.track_ms[track] + length
+        if heard > self.delivered_ms:
+            self.delivered_ms = heard
+        return timestamp
 
     async def run(self, commands: list[Command]) -> None:
         assert self.call is not None
@@ -373,7 +524,9 @@ async def _serve_stream(stream: _Stream) -> None:
         except TimeoutError:
             if session is None:
                 twilio.counters["streams_refused"] += 1
-                log.warning("%s stream: no start within %.0f s; closed", stream.kind, timeout)
+                stream.note(
+                    "no-start", "%s stream: no start within %.0f s; closed", stream.kind, timeout
+                )
                 await stream.close(CLOSE_POLICY, "no start message")
                 return
             # No media for a while: let wall time stand in for call time.
@@ -383,7 +536,7 @@ async def _serve_stream(stream: _Stream) -> None:
             if msg.type == WSMsgType.ERROR:
                 if isinstance(ws.exception(), ValueError) or ws.close_code == CLOSE_TOO_BIG:
                     twilio.counters["messages_too_big"] += 1
-                    log.warning("%s: message too big; stream closed", stream.where())
+                    stream.note("too-big", "%s: message too big; stream closed", stream.where())
                 return
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                 return
@@ -395,25 +548,28 @@ async def _serve_stream(stream: _Stream) -> None:
             stream.bad += 1
             twilio.counters["messages_bad"] += 1
             if exc.close_code in (CLOSE_POLICY, CLOSE_TOO_BIG) or stream.bad > MAX_BAD_MESSAGES:
-                log.warning("%s: %s; closing", stream.where(), exc)
+                stream.note("closing", "%s: %s; closing", stream.where(), exc)
                 await stream.close(exc.close_code, str(exc))
                 return
-            if stream.bad == 1:
-                log.warning("%s: message dropped: %s", stream.where(), exc)
+            stream.note("bad", "%s: message dropped: %s", stream.where(), exc)
             continue
         if type(message) is Media and session is not None:
             # The hot path, every 20 ms per track per call, kept inline on purpose.
+            if message.track not in stream.tracks:
+                stream.bad += 1
+                twilio.counters["messages_bad"] += 1
+                stream.note("track", "%s: media on a track not started", stream.where())
+                continue
             sequence = message.sequence
             if sequence == stream.last_seq + 1:
-                stream.last_seq = sequence
+                stream.last_seq, stream.jump_seq = sequence, -1
             elif not stream.in_order(sequence):
+                session.dropped()
                 continue
-            call_ms = stream.base_ms + message.timestamp_ms
-            session.audio(
-                TRACK_CALLER if message.track == "inbound" else TRACK_AGENT,
-                call_ms,
-                message.payload,
-            )
+            track = TRACK_CALLER if message.track == "inbound" else TRACK_AGENT
+            payload = message.payload
+            call_ms = stream.base_ms + stream.media_ms(track, message.timestamp_ms, len(payload))
+            session.audio(track, call_ms, payload)
             call_time = session.at(call_ms / 1000)
             deadline = session.flow.deadline
             if deadline is not None and call_time >= deadline:
@@ -454,7 +610,7 @@ async def _dispatch(stream: _Stream, message: object) -> bool:
     if isinstance(message, Mark):
         if stream.in_order(message.sequence) and message.name.startswith("play-"):
             play = message.name.removeprefix("play-")
-            if play.isdigit():
+            if 0 < len(play) <= 9 and play.isascii() and play.isdigit():
                 finished = PromptFinished(at=session.now_event(), play_id=int(play))
                 await stream.run(await session.handle(finished))
         return True
@@ -469,7 +625,13 @@ async def _dispatch(stream: _Stream, message: object) -> bool:
         return False
     if isinstance(message, Unknown):
         stream.twilio.counters["messages_unknown"] += 1
-        log.info("%s: unknown event %r ignored", stream.where(), message.event)
+        if "unknown" not in stream.noted:
+            stream.noted.add("unknown")
+            log.info(
+                "%s: unknown event %r ignored (logged once per stream)",
+                stream.where(),
+                message.event,
+            )
     return True
 
 

@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 from xml.etree import ElementTree as ET
 
 from media.dtmf import DIGITS
@@ -34,6 +35,12 @@ CLOSE_INTERNAL = 1011
 
 MAX_MESSAGE_BYTES = 64 * 1024  # a media message carries 20 ms: a few hundred bytes
 MAX_MEDIA_PAYLOAD = 16 * 1024  # decoded bytes of one inbound media message (2 s of μ-law)
+# Twilio's messages nest three deep and open a handful of objects and arrays; counting the
+# brackets (a bound on the nesting, strings included) before json.loads keeps a text of 5,000
+# "[" from reaching the parser's recursion limit.
+MAX_BRACKETS = 64
+MAX_NUMBER_DIGITS = 12  # sequenceNumber, timestamp: ms in 31 years; more is not Twilio
+MAX_WEBHOOK_FIELDS = 100  # a voice or status webhook has about 30
 
 
 class WebhookError(ValueError):
@@ -74,8 +81,8 @@ class CallWebhook:
         if not ACCOUNT_SID.match(account_sid):
             raise WebhookError("AccountSid is not AC followed by 32 hex digits")
         duration = form.get("CallDuration")
-        if duration is not None and not duration.isdigit():
-            raise WebhookError("CallDuration is not a whole number of seconds")
+        if duration is not None and not _is_digits(duration, 9):
+            raise WebhookError("CallDuration is not a whole number of seconds (ASCII digits)")
         return cls(
             call_sid=call_sid,
             account_sid=account_sid,
@@ -85,6 +92,29 @@ class CallWebhook:
             direction=form.get("Direction", ""),
             call_duration=int(duration) if duration is not None else None,
         )
+
+
+def _is_digits(text: str, most: int) -> bool:
+    """``text`` is 1 to ``most`` ASCII digits (``str.isdigit`` also takes "²" and "١")."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
+def parse_form(body: bytes) -> list[tuple[str, str]]:
+    """A webhook body (``application/x-www-form-urlencoded``, UTF-8) as its fields, in order.
+    Raises WebhookError for anything else: invalid UTF-8, a field without ``=``, too many."""
+    try:
+        return parse_qsl(
+            body.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_WEBHOOK_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise WebhookError("the body is not URL-encoded UTF-8") from None
+    except ValueError as exc:  # a malformed field, or more than MAX_WEBHOOK_FIELDS
+        raise WebhookError(f"the body is not a URL-encoded form: {str(exc)[:80]}") from None
 
 
 # The <Stream statusCallback> events (Twilio's docs: "stream-started", "stream-stopped",
@@ -243,25 +273,41 @@ class Unknown:
 
 StreamMessage = Connected | Start | Media | Dtmf | Mark | Stop | Unknown
 _TRACKS = frozenset(("inbound", "outbound"))
-_loads = json.loads
 _a2b = binascii.a2b_base64
+_MAX_NUMBER = 10**MAX_NUMBER_DIGITS - 1
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+# NaN, Infinity and -Infinity are Python's extension to JSON: refused, not turned into floats.
+_loads = json.JSONDecoder(parse_constant=_no_constant).decode
+
+
+def _number(value: object) -> int:
+    """A count or a time in ms as Twilio sends it: a string of ASCII digits (or, rather than
+    guess wrong, a JSON integer), within range; -1 for anything else (floats, "²", "1e3")."""
+    if type(value) is str:
+        if 0 < len(value) <= MAX_NUMBER_DIGITS and value.isascii() and value.isdigit():
+            return int(value)
+        return -1
+    if type(value) is int and 0 <= value <= _MAX_NUMBER:  # not bool: type() is exact
+        return value
+    return -1
 
 
 def _int(value: object, what: str) -> int:
-    # Twilio sends these as strings ("1"); accept numbers too rather than guess wrong.
-    if isinstance(value, bool):
-        raise StreamError(f"{what} is not a number")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit() and len(value) <= 12:
-        return int(value)
-    raise StreamError(f"{what} is not a number")
+    number = _number(value)
+    if number < 0:
+        raise StreamError(f"{what} {str(value)[:20]!r} is not a number of ASCII digits")
+    return number
 
 
 def _obj(message: dict[str, object], key: str) -> dict[str, object]:
     value = message.get(key)
     if not isinstance(value, dict):
-        raise StreamError(f"{message.get('event')} message without a {key} object")
+        raise StreamError(f"{str(message.get('event'))[:40]} message without a {key} object")
     return value
 
 
@@ -269,28 +315,34 @@ def parse_stream_message(text: str | bytes) -> StreamMessage:
     """One websocket text frame from Twilio as a typed message."""
     if len(text) > MAX_MESSAGE_BYTES:
         raise StreamError("message too large", CLOSE_TOO_BIG)
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StreamError("not JSON: the message is not UTF-8") from None
+    if text.count("[") + text.count("{") > MAX_BRACKETS:
+        raise StreamError(f"not JSON from Twilio: more than {MAX_BRACKETS} brackets")
     try:
         message = _loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StreamError(f"not JSON: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, a NaN or Infinity, an integer of 4,300 digits
+        raise StreamError(f"not JSON: {str(exc)[:80]}") from None
     # The hot path, 50 times a second per track: a well-formed media message is taken in one
     # go; anything that trips it is parsed again below, slowly, to say precisely what is wrong.
     try:
         if message["event"] == "media":
             media = message["media"]
-            audio = _a2b(media["payload"], strict_mode=True)
+            audio = _a2b(media["payload"], strict_mode=True)  # ValueError if not ASCII
             track = media.get("track", "inbound")
-            sequence = int(message["sequenceNumber"])
-            timestamp = int(media["timestamp"])
+            sequence = _number(message["sequenceNumber"])
+            timestamp = _number(media["timestamp"])
             if (
                 track in _TRACKS
                 and sequence >= 0
                 and timestamp >= 0
                 and len(audio) <= MAX_MEDIA_PAYLOAD
-                and not isinstance(message["sequenceNumber"], bool)
             ):
                 return Media(sequence, track, timestamp, audio)
-    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error):
+    except (KeyError, TypeError, ValueError, AttributeError):  # binascii.Error is a ValueError
         pass
     return _parse_carefully(message)
 
@@ -308,12 +360,14 @@ def _parse_carefully(message: object) -> StreamMessage:
             raise StreamError("media payload too large", CLOSE_TOO_BIG)
         try:
             binascii.a2b_base64(payload, strict_mode=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a payload that is not ASCII
             raise StreamError("media payload is not valid base64") from None
         track = media.get("track", "inbound")
-        if track not in _TRACKS:
-            raise StreamError(f"unknown media track {track!r}")
-        raise StreamError("media message without numeric sequenceNumber/timestamp")
+        if not isinstance(track, str) or track not in _TRACKS:
+            raise StreamError(f"unknown media track {str(track)[:20]!r}")
+        _int(message.get("sequenceNumber"), "sequenceNumber")
+        _int(media.get("timestamp"), "media.timestamp")
+        raise StreamError("media message that cannot be read")  # not reached
     if event == "connected":
         return Connected(str(message.get("protocol", "")), str(message.get("version", "")))
     if event == "start":

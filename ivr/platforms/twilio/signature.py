@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
+MAX_SIGNATURE_CHARS = 64  # base64 of a 20-byte HMAC-SHA1 is 28
 _DEFAULT_PORTS = {"https": 443, "http": 80, "wss": 443, "ws": 80}
 
 
@@ -24,13 +25,16 @@ def signing_payload(url: str, params: Mapping[str, str] | Iterable[tuple[str, st
     out = [url]
     for name in sorted({n for n, _ in items}):
         out.extend(name + value for value in sorted(v for n, v in items if n == name))
-    return "".join(out).encode()
+    # surrogateescape: a URL or header read with undecodable bytes is signed over those bytes.
+    return "".join(out).encode("utf-8", "surrogateescape")
 
 
 def compute_signature(
     auth_token: str, url: str, params: Mapping[str, str] | Iterable[tuple[str, str]]
 ) -> str:
-    digest = hmac.new(auth_token.encode(), signing_payload(url, params), hashlib.sha1).digest()
+    digest = hmac.new(
+        auth_token.encode("utf-8", "surrogateescape"), signing_payload(url, params), hashlib.sha1
+    ).digest()
     return base64.b64encode(digest).decode()
 
 
@@ -58,6 +62,10 @@ def is_valid_signature(
     signature: str | None,
 ) -> bool:
     if not signature or not auth_token:
+        return False
+    # hmac.compare_digest takes only ASCII text; a signature is base64, so anything else is
+    # simply not one (and never a TypeError and an HTTP 500).
+    if len(signature) > MAX_SIGNATURE_CHARS or not signature.isascii():
         return False
     items = list(params.items()) if isinstance(params, Mapping) else list(params)
     return any(

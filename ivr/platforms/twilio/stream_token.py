@@ -16,6 +16,8 @@ import secrets
 from dataclasses import dataclass
 
 KINDS = ("consent", "recording")
+MAX_TOKEN_CHARS = 128  # v1.recording.<10 digits>.<43 characters>: 68
+MAX_EXPIRY_DIGITS = 12
 
 
 class TokenError(ValueError):
@@ -46,10 +48,21 @@ class StreamTokens:
         """Raise TokenError saying why ``token`` does not admit this stream."""
         if not token:
             raise TokenError("no stream token")
+        # ASCII only: str.isdigit takes "²" (which int() refuses) and hmac.compare_digest
+        # raises TypeError on non-ASCII text.
+        if len(token) > MAX_TOKEN_CHARS or not token.isascii():
+            raise TokenError("malformed stream token")
         parts = token.split(".")
-        if len(parts) != 4 or parts[0] != "v1" or not parts[2].isdigit():
+        if (
+            len(parts) != 4
+            or parts[0] != "v1"
+            or not 0 < len(parts[2]) <= MAX_EXPIRY_DIGITS
+            or not parts[2].isdigit()
+        ):
             raise TokenError("malformed stream token")
         _, token_kind, expiry_text, mac = parts
+        if token_kind not in KINDS:
+            raise TokenError("malformed stream token")
         if token_kind != kind:
             raise TokenError(f"a {token_kind} token cannot open a {kind} stream")
         expiry = int(expiry_text)
