@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ivr import __version__, api, serving
+from ivr import __version__, api
 from ivr.app_keys import CALLS, CLOCK, CONFIG, DATA_DIR, VAULT
 from ivr.audit_heads import HEAD_PUBLISHER, HeadPublisher, publish_heads
 from ivr.calls import CallRegistry
@@ -33,8 +33,8 @@ from ivr.platforms.twilio.stream_token import StreamTokens
 from ivr.prompt_library import PromptLibrary, cache_dir
 from ivr.supervision import LoopHealth, describe, supervise
 from storage import lifecycle
-from storage.catalog import RecordingStatus
 from storage.audit import heads_file
+from storage.catalog import RecordingStatus
 from storage.keys import now_utc
 from storage.retirement import KeySchedule, run_schedule
 from storage.vault import Vault
@@ -44,8 +44,8 @@ log = logging.getLogger(__name__)
 ARI = web.AppKey("ari", AriApplication)
 # The background loops' health, by name, for /healthz (ivr/supervision.py).
 LOOPS = web.AppKey[dict[str, LoopHealth]]("loops")
-
 REFUSAL_WINDOW_SECONDS = 60.0  # refused API requests: one window's count per audit entry
+
 
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -60,9 +60,9 @@ def create_app(
     prompt_cache: Path | None = None,
     fsync: bool = True,
     sweep_interval: float | None = None,
-) -> web.Application:
     audit_head_interval: float | None = None,
     refusal_window: float = REFUSAL_WINDOW_SECONDS,
+) -> web.Application:
     """The service. Each resource opens in its own ``cleanup_ctx`` step, in this order, and
     closes in the reverse order; a step that fails at start closes only the steps before it."""
     app = web.Application()
@@ -70,8 +70,8 @@ def create_app(
     app[DATA_DIR] = data_dir
     app[CLOCK] = clock
     loops = app[LOOPS] = {}
-
     head_file = heads_file(config.audit_head_file, data_dir)
+
     async def vault_ctx(app: web.Application) -> AsyncIterator[None]:
         for warning in config.warnings:
             log.warning("configuration: %s", warning)
@@ -90,14 +90,13 @@ def create_app(
                 "demo": config.demo,
                 "tenants": sorted(config.tenants),
                 "lines": len(config.lines),
-            },
                 "audit_head_file": str(head_file),
+            },
         )
         yield
         await asyncio.to_thread(vault.close)
         log.info("vault closed")
 
-    async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
     async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
         """The audit head published (start, schedule, shutdown; ivr/audit_heads.py), and the
         API's refused requests written in aggregate (ivr/api/refusals.py)."""
@@ -132,6 +131,7 @@ def create_app(
             log.exception("the last refused API requests could not be audited")
         await _publish_head(publisher, "shutdown")
 
+    async def calls_ctx(app: web.Application) -> AsyncIterator[None]:
         prompts = await asyncio.to_thread(
             PromptLibrary.load,
             config,
@@ -148,7 +148,6 @@ def create_app(
         await _cancel(expiry)
         # Whatever a platform has not finished by now (it had its chance in its own step).
         await registry.finish_all("service shutting down")
-        await registry.close()
 
     async def twilio_ctx(app: web.Application) -> AsyncIterator[None]:
         # Twilio calls a dead process left open cannot be picked up again (their streams went
@@ -226,10 +225,6 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 EXPIRY_INTERVAL_SECONDS = 60.0
 
 
-async def _expire_calls(registry: CallRegistry, health: LoopHealth | None = None) -> None:
-    """Calls whose platform never said goodbye (a lost status callback) leave memory. A failed
-    round is the health's (logged once, counted, /healthz); the next round comes anyway."""
-    health = health or LoopHealth("call expiry")
 async def _publish_head(publisher: HeadPublisher, why: str) -> None:
     """At start and shutdown: always, and a failure is logged, never fatal."""
     try:
@@ -238,6 +233,10 @@ async def _publish_head(publisher: HeadPublisher, why: str) -> None:
         log.error("audit head (%s) could not be written to %s: %s", why, publisher.path, exc)
 
 
+async def _expire_calls(registry: CallRegistry, health: LoopHealth | None = None) -> None:
+    """Calls whose platform never said goodbye (a lost status callback) leave memory. A failed
+    round is the health's (logged once, counted, /healthz); the next round comes anyway."""
+    health = health or LoopHealth("call expiry")
     while True:
         await asyncio.sleep(EXPIRY_INTERVAL_SECONDS)
         try:
@@ -420,12 +419,12 @@ def serve(*, config: Config, data_dir: Path, host: str, port: int, json_logs: bo
     # alive at start-up (modules, configuration, prompts) are moved out of its way for good.
     gc.set_threshold(50_000, 50, 100)
     gc.freeze()
-    # Connections, slow clients and descriptors bounded (ivr/serving.py); SIGINT/SIGTERM is a
-    # graceful stop that runs the shutdown hooks and the cleanup contexts.
-    serving.run(
+    # run_app turns SIGINT/SIGTERM into a graceful stop that runs the shutdown hooks and the
+    # cleanup contexts.
+    web.run_app(
         create_app(config, data_dir),
         host=host,
         port=port,
-        limits=config.limits,
-        on_listening=lambda bound: log.info("listening on http://%s:%d", host, bound),
+        print=lambda *_: log.info("listening on http://%s:%d", host, port),
+        shutdown_timeout=30.0,
     )

@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -358,20 +358,14 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction. Whatever fails in it, the COMMIT included (a full disk can
-        refuse it), leaves no transaction open: SQLite may already have rolled back on its own
-        (then ROLLBACK would fail and hide the real error), or left it open (then every later
-        BEGIN would fail)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
-                self._db.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:
-                    with suppress(sqlite3.Error):
-                        self._db.execute("ROLLBACK")
+                self._db.execute("ROLLBACK")
                 raise
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -466,13 +460,9 @@ class Catalog:
         db.execute(f"INSERT INTO calls ({columns}) VALUES ({marks})", values)
 
     def update_call(self, call_id: str, **values: Any) -> None:
-        with self.transaction() as db:
-            self.set_call(db, call_id, **values)
-
-    def set_call(self, db: sqlite3.Connection, call_id: str, **values: Any) -> None:
-        """Update one call row inside the caller's transaction."""
         sets = ", ".join(f"{k} = :{k}" for k in values)
-        db.execute(f"UPDATE calls SET {sets} WHERE id = :id", {**values, "id": call_id})
+        with self.transaction() as db:
+            db.execute(f"UPDATE calls SET {sets} WHERE id = :id", {**values, "id": call_id})
 
     def open_calls(self, platform: str, started_before: str) -> list[sqlite3.Row]:
         """Calls on ``platform`` that began before ``started_before`` and never ended: what a
@@ -580,16 +570,6 @@ class Catalog:
             ),
         )
 
-    def audit_count(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT MAX(seq) FROM audit_events").fetchone()
-        return row[0] or 0
-
-    def audit_events(self) -> list[AuditEvent]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM audit_events ORDER BY seq").fetchall()
-        return [
-            AuditEvent(
     def audit_head(self) -> tuple[int, str]:
         """The newest entry's seq and link; (0, GENESIS_HASH) for an empty chain."""
         with self._lock:
@@ -604,6 +584,16 @@ class Catalog:
             row = self._db.execute("SELECT hash FROM audit_events WHERE seq = ?", (seq,)).fetchone()
         return row[0] if row else None
 
+    def audit_count(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(seq) FROM audit_events").fetchone()
+        return row[0] or 0
+
+    def audit_events(self) -> list[AuditEvent]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM audit_events ORDER BY seq").fetchall()
+        return [
+            AuditEvent(
                 r["seq"],
                 r["at"],
                 r["actor"],

@@ -37,7 +37,6 @@ from ivr.config.model import (
     DEFAULT_STREAM_TOKEN_TTL_SECONDS,
     DEFAULT_SWEEP_MINUTES,
     FILE_TABLES,
-    MAX_CONNECTIONS,
     MAX_RECORDING_SECONDS,
     MAX_RETENTION_DAYS,
     PROMPT_IDS,
@@ -45,7 +44,6 @@ from ivr.config.model import (
     ApiTokenConfig,
     AsteriskSettings,
     Config,
-    Limits,
     PromptOverride,
     Tenant,
 )
@@ -137,7 +135,6 @@ def _build(
         DEFAULT_STREAM_TOKEN_TTL_SECONDS,
     )
 
-    limits = _limits(r, data)
     asterisk = _asterisk(r, data, environ) if "asterisk" in data else None
     api_tokens = _api_tokens(r, data, tuple(data.get("tenants", {}) or {}))
 
@@ -169,9 +166,6 @@ def _build(
         keys_table, "keys", "retire_after_days", check.integer(1, MAX_RETENTION_DAYS), None
     )
 
-    tenants_raw = r.table(data, "", "tenants")
-    tenants: dict[str, Tenant] = {}
-    tenant_retention: dict[str, dict[LawfulBasis, int]] = {}
     audit = r.table(data, "", "audit")
     r.check_keys(audit, "audit", FILE_TABLES["audit"])
     head_file = r.get(audit, "audit", "head_file", lambda v: _head_file(r, v), None)
@@ -183,6 +177,9 @@ def _build(
         DEFAULT_AUDIT_HEAD_MINUTES,
     )
 
+    tenants_raw = r.table(data, "", "tenants")
+    tenants: dict[str, Tenant] = {}
+    tenant_retention: dict[str, dict[LawfulBasis, int]] = {}
     for tenant_id, raw in tenants_raw.items():
         tenant = _tenant(r, tenant_id, raw, tenant_retention)
         if tenant is not None:
@@ -237,18 +234,17 @@ def _build(
         twilio_auth_token_env=token_env,
         stream_token_ttl_seconds=ttl,
         max_recording_seconds=max_recording,
-        limits=limits,
         retention_default_days=MappingProxyType(retention_defaults),
         retention_sweep_minutes=sweep_minutes,
         call_record_days=call_record_days,
         key_rotate_every_days=rotate_days,
         key_retire_after_days=retire_days,
+        audit_head_file=head_file,
+        audit_head_interval_minutes=head_minutes,
         tenants=MappingProxyType(tenants),
         lines=MappingProxyType(lines),
         demo=demo,
         warnings=tuple(warnings),
-        audit_head_file=head_file,
-        audit_head_interval_minutes=head_minutes,
         asterisk=asterisk,
         api_tokens=api_tokens,
     )
@@ -309,38 +305,6 @@ def _api_tokens(
             seen.add(digest)
             out.append(ApiTokenConfig(tenant, name, role, digest, expires))
     return tuple(out)
-
-
-# --------------------------------------------------------------------------- [limits]
-
-
-def _limits(r: Reader, data: dict[str, Any]) -> Limits:
-    section = r.table(data, "", "limits")
-    r.check_keys(section, "limits", FILE_TABLES["limits"])
-    defaults = Limits()
-    max_calls = r.get(
-        section, "limits", "max_calls", check.integer(1, MAX_CONNECTIONS), defaults.max_calls
-    )
-    max_connections = r.get(
-        section, "limits", "max_connections", check.integer(16, MAX_CONNECTIONS), None
-    )
-    header = r.get(
-        section,
-        "limits",
-        "header_timeout_seconds",
-        check.number(1, 300),
-        defaults.header_timeout_seconds,
-    )
-    body = r.get(
-        section,
-        "limits",
-        "body_timeout_seconds",
-        check.number(1, 3600),
-        defaults.body_timeout_seconds,
-    )
-    if not ok(max_calls, max_connections, header, body):
-        return defaults
-    return Limits(max_calls, max_connections, header, body)
 
 
 # --------------------------------------------------------------------------- [asterisk]

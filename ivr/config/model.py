@@ -30,7 +30,6 @@ __all__ = [
     "ApiTokenConfig",
     "AsteriskSettings",
     "Config",
-    "Limits",
     "Line",
     "PromptOverride",
     "Tenant",
@@ -49,8 +48,8 @@ DEFAULT_PROMPT_TIMEOUT_SECONDS = 8.0
 DEFAULT_POLICY_VERSION = 1
 DEFAULT_SWEEP_MINUTES = 60
 DEFAULT_CALL_RECORD_DAYS = 30
-DEFAULT_ARI_PASSWORD_ENV = "ARI_PASSWORD"
 DEFAULT_AUDIT_HEAD_MINUTES = 5
+DEFAULT_ARI_PASSWORD_ENV = "ARI_PASSWORD"
 DEFAULT_ARI_APP = "ivr"
 DEFAULT_RTP_HOST = "127.0.0.1"
 DEFAULT_RTP_PORTS = (40000, 40999)
@@ -59,11 +58,6 @@ DEFAULT_KEYS: Mapping[str, str] = MappingProxyType(
     {"accept_key": "1", "decline_key": "9", "withdraw_key": "*"}
 )
 DTMF_KEYS = "0123456789*#"
-# [limits]: what one process takes on at once, and how long it waits for a slow client.
-DEFAULT_MAX_CALLS = 200
-DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
-DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
-MAX_CONNECTIONS = 1_000_000  # the upper bound of max_calls and max_connections
 MAX_RECORDING_SECONDS = 86400
 # 100 years: long enough for any legal duty, short enough that "now + retention" stays a date.
 MAX_RETENTION_DAYS = 36500
@@ -230,23 +224,6 @@ class ApiTokenConfig:
     expires: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """How much one process takes on at once, and how long it waits for a client ([limits];
-    ivr/serving.py enforces the connection limits, ivr/calls/capacity.py the call cap)."""
-
-    # Calls in progress on all platforms together; a call beyond it is turned away.
-    max_calls: int = DEFAULT_MAX_CALLS
-    # Open HTTP connections (webhooks, API, media streams); None: derived from the descriptor
-    # limit at start, after the descriptors max_calls calls need.
-    max_connections: int | None = None
-    # A request's head (request line and headers) must be in within this many seconds of the
-    # connection opening or of the previous response; idle keep-alive connections close then too.
-    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
-    # A request's body must be in within this many seconds of its head.
-    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
-
-
 # Keyword-only, so the fields can follow the file's layout: [service], [twilio], [asterisk],
 # [retention], [keys], [audit], [tenants], [[lines]], [[api_tokens]]; that order is also the order
 # in which "known keys" messages list the top-level tables.
@@ -255,7 +232,6 @@ class Config:
     source: Path | None = field(metadata=not_a_key())  # the file read
     public_url: str | None = field(metadata=key("service.public_url"))
     max_recording_seconds: int = field(metadata=key("service.max_recording_seconds"))
-    limits: Limits = Limits()  # [limits]
     # Read from the variable twilio_auth_token_env names: the file holds no secrets.
     twilio_auth_token: str | None = field(
         repr=False,
@@ -290,6 +266,12 @@ class Config:
     # A version whose successor is this old is destroyed; at least the operator's retention of
     # catalog backups, which need the versions they were wrapped under to be restored.
     key_retire_after_days: int | None = field(default=None, metadata=key("keys.retire_after_days"))
+    # Where the audit chain's head is published (storage/audit.py); None: in the data directory.
+    audit_head_file: Path | None = field(default=None, metadata=key("audit.head_file"))
+    # How often the service publishes the head when it has changed (and always at shutdown).
+    audit_head_interval_minutes: int = field(
+        default=DEFAULT_AUDIT_HEAD_MINUTES, metadata=key("audit.head_interval_minutes")
+    )
     tenants: Mapping[str, Tenant]
     lines: Mapping[str, Line]  # by E.164 number
     api_tokens: tuple[ApiTokenConfig, ...] = ()
@@ -314,12 +296,6 @@ def normalise_number(number: str) -> str | None:
     text = number.strip()
     if text[:4].lower() == "tel:":
         text = text[4:].strip()
-    # Where the audit chain's head is published (storage/audit.py); None: in the data directory.
-    audit_head_file: Path | None = field(default=None, metadata=key("audit.head_file"))
-    # How often the service publishes the head when it has changed (and always at shutdown).
-    audit_head_interval_minutes: int = field(
-        default=DEFAULT_AUDIT_HEAD_MINUTES, metadata=key("audit.head_interval_minutes")
-    )
     if text.startswith("00"):
         text = "+" + text[2:]
     if not text.startswith("+"):
@@ -340,10 +316,10 @@ FILE_TABLES: Mapping[str, TableKeys] = MappingProxyType(
     {
         "": table_keys(Config),
         "service": table_keys(Config, "service"),
-        "limits": table_keys(Limits),
         "twilio": table_keys(Config, "twilio"),
         "retention": table_keys(Config, "retention"),
         "keys": table_keys(Config, "keys"),
+        "audit": table_keys(Config, "audit"),
         "asterisk": table_keys(AsteriskSettings),
         "tenants.<id>": table_keys(Tenant),
         "tenants.<id>.prompts.<language>.<prompt>": table_keys(PromptOverride),
@@ -352,4 +328,3 @@ FILE_TABLES: Mapping[str, TableKeys] = MappingProxyType(
         "api_tokens": table_keys(ApiTokenConfig),
     }
 )
-        "audit": table_keys(Config, "audit"),
