@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ivr import __version__, api
+from ivr import __version__, api, serving
 from ivr.app_keys import CALLS, CLOCK, CONFIG, DATA_DIR, VAULT
 from ivr.audit_heads import HEAD_PUBLISHER, HeadPublisher, publish_heads
 from ivr.calls import CallRegistry
@@ -148,6 +148,7 @@ def create_app(
         await _cancel(expiry)
         # Whatever a platform has not finished by now (it had its chance in its own step).
         await registry.finish_all("service shutting down")
+        await registry.close()
 
     async def twilio_ctx(app: web.Application) -> AsyncIterator[None]:
         # Twilio calls a dead process left open cannot be picked up again (their streams went
@@ -419,12 +420,12 @@ def serve(*, config: Config, data_dir: Path, host: str, port: int, json_logs: bo
     # alive at start-up (modules, configuration, prompts) are moved out of its way for good.
     gc.set_threshold(50_000, 50, 100)
     gc.freeze()
-    # run_app turns SIGINT/SIGTERM into a graceful stop that runs the shutdown hooks and the
-    # cleanup contexts.
-    web.run_app(
+    # Connections, slow clients and descriptors bounded (ivr/serving.py); SIGINT/SIGTERM is a
+    # graceful stop that runs the shutdown hooks and the cleanup contexts.
+    serving.run(
         create_app(config, data_dir),
         host=host,
         port=port,
-        print=lambda *_: log.info("listening on http://%s:%d", host, port),
-        shutdown_timeout=30.0,
+        limits=config.limits,
+        on_listening=lambda bound: log.info("listening on http://%s:%d", host, bound),
     )

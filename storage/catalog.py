@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -358,14 +358,20 @@ class Catalog:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. Whatever fails in it, the COMMIT included (a full disk can
+        refuse it), leaves no transaction open: SQLite may already have rolled back on its own
+        (then ROLLBACK would fail and hide the real error), or left it open (then every later
+        BEGIN would fail)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -460,9 +466,13 @@ class Catalog:
         db.execute(f"INSERT INTO calls ({columns}) VALUES ({marks})", values)
 
     def update_call(self, call_id: str, **values: Any) -> None:
-        sets = ", ".join(f"{k} = :{k}" for k in values)
         with self.transaction() as db:
-            db.execute(f"UPDATE calls SET {sets} WHERE id = :id", {**values, "id": call_id})
+            self.set_call(db, call_id, **values)
+
+    def set_call(self, db: sqlite3.Connection, call_id: str, **values: Any) -> None:
+        """Update one call row inside the caller's transaction."""
+        sets = ", ".join(f"{k} = :{k}" for k in values)
+        db.execute(f"UPDATE calls SET {sets} WHERE id = :id", {**values, "id": call_id})
 
     def open_calls(self, platform: str, started_before: str) -> list[sqlite3.Row]:
         """Calls on ``platform`` that began before ``started_before`` and never ended: what a

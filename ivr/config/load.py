@@ -37,6 +37,7 @@ from ivr.config.model import (
     DEFAULT_STREAM_TOKEN_TTL_SECONDS,
     DEFAULT_SWEEP_MINUTES,
     FILE_TABLES,
+    MAX_CONNECTIONS,
     MAX_RECORDING_SECONDS,
     MAX_RETENTION_DAYS,
     PROMPT_IDS,
@@ -44,6 +45,7 @@ from ivr.config.model import (
     ApiTokenConfig,
     AsteriskSettings,
     Config,
+    Limits,
     PromptOverride,
     Tenant,
 )
@@ -135,6 +137,7 @@ def _build(
         DEFAULT_STREAM_TOKEN_TTL_SECONDS,
     )
 
+    limits = _limits(r, data)
     asterisk = _asterisk(r, data, environ) if "asterisk" in data else None
     api_tokens = _api_tokens(r, data, tuple(data.get("tenants", {}) or {}))
 
@@ -234,6 +237,7 @@ def _build(
         twilio_auth_token_env=token_env,
         stream_token_ttl_seconds=ttl,
         max_recording_seconds=max_recording,
+        limits=limits,
         retention_default_days=MappingProxyType(retention_defaults),
         retention_sweep_minutes=sweep_minutes,
         call_record_days=call_record_days,
@@ -305,6 +309,38 @@ def _api_tokens(
             seen.add(digest)
             out.append(ApiTokenConfig(tenant, name, role, digest, expires))
     return tuple(out)
+
+
+# --------------------------------------------------------------------------- [limits]
+
+
+def _limits(r: Reader, data: dict[str, Any]) -> Limits:
+    section = r.table(data, "", "limits")
+    r.check_keys(section, "limits", FILE_TABLES["limits"])
+    defaults = Limits()
+    max_calls = r.get(
+        section, "limits", "max_calls", check.integer(1, MAX_CONNECTIONS), defaults.max_calls
+    )
+    max_connections = r.get(
+        section, "limits", "max_connections", check.integer(16, MAX_CONNECTIONS), None
+    )
+    header = r.get(
+        section,
+        "limits",
+        "header_timeout_seconds",
+        check.number(1, 300),
+        defaults.header_timeout_seconds,
+    )
+    body = r.get(
+        section,
+        "limits",
+        "body_timeout_seconds",
+        check.number(1, 3600),
+        defaults.body_timeout_seconds,
+    )
+    if not ok(max_calls, max_connections, header, body):
+        return defaults
+    return Limits(max_calls, max_connections, header, body)
 
 
 # --------------------------------------------------------------------------- [asterisk]

@@ -30,6 +30,7 @@ __all__ = [
     "ApiTokenConfig",
     "AsteriskSettings",
     "Config",
+    "Limits",
     "Line",
     "PromptOverride",
     "Tenant",
@@ -58,6 +59,11 @@ DEFAULT_KEYS: Mapping[str, str] = MappingProxyType(
     {"accept_key": "1", "decline_key": "9", "withdraw_key": "*"}
 )
 DTMF_KEYS = "0123456789*#"
+# [limits]: what one process takes on at once, and how long it waits for a slow client.
+DEFAULT_MAX_CALLS = 200
+DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
+DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
+MAX_CONNECTIONS = 1_000_000  # the upper bound of max_calls and max_connections
 MAX_RECORDING_SECONDS = 86400
 # 100 years: long enough for any legal duty, short enough that "now + retention" stays a date.
 MAX_RETENTION_DAYS = 36500
@@ -224,6 +230,23 @@ class ApiTokenConfig:
     expires: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much one process takes on at once, and how long it waits for a client ([limits];
+    ivr/serving.py enforces the connection limits, ivr/calls/capacity.py the call cap)."""
+
+    # Calls in progress on all platforms together; a call beyond it is turned away.
+    max_calls: int = DEFAULT_MAX_CALLS
+    # Open HTTP connections (webhooks, API, media streams); None: derived from the descriptor
+    # limit at start, after the descriptors max_calls calls need.
+    max_connections: int | None = None
+    # A request's head (request line and headers) must be in within this many seconds of the
+    # connection opening or of the previous response; idle keep-alive connections close then too.
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
+    # A request's body must be in within this many seconds of its head.
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
+
+
 # Keyword-only, so the fields can follow the file's layout: [service], [twilio], [asterisk],
 # [retention], [keys], [audit], [tenants], [[lines]], [[api_tokens]]; that order is also the order
 # in which "known keys" messages list the top-level tables.
@@ -232,6 +255,7 @@ class Config:
     source: Path | None = field(metadata=not_a_key())  # the file read
     public_url: str | None = field(metadata=key("service.public_url"))
     max_recording_seconds: int = field(metadata=key("service.max_recording_seconds"))
+    limits: Limits = Limits()  # [limits]
     # Read from the variable twilio_auth_token_env names: the file holds no secrets.
     twilio_auth_token: str | None = field(
         repr=False,
@@ -316,6 +340,7 @@ FILE_TABLES: Mapping[str, TableKeys] = MappingProxyType(
     {
         "": table_keys(Config),
         "service": table_keys(Config, "service"),
+        "limits": table_keys(Limits),
         "twilio": table_keys(Config, "twilio"),
         "retention": table_keys(Config, "retention"),
         "keys": table_keys(Config, "keys"),
