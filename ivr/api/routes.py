@@ -245,13 +245,6 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
-MAX_BODY_BRACKETS = 32  # a request body is one flat object; this bounds its nesting
-
-
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}

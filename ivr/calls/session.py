@@ -57,9 +57,6 @@ TICK_GRACE_SECONDS = 0.05
 # A frame further into the recording than the line's max_recording_seconds plus this is a
 # platform's clock gone wrong (one timestamp of 4e9 ms), not audio: it is not stored.
 RECORDING_OVERRUN_MS = 10_000
-# A frame further into the recording than the line's max_recording_seconds plus this is a
-# platform's clock gone wrong (one timestamp of 4e9 ms), not audio: it is not stored.
-RECORDING_OVERRUN_MS = 10_000
 
 
 def flow_policy(line: Line, platform: Capabilities) -> FlowPolicy:
@@ -121,7 +118,6 @@ class CallSession:
     tracks: tuple[str, ...] = ()
     _base_ms: int | None = None
     _max_offset_ms: int = field(init=False)
-    _max_offset_ms: int = field(init=False)
     _pending: list[tuple[int, int, bytes]] = field(default_factory=list)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     now: float = 0.0  # the latest call time seen (seconds); only ever moves forward, via at()
@@ -138,7 +134,6 @@ class CallSession:
         )
         if not self.tracks:  # a platform with separate legs; Asterisk passes its one mix
             self.tracks = ("caller", "agent") if forwards else ("caller",)
-        self._max_offset_ms = self.line.max_recording_seconds * 1000 + RECORDING_OVERRUN_MS
         self._max_offset_ms = self.line.max_recording_seconds * 1000 + RECORDING_OVERRUN_MS
 
     @property
@@ -205,9 +200,6 @@ class CallSession:
             if offset > self._max_offset_ms:
                 self._beyond_maximum(offset)
                 return
-            if offset > self._max_offset_ms:
-                self._beyond_maximum(offset)
-                return
             try:
                 # A frame a moment before the first one (the other track) is put at zero.
                 rec.append(track, offset if offset > 0 else 0, payload)
@@ -229,25 +221,6 @@ class CallSession:
         else:
             self._base_ms = call_ms
             self.audio(track, call_ms, payload)
-
-    def dropped(self) -> None:
-        """A frame the platform dropped before ``audio()`` (out of order, a broken sequence
-        number): lost if the recording should have held it, refused if not."""
-        if self.flow.recording:
-            self.stats.frames_lost += 1
-        else:
-            self.stats.frames_refused += 1
-
-    def _beyond_maximum(self, offset_ms: int) -> None:
-        self.stats.frames_lost += 1
-        if self.stats.frames_lost == 1:
-            log.warning(
-                "call %s: frame %d ms into the recording, past the line's maximum of %d s: "
-                "not stored",
-                self.call_id,
-                offset_ms,
-                self.line.max_recording_seconds,
-            )
 
     def dropped(self) -> None:
         """A frame the platform dropped before ``audio()`` (out of order, a broken sequence
