@@ -49,6 +49,7 @@ OUTCOME_WORDS: Mapping[str, Mapping[str, str]] = {
         "hung_up": "the call ended before a choice was made",
         "setup_failed": "the call could not be set up",
         "interrupted": "the service stopped during the call",
+        "busy": "the service was at capacity: put through or turned away, not recorded",
     },
     "sv": {
         "accepted": "du godkände inspelning",
@@ -61,6 +62,7 @@ OUTCOME_WORDS: Mapping[str, Mapping[str, str]] = {
         "hung_up": "samtalet slutade innan ett val gjordes",
         "setup_failed": "samtalet kunde inte kopplas upp",
         "interrupted": "tjänsten stannade under samtalet",
+        "busy": "tjänsten var fullbelagd: kopplades vidare eller avvisades, inte inspelat",
     },
 }
 
