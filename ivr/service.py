@@ -27,6 +27,7 @@ from ivr.audit_heads import HEAD_PUBLISHER, HeadPublisher, publish_heads
 from ivr.calls import CallRegistry
 from ivr.config import Config
 from ivr.gdpr import breach
+from ivr.metrics import METRICS, add_metrics
 from ivr.platforms.asterisk.app import AriApplication
 from ivr.platforms.twilio.app import TWILIO, TwilioCalls, add_routes
 from ivr.platforms.twilio.stream_token import StreamTokens
@@ -139,6 +140,7 @@ def create_app(
             progress=lambda line: log.info("prompts: %s", line.strip()),
         )
         registry = CallRegistry(app[VAULT], prompts, clock=clock)
+        registry.observers.append(app[METRICS])
         app[CALLS] = registry
         health = loops["call_expiry"] = LoopHealth("call expiry")
         expiry = asyncio.create_task(
@@ -212,6 +214,7 @@ def create_app(
     )
     app.cleanup_ctx.extend([vault_ctx, audit_ctx, calls_ctx, twilio_ctx, asterisk_ctx, sweeper_ctx])
     app.router.add_get("/healthz", healthz)
+    add_metrics(app, ari=lambda: app.get(ARI), loops=lambda: loops)
     add_routes(app)
     api.add_routes(app)
     return app

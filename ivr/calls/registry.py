@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ivr.calls.session import CallSession
 from ivr.capabilities import PLATFORMS
@@ -74,6 +74,14 @@ class Call:
         return "setup_failed" if self.setup_error else "hung_up"
 
 
+class CallObserver(Protocol):
+    """Told of every call's set-up and end (the service's /metrics)."""
+
+    def began(self, call: Call) -> None: ...
+
+    def finished(self, call: Call, row: RecordingRow | None) -> None: ...
+
+
 class CallRegistry:
     def __init__(
         self,
@@ -88,6 +96,7 @@ class CallRegistry:
         self.prompts = prompts
         self.clock = clock
         self.monotonic = monotonic
+        self.observers: list[CallObserver] = []
         self._calls: dict[tuple[str, str], Call] = {}
         self.retry_seconds = retry_seconds
         self._retry: asyncio.Task[None] | None = None
@@ -150,6 +159,8 @@ class CallRegistry:
             setup_seconds=round(self.monotonic() - call.opened, 3),
             tracks=tracks,
         )
+        for observer in self.observers:
+            observer.began(call)
         return call.session
 
     def heard(self, call: Call) -> None:
@@ -185,6 +196,8 @@ class CallRegistry:
             f"{row.id} {row.status.value}" if row else "none",
             session.stats.frames_stored if session else 0,
         )
+        for observer in self.observers:
+            observer.finished(call, row)
         return row
 
     async def close_orphans(self, platform: str, started_before: datetime) -> list[str]:

@@ -85,6 +85,7 @@ class CallStats:
     frames_refused: int = 0  # arrived while recording was not allowed: dropped by design
     frames_lost: int = 0  # should have been stored but could not be (a failed disk, overflow)
     frames_pending: int = 0  # waiting for the recording to open
+    vault_errors: int = 0  # the vault refused a write (a frame, the recording's start)
 
     @property
     def frames_received(self) -> int:
@@ -243,6 +244,7 @@ class CallSession:
 
     def _lost(self, exc: Exception) -> None:
         self.stats.frames_lost += 1
+        self.stats.vault_errors += 1
         if self.stats.frames_lost == 1:
             log.error("call %s: frame not stored: %s", self.call_id, exc)
 
@@ -285,6 +287,7 @@ class CallSession:
             )
         except (VaultError, OSError) as exc:
             log.error("call %s: recording could not start: %s", self.call_id, exc)
+            self.stats.vault_errors += 1
             self.recording_failure = str(exc) or type(exc).__name__
             if isinstance(exc, RecordingNotStarted):
                 self.failed_recording_id = exc.recording_id

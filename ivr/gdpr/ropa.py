@@ -812,8 +812,10 @@ def _annex(
                 "The catalog keeps the SHA-256 of each finished audio file.",
                 "The audit log is a keyed hash chain (each entry's link is an HMAC, with a key "
                 "sealed under the master key, over the previous link and the entry): an edit "
-                "cannot be covered up without the master key; ivr audit verify checks the "
-                "chain, and --expect-head against a head kept elsewhere detects a cut-off tail.",
+                "cannot be covered up without the master key; the service publishes the "
+                "chain's head outside the catalog (a heads file and the log) at start, on a "
+                "schedule and at shutdown, and ivr audit verify checks the chain against every "
+                "published head, so a cut-off tail is detected.",
             ],
             {},
         ),
