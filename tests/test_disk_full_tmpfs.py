@@ -94,23 +94,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve(data_dir: Path, port: int) -> subprocess.Popen[str]:
+def serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[str]:
+    """``ivr serve``, its log to ``log`` (a file: a pipe nobody reads would stop the service
+    once it filled)."""
     env = {k: v for k, v in os.environ.items() if k != "TWILIO_AUTH_TOKEN"}
     env["IVR_MASTER_KEY"] = MASTER_KEY
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ivr", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    command = ["-m", "ivr", "serve", "--port", str(port), "--data-dir", str(data_dir)]
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, *command],
+            cwd=ROOT,
+            env=env,
+            stderr=err,
+            text=True,
+        )
     deadline = time.monotonic() + 30
     while True:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
                 return proc
         except OSError:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "service did not come up"
             time.sleep(0.05)
 
@@ -134,12 +138,13 @@ async def one_call(url: str, to: str, **kw):
     return await simulate_call(CallOptions(url=url, to=to, **kw))
 
 
-async def test_ivr_serve_on_a_full_tmpfs(small_disk):
+async def test_ivr_serve_on_a_full_tmpfs(small_disk, tmp_path):
     data_dir = small_disk / "vault"
+    log_file = tmp_path / "serve.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     numbers = list(load_config(None).lines)
-    proc = serve(data_dir, port)
+    proc = serve(data_dir, port, log_file)
     try:
         # Room on the disk: one call per line (the tenant keys are made, the code is warm).
         for number in numbers:
@@ -195,7 +200,7 @@ async def test_ivr_serve_on_a_full_tmpfs(small_disk):
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        log = proc.stderr.read() if proc.stderr else ""
+        log = log_file.read_text()
         assert code == 0, log[-3000:]
         assert "Traceback" not in log, log[-3000:]
         assert "vault closed" in log
