@@ -364,6 +364,28 @@ async def healthz(request: web.Request) -> web.Response:
         ]
         if pressing:
             body["breaches"] = pressing
+    pending = vault.pending
+    body["disk"] = {
+        "ok": not pending.failing,
+        "error": pending.last_error if pending.failing else None,
+        "writes_waiting": len(pending),
+        "writes_kept": pending.deferred,
+        "writes_made_late": pending.written_late,
+        "writes_dropped": pending.dropped,
+    }
+    if pending.failing:
+        problems.append(
+            f"the catalog cannot be written (disk full?): {pending.last_error}; "
+            f"{len(pending)} write(s) kept for later, calls go on unrecorded"
+        )
+    guard = request.app.get(serving.CONNECTIONS)
+    if guard is not None:  # served by ivr.serving (not under a test server)
+        body["connections"] = {
+            "open": len(guard.open),
+            "waiting": guard.waiting,
+            "max": guard.max_connections,
+            "counters": dict(sorted(guard.counters.items())),
+        }
     loops = request.app[LOOPS]
     body["loops"] = {name: health.report() for name, health in sorted(loops.items())}
     problems.extend(p for health in loops.values() if (p := health.problem) is not None)

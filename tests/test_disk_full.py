@@ -11,6 +11,7 @@ recording stays ``recording``. A shutdown meanwhile does not fail, and memory st
 from __future__ import annotations
 
 import asyncio
+import json
 import errno
 import logging
 import os
@@ -382,3 +383,24 @@ def test_refused_writes_without_defer_raise(tmp_path):
             defer=False,
         )
     assert not pending
+
+
+async def test_healthz_says_degraded_while_the_disk_refuses_writes_and_ok_after(service, caplog):
+    from aiohttp.test_utils import make_mocked_request
+
+    from ivr.service import healthz
+
+    app, url, disk, _ = service
+    disk.full = True
+    result = await call(url, EMERGENCY_LINE, duration=1.0)
+    assert result.error is None
+    body = json.loads((await healthz(make_mocked_request("GET", "/healthz", app=app))).text)
+    assert body["status"] == "degraded" and body["disk"]["ok"] is False
+    assert body["disk"]["writes_waiting"] > 0
+    assert any("cannot be written" in p for p in body["problems"])
+    disk.full = False
+    await settle(app)
+    body = json.loads((await healthz(make_mocked_request("GET", "/healthz", app=app))).text)
+    assert body["disk"]["ok"] is True and body["disk"]["writes_waiting"] == 0
+    # A sweep that ran while the disk was full stays reported until a round succeeds.
+    assert not [p for p in body["problems"] if "cannot be written" in p], body["problems"]
