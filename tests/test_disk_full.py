@@ -11,8 +11,8 @@ recording stays ``recording``. A shutdown meanwhile does not fail, and memory st
 from __future__ import annotations
 
 import asyncio
-import json
 import errno
+import json
 import logging
 import os
 import sqlite3
