@@ -265,3 +265,14 @@ async def test_healthz_says_degraded_when_the_catalog_fails(pbx, monkeypatch):
     assert "Input/output error" in state["catalog"]["error"]
     assert {"call_expiry", "retention_sweeper"} <= set(state["loops"])
     assert app[LOOPS]["call_expiry"].state == "running"
+
+
+@pytest.mark.parametrize("channel_id", ["a/b", "../bridges", "x?y=1", "é1.2", "", "1" * 200])
+def test_channel_ids_that_would_change_a_rest_path_are_bad_events(channel_id):
+    from ivr.platforms.asterisk import ari
+
+    event = {"type": "StasisStart", "channel": {"id": channel_id}, "args": []}
+    with pytest.raises(ari.AriEventError):
+        ari.parse_event(json.dumps(event))
+    ok = {"type": "StasisStart", "channel": {"id": "1712345678.42", "name": "PJSIP/x"}, "args": []}
+    assert ari.parse_event(json.dumps(ok)).channel.id == "1712345678.42"

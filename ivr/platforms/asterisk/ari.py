@@ -80,6 +80,11 @@ def parse_own_id(value: str) -> OwnId | None:
     return OwnId(instance, key, kind)
 
 
+# Asterisk's channel ids ("1712345678.42", or the ids we give ours, "ivr-…"): ASCII letters,
+# digits and . _ - : @, at most 128.
+CHANNEL_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+
+
 class AriEventError(ValueError):
     """An events-websocket message that is not a well-formed ARI event."""
 
@@ -101,6 +106,9 @@ class Channel:
     def from_json(cls, obj: Any) -> Channel:
         if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not obj["id"]:
             raise AriEventError("event without a channel id")
+        if not CHANNEL_ID.fullmatch(obj["id"]):
+            # The id goes into REST paths (/channels/<id>/answer): nothing that could change them.
+            raise AriEventError(f"channel id {obj['id'][:40]!r} is not one Asterisk makes")
         caller = _object(obj.get("caller"))
         dialplan = _object(obj.get("dialplan"))
         variables = _object(obj.get("channelvars"))
