@@ -11,3 +11,32 @@ import pytest
 def robustness_inputs() -> int:
     """How many inputs each fuzzer feeds (300 by default; the long run sets 20,000)."""
     return int(os.environ.get("IVR_ROBUSTNESS_INPUTS", "300"))
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+_MEMORY: dict[str, int] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def resident_memory():
+    """The test process's resident memory (the services under test run in it) before the
+    first robustness test and after the last; the summary reports both (README "Reliability")."""
+    _MEMORY["before"] = _rss_kib()
+    yield
+    _MEMORY["after"] = _rss_kib()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    before, after = _MEMORY.get("before"), _MEMORY.get("after")
+    if before and after:
+        terminalreporter.write_line(
+            f"robustness: resident memory {before / 1024:.0f} MiB before the first test, "
+            f"{after / 1024:.0f} MiB after the last ({after / before:.2f}x)"
+        )
