@@ -65,6 +65,14 @@ test-stress: $(TEST_STAMP) espeak-ng
 	done; \
 	echo "test-stress: $(STRESS_RUNS) of $(STRESS_RUNS) runs passed"
 
+# The robustness suite at full length: fixed-seed fuzzers for every surface (webhooks, media
+# streams, ARI events, RTP, the admin API), slow clients and a full disk, with ROBUSTNESS_INPUTS
+# inputs per surface (make test runs the same tests with a few hundred).
+ROBUSTNESS_INPUTS ?= 20000
+.PHONY: test-robustness
+test-robustness: $(TEST_STAMP) espeak-ng
+	IVR_ROBUSTNESS_INPUTS=$(ROBUSTNESS_INPUTS) $(BIN)/python -m pytest tests/robustness $(PYTEST_ARGS)
+
 # The ARI application against a real Asterisk 22 with SIP calls from sipp (tests/asterisk/).
 # The first run builds Asterisk from source (about 3 min on 2 cores; Debian build packages and
 # sipp are installed when missing, which needs root); later runs reuse the cached build.

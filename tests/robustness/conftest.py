@@ -22,6 +22,13 @@ def _rss_kib() -> int:
 
 
 _MEMORY: dict[str, int] = {}
+_LINES: list[str] = []
+
+
+@pytest.fixture
+def robustness_report() -> list[str]:
+    """Lines a test wants in the run's summary (its measurements)."""
+    return _LINES
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,9 +41,12 @@ def resident_memory():
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in _LINES:
+        terminalreporter.write_line(f"robustness: {line}")
     before, after = _MEMORY.get("before"), _MEMORY.get("after")
     if before and after:
         terminalreporter.write_line(
-            f"robustness: resident memory {before / 1024:.0f} MiB before the first test, "
-            f"{after / 1024:.0f} MiB after the last ({after / before:.2f}x)"
+            f"robustness: the test process's resident memory (hypothesis's bookkeeping "
+            f"included) {before / 1024:.0f} MiB before the first test, {after / 1024:.0f} MiB "
+            f"after the last ({after / before:.2f}x)"
         )
