@@ -18,8 +18,9 @@ purpose, consent evidence, retention date) is reported, the audio is not.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from enum import StrEnum
 from types import MappingProxyType
@@ -111,6 +112,11 @@ class CallRecord:
     ended_at: str | None
     outcome: str | None
     end_reason: str | None
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> CallRecord:
+        """From a catalog call row: each field is the column of its name."""
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -258,20 +264,7 @@ def gather(vault: Vault, phone: str, tenants: Iterable[str], subject_tag: str) -
     calls: list[CallRecord] = []
     recordings: list[RecordingRow] = []
     for group in find_subject(vault, phone, tenants):
-        for row in vault.catalog.calls(group.calls):
-            calls.append(
-                CallRecord(
-                    id=row["id"],
-                    tenant=row["tenant"],
-                    platform=row["platform"],
-                    platform_call_id=row["platform_call_id"],
-                    line=row["line"],
-                    started_at=row["started_at"],
-                    ended_at=row["ended_at"],
-                    outcome=row["outcome"],
-                    end_reason=row["end_reason"],
-                )
-            )
+        calls += [CallRecord.of(row) for row in vault.catalog.calls(group.calls)]
         recordings += [r for r in group.recordings if r.status is not RecordingStatus.ERASED]
     ids = {r.id for r in recordings}
     accesses: dict[str, list[AccessEvent]] = {rid: [] for rid in ids}
