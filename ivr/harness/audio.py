@@ -17,29 +17,16 @@ from media.g711 import ULAW_SILENCE, ulaw_encode
 from media.pcm import float_to_int16, frame, resample, to_mono
 from media.wavfile import load_audio
 
-__all__ = [
-    "FRAME_BYTES",
-    "SAMPLE_RATE",
-    "LoopedFrames",
-    "from_file",
-    "silence",
-    "tone",
-]
-
 SAMPLE_RATE = 8000
 FRAME_BYTES = 160  # 20 ms of 8 kHz G.711
 
 
 class LoopedFrames:
-    """A finite list of 160-byte μ-law frames played in a loop."""
+    """A finite list of 160-byte μ-law frames (``media.pcm.frame``'s) played in a loop."""
 
     def __init__(self, frames: Sequence[bytes], label: str) -> None:
         if not frames:
             raise ValueError(f"{label}: no audio frames")
-        bad = [len(f) for f in frames if len(f) != FRAME_BYTES]
-        if bad:
-            raise ValueError(f"{label}: frames must be {FRAME_BYTES} bytes, got {bad[0]}")
-        self.label = label
         self._frames = tuple(bytes(f) for f in frames)
         self._payloads = tuple(base64.b64encode(f).decode("ascii") for f in self._frames)
 

@@ -28,17 +28,6 @@ from ivr.harness.twilio_wire import (
     DEMO_AUTH_TOKEN,
 )
 
-__all__ = [
-    "add_platform_options",
-    "add_simulate_parser",
-    "format_entry",
-    "options_from_args",
-    "parse_press",
-    "run_simulate",
-    "run_simulate_async",
-    "summary_line",
-]
-
 _PRESS = re.compile(r"([0-9*#ABCD])@(.+)")
 
 

@@ -15,12 +15,10 @@ driver loop sends everything, so every stream sees events in call-time order.
 A ``Pacer`` maps the call clock to the wall clock. ``RealTimePacer`` follows the event loop's
 clock (due times are computed from the stream start, so lateness never accumulates) and what
 the service sends is applied as it arrives. ``VirtualPacer`` (fast mode) jumps straight to the
-next due time; to stay behind the service it *syncs* (``twilio_wire.Inbox.sync``: a websocket
-ping whose pong follows everything the service sent in reaction to what came before it) after
-the ``start``, after each key and mark echo, and after every frame (``sync_frames``), and
-applies what the service sent only then, at the call time of the sync. There is no waiting for
-quiet: a call in fast mode goes the same way however slow the machine is. Webhook round trips
-take no call time in fast mode.
+next due time and *syncs* with the service (``twilio_wire.Inbox.sync``) after the ``start``,
+after each key and mark echo and after every ``sync_frames`` frames, applying what the service
+sent only then, at the call time of the sync: no waiting for quiet, so a fast call goes the same
+way however slow the machine is. Webhook round trips take no call time in fast mode.
 """
 
 from __future__ import annotations
@@ -44,29 +42,16 @@ from yarl import URL
 
 from ivr.harness import audio as harness_audio
 from ivr.harness import twilio_wire as wire
-from ivr.harness.twilio_wire import DEFAULT_FROM, DEFAULT_TO, DEMO_AUTH_TOKEN, Inbox, Playback
+from ivr.harness.twilio_wire import BYTES_PER_SECOND, DEMO_AUTH_TOKEN, Inbox, Playback
+from ivr.harness.twilio_wire import DEFAULT_FROM as DEFAULT_FROM  # re-exported: asterisk_sim
+from ivr.harness.twilio_wire import DEFAULT_TO as DEFAULT_TO
 from ivr.harness.wsclient import OP_BINARY, RawWebSocket, WebSocketError
 from media.dtmf import DIGITS
 from media.wavfile import UnsupportedAudio
 
-__all__ = [
-    "DEFAULT_FROM",
-    "DEFAULT_TO",
-    "DEMO_AUTH_TOKEN",
-    "CallOptions",
-    "CallResult",
-    "Pacer",
-    "RealTimePacer",
-    "StreamStart",
-    "TranscriptEntry",
-    "VirtualPacer",
-    "simulate_call",
-]
-
 log = logging.getLogger(__name__)
 
 FRAME_SECONDS = 0.02
-BYTES_PER_SECOND = wire.BYTES_PER_SECOND
 _EPS = 1e-6  # call-time instants closer than this (seconds) are the same instant
 _MAX_WEBHOOKS = 50  # voice + redirects + actions: more is a redirect loop
 _WS_CLOSE_TIMEOUT_S = 5.0
@@ -176,25 +161,6 @@ class StreamStart:
 
 
 # -- pacing ----------------------------------------------------------------------------------------
-class VirtualPacer:
-    """Fast mode: call time is virtual and jumps to whatever is due next (no waiting)."""
-
-    fast = True
-
-    def __init__(self) -> None:
-        self._now = 0.0
-
-    def start(self) -> None:
-        self._now = 0.0
-
-    def now(self) -> float:
-        return self._now
-
-    async def wait_until(self, t: float, wake: asyncio.Event) -> None:
-        self._now = max(self._now, t)
-        await asyncio.sleep(0)  # let the stream readers run
-
-
 class RealTimePacer:
     """Call time follows the event loop's clock (or injected ``time_fn``/``sleep_fn``)."""
 
@@ -232,7 +198,21 @@ class RealTimePacer:
                 task.cancel()
 
 
-Pacer = VirtualPacer | RealTimePacer  # maps the call clock onto the wall clock
+class VirtualPacer(RealTimePacer):
+    """Fast mode: call time is virtual and jumps to whatever is due next (no waiting)."""
+
+    fast = True
+
+    def __init__(self) -> None:
+        super().__init__(time_fn=lambda: self._clock)
+        self._clock = 0.0
+
+    async def wait_until(self, t: float, wake: asyncio.Event) -> None:
+        self._clock = max(self._clock, self._t0 + t)
+        await asyncio.sleep(0)  # let the stream readers run
+
+
+Pacer = RealTimePacer  # maps the call clock onto the wall clock (VirtualPacer: fast mode)
 
 
 # -- the call --------------------------------------------------------------------------------------
@@ -240,37 +220,26 @@ class _CallError(Exception):
     """Ends the call with ``CallResult.error`` set."""
 
 
+@dataclass(kw_only=True, eq=False)
 class _Stream:
     """One Media Streams websocket, as Twilio's side of it."""
 
-    def __init__(
-        self,
-        *,
-        ws: RawWebSocket,
-        sid: str,
-        name: str | None,
-        tracks: list[str],
-        bidirectional: bool,
-        start_t: float,
-        inbox: Inbox,
-    ) -> None:
-        self.ws = ws
-        self.inbox = inbox
-        self.sid = sid
-        self.name = name
-        self.tracks = tracks
-        self.bidirectional = bidirectional
-        self.start_t = start_t  # call time of `start`
-        self.start_wall = time.perf_counter()
-        self.seq = 0
-        self.frames = 0  # frames sent per track
-        self.chunks = dict.fromkeys(tracks, 0)
-        self.playback = Playback(start_t)
-        self.closed = False
-        self.closing_by_us = False
-        self.burst_bytes = 0  # prompt audio not yet reported in the transcript
-        self.burst_t = 0.0
-        self.warned: set[str] = set()
+    ws: RawWebSocket
+    inbox: Inbox
+    sid: str
+    name: str | None
+    tracks: list[str]
+    bidirectional: bool
+    start_t: float  # call time of `start`
+    start_wall: float = field(default_factory=time.perf_counter)
+    seq: int = 1  # `start` is sequence number 1
+    frames: int = 0  # frames sent per track; frame n is chunk n + 1 of each track
+    playback: Playback = field(default_factory=Playback)
+    closed: bool = False
+    closing_by_us: bool = False
+    burst_bytes: int = 0  # prompt audio not yet reported in the transcript
+    burst_t: float = 0.0
+    warned: set[str] = field(default_factory=set)
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -402,8 +371,10 @@ class _Call:
         """Send frames and handle timed events until ``deadline``, ``until()`` or a hang-up."""
         fast = self.pacer.fast
         while not self.hung_up:
-            if not fast:
-                self._take_arrived()
+            if not fast:  # real time: apply what the service has sent so far
+                for s in self.streams:
+                    if not s.closed:
+                        self._apply(s, s.inbox.take())
             if until is not None and until():
                 return
             self.wake.clear()
@@ -486,12 +457,6 @@ class _Call:
             ) from None
         self._apply(s, messages)
 
-    def _take_arrived(self) -> None:
-        """Real time: apply whatever the service has sent so far."""
-        for s in self.streams:
-            if not s.closed:
-                self._apply(s, s.inbox.take())
-
     # -- sending ----------------------------------------------------------------------------------
     def _send(self, s: _Stream, message: bytes) -> bool:
         if s.closed:
@@ -511,10 +476,9 @@ class _Call:
                 source = self.caller
             else:
                 source = _AGENT_TONE if self.in_dial else _SILENCE
-            s.chunks[track] += 1
             message = wire.media_template(s.sid, track) % (
                 s.next_seq(),
-                s.chunks[track],
+                n + 1,
                 n * 20,
                 source.payload(index).encode(),
             )
@@ -652,7 +616,6 @@ class _Call:
             start_t=self.pacer.now(),
             inbox=Inbox(ws, self.wake),
         )
-        s.seq = 1  # `start` is sequence number 1
         self.streams.append(s)
         self._send(s, wire.connected())
         self._send(s, wire.start(sid, self.result.call_sid, self.account_sid, tracks, custom))
@@ -889,8 +852,7 @@ class _Call:
                 await self._stop_stream(s)
 
     async def _dial(self, el: ET.Element) -> None:
-        number = next((c.text or "").strip() for c in el) if len(el) else (el.text or "").strip()
-        self.log(f"agent {number or '?'} answers: talking {self.o.duration:g} s")
+        self.log(f"agent {_dial_number(el) or '?'} answers: talking {self.o.duration:g} s")
         self.in_dial = True
         try:
             await self.run_until(deadline=self.pacer.now() + self.o.duration)
@@ -925,9 +887,12 @@ def _summary(el: ET.Element) -> str:
             return f"Connect/Stream {inner.get('url', '?')}"
         return f"Start/Stream {inner.get('track', 'inbound_track')}"
     if tag == "Dial":
-        number = next((c.text or "").strip() for c in el) if len(el) else text
-        return f"Dial {number}"
+        return f"Dial {_dial_number(el)}"
     return tag
+
+
+def _dial_number(el: ET.Element) -> str:  # its text, or its first noun's (<Number>, <Sip>)
+    return ((el[0] if len(el) else el).text or "").strip()
 
 
 def _seconds(value: str, what: str) -> float:
@@ -982,16 +947,10 @@ async def simulate_call(
     simulator streaming it (it must not raise).
     """
     _validate(options)
-    if session is None:
-        async with aiohttp.ClientSession() as own:
-            return await simulate_call(
-                options,
-                own,
-                pacer=pacer,
-                on_transcript=on_transcript,
-                on_start_stream=on_start_stream,
-            )
     result = CallResult(call_sid=options.call_sid or wire.new_sid("CA"))
     pacer = pacer or (VirtualPacer() if options.fast else RealTimePacer())
-    await _Call(options, session, pacer, result, on_transcript, on_start_stream).run()
+    async with contextlib.AsyncExitStack() as own:
+        if session is None:
+            session = await own.enter_async_context(aiohttp.ClientSession())
+        await _Call(options, session, pacer, result, on_transcript, on_start_stream).run()
     return result

@@ -169,8 +169,8 @@ class Playback:
     drops the queued audio and makes every pending mark due at once.
     """
 
-    def __init__(self, now: float) -> None:
-        self.end = now  # call time at which the queued audio runs out
+    def __init__(self) -> None:
+        self.end = 0.0  # call time at which the queued audio runs out (or ran out)
         self.marks: deque[tuple[float, str]] = deque()  # (due, name), in order
 
     def audio(self, now: float, n_bytes: int) -> None:

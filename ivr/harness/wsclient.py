@@ -5,9 +5,7 @@ of thousands of messages per second makes the load generator the bottleneck. Her
 client-masked with the all-zero key, which RFC 6455 §5.3 permits (an unpredictable key stops a
 browser script poisoning proxy caches, which does not apply to a test tool) and which makes
 masking a no-op, so a frame is header ‖ payload and many pre-built frames go out in one
-``write_raw``. ``ping`` is the harness's handshake in virtual time: a server reads a ping in
-order with the messages before it, so its pong says it has read them all
-(``ivr.harness.twilio_wire.Inbox.sync``).
+``write_raw``. ``ping`` is the handshake of virtual time (``twilio_wire.Inbox.sync``).
 """
 
 from __future__ import annotations
