@@ -27,7 +27,6 @@ from ivr.harness.fake_asterisk import (
     PT_TELEPHONE_EVENT,
     FakeAsterisk,
     FakeCall,
-    RtpStats,
     build_rtp,
     mix_frames,
     parse_rtp,
@@ -38,7 +37,6 @@ from media.g711 import ulaw_decode
 APP = "consent-test"
 USER = "ari-user"
 PASS = "ari-pass"
-TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000$")
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -240,7 +238,8 @@ def rtp(data: bytes) -> tuple[Any, bytes]:
 
 
 # -- auth and request checking ---------------------------------------------------------------------
-async def test_auth_is_required_and_api_key_works(fake: FakeAsterisk) -> None:
+async def test_auth_is_required(fake: FakeAsterisk) -> None:
+    """HTTP Basic, as the service sends it; ``api_key`` (which it never sends) is refused."""
     async with aiohttp.ClientSession() as anon:
         async with anon.get(f"{fake.url}/channels") as r:
             assert r.status == 401
@@ -249,20 +248,20 @@ async def test_auth_is_required_and_api_key_works(fake: FakeAsterisk) -> None:
         async with anon.get(f"{fake.url}/channels", headers=basic(USER, "nope")) as r:
             assert r.status == 401
         async with anon.get(f"{fake.url}/channels", params={"api_key": f"{USER}:{PASS}"}) as r:
-            assert r.status == 200
-            assert await r.json() == []
+            assert r.status == 401
         async with anon.get(f"{fake.url}/channels", headers=basic(USER, PASS)) as r:
             assert r.status == 200
+            assert await r.json() == []
         with pytest.raises(aiohttp.WSServerHandshakeError) as err:
             await anon.ws_connect(fake.events_url)
         assert err.value.status == 401
-        ws = await anon.ws_connect(f"{fake.events_url}&api_key={USER}:{PASS}")
+        ws = await anon.ws_connect(fake.events_url, headers=basic(USER, PASS))
         await fake.wait_connected()
         await ws.close()
-    assert [r.auth_ok for r in fake.requests] == [False, False, True, True, False, True]
-    assert [r.status for r in fake.requests] == [401, 401, 200, 200, 401, 101]
+    assert [r.auth_ok for r in fake.requests] == [False, False, False, True, False, True]
+    assert [r.status for r in fake.requests] == [401, 401, 401, 200, 401, 101]
     assert fake.requests[2].query == {"api_key": f"{USER}:{PASS}"}
-    assert fake.rejected == 3
+    assert fake.rejected == 4
 
 
 async def test_request_errors_look_like_asterisks(fake: FakeAsterisk, ari: Ari) -> None:
@@ -318,6 +317,12 @@ async def test_request_errors_look_like_asterisks(fake: FakeAsterisk, ari: Ari) 
             {"app": APP, "external_host": "127.0.0.1:4000", "format": "opus"},
             501,
             None,
+        ),
+        (  # a format Asterisk knows that the fake does not stream (the service sends ulaw)
+            ("POST", "/channels/externalMedia"),
+            {"app": APP, "external_host": "127.0.0.1:4000", "format": "alaw"},
+            501,
+            "The fake Asterisk streams only ulaw, not alaw",
         ),
         (
             ("POST", "/channels/externalMedia"),
@@ -383,36 +388,26 @@ async def test_stasis_start_has_asterisks_shape(fake: FakeAsterisk, events: Even
         "4930100", "+4915112345678", args=["inbound", "de"], channel_vars={"X_TENANT": "acme"}
     )
     event = await events.next()
-    assert list(event) == ["type", "timestamp", "args", "channel", "asterisk_id", "application"]
+    # What the service reads of an event (ivr/platforms/asterisk/ari.py), in Asterisk's shape.
+    assert list(event) == ["type", "args", "channel", "application"]
     assert event["type"] == "StasisStart"
     assert event["application"] == APP
-    assert TIMESTAMP.match(event["timestamp"])
-    assert re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", event["asterisk_id"])
     assert event["args"] == ["inbound", "de"]
     ch = event["channel"]
+    assert list(ch) == ["id", "name", "state", "caller", "dialplan", "channelvars"]
     assert re.fullmatch(r"\d+\.\d+", ch["id"])
     assert re.fullmatch(r"PJSIP/caller-[0-9a-f]{8}", ch["name"])
     assert ch["state"] == "Ring"
-    assert ch["caller"] == {"name": "", "number": "+4915112345678"}
-    assert ch["connected"] == {"name": "", "number": ""}
-    assert ch["accountcode"] == ""
-    assert ch["dialplan"] == {
-        "context": "from-external",
-        "exten": "4930100",
-        "priority": 1,
-        "app_name": "Stasis",
-        "app_data": f"{APP},inbound,de",
-    }
-    assert TIMESTAMP.match(ch["creationtime"])
-    assert ch["language"] == "en"
+    assert ch["caller"] == {"number": "+4915112345678"}
+    assert ch["dialplan"] == {"exten": "4930100"}
     assert ch["channelvars"] == {"X_TENANT": "acme"}
 
     await fake.place_call("4930100", "+4930222")
     second = await events.next()
+    assert second["type"] == "StasisStart"
     assert "channelvars" not in second["channel"]
     assert second["args"] == []
     assert second["channel"]["id"] != ch["id"]
-    assert [e["type"] for e in fake.events_sent] == ["StasisStart", "StasisStart"]
 
 
 async def test_a_newer_socket_replaces_the_older_one(
@@ -557,7 +552,8 @@ async def test_rest_sequence_returns_asterisks_json_and_streams_rtp(
             build_rtp(0, 1000 + i, 160 * i, 0xABCDEF, p), (local_addr, local_port)
         )
     sink.transport.sendto(b"\x00garbage", (local_addr, local_port))
-    received = await call.wait_for_rtp(4)
+    await fake.wait_for(lambda: len(call.received_rtp()) >= 4, 2.0, "4 RTP packets")
+    received = call.received_rtp()
     assert [p.header.sequence for p in received[:3] if p.header] == [1000, 1001, 1002]
     assert received[3].header is None and received[3].payload == b"\x00garbage"
     assert call.prompt_audio() == b"".join(prompt)
@@ -565,31 +561,6 @@ async def test_rest_sequence_returns_asterisks_json_and_streams_rtp(
     assert stats.packets == 4 and stats.malformed == 1 and stats.payload_bytes == 480
     assert stats.sources == (sink.addr,)
     assert stats.first_packet_at == received[0].arrival
-    assert len(stats.arrival_times) == 4
-
-
-async def test_alaw_external_media_is_pt_8(
-    fake: FakeAsterisk, ari: Ari, events: Events, sink: UdpSink
-) -> None:
-    call = await fake.place_call("100", "+4930666")
-    cid = (await events.next())["channel"]["id"]
-    await ari("POST", f"/channels/{cid}/answer")
-    _, bridge = await ari("POST", "/bridges")
-    _, ext = await ari(
-        "POST",
-        "/channels/externalMedia",
-        app=APP,
-        external_host="{}:{}".format(*sink.addr),
-        format="alaw",
-    )
-    await fake.wait_for(lambda: fake.channels[ext["id"]].in_stasis, 2.0, "StasisStart")
-    await ari("POST", f"/bridges/{bridge['id']}/addChannel", channel=cid)
-    await ari("POST", f"/bridges/{bridge['id']}/addChannel", channel=ext["id"])
-    await call.send_audio(1)
-    ((data, _),) = await sink.take(1)
-    header, payload = rtp(data)
-    assert header.payload_type == 8
-    assert payload == mix_frames([CALLER_TONE.frame(0)], "alaw")
 
 
 async def test_lost_duplicated_and_reordered_packets(
@@ -675,10 +646,10 @@ async def test_app_deleting_its_external_media_channel(
         400,
         {"message": "Invalid reason for hangup reason provided"},
     )
-    assert await ari("DELETE", f"/channels/{call.channel_id}", reason_code="17") == (204, None)
+    assert await ari("DELETE", f"/channels/{call.channel_id}", reason="congestion") == (204, None)
     hangup = await events.expect("ChannelHangupRequest", "StasisEnd")
     await events.quiet()
-    assert hangup[0]["cause"] == 17
+    assert hangup[0]["cause"] == 34
 
 
 # -- failure injection -----------------------------------------------------------------------------
@@ -701,7 +672,7 @@ async def test_fail_next_fails_one_matching_request(
     assert answered.status == 204 and answered.path == f"/ari/channels/{cid}/answer"
     assert await ari("POST", f"/channels/{cid}/variable", variable="X", value="1") == (
         412,
-        {"message": "Channel in invalid state"},
+        {"message": "Precondition Failed"},  # the status's reason phrase by default
     )
     assert "X" not in fake.channels[cid].vars  # a failed request has no effect
     fake.fail_next("POST", r"^/ari/bridges$", 409, "busy")
@@ -721,14 +692,12 @@ async def test_dropped_events_socket_loses_events_but_rest_works(
     assert not fake.is_connected()
 
     call = await fake.place_call("100", "+4930999")  # nobody listens: StasisStart is lost
-    assert [e["type"] for e in fake.events_dropped] == ["StasisStart"]
-    assert await ari("POST", f"/channels/{call.channel_id}/answer") == (204, None)
-    assert [e["type"] for e in fake.events_dropped] == ["StasisStart", "ChannelStateChange"]
+    assert await ari("POST", f"/channels/{call.channel_id}/answer") == (204, None)  # and this
 
     again = Events(await session.ws_connect(fake.events_url))
     await fake.wait_connected()
     await call.press("7")
-    event = await again.next()
+    event = await again.next()  # the first event on the new socket: nothing was kept
     assert event["type"] == "ChannelDtmfReceived" and event["channel"]["id"] == call.channel_id
     assert event["channel"]["state"] == "Up"
     await again.ws.close()
@@ -761,7 +730,7 @@ async def test_originate_an_agent_and_hear_the_mix(
         endpoint="PJSIP/agent",
         app=APP,
         appArgs="agent,call-1",
-        callerId='"Service Desk" <+4930999000>',
+        callerId="+4930999000",
         timeout=30,
         channelId="agent-1",
     )
@@ -772,8 +741,7 @@ async def test_originate_an_agent_and_hear_the_mix(
     assert change["channel"]["state"] == "Up"
     assert start["args"] == ["agent", "call-1"]
     assert start["channel"]["id"] == "agent-1"
-    assert start["channel"]["caller"] == {"name": "Service Desk", "number": "+4930999000"}
-    assert start["channel"]["dialplan"]["app_data"] == f"{APP},agent,call-1"
+    assert start["channel"]["caller"] == {"number": "+4930999000"}
 
     assert await ari("POST", f"/bridges/{bridge_id}/addChannel", channel="agent-1") == (204, None)
     await events.expect("ChannelEnteredBridge")
@@ -835,16 +803,6 @@ def test_mix_frames_sums_and_clips() -> None:
     assert np.max(np.abs(mixed - direct)) <= 1024
     assert mixed.max() >= 32000  # clipped rather than wrapped
     assert mix_frames([a]) == a
-
-
-def test_rtp_stats_pacing() -> None:
-    def stats(times: list[float]) -> RtpStats:
-        return RtpStats(len(times), 0, 0, (), times[0], tuple(times))
-
-    assert stats([0.0, 0.020, 0.041, 0.060, 0.080]).paced()
-    assert not stats([0.0, 0.001, 0.002, 0.003]).paced()  # a burst
-    assert not stats([0.0, 0.040, 0.080]).paced()
-    assert stats([0.0, 0.02, 0.04]).inter_arrival_ms() == pytest.approx([20.0, 20.0])
 
 
 async def test_paced_mode_streams_every_20_ms(

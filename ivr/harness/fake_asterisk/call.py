@@ -57,11 +57,7 @@ class FakeCall:
 
     @property
     def agent(self) -> ChannelState | None:
-        """The agent channel in the caller's bridge, else the last one that was."""
-        bridge = self._pbx.bridges.get(self.channel.bridge_id or "")
-        for cid in bridge.channels if bridge is not None else ():
-            if self._pbx.channels[cid].kind == AGENT:
-                return self._pbx.channels[cid]
+        """The (latest) agent channel bridged with the caller."""
         agents = self._met(AGENT)
         return agents[-1] if agents else None
 
@@ -120,14 +116,10 @@ class FakeCall:
         await self._hang_up(self.channel, cause, order, duplicate)
 
     async def hangup_agent(self, cause: int = 16) -> None:
-        """The agent bridged with this caller hangs up (or the only live agent, if none is)."""
-        agent = self.agent
-        if agent is None or agent.destroyed:
-            live = [c for c in self._pbx.channels.values() if c.kind == AGENT and not c.destroyed]
-            if len(live) != 1:
-                raise RuntimeError(f"no agent to hang up for call {self.channel_id}")
-            agent = live[0]
-        await self._hang_up(agent, cause, DEFAULT_HANGUP_ORDER, False)
+        """The agent bridged with this caller hangs up."""
+        if self.agent is None:
+            raise RuntimeError(f"no agent to hang up for call {self.channel_id}")
+        await self._hang_up(self.agent, cause, DEFAULT_HANGUP_ORDER, False)
 
     async def _hang_up(
         self, ch: ChannelState, cause: int, order: Sequence[str], duplicate: bool | Collection[str]
@@ -214,13 +206,6 @@ class FakeCall:
         return packets
 
     # -- waiting ----------------------------------------------------------------------------
-    async def wait_for_rtp(self, n_packets: int = 1, timeout: float = 5.0) -> list[ReceivedPacket]:
-        """Wait until the app has sent at least ``n_packets`` datagrams to this call."""
-        await self._fake.wait_for(
-            lambda: len(self.received_rtp()) >= n_packets, timeout, f"{n_packets} RTP packets"
-        )
-        return self.received_rtp()
-
     async def wait_until_bridged(self, timeout: float = 5.0) -> RtpPeer:
         """Wait until an external-media channel shares a mixing bridge with the caller."""
         await self._fake.wait_for(

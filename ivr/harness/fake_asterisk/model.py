@@ -4,11 +4,14 @@ Every change that Asterisk would report goes out through ``Pbx.emit`` (the event
 the order Asterisk 22 reports it; ``Pbx.changed`` is called after anything that may change who
 hears whom (the media streams are re-evaluated then). Lookups that fail raise ``AriError``
 with Asterisk's own status and message, for the REST layer to answer with.
+
+The ARI models carry only what the service reads (``ivr/platforms/asterisk/ari.py``: a
+channel's id, name, state, caller, dialled extension and variables; a bridge's id and members)
+and what tells a test or a reader which object it is (a bridge's type and name).
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -37,12 +40,6 @@ CAUSE_TEXT: dict[int, str] = {
 }
 
 
-def now() -> str:
-    """Asterisk's timestamp: ``2026-11-28T12:00:00.000+0000``."""
-    moment = datetime.now(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
-
-
 class FrameSource(Protocol):
     """160-byte μ-law frames by index, e.g. ``ivr.harness.audio.tone()``."""
 
@@ -60,23 +57,17 @@ class AriError(Exception):
 
 @dataclass
 class ChannelState:
-    """One channel as the fake sees it; ``to_json()`` is the ARI Channel model."""
+    """One channel as the fake sees it; ``to_json()`` is the part of the ARI Channel model the
+    service reads (``channelvars`` only when the channel has variables)."""
 
     id: str
     name: str
     kind: str  # CALLER, EXTERNAL_MEDIA or AGENT
     app: str
     state: str
-    creationtime: str = field(default_factory=now)
-    caller_name: str = ""
     caller_number: str = ""
-    context: str = "default"
     exten: str = "s"
-    app_name: str = ""
-    app_data: str = ""
-    protocol_id: str = ""
     vars: dict[str, str] = field(default_factory=dict)
-    show_vars: bool = False  # include ``channelvars`` in event snapshots
     args: list[str] = field(default_factory=list)
     in_stasis: bool = False
     subscribed: bool = True  # the app gets this channel's events
@@ -88,38 +79,26 @@ class ChannelState:
     audio: FrameSource | None = None  # callers and agents: what they say
     audio_index: int = 0  # next frame of ``audio`` to mix
 
-    def to_json(self, *, with_vars: bool | None = None) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
             "state": self.state,
-            "protocol_id": self.protocol_id,
-            "caller": {"name": self.caller_name, "number": self.caller_number},
-            "connected": {"name": "", "number": ""},
-            "accountcode": "",
-            "dialplan": {
-                "context": self.context,
-                "exten": self.exten,
-                "priority": 1,
-                "app_name": self.app_name,
-                "app_data": self.app_data,
-            },
-            "creationtime": self.creationtime,
-            "language": "en",
+            "caller": {"number": self.caller_number},
+            "dialplan": {"exten": self.exten},
         }
-        if (self.show_vars if with_vars is None else with_vars) and self.vars:
+        if self.vars:
             data["channelvars"] = dict(self.vars)
         return data
 
 
 @dataclass
 class BridgeState:
-    """One bridge; ``to_json()`` is the ARI Bridge model."""
+    """One bridge; ``to_json()`` is the part of the ARI Bridge model the service reads."""
 
     id: str
     types: list[str]
     name: str
-    creationtime: str = field(default_factory=now)
     channels: list[str] = field(default_factory=list)
     destroyed: bool = False
 
@@ -130,14 +109,9 @@ class BridgeState:
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "technology": "softmix" if len(self.channels) > 2 else "simple_bridge",
             "bridge_type": "mixing" if self.mixing else "holding",
-            "bridge_class": "stasis",
-            "creator": "Stasis",
             "name": self.name,
             "channels": list(self.channels),
-            "creationtime": self.creationtime,
-            "video_mode": "none",
         }
 
 
@@ -158,7 +132,6 @@ class Pbx:
         self.changed = changed
         self.channels: dict[str, ChannelState] = {}
         self.bridges: dict[str, BridgeState] = {}
-        self.timers: dict[str, asyncio.TimerHandle] = {}  # ringing agents' no-answer timers
         self._epoch = int(datetime.now(UTC).timestamp())
         self._ids = 0
         self._names = 0
@@ -226,14 +199,9 @@ class Pbx:
     def enter_stasis(self, ch: ChannelState) -> None:
         """A channel the app created enters ``Stasis(app[,args])``."""
         ch.in_stasis = True
-        ch.app_name = "Stasis"
-        ch.app_data = ",".join([ch.app, *ch.args])
         self.emit_channel(ch, "StasisStart", {"args": list(ch.args)})
 
     def agent_answers(self, ch: ChannelState) -> None:
-        timer = self.timers.pop(ch.id, None)
-        if timer is not None:
-            timer.cancel()
         self.answer(ch)
         self.enter_stasis(ch)  # originated into the app: it runs Stasis(app[,appArgs])
 
@@ -296,9 +264,6 @@ class Pbx:
         ch.subscribed = False
         if ch.rtp is not None:
             ch.rtp.close()
-        timer = self.timers.pop(ch.id, None)
-        if timer is not None:
-            timer.cancel()
         self.changed()
 
     # -- bridges -------------------------------------------------------------------------------
@@ -372,4 +337,4 @@ class Pbx:
             assert voice.audio is not None
             frames.append(voice.audio.frame(voice.audio_index))
             voice.audio_index += 1
-        return peer.next_audio_packet(mix_frames(frames, peer.format))
+        return peer.next_audio_packet(mix_frames(frames))

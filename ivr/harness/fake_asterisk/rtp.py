@@ -14,27 +14,23 @@ that sends to the ``external_host`` the app gave and records everything that arr
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import socket
-import statistics
 import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
 from ivr.harness.audio import FRAME_BYTES
-from media.g711 import alaw_encode, ulaw_decode, ulaw_encode
+from media.g711 import ulaw_decode, ulaw_encode
 
 Addr = tuple[str, int]
 SAMPLES_PER_FRAME = 160  # RTP timestamp units per 20 ms packet
 PT_PCMU = 0
-PT_PCMA = 8
 PT_TELEPHONE_EVENT = 101
-STREAMED_FORMATS = {"ulaw": PT_PCMU, "alaw": PT_PCMA}
 DTMF_EVENT_CODES = {key: code for code, key in enumerate("0123456789*#ABCD")}  # RFC 4733 §3.2
 _HEADER = struct.Struct("!BBHII")
 
@@ -89,18 +85,17 @@ def telephone_event_payload(event: int, *, end: bool, volume: int, duration: int
     return struct.pack("!BBH", event, (0x80 if end else 0) | volume, duration)
 
 
-def mix_frames(frames: Sequence[bytes], fmt: str = "ulaw") -> bytes:
-    """What a mixing bridge sends: the sum of μ-law ``frames`` as linear PCM, clipped, in ``fmt``
-    (``ulaw`` or ``alaw``). One ``ulaw`` frame passes through untouched."""
+def mix_frames(frames: Sequence[bytes]) -> bytes:
+    """What a mixing bridge sends: the sum of μ-law ``frames`` as linear PCM, clipped, in μ-law.
+    One frame passes through untouched."""
     if not frames:
         frames = [b"\xff" * FRAME_BYTES]
-    if len(frames) == 1 and fmt == "ulaw":
+    if len(frames) == 1:
         return bytes(frames[0])
     if any(len(f) != len(frames[0]) for f in frames):
         raise ValueError("frames to mix must have the same length")
     total = np.sum([ulaw_decode(f).astype(np.int32) for f in frames], axis=0)
-    mixed = np.clip(total, -32768, 32767).astype(np.int16)
-    return ulaw_encode(mixed) if fmt == "ulaw" else alaw_encode(mixed)
+    return ulaw_encode(np.clip(total, -32768, 32767).astype(np.int16))
 
 
 @dataclass(frozen=True)
@@ -112,7 +107,6 @@ class RtpStats:
     payload_bytes: int  # payload bytes of the well-formed packets
     sources: tuple[Addr, ...]  # distinct source addresses, in order of first appearance
     first_packet_at: float | None  # time.monotonic() of the first datagram
-    arrival_times: tuple[float, ...]
 
     @classmethod
     def of(cls, received: Sequence[ReceivedPacket]) -> RtpStats:
@@ -122,41 +116,13 @@ class RtpStats:
             payload_bytes=sum(len(p.payload) for p in received if p.header is not None),
             sources=tuple(dict.fromkeys(p.source for p in received)),
             first_packet_at=received[0].arrival if received else None,
-            arrival_times=tuple(p.arrival for p in received),
-        )
-
-    def inter_arrival_ms(self) -> list[float]:
-        return [(b - a) * 1000.0 for a, b in itertools.pairwise(self.arrival_times)]
-
-    def paced(self, expected_ms: float = 20.0, tolerance_ms: float = 5.0) -> bool:
-        """True if the median and mean gaps are both within ``tolerance_ms`` of ``expected_ms``
-        (the mean catches bursts the median would hide). Needs at least three packets."""
-        gaps = self.inter_arrival_ms()
-        return len(gaps) >= 2 and all(
-            abs(average(gaps) - expected_ms) <= tolerance_ms
-            for average in (statistics.median, statistics.fmean)
         )
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, peer: RtpPeer) -> None:
-        self._peer = peer
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        parsed = parse_rtp(data)
-        header, payload = parsed if parsed is not None else (None, bytes(data))
-        source = (str(addr[0]), int(addr[1]))
-        self._peer.received.append(ReceivedPacket(time.monotonic(), source, header, payload))
-        self._peer.on_change()
-
-    def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable: ignored
-        pass
-
-
-class RtpPeer:
+class RtpPeer(asyncio.DatagramProtocol):
     """The fake's end of one external-media channel: sends to ``remote`` (the app's
     ``external_host``) from ``local`` (the channel's ``UNICASTRTP_LOCAL_*``), and records what
-    arrives at ``local``."""
+    arrives at ``local``. The fake streams μ-law only (``fmt`` must be ``ulaw``)."""
 
     def __init__(
         self,
@@ -165,12 +131,13 @@ class RtpPeer:
         fmt: str,
         *,
         rng: random.Random,
-        on_change: Callable[[], None],
+        on_change: Callable[[], None] | None = None,  # told of each datagram received
     ) -> None:
+        if fmt != "ulaw":
+            raise ValueError(f"the fake Asterisk streams only ulaw, not {fmt}")
         self.channel_id = channel_id
         self.remote = remote
-        self.format = fmt
-        self.payload_type = STREAMED_FORMATS[fmt]
+        self.payload_type = PT_PCMU
         self.ssrc: int = rng.getrandbits(32)
         self.sequence: int = rng.getrandbits(16)  # of the next packet
         self.timestamp: int = rng.getrandbits(32)  # of the next audio packet
@@ -184,12 +151,20 @@ class RtpPeer:
 
     async def open(self, host: str) -> None:
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self), local_addr=(host, 0)
-        )
-        self._transport = transport
+        await loop.create_datagram_endpoint(lambda: self, local_addr=(host, 0))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
         name = transport.get_extra_info("sockname")
         self.local = (str(name[0]), int(name[1]))
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        parsed = parse_rtp(data)
+        header, payload = parsed if parsed is not None else (None, bytes(data))
+        source = (str(addr[0]), int(addr[1]))
+        self.received.append(ReceivedPacket(time.monotonic(), source, header, payload))
+        if self.on_change is not None:
+            self.on_change()
 
     def build(
         self, payload: bytes, *, payload_type: int | None = None, marker: bool = False

@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -33,9 +34,8 @@ from ivr.harness.fake_asterisk.model import (
     ChannelState,
     FrameSource,
     Pbx,
-    now,
 )
-from ivr.harness.fake_asterisk.rtp import STREAMED_FORMATS, RtpPeer
+from ivr.harness.fake_asterisk.rtp import RtpPeer
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,10 @@ log = logging.getLogger(__name__)
 # (resource_channels.c convert_reason_to_hangup_code); other names are refused.
 _HANGUP_REASONS = {"normal": 16, "congestion": 34, "unallocated": 1}
 _BRIDGE_TYPES = {"mixing", "holding", "dtmf_events", "proxy_media"}  # (video types: never sent)
-# Some format names Asterisk knows (400 for others); the fake streams only the G.711 laws (501).
+# Some format names Asterisk knows (400 for others); the fake streams only ulaw (501).
 _KNOWN_FORMATS = {"ulaw", "alaw", "gsm", "g722", "g729", "opus", "slin", "slin16", "slin48"}
-_INJECTED = {
-    404: "Channel not found",
-    409: "Channel not in Stasis application",
-    412: "Channel in invalid state",
-    500: "Internal Server Error",
-}
 _PINGS = itertools.count(1)
-ASTERISK_ID = "02:42:ac:11:00:02"
+_POLL_SECONDS = 0.002  # how often ``wait_for`` looks
 
 
 @dataclass
@@ -71,8 +65,7 @@ class RecordedRequest:
 class _EventSocket:
     ws: web.WebSocketResponse
     transport: asyncio.Transport | None
-    apps: list[str]
-    dropped: bool = False
+    app: str
     pongs: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)
 
 
@@ -100,14 +93,6 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
     return web.json_response({"message": message}, status=status, headers=headers)
 
 
-def _parse_caller_id(raw: str) -> tuple[str, str]:
-    """``"Name" <number>`` / ``Name <number>`` / ``number`` -> (name, number)."""
-    m = re.fullmatch(r'\s*"?([^"<]*?)"?\s*<([^>]*)>\s*', raw)
-    if m:
-        return m.group(1).strip(), m.group(2).strip()
-    return "", raw.strip()
-
-
 def _split_host_port(raw: str) -> tuple[str, int] | None:
     m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", raw)
     if not m:
@@ -122,8 +107,8 @@ class FakeAsterisk:
 
     ``pace``: stream caller audio in real time (True) or only on ``FakeCall.send_audio`` (False);
     also makes ``press`` wait for the digit's duration. ``auto_answer_agents``: originated
-    channels answer at once (else call :meth:`answer_agent` or :meth:`reject_agent`; unanswered
-    ones give up after the originate ``timeout``). ``media_stasis_delay``: seconds between the
+    channels answer at once (else they ring until :meth:`answer_agent` or :meth:`reject_agent`,
+    which also plays a ring timeout: cause 19). ``media_stasis_delay``: seconds between the
     answer to ``POST /channels/externalMedia`` and the new channel's ``StasisStart`` (real
     Asterisk answers first and puts the channel in the app a little later; until then
     ``addChannel`` refuses it with 422); None: never. ``seed`` makes ids, SSRCs and initial
@@ -162,18 +147,15 @@ class FakeAsterisk:
         self.requests: list[RecordedRequest] = []
         self.observers: list[Callable[[RecordedRequest], None]] = []  # told of each answer
         self.rejected = 0  # requests answered with a 4xx/5xx
-        self.events_sent: list[dict[str, Any]] = []  # delivered on an events socket
-        self.events_dropped: list[dict[str, Any]] = []  # happened while nobody listened
+        self.raw_sent = 0  # texts sent by ``send_raw``
         self._failures: list[tuple[str, re.Pattern[str], int, str]] = []
         self._refusing = False
-        self._sockets: list[_EventSocket] = []
-        self._app_sockets: dict[str, _EventSocket] = {}
-        self.raw_sent = 0  # texts sent by ``send_raw`` (not in ``events_sent``)
+        self._sockets: list[_EventSocket] = []  # every open events socket
+        self._app_sockets: dict[str, _EventSocket] = {}  # the newest for each app
         # An event, or a raw text from ``send_raw``, for a socket.
-        self._outbox: asyncio.Queue[tuple[_EventSocket, dict[str, Any] | str]] | None = None
+        self._outbox: asyncio.Queue[tuple[_EventSocket, dict[str, Any] | str]] = asyncio.Queue()
         self._pump_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._waiters: set[asyncio.Future[None]] = set()
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -181,28 +163,22 @@ class FakeAsterisk:
         """Start serving; ``port`` is then the real port."""
         if self._runner is not None:
             raise RuntimeError("already started")
-        self._outbox = asyncio.Queue()
         self._pump_task = asyncio.create_task(self._pump(), name="fake-asterisk-events")
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        await web.TCPSite(self._runner, self.host, self.port).start()
         self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         """Close every socket and stop serving. Safe to call twice."""
-        for timer in self.pbx.timers.values():
-            timer.cancel()
-        self.pbx.timers.clear()
         for task in list(self._tasks):
             task.cancel()
         for ch in self.channels.values():
             if ch.rtp is not None:
                 ch.rtp.close()
         for sock in list(self._sockets):
-            sock.dropped = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sock.ws.close(code=1001, message=b"shutdown"), 0.5)
             if sock.transport is not None:
@@ -241,11 +217,9 @@ class FakeAsterisk:
         Events emitted afterwards are lost until the app reconnects."""
         dropped = list(self._sockets)
         for sock in dropped:
-            sock.dropped = True
             self._unregister(sock)
             if sock.transport is not None:
                 sock.transport.abort()
-        self._notify()
         await asyncio.sleep(0)
         return len(dropped)
 
@@ -253,12 +227,10 @@ class FakeAsterisk:
         """Put ``text`` on ``app``'s events socket as one websocket text message, as it is
         (malformed JSON, a hostile event): in order with the events. False when nobody
         listens (the text is then dropped and not counted)."""
-        sock = self._app_sockets.get(app or self.app)
-        if sock is None or sock.dropped or sock.ws.closed or self._outbox is None:
-            return False
-        self._outbox.put_nowait((sock, text))
-        self._notify()
-        return True
+        sock = self._listener(app or self.app)
+        if sock is not None:
+            self._outbox.put_nowait((sock, text))
+        return sock is not None
 
     def refuse_connections(self, refuse: bool = True) -> None:
         """While True, ``GET /ari/events`` answers 503 (open sockets stay open)."""
@@ -270,11 +242,12 @@ class FakeAsterisk:
         """Make the next request matching ``method`` (or ``*``) and ``path_regex`` fail.
 
         ``path_regex`` is searched in the full path (``/ari/channels/1.2/answer``). The failed
-        request has no effect. Several may be queued; each fires once.
+        request has no effect. Several may be queued; each fires once. The message defaults to
+        the status's reason phrase.
         """
         if not 400 <= status <= 599:
             raise ValueError(f"status must be 4xx or 5xx, got {status}")
-        text = message or _INJECTED.get(status, "Injected failure")
+        text = message or HTTPStatus(status).phrase
         self._failures.append((method.upper(), re.compile(path_regex), status, text))
 
     # -- driving calls -----------------------------------------------------------------------
@@ -290,8 +263,8 @@ class FakeAsterisk:
     ) -> FakeCall:
         """A call to ``exten`` from ``caller`` reaches ``Stasis(app[,args])``: ``StasisStart``.
         Its channel is in state ``Ring`` until the app answers."""
-        self._require_started()
-        app = app or self.app
+        if self._runner is None:
+            raise RuntimeError("FakeAsterisk is not started")
         cid = channel_id or self.pbx.new_channel_id()
         if cid in self.channels:
             raise ValueError(f"channel id {cid} exists")
@@ -300,24 +273,17 @@ class FakeAsterisk:
                 id=cid,
                 name=f"PJSIP/caller-{self.pbx.new_name_seq()}",
                 kind=CALLER,
-                app=app,
+                app=app or self.app,
                 state="Ring",
                 caller_number=caller,
-                context="from-external",
                 exten=exten,
-                app_name="Stasis",
-                app_data=",".join([app, *args]),
-                protocol_id=f"{self.pbx.rng.getrandbits(64):016x}@127.0.0.1",
                 vars={str(k): str(v) for k, v in (channel_vars or {}).items()},
-                show_vars=bool(channel_vars),
                 args=list(args),
-                in_stasis=True,
                 audio=self.caller_audio,
             )
         )
-        call = FakeCall(self, ch)
-        self.calls[cid] = call
-        self.pbx.emit_channel(ch, "StasisStart", {"args": list(ch.args)})
+        call = self.calls[cid] = FakeCall(self, ch)
+        self.pbx.enter_stasis(ch)
         await self.flush_events()
         return call
 
@@ -343,22 +309,20 @@ class FakeAsterisk:
         return [c for c in self.channels.values() if c.kind == EXTERNAL_MEDIA]
 
     def is_connected(self, app: str | None = None) -> bool:
-        sock = self._app_sockets.get(app or self.app)
-        return sock is not None and not sock.ws.closed
+        return self._listener(app or self.app) is not None
 
     # -- waiting -----------------------------------------------------------------------------
     async def flush_events(self) -> None:
         """Wait until every emitted event has been written to its socket (or lost)."""
-        if self._outbox is not None:
-            await self._outbox.join()
+        await self._outbox.join()
 
     async def sync(self, app: str | None = None, timeout: float = 10.0) -> None:
         """Wait until the app has read every event sent so far: a websocket ping after them,
         answered when its reader gets there (the handshake ``ivr simulate --platform asterisk
         --fast`` moves its clock by). Returns at once if nobody listens."""
         await self.flush_events()
-        sock = self._app_sockets.get(app or self.app)
-        if sock is None or sock.dropped or sock.ws.closed:
+        sock = self._listener(app or self.app)
+        if sock is None:
             return
         token = b"sync-%d" % next(_PINGS)
         pong = sock.pongs[token] = asyncio.get_running_loop().create_future()
@@ -374,24 +338,13 @@ class FakeAsterisk:
     async def wait_for(
         self, predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
     ) -> None:
-        """Wait until ``predicate()`` holds; it is re-checked on every request, event and datagram.
-
-        Raises TimeoutError.
-        """
+        """Wait until ``predicate()`` holds (looked at every 2 ms). Raises TimeoutError."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not predicate():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if loop.time() >= deadline:
                 raise TimeoutError(f"fake asterisk: timed out waiting for {what}")
-            fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.add(fut)
-            try:
-                await asyncio.wait_for(fut, remaining)
-            except TimeoutError:
-                pass
-            finally:
-                self._waiters.discard(fut)
+            await asyncio.sleep(_POLL_SECONDS)
 
     async def wait_connected(self, app: str | None = None, timeout: float = 5.0) -> None:
         """Wait until an events websocket is open for ``app``."""
@@ -414,59 +367,41 @@ class FakeAsterisk:
         assert found is not None
         return found
 
-    def _notify(self) -> None:
-        waiters, self._waiters = self._waiters, set()
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
-
     # -- events ------------------------------------------------------------------------------
-    def _emit(self, app: str, type_: str, fields: Mapping[str, Any]) -> None:
-        event: dict[str, Any] = {"type": type_, "timestamp": now(), **fields}
-        event["asterisk_id"] = ASTERISK_ID
-        event["application"] = app
+    def _listener(self, app: str) -> _EventSocket | None:
+        """The open events socket that gets ``app``'s events, if any."""
         sock = self._app_sockets.get(app)
-        if sock is None or sock.dropped or sock.ws.closed or self._outbox is None:
-            self.events_dropped.append(event)
-        else:
-            self._outbox.put_nowait((sock, event))
-        self._notify()
+        return sock if sock is not None and not sock.ws.closed else None
+
+    def _emit(self, app: str, type_: str, fields: Mapping[str, Any]) -> None:
+        """Queue an event for ``app``'s socket; with nobody listening it is lost, as on
+        Asterisk."""
+        sock = self._listener(app)
+        if sock is not None:
+            self._outbox.put_nowait((sock, {"type": type_, **fields, "application": app}))
 
     async def _pump(self) -> None:
-        assert self._outbox is not None
         while True:
-            sock, event = await self._outbox.get()
+            sock, item = await self._outbox.get()
             try:
-                if isinstance(event, str):
-                    if not (sock.dropped or sock.ws.closed):
-                        await sock.ws.send_str(event)
-                        self.raw_sent += 1
-                elif sock.dropped or sock.ws.closed:
-                    self.events_dropped.append(event)
-                else:
-                    await sock.ws.send_str(json.dumps(event))
-                    self.events_sent.append(event)
+                if sock in self._sockets and not sock.ws.closed:
+                    await sock.ws.send_str(item if isinstance(item, str) else json.dumps(item))
+                    self.raw_sent += isinstance(item, str)
             except (ConnectionError, RuntimeError) as exc:
-                if isinstance(event, dict):
-                    log.debug("fake asterisk: event %s lost: %s", event["type"], exc)
-                    self.events_dropped.append(event)
+                log.debug("fake asterisk: events socket gone: %s", exc)
             finally:
                 self._outbox.task_done()
-                self._notify()
 
     def _unregister(self, sock: _EventSocket) -> None:
-        for app in sock.apps:
-            if self._app_sockets.get(app) is sock:
-                del self._app_sockets[app]
+        if self._app_sockets.get(sock.app) is sock:
+            del self._app_sockets[sock.app]
         if sock in self._sockets:
             self._sockets.remove(sock)
 
     async def _h_events(self, rq: _Req) -> web.StreamResponse:
         if self._refusing:
             return _error(503, "Service Unavailable")
-        apps = rq.getall("app")
-        if not apps:
-            return _error(400, "Missing parameter app")
+        app = rq.need("app", "Missing parameter app")  # one app: the service registers one
         # Pongs are ours to read (``sync``), so pings are answered here rather than by aiohttp.
         ws = web.WebSocketResponse(autoping=False, timeout=1.0)
         if not ws.can_prepare(rq.request).ok:
@@ -474,20 +409,12 @@ class FakeAsterisk:
         transport = rq.request.transport
         await ws.prepare(rq.request)
         rq.record.status = 101
-        sock = _EventSocket(ws, transport, apps)
-        for app in apps:
-            old = self._app_sockets.get(app)
-            if old is not None and old is not sock and self._outbox is not None:
-                replaced = {
-                    "type": "ApplicationReplaced",
-                    "timestamp": now(),
-                    "asterisk_id": ASTERISK_ID,
-                    "application": app,
-                }
-                self._outbox.put_nowait((old, replaced))
-            self._app_sockets[app] = sock
+        sock = _EventSocket(ws, transport, app)
+        old = self._app_sockets.get(app)
+        if old is not None:
+            self._outbox.put_nowait((old, {"type": "ApplicationReplaced", "application": app}))
+        self._app_sockets[app] = sock
         self._sockets.append(sock)
-        self._notify()
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.PING:
@@ -500,38 +427,32 @@ class FakeAsterisk:
                     break
         finally:
             self._unregister(sock)
-            self._notify()
         return ws
 
     # -- HTTP --------------------------------------------------------------------------------
     def _check_auth(self, request: web.Request) -> bool:
-        expected = f"{self.username}:{self.password}"
-        if request.query.get("api_key") == expected:
-            return True
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "basic":
             return False
         try:
-            return base64.b64decode(value.strip(), validate=True).decode() == expected
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             return False
+        return decoded == f"{self.username}:{self.password}"
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         query = {k: ",".join(request.query.getall(k)) for k in dict.fromkeys(request.query.keys())}
         record = RecordedRequest(request.method, request.path, query, self._check_auth(request))
         self.requests.append(record)
-        self._notify()
         try:
             response = await self._answer(request, record)
         except AriError as exc:
             response = _error(exc.status, exc.message)
         if record.status is None:
             record.status = response.status
-        if response.status >= 400:
-            self.rejected += 1
+        self.rejected += response.status >= 400
         for observer in self.observers:
             observer(record)
-        self._notify()
         return response
 
     async def _answer(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
@@ -544,8 +465,7 @@ class FakeAsterisk:
                 del self._failures[i]
                 return _error(status, message)
         allowed: set[str] = set()
-        routed = path.startswith("/ari/")
-        for pattern, methods in _ROUTES if routed else ():
+        for pattern, methods in _ROUTES if path.startswith("/ari/") else ():
             m = pattern.fullmatch(path.removeprefix("/ari"))
             if m is None:
                 continue
@@ -556,10 +476,6 @@ class FakeAsterisk:
         if allowed:
             return _error(405, "Invalid method", {"Allow": ", ".join(sorted(allowed))})
         return _error(404, "Resource not found")
-
-    def _require_started(self) -> None:
-        if self._runner is None:
-            raise RuntimeError("FakeAsterisk is not started")
 
     # -- REST handlers -----------------------------------------------------------------------
     async def _h_channels_list(self, rq: _Req) -> web.StreamResponse:
@@ -578,14 +494,11 @@ class FakeAsterisk:
         if not tech or not resource:
             return _error(400, "Invalid endpoint specified")
         app = rq.need("app", "Application or extension must be specified")
-        timeout_raw = rq.get("timeout") or "30"
-        try:
-            timeout = int(timeout_raw)
-        except ValueError:
-            return _error(400, f"timeout: invalid integer {timeout_raw!r}")
+        timeout = rq.get("timeout") or "30"  # ringing ends by reject_agent, not by this
+        if not timeout.lstrip("-").isdigit():
+            return _error(400, f"timeout: invalid integer {timeout!r}")
         if cid and self.pbx.id_taken(cid):
             return _error(409, "Channel with given unique ID already exists")
-        cid_name, cid_num = _parse_caller_id(rq.get("callerId") or "")
         app_args = rq.get("appArgs") or ""
         device = re.split(r"[@/;]", resource, maxsplit=1)[0] or resource
         ch = self.pbx.add(
@@ -595,20 +508,13 @@ class FakeAsterisk:
                 kind=AGENT,
                 app=app,
                 state="Down",
-                caller_name=cid_name,
-                caller_number=cid_num,
-                protocol_id=f"{self.pbx.rng.getrandbits(64):016x}@127.0.0.1",
+                caller_number=rq.get("callerId") or "",  # the service sends a bare number
                 args=app_args.split(",") if app_args else [],
                 audio=self.agent_audio,
             )
         )
         if self.auto_answer_agents:
             self._spawn(self._auto_answer(ch.id))
-        elif timeout != -1:
-            loop = asyncio.get_running_loop()
-            self.pbx.timers[ch.id] = loop.call_later(
-                timeout if timeout > 0 else 30, self._agent_no_answer, ch.id
-            )
         return web.json_response(ch.to_json())
 
     async def _auto_answer(self, channel_id: str) -> None:
@@ -616,12 +522,6 @@ class FakeAsterisk:
         ch = self.pbx.live(channel_id)
         if ch is not None and not ch.answered:
             self.pbx.agent_answers(ch)
-
-    def _agent_no_answer(self, channel_id: str) -> None:
-        self.pbx.timers.pop(channel_id, None)
-        ch = self.pbx.live(channel_id)
-        if ch is not None and not ch.answered:
-            self.pbx.terminate(ch, 19, order=("ChannelDestroyed",))
 
     async def _h_external_media(self, rq: _Req) -> web.StreamResponse:
         app = rq.need("app", "app cannot be empty")
@@ -636,15 +536,15 @@ class FakeAsterisk:
             return _error(501, "The encapsulation and/or transport is not supported")
         if fmt not in _KNOWN_FORMATS:
             return _error(400, f"Provided format ({fmt}) was not found")
-        if fmt not in STREAMED_FORMATS:
-            return _error(501, f"The fake Asterisk streams only ulaw and alaw, not {fmt}")
+        if fmt != "ulaw":
+            return _error(501, f"The fake Asterisk streams only ulaw, not {fmt}")
         cid = rq.get("channelId")
         if cid is not None and self.pbx.id_taken(cid):
             # Asterisk 22 reports this as a general failure here (409 only on originate).
             return _error(500, "An internal error prevented this request from being handled")
         cid = cid or self.pbx.new_channel_id()
         rng = self.pbx.rng
-        peer = RtpPeer(cid, remote, fmt, rng=rng, on_change=self._notify)
+        peer = RtpPeer(cid, remote, fmt, rng=rng)
         await peer.open(self.host)
         ch = self.pbx.add(
             ChannelState(
@@ -665,7 +565,7 @@ class FakeAsterisk:
         )
         if self.media_stasis_delay is not None:
             self._spawn(self._media_enters_stasis(ch.id, self.media_stasis_delay))
-        return web.json_response(ch.to_json(with_vars=True))
+        return web.json_response(ch.to_json())
 
     async def _media_enters_stasis(self, channel_id: str, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -676,18 +576,9 @@ class FakeAsterisk:
 
     async def _h_hangup(self, rq: _Req) -> web.StreamResponse:
         ch = self.pbx.channel(rq.groups[0])
-        reason, reason_code = rq.get("reason"), rq.get("reason_code")
-        if reason and reason_code:
-            return _error(400, "The reason and reason_code can't both be specified")
-        cause = 16
-        if reason_code:
-            if not reason_code.isdigit():
-                return _error(400, "Invalid reason for hangup reason code provided")
-            cause = int(reason_code)
-        elif reason:
-            if reason not in _HANGUP_REASONS:
-                return _error(400, "Invalid reason for hangup reason provided")
-            cause = _HANGUP_REASONS[reason]
+        cause = _HANGUP_REASONS.get(rq.get("reason") or "normal")
+        if cause is None:
+            return _error(400, "Invalid reason for hangup reason provided")
         order = ("ChannelHangupRequest", "ChannelLeftBridge", "StasisEnd", "ChannelDestroyed")
         self.pbx.terminate(ch, cause, order=order, soft=True)
         return web.Response(status=204)
@@ -716,11 +607,7 @@ class FakeAsterisk:
         existing = self.bridges.get(bid) if bid else None
         if existing is not None and not existing.destroyed:
             return _error(409, f"Bridge with id '{bid}' already exists")
-        bridge = BridgeState(
-            id=bid or self.pbx.new_uuid(),
-            types=types,
-            name=rq.get("name") or "",
-        )
+        bridge = BridgeState(id=bid or self.pbx.new_uuid(), types=types, name=rq.get("name") or "")
         self.bridges[bridge.id] = bridge
         return web.json_response(bridge.to_json())
 
@@ -748,19 +635,19 @@ class FakeAsterisk:
     def _media_changed(self) -> None:
         """Paced mode: start or stop each external-media channel's stream as voices come and
         go."""
-        if self.pace:
-            for ch in self.channels.values():
-                peer = ch.rtp
-                if peer is None or peer.closed:
-                    continue
-                wanted = bool(self.pbx.voices(peer))
-                running = peer.stream_task is not None and not peer.stream_task.done()
-                if wanted and not running:
-                    peer.stream_task = self._spawn(self._stream(peer))
-                elif not wanted and running and peer.stream_task is not None:
-                    peer.stream_task.cancel()
-                    peer.stream_task = None
-        self._notify()
+        if not self.pace:
+            return
+        for ch in self.channels.values():
+            peer = ch.rtp
+            if peer is None or peer.closed:
+                continue
+            wanted = bool(self.pbx.voices(peer))
+            running = peer.stream_task is not None and not peer.stream_task.done()
+            if wanted and not running:
+                peer.stream_task = self._spawn(self._stream(peer))
+            elif not wanted and running and peer.stream_task is not None:
+                peer.stream_task.cancel()
+                peer.stream_task = None
 
     async def _stream(self, peer: RtpPeer) -> None:
         """Paced mode: one packet of the bridge's mix every 20 ms while anyone speaks."""
