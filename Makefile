@@ -97,5 +97,14 @@ format: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(BIN)/python bench/vault.py
 
+# What a call costs the service against a bare reference server under the same load
+# (bench/calls.py: ivr serve, then bench/reference/, with ivr loadtest's generator), --repeats
+# times with min/median/max. BENCH_ARGS passes flags through, e.g.
+#   make bench-calls BENCH_ARGS="--platform asterisk --calls 500 --duration 30 --repeats 3"
+BENCH_ARGS ?=
+.PHONY: bench-calls
+bench-calls: $(TEST_STAMP) espeak-ng
+	$(BIN)/python bench/calls.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

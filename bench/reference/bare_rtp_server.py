@@ -16,7 +16,8 @@ HTTP: ``GET /ports`` -> ``{"ports": [...]}``, the ports bound; ``GET /cpu`` ->
 ``{"cpu_seconds": user+sys of this process}``; ``GET /stats`` -> datagrams, payload bytes and
 sealed chunks so far. SIGTERM/SIGINT seal every buffer (last chunk flagged) and exit.
 
-``ivr loadtest --platform asterisk`` runs it as a subprocess for its reference ratio.
+``bench/calls.py --platform asterisk`` (``make bench-calls``) runs it as a subprocess for its
+reference ratio.
 """
 
 from __future__ import annotations
@@ -38,14 +39,25 @@ from pathlib import Path
 from aiohttp import web
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ivr.harness.loadtest.core import parse_ports  # the same ranges as ``--bare-ports``
-
 SEAL_TICKS = 8000  # one second of 8 kHz audio in RTP timestamp units
 RCVBUF_BYTES = 1 << 20  # as the service's RTP sockets
 _HEADER = struct.Struct("!BBHII")
 _TS_MASK = 0xFFFFFFFF
 _TS_HALF = 0x80000000
 _STREAMS = web.AppKey("streams", list)
+
+
+def parse_ports(text: str) -> tuple[int, int]:
+    """``LOW-HIGH`` (or one port) -> (low, high); ValueError if it is not a valid range."""
+    low_s, sep, high_s = text.partition("-")
+    try:
+        low = int(low_s)
+        high = int(high_s) if sep else low
+    except ValueError:
+        raise ValueError(f"{text!r} is not a port range LOW-HIGH") from None
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"{text!r} is not a port range within 1-65535")
+    return low, high
 
 
 def cpu_seconds() -> float:

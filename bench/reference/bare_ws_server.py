@@ -11,8 +11,8 @@ consent logic. A ``stop`` message seals the last chunk and closes the socket, as
 does.
 
 ``GET /cpu`` answers ``{"cpu_seconds": user+sys of this process}``; ``GET /stats`` answers the
-frames received. ``ivr loadtest`` runs it as a subprocess, sends it the same streaming load as
-the real service, and compares their CPU per call-minute.
+frames received. ``bench/calls.py`` (``make bench-calls``) runs it as a subprocess, sends it
+the same streaming load as the real service, and compares their CPU per call-minute.
 """
 
 from __future__ import annotations

@@ -21,9 +21,6 @@ counter deltas give frames stored and lost (``frames_lost`` = sent - stored: 0 o
 service fills RTP gaps with silence and counts them in ``rtp_lost``). Frames lost with no
 ``rtp_lost`` are calls' last packets: the hang-up follows them at once, as on Asterisk, and a
 lagging service reads its events websocket before the datagrams still in the call's socket.
-
-The same media load then goes to ``bench/reference/bare_rtp_server.py`` (one UDP socket per
-call: parse, append, seal once a second, write), and the report gives the ratio.
 """
 
 from __future__ import annotations
@@ -43,24 +40,21 @@ import aiohttp
 from ivr.harness.audio import tone
 from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall, RecordedRequest, RtpPeer
 from ivr.harness.loadtest.core import (
+    PRESS_AFTER_S,
     CallFailed,
     CallResult,
     Driver,
     Options,
-    ReferenceServer,
+    SetupError,
     TickedStream,
     fmt,
     p50_p99,
-    parse_ports,
-    run,
 )
 
 DEFAULT_ASTERISK_TO = "+15550100004"  # the demo's vital_interests/none line: records at once
 DEFAULT_ARI_LISTEN = "127.0.0.1:8088"
 ARI_PASSWORD_ENV = "ARI_PASSWORD"
 DEMO_ARI_PASSWORD = "demo"
-PRESS_AFTER_S = 0.5
-BARE_PORT_BASE = 41000  # just above the service's default RTP range (40000-40999)
 CONNECT_TIMEOUT_S = 30.0  # the service's ARI client backs off up to 10 s between attempts
 SETUP_TIMEOUT_S = 30.0  # StasisStart -> bridged
 DECISION_TIMEOUT_S = 30.0  # accept key -> IVR_RECORDING_ID
@@ -71,10 +65,6 @@ _TONE = tone(440.0, -12.0)
 POOL: tuple[bytes, ...] = tuple(_TONE.frame(i) for i in range(len(_TONE)))  # one second
 
 
-class SetupError(Exception):
-    """The load test could not start (e.g. the fake cannot listen on ``--ari-listen``)."""
-
-
 @dataclass(frozen=True)
 class AsteriskLoadtestOptions(Options):
     to: str = DEFAULT_ASTERISK_TO
@@ -83,7 +73,6 @@ class AsteriskLoadtestOptions(Options):
     ari_app: str = "ivr"
     ari_user: str = "ivr"
     ari_password: str | None = None  # None: $ARI_PASSWORD, else "demo"
-    bare_ports: str | None = None  # LOW-HIGH for the reference; None: from 41000, N + slack
     connect_timeout: float = CONNECT_TIMEOUT_S
 
     def resolved_password(self) -> str:
@@ -98,12 +87,6 @@ class AsteriskLoadtestOptions(Options):
             raise ValueError(f"--ari-listen {self.ari_listen!r} is not HOST:PORT")
         return host, int(port)
 
-    def bare_port_range(self) -> tuple[int, int]:
-        if self.bare_ports:
-            return parse_ports(self.bare_ports)
-        slack = max(16, self.calls // 10)
-        return BARE_PORT_BASE, min(65535, BARE_PORT_BASE + self.calls + slack - 1)
-
     def deadline(self) -> float:
         margin = self.margin if self.margin is not None else 60.0 + 0.1 * self.calls
         press = self.press_after if self.resolved_press() else 0.0
@@ -114,9 +97,6 @@ class AsteriskLoadtestOptions(Options):
         if not self.press_after >= 0:
             raise ValueError("--press-after must not be negative")
         self.listen()
-        low, high = self.bare_port_range()
-        if self.reference and high - low + 1 < self.calls:
-            raise ValueError(f"--bare-ports {low}-{high} has fewer ports than --calls")
 
 
 # -- the RTP stream -----------------------------------------------------------------------------
@@ -250,7 +230,9 @@ async def _within(fut: asyncio.Future[Any], timeout: float, what: str) -> Any:
 
 
 # -- the driver ------------------------------------------------------------------------------
-class _Asterisk(Driver[AsteriskLoadtestOptions]):
+class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
+    platform = "asterisk"
+    options_type = AsteriskLoadtestOptions
     stream = _RtpStreamer
     media = "of RTP"
     timings = (
@@ -264,7 +246,7 @@ class _Asterisk(Driver[AsteriskLoadtestOptions]):
     top = ("rtp_lost",)
     lag = ("hangup_to_final_ms", "hangup->final")
     saturation = "saturated CPU, queue overflow"
-    needs = ("frames_sent", "no call streamed to the service")
+    note = "; fake ARI at {ari_listen}"
 
     def __init__(self, options: AsteriskLoadtestOptions, session: aiohttp.ClientSession) -> None:
         super().__init__(options, session)
@@ -281,13 +263,12 @@ class _Asterisk(Driver[AsteriskLoadtestOptions]):
         self.tracker = _Tracker(self.fake)
         self.base = options.url.rstrip("/")
         self.id_prefix = str(int(time.time() * 1000))
-        self.rng = random.Random()
         self.placed = self.bridged = 0
         self.before: dict[str, int] = {}  # the service's counters before the first call
         self.delta: dict[str, int] = {}  # and how they grew
         self.settled = False
 
-    async def __aenter__(self) -> _Asterisk:
+    async def __aenter__(self) -> AsteriskDriver:
         try:
             await self.fake.start()
         except OSError as exc:
@@ -301,10 +282,10 @@ class _Asterisk(Driver[AsteriskLoadtestOptions]):
         await self.fake.stop()
 
     def header(self) -> dict[str, Any]:
-        return {"platform": "asterisk", "ari_listen": self.options.ari_listen}
+        return {"ari_listen": self.options.ari_listen}
 
-    async def _send(self, result: CallResult, sock: socket.socket, peer: RtpPeer) -> None:
-        """``peer``'s stream through the ticker; CallFailed if it fails."""
+    async def send_rtp(self, result: CallResult, sock: socket.socket, peer: RtpPeer) -> None:
+        """``peer``'s stream, sent on ``sock`` through the ticker; CallFailed if it fails."""
         streamer = await result.stream(_RtpStreamer(sock, peer, self.options.frames()))
         result.counts["send_errors"] = streamer.dropped
         if streamer.error is not None:
@@ -366,7 +347,7 @@ class _Asterisk(Driver[AsteriskLoadtestOptions]):
                     raise CallFailed(f"no recording after key {press} (decision {decision})")
                 result.ms["decision_ms"] = (time.monotonic() - pressed_at) * 1000
             with peer.dup_socket() as sock:
-                await self._send(result, sock, peer)
+                await self.send_rtp(result, sock, peer)
             if watch.hung_up is not None:
                 raise CallFailed(f"the service hung up during the call (reason {watch.hung_up})")
         except CallFailed as exc:
@@ -441,48 +422,6 @@ class _Asterisk(Driver[AsteriskLoadtestOptions]):
             "prompt_packets": sum(r.counts["prompt_packets"] for r in results),
         }
 
-    def reference_server(self) -> ReferenceServer:
-        low, high = self.options.bare_port_range()
-        return ReferenceServer(
-            "bare_rtp_server.py", ["--ports", f"{low}-{high}"], "bare RTP server"
-        )
-
-    async def reference_ports(self, bare: ReferenceServer) -> list[int]:
-        try:
-            ports = [int(p) for p in (await bare.get_json(self.session, "/ports"))["ports"]]
-        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
-            raise CallFailed(f"bare RTP server: cannot list its ports: {exc}") from None
-        if len(ports) < self.options.calls:
-            low, high = self.options.bare_port_range()
-            raise CallFailed(
-                f"bare RTP server bound only {len(ports)} ports of {low}-{high} "
-                f"({self.options.calls} needed; see --bare-ports)"
-            )
-        return ports
-
-    async def bare_call(self, result: CallResult, port: int) -> None:
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                sock.bind(("127.0.0.1", 0))
-                sock.setblocking(False)
-                # Numbered like a fake channel's stream, sent from a plain socket.
-                peer = RtpPeer(
-                    f"bare-{result.index}",
-                    ("127.0.0.1", port),
-                    "ulaw",
-                    rng=self.rng,
-                    on_change=lambda: None,
-                )
-                await self._send(result, sock, peer)
-        except OSError as exc:
-            raise CallFailed(f"bare RTP stream: {type(exc).__name__}: {exc}") from None
-
-    def reference_fields(self, sent: int, received: int | None) -> dict[str, Any]:
-        return {
-            "ports": "{}-{}".format(*self.options.bare_port_range()),
-            "frames_lost": sent - received if received is not None else None,
-        }
-
     @classmethod
     def overloaded(cls, service: dict[str, Any]) -> bool:
         # Per-call queues grow: the hang-up then waits behind queued RTP before finalisation.
@@ -496,15 +435,6 @@ class _Asterisk(Driver[AsteriskLoadtestOptions]):
             and service["server_frames_lost"] == 0
             and service["rtp_lost"] == 0
         )
-
-    @classmethod
-    def summarise(cls, report: dict[str, Any]) -> None:
-        super().summarise(report)
-        report["ticker_late_p50_ms"] = report["service"]["ticker"]["late_p50_ms"]
-
-    @classmethod
-    def calls_note(cls, report: dict[str, Any]) -> str:
-        return f"; fake ARI at {report['ari_listen']}"
 
     @classmethod
     def rows(cls, s: dict[str, Any]) -> list[tuple[str, str]]:
@@ -535,14 +465,3 @@ class _Asterisk(Driver[AsteriskLoadtestOptions]):
             )
         )
         return rows
-
-
-async def run_asterisk_loadtest(options: AsteriskLoadtestOptions) -> dict[str, Any]:
-    """Run the load test (and the bare reference unless disabled); the report as a dict.
-
-    Raises ValueError for bad options and SetupError if the fake Asterisk cannot listen."""
-    return await run(_Asterisk, options)
-
-
-def format_asterisk_report(report: dict[str, Any]) -> str:
-    return _Asterisk.format(report)

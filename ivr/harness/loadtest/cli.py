@@ -7,23 +7,25 @@ import asyncio
 import dataclasses
 import json
 import sys
-from typing import Any, TypeVar
+from typing import Any
 
 from ivr.harness.cli import add_platform_options
-from ivr.harness.loadtest.asterisk import (
-    BARE_PORT_BASE,
-    PRESS_AFTER_S,
-    AsteriskLoadtestOptions,
-    SetupError,
-    format_asterisk_report,
-    run_asterisk_loadtest,
-)
-from ivr.harness.loadtest.twilio import LoadtestOptions, format_report, run_loadtest
+from ivr.harness.loadtest.asterisk import AsteriskDriver
+from ivr.harness.loadtest.core import PRESS_AFTER_S, Driver, Options, SetupError, run
+from ivr.harness.loadtest.twilio import TwilioDriver
 from ivr.harness.twilio_wire import DEFAULT_TO
 
-__all__ = ["add_loadtest_parser", "asterisk_options_from_args", "options_from_args"]
+__all__ = [
+    "DRIVERS",
+    "add_loadtest_arguments",
+    "add_loadtest_parser",
+    "format_report",
+    "options_from_args",
+    "run_loadtest",
+    "run_loadtest_cli",
+]
 
-_O = TypeVar("_O", LoadtestOptions, AsteriskLoadtestOptions)
+DRIVERS: dict[str, type[Driver[Any]]] = {d.platform: d for d in (TwilioDriver, AsteriskDriver)}
 
 
 def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -33,14 +35,21 @@ def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="many simulated calls (Twilio or Asterisk) at once against a running service",
         description=(
             "Run N simulated Twilio calls concurrently against a running service (consent "
-            "phase in fast virtual time, recording streams of both tracks in real time), "
-            "measure the service's CPU per call-minute, and compare it with a bare aiohttp "
-            "receive+decode+seal loop under the same load. With --platform asterisk, a fake "
+            "phase in fast virtual time, recording streams of both tracks in real time) and "
+            "measure the service's CPU per call-minute. With --platform asterisk, a fake "
             "Asterisk at --ari-listen (the service's [asterisk] url) delivers the calls and "
-            "streams their RTP instead (ivr.harness.loadtest.asterisk). Exit 0 when every call "
-            "completed and no frame was lost."
+            "streams their RTP instead. Exit 0 when every call completed and no frame was "
+            "lost. The ratio against a bare reference server under the same load is `make "
+            "bench-calls` (bench/calls.py, from the source tree)."
         ),
     )
+    add_loadtest_arguments(p)
+    p.set_defaults(func=run_loadtest_cli)
+    return p
+
+
+def add_loadtest_arguments(p: argparse.ArgumentParser) -> None:
+    """The load test's options (``bench/calls.py`` takes them too)."""
     g = add_platform_options(
         p, f"the dialled line (default {DEFAULT_TO}; asterisk: +15550100004, which records at once)"
     )
@@ -62,7 +71,6 @@ def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="key pressed during the consent prompt ('' for none; default 1 on opt-in lines)",
     )
-    p.add_argument("--no-reference", action="store_true", help="skip the bare reference comparison")
     p.add_argument(
         "--progress-interval",
         type=float,
@@ -77,51 +85,41 @@ def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"opt-in lines: seconds after the bridge is up to press the key "
         f"(default {PRESS_AFTER_S:g})",
     )
-    g.add_argument(
-        "--bare-ports",
-        default=None,
-        metavar="LOW-HIGH",
-        help=f"UDP ports for the bare reference, one per call (default from {BARE_PORT_BASE})",
-    )
-    p.set_defaults(func=run_loadtest_cli)
-    return p
 
 
-def _options(cls: type[_O], args: argparse.Namespace) -> _O:
-    """The options of ``cls`` that were given on the command line (the dests match the field
-    names; ``--to`` left out means the platform's default line)."""
+def options_from_args(args: argparse.Namespace) -> Any:
+    """The options of ``--platform``'s load test that were given on the command line (the
+    dests match the field names; ``--to`` left out means the platform's default line)."""
+    cls = DRIVERS[args.platform].options_type
     given = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(cls)
         if f.init and getattr(args, f.name, None) is not None
     }
-    return cls(**given, reference=not args.no_reference)
+    return cls(**given)
 
 
-def asterisk_options_from_args(args: argparse.Namespace) -> AsteriskLoadtestOptions:
-    return _options(AsteriskLoadtestOptions, args)
+def _driver(options: Options) -> type[Driver[Any]]:
+    return next(d for d in DRIVERS.values() if type(options) is d.options_type)
 
 
-def options_from_args(args: argparse.Namespace) -> LoadtestOptions:
-    return _options(LoadtestOptions, args)
+async def run_loadtest(options: Options) -> dict[str, Any]:
+    """Run the load test of the options' platform; the report as a dict. Raises ValueError for
+    bad options and SetupError if the fake Asterisk cannot listen."""
+    return await run(_driver(options), options)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    return DRIVERS[report["platform"]].format(report)
 
 
 def run_loadtest_cli(args: argparse.Namespace) -> int:
     """Exit status: 0 when every call completed and no frame was lost, 1 if not, 2 for bad
     options (or a fake Asterisk that cannot listen)."""
     try:
-        if args.platform == "asterisk":
-            options: Any = asterisk_options_from_args(args)
-            options.check()
-            report = asyncio.run(run_asterisk_loadtest(options))
-            text = format_asterisk_report
-        else:
-            options = options_from_args(args)
-            options.check()
-            report = asyncio.run(run_loadtest(options))
-            text = format_report
+        report = asyncio.run(run_loadtest(options_from_args(args)))
     except (ValueError, SetupError) as exc:
         print(f"ivr loadtest: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(report, indent=2, sort_keys=True) if args.json else text(report))
+    print(json.dumps(report, indent=2, sort_keys=True) if args.json else format_report(report))
     return 0 if report["ok"] else 1

@@ -1,9 +1,8 @@
 """What both platforms' load tests share: everything but placing a call and streaming its media.
 
 A platform is a ``Driver``: it places one call against the service and streams its media
-(``call``), streams to the bare reference server (``bare_call``), and names the metrics of its
-own. ``run`` does the rest: the options, the ramp, the ticker, CPU cost, the reference run, the
-report and its verdict.
+(``call``), and names the metrics of its own. The rest is here: the options, the ramp, the
+ticker, CPU cost, the progress line, the report and its verdict.
 
 The ticker (``StreamRun``): every 20 ms it asks each streaming call for the frames it owes
 (``TickedStream.pump``), one write per call; a late tick is caught up (each call is owed ``ticks
@@ -11,9 +10,9 @@ since it joined`` frames), so lateness never accumulates, and no task runs per c
 
 Cost: the server's CPU seconds are read when every call is streaming and again when the first
 call stops, and divided by the call-minutes streamed in between (the whole streaming span when
-that window is too short). The same streaming load is then sent to a bare reference server
-(``bench/reference/``: receive, decode, seal, write; nothing else), run as a subprocess from the
-source tree, and the report gives the ratio of the two.
+that window is too short). ``Driver.load`` runs the generator against anything that reports its
+CPU seconds: ``bench/calls.py`` (``make bench-calls``) loads a bare reference server with it, in
+the same way, for the ratio of the service's cost to the bare minimum.
 """
 
 from __future__ import annotations
@@ -21,16 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import resource
 import sys
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
 from urllib.parse import urlsplit
 
@@ -41,13 +37,12 @@ from media.dtmf import DIGITS
 
 FRAME_MS = 20
 FRAME_S = FRAME_MS / 1000
+PRESS_AFTER_S = 0.5  # opt-in lines: the accept key this long into the prompt (or the bridge)
 CPU_READ_TIMEOUT_S = 10.0
 HTTP_TIMEOUT_S = 30.0  # any one request to the service (a webhook, /healthz)
 MAX_ERRORS_REPORTED = 5
 SATURATED_UTILISATION = 0.95  # server CPU (fraction of one core) that means "flat out"
 SATURATED_LAG_MS = 1000.0  # end-of-call lag p99 this long: the service fell behind real time
-# The reference servers live beside the benchmarks; ivr never imports bench, it runs them.
-REFERENCE_DIR = Path(__file__).resolve().parents[3] / "bench" / "reference"
 
 _O = TypeVar("_O", bound="Options")
 _S = TypeVar("_S", bound="TickedStream")
@@ -55,6 +50,10 @@ _S = TypeVar("_S", bound="TickedStream")
 
 class CallFailed(Exception):
     """One call did not go as the platform's would; the message says where."""
+
+
+class SetupError(Exception):
+    """The load test could not start (e.g. the fake cannot listen on ``--ari-listen``)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,6 @@ class Options:
     to: str = ""
     from_: str = DEFAULT_FROM
     press: str | None = None  # key pressed during the prompt; None: "1" on opt-in lines
-    reference: bool = True
     progress_interval: float = 3.0  # seconds between progress lines; 0: none
     progress_stream: Any = None  # default sys.stderr
     margin: float | None = None  # extra seconds before the overall deadline; None: automatic
@@ -86,7 +84,7 @@ class Options:
         return max(1, round(self.duration / FRAME_S))
 
     def deadline(self) -> float:
-        """Seconds each run (the service's, the reference's) may take at the most."""
+        """Seconds a run may take at the most."""
         raise NotImplementedError
 
     def check(self) -> None:
@@ -103,19 +101,6 @@ class Options:
         base = urlsplit(self.url)
         if base.scheme != "http" or not base.hostname:
             raise ValueError(f"--url must be an http:// URL, not {self.url!r}")
-
-
-def parse_ports(text: str) -> tuple[int, int]:
-    """``LOW-HIGH`` (or one port) -> (low, high); ValueError if it is not a valid range."""
-    low_s, sep, high_s = text.partition("-")
-    try:
-        low = int(low_s)
-        high = int(high_s) if sep else low
-    except ValueError:
-        raise ValueError(f"{text!r} is not a port range LOW-HIGH") from None
-    if not 1 <= low <= high <= 65535:
-        raise ValueError(f"{text!r} is not a port range within 1-65535")
-    return low, high
 
 
 # -- numbers ----------------------------------------------------------------------------------
@@ -184,7 +169,8 @@ class TickedStream:
 
 
 class StreamRun:
-    """The streaming phase of one run: the ticker, who is streaming, and the CPU samples."""
+    """The streaming phase of one run: the ticker, who is streaming, and the CPU read at its
+    four moments (first_join, all_joined, first_done, last_done)."""
 
     def __init__(
         self, expected: int, read_cpu: Callable[[], Awaitable[float]], kind: type[TickedStream]
@@ -198,21 +184,11 @@ class StreamRun:
         self.frames_sent = 0
         self.lateness: list[float] = []
         self.t0: float | None = None
-        self.first_join = asyncio.Event()
-        self.all_joined = asyncio.Event()
-        self.first_done = asyncio.Event()
-        self.last_done = asyncio.Event()
+        self.samples: dict[str, tuple[float, float, float]] = {}  # moment -> time, cpu, ours
+        self._samplers: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
-        self.samples: dict[str, tuple[float, float, float]] = {}
-        self._events = (self.first_join, self.all_joined, self.first_done, self.last_done)
-        self._samplers = [
-            asyncio.ensure_future(self._sample_cpu(name, event))
-            for name, event in zip(
-                ("first_join", "all_joined", "first_done", "last_done"), self._events, strict=True
-            )
-        ]
 
     # -- membership ------------------------------------------------------------------------
     def join(self, s: TickedStream) -> None:
@@ -223,29 +199,25 @@ class StreamRun:
         s.join_time = self.loop.time()
         self.active.append(s)
         self.streamers.append(s)
-        self.pending_join -= 1
-        self.first_join.set()
-        self._check()
-        self._wake.set()
+        self._mark("first_join")
+        self.gave_up()  # one fewer to wait for
 
     def gave_up(self) -> None:
-        """A call that will never stream (it failed before its media started)."""
+        """One call fewer that may still join (this one failed before its media started)."""
         self.pending_join -= 1
-        self._check()
-
-    def _check(self) -> None:
         if self.pending_join <= 0:
             if self.streamers:
-                self.all_joined.set()
+                self._mark("all_joined")
             if not self.active:
-                self.last_done.set()
+                self._mark("last_done")
+        self._wake.set()
 
     def _finished(self, s: TickedStream) -> None:
         s.end_time = self.loop.time()
         if not s.done.done():
             s.done.set_result(None)
         if s.error is None:
-            self.first_done.set()
+            self._mark("first_done")
 
     async def _tick(self) -> None:
         loop, t0 = self.loop, self.t0
@@ -263,11 +235,10 @@ class StreamRun:
             if due > k:
                 k = due  # late: this pass catches every stream up
             keep: list[Any] = []
-            sent = 0
             for s in self.active:
                 if s.error is None:
                     try:
-                        sent += s.pump(due)
+                        self.frames_sent += s.pump(due)
                     except s.send_errors as exc:
                         s.fail(f"{s.send_failure}: {exc}")
                 if s.error is not None or s.sent >= s.total:
@@ -275,48 +246,43 @@ class StreamRun:
                 else:
                     keep.append(s)
             self.active = keep
-            self.frames_sent += sent
-            if not keep and self.pending_join <= 0:
-                self.last_done.set()
-            if not keep:
-                # Nobody to feed: sleep until a stream joins (or the run ends).
+            if keep:
+                continue
+            if self.pending_join <= 0:
+                self._mark("last_done")
+            # Nobody to feed: sleep until a stream joins (or none can any more).
+            while not (self.active or self._stopped or self.pending_join <= 0):
                 self._wake.clear()
-                if self.pending_join <= 0:
-                    return
-                while not self.active and not self._stopped and self.pending_join > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(1.0):
-                            await self._wake.wait()
-                    self._wake.clear()
-                k = int((loop.time() - t0) / FRAME_S)
+                await self._wake.wait()
+            if not self.active:
+                return
+            k = int((loop.time() - t0) / FRAME_S)
 
-    async def _sample_cpu(self, name: str, event: asyncio.Event) -> None:
-        """Read the server's CPU seconds (and ours) when ``event`` fires."""
-        await event.wait()
-        t1 = self.loop.time()
-        own1 = own_cpu()
-        try:
-            async with asyncio.timeout(CPU_READ_TIMEOUT_S):
-                cpu = await self.read_cpu()
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError):
+    def _mark(self, moment: str) -> None:
+        """Read the server's CPU seconds (and ours) at ``moment``, the first time it comes."""
+        if moment in self._samplers:
             return
-        t2 = self.loop.time()
-        self.samples[name] = ((t1 + t2) / 2, cpu, (own1 + own_cpu()) / 2)
+
+        async def sample() -> None:
+            t1, own1 = self.loop.time(), own_cpu()
+            try:
+                async with asyncio.timeout(CPU_READ_TIMEOUT_S):
+                    cpu = await self.read_cpu()
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError):
+                return
+            self.samples[moment] = ((t1 + self.loop.time()) / 2, cpu, (own1 + own_cpu()) / 2)
+
+        self._samplers[moment] = asyncio.ensure_future(sample())
 
     async def stop(self) -> None:
-        """Stop the ticker; let CPU reads already under way finish (bounded); drop the rest."""
+        """Stop the ticker; let CPU reads already under way finish (bounded)."""
         self._stopped = True
         self._wake.set()
         for s in self.active:
             s.fail("load test stopped")
-        started = [
-            task
-            for task, event in zip(self._samplers, self._events, strict=True)
-            if not task.done() and event.is_set()
-        ]
-        if started:
-            await asyncio.wait(started, timeout=CPU_READ_TIMEOUT_S + 1)
-        for task in [self._task, *self._samplers]:
+        if self._samplers:
+            await asyncio.wait(self._samplers.values(), timeout=CPU_READ_TIMEOUT_S + 1)
+        for task in [self._task, *self._samplers.values()]:
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -370,101 +336,9 @@ class StreamRun:
         )
 
 
-# -- the bare reference -----------------------------------------------------------------------
-class ReferenceServer:
-    """A bare reference server (``bench/reference/SCRIPT ARGS --data-dir DIR``) as a subprocess.
-
-    It prints ``ready <http-port> ...`` once listening; ``ready`` holds those fields. It needs
-    the source tree (bench/ is not installed with the package): without it, CallFailed says so.
-    """
-
-    def __init__(self, script: str, args: list[str], label: str, start_timeout: float = 30) -> None:
-        self.path = REFERENCE_DIR / script
-        self.args, self.label = args, label
-        self.start_timeout = start_timeout
-        self.proc: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self._dir = tempfile.TemporaryDirectory(prefix="ivr-loadtest-bare-")
-        self._log = Path(self._dir.name) / "stderr.log"
-
-    async def __aenter__(self) -> ReferenceServer:
-        if not self.path.is_file():
-            self._dir.cleanup()
-            raise CallFailed(
-                f"{self.label}: {self.path} not found (it ships with the source tree, not the "
-                "package; run from a checkout or use --no-reference)"
-            )
-        root = REFERENCE_DIR.parents[1]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-        with self._log.open("wb") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(self.path),
-                *self.args,
-                "--data-dir",
-                str(Path(self._dir.name) / "data"),
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-                stdin=asyncio.subprocess.DEVNULL,
-                cwd=str(root),
-                env=env,
-            )
-        try:
-            async with asyncio.timeout(self.start_timeout):
-                assert self.proc.stdout is not None
-                line = (await self.proc.stdout.readline()).decode().split()
-            if len(line) < 2 or line[0] != "ready" or not line[1].isdigit():
-                raise RuntimeError(f"{self.label} did not start")
-            self.port = int(line[1])
-        except (TimeoutError, RuntimeError):
-            await self.__aexit__(None, None, None)
-            tail = (
-                self._log.read_text(errors="replace").strip()[-300:] if self._log.exists() else ""
-            )
-            raise CallFailed(f"{self.label} did not start: {tail or 'no output'}") from None
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        proc = self.proc
-        if proc is not None and proc.returncode is None:
-            proc.terminate()
-            try:
-                async with asyncio.timeout(10):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-        self._dir.cleanup()
-
-    async def get_json(self, session: aiohttp.ClientSession, path: str) -> dict[str, Any]:
-        async with asyncio.timeout(CPU_READ_TIMEOUT_S):
-            async with session.get(f"http://127.0.0.1:{self.port}{path}") as resp:
-                answer = await resp.json()
-        if not isinstance(answer, dict):
-            raise ValueError(f"{self.label} {path}: not a JSON object")
-        return answer
-
-    async def read_cpu(self, session: aiohttp.ClientSession) -> float:
-        return float((await self.get_json(session, "/cpu"))["cpu_seconds"])
-
-    async def frames_received(self, session: aiohttp.ClientSession, sent: int) -> int | None:
-        """Its count of frames received, once the last of ``sent`` have landed (bounded)."""
-        received: int | None = None
-        for _ in range(20):
-            try:
-                received = int((await self.get_json(session, "/stats"))["frames"])
-            except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
-                return received
-            if received >= sent:
-                break
-            await asyncio.sleep(0.1)
-        return received
-
-
 # -- one call's outcome -----------------------------------------------------------------------
 class CallResult:
-    """One call's (or reference stream's) outcome, as its driver fills it in.
+    """One call's (or stream's) outcome, as its driver fills it in.
 
     The call either streams through the run's ticker (``stream``) or tells the run that it never
     will (``give_up``): exactly one of the two reaches the run, however the call ends.
@@ -508,28 +382,26 @@ def errors(results: Sequence[CallResult]) -> list[str]:
 
 # -- a platform's driver ----------------------------------------------------------------------
 class Driver(ABC, Generic[_O]):
-    """One platform's side of the load test; ``run`` does the rest (the ramp, the ticker, CPU,
-    the reference run, the report and its verdict).
+    """One platform's side of the load test; ``run`` does the rest.
 
-    A driver places one call against the service and streams its media (``call``), streams to
-    the bare reference server (``reference_server``, ``reference_ports``, ``bare_call``), and
-    adds what it measures beyond the shared part: timings in ``CallResult.ms`` named by
-    ``timings``, its fields of the service and reference reports (``service_fields``,
-    ``reference_fields``), the progress line's start (``progress_head``), and the rows and
-    verdict terms of its own (``rows``, ``overloaded``, ``healthy``). ``prepare`` runs before
-    the first call (CallFailed fails them all), ``settle`` after the last (problems to report);
-    ``async with`` the driver spans the service run.
+    A driver places one call against the service and streams its media (``call``), and adds
+    what it measures beyond the shared part: timings in ``CallResult.ms`` named by ``timings``,
+    its fields of the service report (``service_fields``), the progress line's start
+    (``progress_head``), and the rows and verdict terms of its own (``rows``, ``overloaded``,
+    ``healthy``). ``prepare`` runs before the first call (CallFailed fails them all), ``settle``
+    after the last (problems to report); ``async with`` the driver spans the service run.
     """
 
+    platform: ClassVar[str]  # its --platform
+    options_type: ClassVar[type[Options]]
     stream: ClassVar[type[TickedStream]]  # the platform's streams
     media: ClassVar[str]  # what each call streams, in the report's "calls" row
     timings: ClassVar[tuple[str, ...]]  # per-call timings in the service report
-    bare_timings: ClassVar[tuple[str, ...]] = ()  # the same for the reference streams
     headline: ClassVar[str]  # the timing whose p50 and p99 go at the top of the report
     top: ClassVar[tuple[str, ...]] = ()  # more service fields copied to the top
     lag: ClassVar[tuple[str, str]]  # the end-of-call lag: its timing and its row's label
     saturation: ClassVar[str] = "saturated CPU"  # what shows saturation besides the lag
-    needs: ClassVar[tuple[str, str]]  # a service field that 0 makes the reference pointless; why
+    note: ClassVar[str] = ""  # the end of the "calls" row, formatted with the report
 
     def __init__(self, options: _O, session: aiohttp.ClientSession) -> None:
         self.options = options
@@ -561,18 +433,6 @@ class Driver(ABC, Generic[_O]):
     @abstractmethod
     def service_fields(self, results: list[CallResult]) -> dict[str, Any]: ...
 
-    @abstractmethod
-    def reference_server(self) -> ReferenceServer: ...
-
-    async def reference_ports(self, bare: ReferenceServer) -> list[int]:
-        return [bare.port] * self.options.calls
-
-    @abstractmethod
-    async def bare_call(self, result: CallResult, port: int) -> None: ...
-
-    def reference_fields(self, sent: int, received: int | None) -> dict[str, Any]:
-        return {}
-
     @classmethod
     def overloaded(cls, service: dict[str, Any]) -> bool:
         return False
@@ -582,21 +442,16 @@ class Driver(ABC, Generic[_O]):
         return True
 
     @classmethod
-    def calls_note(cls, report: dict[str, Any]) -> str:
-        return ""
-
-    @classmethod
     @abstractmethod
     def rows(cls, service: dict[str, Any]) -> list[tuple[str, str]]: ...
 
-    # -- the runs ----------------------------------------------------------------------------
+    # -- the run -----------------------------------------------------------------------------
     async def run_service(self) -> dict[str, Any]:
         loop, o = asyncio.get_running_loop(), self.options
         t_start = loop.time()
-        base = o.url.rstrip("/")
 
         async def read_cpu() -> float:
-            async with self.session.get(f"{base}/healthz") as resp:
+            async with self.session.get(f"{o.url.rstrip('/')}/healthz") as resp:
                 return float((await resp.json(content_type=None))["cpu_seconds"])
 
         run = StreamRun(o.calls, read_cpu, self.stream)
@@ -607,7 +462,7 @@ class Driver(ABC, Generic[_O]):
             await run.stop()
             results = [CallResult(i, error=str(exc)) for i in range(o.calls)]
         else:
-            results = await self._run_calls(run, "service", self.call)
+            results = await self.load(run, self.call, "service")
             problems = await self.settle(results)
         completed = sum(r.completed for r in results)
         return {
@@ -623,38 +478,12 @@ class Driver(ABC, Generic[_O]):
             "elapsed_s": round(loop.time() - t_start, 1),
         }
 
-    async def run_reference(self) -> dict[str, Any]:
-        """The same streaming load against the bare reference server; CallFailed if it fails."""
-        loop, o = asyncio.get_running_loop(), self.options
-        async with self.reference_server() as bare:
-            ports = await self.reference_ports(bare)
-            run = StreamRun(o.calls, lambda: bare.read_cpu(self.session), self.stream)
-            t_start = loop.time()
-            results = await self._run_calls(
-                run, "bare", lambda r: self.bare_call(r, ports[r.index])
-            )
-            sent = sum(r.frames_sent for r in results)
-            received = await bare.frames_received(self.session, sent)
-        completed = sum(r.completed for r in results)
-        return {
-            "streams": o.calls,
-            "streams_completed": completed,
-            "streams_failed": o.calls - completed,
-            "errors": errors(results),
-            "frames_sent": sent,
-            "frames_received": received,
-            **timings(results, self.bare_timings),
-            **self.reference_fields(sent, received),
-            "cost": run.cost(o.duration),
-            "ticker": run.ticker_stats(),
-            "elapsed_s": round(loop.time() - t_start, 1),
-        }
-
-    async def _run_calls(
-        self, run: StreamRun, label: str, call: Callable[[CallResult], Awaitable[None]]
+    async def load(
+        self, run: StreamRun, call: Callable[[CallResult], Awaitable[None]], label: str
     ) -> list[CallResult]:
-        """``call`` for every call on the ramp's schedule; each one's result, a failed one for
-        those not done by the overall deadline. The ticker and the progress line are stopped
+        """``call`` for every call on the ramp's schedule, streaming through ``run``; each one's
+        result, a failed one for those not done by the overall deadline. A progress line tagged
+        ``label`` every ``progress_interval``; the ticker and the progress line are stopped
         whatever happens."""
         loop, o = asyncio.get_running_loop(), self.options
         n, ramp, deadline = o.calls, o.resolved_ramp(), o.deadline()
@@ -674,16 +503,11 @@ class Driver(ABC, Generic[_O]):
             return result
 
         def line() -> str:
-            if label == "bare":
-                return run.progress(n)
-            return (
-                f"{self.progress_head()}, finished {self.finished} (failed {self.failed}), "
-                f"{run.progress(n)}"
-            )
+            head = f"{self.progress_head()}, " if call == self.call else ""
+            return f"{head}finished {self.finished} (failed {self.failed}), {run.progress(n)}"
 
         tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
         progress = asyncio.ensure_future(self._progress(label, line))
-        what = "call" if label == "service" else "reference stream"
         try:
             _, pending = await asyncio.wait(tasks, timeout=deadline)
             for task in pending:
@@ -700,10 +524,11 @@ class Driver(ABC, Generic[_O]):
             if task.done() and not task.cancelled() and task.exception() is None:
                 results.append(task.result())
             else:
+                exc = None if task.cancelled() else task.exception()
                 error = (
-                    f"{what}: overall deadline ({deadline:.0f} s) reached"
-                    if task in pending or task.cancelled()
-                    else f"{what}: {type(task.exception()).__name__}: {task.exception()}"
+                    f"overall deadline ({deadline:.0f} s) reached"
+                    if task in pending or exc is None
+                    else f"{type(exc).__name__}: {exc}"
                 )
                 results.append(CallResult(i, error=error))
         return results
@@ -721,28 +546,23 @@ class Driver(ABC, Generic[_O]):
     # -- the report --------------------------------------------------------------------------
     @classmethod
     def summarise(cls, report: dict[str, Any]) -> None:
-        """The top of the report: counts, latencies, CPU and the ratio, and the verdict."""
-        service, ref = report["service"], report["reference"]
-        ours = service["cost"].get("server_cpu_per_call_minute")
-        bare = ref["cost"].get("server_cpu_per_call_minute") if ref else None
+        """The top of the report: counts, latencies, CPU, and the verdict."""
+        service = report["service"]
         shared = ("calls_attempted", "calls_completed", "calls_failed", "frames_sent")
         for key in (*shared, "frames_stored", "frames_lost", *cls.top):
             report[key] = service[key]
-        report["errors"] = (service["errors"] + (ref["errors"] if ref else []))[
-            :MAX_ERRORS_REPORTED
-        ]
+        report["errors"] = service["errors"]
         headline = cls.headline.removesuffix("_ms")
         for name, key in (("first_prompt", "first_prompt_ms"), (headline, cls.headline)):
             report[f"{name}_p50_ms"] = service[key]["p50"]
             report[f"{name}_p99_ms"] = service[key]["p99"]
         report["sender_cpu_utilisation"] = service["cost"].get("sender_cpu_utilisation")
+        report["ticker_late_p50_ms"] = service["ticker"]["late_p50_ms"]
         report["ticker_late_p99_ms"] = service["ticker"]["late_p99_ms"]
-        report["server_cpu_per_call_minute"] = ours
-        report["bare_cpu_per_call_minute"] = bare
-        report["cpu_ratio"] = round(ours / bare, 3) if ours and bare else None
+        report["server_cpu_per_call_minute"] = service["cost"].get("server_cpu_per_call_minute")
         # A service that cannot keep up uses a whole core whatever the load: its CPU per
-        # call-minute (and the ratio) then understate the real cost. The end-of-call lag shows
-        # how far behind real time it ended up.
+        # call-minute then understates the real cost. The end-of-call lag shows how far behind
+        # real time it ended up.
         utilisation = service["cost"].get("server_cpu_utilisation") or 0.0
         lag = service[cls.lag[0]]["p99"] or 0.0
         report["service_saturated"] = (
@@ -751,11 +571,7 @@ class Driver(ABC, Generic[_O]):
             or cls.overloaded(service)
         )
         report["ok"] = (
-            service["calls_failed"] == 0
-            and service["frames_lost"] == 0
-            and report["reference_error"] is None
-            and (ref is None or ref["streams_failed"] == 0)
-            and cls.healthy(service)
+            service["calls_failed"] == 0 and service["frames_lost"] == 0 and cls.healthy(service)
         )
 
     @classmethod
@@ -769,11 +585,11 @@ class Driver(ABC, Generic[_O]):
                 "calls",
                 f"{s['calls_completed']}/{s['calls_attempted']} completed, "
                 f"{s['calls_failed']} failed  ({report['duration_s']:g} s {cls.media} each, ramp "
-                f"{report['ramp_s']:g} s, to {report['to']}{press}{cls.calls_note(report)})",
+                f"{report['ramp_s']:g} s, to {report['to']}{press}{cls.note.format(**report)})",
             ),
             *cls.rows(s),
             (f"{lag_label} ms", p50_p99(s[lag_key])),
-            *reference_rows(report),
+            *cost_rows("service cpu", s["cost"], s["ticker"]),
         ]
         if report.get("service_saturated"):
             rows.append(
@@ -785,14 +601,14 @@ class Driver(ABC, Generic[_O]):
             )
         rows += [("errors" if i == 0 else "", e) for i, e in enumerate(report["errors"])]
         rows.append(("result", "OK" if report["ok"] else "FAILED"))
-        width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+        return aligned(rows)
 
 
 async def run(driver: type[Driver[_O]], options: _O) -> dict[str, Any]:
-    """Run the load test (and the bare reference unless disabled); the report as a dict."""
+    """Run the load test; the report as a dict."""
     options.check()
     report: dict[str, Any] = {
+        "platform": driver.platform,
         "url": options.url,
         "to": options.to,
         "press": options.resolved_press() or None,
@@ -806,15 +622,6 @@ async def run(driver: type[Driver[_O]], options: _O) -> dict[str, Any]:
         report.update(platform.header())
         async with platform:
             report["service"] = await platform.run_service()
-        report["reference"] = report["reference_error"] = None
-        key, why = driver.needs
-        if options.reference and not report["service"][key]:
-            report["reference_error"] = f"skipped: {why}"
-        elif options.reference:
-            try:
-                report["reference"] = await platform.run_reference()
-            except CallFailed as exc:
-                report["reference_error"] = str(exc)
     driver.summarise(report)
     return report
 
@@ -834,8 +641,13 @@ def p50_p99(d: dict[str, Any]) -> str:
     return f"p50 {fmt(d['p50'])}  p99 {fmt(d['p99'])}"
 
 
+def aligned(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
 def cost_rows(label: str, cost: dict[str, Any], ticker: dict[str, Any]) -> list[tuple[str, str]]:
-    """The CPU lines of one run (the service's or the reference's)."""
+    """The CPU lines of one run (the service's, or a reference's)."""
     if not cost.get("window"):
         return [(label, "no CPU window measured")]
     backlog = ticker.get("max_send_backlog_bytes")
@@ -854,23 +666,3 @@ def cost_rows(label: str, cost: dict[str, Any], ticker: dict[str, Any]) -> list[
             + (f"; max send backlog {fmt(backlog)} B" if backlog is not None else ""),
         ),
     ]
-
-
-def reference_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
-    """The CPU lines of both runs and the ratio."""
-    s, ref = report["service"], report.get("reference")
-    rows = cost_rows("service cpu", s["cost"], s["ticker"])
-    if ref:
-        rows += cost_rows("bare cpu", ref["cost"], ref["ticker"])
-        rows.append(
-            (
-                "  bare streams",
-                f"{ref['streams_completed']}/{ref['streams']} completed, frames sent "
-                f"{fmt(ref['frames_sent'])}, received {fmt(ref['frames_received'])}",
-            )
-        )
-        ratio = report["cpu_ratio"]
-        rows.append(("cpu ratio", f"{ratio:.2f} (service / bare)" if ratio else "-"))
-    elif report.get("reference_error"):
-        rows.append(("bare cpu", f"failed: {report['reference_error']}"))
-    return rows

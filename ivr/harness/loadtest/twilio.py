@@ -5,7 +5,7 @@ webhook, the consent stream in virtual time (the accept key half a second into t
 opt-in lines), the signed continue webhook; then it hands the recording stream over, and this
 module streams both tracks in REAL time, fed by the shared ticker (``core.StreamRun``) from
 pre-built byte templates; then the signed status callback, whose answer says how many frames the
-service stored. The same streaming load then goes to ``bench/reference/bare_ws_server.py``.
+service stored.
 
 Frame accounting: ``frames_sent`` counts recording-stream frames (both tracks). On the opt-in
 line the frames of the consent stream sent after the accept key (while the "recording started"
@@ -26,24 +26,22 @@ from ivr.harness.audio import tone
 from ivr.harness.loadtest.core import (
     FRAME_MS,
     HTTP_TIMEOUT_S,
+    PRESS_AFTER_S,
     CallFailed,
     CallResult,
     Driver,
     Options,
-    ReferenceServer,
     TickedStream,
     dist,
     fmt,
     p50_p99,
-    run,
 )
 from ivr.harness.twilio_sim import CallOptions, StreamStart, simulate_call
 from ivr.harness.twilio_wire import AUTH_TOKEN_ENV, DEFAULT_TO, DEMO_AUTH_TOKEN
 from ivr.harness.wsclient import OP_CLOSE, RawWebSocket, WebSocketError, frame_header
 
-__all__ = ["LoadtestOptions", "format_report", "run_loadtest"]
+__all__ = ["LoadtestOptions", "TwilioDriver"]
 
-PRESS_AFTER_S = 0.5  # call time into the prompt at which the accept key is pressed
 SYNC_FRAMES = 25  # the consent phase syncs with the service every 0.5 s of call time
 MAX_CONSENT_CALL_S = 120.0  # a consent phase longer than this (call time) is a failure
 CONNECT_TIMEOUT_S = 15.0
@@ -121,14 +119,14 @@ class _Streamer(TickedStream):
         return {"max_send_backlog_bytes": max((s.backlog for s in streams), default=0)}
 
 
-class _Twilio(Driver[LoadtestOptions]):
+class TwilioDriver(Driver[LoadtestOptions]):
+    platform = "twilio"
+    options_type = LoadtestOptions
     stream = _Streamer
     media = "recording"
     timings = ("first_prompt_ms", "stop_to_close_ms")
-    bare_timings = ("stop_to_close_ms",)
     headline = "webhook_ms"
     lag = ("stop_to_close_ms", "stop->close")
-    needs = ("calls_completed", "no call completed against the service")
 
     def __init__(self, options: LoadtestOptions, session: Any) -> None:
         super().__init__(options, session)
@@ -136,9 +134,9 @@ class _Twilio(Driver[LoadtestOptions]):
         self.latencies: dict[str, list[float]] = {"voice": [], "continue": [], "status": []}
         self.set_up = 0
 
-    async def _stream(self, result: CallResult, start: StreamStart) -> _Streamer:
-        """Open a two-track stream, stream it in real time via the ticker, stop, wait for the
-        close; CallFailed if it cannot connect."""
+    async def stream_media(self, result: CallResult, start: StreamStart) -> _Streamer:
+        """Open a two-track stream to ``start.url``, stream it in real time via the ticker, stop,
+        wait for the close; CallFailed if it cannot connect."""
         try:
             ws = await RawWebSocket.connect(start.url, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError) as exc:
@@ -193,7 +191,7 @@ class _Twilio(Driver[LoadtestOptions]):
         async def stream_recording(start: StreamStart) -> None:
             self.set_up += 1
             try:
-                recording.append(await self._stream(result, start))
+                recording.append(await self.stream_media(result, start))
             except CallFailed as exc:
                 recording.append(exc)
             finally:
@@ -266,23 +264,6 @@ class _Twilio(Driver[LoadtestOptions]):
             "webhook_ms": {**dist(webhooks), **{k: dist(v) for k, v in self.latencies.items()}},
         }
 
-    def reference_server(self) -> ReferenceServer:
-        return ReferenceServer("bare_ws_server.py", ["--port", "0"], "bare server", 20)
-
-    async def bare_call(self, result: CallResult, port: int) -> None:
-        url = f"ws://127.0.0.1:{port}/ws"
-        start = StreamStart(
-            url, {}, ["inbound", "outbound"], wire.new_sid("CA"), wire.new_sid("AC")
-        )
-        try:
-            streamer = await self._stream(result, start)
-        except CallFailed as exc:
-            raise CallFailed(f"bare server: {exc}") from None
-        if streamer.error is not None:
-            raise CallFailed(f"bare server: {streamer.error}")
-        if streamer.closed_at is None:
-            raise CallFailed("bare server: timed out")
-
     @classmethod
     def rows(cls, s: dict[str, Any]) -> list[tuple[str, str]]:
         hooks = s["webhook_ms"]
@@ -298,12 +279,3 @@ class _Twilio(Driver[LoadtestOptions]):
             ),
             ("first prompt ms", p50_p99(s["first_prompt_ms"])),
         ]
-
-
-async def run_loadtest(options: LoadtestOptions) -> dict[str, Any]:
-    """Run the load test (and the bare reference unless disabled); the report as a dict."""
-    return await run(_Twilio, options)
-
-
-def format_report(report: dict[str, Any]) -> str:
-    return _Twilio.format(report)

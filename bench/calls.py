@@ -1,0 +1,466 @@
+"""What a call costs the service, against a bare reference server under the same load.
+
+Each run loads the service with ``ivr loadtest``'s generator (``ivr.harness.loadtest``), then a
+bare reference server from ``bench/reference/`` with the same generator, pacing and streams:
+``bare_ws_server.py`` for Twilio (receive, decode, seal, write) and ``bare_rtp_server.py`` for
+Asterisk (one UDP socket per call: parse, append, seal, write). The service is an ``ivr serve``
+started here with a fresh data directory (for Asterisk with ``examples/asterisk-demo.toml``,
+its ``[asterisk] url`` at ``--ari-listen``), or the one at ``--url``.
+
+For each of ``--repeats`` runs it prints the CPU lines of both and their ratio (service / bare,
+CPU seconds per call-minute over the window when every call streams, or the whole streaming
+phase when that is too short), the latency percentiles, and the growth of resident memory per
+call while the run lasted (for the processes started here); then min/median/max over the runs.
+``--json`` prints all of it as one object; progress goes to stderr. Exit 0 when every run of
+both sides completed without loss. Run from the repository root (``make bench-calls`` does)::
+
+    .venv/bin/python bench/calls.py --platform asterisk --calls 200 --duration 30 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import socket
+import statistics
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+
+from ivr.harness import twilio_wire as wire
+from ivr.harness.fake_asterisk import RtpPeer
+from ivr.harness.loadtest import DRIVERS, add_loadtest_arguments, options_from_args
+from ivr.harness.loadtest.core import (
+    HTTP_TIMEOUT_S,
+    CallFailed,
+    CallResult,
+    Driver,
+    Options,
+    StreamRun,
+    aligned,
+    cost_rows,
+    errors,
+    fmt,
+    run,
+    timings,
+)
+from ivr.harness.twilio_sim import StreamStart
+
+ROOT = Path(__file__).resolve().parents[1]
+BARE_PORT_BASE = 41000  # just above the service's default RTP range (40000-40999)
+START_TIMEOUT_S = 60.0  # ivr serve synthesises its prompts before it listens
+RNG = random.Random()  # the bare RTP streams' sequence numbers, timestamps and SSRCs
+_T = TypeVar("_T")
+
+
+# -- processes --------------------------------------------------------------------------------
+def rss_kib(pid: int | None) -> int | None:
+    """Process ``pid``'s resident size (KiB), where /proc has it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if pid is not None and line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+async def rss_growth(pid: int | None, work: Awaitable[_T]) -> tuple[_T, int | None]:
+    """``work``'s result, and how far process ``pid``'s resident size rose above where it was
+    before (KiB, its peak sampled every 0.2 s; None when it cannot be read)."""
+    base = peak = rss_kib(pid)
+
+    async def sample() -> None:
+        nonlocal peak
+        while peak is not None:
+            await asyncio.sleep(0.2)
+            peak = max(peak, rss_kib(pid) or 0)
+
+    sampler = asyncio.ensure_future(sample())
+    try:
+        result = await work
+    finally:
+        sampler.cancel()
+    return result, None if base is None or peak is None else max(0, peak - base)
+
+
+@contextlib.asynccontextmanager
+async def spawn(what: str, args: Sequence[str], tmp: Path) -> AsyncIterator[Any]:
+    """``python ARGS`` (run from the repository root, stderr to ``tmp/WHAT.log``) until the end
+    of the block; yields the process and a function that raises RuntimeError with its log's
+    tail, for when it did not start."""
+    log = tmp / f"{what.replace(' ', '-')}.log"
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            stdin=asyncio.subprocess.DEVNULL,
+            cwd=ROOT,
+            env={"ARI_PASSWORD": "demo", **os.environ},  # as the load test's default
+        )
+
+    def failed() -> RuntimeError:
+        tail = log.read_text(errors="replace").strip()[-600:]
+        return RuntimeError(f"{what} did not start: {tail or 'no output'}")
+
+    try:
+        yield proc, failed
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def serve(platform: str, ari_listen: str) -> AsyncIterator[tuple[str, int]]:
+    """``ivr serve`` on a free loopback port with a fresh data directory (Asterisk: the demo
+    configuration, its ARI url at ``ari_listen``), once /healthz answers: its URL and pid."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with tempfile.TemporaryDirectory(prefix="ivr-bench-calls-") as tmp:
+        args = ["-m", "ivr", "serve", "--port", url.rsplit(":", 1)[1], "--data-dir", f"{tmp}/var"]
+        if platform == "asterisk":
+            config = Path(tmp) / "asterisk.toml"
+            text = (ROOT / "examples" / "asterisk-demo.toml").read_text()
+            config.write_text(text.replace("127.0.0.1:8088", ari_listen))
+            args += ["--config", str(config)]
+        async with spawn("ivr serve", args, Path(tmp)) as (proc, failed):
+            async with aiohttp.ClientSession() as session:
+                for _ in range(int(START_TIMEOUT_S / 0.2)):  # it synthesises its prompts first
+                    with contextlib.suppress(aiohttp.ClientError, OSError):
+                        async with session.get(f"{url}/healthz") as resp:
+                            if resp.status == 200:
+                                break
+                    if proc.returncode is not None:
+                        raise failed()
+                    await asyncio.sleep(0.2)
+                else:
+                    raise failed()
+            yield url, proc.pid
+
+
+# -- the bare reference -----------------------------------------------------------------------
+class Reference:
+    """A bare reference server (``bench/reference/``), started by ``spawn``: it prints ``ready
+    <http-port> ...`` once listening and answers ``/cpu``, ``/stats`` (and ``/ports``)."""
+
+    def __init__(self, session: aiohttp.ClientSession, proc: Any, ready: list[str]) -> None:
+        self.session, self.pid = session, proc.pid
+        self.base = f"http://127.0.0.1:{ready[1]}"
+
+    async def get(self, path: str) -> dict[str, Any]:
+        async with asyncio.timeout(10), self.session.get(self.base + path) as resp:
+            answer = await resp.json()
+        if not isinstance(answer, dict):
+            raise ValueError(f"bare server {path}: not a JSON object")
+        return answer
+
+    async def read_cpu(self) -> float:
+        return float((await self.get("/cpu"))["cpu_seconds"])
+
+    async def frames_received(self, sent: int) -> int | None:
+        """Its count of frames received, once the last of ``sent`` have landed (bounded)."""
+        received: int | None = None
+        for _ in range(20):
+            try:
+                received = int((await self.get("/stats"))["frames"])
+            except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
+                return received
+            if received >= sent:
+                break
+            await asyncio.sleep(0.1)
+        return received
+
+
+async def bare_twilio(driver: Any, result: CallResult, port: int) -> None:
+    """One two-track media stream, as the service gets it, to the bare websocket server."""
+    url = f"ws://127.0.0.1:{port}/ws"
+    start = StreamStart(url, {}, ["inbound", "outbound"], wire.new_sid("CA"), wire.new_sid("AC"))
+    try:
+        streamer = await driver.stream_media(result, start)
+    except CallFailed as exc:
+        raise CallFailed(f"bare server: {exc}") from None
+    if streamer.error is not None:
+        raise CallFailed(f"bare server: {streamer.error}")
+    if streamer.closed_at is None:
+        raise CallFailed("bare server: timed out")
+
+
+async def bare_asterisk(driver: Any, result: CallResult, port: int) -> None:
+    """One call's RTP, numbered like a fake channel's stream, from a plain socket to ``port``."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+            address = ("127.0.0.1", port)
+            peer = RtpPeer(f"bare-{result.index}", address, "ulaw", rng=RNG, on_change=lambda: None)
+            await driver.send_rtp(result, sock, peer)
+    except OSError as exc:
+        raise CallFailed(f"bare RTP stream: {type(exc).__name__}: {exc}") from None
+
+
+# Per platform: the bare stream, and its timings in the reference's report.
+BARE = {"twilio": (bare_twilio, ("stop_to_close_ms",)), "asterisk": (bare_asterisk, ())}
+# A service field that 0 makes the reference pointless, and why.
+NEEDS = {
+    "twilio": ("calls_completed", "no call completed against the service"),
+    "asterisk": ("frames_sent", "no call streamed to the service"),
+}
+
+
+def bare_ports(options: Options, given: str | None) -> str:
+    """``--bare-ports``, or from BARE_PORT_BASE one per call and some slack."""
+    slack = max(16, options.calls // 10)
+    return given or f"{BARE_PORT_BASE}-{min(65535, BARE_PORT_BASE + options.calls + slack - 1)}"
+
+
+async def run_reference(platform: str, options: Options, ports: str) -> dict[str, Any]:
+    """The service's streaming load, the same generator and pacing, against the bare reference
+    server; CallFailed if it cannot run."""
+    timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+    if platform == "twilio":
+        script, args = "bare_ws_server.py", ["--port", "0"]
+    else:
+        script, args = "bare_rtp_server.py", ["--ports", ports]
+    with tempfile.TemporaryDirectory(prefix="ivr-bench-bare-") as tmp:
+        path = ROOT / "bench" / "reference" / script
+        args = [str(path), *args, "--data-dir", f"{tmp}/data"]
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            spawn("bare server", args, Path(tmp)) as (proc, failed),
+        ):
+            assert proc.stdout is not None
+            async with asyncio.timeout(START_TIMEOUT_S):
+                ready = (await proc.stdout.readline()).decode().split()
+            if len(ready) < 2 or ready[0] != "ready":
+                raise CallFailed(str(failed()))
+            bare = Reference(session, proc, ready)
+            if platform == "twilio":
+                port_list = [int(ready[1])] * options.calls
+            else:
+                port_list = [int(p) for p in (await bare.get("/ports"))["ports"]]
+                if len(port_list) < options.calls:
+                    raise CallFailed(
+                        f"bare RTP server bound only {len(port_list)} ports of {ports} "
+                        f"({options.calls} needed; see --bare-ports)"
+                    )
+            driver: Driver[Any] = DRIVERS[platform](options, session)
+            streams = StreamRun(options.calls, bare.read_cpu, driver.stream)
+            t_start = asyncio.get_running_loop().time()
+
+            def call(result: CallResult) -> Awaitable[None]:
+                return BARE[platform][0](driver, result, port_list[result.index])
+
+            results, rss = await rss_growth(bare.pid, driver.load(streams, call, "bare"))
+            sent = sum(r.frames_sent for r in results)
+            received = await bare.frames_received(sent)
+    completed = sum(r.completed for r in results)
+    return {
+        "streams": options.calls,
+        "streams_completed": completed,
+        "streams_failed": options.calls - completed,
+        "errors": errors(results),
+        "frames_sent": sent,
+        "frames_received": received,
+        "frames_lost": sent - received if received is not None else None,
+        **({"ports": ports} if platform == "asterisk" else {}),
+        **timings(results, BARE[platform][1]),
+        "rss_kib_per_call": rss / options.calls if rss is not None else None,
+        "cost": streams.cost(options.duration),
+        "ticker": streams.ticker_stats(),
+        "elapsed_s": round(asyncio.get_running_loop().time() - t_start, 1),
+    }
+
+
+# -- the runs ---------------------------------------------------------------------------------
+async def one_run(platform: str, options: Options, ports: str, pid: int | None) -> dict[str, Any]:
+    """The load test against the service, then the same load against the bare reference."""
+    report, rss = await rss_growth(pid, run(DRIVERS[platform], options))
+    service = report["service"]
+    record: dict[str, Any] = {
+        "calls_completed": report["calls_completed"],
+        "frames_lost": report["frames_lost"],
+        "server_cpu_per_call_minute": report["server_cpu_per_call_minute"],
+        "bare_cpu_per_call_minute": None,
+        "cpu_ratio": None,
+        **{k: v for k, v in report.items() if k.endswith(("_p50_ms", "_p99_ms"))},
+        "service_rss_kib_per_call": rss / options.calls if rss is not None else None,
+        "bare_rss_kib_per_call": None,
+        "reference": None,
+        "reference_error": None,
+        "service": service,
+        "errors": report["errors"],
+    }
+    lag = DRIVERS[platform].lag[0]  # the end-of-call lag
+    record[f"{lag.removesuffix('_ms')}_p99_ms"] = service[lag]["p99"]
+    key, why = NEEDS[platform]
+    if not service[key]:
+        record["reference_error"] = f"skipped: {why}"
+    else:
+        try:
+            record["reference"] = ref = await run_reference(platform, options, ports)
+        except (CallFailed, RuntimeError, TimeoutError, aiohttp.ClientError, KeyError) as exc:
+            record["reference_error"] = str(exc) or type(exc).__name__
+        else:
+            ours = record["server_cpu_per_call_minute"]
+            bare = record["bare_cpu_per_call_minute"] = ref["cost"].get(
+                "server_cpu_per_call_minute"
+            )
+            record["cpu_ratio"] = round(ours / bare, 3) if ours and bare else None
+            record["bare_rss_kib_per_call"] = ref["rss_kib_per_call"]
+            record["errors"] = (record["errors"] + ref["errors"])[:5]
+    ref = record["reference"]
+    record["ok"] = bool(report["ok"] and ref and ref["streams_failed"] == 0)
+    return record
+
+
+SUMMARISED = (
+    "cpu_ratio",
+    "server_cpu_per_call_minute",
+    "bare_cpu_per_call_minute",
+    "service_rss_kib_per_call",
+    "bare_rss_kib_per_call",
+)
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, float] | None]:
+    """min/median/max of each number over the runs (None where no run measured it)."""
+    keys = [*SUMMARISED, *(k for k in runs[0] if k.endswith(("_p50_ms", "_p99_ms")))]
+    out: dict[str, dict[str, float] | None] = {}
+    for key in keys:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = (
+            {"min": min(values), "median": statistics.median(values), "max": max(values)}
+            if values
+            else None
+        )
+    return out
+
+
+def run_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """One run's lines: the CPU of both sides and the ratio, as ``ivr loadtest`` printed them."""
+    s, ref = record["service"], record["reference"]
+    rows = [
+        (
+            "calls",
+            f"{s['calls_completed']}/{s['calls_attempted']} completed, frames lost "
+            f"{fmt(s['frames_lost'])}",
+        ),
+        *cost_rows("service cpu", s["cost"], s["ticker"]),
+    ]
+    if ref:
+        rows += cost_rows("bare cpu", ref["cost"], ref["ticker"])
+        rows.append(
+            (
+                "  bare streams",
+                f"{ref['streams_completed']}/{ref['streams']} completed, frames sent "
+                f"{fmt(ref['frames_sent'])}, received {fmt(ref['frames_received'])}",
+            )
+        )
+        ratio = record["cpu_ratio"]
+        rows.append(("cpu ratio", f"{ratio:.2f} (service / bare)" if ratio else "-"))
+    else:
+        rows.append(("bare cpu", f"failed: {record['reference_error']}"))
+    rows += [("errors" if i == 0 else "", e) for i, e in enumerate(record["errors"])]
+    return rows
+
+
+def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("", f"min / median / max over {len(result['runs'])} runs")]
+    for key, d in result["summary"].items():
+        label = key.removesuffix("_ms").replace("_", " ") + (" ms" if key.endswith("_ms") else "")
+        rows.append(
+            (label, " / ".join(f"{d[k]:.3g}" for k in ("min", "median", "max")) if d else "-")
+        )
+    rows.append(("result", "OK" if result["ok"] else "FAILED"))
+    return rows
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """``--repeats`` runs against the service (started here unless ``--url``) and the bare
+    reference; the runs, their summary and the verdict."""
+    async with contextlib.AsyncExitStack() as stack:
+        pid = None
+        if args.url is None:
+            print(f"bench-calls: starting ivr serve ({args.platform})", file=sys.stderr)
+            args.url, pid = await stack.enter_async_context(serve(args.platform, args.ari_listen))
+        options = options_from_args(args)
+        options.check()
+        ports = bare_ports(options, args.bare_ports)
+        runs = []
+        for i in range(args.repeats):
+            print(f"bench-calls: run {i + 1}/{args.repeats}", file=sys.stderr)
+            runs.append(await one_run(args.platform, options, ports, pid))
+            last = runs[-1]
+            print(f"bench-calls: cpu ratio {fmt(last['cpu_ratio'])}", file=sys.stderr)
+    return {
+        "platform": args.platform,
+        "url": options.url,
+        "calls": options.calls,
+        "duration_s": options.duration,
+        "repeats": args.repeats,
+        "runs": runs,
+        "summary": summary(runs),
+        "ok": all(r["ok"] for r in runs),
+    }
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bench/calls.py",
+        description="The service's CPU per call-minute against a bare reference server under "
+        "the same load, with latencies and memory, over --repeats runs (make bench-calls). "
+        "Without --url it starts ivr serve itself.",
+    )
+    add_loadtest_arguments(p)
+    p.set_defaults(url=None)  # start ivr serve
+    p.add_argument("--repeats", type=int, default=3, help="runs of both sides (default 3)")
+    p.add_argument(
+        "--bare-ports",
+        default=None,
+        metavar="LOW-HIGH",
+        help=f"asterisk: UDP ports for the bare reference, one per call (default from "
+        f"{BARE_PORT_BASE})",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        options_from_args(args).check()  # before anything starts
+        if args.repeats < 1:
+            raise ValueError("--repeats must be at least 1")
+        result = asyncio.run(bench(args))
+    except ValueError as exc:
+        print(f"bench/calls.py: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        n = len(result["runs"])
+        rows = [
+            row
+            for i, r in enumerate(result["runs"])
+            for row in [("run", f"{i + 1} of {n}"), *run_rows(r)]
+        ]
+        print(aligned(rows + summary_rows(result)))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
