@@ -64,10 +64,9 @@ async def simulate_asterisk_call(
     clock = [0.0]  # call time, advanced by the driver
 
     def note(text: str) -> None:
-        entry = TranscriptEntry(round(clock[0], 2), text)
-        result.transcript.append(entry)
+        result.transcript.append(TranscriptEntry(round(clock[0], 2), text))
         if on_transcript:
-            on_transcript(entry)
+            on_transcript(result.transcript[-1])
 
     try:
         await fake.start()

@@ -1,10 +1,11 @@
 """A fake Asterisk 22 that speaks ARI and external-media RTP to a Stasis application.
 
 For tests and for ``ivr simulate --platform asterisk`` and ``ivr loadtest --platform
-asterisk``. It serves the part of ARI the service calls (``ivr/platforms/asterisk/ari.py``),
-checks requests the way Asterisk does, and plays the telephone side of each call: the caller's
-channel enters Stasis, its audio reaches the app as RTP once the app bridges an external-media
-channel with it, and the app's RTP (our prompts) is recorded.
+asterisk``. It serves only the part of ARI the service calls (``ivr/platforms/asterisk/ari.py``;
+the route table ends ``server.py``), checks requests the way Asterisk does (statuses and
+messages in ``{"message": ...}``; HTTP Basic auth), and plays the telephone side of each call:
+the caller's channel enters Stasis, its audio reaches the app as RTP once the app bridges an
+external-media channel with it, and the app's RTP (our prompts) is recorded.
 
 - ``server``: REST and events, and the driver's API (``FakeAsterisk``);
 - ``model``: channels and bridges, and the events each change makes (``Pbx``);
@@ -12,27 +13,20 @@ channel with it, and the app's RTP (our prompts) is recorded.
   ``media/`` (the tests' oracle; see its docstring);
 - ``call``: the driver's handle on a call (``FakeCall``: keys, audio, hang-up, what was heard).
 
-REST, under ``/ari`` (HTTP Basic auth or ``api_key=user:pass``; parameters in the query string,
-as the service sends them): ``GET /events?app=A[,B]`` (the newest socket for an app gets its
-events; the older one is sent ``ApplicationReplaced``); ``GET|POST /channels`` (list;
-originate); ``POST /channels/externalMedia``; ``GET|DELETE /channels/{id}``; ``POST
-/channels/{id}/answer|continue|variable``; ``GET|POST /bridges``; ``DELETE /bridges/{id}``;
-``POST /bridges/{id}/addChannel``. Anything else is 404 or 405, as for any unknown path or
-method. Errors are Asterisk's statuses and messages, in ``{"message": ...}``.
-
 The rules that the service depends on, checked against a real Asterisk by
 tests/asterisk/test_fake_contract.py: an external-media channel raises ``ChannelStateChange``
 and then ``StasisStart`` only after the reply to its request, and ``addChannel`` refuses it with
 422 until then; a new channel id that is a prefix of a live one is refused (500 on
 externalMedia, 409 on originate); an app's ``DELETE`` emits ``ChannelHangupRequest`` (``soft``),
 ``ChannelLeftBridge`` (if bridged), ``StasisEnd``, ``ChannelDestroyed``; a caller (a channel
-that came in by ``Stasis()``) gets nothing after its ``StasisEnd``. Events that happen while
-the app has no events socket are lost (kept in ``events_dropped``); REST keeps working.
+that came in by ``Stasis()``) gets nothing after its ``StasisEnd``. The newest events socket
+for an app gets its events (the older one is sent ``ApplicationReplaced``); events that happen
+while nobody listens are lost; REST keeps working.
 
 Media: each external-media channel owns a UDP socket (its ``UNICASTRTP_LOCAL_*`` variables).
-While it is in a mixing bridge it sends, from that socket to ``external_host``, the mix of every
-other member with a voice (the caller, answered agents) as 20 ms G.711 RTP: every 20 ms of wall
-time with ``pace=True``, else only when the driver calls ``FakeCall.send_audio``.
+While it is in a mixing bridge it sends, from that socket to ``external_host``, the μ-law mix
+of every other member with a voice (the caller, answered agents) as 20 ms RTP: every 20 ms of
+wall time with ``pace=True``, else only when the driver calls ``FakeCall.send_audio``.
 """
 
 from ivr.harness.fake_asterisk.call import FakeCall

@@ -1,8 +1,7 @@
 """The fake Asterisk's state: channels, bridges, and how they change.
 
 Every change that Asterisk would report goes out through ``Pbx.emit`` (the events socket), in
-the order Asterisk 22 reports it; ``Pbx.changed`` is called after anything that may change who
-hears whom (the media streams are re-evaluated then). Lookups that fail raise ``AriError``
+the order Asterisk 22 reports it. Lookups that fail raise ``AriError``
 with Asterisk's own status and message, for the REST layer to answer with.
 
 The ARI models carry only what the service reads (``ivr/platforms/asterisk/ari.py``: a
@@ -124,12 +123,10 @@ class Pbx:
         app: str,
         seed: int,
         emit: Callable[[str, str, Mapping[str, Any]], None],
-        changed: Callable[[], None],
     ) -> None:
         self.app = app
         self.rng = random.Random(seed)
         self.emit = emit  # (app, event type, fields)
-        self.changed = changed
         self.channels: dict[str, ChannelState] = {}
         self.bridges: dict[str, BridgeState] = {}
         self._epoch = int(datetime.now(UTC).timestamp())
@@ -194,7 +191,6 @@ class Pbx:
             ch.state = "Up"
             ch.answered = True
             self.emit_channel(ch, "ChannelStateChange")
-            self.changed()
 
     def enter_stasis(self, ch: ChannelState) -> None:
         """A channel the app created enters ``Stasis(app[,args])``."""
@@ -214,7 +210,6 @@ class Pbx:
             ch.subscribed = False  # back in the dialplan; the app hears no more of it
         else:  # channels the app created have no dialplan to return to: they hang up
             self.terminate(ch, 16, order=("ChannelDestroyed",))
-        self.changed()
 
     def terminate(
         self,
@@ -264,7 +259,6 @@ class Pbx:
         ch.subscribed = False
         if ch.rtp is not None:
             ch.rtp.close()
-        self.changed()
 
     # -- bridges -------------------------------------------------------------------------------
     def add_to_bridge(self, bridge: BridgeState, members: Sequence[ChannelState]) -> None:
@@ -279,7 +273,6 @@ class Pbx:
             bridge.channels.append(ch.id)
             ch.bridge_id = bridge.id
             self.emit_channel(ch, "ChannelEnteredBridge", {"bridge": bridge.to_json()})
-        self.changed()
 
     def leave_bridge(self, ch: ChannelState, *, emit: bool = True) -> dict[str, Any] | None:
         """Take ``ch`` out of its bridge; returns the bridge JSON afterwards (None if unbridged)."""
@@ -303,7 +296,6 @@ class Pbx:
         bridge.destroyed = True
         for app in dict.fromkeys([self.app, *(ch.app for ch in members)]):
             self.emit(app, "BridgeDestroyed", {"bridge": bridge.to_json()})
-        self.changed()
 
     # -- who hears whom ------------------------------------------------------------------------
     def bridge_peer(self, ch: ChannelState) -> RtpPeer | None:

@@ -145,7 +145,6 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.local: Addr = ("", 0)
         self.received: list[ReceivedPacket] = []
         self.closed = False
-        self.stream_task: asyncio.Task[None] | None = None  # paced mode's sender
         self._marker_pending = True
         self._transport: asyncio.DatagramTransport | None = None
 
@@ -197,9 +196,6 @@ class RtpPeer(asyncio.DatagramProtocol):
         return dup
 
     def close(self) -> None:
-        if self.stream_task is not None:
-            self.stream_task.cancel()
-            self.stream_task = None
         if self._transport is not None and not self.closed:
             self._transport.close()
         self.closed = True

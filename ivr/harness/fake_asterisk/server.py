@@ -140,7 +140,7 @@ class FakeAsterisk:
         self.agent_audio: FrameSource = agent_audio or harness_audio.tone(660.0, -12.0)
         self.auto_answer_agents = auto_answer_agents
         self.media_stasis_delay = media_stasis_delay
-        self.pbx = Pbx(app=app, seed=seed, emit=self._emit, changed=self._media_changed)
+        self.pbx = Pbx(app=app, seed=seed, emit=self._emit)
         self.channels: dict[str, ChannelState] = self.pbx.channels
         self.bridges: dict[str, BridgeState] = self.pbx.bridges
         self.calls: dict[str, FakeCall] = {}  # caller channel id -> call
@@ -154,7 +154,6 @@ class FakeAsterisk:
         self._app_sockets: dict[str, _EventSocket] = {}  # the newest for each app
         # An event, or a raw text from ``send_raw``, for a socket.
         self._outbox: asyncio.Queue[tuple[_EventSocket, dict[str, Any] | str]] = asyncio.Queue()
-        self._pump_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
 
@@ -163,7 +162,9 @@ class FakeAsterisk:
         """Start serving; ``port`` is then the real port."""
         if self._runner is not None:
             raise RuntimeError("already started")
-        self._pump_task = asyncio.create_task(self._pump(), name="fake-asterisk-events")
+        self._spawn(self._pump())
+        if self.pace:
+            self._spawn(self._pace())
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -186,11 +187,6 @@ class FakeAsterisk:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump_task
-            self._pump_task = None
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -632,35 +628,19 @@ class FakeAsterisk:
         return web.Response(status=204)
 
     # -- media -------------------------------------------------------------------------------
-    def _media_changed(self) -> None:
-        """Paced mode: start or stop each external-media channel's stream as voices come and
-        go."""
-        if not self.pace:
-            return
-        for ch in self.channels.values():
-            peer = ch.rtp
-            if peer is None or peer.closed:
-                continue
-            wanted = bool(self.pbx.voices(peer))
-            running = peer.stream_task is not None and not peer.stream_task.done()
-            if wanted and not running:
-                peer.stream_task = self._spawn(self._stream(peer))
-            elif not wanted and running and peer.stream_task is not None:
-                peer.stream_task.cancel()
-                peer.stream_task = None
-
-    async def _stream(self, peer: RtpPeer) -> None:
-        """Paced mode: one packet of the bridge's mix every 20 ms while anyone speaks."""
+    async def _pace(self) -> None:
+        """Paced mode: every 20 ms each external-media channel sends its bridge's mix, while
+        anyone in the bridge speaks."""
         loop = asyncio.get_running_loop()
-        due = loop.time() + FRAME_SECONDS
-        while not peer.closed:
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            if peer.closed or not self.pbx.voices(peer):
-                return
-            peer.send(self.pbx.next_mixed_packet(peer))
+        due = loop.time()
+        while True:
             due += FRAME_SECONDS
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            for peer in [c.rtp for c in self.channels.values() if c.rtp and not c.rtp.closed]:
+                if self.pbx.voices(peer):
+                    peer.send(self.pbx.next_mixed_packet(peer))
             if loop.time() - due > 5 * FRAME_SECONDS:  # stalled: resynchronise, do not burst
-                due = loop.time() + FRAME_SECONDS
+                due = loop.time()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
