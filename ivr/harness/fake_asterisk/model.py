@@ -11,6 +11,7 @@ and what tells a test or a reader which object it is (a bridge's type and name).
 
 from __future__ import annotations
 
+import itertools
 import random
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -130,17 +131,14 @@ class Pbx:
         self.channels: dict[str, ChannelState] = {}
         self.bridges: dict[str, BridgeState] = {}
         self._epoch = int(datetime.now(UTC).timestamp())
-        self._ids = 0
-        self._names = 0
+        self._seq = itertools.count(1)
 
     # -- ids and lookups ---------------------------------------------------------------------
     def new_channel_id(self) -> str:
-        self._ids += 1
-        return f"{self._epoch}.{self._ids}"
+        return f"{self._epoch}.{next(self._seq)}"
 
     def new_name_seq(self) -> str:
-        self._names += 1
-        return f"{self._names:08x}"
+        return f"{next(self._seq):08x}"
 
     def new_uuid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
@@ -278,12 +276,9 @@ class Pbx:
         """Take ``ch`` out of its bridge; returns the bridge JSON afterwards (None if unbridged)."""
         if ch.bridge_id is None:
             return None
-        bridge = self.bridges.get(ch.bridge_id)
+        bridge = self.bridges[ch.bridge_id]  # live: a destroyed bridge has no members
         ch.bridge_id = None
-        if bridge is None:
-            return None
-        if ch.id in bridge.channels:
-            bridge.channels.remove(ch.id)
+        bridge.channels.remove(ch.id)
         snapshot = bridge.to_json()
         if emit:
             self.emit_channel(ch, "ChannelLeftBridge", {"bridge": snapshot})
@@ -298,26 +293,19 @@ class Pbx:
             self.emit(app, "BridgeDestroyed", {"bridge": bridge.to_json()})
 
     # -- who hears whom ------------------------------------------------------------------------
+    def _mixing_members(self, ch: ChannelState) -> list[ChannelState]:
+        """The members of ``ch``'s bridge if it is a mixing one (media flows), else none."""
+        bridge = self.bridges[ch.bridge_id] if ch.bridge_id else None
+        return [self.channels[c] for c in bridge.channels] if bridge and bridge.mixing else []
+
     def bridge_peer(self, ch: ChannelState) -> RtpPeer | None:
         """The open RTP peer of an external-media channel sharing a mixing bridge with ``ch``."""
-        if ch.destroyed or ch.bridge_id is None:
-            return None
-        bridge = self.bridges.get(ch.bridge_id)
-        if bridge is None or bridge.destroyed or not bridge.mixing:
-            return None
-        for cid in reversed(bridge.channels):
-            peer = self.channels[cid].rtp
-            if peer is not None and not peer.closed:
-                return peer
-        return None
+        peers = [m.rtp for m in self._mixing_members(ch) if m.rtp and not m.rtp.closed]
+        return peers[-1] if peers else None
 
     def voices(self, peer: RtpPeer) -> list[ChannelState]:
         """The members of ``peer``'s bridge whose audio it hears (everyone with a voice)."""
-        ch = self.channels[peer.channel_id]
-        bridge = self.bridges.get(ch.bridge_id) if ch.bridge_id else None
-        if bridge is None or bridge.destroyed or not bridge.mixing:
-            return []
-        members = [self.channels[c] for c in bridge.channels]
+        members = self._mixing_members(self.channels[peer.channel_id])
         return [m for m in members if m.audio is not None and m.answered and not m.destroyed]
 
     def next_mixed_packet(self, peer: RtpPeer) -> bytes:
