@@ -39,7 +39,6 @@ from ivr.harness.cli import (
     summary_line,
 )
 from ivr.harness.twilio_sim import (
-    DEMO_AUTH_TOKEN,
     CallOptions,
     CallResult,
     RealTimePacer,
@@ -48,7 +47,7 @@ from ivr.harness.twilio_sim import (
     _Stream,
     simulate_call,
 )
-from ivr.harness.twilio_wire import Inbox
+from ivr.harness.twilio_wire import DEMO_AUTH_TOKEN, Inbox
 from ivr.platforms.twilio.signature import SIGNATURE_HEADER, is_valid_signature
 from media.g711 import ulaw_decode
 from media.wavfile import write_wav
