@@ -76,7 +76,7 @@ def _check_runs(result: dict[str, Any], calls: int, frames_per_call: int) -> Non
         assert ref is not None, run["reference_error"]
         assert ref["streams_completed"] == calls and ref["streams_failed"] == 0
         assert ref["frames_received"] == ref["frames_sent"] == calls * frames_per_call
-        assert ref["cost"]["window"] and ref["ticker"]["ticks"] > 50
+        assert ref["cost"]["window"] and ref["ticker"]["ticks"] > 0
         assert run["server_cpu_per_call_minute"] > 0 and run["bare_cpu_per_call_minute"] > 0
         ratio = run["server_cpu_per_call_minute"] / run["bare_cpu_per_call_minute"]
         assert run["cpu_ratio"] == pytest.approx(ratio, abs=0.001) and 0 < ratio < 50
