@@ -73,6 +73,7 @@ class ChannelState:
     subscribed: bool = True  # the app gets this channel's events
     answered: bool = False
     destroyed: bool = False
+    cause: int | None = None  # the hang-up cause, once destroyed
     bridge_id: str | None = None
     met: list[str] = field(default_factory=list)  # channels it has shared a bridge with
     rtp: RtpPeer | None = None  # external-media channels
@@ -233,7 +234,7 @@ class Pbx:
         was_in_stasis = ch.in_stasis
         bridge_json = self.leave_bridge(ch, emit=False)
         ch.in_stasis = False
-        ch.destroyed = True
+        ch.destroyed, ch.cause = True, cause
         snapshot = ch.to_json()
         fields: dict[str, dict[str, Any]] = {
             "ChannelHangupRequest": {"soft": True, "cause": cause} if soft else {"cause": cause},

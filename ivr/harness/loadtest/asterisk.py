@@ -3,9 +3,10 @@
 The service must run with its ``[asterisk] url`` pointing at ``--ari-listen`` (default
 127.0.0.1:8088), where a fake Asterisk (``ivr.harness.fake_asterisk``, unpaced: it sends no RTP
 of its own) places N calls, ramped, to ``--to``. The service answers and bridges each with an
-external-media channel; every ARI request it makes is seen as it is answered
-(``FakeAsterisk.observers``), which gives the set-up time (StasisStart to bridged), the
-recording id and the moment the service has finalised a call (it destroys the bridge last). On
+external-media channel. The fake's own state (the caller's channel, its variables, its bridge),
+looked at whenever a request of the service about the call has been answered
+(``FakeAsterisk.observers``), gives the set-up time (StasisStart to bridged), the recording id
+and the moment the service has finalised a call (it destroys the bridge last). On
 an opt-in line the caller presses the accept key ``--press-after`` seconds after the bridge is
 up and streams once the service reports the recording; elsewhere (the default line records at
 once) it streams as soon as it is bridged.
@@ -29,16 +30,17 @@ import asyncio
 import contextlib
 import os
 import random
-import re
 import socket
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import aiohttp
 
 from ivr.harness.audio import tone
 from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall, RecordedRequest, RtpPeer
+from ivr.harness.fake_asterisk.model import BridgeState
 from ivr.harness.loadtest.core import (
     PRESS_AFTER_S,
     CallFailed,
@@ -63,6 +65,7 @@ SETTLE_POLL_S = 0.2
 HEALTH_TIMEOUT_S = 10.0
 _TONE = tone(440.0, -12.0)
 POOL: tuple[bytes, ...] = tuple(_TONE.frame(i) for i in range(len(_TONE)))  # one second
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -133,102 +136,6 @@ class _RtpStreamer(TickedStream):
         return self.sent - start - (self.dropped - dropped)
 
 
-# -- what the service asks of the fake --------------------------------------------------------
-@dataclass
-class _Watch:
-    """One call as seen through the service's ARI requests."""
-
-    bridged: asyncio.Future[RtpPeer | None]
-    recording: asyncio.Future[str | None]
-    finalised: asyncio.Future[None]
-    answered_at: float | None = None
-    bridged_at: float = 0.0
-    bridge_id: str | None = None
-    finalised_at: float = 0.0
-    hung_up: str | None = None  # the service hung the caller up (reason)
-    variables: dict[str, str] = field(default_factory=dict)
-
-
-def _settle(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-_PATH = re.compile(r"/ari/(channels|bridges)/([^/]+)(?:/([^/]+))?")
-
-
-class _Tracker:
-    """Watches every ARI request the service makes, once answered, and updates the watch of the
-    call it concerns (one look-up a request, however many calls are waiting)."""
-
-    def __init__(self, fake: FakeAsterisk) -> None:
-        self.fake = fake
-        self.loop = asyncio.get_running_loop()
-        self.calls: dict[str, _Watch] = {}  # caller channel id -> watch
-        self.bridges: dict[str, _Watch] = {}  # bridge id -> watch
-        self.requests = 0
-        self.rejected = 0
-        fake.observers.append(self._answered)
-
-    def watch(self, channel_id: str) -> _Watch:
-        loop = self.loop
-        watch = _Watch(loop.create_future(), loop.create_future(), loop.create_future())
-        self.calls[channel_id] = watch
-        return watch
-
-    def forget(self, channel_id: str) -> None:
-        watch = self.calls.pop(channel_id, None)
-        if watch is not None and watch.bridge_id is not None:
-            self.bridges.pop(watch.bridge_id, None)
-
-    def _answered(self, record: RecordedRequest) -> None:
-        self.requests += 1
-        if record.status is not None and record.status >= 400:
-            self.rejected += 1
-            return
-        m = _PATH.fullmatch(record.path)
-        if m is None:
-            return
-        kind, id_, verb = m.groups()
-        request, query, now = (record.method, verb), record.query, time.monotonic()
-        watch = self.calls.get(id_) if kind == "channels" else self.bridges.get(id_)
-        if request == ("POST", "addChannel"):
-            for channel_id in query.get("channel", "").split(","):
-                caller, call = self.calls.get(channel_id), self.fake.calls.get(channel_id)
-                peer = call.media if call is not None else None
-                if caller is not None and peer is not None and not caller.bridged.done():
-                    caller.bridged_at, caller.bridge_id = now, id_
-                    self.bridges[id_] = caller
-                    _settle(caller.bridged, peer)
-        elif watch is None:
-            return
-        elif kind == "bridges" and request == ("DELETE", None):
-            del self.bridges[id_]
-            watch.finalised_at = now
-            _settle(watch.finalised, None)
-        elif request == ("DELETE", None):
-            watch.hung_up = query.get("reason") or "normal"
-            _settle(watch.bridged, None)
-            _settle(watch.recording, None)
-        elif request == ("POST", "answer"):
-            watch.answered_at = now
-        elif request == ("POST", "variable"):
-            name, value = query.get("variable", ""), query.get("value", "")
-            watch.variables[name] = value
-            if name == "IVR_RECORDING_ID" and value:
-                _settle(watch.recording, value)
-            elif name == "IVR_CONSENT_DECISION" and value != "accepted":
-                _settle(watch.recording, None)
-
-
-async def _within(fut: asyncio.Future[Any], timeout: float, what: str) -> Any:
-    try:
-        async with asyncio.timeout(timeout):
-            return await fut
-    except TimeoutError:
-        raise CallFailed(f"{what} within {timeout:.0f} s") from None
-
-
 # -- the driver ------------------------------------------------------------------------------
 class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
     platform = "asterisk"
@@ -260,7 +167,8 @@ class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
             pace=False,
             seed=random.getrandbits(32),
         )
-        self.tracker = _Tracker(self.fake)
+        self.woken: dict[str, asyncio.Event] = {}  # by caller channel id and by bridge id
+        self.fake.observers.append(self._answered)
         self.base = options.url.rstrip("/")
         self.id_prefix = str(int(time.time() * 1000))
         self.placed = self.bridged = 0
@@ -319,70 +227,109 @@ class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
                 "to --ari-listen, with the same user and password?"
             ) from None
 
+    def _answered(self, record: RecordedRequest) -> None:
+        """Wake the call that a request of the service concerns, once answered: the request names
+        its caller (``/ari/channels/ID/...``, or among the channels added to a bridge) or its
+        bridge (``/ari/bridges/ID``). One look-up a request, however many calls are waiting."""
+        for id_ in (*record.path.split("/")[3:4], *record.query.get("channel", "").split(",")):
+            woken = self.woken.get(id_)
+            if woken is not None:
+                woken.set()
+
     async def call(self, result: CallResult) -> None:
+        """One call: placed, bridged by the service, on an opt-in line the key and the recording,
+        the RTP stream, the caller's hang-up and the service's finalisation. Each step is read
+        from the fake's own state (the caller's channel, its variables, its bridge) whenever a
+        request of the service about this call has been answered."""
         o, press = self.options, self.options.resolved_press()
         channel_id = f"{self.id_prefix}.{result.index + 1}"
-        watch = self.tracker.watch(channel_id)
+        woken = self.woken[channel_id] = asyncio.Event()
         call: FakeCall | None = None
-        placed_at = time.monotonic()
+        bridge: BridgeState | None = None
+        placed_at, bridged_at = time.monotonic(), 0.0
+
+        def since(t: float) -> float:
+            return (time.monotonic() - t) * 1000
+
+        async def until(check: Callable[[], _T | None], timeout: float, what: str) -> _T:
+            """The first answer of ``check()`` that is not None."""
+            try:
+                async with asyncio.timeout(timeout):
+                    while (value := check()) is None:
+                        woken.clear()
+                        await woken.wait()
+                    return value
+            except TimeoutError:
+                raise CallFailed(f"{what} within {timeout:.0f} s") from None
+
         try:
             call = await self.fake.place_call(o.to, o.from_, channel_id=channel_id)
+            ch = call.channel
             self.placed += 1
-            peer = await _within(watch.bridged, SETUP_TIMEOUT_S, "the call was not bridged")
-            if peer is None:
-                raise CallFailed(f"the service hung up during set-up (reason {watch.hung_up})")
+
+            def bridged() -> RtpPeer | bool | None:
+                if ch.answered and "ari_answer_ms" not in result.ms:
+                    result.ms["ari_answer_ms"] = since(placed_at)
+                return False if ch.destroyed else self.fake.pbx.bridge_peer(ch)
+
+            peer = await until(bridged, SETUP_TIMEOUT_S, "the call was not bridged")
+            if not isinstance(peer, RtpPeer):
+                raise CallFailed(f"the service hung up during set-up (cause {ch.cause})")
             self.bridged += 1
-            result.ms["ari_setup_ms"] = (watch.bridged_at - placed_at) * 1000
-            if watch.answered_at is not None:
-                result.ms["ari_answer_ms"] = (watch.answered_at - placed_at) * 1000
+            bridged_at = time.monotonic()
+            result.ms["ari_setup_ms"] = since(placed_at)
+            assert ch.bridge_id is not None  # bridged
+            bridge = self.fake.bridges[ch.bridge_id]
+            self.woken[bridge.id] = woken
             if press:
-                await asyncio.sleep(max(0.0, watch.bridged_at + o.press_after - time.monotonic()))
+                await asyncio.sleep(max(0.0, bridged_at + o.press_after - time.monotonic()))
                 pressed_at = time.monotonic()
                 await call.press(press)
-                recording = await _within(
-                    watch.recording, DECISION_TIMEOUT_S, f"no recording started after key {press}"
-                )
-                if recording is None:
-                    decision = watch.variables.get("IVR_CONSENT_DECISION") or "-"
+
+                def recording() -> str | None:
+                    decision = ch.vars.get("IVR_CONSENT_DECISION", "accepted")
+                    failed = ch.destroyed or decision != "accepted"
+                    return ch.vars.get("IVR_RECORDING_ID") or ("" if failed else None)
+
+                if not await until(
+                    recording, DECISION_TIMEOUT_S, f"no recording after key {press}"
+                ):
+                    decision = ch.vars.get("IVR_CONSENT_DECISION") or "-"
                     raise CallFailed(f"no recording after key {press} (decision {decision})")
-                result.ms["decision_ms"] = (time.monotonic() - pressed_at) * 1000
+                result.ms["decision_ms"] = since(pressed_at)
             with peer.dup_socket() as sock:
                 await self.send_rtp(result, sock, peer)
-            if watch.hung_up is not None:
-                raise CallFailed(f"the service hung up during the call (reason {watch.hung_up})")
+            if ch.destroyed:
+                raise CallFailed(f"the service hung up during the call (cause {ch.cause})")
         except CallFailed as exc:
             result.error = str(exc)
         except (OSError, RuntimeError) as exc:
             result.error = f"{type(exc).__name__}: {exc}"
         finally:
             result.give_up()  # if it never streamed
-        if call is not None:
-            await self._hang_up(call, watch, result)
-        self.tracker.forget(channel_id)
-        if result.error is None and not watch.finalised.done():
+        if call is not None:  # the caller hangs up whatever happened; the bridge goes last
+            try:
+                if not call.channel.destroyed:
+                    hung_up_at = time.monotonic()
+                    await call.hangup()
+                    if bridge is not None:
+                        final = bridge
+                        what = "the service did not finalise the call"
+                        await until(lambda: final.destroyed or None, FINALISE_TIMEOUT_S, what)
+                        result.ms["hangup_to_final_ms"] = since(hung_up_at)
+            except CallFailed as exc:
+                result.error = result.error or str(exc)
+            except (OSError, RuntimeError) as exc:
+                result.error = result.error or f"hang-up: {type(exc).__name__}: {exc}"
+            stats = call.rtp_stats()
+            result.counts["prompt_packets"] = stats.packets
+            if stats.first_packet_at is not None and bridged_at:
+                result.ms["first_prompt_ms"] = (stats.first_packet_at - bridged_at) * 1000
+        del self.woken[channel_id]
+        if bridge is not None:
+            del self.woken[bridge.id]
+        if result.error is None and (bridge is None or not bridge.destroyed):
             result.error = "the call was never finalised"
-
-    async def _hang_up(self, call: FakeCall, watch: _Watch, result: CallResult) -> None:
-        """The caller hangs up whatever happened; the service then finalises (the bridge goes
-        last)."""
-        try:
-            if not call.channel.destroyed:
-                hung_up_at = time.monotonic()
-                await call.hangup()
-                if watch.bridge_id is not None:
-                    await _within(
-                        watch.finalised, FINALISE_TIMEOUT_S, "the service did not finalise the call"
-                    )
-                    result.ms["hangup_to_final_ms"] = (watch.finalised_at - hung_up_at) * 1000
-        except CallFailed as exc:
-            result.error = result.error or str(exc)
-        except (OSError, RuntimeError) as exc:
-            result.error = result.error or f"hang-up: {type(exc).__name__}: {exc}"
-        stats = call.rtp_stats()
-        result.counts["prompt_packets"] = stats.packets
-        if stats.first_packet_at is not None and watch.bridged_at:
-            result.ms["first_prompt_ms"] = (stats.first_packet_at - watch.bridged_at) * 1000
-        self.fake.calls.pop(call.channel.id, None)  # keeps the fake's per-request bookkeeping small
 
     def progress_head(self) -> str:
         return f"placed {self.placed}/{self.options.calls}, bridged {self.bridged}"
@@ -417,8 +364,8 @@ class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
             "rtp_lost": delta.get("rtp_lost", 0),
             "counters": delta,
             "finalised": self.settled,
-            "ari_requests": self.tracker.requests,
-            "ari_rejected": self.tracker.rejected,
+            "ari_requests": len(self.fake.requests),
+            "ari_rejected": self.fake.rejected,
             "prompt_packets": sum(r.counts["prompt_packets"] for r in results),
         }
 
