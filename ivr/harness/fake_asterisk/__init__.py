@@ -2,7 +2,7 @@
 
 For tests and for ``ivr simulate --platform asterisk`` and ``ivr loadtest --platform
 asterisk``. It serves only the part of ARI the service calls (``ivr/platforms/asterisk/ari.py``;
-the route table ends ``server.py``), checks requests the way Asterisk does (statuses and
+the routes are in ``FakeAsterisk.start``), checks requests the way Asterisk does (statuses and
 messages in ``{"message": ...}``; HTTP Basic auth), and plays the telephone side of each call:
 the caller's channel enters Stasis, its audio reaches the app as RTP once the app bridges an
 external-media channel with it, and the app's RTP (our prompts) is recorded.

@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -38,6 +38,7 @@ from ivr.harness.fake_asterisk.model import (
 from ivr.harness.fake_asterisk.rtp import RtpPeer
 
 log = logging.getLogger(__name__)
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # The ``DELETE /channels/{id}?reason=`` names the service sends, with Asterisk's causes
 # (resource_channels.c convert_reason_to_hangup_code); other names are refused.
@@ -51,7 +52,8 @@ _POLL_SECONDS = 0.002  # how often ``wait_for`` looks
 
 @dataclass
 class RecordedRequest:
-    """One HTTP request the fake received (``status`` is filled in once answered)."""
+    """One HTTP request the fake received (``status`` is filled in once answered; for an events
+    websocket, 101 once it has closed)."""
 
     method: str
     path: str
@@ -69,24 +71,21 @@ class _EventSocket:
     pongs: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Req:
-    request: web.Request
-    record: RecordedRequest
-    groups: tuple[str, ...]
+def _get(request: web.Request, name: str) -> str | None:
+    return request.query.get(name) or None
 
-    def get(self, name: str) -> str | None:
-        return self.record.query.get(name) or None
 
-    def need(self, name: str, message: str) -> str:
-        """The parameter, or a 400 with Asterisk's ``message`` for its absence."""
-        value = self.get(name)
-        if value is None:
-            raise AriError(400, message)
-        return value
+def _need(request: web.Request, name: str, message: str) -> str:
+    """The parameter, or a 400 with Asterisk's ``message`` for its absence."""
+    value = _get(request, name)
+    if value is None:
+        raise AriError(400, message)
+    return value
 
-    def getall(self, name: str) -> list[str]:
-        return [v for v in (self.get(name) or "").split(",") if v]
+
+def _getall(request: web.Request, name: str) -> list[str]:
+    """A list parameter, given repeated or comma-separated."""
+    return [v for value in request.query.getall(name, ()) for v in value.split(",") if v]
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -165,8 +164,24 @@ class FakeAsterisk:
         self._spawn(self._pump())
         if self.pace:
             self._spawn(self._pace())
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        app = web.Application(middlewares=[self._dispatch])
+        # Only what the service asks of Asterisk (ivr/platforms/asterisk/ari.py), and events.
+        for method, path, handler in (
+            ("GET", "/events", self._h_events),
+            ("GET", "/channels", self._h_channels_list),
+            ("POST", "/channels", self._h_originate),
+            ("POST", "/channels/externalMedia", self._h_external_media),
+            ("GET", "/channels/{id}", self._h_channel_get),
+            ("DELETE", "/channels/{id}", self._h_hangup),
+            ("POST", "/channels/{id}/answer", self._h_answer),
+            ("POST", "/channels/{id}/continue", self._h_continue),
+            ("POST", "/channels/{id}/variable", self._h_variable_set),
+            ("GET", "/bridges", self._h_bridges_list),
+            ("POST", "/bridges", self._h_bridge_create),
+            ("DELETE", "/bridges/{id}", self._h_bridge_destroy),
+            ("POST", "/bridges/{id}/addChannel", self._h_add_channel),
+        ):
+            app.router.add_route(method, f"/ari{path}", handler)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
@@ -394,17 +409,16 @@ class FakeAsterisk:
         if sock in self._sockets:
             self._sockets.remove(sock)
 
-    async def _h_events(self, rq: _Req) -> web.StreamResponse:
+    async def _h_events(self, request: web.Request) -> web.StreamResponse:
         if self._refusing:
             return _error(503, "Service Unavailable")
-        app = rq.need("app", "Missing parameter app")  # one app: the service registers one
+        app = _need(request, "app", "Missing parameter app")  # one app: the service registers one
         # Pongs are ours to read (``sync``), so pings are answered here rather than by aiohttp.
         ws = web.WebSocketResponse(autoping=False, timeout=1.0)
-        if not ws.can_prepare(rq.request).ok:
+        if not ws.can_prepare(request).ok:
             return _error(400, "WebSocket upgrade required")
-        transport = rq.request.transport
-        await ws.prepare(rq.request)
-        rq.record.status = 101
+        transport = request.transport
+        await ws.prepare(request)
         sock = _EventSocket(ws, transport, app)
         old = self._app_sockets.get(app)
         if old is not None:
@@ -436,12 +450,14 @@ class FakeAsterisk:
             return False
         return decoded == f"{self.username}:{self.password}"
 
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+    @web.middleware
+    async def _dispatch(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        """Every request: recorded, its auth checked, failed if asked to, then routed."""
         query = {k: ",".join(request.query.getall(k)) for k in dict.fromkeys(request.query.keys())}
         record = RecordedRequest(request.method, request.path, query, self._check_auth(request))
         self.requests.append(record)
         try:
-            response = await self._answer(request, record)
+            response = await self._answer(request, record, handler)
         except AriError as exc:
             response = _error(exc.status, exc.message)
         if record.status is None:
@@ -451,51 +467,46 @@ class FakeAsterisk:
             observer(record)
         return response
 
-    async def _answer(self, request: web.Request, record: RecordedRequest) -> web.StreamResponse:
+    async def _answer(
+        self, request: web.Request, record: RecordedRequest, handler: _Handler
+    ) -> web.StreamResponse:
         if not record.auth_ok:
             realm = {"WWW-Authenticate": 'Basic realm="Asterisk REST Interface"'}
             return _error(401, "Authentication required", realm)
-        path = request.path
         for i, (method, pattern, status, message) in enumerate(self._failures):
-            if method in ("*", request.method) and pattern.search(path):
+            if method in ("*", request.method) and pattern.search(request.path):
                 del self._failures[i]
                 return _error(status, message)
-        allowed: set[str] = set()
-        for pattern, methods in _ROUTES if path.startswith("/ari/") else ():
-            m = pattern.fullmatch(path.removeprefix("/ari"))
-            if m is None:
-                continue
-            handler = methods.get(request.method)
-            if handler is not None:
-                return await handler(self, _Req(request, record, m.groups()))
-            allowed |= set(methods)
-        if allowed:
-            return _error(405, "Invalid method", {"Allow": ", ".join(sorted(allowed))})
-        return _error(404, "Resource not found")
+        try:
+            return await handler(request)
+        except web.HTTPMethodNotAllowed as exc:
+            return _error(405, "Invalid method", {"Allow": ", ".join(sorted(exc.allowed_methods))})
+        except web.HTTPNotFound:
+            return _error(404, "Resource not found")
 
     # -- REST handlers -----------------------------------------------------------------------
-    async def _h_channels_list(self, rq: _Req) -> web.StreamResponse:
+    async def _h_channels_list(self, request: web.Request) -> web.StreamResponse:
         return web.json_response([c.to_json() for c in self.channels.values() if not c.destroyed])
 
-    async def _h_channel_get(self, rq: _Req) -> web.StreamResponse:
-        return web.json_response(self.pbx.channel(rq.groups[0]).to_json())
+    async def _h_channel_get(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.pbx.channel(request.match_info["id"]).to_json())
 
-    async def _h_originate(self, rq: _Req) -> web.StreamResponse:
+    async def _h_originate(self, request: web.Request) -> web.StreamResponse:
         """Originate into the app (``Stasis(app[,appArgs])``); the service never originates
         into the dialplan, so an ``extension`` without ``app`` is refused here."""
-        cid = rq.get("channelId")
+        cid = _get(request, "channelId")
         if cid is not None and len(cid) > 127:
             return _error(400, "Uniqueid length exceeds maximum of 127")
-        tech, _, resource = rq.need("endpoint", "Endpoint must be specified").partition("/")
+        tech, _, resource = _need(request, "endpoint", "Endpoint must be specified").partition("/")
         if not tech or not resource:
             return _error(400, "Invalid endpoint specified")
-        app = rq.need("app", "Application or extension must be specified")
-        timeout = rq.get("timeout") or "30"  # ringing ends by reject_agent, not by this
+        app = _need(request, "app", "Application or extension must be specified")
+        timeout = _get(request, "timeout") or "30"  # ringing ends by reject_agent, not by this
         if not timeout.lstrip("-").isdigit():
             return _error(400, f"timeout: invalid integer {timeout!r}")
         if cid and self.pbx.id_taken(cid):
             return _error(409, "Channel with given unique ID already exists")
-        app_args = rq.get("appArgs") or ""
+        app_args = _get(request, "appArgs") or ""
         device = re.split(r"[@/;]", resource, maxsplit=1)[0] or resource
         ch = self.pbx.add(
             ChannelState(
@@ -504,7 +515,7 @@ class FakeAsterisk:
                 kind=AGENT,
                 app=app,
                 state="Down",
-                caller_number=rq.get("callerId") or "",  # the service sends a bare number
+                caller_number=_get(request, "callerId") or "",  # the service sends a bare number
                 args=app_args.split(",") if app_args else [],
                 audio=self.agent_audio,
             )
@@ -519,22 +530,22 @@ class FakeAsterisk:
         if ch is not None and not ch.answered:
             self.pbx.agent_answers(ch)
 
-    async def _h_external_media(self, rq: _Req) -> web.StreamResponse:
-        app = rq.need("app", "app cannot be empty")
-        external_host = rq.need("external_host", "external_host cannot be empty")
+    async def _h_external_media(self, request: web.Request) -> web.StreamResponse:
+        app = _need(request, "app", "app cannot be empty")
+        external_host = _need(request, "external_host", "external_host cannot be empty")
         remote = _split_host_port(external_host)
         if remote is None:
             return _error(400, "external_host must be <host>:<port>")
-        fmt = rq.need("format", "format cannot be empty")
-        encapsulation = (rq.get("encapsulation") or "rtp").lower()
-        transport = (rq.get("transport") or "udp").lower()
+        fmt = _need(request, "format", "format cannot be empty")
+        encapsulation = (_get(request, "encapsulation") or "rtp").lower()
+        transport = (_get(request, "transport") or "udp").lower()
         if (encapsulation, transport) != ("rtp", "udp"):
             return _error(501, "The encapsulation and/or transport is not supported")
         if fmt not in _KNOWN_FORMATS:
             return _error(400, f"Provided format ({fmt}) was not found")
         if fmt != "ulaw":
             return _error(501, f"The fake Asterisk streams only ulaw, not {fmt}")
-        cid = rq.get("channelId")
+        cid = _get(request, "channelId")
         if cid is not None and self.pbx.id_taken(cid):
             # Asterisk 22 reports this as a general failure here (409 only on originate).
             return _error(500, "An internal error prevented this request from being handled")
@@ -570,50 +581,52 @@ class FakeAsterisk:
             self.pbx.emit_channel(ch, "ChannelStateChange")  # Up, as Asterisk 22 reports first
             self.pbx.enter_stasis(ch)
 
-    async def _h_hangup(self, rq: _Req) -> web.StreamResponse:
-        ch = self.pbx.channel(rq.groups[0])
-        cause = _HANGUP_REASONS.get(rq.get("reason") or "normal")
+    async def _h_hangup(self, request: web.Request) -> web.StreamResponse:
+        ch = self.pbx.channel(request.match_info["id"])
+        cause = _HANGUP_REASONS.get(_get(request, "reason") or "normal")
         if cause is None:
             return _error(400, "Invalid reason for hangup reason provided")
         order = ("ChannelHangupRequest", "ChannelLeftBridge", "StasisEnd", "ChannelDestroyed")
         self.pbx.terminate(ch, cause, order=order, soft=True)
         return web.Response(status=204)
 
-    async def _h_answer(self, rq: _Req) -> web.StreamResponse:
-        self.pbx.answer(self.pbx.control(rq.groups[0]))
+    async def _h_answer(self, request: web.Request) -> web.StreamResponse:
+        self.pbx.answer(self.pbx.control(request.match_info["id"]))
         return web.Response(status=204)
 
-    async def _h_continue(self, rq: _Req) -> web.StreamResponse:
-        self.pbx.back_to_dialplan(self.pbx.control(rq.groups[0]))
+    async def _h_continue(self, request: web.Request) -> web.StreamResponse:
+        self.pbx.back_to_dialplan(self.pbx.control(request.match_info["id"]))
         return web.Response(status=204)
 
-    async def _h_variable_set(self, rq: _Req) -> web.StreamResponse:
-        name = rq.need("variable", "Variable name is required")
-        self.pbx.control(rq.groups[0]).vars[name] = rq.get("value") or ""
+    async def _h_variable_set(self, request: web.Request) -> web.StreamResponse:
+        name = _need(request, "variable", "Variable name is required")
+        self.pbx.control(request.match_info["id"]).vars[name] = _get(request, "value") or ""
         return web.Response(status=204)
 
-    async def _h_bridges_list(self, rq: _Req) -> web.StreamResponse:
+    async def _h_bridges_list(self, request: web.Request) -> web.StreamResponse:
         return web.json_response([b.to_json() for b in self.bridges.values() if not b.destroyed])
 
-    async def _h_bridge_create(self, rq: _Req) -> web.StreamResponse:
-        bid = rq.get("bridgeId")
-        types = rq.getall("type") or ["mixing"]
+    async def _h_bridge_create(self, request: web.Request) -> web.StreamResponse:
+        bid = _get(request, "bridgeId")
+        types = _getall(request, "type") or ["mixing"]
         if any(t not in _BRIDGE_TYPES for t in types):
             return _error(400, "Invalid bridge type")
         existing = self.bridges.get(bid) if bid else None
         if existing is not None and not existing.destroyed:
             return _error(409, f"Bridge with id '{bid}' already exists")
-        bridge = BridgeState(id=bid or self.pbx.new_uuid(), types=types, name=rq.get("name") or "")
+        bridge = BridgeState(
+            id=bid or self.pbx.new_uuid(), types=types, name=_get(request, "name") or ""
+        )
         self.bridges[bridge.id] = bridge
         return web.json_response(bridge.to_json())
 
-    async def _h_bridge_destroy(self, rq: _Req) -> web.StreamResponse:
-        self.pbx.destroy_bridge(self.pbx.bridge(rq.groups[0]))
+    async def _h_bridge_destroy(self, request: web.Request) -> web.StreamResponse:
+        self.pbx.destroy_bridge(self.pbx.bridge(request.match_info["id"]))
         return web.Response(status=204)
 
-    async def _h_add_channel(self, rq: _Req) -> web.StreamResponse:
-        bridge = self.pbx.bridge(rq.groups[0])
-        ids = rq.getall("channel")
+    async def _h_add_channel(self, request: web.Request) -> web.StreamResponse:
+        bridge = self.pbx.bridge(request.match_info["id"])
+        ids = _getall(request, "channel")
         if not ids:
             return _error(400, "Missing parameter channel")
         members = []
@@ -652,21 +665,3 @@ class FakeAsterisk:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("fake asterisk task failed", exc_info=task.exception())
-
-
-_Handler = Callable[[FakeAsterisk, _Req], Coroutine[Any, Any, web.StreamResponse]]
-_F = FakeAsterisk
-# Only what the service asks of Asterisk (ivr/platforms/asterisk/ari.py), and the events socket.
-_TABLE: list[tuple[str, dict[str, _Handler]]] = [
-    (r"/events", {"GET": _F._h_events}),
-    (r"/channels", {"GET": _F._h_channels_list, "POST": _F._h_originate}),
-    (r"/channels/externalMedia", {"POST": _F._h_external_media}),
-    (r"/channels/([^/]+)", {"GET": _F._h_channel_get, "DELETE": _F._h_hangup}),
-    (r"/channels/([^/]+)/answer", {"POST": _F._h_answer}),
-    (r"/channels/([^/]+)/continue", {"POST": _F._h_continue}),
-    (r"/channels/([^/]+)/variable", {"POST": _F._h_variable_set}),
-    (r"/bridges", {"GET": _F._h_bridges_list, "POST": _F._h_bridge_create}),
-    (r"/bridges/([^/]+)", {"DELETE": _F._h_bridge_destroy}),
-    (r"/bridges/([^/]+)/addChannel", {"POST": _F._h_add_channel}),
-]
-_ROUTES = [(re.compile(pattern), methods) for pattern, methods in _TABLE]
