@@ -20,6 +20,13 @@ before aiohttp sees it:
 - **A deadline for the body** ([limits] body_timeout_seconds): a request whose body is not all
   in within it of its head is answered ``408`` and its connection closed
   (:func:`body_deadline`, a middleware).
+- **Refusals free their request at once**: an error answer raised as aiohttp's
+  ``HTTPException`` is turned into a plain response by :func:`plain_errors`, the outermost
+  middleware. Raised and caught by aiohttp itself, the exception would sit in a reference
+  cycle with the handler's frames, and so keep the request and its buffered body (up to twice
+  aiohttp's read buffer, 512 KiB) alive until the cyclic garbage collector runs, which
+  ``ivr serve`` makes rare: a flood of oversized or forged webhooks held hundreds of
+  megabytes that way.
 - **Resource exhaustion is one warning**: the loop's exception handler turns "out of system
   resource" errors (``EMFILE``, ``ENFILE``, ``ENOBUFS``, ``ENOMEM``; asyncio's accept loop
   reports one per failed ``accept()``) into one warning a minute with a count, not a traceback
@@ -320,6 +327,24 @@ def body_deadline(seconds: float, counters: Counter[str]) -> Any:
     return middleware
 
 
+# --------------------------------------------------------------------------- error answers
+
+
+@web.middleware
+async def plain_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A middleware: an ``HTTPException`` raised below becomes an ordinary response with the
+    same status, reason, headers and body (module docstring: refusals free their request)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        answer = web.Response(status=exc.status, reason=exc.reason, headers=exc.headers)
+        answer.body = exc.body
+        exc.__traceback__ = None  # whoever still holds the exception holds no frames
+        return answer
+
+
 # --------------------------------------------------------------------------- serving
 
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)
@@ -365,6 +390,7 @@ async def start(
     guard = ConnectionGuard(max_connections=cap, header_timeout=limits.header_timeout_seconds)
     app[CONNECTIONS] = guard
     app.middlewares.append(body_deadline(limits.body_timeout_seconds, guard.counters))
+    app.middlewares.insert(0, plain_errors)  # outermost: it sees every refusal
     loop = asyncio.get_running_loop()
     previous = loop.get_exception_handler()
     loop.set_exception_handler(guard.exception_handler)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import secrets
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from xml.etree import ElementTree as ET
@@ -41,11 +43,20 @@ async def _ok(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+REFUSED: list[weakref.ref[web.Request]] = []
+
+
+async def _refuse(request: web.Request) -> web.Response:
+    REFUSED.append(weakref.ref(request))
+    raise web.HTTPRequestEntityTooLarge(max_size=10, actual_size=request.content_length or 0)
+
+
 @pytest.fixture
 async def served() -> AsyncIterator[serving.Served]:
     app = web.Application()
     app.router.add_get("/healthz", _ok)
     app.router.add_post("/echo", _echo)
+    app.router.add_post("/refuse", _refuse)
     limits = Limits(max_connections=16, header_timeout_seconds=0.5, body_timeout_seconds=0.5)
     served = await serving.start(app, host="127.0.0.1", port=0, limits=limits)
     try:
@@ -149,6 +160,29 @@ async def test_running_out_of_descriptors_is_one_warning_not_a_traceback_each(se
     # Anything else still reaches asyncio's own handler.
     handler(loop, {"message": "something else", "exception": ValueError("boom")})
     assert any("something else" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_refused_request_and_its_unread_body_are_freed_without_the_garbage_collector(
+    served,
+):
+    # An HTTPException caught by aiohttp sits in a reference cycle with the handler's frames,
+    # so the request and its buffered body lived until a cyclic collection (rare in ivr serve):
+    # oversized webhooks held hundreds of MiB. The answer itself must stay what was raised.
+    REFUSED.clear()
+    gc.disable()
+    try:
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{served.port}/refuse"
+            async with s.post(url, data=b"x" * 300_000) as r:
+                assert r.status == 413
+                assert r.reason == "Request Entity Too Large"
+                assert r.content_type == "text/plain"
+                assert "Maximum request body size 10 exceeded" in await r.text()
+        assert len(REFUSED) == 1
+        # The connection's task ends soon after the answer; with the cycle it never frees it.
+        await until(lambda: REFUSED[0]() is None, "the refused request to be freed", timeout=10)
+    finally:
+        gc.enable()
 
 
 def test_the_connection_cap_leaves_descriptors_for_the_calls():
