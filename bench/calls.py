@@ -207,7 +207,7 @@ async def bare_asterisk(driver: Any, result: CallResult, port: int) -> None:
             sock.bind(("127.0.0.1", 0))
             sock.setblocking(False)
             address = ("127.0.0.1", port)
-            peer = RtpPeer(f"bare-{result.index}", address, "ulaw", rng=RNG, on_change=lambda: None)
+            peer = RtpPeer(f"bare-{result.index}", address, "ulaw", rng=RNG)
             await driver.send_rtp(result, sock, peer)
     except OSError as exc:
         raise CallFailed(f"bare RTP stream: {type(exc).__name__}: {exc}") from None

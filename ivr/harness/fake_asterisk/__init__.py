@@ -29,29 +29,13 @@ of every other member with a voice (the caller, answered agents) as 20 ms RTP: e
 wall time with ``pace=True``, else only when the driver calls ``FakeCall.send_audio``.
 """
 
-from ivr.harness.fake_asterisk.call import FakeCall
-from ivr.harness.fake_asterisk.rtp import (
-    PT_PCMU,
-    PT_TELEPHONE_EVENT,
-    RtpPeer,
-    RtpStats,
-    build_rtp,
-    mix_frames,
-    parse_rtp,
-    telephone_event_payload,
-)
-from ivr.harness.fake_asterisk.server import FakeAsterisk, RecordedRequest
-
-__all__ = [
-    "PT_PCMU",
-    "PT_TELEPHONE_EVENT",
-    "FakeAsterisk",
-    "FakeCall",
-    "RecordedRequest",
-    "RtpPeer",
-    "RtpStats",
-    "build_rtp",
-    "mix_frames",
-    "parse_rtp",
-    "telephone_event_payload",
-]
+from ivr.harness.fake_asterisk.call import FakeCall as FakeCall
+from ivr.harness.fake_asterisk.rtp import PT_PCMU as PT_PCMU
+from ivr.harness.fake_asterisk.rtp import PT_TELEPHONE_EVENT as PT_TELEPHONE_EVENT
+from ivr.harness.fake_asterisk.rtp import RtpPeer as RtpPeer
+from ivr.harness.fake_asterisk.rtp import build_rtp as build_rtp
+from ivr.harness.fake_asterisk.rtp import mix_frames as mix_frames
+from ivr.harness.fake_asterisk.rtp import parse_rtp as parse_rtp
+from ivr.harness.fake_asterisk.rtp import telephone_event_payload as telephone_event_payload
+from ivr.harness.fake_asterisk.server import FakeAsterisk as FakeAsterisk
+from ivr.harness.fake_asterisk.server import RecordedRequest as RecordedRequest

@@ -20,7 +20,6 @@ from ivr.harness.fake_asterisk.rtp import (
     Addr,
     ReceivedPacket,
     RtpPeer,
-    RtpStats,
     telephone_event_payload,
 )
 
@@ -73,9 +72,6 @@ class FakeCall:
             for p in peer.received
             if p.header is not None and p.header.payload_type == peer.payload_type
         )
-
-    def rtp_stats(self) -> RtpStats:
-        return RtpStats.of(self.received_rtp())
 
     def _require_peer(self) -> RtpPeer:
         peer = self._pbx.bridge_peer(self.channel)

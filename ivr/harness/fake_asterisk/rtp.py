@@ -18,8 +18,7 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -98,27 +97,6 @@ def mix_frames(frames: Sequence[bytes]) -> bytes:
     return ulaw_encode(np.clip(total, -32768, 32767).astype(np.int16))
 
 
-@dataclass(frozen=True)
-class RtpStats:
-    """What an RTP socket of the fake received from the app."""
-
-    packets: int  # every datagram, well-formed or not
-    malformed: int  # datagrams that were not RTP
-    payload_bytes: int  # payload bytes of the well-formed packets
-    sources: tuple[Addr, ...]  # distinct source addresses, in order of first appearance
-    first_packet_at: float | None  # time.monotonic() of the first datagram
-
-    @classmethod
-    def of(cls, received: Sequence[ReceivedPacket]) -> RtpStats:
-        return cls(
-            packets=len(received),
-            malformed=sum(1 for p in received if p.header is None),
-            payload_bytes=sum(len(p.payload) for p in received if p.header is not None),
-            sources=tuple(dict.fromkeys(p.source for p in received)),
-            first_packet_at=received[0].arrival if received else None,
-        )
-
-
 class RtpPeer(asyncio.DatagramProtocol):
     """The fake's end of one external-media channel: sends to ``remote`` (the app's
     ``external_host``) from ``local`` (the channel's ``UNICASTRTP_LOCAL_*``), and records what
@@ -131,7 +109,6 @@ class RtpPeer(asyncio.DatagramProtocol):
         fmt: str,
         *,
         rng: random.Random,
-        on_change: Callable[[], None] | None = None,  # told of each datagram received
     ) -> None:
         if fmt != "ulaw":
             raise ValueError(f"the fake Asterisk streams only ulaw, not {fmt}")
@@ -141,7 +118,6 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.ssrc: int = rng.getrandbits(32)
         self.sequence: int = rng.getrandbits(16)  # of the next packet
         self.timestamp: int = rng.getrandbits(32)  # of the next audio packet
-        self.on_change = on_change
         self.local: Addr = ("", 0)
         self.received: list[ReceivedPacket] = []
         self.closed = False
@@ -162,8 +138,6 @@ class RtpPeer(asyncio.DatagramProtocol):
         header, payload = parsed if parsed is not None else (None, bytes(data))
         source = (str(addr[0]), int(addr[1]))
         self.received.append(ReceivedPacket(time.monotonic(), source, header, payload))
-        if self.on_change is not None:
-            self.on_change()
 
     def build(
         self, payload: bytes, *, payload_type: int | None = None, marker: bool = False

@@ -321,10 +321,10 @@ class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
                 result.error = result.error or str(exc)
             except (OSError, RuntimeError) as exc:
                 result.error = result.error or f"hang-up: {type(exc).__name__}: {exc}"
-            stats = call.rtp_stats()
-            result.counts["prompt_packets"] = stats.packets
-            if stats.first_packet_at is not None and bridged_at:
-                result.ms["first_prompt_ms"] = (stats.first_packet_at - bridged_at) * 1000
+            prompt = call.received_rtp()
+            result.counts["prompt_packets"] = len(prompt)
+            if prompt and bridged_at:
+                result.ms["first_prompt_ms"] = (prompt[0].arrival - bridged_at) * 1000
         del self.woken[channel_id]
         if bridge is not None:
             del self.woken[bridge.id]
