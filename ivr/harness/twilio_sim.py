@@ -69,6 +69,17 @@ class TranscriptEntry:
     text: str
 
 
+class _Reported:
+    """A ``CallResult`` field of the service's status answer (the property's name), as text."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.key = name
+
+    def __get__(self, result: CallResult | None, owner: type) -> str | None:
+        value = (result.status_response or {}).get(self.key) if result else None
+        return None if value is None else str(value)
+
+
 @dataclass
 class CallResult:
     call_sid: str
@@ -87,25 +98,10 @@ class CallResult:
     duration: float = 0.0  # call time at the end of the call, seconds
     audio_heard: bytearray = field(default_factory=bytearray)  # with keep_audio: μ-law played
 
-    def _status(self, key: str) -> str | None:
-        value = (self.status_response or {}).get(key)
-        return None if value is None else str(value)
-
-    @property
-    def decision(self) -> str | None:
-        return self._status("decision")
-
-    @property
-    def recording_id(self) -> str | None:
-        return self._status("recording_id")
-
-    @property
-    def recording_status(self) -> str | None:
-        return self._status("recording_status")
-
-    @property
-    def lawful_basis(self) -> str | None:
-        return self._status("lawful_basis")
+    decision = _Reported()
+    recording_id = _Reported()
+    lawful_basis = _Reported()
+    recording_status = _Reported()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,21 +158,19 @@ class StreamStart:
 
 # -- pacing ----------------------------------------------------------------------------------------
 class RealTimePacer:
-    """Call time follows the event loop's clock (or injected ``time_fn``/``sleep_fn``)."""
+    """Call time follows the monotonic clock, the event loop's (or injected ``time_fn``/
+    ``sleep_fn``)."""
 
     fast = False
 
     def __init__(
         self,
-        time_fn: Callable[[], float] | None = None,
+        time_fn: Callable[[], float] = time.monotonic,
         sleep_fn: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._time_fn = time_fn
+        self._time = time_fn
         self._sleep_fn = sleep_fn
         self._t0 = 0.0
-
-    def _time(self) -> float:
-        return self._time_fn() if self._time_fn else asyncio.get_running_loop().time()
 
     def start(self) -> None:
         self._t0 = self._time()
@@ -187,7 +181,7 @@ class RealTimePacer:
     async def wait_until(self, t: float, wake: asyncio.Event) -> None:
         """Return at call time ``t``, or earlier once ``wake`` is set."""
         delay = t - self.now()
-        if delay <= 0 or wake.is_set():
+        if delay <= _EPS or wake.is_set():
             return
         waker = asyncio.ensure_future(wake.wait())
         sleeper = asyncio.ensure_future(self._sleep_fn(delay))
@@ -264,27 +258,27 @@ class _Call:
         on_start_stream: Callable[[StreamStart], Awaitable[None]] | None = None,
     ) -> None:
         self.o = options
-        self.on_start_stream = on_start_stream
-        self.keyed = False  # a key has been delivered
         self.session = session
         self.pacer = pacer
         self.result = result
-        self.caller = _CALLER_TONE
         self.on_transcript = on_transcript
+        self.on_start_stream = on_start_stream
+        self.caller = _CALLER_TONE
         self.base_url = options.url.rstrip("/")
         self.account_sid = options.account_sid or wire.new_sid("AC")
-        self.params = wire.call_form(
-            result.call_sid, self.account_sid, options.to, options.from_, "ringing"
-        )
+        self.params = wire.call_form(result.call_sid, self.account_sid, options.to, options.from_)
         self.streams: list[_Stream] = []
         self.presses: deque[tuple[float, str]] = deque(sorted(options.presses, key=lambda p: p[0]))
         self.agent_actions = deque(sorted(options.agent_actions, key=lambda a: a[0]))
-        self.hangup_pending = options.hangup_at
+        self.keyed = False  # a key has been delivered
         self.hung_up = False
         self.in_dial = False
         self.unreachable = False
         self.webhooks = 0
         self.wake = asyncio.Event()
+        # What run_until does when something falls due, by rank: at one call-time instant the
+        # lowest rank goes first, so frames go before mark echoes, key presses and the rest.
+        self.on_due = (self._frames, self._marks, self._press, self._agent_acts, self._hang_up)
 
     # -- transcript ---------------------------------------------------------------------------
     def _append(self, t: float, text: str) -> None:
@@ -327,7 +321,9 @@ class _Call:
             wall = 120.0 if self.pacer.fast else self.o.max_call_seconds + 60.0
         try:
             async with asyncio.timeout(wall):
-                await self._execute()
+                where: tuple[str, str] | None = (f"{self.base_url}/twilio/voice", "POST")
+                while where is not None:
+                    where = await self._run_document(await self._fetch_twiml(*where), where[0])
         except _CallError as exc:
             self.fail(str(exc))
         except TimeoutError:
@@ -337,97 +333,59 @@ class _Call:
             self.fail(f"harness error: {exc!r}")
         try:
             async with asyncio.timeout(self.o.http_timeout + 2 * _WS_CLOSE_TIMEOUT_S):
-                await self._finish()
+                for s in self.streams:
+                    await self._stop_stream(s)
+                for s in self.streams:
+                    await self._reap(s)
+                self.result.duration = self.pacer.now()
+                self.log(f"call ended after {self.result.duration:.1f} s")
+                if not self.unreachable:
+                    await self._status_callback()
         except TimeoutError:
             self.fail("timed out while ending the call")
         finally:
             for s in self.streams:
                 s.inbox.cancel()
 
-    async def _execute(self) -> None:
-        url, method = f"{self.base_url}/twilio/voice", "POST"
-        while not self.hung_up:
-            root = await self._fetch_twiml(url, method)
-            nxt = await self._run_document(root, url)
-            if nxt is None:
-                return
-            url, method = nxt
-
-    async def _finish(self) -> None:
-        for s in self.streams:
-            if not s.closed:
-                await self._stop_stream(s)
-        for s in self.streams:
-            await self._reap(s)
-        self.result.duration = self.pacer.now()
-        self.log(f"call ended after {self.result.duration:.1f} s")
-        if not self.unreachable:
-            await self._status_callback()
-
     # -- the clock-driven loop ----------------------------------------------------------------
+    def _open_streams(self) -> list[_Stream]:
+        return [s for s in self.streams if not s.closed]
+
     async def run_until(
         self, deadline: float | None = None, until: Callable[[], bool] | None = None
     ) -> None:
         """Send frames and handle timed events until ``deadline``, ``until()`` or a hang-up."""
-        fast = self.pacer.fast
         while not self.hung_up:
-            if not fast:  # real time: apply what the service has sent so far
-                for s in self.streams:
-                    if not s.closed:
-                        self._apply(s, s.inbox.take())
+            if not self.pacer.fast:  # real time: apply what the service has sent so far
+                for s in self._open_streams():
+                    self._apply(s, s.inbox.take())
             if until is not None and until():
                 return
             self.wake.clear()
-            # (due call time, priority, kind, stream): frames first at any instant.
-            items: list[tuple[float, int, str, _Stream | None]] = []
-            for s in self.streams:
-                if not s.closed:
-                    items.append((s.next_frame_time(), 0, "frame", s))
-                    due = s.playback.next_due()
-                    if due is not None:
-                        items.append((due, 1, "mark", s))
+            # (due call time, rank in self.on_due, stream); past the ranks: the deadline.
+            end = self.o.max_call_seconds
+            due: list[tuple[float, int, _Stream | None]] = [
+                (end if self.o.hangup_at is None else min(end, self.o.hangup_at), 4, None)
+            ]
+            for s in self._open_streams():
+                due.append((s.next_frame_time(), 0, s))
+                if s.playback.marks:
+                    due.append((s.playback.marks[0][0], 1, s))
             if self.presses:
-                items.append((self.presses[0][0], 2, "press", None))
+                due.append((self.presses[0][0], 2, None))
             if self.agent_actions and self.in_dial:
-                items.append((self.agent_actions[0][0], 2, "agent", None))
-            if self.hangup_pending is not None:
-                items.append((self.hangup_pending, 3, "hangup", None))
-            items.append((self.o.max_call_seconds, 4, "cap", None))
+                due.append((self.agent_actions[0][0], 3, None))
             if deadline is not None:
-                items.append((deadline, 5, "deadline", None))
-            t = min(item[0] for item in items)
-            if t > self.pacer.now() + _EPS:
-                await self.pacer.wait_until(t, self.wake)
-                if self.pacer.now() < t - _EPS:
-                    continue  # woken early: something changed, recompute
-            elif fast:
-                await asyncio.sleep(0)
-            due_items = [item for item in items if item[0] <= t + _EPS]
-            priority = min(item[1] for item in due_items)
-            batch = [s for _, p, _, s in due_items if p == priority and s is not None]
-            kind = next(k for _, p, k, _ in due_items if p == priority)
-            if kind == "frame":
-                for s in batch:
-                    await self._send_frames(s)
-                for s in batch:  # a frame may bring a deadline: see the service's answer
-                    if s.frames % self.o.sync_frames == 0:
-                        await self._sync(s)
-            elif kind == "mark":
-                for s in batch:
-                    await self._echo_marks(s, t)
-            elif kind == "press":
-                await self._press()
-            elif kind == "agent":
-                await self._agent_acts()
-            elif kind == "hangup":
-                self.hangup_pending = None
-                self.hung_up = True
-                self.log("→ caller hangs up")
-            elif kind == "cap":
-                self.hung_up = True
-                self.log(f"→ maximum call length ({self.o.max_call_seconds:g} s): hanging up")
-            else:
+                due.append((deadline, len(self.on_due), None))
+            t = min(at for at, _, _ in due)
+            await self.pacer.wait_until(t, self.wake)
+            if self.pacer.now() < t - _EPS:
+                continue  # woken early: something changed, recompute
+            due = [item for item in due if item[0] <= t + _EPS]
+            rank = min(r for _, r, _ in due)
+            if rank == len(self.on_due):
                 return
+            await self.on_due[rank]([s for _, r, s in due if r == rank and s is not None], t)
 
     async def await_io(self, aw: Awaitable[_T]) -> _T | None:
         """Await network I/O. In real time the call goes on meanwhile (streams keep sending);
@@ -444,20 +402,74 @@ class _Call:
             return None
         return task.result()
 
-    async def _sync(self, s: _Stream) -> None:
+    async def _sync(self, *streams: _Stream) -> None:
         """Fast mode: let the service react before the call clock moves on; apply its answer."""
-        if not self.pacer.fast or s.closed:
+        if not self.pacer.fast:
             return
-        try:
-            messages = await s.inbox.sync(self.o.http_timeout)
-        except TimeoutError:
-            raise _CallError(
-                f"stream {s.label}: no pong within {self.o.http_timeout:g} s (fast mode needs a "
-                "server that answers websocket pings)"
-            ) from None
-        self._apply(s, messages)
+        for s in streams:
+            if s.closed:
+                continue
+            try:
+                messages = await s.inbox.sync(self.o.http_timeout)
+            except TimeoutError:
+                raise _CallError(
+                    f"stream {s.label}: no pong within {self.o.http_timeout:g} s (fast mode needs "
+                    "a server that answers websocket pings)"
+                ) from None
+            self._apply(s, messages)
 
-    # -- sending ----------------------------------------------------------------------------------
+    # -- what falls due (self.on_due) -------------------------------------------------------------
+    async def _frames(self, streams: list[_Stream], t: float) -> None:
+        for s in streams:
+            n = s.frames
+            s.frames += 1
+            index = round((s.start_t + n * FRAME_SECONDS) / FRAME_SECONDS)  # call-time frame no.
+            for track in s.tracks:
+                source = _AGENT_TONE if self.in_dial else _SILENCE
+                payload = (self.caller if track == "inbound" else source).payload(index)
+                template = wire.media_template(s.sid, track)
+                if not self._send(s, template % (s.next_seq(), n + 1, n * 20, payload.encode())):
+                    break
+                self.result.frames_sent[track] = self.result.frames_sent.get(track, 0) + 1
+                if s.bidirectional and self.keyed:
+                    self.result.frames_after_key += 1
+        # A frame may bring a deadline: see the service's answer.
+        await self._sync(*(s for s in streams if s.frames % self.o.sync_frames == 0))
+
+    async def _marks(self, streams: list[_Stream], t: float) -> None:
+        for s in streams:
+            for name in s.playback.due(t):
+                if self._send(s, wire.mark(s.next_seq(), s.sid, name)):
+                    self.result.marks_echoed += 1
+                    self.log(f"→ mark echoed {name}")
+            await self._sync(s)
+
+    async def _press(self, streams: list[_Stream], t: float) -> None:
+        _, digit = self.presses.popleft()
+        targets = [s for s in self._open_streams() if s.bidirectional]
+        if not targets:
+            self.log(f"→ pressed {digit} (no bidirectional stream: not delivered)")
+            return
+        self.log(f"→ pressed {digit}")
+        self.keyed = True
+        for s in targets:
+            self._send(s, wire.dtmf(s.next_seq(), s.sid, digit))
+        self.result.dtmf_sent += 1
+        await self._sync(*targets)
+
+    async def _agent_acts(self, streams: list[_Stream], t: float) -> None:
+        _, action = self.agent_actions.popleft()
+        self.log("→ agent acts for the caller")
+        await action()
+        await self._sync(*self.streams)
+
+    async def _hang_up(self, streams: list[_Stream], t: float) -> None:
+        self.hung_up = True
+        if self.o.hangup_at is not None and self.o.hangup_at <= t + _EPS:
+            self.log("→ caller hangs up")
+        else:
+            self.log(f"→ maximum call length ({self.o.max_call_seconds:g} s): hanging up")
+
     def _send(self, s: _Stream, message: bytes) -> bool:
         if s.closed:
             return False
@@ -467,55 +479,6 @@ class _Call:
             return False  # the reader reports how it closed
         return True
 
-    async def _send_frames(self, s: _Stream) -> None:
-        n = s.frames
-        s.frames += 1
-        index = round((s.start_t + n * FRAME_SECONDS) / FRAME_SECONDS)  # call-time frame number
-        for track in s.tracks:
-            if track == "inbound":
-                source = self.caller
-            else:
-                source = _AGENT_TONE if self.in_dial else _SILENCE
-            message = wire.media_template(s.sid, track) % (
-                s.next_seq(),
-                n + 1,
-                n * 20,
-                source.payload(index).encode(),
-            )
-            if not self._send(s, message):
-                return
-            self.result.frames_sent[track] = self.result.frames_sent.get(track, 0) + 1
-            if s.bidirectional and self.keyed:
-                self.result.frames_after_key += 1
-
-    async def _echo_marks(self, s: _Stream, t: float) -> None:
-        for name in s.playback.due(t):
-            if self._send(s, wire.mark(s.next_seq(), s.sid, name)):
-                self.result.marks_echoed += 1
-                self.log(f"→ mark echoed {name}")
-        await self._sync(s)
-
-    async def _press(self) -> None:
-        _, digit = self.presses.popleft()
-        targets = [s for s in self.streams if s.bidirectional and not s.closed]
-        if not targets:
-            self.log(f"→ pressed {digit} (no bidirectional stream: not delivered)")
-            return
-        self.log(f"→ pressed {digit}")
-        self.keyed = True
-        for s in targets:
-            self._send(s, wire.dtmf(s.next_seq(), s.sid, digit))
-        self.result.dtmf_sent += 1
-        for s in targets:
-            await self._sync(s)
-
-    async def _agent_acts(self) -> None:
-        _, action = self.agent_actions.popleft()
-        self.log("→ agent acts for the caller")
-        await action()
-        for s in self.streams:
-            await self._sync(s)
-
     # -- receiving --------------------------------------------------------------------------------
     def _apply(self, s: _Stream, messages: list[tuple[int, bytes]]) -> None:
         """What the service sent, at the current call time; then whether it closed."""
@@ -523,23 +486,20 @@ class _Call:
             if op == OP_BINARY:
                 self.warn_once(s, "binary", "server sent a binary frame (ignored)")
             else:
-                message = wire.read_server_message(data, keep_audio=self.o.keep_audio)
-                self._on_message(s, message)
+                self._on_message(s, wire.read_server_message(data, keep_audio=self.o.keep_audio))
         if s.inbox.closed and not s.inbox.messages and not s.closed:
             s.closed = True
-            if not s.closing_by_us:
-                self._on_server_close(s)
-
-    def _on_server_close(self, s: _Stream) -> None:
-        code = s.inbox.close_code if s.inbox.close_code is not None else 1006
-        self.result.closed_by_server.append(int(code))
-        reason = f": {s.inbox.close_reason}" if s.inbox.close_reason else ""
-        if code in _REFUSAL_CODES:
-            self.log(f"server refused stream {s.label} ({code}{reason})")
-        elif code == 1006:
-            self.log(f"stream {s.label} connection lost (1006)")
-        else:
-            self.log(f"server closed stream ({code}{reason})")
+            if s.closing_by_us:
+                return
+            code = 1006 if s.ws.close_code is None else s.ws.close_code  # 1006: link dropped
+            self.result.closed_by_server.append(code)
+            reason = f": {s.ws.close_reason}" if s.ws.close_reason else ""
+            if code in _REFUSAL_CODES:
+                self.log(f"server refused stream {s.label} ({code}{reason})")
+            elif code == 1006:
+                self.log(f"stream {s.label} connection lost (1006)")
+            else:
+                self.log(f"server closed stream ({code}{reason})")
 
     def _on_message(self, s: _Stream, message: wire.ServerMessage) -> None:
         event = message.event
@@ -646,7 +606,8 @@ class _Call:
     async def _request(
         self, url: str, method: str, params: dict[str, str], what: str, *, quiet: bool = False
     ) -> tuple[int, str, str]:
-        """A signed webhook request; returns (status, content type, body)."""
+        """A signed webhook request: (status, content type, body) of a 2xx answer, or else
+        ``_CallError``."""
         self.webhooks += 1
         if self.webhooks > _MAX_WEBHOOKS:
             raise _CallError(f"more than {_MAX_WEBHOOKS} webhook requests: a redirect loop?")
@@ -685,17 +646,18 @@ class _Call:
             raise _CallError(f"{what} {url}: {type(exc).__name__}: {exc}") from exc
         if answer is None:
             raise _CallError(f"{what} {url}: caller hung up before the answer")  # pragma: no cover
+        status, _, body = answer
         latency = (time.perf_counter() - began) * 1000
         self.result.webhook_latency_ms.append(latency)
         if not quiet:
-            self.log(f"→ {method} {target.path} → HTTP {answer[0]} ({latency:.0f} ms)")
+            self.log(f"→ {method} {target.path} → HTTP {status} ({latency:.0f} ms)")
+        if not 200 <= status < 300:
+            raise _CallError(f"{what} {url}: HTTP {status}: {_snippet(body)}")
         return answer
 
     async def _fetch_twiml(self, url: str, method: str) -> ET.Element:
         what = "voice webhook" if self.webhooks == 0 else "TwiML request"
-        status, content_type, body = await self._request(url, method, self.params, what)
-        if not 200 <= status < 300:
-            raise _CallError(f"{what} {url}: HTTP {status}: {_snippet(body)}")
+        _, content_type, body = await self._request(url, method, self.params, what)
         self.result.twiml.append(body)
         mime = content_type.split(";")[0].strip().lower()
         if mime not in ("text/xml", "application/xml", "text/html"):
@@ -709,27 +671,27 @@ class _Call:
         self.log("← TwiML: " + (" + ".join(_summary(el) for el in root) or "(empty)"))
         return root
 
-    async def _stream_status(
-        self, el: ET.Element, event: str, stream_sid: str, error: str = ""
-    ) -> None:
-        """Post a ``<Stream statusCallback>`` event, when the TwiML asked for them."""
+    async def _stream_status(self, el: ET.Element, event: str, sid: str, error: str = "") -> None:
+        """Post a ``<Stream statusCallback>`` event, when the TwiML asked for them; as Twilio's,
+        its failure does not end the call."""
         url = (el.get("statusCallback") or "").strip()
         if not url:
             return
         params = {
             "AccountSid": self.account_sid,
             "CallSid": self.result.call_sid,
-            "StreamSid": stream_sid,
+            "StreamSid": sid,
             "StreamName": el.get("name") or "",
             "StreamEvent": event,
             "Timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if error:
             params["StreamError"] = error
-        status, _, body = await self._request(url, "POST", params, f"stream {event} callback")
-        self.log(f"→ {event} callback: HTTP {status}")
-        if not 200 <= status < 300:
-            self.fail(f"stream status callback {url}: HTTP {status}: {_snippet(body)}")
+        try:
+            status, _, _ = await self._request(url, "POST", params, "stream status callback")
+            self.log(f"→ {event} callback: HTTP {status}")
+        except _CallError as exc:
+            self.fail(str(exc))
 
     async def _status_callback(self) -> None:
         params = dict(
@@ -740,14 +702,9 @@ class _Call:
         url = f"{self.base_url}/twilio/status"
         self.webhooks = min(self.webhooks, _MAX_WEBHOOKS - 1)  # always allowed
         try:
-            status, _, body = await self._request(
-                url, "POST", params, "status callback", quiet=True
-            )
+            _, _, body = await self._request(url, "POST", params, "status callback", quiet=True)
         except _CallError as exc:
             self.fail(str(exc))
-            return
-        if not 200 <= status < 300:
-            self.fail(f"status callback {url}: HTTP {status}: {_snippet(body)}")
             return
         try:
             answer = json.loads(body) if body.strip() else {}
@@ -761,57 +718,77 @@ class _Call:
         for el in root:
             if self.hung_up:
                 return None
-            tag = el.tag
             text = (el.text or "").strip()
-            if tag == "Say":
-                self.log(f'← Say "{text}"')
-            elif tag == "Play":
-                self.log(f"← Play {text} (not played)")
-            elif tag == "Pause":
-                length = _seconds(el.get("length", "1"), "Pause length")
-                self.log(f"← Pause {length:g} s")
-                await self.run_until(deadline=self.pacer.now() + length)
-            elif tag in ("Hangup", "Reject"):
-                self.log(f"← {tag}")
-                return None
-            elif tag == "Connect":
-                nxt = await self._connect(el, doc_url)
-                if nxt is not None:
-                    return nxt
-            elif tag == "Start":
-                await self._start(el)
-            elif tag == "Stop":
-                await self._stop_verb(el)
-            elif tag == "Dial":
-                await self._dial(el)
-                return None
-            elif tag == "Record":
-                await self._record(el)
-                return None
-            elif tag == "Redirect":
-                if not text:
-                    raise _CallError("bad TwiML: <Redirect> without a URL")
-                return urljoin(doc_url, text), _method(el)
-            else:
-                self.log(f"← <{tag}> is not simulated (skipped)")
+            match el.tag:
+                case "Say":
+                    self.log(f'← Say "{text}"')
+                case "Play":
+                    self.log(f"← Play {text} (not played)")
+                case "Pause":
+                    length = _attr(el, "length", "1", _seconds)
+                    self.log(f"← Pause {length:g} s")
+                    await self.run_until(deadline=self.pacer.now() + length)
+                case "Hangup" | "Reject":
+                    self.log(f"← {el.tag}")
+                    return None
+                case "Connect":
+                    action = await self._connect(el)
+                    if action:
+                        return urljoin(doc_url, action), _method(el)
+                case "Start":
+                    await self._start(el)
+                case "Stop":
+                    for stream_el in el.iter("Stream"):
+                        name = stream_el.get("name")
+                        mine = [s for s in self.streams if not s.bidirectional and s.name == name]
+                        if not mine:
+                            self.log(f"← Stop stream {name!r}: no such stream")
+                        for s in mine:
+                            await self._stop_stream(s)
+                case "Dial":
+                    self.log(
+                        f"agent {_dial_number(el) or '?'} answers: talking {self.o.duration:g} s"
+                    )
+                    await self._talk(self.o.duration, "the conversation", in_dial=True)
+                    return None
+                case "Record":
+                    length = min(self.o.duration, _attr(el, "maxLength", "3600", _seconds))
+                    self.log(f"caller leaves a {length:g} s message")
+                    await self._talk(length, "the message")
+                    return None
+                case "Redirect":
+                    if not text:
+                        raise _CallError("bad TwiML: <Redirect> without a URL")
+                    return urljoin(doc_url, text), _method(el)
+                case _:
+                    self.log(f"← <{el.tag}> is not simulated (skipped)")
         return None
 
-    async def _connect(self, el: ET.Element, doc_url: str) -> tuple[str, str] | None:
+    async def _talk(self, seconds: float, what: str, *, in_dial: bool = False) -> None:
+        """The caller talks for ``seconds`` of call time (to the agent: ``in_dial``), then hangs
+        up (if not before)."""
+        self.in_dial = in_dial
+        try:
+            await self.run_until(deadline=self.pacer.now() + seconds)
+        finally:
+            self.in_dial = False
+        if not self.hung_up:
+            self.log(f"→ caller hangs up after {what}")
+
+    async def _connect(self, el: ET.Element) -> str:
+        """``<Connect><Stream>`` until the stream ends; its ``action`` ("": go on, or over)."""
         stream_el = el.find("Stream")
         if stream_el is None:
             children = ", ".join(f"<{c.tag}>" for c in el) or "nothing"
             raise _CallError(f"<Connect> with {children}: only <Stream> is simulated")
         s = await self._open_stream(stream_el, bidirectional=True, tracks=["inbound"])
         if s is None:
-            return None
+            return ""
         await self.run_until(until=lambda: s.closed)
         if self.hung_up:
-            return None
+            return ""
         await self._reap(s)
-        action = (el.get("action") or "").strip()
-        if action:
-            return urljoin(doc_url, action), _method(el)
-        return None
+        return (el.get("action") or "").strip()
 
     async def _start(self, el: ET.Element) -> None:
         stream_el = el.find("Stream")
@@ -819,14 +796,7 @@ class _Call:
             children = ", ".join(f"<{c.tag}>" for c in el) or "nothing"
             self.log(f"← <Start> with {children} is not simulated (skipped)")
             return
-        track = stream_el.get("track", "inbound_track")
-        tracks = {
-            "inbound_track": ["inbound"],
-            "outbound_track": ["outbound"],
-            "both_tracks": ["inbound", "outbound"],
-        }.get(track)
-        if tracks is None:
-            raise _CallError(f"bad TwiML: <Stream track={track!r}>")
+        tracks = _attr(stream_el, "track", "inbound_track", _TRACKS.__getitem__)
         name = stream_el.get("name") or ""
         if name in self.o.broken_streams:
             self.log(f"→ stream {name} cannot connect (simulated failure)")
@@ -842,74 +812,58 @@ class _Call:
         start = StreamStart(url, params, tracks, self.result.call_sid, self.account_sid)
         await self.await_io(self.on_start_stream(start))
 
-    async def _stop_verb(self, el: ET.Element) -> None:
-        for stream_el in el.iter("Stream"):
-            name = stream_el.get("name")
-            matches = [s for s in self.streams if not s.bidirectional and s.name == name]
-            if not matches:
-                self.log(f"← Stop stream {name!r}: no such stream")
-            for s in matches:
-                await self._stop_stream(s)
 
-    async def _dial(self, el: ET.Element) -> None:
-        self.log(f"agent {_dial_number(el) or '?'} answers: talking {self.o.duration:g} s")
-        self.in_dial = True
-        try:
-            await self.run_until(deadline=self.pacer.now() + self.o.duration)
-        finally:
-            self.in_dial = False
-        if not self.hung_up:
-            self.log("→ caller hangs up after the conversation")
-
-    async def _record(self, el: ET.Element) -> None:
-        max_length = _seconds(el.get("maxLength", "3600"), "Record maxLength")
-        length = min(self.o.duration, max_length)
-        self.log(f"caller leaves a {length:g} s message")
-        await self.run_until(deadline=self.pacer.now() + length)
-        if not self.hung_up:
-            self.log("→ caller hangs up after the message")
+# -- reading TwiML ------------------------------------------------------------------------------
+_TRACKS = {
+    "inbound_track": ["inbound"],
+    "outbound_track": ["outbound"],
+    "both_tracks": ["inbound", "outbound"],
+}
 
 
-def _summary(el: ET.Element) -> str:
-    text = (el.text or "").strip()
-    tag = el.tag
-    if tag == "Say":
-        return f'Say "{text[:40]}{"…" if len(text) > 40 else ""}"'
-    if tag in ("Play", "Redirect"):
-        return f"{tag} {text}"
-    if tag == "Pause":
-        return f"Pause {el.get('length', '1')}s"
-    if tag in ("Connect", "Start"):
-        inner = el.find("Stream")
-        if inner is None:
-            return tag
-        if tag == "Connect":
-            return f"Connect/Stream {inner.get('url', '?')}"
-        return f"Start/Stream {inner.get('track', 'inbound_track')}"
-    if tag == "Dial":
-        return f"Dial {_dial_number(el)}"
-    return tag
-
-
-def _dial_number(el: ET.Element) -> str:  # its text, or its first noun's (<Number>, <Sip>)
-    return ((el[0] if len(el) else el).text or "").strip()
-
-
-def _seconds(value: str, what: str) -> float:
+def _attr(el: ET.Element, name: str, default: str, parse: Callable[[str], _T]) -> _T:
+    """A verb's attribute (``default`` when absent or empty) through ``parse``; what ``parse``
+    rejects (``ValueError``, ``KeyError``) is bad TwiML."""
+    value = el.get(name) or default
     try:
-        seconds = float(value)
-    except ValueError:
-        raise _CallError(f"bad TwiML: {what} {value!r}") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise _CallError(f"bad TwiML: {what} {value!r}")
+        return parse(value)
+    except (ValueError, KeyError):
+        raise _CallError(f"bad TwiML: <{el.tag} {name}={value!r}>") from None
+
+
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(value)
     return seconds
 
 
 def _method(el: ET.Element) -> str:
-    method = (el.get("method") or "POST").upper()
-    if method not in ("GET", "POST"):
-        raise _CallError(f"bad TwiML: <{el.tag} method={method!r}>")
-    return method
+    return _attr(el, "method", "POST", lambda m: {"GET": "GET", "POST": "POST"}[m.upper()])
+
+
+def _summary(el: ET.Element) -> str:
+    """One verb in the transcript's ``← TwiML:`` line."""
+    text = (el.text or "").strip()
+    inner = el.find("Stream")
+    match el.tag:
+        case "Say":
+            return f'Say "{text[:40]}{"…" if len(text) > 40 else ""}"'
+        case "Play" | "Redirect":
+            return f"{el.tag} {text}"
+        case "Pause":
+            return f"Pause {el.get('length', '1')}s"
+        case "Connect" if inner is not None:
+            return f"Connect/Stream {inner.get('url', '?')}"
+        case "Start" if inner is not None:
+            return f"Start/Stream {inner.get('track', 'inbound_track')}"
+        case "Dial":
+            return f"Dial {_dial_number(el)}"
+    return el.tag
+
+
+def _dial_number(el: ET.Element) -> str:  # its text, or its first noun's (<Number>, <Sip>)
+    return ((el[0] if len(el) else el).text or "").strip()
 
 
 def _snippet(body: str, limit: int = 120) -> str:

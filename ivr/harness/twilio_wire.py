@@ -51,10 +51,8 @@ def new_sid(prefix: str) -> str:
 
 
 # -- webhooks -------------------------------------------------------------------------------------
-def call_form(
-    call_sid: str, account_sid: str, to: str, from_: str, status: str, **extra: str
-) -> dict[str, str]:
-    """The form parameters Twilio posts to every webhook of an inbound call."""
+def call_form(call_sid: str, account_sid: str, to: str, from_: str) -> dict[str, str]:
+    """The form parameters Twilio posts to the webhooks of a ringing inbound call."""
     return {
         "CallSid": call_sid,
         "AccountSid": account_sid,
@@ -62,10 +60,9 @@ def call_form(
         "To": to,
         "Caller": from_,
         "Called": to,
-        "CallStatus": status,
+        "CallStatus": "ringing",
         "ApiVersion": "2010-04-01",
         "Direction": "inbound",
-        **extra,
     }
 
 
@@ -216,29 +213,21 @@ class Inbox:
     def __init__(self, ws: RawWebSocket, wake: asyncio.Event | None = None) -> None:
         self.ws = ws
         self.messages: deque[tuple[int, bytes]] = deque()  # pongs included, as markers
-        self.closed = False
-        self.close_code: int | None = None  # the server's; 1006 when the link dropped
-        self.close_reason = ""
+        self.closed = False  # then ``ws.close_code``: the server's, None if the link dropped
         self.first_at: float | None = None  # time.perf_counter() of the first text message
         self._wake = wake
         self._arrived = asyncio.Event()
         self._task = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
-        ws = self.ws
         try:
-            while True:
-                op, data = await ws.receive()
-                if op == OP_CLOSE:
-                    self.close_code = ws.close_code
-                    self.close_reason = ws.close_reason
-                    break
-                if self.first_at is None and op == OP_TEXT:
+            while (message := await self.ws.receive())[0] != OP_CLOSE:
+                if self.first_at is None and message[0] == OP_TEXT:
                     self.first_at = time.perf_counter()
-                self.messages.append((op, data))
+                self.messages.append(message)
                 self._signal()
         except (OSError, asyncio.IncompleteReadError, WebSocketError):
-            self.close_code = 1006
+            pass  # the link dropped
         finally:
             self.closed = True
             self._signal()
