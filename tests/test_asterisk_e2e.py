@@ -41,10 +41,10 @@ def config_file(tmp_path: Path, url: str, ports: str = "42000-42199") -> Path:
 
 
 def still_clock() -> Callable[[], datetime]:
-    """The service's wall clock, held still. The fake sends RTP only when a test says so
-    (pace=False), so media time is the test's own virtual time; a wall clock that ran on would
-    overtake it whenever the test runs slower than real time (a busy machine) and move prompts
-    and deadlines by itself (call time is the later of the two)."""
+    """The service's wall clock, held still. The fake sends RTP only when a test says so, so
+    media time is the test's own virtual time; a wall clock that ran on would overtake it
+    whenever the test runs slower than real time (a busy machine) and move prompts and deadlines
+    by itself (call time is the later of the two)."""
     moment = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     return lambda: moment
 
@@ -52,7 +52,7 @@ def still_clock() -> Callable[[], datetime]:
 @pytest.fixture
 async def pbx(tmp_path, monkeypatch):
     monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
-    fake = FakeAsterisk(pace=False, app="ivr", username="ivr", password="pw")
+    fake = FakeAsterisk(app="ivr", username="ivr", password="pw")
     await fake.start()
     config = load_config(config_file(tmp_path, fake.url), {"ARI_PASSWORD": "pw"})
     app = create_app(config, tmp_path / "var", fsync=False, clock=still_clock())
@@ -447,7 +447,7 @@ async def test_line_chosen_by_stasis_argument_or_channel_variable(pbx):
 
 async def test_exhausted_port_range_refuses_only_the_extra_call(tmp_path, monkeypatch):
     monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
-    fake = FakeAsterisk(pace=False, app="ivr", username="ivr", password="pw")
+    fake = FakeAsterisk(app="ivr", username="ivr", password="pw")
     await fake.start()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -512,7 +512,7 @@ async def test_simulate_platform_asterisk_against_the_service(tmp_path, monkeypa
 
 async def test_shutdown_finalises_calls_in_progress(tmp_path, monkeypatch):
     monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
-    fake = FakeAsterisk(pace=False, app="ivr", username="ivr", password="pw")
+    fake = FakeAsterisk(app="ivr", username="ivr", password="pw")
     await fake.start()
     config = load_config(config_file(tmp_path, fake.url), {"ARI_PASSWORD": "pw"})
     app = create_app(config, tmp_path / "var", fsync=False)
@@ -538,7 +538,7 @@ async def test_a_restart_clears_only_this_instances_leftovers(tmp_path, monkeypa
     from ivr.platforms.asterisk import ari
 
     monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
-    fake = FakeAsterisk(pace=False, app="ivr", username="ivr", password="pw")
+    fake = FakeAsterisk(app="ivr", username="ivr", password="pw")
     await fake.start()
     try:
         config = load_config(config_file(tmp_path, fake.url), {"ARI_PASSWORD": "pw"})

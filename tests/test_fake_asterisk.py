@@ -2,8 +2,8 @@
 
 The client here is plain aiohttp plus a UDP socket, not the real adapter: it checks that the
 fake speaks ARI and RTP the way ``PROTOCOLS.md`` §2 / §2.1 describe, and that its driver-side
-controls (key presses, hang-ups, faults) do what they say. Everything runs with ``pace=False``
-except one short test of the real-time mode.
+controls (key presses, hang-ups, faults) do what they say. The fake sends RTP only when a test
+says so, except in one short test of the simulator's real-time caller.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from ivr.harness import audio as harness_audio
+from ivr.harness.asterisk_sim import AsteriskCallOptions, _drive
 from ivr.harness.fake_asterisk import (
     PT_PCMU,
     PT_TELEPHONE_EVENT,
@@ -109,9 +110,7 @@ class UdpSink(asyncio.DatagramProtocol):
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeAsterisk]:
-    f = FakeAsterisk(
-        app=APP, username=USER, password=PASS, pace=False, seed=7, caller_audio=CALLER_TONE
-    )
+    f = FakeAsterisk(app=APP, username=USER, password=PASS, seed=7, caller_audio=CALLER_TONE)
     await f.start()
     try:
         yield f
@@ -527,7 +526,7 @@ async def test_rest_sequence_returns_asterisks_json_and_streams_rtp(
     assert call.media is not None and call.media.local == (local_addr, local_port)
     assert await call.wait_until_bridged() is call.media
 
-    # Nothing is sent until the driver says so (pace=False).
+    # Nothing is sent until the driver says so.
     assert sink.empty()
     sent = await call.send_audio(5)
     got = await sink.take(5)
@@ -805,45 +804,30 @@ def test_mix_frames_sums_and_clips() -> None:
     assert mix_frames([a]) == a
 
 
-async def test_paced_mode_streams_every_20_ms(
-    session: aiohttp.ClientSession, sink: UdpSink
+async def test_the_simulated_caller_streams_every_20_ms_in_real_time(
+    fake: FakeAsterisk, ari: Ari, events: Events, sink: UdpSink
 ) -> None:
-    """The only real-time test: about 100 ms of wall time."""
-    async with FakeAsterisk(app=APP, username=USER, password=PASS, pace=True) as fake:
-        ari = Ari(session, fake.url)
-        call = await fake.place_call("100", "+4930123")
-        cid = call.channel_id
-        await ari("POST", f"/channels/{cid}/answer")
-        _, bridge = await ari("POST", "/bridges", type="mixing")
-        _, ext = await ari(
-            "POST",
-            "/channels/externalMedia",
-            app=APP,
-            external_host="{}:{}".format(*sink.addr),
-            format="ulaw",
-        )
-        await fake.wait_for(lambda: fake.channels[ext["id"]].in_stasis, 2.0, "StasisStart")
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        await ari("POST", f"/bridges/{bridge['id']}/addChannel", channel=f"{cid},{ext['id']}")
-        got = await sink.take(5)
-        elapsed = loop.time() - t0
-        assert elapsed >= 0.08  # five packets cannot come faster than 5 x 20 ms
-        seqs = [rtp(d)[0].sequence for d, _ in got]
-        assert [(s - seqs[0]) & 0xFFFF for s in seqs] == [0, 1, 2, 3, 4]
-        await call.hangup()
-        assert fake.channels[ext["id"]].rtp is not None
-        await asyncio.sleep(0.05)
-        while not sink.empty():  # at most what was in flight when the caller left
-            sink.queue.get_nowait()
-        await asyncio.sleep(0.05)
-        assert sink.empty()
+    """The only real-time test: about 100 ms of wall time. ``ivr simulate --platform asterisk``
+    (without --fast) sends the caller's next packet when its 20 ms are due, until it hangs up."""
+    call, _, _ = await bridged_call(fake, ari, events, sink)
+    peer = call.media
+    assert peer is not None
+    first = peer.sequence
+    options = AsteriskCallOptions(app=APP, hangup_at=0.1)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await _drive(fake, call, options, lambda text: None, [0.0])
+    assert loop.time() - t0 >= 0.08  # five packets cannot go faster than 5 x 20 ms
+    assert call.channel.destroyed and (peer.sequence - first) & 0xFFFF == 5  # then it hung up
+    got = await sink.take(5)
+    assert [(rtp(d)[0].sequence - first) & 0xFFFF for d, _ in got] == [0, 1, 2, 3, 4]
+    assert [rtp(d)[1] for d, _ in got] == [CALLER_TONE.frame(i) for i in range(5)]
 
 
 async def test_stop_with_an_open_events_socket_is_quick(
     session: aiohttp.ClientSession,
 ) -> None:
-    fake = FakeAsterisk(app=APP, username=USER, password=PASS, pace=False)
+    fake = FakeAsterisk(app=APP, username=USER, password=PASS)
     await fake.start()
     ws = await session.ws_connect(fake.events_url)
     await fake.wait_connected()

@@ -280,7 +280,7 @@ async def test_a_twilio_call_over_the_cap_goes_through_unrecorded_or_hears_busy(
 # -- the call cap: Asterisk -----------------------------------------------------------------------
 async def test_an_asterisk_call_over_the_cap_goes_back_to_the_dialplan_busy(tmp_path, monkeypatch):
     monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
-    fake = FakeAsterisk(pace=False, app="ivr", username="ivr", password="pw")
+    fake = FakeAsterisk(app="ivr", username="ivr", password="pw")
     await fake.start()
     config = load_config(config_file(tmp_path, fake.url), {"ARI_PASSWORD": "pw"})
     config = replace(config, limits=Limits(max_calls=1))

@@ -6,8 +6,9 @@ the call, streams caller audio as RTP, presses keys and hangs up at the given ca
 reads the outcome from the channel variables the service sets (IVR_CONSENT_DECISION,
 IVR_LAWFUL_BASIS, IVR_RECORDING_ID).
 
-Fast mode runs on virtual time: the call clock moves by one 20 ms RTP packet at a time, and
-after each packet and each key the fake syncs with the service (``FakeAsterisk.sync``: a ping on
+The call clock moves by one 20 ms RTP packet at a time: every 20 ms of wall time (after a stall
+it resynchronises rather than bursts), or in fast mode on virtual time, where after each packet
+and each key the fake syncs with the service (``FakeAsterisk.sync``: a ping on
 the events websocket, answered once the service has read everything before it). The packet was
 in the service's socket before the ping was sent, and the service's event loop takes a ready
 datagram before it gets to the events reader woken by the ping, so the pong also means the
@@ -58,7 +59,6 @@ async def simulate_asterisk_call(
         password=options.password,
         host=options.host,
         port=options.port,
-        pace=not options.fast,
     )
     result = CallResult(call_sid="")
     clock = [0.0]  # call time, advanced by the driver
@@ -118,7 +118,7 @@ async def _drive(
     """Play the caller's part until someone hangs up; ``clock[0]`` follows the call time."""
     presses = sorted(options.presses)
     now = 0.0
-    frames = 0  # fast mode: packets sent, the call clock
+    frames = 0  # packets sent: the call clock
     heard = 0.0  # seconds of prompt audio received, as last reported
     playing = False
     end_at = options.hangup_at
@@ -158,12 +158,14 @@ async def _drive(
                 playing = False
                 note(f"← prompt audio paused; {received:.2f} s heard so far")
             heard = received
+        if fake.pbx.bridge_peer(call.channel) is not None:  # else nobody hears the caller
+            await call.send_audio(1)
+        frames += 1
+        now = frames * FRAME_S
         if options.fast:
-            if fake.pbx.bridge_peer(call.channel) is not None:  # else nobody hears the caller
-                await call.send_audio(1)
-            frames += 1
-            now = frames * FRAME_S
             await fake.sync(options.app)
-        else:  # the fake paces the audio itself; look at the call every 100 ms
-            await asyncio.sleep(FRAME_S * 5)
-            now = loop.time() - start
+        else:  # real time: the next packet when its 20 ms are due
+            late = loop.time() - (start + now)
+            await asyncio.sleep(max(0.0, -late))
+            if late > 5 * FRAME_S:  # stalled: resynchronise, do not burst
+                start += late

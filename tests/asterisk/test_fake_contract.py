@@ -192,7 +192,7 @@ async def against_real(pbx: Asterisk, phones: Phones) -> Transcript:
 
 
 async def against_fake() -> Transcript:
-    fake = FakeAsterisk(app=Asterisk.APP, username="u", password="p", pace=False)
+    fake = FakeAsterisk(app=Asterisk.APP, username="u", password="p")
     async with fake, aiohttp.ClientSession() as session:
         ari = Ari(session, fake.url, "u", "p")
         ws = await session.ws_connect(fake.events_url, headers=ari.headers)

@@ -25,8 +25,9 @@ while nobody listens are lost; REST keeps working.
 
 Media: each external-media channel owns a UDP socket (its ``UNICASTRTP_LOCAL_*`` variables).
 While it is in a mixing bridge it sends, from that socket to ``external_host``, the μ-law mix
-of every other member with a voice (the caller, answered agents) as 20 ms RTP: every 20 ms of
-wall time with ``pace=True``, else only when the driver calls ``FakeCall.send_audio``.
+of every other member with a voice (the caller, answered agents) as 20 ms RTP when the driver
+calls ``FakeCall.send_audio`` (``ivr simulate --platform asterisk`` does so every 20 ms in real
+time, or frame by frame in fast mode).
 """
 
 from ivr.harness.fake_asterisk.call import FakeCall as FakeCall

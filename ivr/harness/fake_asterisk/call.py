@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -25,8 +24,6 @@ from ivr.harness.fake_asterisk.rtp import (
 
 if TYPE_CHECKING:
     from ivr.harness.fake_asterisk.server import FakeAsterisk
-
-FRAME_SECONDS = 0.020
 
 
 class FakeCall:
@@ -87,8 +84,6 @@ class FakeCall:
         key = _dtmf_key(digit)
         if self.channel.destroyed:
             raise RuntimeError(f"call {self.channel_id} has hung up")
-        if self._fake.pace:
-            await asyncio.sleep(duration_ms / 1000)
         self._pbx.emit_channel(
             self.channel, "ChannelDtmfReceived", {"digit": key, "duration_ms": duration_ms}
         )
@@ -178,8 +173,8 @@ class FakeCall:
 
         One packet per 20 ms with growing durations (marker on the first), then three end
         packets (E bit, final duration); all share the timestamp of the next audio packet, and
-        the stream's timestamp then moves on by the event's duration. Paced at 20 ms when the
-        fake is. No ``ChannelDtmfReceived`` is emitted: combine with :meth:`press` if wanted.
+        the stream's timestamp then moves on by the event's duration; all sent at once. No
+        ``ChannelDtmfReceived`` is emitted: combine with :meth:`press` if wanted.
         """
         event = DTMF_EVENT_CODES[_dtmf_key(digit)]
         steps = max(1, round(duration_ms / 20))
@@ -195,9 +190,7 @@ class FakeCall:
         packets = [packet(k * SAMPLES_PER_FRAME, end=False, marker=k == 1) for k in range(1, steps)]
         packets += [packet(final, end=True, marker=steps == 1 and r == 0) for r in range(3)]
         peer.timestamp = (peer.timestamp + final) & 0xFFFFFFFF
-        for i, data in enumerate(packets):
-            if self._fake.pace and 0 < i < steps:
-                await asyncio.sleep(FRAME_SECONDS)
+        for data in packets:
             peer.send(data)
         return packets
 

@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from ivr.harness import audio as harness_audio
-from ivr.harness.fake_asterisk.call import FRAME_SECONDS, FakeCall
+from ivr.harness.fake_asterisk.call import FakeCall
 from ivr.harness.fake_asterisk.model import (
     AGENT,
     CALLER,
@@ -104,8 +104,7 @@ def _split_host_port(raw: str) -> tuple[str, int] | None:
 class FakeAsterisk:
     """A fake Asterisk 22 ARI server plus RTP peers. See the package docstring.
 
-    ``pace``: stream caller audio in real time (True) or only on ``FakeCall.send_audio`` (False);
-    also makes ``press`` wait for the digit's duration. ``auto_answer_agents``: originated
+    ``auto_answer_agents``: originated
     channels answer at once (else they ring until :meth:`answer_agent` or :meth:`reject_agent`,
     which also plays a ring timeout: cause 19). ``media_stasis_delay``: seconds between the
     answer to ``POST /channels/externalMedia`` and the new channel's ``StasisStart`` (real
@@ -122,7 +121,6 @@ class FakeAsterisk:
         password: str = "asterisk",
         host: str = "127.0.0.1",
         port: int = 0,
-        pace: bool = True,
         caller_audio: FrameSource | None = None,
         agent_audio: FrameSource | None = None,
         auto_answer_agents: bool = True,
@@ -134,7 +132,6 @@ class FakeAsterisk:
         self.password = password
         self.host = host
         self.port = port
-        self.pace = pace
         self.caller_audio: FrameSource = caller_audio or harness_audio.tone(440.0, -12.0)
         self.agent_audio: FrameSource = agent_audio or harness_audio.tone(660.0, -12.0)
         self.auto_answer_agents = auto_answer_agents
@@ -162,8 +159,6 @@ class FakeAsterisk:
         if self._runner is not None:
             raise RuntimeError("already started")
         self._spawn(self._pump())
-        if self.pace:
-            self._spawn(self._pace())
         app = web.Application(middlewares=[self._dispatch])
         # Only what the service asks of Asterisk (ivr/platforms/asterisk/ari.py), and events.
         for method, path, handler in (
@@ -639,21 +634,6 @@ class FakeAsterisk:
             members.append(ch)
         self.pbx.add_to_bridge(bridge, members)
         return web.Response(status=204)
-
-    # -- media -------------------------------------------------------------------------------
-    async def _pace(self) -> None:
-        """Paced mode: every 20 ms each external-media channel sends its bridge's mix, while
-        anyone in the bridge speaks."""
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        while True:
-            due += FRAME_SECONDS
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            for peer in [c.rtp for c in self.channels.values() if c.rtp and not c.rtp.closed]:
-                if self.pbx.voices(peer):
-                    peer.send(self.pbx.next_mixed_packet(peer))
-            if loop.time() - due > 5 * FRAME_SECONDS:  # stalled: resynchronise, do not burst
-                due = loop.time()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

@@ -164,7 +164,6 @@ class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
             password=options.resolved_password(),
             host=host,
             port=port,
-            pace=False,
             seed=random.getrandbits(32),
         )
         self.woken: dict[str, asyncio.Event] = {}  # by caller channel id and by bridge id
