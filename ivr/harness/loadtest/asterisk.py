@@ -154,6 +154,10 @@ class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
     lag = ("hangup_to_final_ms", "hangup->final")
     saturation = "saturated CPU, queue overflow"
     note = "; fake ARI at {ari_listen}"
+    ok_if = ("finalised", "frames_sent")
+    ok_if_zero = ("server_frames_lost", "rtp_lost")
+    # Per-call queues overflow: the hang-up then waits behind queued RTP before finalisation.
+    overload = "call_queue_overflow"
 
     def __init__(self, options: AsteriskLoadtestOptions, session: aiohttp.ClientSession) -> None:
         super().__init__(options, session)
@@ -367,20 +371,6 @@ class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
             "ari_rejected": self.fake.rejected,
             "prompt_packets": sum(r.counts["prompt_packets"] for r in results),
         }
-
-    @classmethod
-    def overloaded(cls, service: dict[str, Any]) -> bool:
-        # Per-call queues grow: the hang-up then waits behind queued RTP before finalisation.
-        return bool(service["counters"].get("call_queue_overflow", 0) > 0)
-
-    @classmethod
-    def healthy(cls, service: dict[str, Any]) -> bool:
-        return bool(
-            service["finalised"]
-            and service["frames_sent"] > 0
-            and service["server_frames_lost"] == 0
-            and service["rtp_lost"] == 0
-        )
 
     @classmethod
     def rows(cls, s: dict[str, Any]) -> list[tuple[str, str]]:

@@ -387,9 +387,10 @@ class Driver(ABC, Generic[_O]):
     A driver places one call against the service and streams its media (``call``), and adds
     what it measures beyond the shared part: timings in ``CallResult.ms`` named by ``timings``,
     its fields of the service report (``service_fields``), the progress line's start
-    (``progress_head``), and the rows and verdict terms of its own (``rows``, ``overloaded``,
-    ``healthy``). ``prepare`` runs before the first call (CallFailed fails them all), ``settle``
-    after the last (problems to report); ``async with`` the driver spans the service run.
+    (``progress_head``), the rows of its own (``rows``) and its verdict terms as data (``ok_if``,
+    ``ok_if_zero``, ``overload``). ``prepare`` runs before the first call (CallFailed fails them
+    all), ``settle`` after the last (problems to report); ``async with`` the driver spans the
+    service run.
     """
 
     platform: ClassVar[str]  # its --platform
@@ -402,6 +403,9 @@ class Driver(ABC, Generic[_O]):
     lag: ClassVar[tuple[str, str]]  # the end-of-call lag: its timing and its row's label
     saturation: ClassVar[str] = "saturated CPU"  # what shows saturation besides the lag
     note: ClassVar[str] = ""  # the end of the "calls" row, formatted with the report
+    ok_if: ClassVar[tuple[str, ...]] = ()  # service fields that must hold for "OK"
+    ok_if_zero: ClassVar[tuple[str, ...]] = ()  # and those that must be 0, as calls_failed
+    overload: ClassVar[str | None] = None  # a service counter whose growth shows saturation
 
     def __init__(self, options: _O, session: aiohttp.ClientSession) -> None:
         self.options = options
@@ -432,14 +436,6 @@ class Driver(ABC, Generic[_O]):
 
     @abstractmethod
     def service_fields(self, results: list[CallResult]) -> dict[str, Any]: ...
-
-    @classmethod
-    def overloaded(cls, service: dict[str, Any]) -> bool:
-        return False
-
-    @classmethod
-    def healthy(cls, service: dict[str, Any]) -> bool:
-        return True
 
     @classmethod
     @abstractmethod
@@ -565,14 +561,12 @@ class Driver(ABC, Generic[_O]):
         # real time it ended up.
         utilisation = service["cost"].get("server_cpu_utilisation") or 0.0
         lag = service[cls.lag[0]]["p99"] or 0.0
+        grown = service["counters"].get(cls.overload, 0) if cls.overload else 0
         report["service_saturated"] = (
-            utilisation >= SATURATED_UTILISATION
-            or lag >= SATURATED_LAG_MS
-            or cls.overloaded(service)
+            utilisation >= SATURATED_UTILISATION or lag >= SATURATED_LAG_MS or grown > 0
         )
-        report["ok"] = (
-            service["calls_failed"] == 0 and service["frames_lost"] == 0 and cls.healthy(service)
-        )
+        zero = ("calls_failed", "frames_lost", *cls.ok_if_zero)
+        report["ok"] = all(service[k] for k in cls.ok_if) and not any(service[k] for k in zero)
 
     @classmethod
     def format(cls, report: dict[str, Any]) -> str:
