@@ -42,7 +42,7 @@ from yarl import URL
 
 from ivr.harness import audio as harness_audio
 from ivr.harness import twilio_wire as wire
-from ivr.harness.twilio_wire import BYTES_PER_SECOND, DEMO_AUTH_TOKEN, Inbox, Playback
+from ivr.harness.twilio_wire import BYTES_PER_SECOND, DEMO_AUTH_TOKEN, Inbox
 from ivr.harness.twilio_wire import DEFAULT_FROM as DEFAULT_FROM  # re-exported: asterisk_sim
 from ivr.harness.twilio_wire import DEFAULT_TO as DEFAULT_TO
 from ivr.harness.wsclient import OP_BINARY, RawWebSocket, WebSocketError
@@ -228,7 +228,10 @@ class _Stream:
     start_wall: float = field(default_factory=time.perf_counter)
     seq: int = 1  # `start` is sequence number 1
     frames: int = 0  # frames sent per track; frame n is chunk n + 1 of each track
-    playback: Playback = field(default_factory=Playback)
+    # Twilio's playback queue (bidirectional streams): when the prompt audio queued so far runs
+    # out, and the marks queued behind it, each due once the audio before it has played.
+    audio_end: float = 0.0
+    marks: deque[tuple[float, str]] = field(default_factory=deque)  # (due call time, name)
     closed: bool = False
     closing_by_us: bool = False
     burst_bytes: int = 0  # prompt audio not yet reported in the transcript
@@ -247,29 +250,24 @@ class _Stream:
         return self.name or f"{self.sid[:8]}…"
 
 
+@dataclass(eq=False)
 class _Call:
-    def __init__(
-        self,
-        options: CallOptions,
-        session: aiohttp.ClientSession,
-        pacer: Pacer,
-        result: CallResult,
-        on_transcript: Callable[[TranscriptEntry], None] | None = None,
-        on_start_stream: Callable[[StreamStart], Awaitable[None]] | None = None,
-    ) -> None:
-        self.o = options
-        self.session = session
-        self.pacer = pacer
-        self.result = result
-        self.on_transcript = on_transcript
-        self.on_start_stream = on_start_stream
+    o: CallOptions
+    session: aiohttp.ClientSession
+    pacer: Pacer
+    result: CallResult
+    on_transcript: Callable[[TranscriptEntry], None] | None = None
+    on_start_stream: Callable[[StreamStart], Awaitable[None]] | None = None
+
+    def __post_init__(self) -> None:
+        o = self.o
         self.caller = _CALLER_TONE
-        self.base_url = options.url.rstrip("/")
-        self.account_sid = options.account_sid or wire.new_sid("AC")
-        self.params = wire.call_form(result.call_sid, self.account_sid, options.to, options.from_)
+        self.base_url = o.url.rstrip("/")
+        self.account_sid = o.account_sid or wire.new_sid("AC")
+        self.params = wire.call_form(self.result.call_sid, self.account_sid, o.to, o.from_)
         self.streams: list[_Stream] = []
-        self.presses: deque[tuple[float, str]] = deque(sorted(options.presses, key=lambda p: p[0]))
-        self.agent_actions = deque(sorted(options.agent_actions, key=lambda a: a[0]))
+        self.presses: deque[tuple[float, str]] = deque(sorted(o.presses, key=lambda p: p[0]))
+        self.agent_actions = deque(sorted(o.agent_actions, key=lambda a: a[0]))
         self.keyed = False  # a key has been delivered
         self.hung_up = False
         self.in_dial = False
@@ -369,8 +367,8 @@ class _Call:
             ]
             for s in self._open_streams():
                 due.append((s.next_frame_time(), 0, s))
-                if s.playback.marks:
-                    due.append((s.playback.marks[0][0], 1, s))
+                if s.marks:
+                    due.append((s.marks[0][0], 1, s))
             if self.presses:
                 due.append((self.presses[0][0], 2, None))
             if self.agent_actions and self.in_dial:
@@ -438,7 +436,8 @@ class _Call:
 
     async def _marks(self, streams: list[_Stream], t: float) -> None:
         for s in streams:
-            for name in s.playback.due(t):
+            while s.marks and s.marks[0][0] <= t + _EPS:
+                name = s.marks.popleft()[1]
                 if self._send(s, wire.mark(s.next_seq(), s.sid, name)):
                     self.result.marks_echoed += 1
                     self.log(f"→ mark echoed {name}")
@@ -520,17 +519,19 @@ class _Call:
                 assert s.inbox.first_at is not None
                 latency = (s.inbox.first_at - s.start_wall) * 1000
                 self.result.first_prompt_frame_latency_ms = latency
-            s.playback.audio(now, message.audio_bytes)
+            s.audio_end = max(s.audio_end, now) + message.audio_bytes / BYTES_PER_SECOND
             self.result.audio_heard += message.audio
             self.result.prompt_ms_received += message.audio_bytes * 1000 / BYTES_PER_SECOND
             if s.burst_bytes == 0:
                 s.burst_t = now
             s.burst_bytes += message.audio_bytes
         elif event == "mark":
-            s.playback.mark(now, message.name)
+            s.marks.append((max(s.audio_end, now), message.name))
             self._flush(s)
         elif event == "clear":
-            dropped = s.playback.clear(now)
+            dropped = max(0.0, s.audio_end - now)
+            s.audio_end = now
+            s.marks = deque((now, name) for _, name in s.marks)  # all due at once
             self.log(f"← clear (dropped {dropped:.2f} s of queued audio)")
         else:
             self.warn_once(s, f"event:{event}", f"server sent unknown event {event!r} (ignored)")

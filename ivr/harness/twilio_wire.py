@@ -1,9 +1,8 @@
-"""Twilio's side of the wire, shared by ``ivr simulate`` and ``ivr loadtest``.
+"""Twilio's side of the wire, for ``ivr simulate`` and ``ivr loadtest``.
 
-Everything both speak the same way lives here once: the signed form webhooks, reading the TwiML
-answers, the Media Streams messages Twilio sends (built as bytes, media from a template so a
-frame costs one ``%``), reading what the service sends back, Twilio's playback queue (when a
-mark is due), and the handshake that replaces waiting in virtual time (``sync``).
+The signed form webhooks, the Media Streams messages Twilio sends (built as bytes, media from a
+template so a frame costs one ``%``), reading what the service sends back, and the handshake that
+replaces waiting in virtual time (``Inbox.sync``).
 
 Like the rest of the harness it never imports the service: it speaks HTTP and websockets only.
 """
@@ -158,42 +157,6 @@ def read_server_message(data: bytes, *, keep_audio: bool = False) -> ServerMessa
     return ServerMessage(event, sid)
 
 
-class Playback:
-    """Twilio's playback queue on a bidirectional stream, in call time (seconds).
-
-    Audio plays at 8000 bytes/s from when it arrives or when the audio queued before it ends,
-    whichever is later; a mark is due once the audio queued before it has played; ``clear``
-    drops the queued audio and makes every pending mark due at once.
-    """
-
-    def __init__(self) -> None:
-        self.end = 0.0  # call time at which the queued audio runs out (or ran out)
-        self.marks: deque[tuple[float, str]] = deque()  # (due, name), in order
-
-    def audio(self, now: float, n_bytes: int) -> None:
-        self.end = max(self.end, now) + n_bytes / BYTES_PER_SECOND
-
-    def mark(self, now: float, name: str) -> None:
-        self.marks.append((max(self.end, now), name))
-
-    def clear(self, now: float) -> float:
-        """Seconds of queued audio dropped."""
-        dropped = max(0.0, self.end - now)
-        self.end = now
-        self.marks = deque((now, name) for _, name in self.marks)
-        return dropped
-
-    def next_due(self) -> float | None:
-        return self.marks[0][0] if self.marks else None
-
-    def due(self, t: float) -> list[str]:
-        """Pop the marks due by call time ``t``."""
-        names = []
-        while self.marks and self.marks[0][0] <= t + 1e-6:
-            names.append(self.marks.popleft()[1])
-        return names
-
-
 # -- the handshake ------------------------------------------------------------------------------
 _PINGS = itertools.count(1)
 
@@ -215,8 +178,7 @@ class Inbox:
         self.messages: deque[tuple[int, bytes]] = deque()  # pongs included, as markers
         self.closed = False  # then ``ws.close_code``: the server's, None if the link dropped
         self.first_at: float | None = None  # time.perf_counter() of the first text message
-        self._wake = wake
-        self._arrived = asyncio.Event()
+        self._arrived = wake or asyncio.Event()  # set on every arrival (and cleared by sync)
         self._task = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
@@ -225,17 +187,12 @@ class Inbox:
                 if self.first_at is None and message[0] == OP_TEXT:
                     self.first_at = time.perf_counter()
                 self.messages.append(message)
-                self._signal()
+                self._arrived.set()
         except (OSError, asyncio.IncompleteReadError, WebSocketError):
             pass  # the link dropped
         finally:
             self.closed = True
-            self._signal()
-
-    def _signal(self) -> None:
-        self._arrived.set()
-        if self._wake is not None:
-            self._wake.set()
+            self._arrived.set()
 
     def take(self) -> list[tuple[int, bytes]]:
         """Every message that has arrived (real time: they are applied as they come)."""

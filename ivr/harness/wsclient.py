@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email
 import hashlib
 import os
 import ssl
@@ -58,9 +59,8 @@ def text_frame(payload: bytes | str) -> bytes:
     return frame_header(len(payload)) + payload
 
 
-def _close_frame(code: int, reason: bytes = b"") -> bytes:
-    body = struct.pack(">H", code) + reason[:123]
-    return _header(OP_CLOSE, len(body)) + body
+def _close_frame(code: int) -> bytes:
+    return _header(OP_CLOSE, 2) + struct.pack(">H", code)
 
 
 class RawWebSocket:
@@ -109,12 +109,8 @@ class RawWebSocket:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
                     raise WebSocketError(f"{url}: no complete HTTP response ({exc})") from None
-                status_line, *lines = head.decode("latin-1").split("\r\n")
-                answer = {
-                    name.strip().lower(): value.strip()
-                    for name, sep, value in (line.partition(":") for line in lines)
-                    if sep
-                }
+                status_line, _, rest = head.decode("latin-1").partition("\r\n")
+                answer = email.message_from_string(rest)  # as http.client reads headers
                 status = status_line.split(" ", 2)[1:2]
                 if status != ["101"]:
                     raise WebSocketError(
@@ -124,7 +120,7 @@ class RawWebSocket:
                 expected = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
                 if answer.get("sec-websocket-accept") != expected:
                     raise WebSocketError(f"{url}: bad Sec-WebSocket-Accept")
-                if answer.get("upgrade", "").lower() != "websocket":
+                if str(answer.get("upgrade", "")).lower() != "websocket":
                     raise WebSocketError(f"{url}: response is not a websocket upgrade")
             except BaseException:
                 writer.close()
