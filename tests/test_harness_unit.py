@@ -524,6 +524,42 @@ async def test_server_that_never_closes_hits_the_call_cap(fake: FakeService) -> 
     assert fake.streams[0].stopped and len(fake.streams[0].media()) == 150
 
 
+async def test_a_failing_stream_status_callback_is_an_error_the_call_survives(
+    fake: FakeService,
+) -> None:
+    fake.voice_twiml = (
+        f'<Response><Start><Stream url="{fake.ws_base}/uni" statusCallback="{fake.base}/gone"/>'
+        f"</Start><Dial>{AGENT}</Dial></Response>"
+    )
+    result = await simulate_call(options(fake, duration=0.2))
+    assert result.error is not None and "stream status callback" in result.error
+    assert "HTTP 404" in result.error
+    assert has_line(result, rf"agent {re.escape(AGENT)} answers")  # as Twilio, it goes on
+    assert len(fake.streams[0].media("inbound")) == 10
+
+
+@pytest.mark.parametrize("twiml", ['<Pause length="-1"/>', '<Record maxLength="x"/>'])
+async def test_bad_verb_attributes_are_bad_twiml(fake: FakeService, twiml: str) -> None:
+    fake.voice_twiml = f"<Response>{twiml}</Response>"
+    result = await simulate_call(options(fake))
+    assert result.error is not None and result.error.startswith("bad TwiML: <")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"presses": [(1.0, "x")]},
+        {"presses": [(-1.0, "1")]},
+        {"hangup_at": math.nan},
+        {"duration": -1.0},
+        {"sync_frames": 0},
+    ],
+)
+def test_call_options_are_checked(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        CallOptions(url="http://unused", **bad)
+
+
 async def test_session_can_be_shared(fake: FakeService) -> None:
     fake.voice_twiml = "<Response><Hangup/></Response>"
     async with aiohttp.ClientSession() as session:

@@ -143,6 +143,19 @@ class CallOptions:
     # reaction to a deadline at the frame that reached it; the load test takes 25 (0.5 s).
     sync_frames: int = 1
 
+    def __post_init__(self) -> None:
+        for t, digit in self.presses:
+            if digit not in DIGITS:
+                raise ValueError(f"key press digit must be one of 0-9 * # A-D, got {digit!r}")
+            if not (math.isfinite(t) and t >= 0):
+                raise ValueError(f"key press time must be a non-negative number, got {t!r}")
+        for name in ("hangup_at", "duration", "max_call_seconds"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if self.sync_frames < 1:
+            raise ValueError(f"sync_frames must be at least 1, got {self.sync_frames!r}")
+
 
 @dataclass(frozen=True)
 class StreamStart:
@@ -872,20 +885,6 @@ def _snippet(body: str, limit: int = 120) -> str:
     return (one_line[:limit] + "…") if len(one_line) > limit else (one_line or "(empty body)")
 
 
-def _validate(options: CallOptions) -> None:
-    for t, digit in options.presses:
-        if digit not in DIGITS:
-            raise ValueError(f"key press digit must be one of 0-9 * # A-D, got {digit!r}")
-        if not (math.isfinite(t) and t >= 0):
-            raise ValueError(f"key press time must be a non-negative number, got {t!r}")
-    for name in ("hangup_at", "duration", "max_call_seconds"):
-        value = getattr(options, name)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-    if options.sync_frames < 1:
-        raise ValueError(f"sync_frames must be at least 1, got {options.sync_frames!r}")
-
-
 async def simulate_call(
     options: CallOptions,
     session: aiohttp.ClientSession | None = None,
@@ -901,7 +900,6 @@ async def simulate_call(
     ``on_start_stream``, if given, is awaited for each ``<Start><Stream>`` instead of the
     simulator streaming it (it must not raise).
     """
-    _validate(options)
     result = CallResult(call_sid=options.call_sid or wire.new_sid("CA"))
     pacer = pacer or (VirtualPacer() if options.fast else RealTimePacer())
     async with contextlib.AsyncExitStack() as own:

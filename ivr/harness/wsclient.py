@@ -59,10 +59,6 @@ def text_frame(payload: bytes | str) -> bytes:
     return frame_header(len(payload)) + payload
 
 
-def _close_frame(code: int) -> bytes:
-    return _header(OP_CLOSE, 2) + struct.pack(">H", code)
-
-
 class RawWebSocket:
     """One client connection. ``receive`` must not be called from two tasks at once."""
 
@@ -198,9 +194,7 @@ class RawWebSocket:
             self.close_reason = body[2:].decode(errors="replace")
         else:
             self.close_code = 1005  # no status received
-        if self.writable:
-            self.transport.write(_close_frame(self.close_code if len(body) >= 2 else 1000))
-            self._close_sent = True
+        self._send_close(self.close_code if len(body) >= 2 else 1000)
         self._shutdown()
         return body
 
@@ -210,9 +204,7 @@ class RawWebSocket:
         if self.closed:
             return
         try:
-            if self.writable:
-                self.transport.write(_close_frame(code))
-                self._close_sent = True
+            self._send_close(code)
             async with asyncio.timeout(timeout):
                 while (await self.receive())[0] != OP_CLOSE:
                     pass
@@ -220,6 +212,11 @@ class RawWebSocket:
             pass
         finally:
             self._shutdown()
+
+    def _send_close(self, code: int) -> None:
+        if self.writable:
+            self.transport.write(_header(OP_CLOSE, 2) + struct.pack(">H", code))
+            self._close_sent = True
 
     def abort(self) -> None:
         """Drop the connection without a closing handshake."""
