@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ivr.supervision import LoopHealth
+from ivr.supervision import LoopHealth, in_thread
 from storage.audit import PublishedHead, publish_head, read_published_heads
 from storage.vault import Vault
 
@@ -74,7 +74,7 @@ async def publish_heads(publisher: HeadPublisher, interval: float, health: LoopH
     while True:
         await asyncio.sleep(interval)
         try:
-            await asyncio.to_thread(publisher.publish, "schedule")
+            await in_thread(publisher.publish, "schedule")
         except Exception as exc:  # like the sweeper: a bad round must not end the schedule
             health.round_failed(exc, f"publishing the audit head to {publisher.path}")
             continue

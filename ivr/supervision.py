@@ -24,9 +24,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 BACKOFF_START, BACKOFF_MAX = 0.5, 60.0
 HEALTHY_AFTER_SECONDS = 60.0  # a run this long resets the backoff and the failures in a row
@@ -137,3 +140,16 @@ async def supervise(
             raise
         backoff = min(backoff * 2, backoff_max)
         health.restarts += 1
+
+
+async def in_thread(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """``asyncio.to_thread`` for background loops: when the loop is cancelled (the service
+    stops), the cancellation waits for the thread's work to end, since a thread cannot be
+    stopped and would otherwise go on writing (a retention sweep's audit entry, a kept write)
+    after the audit head was published at shutdown, or into a vault being closed."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise

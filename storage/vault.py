@@ -566,23 +566,33 @@ class Vault:
             )
         else:
             values.update(wrapped_dek=None, chunk_count=0, duration_ms=0)
-        with self.catalog.transaction() as db:
-            if not self.catalog.update_recording(
+
+        def finish(db: sqlite3.Connection) -> None:
+            if self.catalog.update_recording(
                 db, row.id, expect_status=RecordingStatus.RECORDING, **values
             ):
-                return None
-            self.catalog.audit(
-                db,
-                actor="system",
-                action="recording.recovered",
-                tenant=row.tenant,
-                target=row.id,
-                detail={
-                    "status": status.value,
-                    "chunks": scan.chunks,
-                    "duration_ms": scan.duration_ms,
-                    "verified": scan.verified,
-                },
+                self.catalog.audit(
+                    db,
+                    actor="system",
+                    action="recording.recovered",
+                    tenant=row.tenant,
+                    target=row.id,
+                    detail={
+                        "status": status.value,
+                        "chunks": scan.chunks,
+                        "duration_ms": scan.duration_ms,
+                        "verified": scan.verified,
+                    },
+                )
+
+        # Through the kept writes: on a full disk the vault still opens (the service starts
+        # degraded) and the row is written once the disk takes it; should this process stop
+        # first, the next start finds the row still `recording` and recovers it again.
+        if not self.pending.write(f"recording {row.id} recovered", finish):
+            log.warning(
+                "recording %s: recovered as %s; its catalog row waits for the disk",
+                row.id,
+                status.value,
             )
         if not scan.chunks:
             self.blobs.delete(row.blob_path)

@@ -292,6 +292,33 @@ async def test_closing_the_vault_on_a_full_disk_does_not_fail(tmp_path, monkeypa
     again.close()
 
 
+def test_a_vault_opened_on_a_full_disk_recovers_and_writes_the_row_later(tmp_path):
+    """A restart on a full disk: recovering a dead writer's recording must not stop the vault
+    from opening (nor the service from starting); its row is kept and written later."""
+    master = bytes.fromhex("42" * 32)
+    dead = Vault(tmp_path, master_key=master, fsync=False)
+    rec = dead.start_recording(tenant="acme", lawful_basis="contract", purpose="orders")
+    for i in range(230):  # 4.6 s: four chunks sealed
+        rec.append(0, i * 20, bytes([i % 256]) * 160)
+    rec.wait_written()
+    os.close(dead._writer_lock)  # the process died
+
+    vault = Vault(tmp_path, master_key=master, fsync=False, recover=False)
+    disk = SimpleNamespace(full=True, refused=0, failing_verbs={"INSERT", "UPDATE", "DELETE"})
+    real = vault.catalog._db
+    vault.catalog._db = FullDiskConnection(real, disk)  # type: ignore[assignment]
+    (result,) = vault.recover()  # no exception on the full disk
+    assert result.status is RecordingStatus.INCOMPLETE and disk.refused
+    assert vault.get(rec.id).status is RecordingStatus.RECORDING and len(vault.pending) == 1
+    disk.full = False
+    assert vault.pending.flush()
+    row = vault.get(rec.id)
+    assert row.status is RecordingStatus.INCOMPLETE and row.chunk_count == 4
+    assert any(e.action == "recording.recovered" for e in vault.catalog.audit_events())
+    vault.catalog._db = real
+    vault.close()
+
+
 async def test_service_shutdown_during_disk_full(service, caplog):
     """The service's own stop (as on SIGTERM) while a recording call is running and the disk
     is full: no error, and nothing left ``recording`` once the disk takes writes again."""

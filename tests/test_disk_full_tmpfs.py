@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -113,6 +115,8 @@ def serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[str]:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
                 return proc
+        except urllib.error.HTTPError:  # any answer: it serves
+            return proc
         except OSError:
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "service did not come up"
@@ -203,6 +207,24 @@ async def test_ivr_serve_on_a_full_tmpfs(small_disk, tmp_path):
         log = log_file.read_text()
         assert code == 0, log[-3000:]
         assert "Traceback" not in log, log[-3000:]
+        assert "vault closed" in log
+
+        # A restart on the still-full disk: the service comes up, says it is degraded, and
+        # takes calls; the emergency line's exactly as usual. SIGTERM exits 0.
+        restart_log = tmp_path / "restart.log"
+        proc = serve(data_dir, port, restart_log)
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as answer:
+            health = json.load(answer)
+        assert health["status"] == "degraded" and health["disk"]["ok"] is False, health
+        emergency = await one_call(url, EMERGENCY_LINE, fast=True, duration=1.0)
+        assert emergency.error is None, [e.text for e in emergency.transcript]
+        assert emergency.decision == "not_asked" and any("Dial" in t for t in emergency.twiml)
+        message = await one_call(url, MESSAGE_LINE, fast=True, duration=1.0)
+        assert message.error is None and message.decision is not None, message.to_json()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+        log = restart_log.read_text()
+        assert code == 0, log[-3000:]
         assert "vault closed" in log
     finally:
         if proc.poll() is None:

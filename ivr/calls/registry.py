@@ -22,6 +22,7 @@ from ivr.calls.session import CallSession
 from ivr.capabilities import PLATFORMS
 from ivr.config import Line
 from ivr.prompt_library import PromptLibrary
+from ivr.supervision import in_thread
 from storage.catalog import RecordingRow
 from storage.files import utc_iso
 from storage.vault import Vault
@@ -129,7 +130,7 @@ class CallRegistry:
             caller=caller,
             defer=True,
         )
-        self._retry_kept_writes()
+        self.retry_kept_writes()
         now = self.monotonic()
         call = Call(platform, platform_call_id, call_id, line, last_heard=now, opened=now)
         self._calls[(platform, platform_call_id)] = call
@@ -186,7 +187,7 @@ class CallRegistry:
             outcome=call.outcome,
             end_reason=call.end_reason,
         )
-        self._retry_kept_writes()
+        self.retry_kept_writes()
         session = call.session
         log.info(
             "call %s: ended (%s), outcome %s, recording %s, %d frames stored",
@@ -207,14 +208,15 @@ class CallRegistry:
         rows = await asyncio.to_thread(
             self.vault.catalog.open_calls, platform, utc_iso(started_before)
         )
-        for row in rows:
+        for row in rows:  # through the kept writes: a start on a full disk does not fail here
             await asyncio.to_thread(
-                self.vault.catalog.update_call,
+                self.vault.end_call,
                 row["id"],
                 ended_at=utc_iso(self.clock()),
                 outcome=row["outcome"] or "interrupted",
                 end_reason=ORPHAN_REASON,
             )
+        self.retry_kept_writes()
         return [row["platform_call_id"] for row in rows if row["platform_call_id"]]
 
     async def expire(self) -> int:
@@ -237,7 +239,7 @@ class CallRegistry:
             await self.finish(call, reason)
 
     # -- catalog writes the disk refused ---------------------------------------------------
-    def _retry_kept_writes(self) -> None:
+    def retry_kept_writes(self) -> None:
         """While the vault keeps writes the disk refused, retry them every few seconds (each
         new write retries them too); the task ends once none is left."""
         if self.vault.pending and (self._retry is None or self._retry.done()):
@@ -248,7 +250,7 @@ class CallRegistry:
         while True:
             await asyncio.sleep(self.retry_seconds)
             try:
-                if await asyncio.to_thread(pending.flush):
+                if await in_thread(pending.flush):
                     return
             except Exception:  # the retry must outlive any one failure; it logs, and goes on
                 log.exception("retrying kept catalog writes failed")
