@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from ivr import serving
+from ivr.app_keys import CALLS
 from ivr.config import DEMO_TWILIO_AUTH_TOKEN, ConfigError, Limits, load_config
 from ivr.harness.fake_asterisk import FakeAsterisk
 from ivr.platforms.twilio.app import TWILIO
@@ -275,6 +276,18 @@ async def test_a_twilio_call_over_the_cap_goes_through_unrecorded_or_hears_busy(
     await _webhook(url, "/twilio/status", CONSENT_LINE, first, status="completed")
     doc = ET.fromstring(await _webhook(url, "/twilio/voice", CONSENT_LINE, _sid()))
     assert doc.find("Connect/Stream") is not None
+
+
+async def test_calls_arriving_at_once_do_not_pass_the_cap_together(twilio):
+    app, url = twilio  # max_calls = 1
+    sids = [_sid() for _ in range(8)]
+    docs = await asyncio.gather(
+        *(_webhook(url, "/twilio/voice", MESSAGE_LINE, sid) for sid in sids)
+    )
+    verbs = [[el.tag for el in ET.fromstring(doc)] for doc in docs]
+    assert verbs.count(["Connect", "Redirect"]) == 1, verbs  # one consent question, 7 turned away
+    assert verbs.count(["Reject"]) == 7, verbs
+    assert len(app[CALLS]) == 1 and app[TWILIO].counters["calls_turned_away"] == 7
 
 
 # -- the call cap: Asterisk -----------------------------------------------------------------------

@@ -7,9 +7,10 @@ the dialplan with ``IVR_ERROR=busy``) and :func:`turn_away` keeps the call's row
 ``busy``, so that the refusal is on record (and the caller's number, sealed, for the usual
 call_record_days).
 
-The check reads the registry when the call arrives; calls arriving within the same instant
-may each see one slot left, so the cap can be passed by the number of calls being set up at
-that instant (a few), never more.
+The check and the registration are one step for the event loop: a platform calls :func:`full`
+and then ``CallRegistry.open`` with no await between, and the registry counts a call from the
+moment ``open`` starts (before its catalog row is written), so calls arriving at the same
+instant cannot pass the cap together.
 """
 
 from __future__ import annotations

@@ -99,11 +99,14 @@ class CallRegistry:
         self.monotonic = monotonic
         self.observers: list[CallObserver] = []
         self._calls: dict[tuple[str, str], Call] = {}
+        self._opening = 0  # calls between open()'s start and their registration
         self.retry_seconds = retry_seconds
         self._retry: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
-        return len(self._calls)
+        """Calls in progress, counting those being opened: the call cap's count
+        (ivr/calls/capacity.py), exact however many calls arrive at once."""
+        return len(self._calls) + self._opening
 
     def get(self, platform: str, platform_call_id: str) -> Call | None:
         return self._calls.get((platform, platform_call_id))
@@ -121,15 +124,19 @@ class CallRegistry:
         """Register a call (its catalog row: ``caller`` is stored sealed). The call goes on
         whether or not the disk takes its row now (kept and written later, see
         ``storage/pending.py``)."""
-        call_id = await asyncio.to_thread(
-            self.vault.open_call,
-            tenant=line.tenant,
-            platform=platform,
-            platform_call_id=platform_call_id,
-            line=line.policy_id,
-            caller=caller,
-            defer=True,
-        )
+        self._opening += 1  # counted from here, before the first await
+        try:
+            call_id = await asyncio.to_thread(
+                self.vault.open_call,
+                tenant=line.tenant,
+                platform=platform,
+                platform_call_id=platform_call_id,
+                line=line.policy_id,
+                caller=caller,
+                defer=True,
+            )
+        finally:
+            self._opening -= 1
         self.retry_kept_writes()
         now = self.monotonic()
         call = Call(platform, platform_call_id, call_id, line, last_heard=now, opened=now)
