@@ -47,10 +47,8 @@ from ivr.harness.loadtest.core import (
     StreamRun,
     aligned,
     cost_rows,
-    errors,
     fmt,
     run,
-    timings,
 )
 from ivr.harness.twilio_sim import StreamStart
 
@@ -260,29 +258,24 @@ async def run_reference(platform: str, options: Options, ports: str) -> dict[str
                     )
             driver: Driver[Any] = DRIVERS[platform](options, session)
             streams = StreamRun(options.calls, bare.read_cpu, driver.stream)
-            t_start = asyncio.get_running_loop().time()
+            bare_call, timed = BARE[platform]
 
             def call(result: CallResult) -> Awaitable[None]:
-                return BARE[platform][0](driver, result, port_list[result.index])
+                return bare_call(driver, result, port_list[result.index])
 
-            results, rss = await rss_growth(bare.pid, driver.load(streams, call, "bare"))
-            sent = sum(r.frames_sent for r in results)
-            received = await bare.frames_received(sent)
-    completed = sum(r.completed for r in results)
+            (_, report), rss = await rss_growth(bare.pid, driver.load(streams, call, "bare", timed))
+            received = await bare.frames_received(report["frames_sent"])
+    # The reference's calls are streams ("streams": how many, "streams_failed", ...).
+    report = {
+        k.replace("calls_attempted", "streams").replace("calls", "streams"): v
+        for k, v in report.items()
+    }
     return {
-        "streams": options.calls,
-        "streams_completed": completed,
-        "streams_failed": options.calls - completed,
-        "errors": errors(results),
-        "frames_sent": sent,
+        **report,
         "frames_received": received,
-        "frames_lost": sent - received if received is not None else None,
+        "frames_lost": report["frames_sent"] - received if received is not None else None,
         **({"ports": ports} if platform == "asterisk" else {}),
-        **timings(results, BARE[platform][1]),
         "rss_kib_per_call": rss / options.calls if rss is not None else None,
-        "cost": streams.cost(options.duration),
-        "ticker": streams.ticker_stats(),
-        "elapsed_s": round(asyncio.get_running_loop().time() - t_start, 1),
     }
 
 

@@ -98,14 +98,10 @@ def options_from_args(args: argparse.Namespace) -> Any:
     return cls(**given)
 
 
-def _driver(options: Options) -> type[Driver[Any]]:
-    return next(d for d in DRIVERS.values() if type(options) is d.options_type)
-
-
 async def run_loadtest(options: Options) -> dict[str, Any]:
     """Run the load test of the options' platform; the report as a dict. Raises ValueError for
     bad options and SetupError if the fake Asterisk cannot listen."""
-    return await run(_driver(options), options)
+    return await run(next(d for d in DRIVERS.values() if type(options) is d.options_type), options)
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -62,7 +62,6 @@ SETUP_TIMEOUT_S = 30.0  # StasisStart -> bridged
 DECISION_TIMEOUT_S = 30.0  # accept key -> IVR_RECORDING_ID
 FINALISE_TIMEOUT_S = 60.0  # caller hang-up -> bridge destroyed
 SETTLE_POLL_S = 0.2
-HEALTH_TIMEOUT_S = 10.0
 _TONE = tone(440.0, -12.0)
 POOL: tuple[bytes, ...] = tuple(_TONE.frame(i) for i in range(len(_TONE)))  # one second
 _T = TypeVar("_T")
@@ -154,6 +153,7 @@ class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
     lag = ("hangup_to_final_ms", "hangup->final")
     saturation = "saturated CPU, queue overflow"
     note = "; fake ARI at {ari_listen}"
+    shown = ("ari_listen",)
     ok_if = ("finalised", "frames_sent")
     ok_if_zero = ("server_frames_lost", "rtp_lost")
     # Per-call queues overflow: the hang-up then waits behind queued RTP before finalisation.
@@ -172,7 +172,6 @@ class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
         )
         self.woken: dict[str, asyncio.Event] = {}  # by caller channel id and by bridge id
         self.fake.observers.append(self._answered)
-        self.base = options.url.rstrip("/")
         self.id_prefix = str(int(time.time() * 1000))
         self.placed = self.bridged = 0
         self.before: dict[str, int] = {}  # the service's counters before the first call
@@ -192,9 +191,6 @@ class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
     async def __aexit__(self, *exc: object) -> None:
         await self.fake.stop()
 
-    def header(self) -> dict[str, Any]:
-        return {"ari_listen": self.options.ari_listen}
-
     async def send_rtp(self, result: CallResult, sock: socket.socket, peer: RtpPeer) -> None:
         """``peer``'s stream, sent on ``sock`` through the ticker; CallFailed if it fails."""
         streamer = await result.stream(_RtpStreamer(sock, peer, self.options.frames()))
@@ -205,17 +201,12 @@ class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
     async def _health(self) -> tuple[dict[str, int], bool]:
         """The service's Asterisk counters from /healthz, and whether it has no call in
         progress; CallFailed if /healthz cannot tell."""
-        url = f"{self.base}/healthz"
-        try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_S):
-                async with self.session.get(url) as resp:
-                    body = await resp.json(content_type=None)
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            raise CallFailed(f"cannot read {url}: {exc or type(exc).__name__}") from None
-        if not isinstance(body, dict) or not isinstance(body.get("asterisk"), dict):
+        section = (await self.healthz()).get("asterisk")
+        if not isinstance(section, dict):
+            url = f"{self.options.url.rstrip('/')}/healthz"
             raise CallFailed(f"{url} has no 'asterisk' section: is [asterisk] configured?")
-        counters = body["asterisk"].get("counters") or {}
-        idle = not body["asterisk"].get("calls_in_progress")
+        counters = section.get("counters") or {}
+        idle = not section.get("calls_in_progress")
         return {k: int(v) for k, v in counters.items() if isinstance(v, int)}, idle
 
     async def prepare(self) -> None:

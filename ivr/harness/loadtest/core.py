@@ -268,7 +268,7 @@ class StreamRun:
             try:
                 async with asyncio.timeout(CPU_READ_TIMEOUT_S):
                     cpu = await self.read_cpu()
-            except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError):
+            except (CallFailed, TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError):
                 return
             self.samples[moment] = ((t1 + self.loop.time()) / 2, cpu, (own1 + own_cpu()) / 2)
 
@@ -372,12 +372,22 @@ class CallResult:
             self._run = None
 
 
-def timings(results: Sequence[CallResult], keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-    return {key: dist([r.ms[key] for r in results if key in r.ms]) for key in keys}
-
-
-def errors(results: Sequence[CallResult]) -> list[str]:
-    return [f"call {r.index}: {r.error}" for r in results if r.error][:MAX_ERRORS_REPORTED]
+def outcome(
+    results: Sequence[CallResult], run: StreamRun, duration: float, timed: Sequence[str]
+) -> dict[str, Any]:
+    """What every run reports of its calls: how many completed, the first errors, the frames
+    sent, the timings named by ``timed``, the CPU cost and the ticker's numbers."""
+    completed = sum(r.completed for r in results)
+    return {
+        "calls_attempted": len(results),
+        "calls_completed": completed,
+        "calls_failed": len(results) - completed,
+        "errors": [f"call {r.index}: {r.error}" for r in results if r.error][:MAX_ERRORS_REPORTED],
+        "frames_sent": sum(r.frames_sent for r in results),
+        **{key: dist([r.ms[key] for r in results if key in r.ms]) for key in timed},
+        "cost": run.cost(duration),
+        "ticker": run.ticker_stats(),
+    }
 
 
 # -- a platform's driver ----------------------------------------------------------------------
@@ -406,6 +416,7 @@ class Driver(ABC, Generic[_O]):
     ok_if: ClassVar[tuple[str, ...]] = ()  # service fields that must hold for "OK"
     ok_if_zero: ClassVar[tuple[str, ...]] = ()  # and those that must be 0, as calls_failed
     overload: ClassVar[str | None] = None  # a service counter whose growth shows saturation
+    shown: ClassVar[tuple[str, ...]] = ()  # options copied into the report, under their names
 
     def __init__(self, options: _O, session: aiohttp.ClientSession) -> None:
         self.options = options
@@ -418,9 +429,6 @@ class Driver(ABC, Generic[_O]):
 
     async def __aexit__(self, *exc: object) -> None:
         pass
-
-    def header(self) -> dict[str, Any]:
-        return {}
 
     async def prepare(self) -> None:
         pass
@@ -442,48 +450,52 @@ class Driver(ABC, Generic[_O]):
     def rows(cls, service: dict[str, Any]) -> list[tuple[str, str]]: ...
 
     # -- the run -----------------------------------------------------------------------------
+    async def healthz(self) -> dict[str, Any]:
+        """The service's ``/healthz``; CallFailed if it cannot be read."""
+        url = f"{self.options.url.rstrip('/')}/healthz"
+        try:
+            async with asyncio.timeout(CPU_READ_TIMEOUT_S), self.session.get(url) as resp:
+                body = await resp.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            raise CallFailed(f"cannot read {url}: {exc or type(exc).__name__}") from None
+        if not isinstance(body, dict):
+            raise CallFailed(f"{url} did not answer a JSON object")
+        return body
+
+    async def read_cpu(self) -> float:
+        return float((await self.healthz())["cpu_seconds"])
+
     async def run_service(self) -> dict[str, Any]:
-        loop, o = asyncio.get_running_loop(), self.options
-        t_start = loop.time()
-
-        async def read_cpu() -> float:
-            async with self.session.get(f"{o.url.rstrip('/')}/healthz") as resp:
-                return float((await resp.json(content_type=None))["cpu_seconds"])
-
-        run = StreamRun(o.calls, read_cpu, self.stream)
-        problems: list[str] = []
+        o, t_start = self.options, time.monotonic()
+        run = StreamRun(o.calls, self.read_cpu, self.stream)
         try:
             await self.prepare()
         except CallFailed as exc:
             await run.stop()
             results = [CallResult(i, error=str(exc)) for i in range(o.calls)]
+            report = outcome(results, run, o.duration, self.timings)
         else:
-            results = await self.load(run, self.call, "service")
-            problems = await self.settle(results)
-        completed = sum(r.completed for r in results)
-        return {
-            "calls_attempted": o.calls,
-            "calls_completed": completed,
-            "calls_failed": o.calls - completed,
-            "errors": (errors(results) + problems)[:MAX_ERRORS_REPORTED],
-            "frames_sent": sum(r.frames_sent for r in results),
-            **timings(results, self.timings),
-            **self.service_fields(results),
-            "cost": run.cost(o.duration),
-            "ticker": run.ticker_stats(),
-            "elapsed_s": round(loop.time() - t_start, 1),
-        }
+            results, report = await self.load(run, self.call, "service", self.timings)
+            report["errors"] = (report["errors"] + await self.settle(results))[:MAX_ERRORS_REPORTED]
+        report["elapsed_s"] = round(time.monotonic() - t_start, 1)  # with ``prepare``
+        return {**report, **self.service_fields(results)}
 
     async def load(
-        self, run: StreamRun, call: Callable[[CallResult], Awaitable[None]], label: str
-    ) -> list[CallResult]:
+        self,
+        run: StreamRun,
+        call: Callable[[CallResult], Awaitable[None]],
+        label: str,
+        timed: Sequence[str],
+    ) -> tuple[list[CallResult], dict[str, Any]]:
         """``call`` for every call on the ramp's schedule, streaming through ``run``; each one's
-        result, a failed one for those not done by the overall deadline. A progress line tagged
-        ``label`` every ``progress_interval``; the ticker and the progress line are stopped
-        whatever happens."""
+        result, a failed one for those not done by the overall deadline, and their ``outcome``
+        (with the timings ``timed`` and the seconds it took). A progress line tagged ``label``
+        every ``progress_interval``; the ticker and the progress line are stopped whatever
+        happens."""
         loop, o = asyncio.get_running_loop(), self.options
         n, ramp, deadline = o.calls, o.resolved_ramp(), o.deadline()
-        t0 = loop.time() + 0.05
+        t_start = loop.time()
+        t0 = t_start + 0.05
 
         async def one(i: int) -> CallResult:
             result = CallResult(i, run)
@@ -527,7 +539,8 @@ class Driver(ABC, Generic[_O]):
                     else f"{type(exc).__name__}: {exc}"
                 )
                 results.append(CallResult(i, error=error))
-        return results
+        report = outcome(results, run, o.duration, timed)
+        return results, {**report, "elapsed_s": round(loop.time() - t_start, 1)}
 
     async def _progress(self, label: str, line: Callable[[], str]) -> None:
         """A progress line on stderr every ``progress_interval`` seconds (0: none)."""
@@ -609,11 +622,11 @@ async def run(driver: type[Driver[_O]], options: _O) -> dict[str, Any]:
         "calls": options.calls,
         "duration_s": options.duration,
         "ramp_s": options.resolved_ramp(),
+        **{name: getattr(options, name) for name in driver.shown},
     }
     timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         platform = driver(options, session)
-        report.update(platform.header())
         async with platform:
             report["service"] = await platform.run_service()
     driver.summarise(report)

@@ -38,7 +38,7 @@ from ivr.harness.loadtest.core import (
 )
 from ivr.harness.twilio_sim import CallOptions, StreamStart, simulate_call
 from ivr.harness.twilio_wire import AUTH_TOKEN_ENV, DEFAULT_TO, DEMO_AUTH_TOKEN
-from ivr.harness.wsclient import OP_CLOSE, RawWebSocket, WebSocketError, frame_header
+from ivr.harness.wsclient import OP_CLOSE, RawWebSocket, WebSocketError, text_frame
 
 __all__ = ["LoadtestOptions", "TwilioDriver"]
 
@@ -49,8 +49,6 @@ CLOSE_TIMEOUT_S = 30.0
 
 _TONE = tone(440.0, -24.0)
 POOL: tuple[bytes, ...] = tuple(_TONE.payload(i).encode() for i in range(len(_TONE)))  # 1 s
-_POOL_N = len(POOL)
-_HALF_POOL = _POOL_N // 2
 
 
 @dataclass(frozen=True)
@@ -89,30 +87,25 @@ class _Streamer(TickedStream):
         return 2 * self.sent  # both tracks
 
     def pump(self, due: int) -> int:
-        target = min(due - self.join_tick, self.total)
-        n = self.sent
-        if target <= n:
+        start, target = self.sent, min(due - self.join_tick, self.total)
+        if target <= start:
             return 0
-        parts: list[bytes] = []
-        add = parts.append
-        tin, tout, seq = self.tmpl_in, self.tmpl_out, self.seq0 + 2 * n
-        while n < target:
-            ts = n * FRAME_MS
-            chunk = n + 1
-            m = tin % (seq, chunk, ts, POOL[n % _POOL_N])
-            add(frame_header(len(m)))
-            add(m)
-            m = tout % (seq + 1, chunk, ts, POOL[(n + _HALF_POOL) % _POOL_N])
-            add(frame_header(len(m)))
-            add(m)
-            seq += 2
-            n += 1
-        written = 2 * (target - self.sent)
-        self.ws.write_raw(b"".join(parts))
+        # Frame n: chunk n + 1 of both tracks (k 0 and 1), the outbound half a second ahead.
+        tracks = tuple(enumerate((self.tmpl_in, self.tmpl_out)))
+        seq0, size, half = self.seq0, len(POOL), len(POOL) // 2
+        self.ws.write_raw(
+            b"".join(
+                text_frame(
+                    tmpl % (seq0 + 2 * n + k, n + 1, n * FRAME_MS, POOL[(n + k * half) % size])
+                )
+                for n in range(start, target)
+                for k, tmpl in tracks
+            )
+        )
         self.sent = target
         if due % 50 == 0:
             self.backlog = max(self.backlog, self.ws.buffered)
-        return written
+        return 2 * (target - start)
 
     @classmethod
     def stats(cls, streams: list[_Streamer]) -> dict[str, Any]:
