@@ -400,7 +400,7 @@ async def test_a_media_channel_that_never_enters_stasis_fails_the_set_up(pbx, mo
     row = call_row(app, stuck.channel_id)
     assert row["outcome"] == "setup_failed"
     assert "did not enter the Stasis application within 0.2 s" in row["end_reason"]
-    assert all(ch.destroyed for ch in fake.external_media)
+    assert all(ch.destroyed for ch in fake.channels.values() if ch.rtp is not None)
 
 
 async def test_a_caller_gone_during_set_up_is_a_hang_up_not_a_failure(pbx, monkeypatch):

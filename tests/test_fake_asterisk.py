@@ -33,6 +33,7 @@ from ivr.harness.fake_asterisk import (
     parse_rtp,
     telephone_event_payload,
 )
+from ivr.harness.twilio_sim import CallResult
 from media.g711 import ulaw_decode
 
 APP = "consent-test"
@@ -688,7 +689,7 @@ async def test_dropped_events_socket_loses_events_but_rest_works(
     assert await fake.drop_events_socket() == 1
     msg = await events.ws.receive(timeout=2.0)
     assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.ERROR)
-    assert not fake.is_connected()
+    assert fake.listener() is None
 
     call = await fake.place_call("100", "+4930999")  # nobody listens: StasisStart is lost
     assert await ari("POST", f"/channels/{call.channel_id}/answer") == (204, None)  # and this
@@ -709,7 +710,7 @@ async def test_refused_connections_until_reenabled(
     with pytest.raises(aiohttp.WSServerHandshakeError) as err:
         await session.ws_connect(fake.events_url)
     assert err.value.status == 503
-    assert fake.rejected == 1 and not fake.is_connected()
+    assert fake.rejected == 1 and fake.listener() is None
     fake.refuse_connections(False)
     ws = await session.ws_connect(fake.events_url)
     await fake.wait_connected()
@@ -816,7 +817,7 @@ async def test_the_simulated_caller_streams_every_20_ms_in_real_time(
     options = AsteriskCallOptions(app=APP, hangup_at=0.1)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    await _drive(fake, call, options, lambda text: None, [0.0])
+    await _drive(fake, call, options, lambda text: None, CallResult(call_sid=call.channel_id))
     assert loop.time() - t0 >= 0.08  # five packets cannot go faster than 5 x 20 ms
     assert call.channel.destroyed and (peer.sequence - first) & 0xFFFF == 5  # then it hung up
     got = await sink.take(5)

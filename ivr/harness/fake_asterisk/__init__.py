@@ -36,6 +36,7 @@ from ivr.harness.fake_asterisk.rtp import PT_TELEPHONE_EVENT as PT_TELEPHONE_EVE
 from ivr.harness.fake_asterisk.rtp import RtpPeer as RtpPeer
 from ivr.harness.fake_asterisk.rtp import build_rtp as build_rtp
 from ivr.harness.fake_asterisk.rtp import mix_frames as mix_frames
+from ivr.harness.fake_asterisk.rtp import parse_addr as parse_addr
 from ivr.harness.fake_asterisk.rtp import parse_rtp as parse_rtp
 from ivr.harness.fake_asterisk.rtp import telephone_event_payload as telephone_event_payload
 from ivr.harness.fake_asterisk.server import FakeAsterisk as FakeAsterisk

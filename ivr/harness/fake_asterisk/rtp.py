@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import socket
 import struct
 import time
@@ -50,6 +51,14 @@ class ReceivedPacket(NamedTuple):
     source: Addr
     header: RtpHeader | None
     payload: bytes
+
+
+def parse_addr(raw: str) -> Addr | None:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` (port 0 to 65535); None for anything else."""
+    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", raw)
+    if m is None or int(m.group(2) or m.group(4)) > 65535:
+        return None
+    return m.group(1) or m.group(3), int(m.group(2) or m.group(4))
 
 
 def build_rtp(

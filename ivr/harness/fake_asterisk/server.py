@@ -35,7 +35,7 @@ from ivr.harness.fake_asterisk.model import (
     FrameSource,
     Pbx,
 )
-from ivr.harness.fake_asterisk.rtp import RtpPeer
+from ivr.harness.fake_asterisk.rtp import RtpPeer, parse_addr
 
 log = logging.getLogger(__name__)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -90,15 +90,6 @@ def _getall(request: web.Request, name: str) -> list[str]:
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response({"message": message}, status=status, headers=headers)
-
-
-def _split_host_port(raw: str) -> tuple[str, int] | None:
-    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", raw)
-    if not m:
-        return None
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    return (host, port) if 0 < port < 65536 else None
 
 
 class FakeAsterisk:
@@ -233,7 +224,7 @@ class FakeAsterisk:
         """Put ``text`` on ``app``'s events socket as one websocket text message, as it is
         (malformed JSON, a hostile event): in order with the events. False when nobody
         listens (the text is then dropped and not counted)."""
-        sock = self._listener(app or self.app)
+        sock = self.listener(app)
         if sock is not None:
             self._outbox.put_nowait((sock, text))
         return sock is not None
@@ -309,14 +300,6 @@ class FakeAsterisk:
             raise RuntimeError(f"{channel_id} is not a ringing originated channel")
         return ch
 
-    @property
-    def external_media(self) -> list[ChannelState]:
-        """Every external-media channel the app created, in order."""
-        return [c for c in self.channels.values() if c.kind == EXTERNAL_MEDIA]
-
-    def is_connected(self, app: str | None = None) -> bool:
-        return self._listener(app or self.app) is not None
-
     # -- waiting -----------------------------------------------------------------------------
     async def flush_events(self) -> None:
         """Wait until every emitted event has been written to its socket (or lost)."""
@@ -327,7 +310,7 @@ class FakeAsterisk:
         answered when its reader gets there (the handshake ``ivr simulate --platform asterisk
         --fast`` moves its clock by). Returns at once if nobody listens."""
         await self.flush_events()
-        sock = self._listener(app or self.app)
+        sock = self.listener(app)
         if sock is None:
             return
         token = b"sync-%d" % next(_PINGS)
@@ -353,8 +336,15 @@ class FakeAsterisk:
             await asyncio.sleep(_POLL_SECONDS)
 
     async def wait_connected(self, app: str | None = None, timeout: float = 5.0) -> None:
-        """Wait until an events websocket is open for ``app``."""
-        await self.wait_for(lambda: self.is_connected(app), timeout, "events websocket")
+        """Wait until an events websocket is open for ``app``; TimeoutError says what to check."""
+        try:
+            await self.wait_for(lambda: self.listener(app) is not None, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"the service did not connect to the fake ARI at {self.url} (app "
+                f"{app or self.app!r}) within {timeout:.0f} s: is its [asterisk] url set to this "
+                "address, with the same user and password?"
+            ) from None
 
     async def wait_for_request(
         self, method: str, path_regex: str, timeout: float = 5.0, *, start: int = 0
@@ -374,15 +364,15 @@ class FakeAsterisk:
         return found
 
     # -- events ------------------------------------------------------------------------------
-    def _listener(self, app: str) -> _EventSocket | None:
-        """The open events socket that gets ``app``'s events, if any."""
-        sock = self._app_sockets.get(app)
+    def listener(self, app: str | None = None) -> _EventSocket | None:
+        """The open events socket that gets ``app``'s events, if any (None: nobody listens)."""
+        sock = self._app_sockets.get(app or self.app)
         return sock if sock is not None and not sock.ws.closed else None
 
     def _emit(self, app: str, type_: str, fields: Mapping[str, Any]) -> None:
         """Queue an event for ``app``'s socket; with nobody listening it is lost, as on
         Asterisk."""
-        sock = self._listener(app)
+        sock = self.listener(app)
         if sock is not None:
             self._outbox.put_nowait((sock, {"type": type_, **fields, "application": app}))
 
@@ -528,8 +518,8 @@ class FakeAsterisk:
     async def _h_external_media(self, request: web.Request) -> web.StreamResponse:
         app = _need(request, "app", "app cannot be empty")
         external_host = _need(request, "external_host", "external_host cannot be empty")
-        remote = _split_host_port(external_host)
-        if remote is None:
+        remote = parse_addr(external_host)
+        if remote is None or remote[1] == 0:
             return _error(400, "external_host must be <host>:<port>")
         fmt = _need(request, "format", "format cannot be empty")
         encapsulation = (_get(request, "encapsulation") or "rtp").lower()

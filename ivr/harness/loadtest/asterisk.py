@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from ivr.harness.audio import tone
-from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall, RecordedRequest, RtpPeer
+from ivr.harness.fake_asterisk import FakeAsterisk, FakeCall, RecordedRequest, RtpPeer, parse_addr
 from ivr.harness.fake_asterisk.model import BridgeState
 from ivr.harness.loadtest.core import (
     PRESS_AFTER_S,
@@ -83,11 +83,9 @@ class AsteriskLoadtestOptions(Options):
         return os.environ.get(ARI_PASSWORD_ENV) or DEMO_ARI_PASSWORD
 
     def listen(self) -> tuple[str, int]:
-        host, _, port = self.ari_listen.rpartition(":")
-        host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if (addr := parse_addr(self.ari_listen)) is None:
             raise ValueError(f"--ari-listen {self.ari_listen!r} is not HOST:PORT")
-        return host, int(port)
+        return addr
 
     def deadline(self) -> float:
         margin = self.margin if self.margin is not None else 60.0 + 0.1 * self.calls
@@ -214,12 +212,8 @@ class AsteriskDriver(Driver[AsteriskLoadtestOptions]):
         self.before, _ = await self._health()
         try:
             await self.fake.wait_connected(o.ari_app, timeout=o.connect_timeout)
-        except TimeoutError:
-            raise CallFailed(
-                f"the service did not connect to the fake ARI at {self.fake.url} (app "
-                f"{o.ari_app!r}) within {o.connect_timeout:.0f} s: is its [asterisk] url set "
-                "to --ari-listen, with the same user and password?"
-            ) from None
+        except TimeoutError as exc:
+            raise CallFailed(f"{exc} (--ari-listen)") from None
 
     def _answered(self, record: RecordedRequest) -> None:
         """Wake the call that a request of the service concerns, once answered: the request names
