@@ -35,9 +35,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from ivr.cli.loadtest import add_loadtest_arguments, options_from_args
 from ivr.harness import twilio_wire as wire
 from ivr.harness.fake_asterisk import RtpPeer
-from ivr.harness.loadtest import DRIVERS, add_loadtest_arguments, options_from_args
+from ivr.harness.loadtest import DRIVERS
 from ivr.harness.loadtest.core import (
     HTTP_TIMEOUT_S,
     CallFailed,

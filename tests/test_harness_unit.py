@@ -28,8 +28,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from ivr.harness import audio as harness_audio
-from ivr.harness.cli import (
+from ivr.cli.simulate import (
     add_simulate_parser,
     format_entry,
     options_from_args,
@@ -38,6 +37,7 @@ from ivr.harness.cli import (
     run_simulate_async,
     summary_line,
 )
+from ivr.harness import audio as harness_audio
 from ivr.harness.twilio_sim import (
     CallOptions,
     CallResult,

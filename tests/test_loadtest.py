@@ -18,15 +18,9 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
+from ivr.cli.loadtest import add_loadtest_parser, options_from_args, run_loadtest_cli
 from ivr.config import DEMO_TWILIO_AUTH_TOKEN, load_config
-from ivr.harness.loadtest import (
-    LoadtestOptions,
-    add_loadtest_parser,
-    format_report,
-    options_from_args,
-    run_loadtest,
-    run_loadtest_cli,
-)
+from ivr.harness.loadtest import LoadtestOptions, format_report, run_loadtest
 from ivr.harness.twilio_wire import DEMO_AUTH_TOKEN
 from ivr.service import create_app
 

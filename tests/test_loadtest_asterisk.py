@@ -17,15 +17,9 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
+from ivr.cli.loadtest import add_loadtest_parser, options_from_args, run_loadtest_cli
 from ivr.config import load_config
-from ivr.harness.loadtest import (
-    AsteriskLoadtestOptions,
-    add_loadtest_parser,
-    format_report,
-    options_from_args,
-    run_loadtest,
-    run_loadtest_cli,
-)
+from ivr.harness.loadtest import AsteriskLoadtestOptions, format_report, run_loadtest
 from ivr.harness.loadtest.asterisk import DEFAULT_ASTERISK_TO
 from ivr.service import create_app
 

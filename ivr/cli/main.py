@@ -508,8 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_calls_parsers(top, data_out)
     add_ropa_parser(top, common)
 
-    from ivr.harness.cli import add_simulate_parser
-    from ivr.harness.loadtest import add_loadtest_parser
+    from ivr.cli.loadtest import add_loadtest_parser
+    from ivr.cli.simulate import add_simulate_parser
 
     add_simulate_parser(top)
     add_loadtest_parser(top)

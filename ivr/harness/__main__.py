@@ -1,9 +1,9 @@
-"""``python -m ivr.harness simulate …``: the simulator on its own, without the service's CLI."""
+"""``python -m ivr.harness simulate …``: ``ivr simulate`` alone, without the other commands."""
 
 import argparse
 import sys
 
-from ivr.harness.cli import add_simulate_parser
+from ivr.cli.simulate import add_simulate_parser
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m ivr.harness")

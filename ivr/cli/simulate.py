@@ -1,5 +1,6 @@
-"""``ivr simulate``: place a simulated call against a running service; and the options it shares
-with ``ivr loadtest`` (``ivr.harness.loadtest.cli``).
+"""``ivr simulate``: place a simulated call against a running service (the harness's Twilio or
+Asterisk caller, ``ivr/harness/``); and the options it shares with ``ivr loadtest``
+(``ivr.cli.loadtest``).
 
 ``run_simulate`` returns the exit status: 0 for a completed call, 1 if the call ended in an
 error. Bad arguments are argparse errors (exit 2).
