@@ -166,7 +166,10 @@ def create_app(
         app[TWILIO] = TwilioCalls(
             config=config,
             calls=app[CALLS],
-            tokens=StreamTokens.random(config.stream_token_ttl_seconds),
+            # Derived from the master key: any process of the service can check a token.
+            tokens=StreamTokens.from_key(
+                app[VAULT].keyring.service_key, config.stream_token_ttl_seconds
+            ),
             clock=clock,
         )
         yield  # its streams close in the on_shutdown hook, before any cleanup step runs

@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from storage.files import atomic_write, open_private, private_dir, utc_iso
 
@@ -328,6 +330,18 @@ class Keyring:
                     self._load()
         assert self._audit is not None
         return self._audit
+
+    def service_key(self, purpose: str) -> bytes:
+        """A key for one of the service's own purposes (``purpose`` names it, e.g. the Twilio
+        stream tokens), derived from the master key with HKDF-SHA256: the same in every process
+        and on every node that holds the master key, different for every purpose, and never
+        stored. The master key itself is used for nothing but this and sealing the keyring."""
+        if not purpose:
+            raise ValueError("a service key needs a purpose")
+        info = b"ivr service key v1: " + purpose.encode()
+        return HKDF(algorithm=hashes.SHA256(), length=KEY_LEN, salt=None, info=info).derive(
+            self._master
+        )
 
     @_synchronized
     def list(self, tenant: str | None = None) -> list[KekInfo]:

@@ -35,7 +35,8 @@ from ivr.platforms.twilio.messages import (
     twiml_say_hangup,
 )
 from ivr.platforms.twilio.signature import compute_signature, is_valid_signature, url_variants
-from ivr.platforms.twilio.stream_token import StreamTokens, TokenError
+from ivr.platforms.twilio.stream_token import KEY_PURPOSE, StreamTokens, TokenError
+from storage.vault import Vault
 
 CALL = "CA" + "a" * 32
 ACCOUNT = "AC" + "b" * 32
@@ -254,3 +255,23 @@ def test_stream_tokens():
     ):
         with pytest.raises(TokenError):
             tokens.verify(bad, "consent", CALL, now=1000)
+
+
+def test_stream_tokens_are_checked_by_any_process_holding_the_master_key(tmp_path):
+    # The secret comes from the master key (storage/keys.py, service_key), not from the
+    # process: a token one process issued is good in another, as workers and nodes need.
+    master = bytes.fromhex("42" * 32)
+    with Vault(tmp_path, master_key=master, fsync=False) as one:
+        issued = StreamTokens.from_key(one.keyring.service_key, 300).issue("consent", CALL, 1000)
+        audit = one.keyring.service_key("another purpose")
+    with Vault(tmp_path, master_key=master, fsync=False, recover=False) as other:
+        StreamTokens.from_key(other.keyring.service_key, 300).verify(issued, "consent", CALL, 1100)
+        assert other.keyring.service_key("another purpose") == audit
+        assert other.keyring.service_key(KEY_PURPOSE) != audit
+        with pytest.raises(ValueError):
+            other.keyring.service_key("")
+    stranger = Vault(tmp_path / "elsewhere", master_key=bytes(32), fsync=False)
+    with stranger, pytest.raises(TokenError, match="does not belong"):
+        StreamTokens.from_key(stranger.keyring.service_key, 300).verify(
+            issued, "consent", CALL, 1100
+        )

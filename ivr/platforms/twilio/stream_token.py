@@ -4,7 +4,9 @@ Whether Twilio signs the websocket upgrade is not documented, so the service aut
 stream itself: the TwiML that opens a stream carries a token as a ``<Parameter>``, and the
 stream's ``start`` message must bring it back for the same call, for the same kind of stream,
 before it expires. A token is ``v1.<kind>.<expiry>.<mac>`` with
-``mac = base64url(HMAC-SHA256(secret, "v1|kind|call_sid|expiry"))``.
+``mac = base64url(HMAC-SHA256(secret, "v1|kind|call_sid|expiry"))``. The service's secret is
+derived from the master key (:data:`KEY_PURPOSE`), so any of its processes, on any node with
+that key, can check a token another issued.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 KINDS = ("consent", "recording")
+KEY_PURPOSE = "twilio stream tokens"  # the service key the secret is (storage/keys.py)
 MAX_TOKEN_CHARS = 128  # v1.recording.<10 digits>.<43 characters>: 68
 MAX_EXPIRY_DIGITS = 12
 
@@ -30,8 +33,9 @@ class StreamTokens:
     ttl_seconds: int
 
     @classmethod
-    def random(cls, ttl_seconds: int) -> StreamTokens:
-        return cls(secrets.token_bytes(32), ttl_seconds)
+    def from_key(cls, service_key: Callable[[str], bytes], ttl_seconds: int) -> StreamTokens:
+        """Tokens under the service key for :data:`KEY_PURPOSE` (``Keyring.service_key``)."""
+        return cls(service_key(KEY_PURPOSE), ttl_seconds)
 
     def _mac(self, kind: str, call_sid: str, expiry: int) -> str:
         msg = f"v1|{kind}|{call_sid}|{expiry}".encode()
