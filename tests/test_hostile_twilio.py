@@ -493,7 +493,7 @@ async def test_a_timestamp_jump_does_not_end_the_recording_early(service):
 
 async def test_a_frame_past_the_lines_maximum_is_lost_not_stored(service, monkeypatch):
     # The stream's own check switched off: the session's bound (max_recording_seconds) holds.
-    monkeypatch.setattr("ivr.platforms.twilio.app.MAX_AHEAD_MS", 10**13)
+    monkeypatch.setattr("ivr.calls.numbering.MAX_AHEAD_MS", 10**13)
     app, url = service
     async with aiohttp.ClientSession() as s:
         data, ws = await recording_stream(s, url)

@@ -24,6 +24,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ivr.calls import TRACK_AGENT, TRACK_CALLER, Call, CallRegistry, CallSession, carry_out
+from ivr.calls.numbering import MediaNumbering
 from ivr.config import Config, normalise_number
 from ivr.consent import Command, DigitPressed, PromptFinished
 from ivr.platforms.twilio import busy
@@ -77,13 +78,6 @@ NO_RECORDING_STREAM = "the recording stream never connected"
 MAX_WEBHOOK_BYTES = 64 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
 WARN_EVERY_SECONDS = 60.0  # a kind of refusal anyone can provoke is logged at most this often
-# Media sanity, against the stream's own history (see _Stream.media_ms): sequence numbers go up
-# by one per message, so a jump of more than this is not a lost message but a broken number;
-# a timestamp may run this far ahead of the audio (or the wall time) the stream has delivered.
-MAX_SEQUENCE_GAP = 1500  # 15 s of both tracks
-MAX_AHEAD_MS = 5_000
-MAX_BACK_MS = 1_000
-ULAW_BYTES_PER_MS = 8
 
 
 @dataclass
@@ -314,12 +308,7 @@ class _Stream:
         self.stream_sid = ""
         self.tracks: frozenset[str] = frozenset()
         self.base_ms = 0
-        self.last_seq = 0
-        self.jump_seq = -1  # the last message dropped for a jump in its sequence number
-        self.opened = 0.0  # wall time of the start
-        self.next_ms = [-1, -1]  # per track: where its next frame should start (stream ms)
-        self.track_ms = [0, 0]  # per track: the audio it has delivered (ms)
-        self.delivered_ms = 0  # the most of any track
+        self.numbering = MediaNumbering(twilio.counters, self.note, self.where, twilio.wall)
         self.bad = 0
         self.noted: set[str] = set()
         self.closed_by_us = False
@@ -366,8 +355,7 @@ class _Stream:
         self.stream_sid = start.stream_sid
         self.tracks = frozenset(start.tracks)
         self.base_ms = int(call.session.call_time() * 1000)
-        self.last_seq = start.sequence
-        self.opened = twilio.wall()
+        self.numbering.start(start.sequence)
         return True
 
     async def _refuse(self, call_sid: str, why: str) -> bool:
@@ -379,75 +367,12 @@ class _Stream:
         return False
 
     def in_order(self, sequence: int) -> bool:
-        """Whether to take a message numbered ``sequence`` (the hot path takes the next number
-        itself). A repeated or late number is dropped; a gap up to MAX_SEQUENCE_GAP counts the
-        messages missing. A larger jump, either way, is a broken number, not a gap: the message
-        is dropped and counted, and the numbering follows only if the next message continues
-        from it. So one bad number never makes every later message look out of order."""
-        counters = self.twilio.counters
-        last = self.last_seq
-        if last < sequence <= last + MAX_SEQUENCE_GAP:
-            if sequence > last + 1:
-                counters["messages_missing"] += sequence - last - 1
-            self.last_seq, self.jump_seq = sequence, -1
+        numbering = self.numbering
+        if numbering.in_order(sequence):
             return True
-        if last - MAX_SEQUENCE_GAP <= sequence <= last:
-            counters["messages_out_of_order"] += 1
-            self.note(
-                "out-of-order", "%s: message %d after %d dropped", self.where(), sequence, last
-            )
+        if numbering.jump_seq != sequence:  # late or repeated (a jump is counted on its own)
             self.bad += 1
-            return False
-        if self.jump_seq >= 0 and sequence == self.jump_seq + 1:
-            counters["sequence_renumbered"] += 1
-            self.note(
-                "renumbered",
-                "%s: numbering continues from %d (was %d)",
-                self.where(),
-                sequence,
-                last,
-            )
-            self.last_seq, self.jump_seq = sequence, -1
-            return True
-        self.jump_seq = sequence
-        counters["sequence_jumps"] += 1
-        self.note(
-            "sequence-jump",
-            "%s: message %d after %d dropped: a jump, not a gap",
-            self.where(),
-            sequence,
-            last,
-        )
         return False
-
-    def media_ms(self, track: int, timestamp: int, size: int) -> int:
-        """A frame's time in the stream (ms), checked against the stream's own history: its
-        timestamp may not run more than MAX_AHEAD_MS ahead of both the audio the stream has
-        delivered and the wall time since it started, nor step back more than MAX_BACK_MS on
-        its track. A frame that does (one timestamp of 4e9 ms) is counted and put right after
-        its track's previous one: a jump never stretches the recording or moves the call's
-        clock, and the frames after it keep their place."""
-        expected = self.next_ms[track]
-        if (
-            timestamp > self.delivered_ms + MAX_AHEAD_MS
-            and timestamp > (self.twilio.wall() - self.opened) * 1000 + MAX_AHEAD_MS
-        ) or timestamp < expected - MAX_BACK_MS:
-            taken = expected if expected >= 0 else self.delivered_ms
-            self.twilio.counters["media_timestamp_jumps"] += 1
-            self.note(
-                "timestamp-jump",
-                "%s: media timestamp %d ms is a jump; taken as %d ms",
-                self.where(),
-                timestamp,
-                taken,
-            )
-            timestamp = taken
-        length = size // ULAW_BYTES_PER_MS
-        self.next_ms[track] = timestamp + length
-        heard = self.track_ms[track] = self.track_ms[track] + length
-        if heard > self.delivered_ms:
-            self.delivered_ms = heard
-        return timestamp
 
     async def run(self, commands: list[Command]) -> None:
         assert self.call is not None
@@ -560,15 +485,15 @@ async def _serve_stream(stream: _Stream) -> None:
                 twilio.counters["messages_bad"] += 1
                 stream.note("track", "%s: media on a track not started", stream.where())
                 continue
-            sequence = message.sequence
-            if sequence == stream.last_seq + 1:
-                stream.last_seq, stream.jump_seq = sequence, -1
+            sequence, numbering = message.sequence, stream.numbering
+            if sequence == numbering.last_seq + 1:
+                numbering.last_seq, numbering.jump_seq = sequence, -1
             elif not stream.in_order(sequence):
                 session.dropped()
                 continue
             track = TRACK_CALLER if message.track == "inbound" else TRACK_AGENT
             payload = message.payload
-            call_ms = stream.base_ms + stream.media_ms(track, message.timestamp_ms, len(payload))
+            call_ms = stream.base_ms + numbering.media_ms(track, message.timestamp_ms, len(payload))
             session.audio(track, call_ms, payload)
             call_time = session.at(call_ms / 1000)
             deadline = session.flow.deadline
