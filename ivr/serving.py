@@ -45,7 +45,6 @@ import errno
 import logging
 import resource
 import signal
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from ivr.config import Limits
+from ivr.log_limits import Warnings
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,6 @@ MIN_CONNECTIONS = 16
 MAX_DESCRIPTORS = 1 << 20
 # After a 408, how long the rest of a slow body is read (so the client can see the answer).
 LINGERING_SECONDS = 2.0
-WARN_INTERVAL_SECONDS = 60.0
 SHUTDOWN_TIMEOUT_SECONDS = 30.0
 EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 REFUSAL = (
@@ -123,29 +122,6 @@ def connection_cap(limits: Limits, descriptors: int) -> tuple[int, str | None]:
     )
 
 
-# --------------------------------------------------------------------------- rate-limited warnings
-
-
-@dataclass
-class Every:
-    """A warning for a recurring condition, logged at most once per ``interval`` seconds with
-    how many times the condition occurred since the last one."""
-
-    interval: float = WARN_INTERVAL_SECONDS
-    clock: Callable[[], float] = time.monotonic
-    last: float | None = None
-    since_last: int = 0
-
-    def __call__(self, message: str, *args: object) -> None:
-        self.since_last += 1
-        now = self.clock()
-        if self.last is None or now - self.last >= self.interval:
-            log.warning(
-                message + " (%d time(s) since the last such warning)", *args, self.since_last
-            )
-            self.last, self.since_last = now, 0
-
-
 # --------------------------------------------------------------------------- the connection guard
 
 
@@ -158,8 +134,7 @@ class ConnectionGuard:
     counters: Counter[str] = field(default_factory=Counter)
     # In the order they opened: the first waiting one is the one that has waited longest.
     open: dict[_Guarded, None] = field(default_factory=dict)
-    warn_full: Every = field(default_factory=Every)
-    warn_exhausted: Every = field(default_factory=Every)
+    warnings: Warnings = field(default_factory=lambda: Warnings(log))  # ivr/log_limits.py
 
     def protocols(self, handlers: Callable[[], RequestHandler]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for ``loop.create_server``: aiohttp's handlers, guarded."""
@@ -174,13 +149,15 @@ class ConnectionGuard:
             oldest = next((c for c in self.open if c.waiting), None)
             if oldest is None:
                 self.counters["connections_refused"] += 1
-                self.warn_full(
+                self.warnings.warn(
+                    "full",
                     "%d connections open, all busy ([limits] max_connections): refusing new ones",
                     len(self.open),
                 )
                 return False
             self.counters["connections_displaced"] += 1
-            self.warn_full(
+            self.warnings.warn(
+                "full",  # one kind with the refusals: one line a minute at the cap, either way
                 "%d connections open ([limits] max_connections): closing the longest-waiting "
                 "idle or slow one for each new one",
                 len(self.open),
@@ -199,7 +176,8 @@ class ConnectionGuard:
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in EXHAUSTION_ERRNOS:
             self.counters["resource_errors"] += 1
-            self.warn_exhausted(
+            self.warnings.warn(
+                "exhausted",
                 "%s: %s (%d connections open); the service keeps serving and retries",
                 context.get("message", "out of system resources"),
                 exc.strerror or exc,

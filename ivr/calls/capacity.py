@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 
 from ivr.calls.registry import CallRegistry
 from ivr.config import Line
+from ivr.log_limits import Warnings
 from storage.files import utc_iso
 
 log = logging.getLogger(__name__)
 
 BUSY = "busy"  # the outcome stored, and Asterisk's IVR_ERROR
-WARN_INTERVAL_SECONDS = 60.0
 
 
 def full(registry: CallRegistry, max_calls: int) -> bool:
@@ -35,28 +33,7 @@ def full(registry: CallRegistry, max_calls: int) -> bool:
     return len(registry) >= max_calls
 
 
-class _Warnings:
-    """One warning a minute while calls are turned away, with how many were."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.last = -WARN_INTERVAL_SECONDS
-        self.since_last = 0
-
-    def __call__(self, in_progress: int) -> None:
-        self.since_last += 1
-        now = self.clock()
-        if now - self.last >= WARN_INTERVAL_SECONDS:
-            log.warning(
-                "at the call cap ([limits] max_calls, %d calls in progress): %d call(s) turned "
-                "away since the last warning",
-                in_progress,
-                self.since_last,
-            )
-            self.last, self.since_last = now, 0
-
-
-_warn = _Warnings()
+_warnings = Warnings(log)  # ivr/log_limits.py: one warning a minute while calls are turned away
 
 
 async def turn_away(
@@ -71,7 +48,11 @@ async def turn_away(
     outcome ``busy``. The row's id, or None when it could not be written (the caller is
     answered all the same; the failure is logged)."""
     in_progress = len(registry)
-    _warn(in_progress)
+    _warnings.warn(
+        "turned-away",
+        "at the call cap ([limits] max_calls, %d calls in progress): turning calls away",
+        in_progress,
+    )
     vault = registry.vault
     reason = f"turned away: {in_progress} calls in progress ([limits] max_calls)"
 

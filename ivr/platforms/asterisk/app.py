@@ -26,6 +26,7 @@ import aiohttp
 from ivr.calls import CallRegistry
 from ivr.calls.rtp import PortRange
 from ivr.config import Config, Line
+from ivr.log_limits import Warnings
 from ivr.platforms.asterisk import ari
 from ivr.platforms.asterisk.call import PLATFORM, AriCall
 from ivr.platforms.asterisk.rest import AriHttpError, AriRest, basic_auth
@@ -37,8 +38,7 @@ BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
 # An event that could not be handled (not a malformed one: a failure of ours) keeps the
 # application degraded on /healthz for this long after the last one.
 EVENT_FAILURE_DEGRADES_SECONDS = 60.0
-BAD_EVENT_SUMMARY_SECONDS = 60.0
-MAX_MESSAGE_BYTES = 4 * ari.MAX_EVENT_BYTES  # at most one warning line per minute about bad events
+MAX_MESSAGE_BYTES = 4 * ari.MAX_EVENT_BYTES
 
 
 def _cause(event: ari.AriEvent) -> str:
@@ -89,8 +89,7 @@ class AriApplication:
         self._stopping = False
         self.events_loop = LoopHealth("ARI events loop", wall=wall)
         self.last_event_failure: tuple[float, str] | None = None  # when, and what
-        self._bad_logged: float | None = None  # wall time of the last warning about bad events
-        self._bad_unlogged = 0  # bad events since that warning
+        self.warnings = Warnings(log, clock=wall)
 
     def own_id(self, key: str, kind: str) -> str:
         return ari.own_id(self.instance, key, kind)
@@ -282,24 +281,18 @@ class AriApplication:
             )
 
     def _bad_event(self, exc: ari.AriEventError) -> None:
-        """Counted (``events_bad``) and logged at debug level; a warning only for the first one
-        and then at most once a minute, with how many came since: a flood of bad events from
-        the PBX costs a few lines, not one each."""
+        """Counted (``events_bad``) and logged at debug level; a warning for the first one and
+        then at most once a minute with how many came since (ivr/log_limits.py): a flood of
+        bad events from the PBX costs a few lines, not one each."""
         self.counters["events_bad"] += 1
         log.debug("ARI event dropped: %s", exc)
-        now = self.wall()
-        if self._bad_logged is not None and now - self._bad_logged < BAD_EVENT_SUMMARY_SECONDS:
-            self._bad_unlogged += 1
-            return
-        since = f"; {self._bad_unlogged} more since the last warning" if self._bad_unlogged else ""
-        log.warning(
-            "ARI event dropped: %s (counted in events_bad, %d so far%s; further ones are "
-            "logged at debug level, summed up at most once a minute)",
+        self.warnings.warn(
+            "bad-event",
+            "ARI event dropped: %s (counted in events_bad, %d so far; further ones are logged "
+            "at debug level, summed up at most once a minute)",
             exc,
             self.counters["events_bad"],
-            since,
         )
-        self._bad_logged, self._bad_unlogged = now, 0
 
     def _on_event(self, event: ari.AriEvent) -> None:
         if isinstance(event, ari.ApplicationReplaced):

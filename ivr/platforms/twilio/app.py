@@ -27,6 +27,7 @@ from ivr.calls import TRACK_AGENT, TRACK_CALLER, Call, CallRegistry, CallSession
 from ivr.calls.numbering import MediaNumbering
 from ivr.config import Config, normalise_number
 from ivr.consent import Command, DigitPressed, PromptFinished
+from ivr.log_limits import Warnings
 from ivr.platforms.twilio import busy
 from ivr.platforms.twilio.messages import (
     CLOSE_GOING_AWAY,
@@ -77,32 +78,6 @@ NO_RECORDING_STREAM = "the recording stream never connected"
 # it is read, since it is read before its signature can be checked.
 MAX_WEBHOOK_BYTES = 64 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
-WARN_EVERY_SECONDS = 60.0  # a kind of refusal anyone can provoke is logged at most this often
-
-
-@dataclass
-class Warnings:
-    """Warnings about input anyone can send: the first of each kind is logged, then at most one
-    every ``every`` seconds, saying how many were not. Kinds are the service's own words, never
-    the input's, so this holds a handful of entries."""
-
-    every: float = WARN_EVERY_SECONDS
-    clock: Callable[[], float] = time.monotonic
-    _last: dict[str, float] = field(default_factory=dict)
-    _held: Counter[str] = field(default_factory=Counter)
-
-    def warn(self, kind: str, message: str, *args: object) -> None:
-        now = self.clock()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.every:
-            self._held[kind] += 1
-            return
-        self._last[kind] = now
-        held = self._held.pop(kind, 0)
-        if held:
-            message += " (%d more since the last such line)"
-            args = (*args, held)
-        log.warning(message, *args)
 
 
 @dataclass
@@ -118,7 +93,7 @@ class TwilioCalls:
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     accepting: bool = True
     counters: Counter[str] = field(default_factory=Counter)  # served at /healthz
-    warnings: Warnings = field(default_factory=Warnings)
+    warnings: Warnings = field(default_factory=lambda: Warnings(log))  # ivr/log_limits.py
 
     def call(self, call_sid: str) -> Call | None:
         call = self.calls.get(PLATFORM, call_sid)
