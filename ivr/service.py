@@ -27,6 +27,7 @@ from ivr.audit_heads import HEAD_PUBLISHER, HeadPublisher, publish_heads
 from ivr.calls import CallRegistry
 from ivr.config import Config
 from ivr.gdpr import breach
+from ivr.leadership import Leadership
 from ivr.metrics import METRICS, add_metrics
 from ivr.platforms.asterisk.app import AriApplication
 from ivr.platforms.twilio.app import TWILIO, TwilioCalls, add_routes
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 ARI = web.AppKey("ari", AriApplication)
 # The background loops' health, by name, for /healthz (ivr/supervision.py).
 LOOPS = web.AppKey[dict[str, LoopHealth]]("loops")
+LEADERSHIP = web.AppKey("leadership", Leadership)
 REFUSAL_WINDOW_SECONDS = 60.0  # refused API requests: one window's count per audit entry
 
 
@@ -193,11 +195,12 @@ def create_app(
             retire_after_days=config.key_retire_after_days,
         )
         health = loops["retention_sweeper"] = LoopHealth("retention sweeper")
+        leadership = app[LEADERSHIP] = Leadership(data_dir)
         sweeper = asyncio.create_task(
             supervise(
                 health,
                 lambda: _retention_sweeper(
-                    app[VAULT], clock, interval, config.call_record_days, keys, health
+                    app[VAULT], clock, interval, config.call_record_days, keys, health, leadership
                 ),
             ),
             name="retention-sweeper",
@@ -211,6 +214,7 @@ def create_app(
         )
         yield
         await _cancel(sweeper)
+        leadership.release()
 
     api.configure(
         app,
@@ -268,15 +272,21 @@ async def _retention_sweeper(
     call_record_days: int,
     keys: KeySchedule | None = None,
     health: LoopHealth | None = None,
+    leadership: Leadership | None = None,
 ) -> None:
     """Storage limitation, enforced: purge what has outlived its retention period, on a
     schedule, from the moment the service starts; then the key schedule (rotate, re-wrap,
     retire), which is what makes an erasure reach backups of the catalog. Each round watches
-    the breach register first (Art. 33's 72 hours). A step that fails is the health's (logged
-    once with its traceback, counted, /healthz degraded until a round succeeds); the other
-    steps still run and the loop carries on."""
+    the breach register first (Art. 33's 72 hours). Of several processes on one vault, only
+    the one holding ``leadership`` runs the rounds (ivr/leadership.py). A step that fails is
+    the health's (logged once with its traceback, counted, /healthz degraded until a round
+    succeeds); the other steps still run and the loop carries on."""
     health = health or LoopHealth("retention sweeper")
     while True:
+        if leadership is not None and not leadership.claim():
+            health.round_ok()  # another process runs the jobs (ivr/leadership.py)
+            await asyncio.sleep(interval)
+            continue
         failed = False
         try:
             _warn_about_breaches(vault, clock())
@@ -396,6 +406,9 @@ async def healthz(request: web.Request) -> web.Response:
         }
     loops = request.app[LOOPS]
     body["loops"] = {name: health.report() for name, health in sorted(loops.items())}
+    leadership = request.app.get(LEADERSHIP)
+    if leadership is not None:  # of the processes on this vault, whether this one runs them
+        body["background_jobs"] = {"runs_here": leadership.held}
     problems.extend(p for health in loops.values() if (p := health.problem) is not None)
     ari_app = request.app.get(ARI)
     if ari_app is not None:
