@@ -8,6 +8,7 @@ import os
 import aiohttp
 from aiohttp.test_utils import TestServer
 
+from ivr.api import flush_refusals
 from ivr.api.refusals import MAX_SOURCES, OTHER_SOURCE, TARGET_CHARS, RefusalLedger, source_of
 from ivr.config import load_config
 from ivr.service import VAULT, create_app
@@ -74,19 +75,43 @@ async def test_2000_refused_requests_add_a_bounded_number_of_small_entries(tmp_p
 
 
 async def test_a_new_window_audits_the_first_attempt_again(tmp_path, monkeypatch):
+    # The window is closed by hand (what the service's timer calls), so no wall time is raced.
     monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
-    app = create_app(load_config(None), tmp_path, fsync=False, refusal_window=0.05)
+    app = create_app(load_config(None), tmp_path, fsync=False, refusal_window=3600)
     server = TestServer(app)
     await server.start_server()
     async with aiohttp.ClientSession(base_url=str(server.make_url(""))) as session:
         for _ in range(3):
             (await session.get("/api/v1/recordings")).release()
-        await asyncio.sleep(0.3)
+        assert await flush_refusals(app) == 1
         (await session.get("/api/v1/recordings")).release()
         events = app[VAULT].catalog.audit_events()
     await server.close()
     actions = [e.action for e in events if e.action.startswith("api.")]
     assert actions == ["api.list.denied", "api.denied.repeated", "api.list.denied"]
+
+
+async def test_the_service_closes_the_window_on_its_own(tmp_path, monkeypatch):
+    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
+    app = create_app(load_config(None), tmp_path, fsync=False, refusal_window=0.05)
+    server = TestServer(app)
+    await server.start_server()
+
+    def actions() -> list[str]:
+        return [e.action for e in app[VAULT].catalog.audit_events() if e.action.startswith("api.")]
+
+    async with aiohttp.ClientSession(base_url=str(server.make_url(""))) as session:
+        deadline = asyncio.get_running_loop().time() + 30
+        # Refused again and again: within one window only the first is audited at once; the
+        # next window's first is audited again, whenever the timer closes the window.
+        while actions().count("api.list.denied") < 2:
+            assert asyncio.get_running_loop().time() < deadline, actions()
+            (await session.get("/api/v1/recordings")).release()
+            await asyncio.sleep(0.01)
+        seen = actions()
+    await server.close()
+    assert seen[0] == "api.list.denied" and seen.count("api.list.denied") == 2
+    assert set(seen) <= {"api.list.denied", "api.denied.repeated"}
 
 
 def test_sources_beyond_the_cap_share_one_tally():
