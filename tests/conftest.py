@@ -10,13 +10,19 @@ it reads (a damaged file is made again). Tests of the cache itself use their own
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
+from ivr.config import Config, load_config
 from ivr.prompt_library import CACHE_ENV
+from ivr.service import create_app
 
 
 def _test_prompt_cache() -> Path:
@@ -39,3 +45,27 @@ os.environ[CACHE_ENV] = str(PROMPT_CACHE)
 def prompt_cache() -> Path:
     """The shared prompt cache (also in the environment as ``IVR_PROMPT_CACHE``)."""
     return PROMPT_CACHE
+
+
+@contextlib.asynccontextmanager
+async def demo_service(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, config: Config | None = None
+) -> AsyncIterator[tuple[web.Application, str, TestServer]]:
+    """The service on ``config`` (the embedded demo by default) with a fixed master key and the
+    demo's Twilio token, served on a free port: the app, its base URL and the server."""
+    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
+    app = create_app(config or load_config(None), data_dir, fsync=False)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        yield app, str(server.make_url("")).rstrip("/"), server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The demo service: (app, base URL). Test files with a service of their own override it."""
+    async with demo_service(tmp_path / "var", monkeypatch) as (app, url, _):
+        yield app, url

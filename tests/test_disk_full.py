@@ -23,7 +23,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 import storage.blobs
 from ivr.app_keys import CALLS
@@ -32,10 +31,11 @@ from ivr.config import load_config
 from ivr.consent import DigitPressed
 from ivr.harness.twilio_sim import CallOptions, simulate_call
 from ivr.prompt_library import PromptLibrary
-from ivr.service import VAULT, create_app
+from ivr.service import VAULT
 from storage.catalog import Catalog, RecordingStatus
 from storage.pending import PendingWrites
 from storage.vault import Vault
+from tests.conftest import demo_service
 
 EMERGENCY_LINE = "+15550100004"
 MESSAGE_LINE = "+15550100005"  # opt-in, no forward: the caller is recorded on the stream
@@ -90,17 +90,9 @@ class FullDisk:
 
 @pytest.fixture
 async def service(tmp_path, monkeypatch):
-    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
-    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
-    app = create_app(load_config(None), tmp_path, fsync=False)
-    server = TestServer(app)
-    await server.start_server()
-    try:
+    async with demo_service(tmp_path, monkeypatch) as (app, url, server):
         app[CALLS].retry_seconds = 0.05
-        disk = FullDisk(app[VAULT], monkeypatch)
-        yield app, str(server.make_url("")).rstrip("/"), disk, server
-    finally:
-        await server.close()
+        yield app, url, FullDisk(app[VAULT], monkeypatch), server
 
 
 async def call(url: str, to: str, **kw: Any):

@@ -47,19 +47,6 @@ def no_tracebacks(caplog):
     assert not bad, "\n".join(f"{r.name}: {r.getMessage()}" for r in bad)
 
 
-@pytest.fixture
-async def service(tmp_path, monkeypatch):
-    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
-    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
-    app = create_app(load_config(None), tmp_path / "var", fsync=False)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        yield app, str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
-
-
 # -- helpers --------------------------------------------------------------------------------------
 def form(to: str = CONSENT_LINE, **extra: str) -> dict[str, str]:
     return {

@@ -4,8 +4,6 @@ what /healthz shows plus set-up latency, frames lost, vault write errors and ref
 from __future__ import annotations
 
 import aiohttp
-import pytest
-from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.config import load_config
@@ -14,19 +12,6 @@ from ivr.metrics import METRICS
 from ivr.service import create_app
 
 CONSENT_LINE = "+15550100001"
-
-
-@pytest.fixture
-async def service(tmp_path, monkeypatch):
-    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
-    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
-    app = create_app(load_config(None), tmp_path, fsync=False)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        yield app, str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
 
 
 async def scrape(url: str) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:

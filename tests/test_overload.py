@@ -29,6 +29,7 @@ from ivr.harness.fake_asterisk import FakeAsterisk
 from ivr.platforms.twilio.app import TWILIO
 from ivr.platforms.twilio.signature import SIGNATURE_HEADER, compute_signature
 from ivr.service import ARI, VAULT, create_app
+from tests.conftest import demo_service
 from tests.test_asterisk_e2e import CALLER, call_row, config_file, place, still_clock, until
 
 CONSENT_LINE = "+15550100001"  # forwards to +15550100099
@@ -216,16 +217,9 @@ def test_limits_are_read_and_checked(tmp_path):
 # -- the call cap: Twilio -------------------------------------------------------------------------
 @pytest.fixture
 async def twilio(tmp_path, monkeypatch):
-    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
-    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
     config = replace(load_config(None), limits=Limits(max_calls=1))
-    app = create_app(config, tmp_path, fsync=False)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        yield app, str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    async with demo_service(tmp_path, monkeypatch, config) as (app, url, _):
+        yield app, url
 
 
 async def _webhook(url: str, path: str, to: str, sid: str, status: str = "ringing") -> str:

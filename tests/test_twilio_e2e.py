@@ -30,19 +30,6 @@ EMERGENCY_LINE = "+15550100004"
 MESSAGE_LINE = "+15550100005"  # Swedish, opt_in, no forward_to: the caller is recorded here
 
 
-@pytest.fixture
-async def service(tmp_path, monkeypatch):
-    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
-    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
-    app = create_app(load_config(None), tmp_path, fsync=False)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        yield app, str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
-
-
 async def call(url: str, to: str = CONSENT_LINE, **kw):
     options = CallOptions(url=url, to=to, fast=True, **kw)
     result = await simulate_call(options)

@@ -22,14 +22,14 @@ from xml.etree import ElementTree as ET
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from ivr.config import DEMO_TWILIO_AUTH_TOKEN, load_config
+from ivr.config import DEMO_TWILIO_AUTH_TOKEN
 from ivr.harness.twilio_sim import CallOptions, simulate_call
 from ivr.platforms.twilio.signature import SIGNATURE_HEADER, compute_signature
-from ivr.service import VAULT, create_app
+from ivr.service import VAULT
+from tests.conftest import demo_service
 
 MESSAGE_LINE = "+15550100005"  # recorded on the consent stream once "1" is pressed; 300 s max
 CONSENT_LINE = "+15550100001"
@@ -59,15 +59,8 @@ def errors():
 
 @pytest.fixture
 async def service(tmp_path, monkeypatch, errors):
-    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
-    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
-    app = create_app(load_config(None), tmp_path / "var", fsync=False)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        yield app, str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    async with demo_service(tmp_path / "var", monkeypatch) as (app, url, _):
+        yield app, url
     assert not errors.records, "\n".join(f"{r.name}: {r.getMessage()}" for r in errors.records[:20])
 
 
