@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import aiohttp
 from aiohttp.test_utils import TestServer
 
 from ivr.config import load_config
@@ -81,6 +82,11 @@ async def test_two_services_on_one_vault_sweep_from_one_of_them(tmp_path, monkey
         (leader,) = leaders
         (other,) = [app for app in apps if app is not leader]
         assert {id(v) for v in swept} == {id(leader[VAULT])}
+        async with aiohttp.ClientSession() as http:  # /healthz says which one runs them
+            for app, server in zip(apps, servers, strict=True):
+                async with http.get(server.make_url("/healthz")) as resp:
+                    runs_here = (await resp.json())["background_jobs"]["runs_here"]
+                assert runs_here is (app is leader)
         await servers[apps.index(leader)].close()  # the leader stops: the other takes over
         await until(lambda: other[LEADERSHIP].held, "the other service to take over")
         count = len(swept)

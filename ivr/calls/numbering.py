@@ -1,6 +1,6 @@
 """A media stream's own numbering, checked against its history: sequence numbers and media
-timestamps as websocket media platforms send them (Twilio's Media Streams today; Telnyx,
-Vonage and Asterisk's chan_websocket number their messages the same way). Sans-I/O: the
+timestamps in milliseconds, as Twilio's Media Streams send them (and any platform that numbers
+and stamps its media messages so can use it). Sans-I/O: the
 platform feeds numbers in and gets back what to do; what is odd is counted (``counters``) and
 said (``note``, which the platform rate-limits).
 
