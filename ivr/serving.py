@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from ivr.config import Limits
@@ -303,6 +304,44 @@ def body_deadline(seconds: float, counters: Counter[str]) -> Any:
             timer.cancel()
 
     return middleware
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the body is {size} bytes or more")
+        self.size = size  # as announced, or as far as it was read
+
+
+class BodyRefused(Exception):
+    """The body is not of the kind asked for, or could not be read; the message says which."""
+
+
+async def read_body(request: web.Request, limit: int, *, content_type: str | None = None) -> bytes:
+    """The request's body, refused (``BodyTooLarge``) over ``limit`` bytes before it is read,
+    by its Content-Length, or as read: at most one byte more than ``limit`` is ever read, so a
+    handler that reads a body before it can check who sent it (a webhook's signature covers
+    its body) holds no more than that. ``BodyRefused`` when it is not ``content_type`` or
+    breaks off (a truncated or malformed chunked body)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BodyTooLarge(length)
+    if content_type is not None and request.content_type != content_type:
+        raise BodyRefused(f"the body is not {content_type}")
+    body = bytearray()
+    try:
+        while len(body) <= limit:
+            chunk = await request.content.read(limit + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
+    except (HttpProcessingError, ConnectionError):
+        raise BodyRefused("the body could not be read") from None
+    if len(body) > limit:
+        raise BodyTooLarge(len(body))
+    return bytes(body)
 
 
 # --------------------------------------------------------------------------- error answers

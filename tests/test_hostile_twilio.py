@@ -580,3 +580,30 @@ async def test_api_body_nested_or_not_json_is_400(api, body):
         "/api/v1/subject/erase", data=body, headers={"Content-Type": "application/json"}
     )
     assert resp.status == 400
+
+
+async def test_api_body_over_its_bound_is_413_by_length_or_as_read(api):
+    from ivr.api.routes import MAX_BODY_BYTES
+
+    reason = "x" * MAX_BODY_BYTES
+    body = json.dumps({"phone": "+46701234567", "reason": reason}).encode()
+    resp = await api.post(
+        "/api/v1/subject/erase", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 413
+    assert "larger than" in (await resp.json())["error"]
+
+    async def chunks():  # no Content-Length: refused as read
+        for _ in range(4):
+            yield b" " * (MAX_BODY_BYTES // 2)
+
+    resp = await api.post(
+        "/api/v1/subject/erase", data=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 413
+    # Just under the bound, the same kind of body is read and judged on what it says.
+    body = json.dumps({"phone": "+46701234567", "reason": "x" * 1000}).encode()
+    resp = await api.post(
+        "/api/v1/subject/erase", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status != 413

@@ -29,6 +29,8 @@ from ivr.platforms.twilio.messages import (
     mark_message,
     media_message,
     parse_stream_message,
+    play_mark,
+    played,
     twiml_consent_stream,
     twiml_dial,
     twiml_record_and_dial,
@@ -231,6 +233,12 @@ def test_outgoing_messages_are_json():
     }
     assert json.loads(mark_message(STREAM, "play-1"))["mark"] == {"name": "play-1"}
     assert json.loads(clear_message(STREAM)) == {"event": "clear", "streamSid": STREAM}
+
+
+def test_a_play_mark_names_its_play_and_nothing_else_does():
+    assert played(Mark(3, play_mark(123456789))) == 123456789
+    for name in ("play-", "play-\u00b2", "play-1234567890", "play--1", "play-1 ", "stop-1", "1"):
+        assert played(Mark(3, name)) is None, name
 
 
 # -- stream tokens --------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from ivr.app_keys import CLOCK, CONFIG, VAULT
 from ivr.config import Tenant
 from ivr.gdpr.recording_files import decode_recording
 from ivr.gdpr.subject import SubjectError, normalise_phone
+from ivr.serving import BodyRefused, BodyTooLarge, read_body
 from ivr.supervision import LoopHealth
 from media.wavfile import wav_header
 from storage import lifecycle
@@ -239,6 +240,8 @@ def _reason(request: web.Request, body: Mapping[str, Any] | None = None) -> str:
 
 
 MAX_BODY_BRACKETS = 32  # a request body is one flat object; this bounds its nesting
+# A body is a reason, a phone number, a note: a few hundred bytes. Bounded while it is read.
+MAX_BODY_BYTES = 64 * 1024
 
 
 def _no_constant(name: str) -> object:
@@ -249,7 +252,18 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        text = await request.text()
+        raw = await read_body(request, MAX_BODY_BYTES)
+    except BodyTooLarge as exc:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_BODY_BYTES,
+            actual_size=exc.size,
+            text=json.dumps({"error": f"the body is larger than {MAX_BODY_BYTES} bytes"}),
+            content_type="application/json",
+        ) from None
+    except BodyRefused as exc:
+        raise _json_error(400, str(exc)) from None
+    try:
+        text = raw.decode()
         # Nesting is bounded before json.loads (5,000 "[" would reach its recursion limit).
         if text.count("[") + text.count("{") > MAX_BODY_BRACKETS:
             raise ValueError("nested too deeply")

@@ -9,6 +9,9 @@ on the consent stream and records them there. ``POST /twilio/status`` ends the c
 Time: the flow runs on call time taken from the media timestamps Twilio sends (it streams audio
 continuously, silence included), so timeouts behave the same in real time and in the harness's
 fast mode. A wall-clock fallback covers a stream that stops sending.
+
+``tw`` is Twilio's wire (``messages.py``: what Twilio sends and what we answer, as plain values),
+as ``ari`` is Asterisk's on that platform.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from aiohttp import WSMsgType, web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from ivr.calls import TRACK_AGENT, TRACK_CALLER, Call, CallRegistry, CallSession, carry_out
 from ivr.calls.numbering import MediaNumbering
@@ -29,44 +32,14 @@ from ivr.config import Config, normalise_number
 from ivr.consent import Command, DigitPressed, PromptFinished
 from ivr.log_limits import Warnings
 from ivr.platforms.twilio import busy
-from ivr.platforms.twilio.messages import (
-    CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL,
-    CLOSE_NORMAL,
-    CLOSE_POLICY,
-    CLOSE_PROTOCOL_ERROR,
-    CLOSE_TOO_BIG,
-    MAX_MESSAGE_BYTES,
-    RECORDING_STREAM_NAME,
-    CallWebhook,
-    Connected,
-    Dtmf,
-    Mark,
-    Media,
-    Start,
-    Stop,
-    StreamError,
-    StreamStatus,
-    Unknown,
-    WebhookError,
-    clear_message,
-    encoded_frames,
-    mark_message,
-    media_message_encoded,
-    parse_form,
-    parse_stream_message,
-    twiml_consent_stream,
-    twiml_dial,
-    twiml_hangup,
-    twiml_record_and_dial,
-    twiml_say_hangup,
-    websocket_base,
-)
+from ivr.platforms.twilio import messages as tw
 from ivr.platforms.twilio.signature import SIGNATURE_HEADER, is_valid_signature
 from ivr.platforms.twilio.stream_token import StreamTokens, TokenError
+from ivr.serving import BodyRefused, BodyTooLarge, read_body
 from media.prompts import Prompt
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PLATFORM = "twilio"
 TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
@@ -119,37 +92,26 @@ def _bad_request(twilio: TwilioCalls, request: web.Request, why: str) -> web.HTT
 
 async def _read_form(request: web.Request, twilio: TwilioCalls) -> list[tuple[str, str]]:
     """The webhook's body as form fields: 413 over MAX_WEBHOOK_BYTES, decided before the body
-    is read (by its Content-Length, and by reading at most one byte more); 400 unless it is a
-    well-formed URL-encoded form, the only kind Twilio sends."""
-    length = request.content_length
-    if length is not None and length > MAX_WEBHOOK_BYTES:
+    is read (``read_body``); 400 unless it is a well-formed URL-encoded form, the only kind
+    Twilio sends."""
+    try:
+        return tw.parse_form(await read_body(request, MAX_WEBHOOK_BYTES, content_type=FORM_TYPE))
+    except BodyTooLarge as exc:
         twilio.counters["webhooks_too_large"] += 1
         twilio.warnings.warn("webhook-too-large", "%s: refused: body too large", request.path)
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_WEBHOOK_BYTES, actual_size=length)
-    if request.content_type != FORM_TYPE:
-        raise _bad_request(twilio, request, f"the body is not {FORM_TYPE}")
-    body = bytearray()
-    try:
-        while len(body) <= MAX_WEBHOOK_BYTES:
-            chunk = await request.content.read(MAX_WEBHOOK_BYTES + 1 - len(body))
-            if not chunk:
-                break
-            body += chunk
-    except (HttpProcessingError, ConnectionError):  # a broken chunked body, a truncated one
-        raise _bad_request(twilio, request, "the body could not be read") from None
-    if len(body) > MAX_WEBHOOK_BYTES:
-        twilio.counters["webhooks_too_large"] += 1
-        twilio.warnings.warn("webhook-too-large", "%s: refused: body too large", request.path)
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_WEBHOOK_BYTES, actual_size=len(body))
-    try:
-        return parse_form(bytes(body))
-    except WebhookError as exc:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_WEBHOOK_BYTES, actual_size=exc.size
+        ) from None
+    except (BodyRefused, tw.WebhookError) as exc:
         raise _bad_request(twilio, request, str(exc)) from None
 
 
-async def _signed_params(request: web.Request, twilio: TwilioCalls) -> dict[str, str]:
-    """The webhook's form if Twilio signed it; 403 otherwise (413 or 400 before that if the
-    body is too large or not a form)."""
+async def _signed(
+    request: web.Request, parse: Callable[[Mapping[str, str]], T]
+) -> tuple[TwilioCalls, T]:
+    """The webhook's form, parsed by ``parse``, if Twilio signed it; 403 otherwise (413 or 400
+    before that if the body is too large or not a form), 400 if ``parse`` refuses it."""
+    twilio = request.app[TWILIO]
     params = await _read_form(request, twilio)
     url = _public_base(request, twilio.config) + request.path_qs
     token = twilio.config.twilio_auth_token
@@ -160,18 +122,10 @@ async def _signed_params(request: web.Request, twilio: TwilioCalls) -> dict[str,
         why = "no auth token set" if not token else "bad signature"
         twilio.warnings.warn(f"webhook-forbidden-{why}", "%s: refused: %s", request.path, why)
         raise web.HTTPForbidden(text="invalid X-Twilio-Signature\n")
-    return dict(params)
-
-
-async def _signed_form(request: web.Request) -> tuple[TwilioCalls, CallWebhook]:
-    """The webhook's form if Twilio signed it; 403 otherwise, 400 if it is not a call."""
-    twilio = request.app[TWILIO]
-    params = await _signed_params(request, twilio)
     try:
-        hook = CallWebhook.from_form(params)
-    except WebhookError as exc:
+        return twilio, parse(dict(params))
+    except tw.WebhookError as exc:
         raise _bad_request(twilio, request, str(exc)) from None
-    return twilio, hook
 
 
 def _twiml(body: str) -> web.Response:
@@ -179,14 +133,14 @@ def _twiml(body: str) -> web.Response:
 
 
 async def voice(request: web.Request) -> web.Response:
-    twilio, hook = await _signed_form(request)
+    twilio, hook = await _signed(request, tw.CallWebhook.from_form)
     if not twilio.accepting:
         raise web.HTTPServiceUnavailable(text="shutting down\n")
     line = twilio.config.line_for(hook.to)
     if line is None:
         twilio.counters["calls_unknown_number"] += 1
         log.info("call %s: no line for the dialled number; hanging up", hook.call_sid)
-        return _twiml(twiml_say_hangup(UNKNOWN_NUMBER_TEXT))
+        return _twiml(tw.twiml_say_hangup(UNKNOWN_NUMBER_TEXT))
     if twilio.call(hook.call_sid) is None:
         if busy.full(twilio.calls, twilio.config.limits.max_calls):
             return _twiml(await busy.turned_away(twilio, PLATFORM, hook, line))
@@ -202,8 +156,8 @@ async def voice(request: web.Request) -> web.Response:
     base = _public_base(request, twilio.config)
     token = twilio.tokens.issue("consent", hook.call_sid, twilio.wall())
     return _twiml(
-        twiml_consent_stream(
-            f"{websocket_base(base)}/twilio/stream/consent",
+        tw.twiml_consent_stream(
+            f"{tw.websocket_base(base)}/twilio/stream/consent",
             {"token": token},
             f"{base}/twilio/continue",
         )
@@ -211,43 +165,38 @@ async def voice(request: web.Request) -> web.Response:
 
 
 async def continue_call(request: web.Request) -> web.Response:
-    twilio, hook = await _signed_form(request)
+    twilio, hook = await _signed(request, tw.CallWebhook.from_form)
     call = twilio.call(hook.call_sid)
     if call is None or call.session is None:
         log.warning("twilio %s: /continue for a call we do not know; hanging up", hook.call_sid)
-        return _twiml(twiml_hangup())
+        return _twiml(tw.twiml_hangup())
     forward = call.line.forward_to
     if call.hung_up or forward is None:
-        return _twiml(twiml_hangup())
+        return _twiml(tw.twiml_hangup())
     if call.session.recording_allowed:
         base = _public_base(request, twilio.config)
         token = twilio.tokens.issue("recording", hook.call_sid, twilio.wall())
         # Until the recording stream is admitted, what the recording should hold is missing.
         call.session.media_failure = NO_RECORDING_STREAM
         return _twiml(
-            twiml_record_and_dial(
-                f"{websocket_base(base)}/twilio/stream/recording",
+            tw.twiml_record_and_dial(
+                f"{tw.websocket_base(base)}/twilio/stream/recording",
                 {"token": token},
                 forward,
                 f"{base}/twilio/stream-status",
             )
         )
-    return _twiml(twiml_dial(forward))
+    return _twiml(tw.twiml_dial(forward))
 
 
 async def stream_status(request: web.Request) -> web.Response:
     """``<Stream statusCallback>``: a recording stream that failed (or never connected) leaves
     its recording marked incomplete or failed, with Twilio's reason, not complete."""
-    twilio = request.app[TWILIO]
-    form = await _signed_params(request, twilio)
-    try:
-        event = StreamStatus.from_form(form)
-    except WebhookError as exc:
-        raise _bad_request(twilio, request, str(exc)) from None
+    twilio, event = await _signed(request, tw.StreamStatus.from_form)
     call = twilio.call(event.call_sid)
     if call is None or call.session is None:
         return web.json_response({"call_sid": event.call_sid, "known": False})
-    if event.event == "stream-error" and event.stream_name == RECORDING_STREAM_NAME:
+    if event.event == "stream-error" and event.stream_name == tw.RECORDING_STREAM_NAME:
         twilio.counters["recording_streams_failed"] += 1
         why = event.error or "no reason given"
         log.warning("call %s: Twilio reports the recording stream failed: %s", call.call_id, why)
@@ -256,7 +205,7 @@ async def stream_status(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    twilio, hook = await _signed_form(request)
+    twilio, hook = await _signed(request, tw.CallWebhook.from_form)
     call = twilio.call(hook.call_sid)
     if call is None:
         return web.json_response({"call_sid": hook.call_sid, "known": False})
@@ -295,17 +244,17 @@ class _Stream:
     def where(self) -> str:
         return f"call {self.call.call_id}" if self.call else f"{self.kind} stream"
 
-    def note(self, kind: str, message: str, *args: object) -> None:
-        """A warning about this stream's input, logged for the first of its kind on the stream
+    def note(self, kind: str, message: str, *args: object, level: int = logging.WARNING) -> None:
+        """A word about this stream's input, logged for the first of its kind on the stream
         (the counters count them all); before the stream is admitted (anyone can open one),
-        at most once a minute for all streams."""
+        a warning at most once a minute for all streams."""
         if self.call is None:
             self.twilio.warnings.warn(f"stream-{kind}", message, *args)
         elif kind not in self.noted:
             self.noted.add(kind)
-            log.warning(message + " (logged once per stream)", *args)
+            log.log(level, message + " (logged once per stream)", *args)
 
-    async def admit(self, start: Start) -> bool:
+    async def admit(self, start: tw.Start) -> bool:
         twilio = self.twilio
         try:
             twilio.tokens.verify(
@@ -338,7 +287,7 @@ class _Stream:
         self.twilio.warnings.warn(
             f"stream-refused-{why}", "%s stream for twilio %s refused: %s", self.kind, call_sid, why
         )
-        await self.close(CLOSE_POLICY, why)
+        await self.close(tw.CLOSE_POLICY, why)
         return False
 
     def in_order(self, sequence: int) -> bool:
@@ -358,30 +307,30 @@ class _Stream:
         if self.kind != "consent":
             return  # a one-way stream cannot play anything
         sid = self.stream_sid
-        for payload in encoded_frames(prompt):
-            await self.ws.send_str(media_message_encoded(sid, payload))
-        await self.ws.send_str(mark_message(sid, f"play-{play_id}"))
+        for payload in tw.encoded_frames(prompt):
+            await self.ws.send_str(tw.media_message_encoded(sid, payload))
+        await self.ws.send_str(tw.mark_message(sid, tw.play_mark(play_id)))
 
     async def stop_playing(self) -> None:
         if self.kind == "consent":
-            await self.ws.send_str(clear_message(self.stream_sid))
+            await self.ws.send_str(tw.clear_message(self.stream_sid))
 
     async def hand_off(self, recording: bool) -> None:
         # Closing the consent stream makes Twilio ask /twilio/continue, which dials onwards
         # (with a recording stream if ``recording``).
         if self.kind == "consent":
-            await self.close(CLOSE_NORMAL, "consent phase done")
+            await self.close(tw.CLOSE_NORMAL, "consent phase done")
 
     async def hang_up(self, reason: str) -> None:
         # /twilio/continue answers <Hangup/> for this call from now on (call.hung_up).
         assert self.call is not None
         log.info("call %s: hanging up (%s)", self.call.call_id, reason)
-        await self.close(CLOSE_NORMAL, reason)
+        await self.close(tw.CLOSE_NORMAL, reason)
 
 
 async def _stream_handler(request: web.Request, kind: str) -> web.WebSocketResponse:
     twilio = request.app[TWILIO]
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=None)
+    ws = web.WebSocketResponse(max_msg_size=tw.MAX_MESSAGE_BYTES, heartbeat=None)
     await ws.prepare(request)
     twilio.sockets.add(ws)
     stream = _Stream(twilio, ws, kind)
@@ -391,7 +340,7 @@ async def _stream_handler(request: web.Request, kind: str) -> web.WebSocketRespo
         # One bad call never takes the service down: log it, close its socket, end the call.
         log.exception("%s: %s stream failed", stream.where(), kind)
         if not ws.closed:
-            await stream.close(CLOSE_INTERNAL, "internal error")
+            await stream.close(tw.CLOSE_INTERNAL, "internal error")
     finally:
         twilio.sockets.discard(ws)
         call = stream.call
@@ -427,14 +376,14 @@ async def _serve_stream(stream: _Stream) -> None:
                 stream.note(
                     "no-start", "%s stream: no start within %.0f s; closed", stream.kind, timeout
                 )
-                await stream.close(CLOSE_POLICY, "no start message")
+                await stream.close(tw.CLOSE_POLICY, "no start message")
                 return
             # No media for a while: let wall time stand in for call time.
             await stream.run(await session.tick(session.call_time()))
             continue
         if msg.type is not text:
             if msg.type == WSMsgType.ERROR:
-                if isinstance(ws.exception(), ValueError) or ws.close_code == CLOSE_TOO_BIG:
+                if isinstance(ws.exception(), ValueError) or ws.close_code == tw.CLOSE_TOO_BIG:
                     twilio.counters["messages_too_big"] += 1
                     stream.note("too-big", "%s: message too big; stream closed", stream.where())
                 return
@@ -443,17 +392,20 @@ async def _serve_stream(stream: _Stream) -> None:
             twilio.counters["messages_bad"] += 1
             continue
         try:
-            message = parse_stream_message(msg.data)
-        except StreamError as exc:
+            message = tw.parse_stream_message(msg.data)
+        except tw.StreamError as exc:
             stream.bad += 1
             twilio.counters["messages_bad"] += 1
-            if exc.close_code in (CLOSE_POLICY, CLOSE_TOO_BIG) or stream.bad > MAX_BAD_MESSAGES:
+            if (
+                exc.close_code in (tw.CLOSE_POLICY, tw.CLOSE_TOO_BIG)
+                or stream.bad > MAX_BAD_MESSAGES
+            ):
                 stream.note("closing", "%s: %s; closing", stream.where(), exc)
                 await stream.close(exc.close_code, str(exc))
                 return
             stream.note("bad", "%s: message dropped: %s", stream.where(), exc)
             continue
-        if type(message) is Media and session is not None:
+        if type(message) is tw.Media and session is not None:
             # The hot path, every 20 ms per track per call, kept inline on purpose.
             if message.track not in stream.tracks:
                 stream.bad += 1
@@ -482,12 +434,12 @@ async def _serve_stream(stream: _Stream) -> None:
 async def _dispatch(stream: _Stream, message: object) -> bool:
     """Act on one message; False when the stream is finished."""
     session = stream.session
-    if isinstance(message, Media):  # with a session, media never gets here: see _serve_stream
-        await stream.close(CLOSE_PROTOCOL_ERROR, "media before start")
+    if isinstance(message, tw.Media):  # with a session, media never gets here: see _serve_stream
+        await stream.close(tw.CLOSE_PROTOCOL_ERROR, "media before start")
         return False
-    if isinstance(message, Start):
+    if isinstance(message, tw.Start):
         if session is not None:
-            await stream.close(CLOSE_PROTOCOL_ERROR, "second start")
+            await stream.close(tw.CLOSE_PROTOCOL_ERROR, "second start")
             return False
         if not await stream.admit(message):
             return False
@@ -497,41 +449,37 @@ async def _dispatch(stream: _Stream, message: object) -> bool:
         if stream.kind == "consent":
             await stream.run(await session.start())
         return True
-    if isinstance(message, Connected):
+    if isinstance(message, tw.Connected):
         return True
     if session is None or stream.call is None:
-        await stream.close(CLOSE_PROTOCOL_ERROR, f"{type(message).__name__.lower()} before start")
+        await stream.close(
+            tw.CLOSE_PROTOCOL_ERROR, f"{type(message).__name__.lower()} before start"
+        )
         return False
-    if isinstance(message, Dtmf):
+    if isinstance(message, tw.Dtmf):
         if stream.in_order(message.sequence):
             event = DigitPressed(at=session.now_event(), digit=message.digit)
             await stream.run(await session.handle(event))
         return True
-    if isinstance(message, Mark):
-        if stream.in_order(message.sequence) and message.name.startswith("play-"):
-            play = message.name.removeprefix("play-")
-            if 0 < len(play) <= 9 and play.isascii() and play.isdigit():
-                finished = PromptFinished(at=session.now_event(), play_id=int(play))
-                await stream.run(await session.handle(finished))
+    if isinstance(message, tw.Mark):
+        play_id = tw.played(message)
+        if stream.in_order(message.sequence) and play_id is not None:
+            finished = PromptFinished(at=session.now_event(), play_id=play_id)
+            await stream.run(await session.handle(finished))
         return True
-    if isinstance(message, Stop):
+    if isinstance(message, tw.Stop):
         # The recording is closed now; the status callback (or expiry) writes the call's row.
         reason = "caller hung up" if stream.kind == "consent" else "recording stream stopped"
         stream.call.ended_by(reason)
         await session.end(reason)
         stream.closed_by_us = True
         if not stream.ws.closed:
-            await stream.ws.close(code=CLOSE_NORMAL)
+            await stream.ws.close(code=tw.CLOSE_NORMAL)
         return False
-    if isinstance(message, Unknown):
+    if isinstance(message, tw.Unknown):
         stream.twilio.counters["messages_unknown"] += 1
-        if "unknown" not in stream.noted:
-            stream.noted.add("unknown")
-            log.info(
-                "%s: unknown event %r ignored (logged once per stream)",
-                stream.where(),
-                message.event,
-            )
+        where, event = stream.where(), message.event
+        stream.note("unknown", "%s: unknown event %r ignored", where, event, level=logging.INFO)
     return True
 
 
@@ -550,7 +498,7 @@ async def shutdown(app: web.Application) -> None:
         return
     twilio.accepting = False
     for ws in list(twilio.sockets):
-        await ws.close(code=CLOSE_GOING_AWAY, message=b"service shutting down")
+        await ws.close(code=tw.CLOSE_GOING_AWAY, message=b"service shutting down")
     for call in twilio.calls.calls(PLATFORM):
         await twilio.calls.finish(call, "service shutting down")
 

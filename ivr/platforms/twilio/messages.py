@@ -428,6 +428,20 @@ def mark_message(stream_sid: str, name: str) -> str:
     return json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
 
 
+def play_mark(play_id: int) -> str:
+    """The name of the mark sent after a prompt's last frame; Twilio echoes it once played."""
+    return f"play-{play_id}"
+
+
+def played(mark: Mark) -> int | None:
+    """The play id a mark echoes (``play_mark``); None for any other name, or one that is
+    not 1 to 9 ASCII digits after ``play-`` (a mark is anyone's input)."""
+    play = mark.name.removeprefix("play-")
+    if play == mark.name or not (0 < len(play) <= 9 and play.isascii() and play.isdigit()):
+        return None
+    return int(play)
+
+
 def clear_message(stream_sid: str) -> str:
     return json.dumps({"event": "clear", "streamSid": stream_sid})
 
