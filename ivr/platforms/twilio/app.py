@@ -478,8 +478,8 @@ async def _dispatch(stream: _Stream, message: object) -> bool:
         return False
     if isinstance(message, tw.Unknown):
         stream.twilio.counters["messages_unknown"] += 1
-        where, event = stream.where(), message.event
-        stream.note("unknown", "%s: unknown event %r ignored", where, event, level=logging.INFO)
+        what = (stream.where(), message.event)
+        stream.note("unknown", "%s: unknown event %r ignored", *what, level=logging.INFO)
     return True
 
 
