@@ -154,12 +154,63 @@ def test_leftovers_are_only_this_instances_and_only_dead_calls():
 
 
 def test_what_the_pbx_is_told_and_where_the_line_is_named():
-    assert ari.outcome_variables("accepted", "consent", "") == {
-        "IVR_CONSENT_DECISION": "accepted",
-        "IVR_LAWFUL_BASIS": "consent",
+    decided = ari.outcome_variables("accepted", "consent", "", told={})
+    assert decided == {"IVR_CONSENT_DECISION": "accepted", "IVR_LAWFUL_BASIS": "consent"}
+    # Once told, a variable is not set again; a new value (the recording's id) is.
+    assert ari.outcome_variables("accepted", "consent", "", told=decided) == {}
+    assert ari.outcome_variables("accepted", "consent", "r1", told=decided) == {
+        "IVR_RECORDING_ID": "r1"
     }
+    assert ari.outcome_variables(
+        "accepted", "consent", "r2", told=decided | {"IVR_RECORDING_ID": "r1"}
+    ) == {"IVR_RECORDING_ID": "r2"}
     chan = ari.Channel.from_json(
         {"id": "c", "dialplan": {"exten": "+4685"}, "channelvars": {"IVR_LINE": "+4686"}}
     )
-    assert ari.line_candidates(chan, ("+4687",)) == ("+4687", "+4686", "+4685")
-    assert ari.line_candidates(chan, ()) == ("+4686", "+4685")
+    asked: list[str] = []
+
+    def lookup(number: str) -> str | None:
+        asked.append(number)
+        return f"line {number}" if number in ("+4687", "+4686", "+4685") else None
+
+    assert ari.line_for(chan, ("+4687",), lookup) == "line +4687" and asked == ["+4687"]
+    asked.clear()
+    assert ari.line_for(chan, ("+4600",), lookup) == "line +4686"
+    assert asked == ["+4600", "+4686"]  # in order, stopping at the first line found
+    assert ari.line_for(chan, (), lookup) == "line +4686"
+    assert ari.line_for(chan, (), lambda number: None) is None
+    bare = ari.Channel.from_json({"id": "c"})
+    asked.clear()
+    assert ari.line_for(bare, ("",), lookup) is None and asked == []  # nothing named: not asked
+
+
+def test_end_reasons():
+    chan = ari.Channel.from_json(channel())
+    destroyed = ari.ChannelDestroyed(chan, 16, "Normal Clearing")
+    requested = ari.HangupRequest(chan, 17)
+    left = ari.StasisEnd(chan)
+    assert ari.caller_end(destroyed) == "caller hung up (Normal Clearing)"
+    assert ari.caller_end(ari.ChannelDestroyed(chan, 16, "")) == "caller hung up (cause 16)"
+    assert ari.caller_end(requested) == "caller hung up (cause 17)"
+    assert ari.caller_end(ari.HangupRequest(chan, None)) == "caller hung up"
+    assert ari.caller_end(left) == "caller left the Stasis application"
+    assert ari.own_channel_end(left, agent=False, answered=False) == "media channel ended"
+    assert (
+        ari.own_channel_end(destroyed, agent=False, answered=True)
+        == "media channel ended (Normal Clearing)"
+    )
+    assert ari.own_channel_end(requested, agent=True, answered=True) == "agent hung up (cause 17)"
+    assert ari.own_channel_end(left, agent=True, answered=False) == "agent did not answer"
+
+
+def test_rest_responses():
+    assert ari.response_json(b'{"id": "c"}') == {"id": "c"}
+    assert ari.response_json(b"") is None
+    assert ari.response_json(b"  ") is None
+    assert ari.response_json(b"<html>") is None
+    assert ari.response_json(b"\xff\xfe\x00") is None
+    assert ari.error_message(b'{"message": "Channel not found"}') == "Channel not found"
+    assert ari.error_message(b'{"error": "x"}') == '{"error": "x"}'
+    assert ari.error_message(b"[1]") == "[1]"
+    assert ari.error_message(b"x" * 300) == "x" * 200
+    assert ari.error_message(b"bad \xff") == "bad \ufffd"

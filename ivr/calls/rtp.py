@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 RECEIVE_BUFFER_BYTES = 1 << 20  # room for a second of audio should the loop stall briefly
 ANY_ADDRESS = ("0.0.0.0", "::")
+DRAIN_QUIET_SECONDS = 0.02
+DRAIN_ROUNDS = 10
+# A key the platform's signalling reports (ARI's ChannelDtmfReceived) and RFC 4733 carries too
+# counts once.
+DIGIT_DEDUP_SECONDS = 0.5
 
 # What ``RtpLeg`` asks of the call's task, through ``wake(kind, value)``.
 WAKE_PUMP = "pump"  # prompt frames or a flow deadline are due: call ``pump``
@@ -109,6 +114,7 @@ class RtpLeg:
     malformed: int = 0
     packets: int = 0
     closed: bool = False
+    last_digit: tuple[str, float] | None = None
     _pump_posted: bool = False
 
     # -- in -------------------------------------------------------------------------------------
@@ -135,6 +141,16 @@ class RtpLeg:
         if due and not self._pump_posted:
             self._pump_posted = True
             self.wake(WAKE_PUMP, None)
+
+    def new_digit(self, digit: str, now: float) -> bool:
+        """A key at call time ``now``, reported by the platform or by RFC 4733 (``WAKE_DIGIT``):
+        False when it is the same key as the last one, within ``DIGIT_DEDUP_SECONDS``, which is
+        the one key reported both ways."""
+        last = self.last_digit
+        if last and last[0] == digit and now - last[1] < DIGIT_DEDUP_SECONDS:
+            return False
+        self.last_digit = (digit, now)
+        return True
 
     def _take(self, session: CallSession, data: bytes) -> None:
         try:
@@ -169,6 +185,11 @@ class RtpLeg:
     def stop_playing(self) -> None:
         self.playback = None
 
+    def wait_seconds(self, session: CallSession) -> float | None:
+        """How long the call's task may wait for its next wake: a frame while a prompt plays
+        (prompts stay paced should RTP stop arriving), else the session's timer."""
+        return FRAME_MS / 1000 if self.playback is not None else session.timer()
+
     def pump(self, now: float) -> int | None:
         """Send the prompt frames due at call time ``now``; the prompt's play id when it has
         just finished playing."""
@@ -185,6 +206,15 @@ class RtpLeg:
         return pb.play_id
 
     # -- end ------------------------------------------------------------------------------------
+    async def drain(self) -> None:
+        """RTP that arrived before the hang-up may still sit in the socket when the platform's
+        hang-up is read: let it in, until the socket has been quiet briefly."""
+        for _ in range(DRAIN_ROUNDS):
+            seen = self.packets
+            await asyncio.sleep(DRAIN_QUIET_SECONDS)
+            if self.packets == seen:
+                break
+
     def flush(self) -> None:
         """No more audio is taken; what the jitter buffer still holds goes to the session."""
         self.closed = True
@@ -222,3 +252,22 @@ class RtpLeg:
             # The socket closes on the loop's next pass: wait for it, so that the port is free
             # again by the time the call is gone (a new call may bind it at once).
             await self.protocol.closed
+
+    def counters(self) -> dict[str, int]:
+        """The leg's losses, to sum into the platform's counters (docs/asterisk.md, /healthz):
+        ``rtp_lost`` and ``rtp_frames_lost`` (two documented names of the same count: frames
+        filled with silence), wild packets dropped (``rtp_jumps``), resyncs, malformed packets
+        and packets from strangers. Only what is not zero, except ``rtp_lost`` once the leg has
+        carried a call's audio (so that counter is shown from the first call on)."""
+        stats = self.jitter.stats
+        counts = {
+            "rtp_frames_lost": stats.lost,
+            "rtp_jumps": stats.jumps,
+            "rtp_resyncs": stats.resyncs,
+            "rtp_malformed": self.malformed,
+            "rtp_strangers": self.strangers,
+        }
+        out = {name: value for name, value in counts.items() if value}
+        if self.session is not None:
+            out["rtp_lost"] = stats.lost
+        return out

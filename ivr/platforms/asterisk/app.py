@@ -25,11 +25,11 @@ import aiohttp
 
 from ivr.calls import CallRegistry
 from ivr.calls.rtp import PortRange
-from ivr.config import Config, Line
+from ivr.config import Config
 from ivr.log_limits import Warnings
 from ivr.platforms.asterisk import ari
 from ivr.platforms.asterisk.call import PLATFORM, AriCall
-from ivr.platforms.asterisk.rest import AriHttpError, AriRest, basic_auth
+from ivr.platforms.asterisk.rest import AriHttpError, AriRest
 from ivr.supervision import LoopHealth, describe, supervise
 
 log = logging.getLogger(__name__)
@@ -39,15 +39,6 @@ BACKOFF_START, BACKOFF_MAX = 0.5, 10.0
 # application degraded on /healthz for this long after the last one.
 EVENT_FAILURE_DEGRADES_SECONDS = 60.0
 MAX_MESSAGE_BYTES = 4 * ari.MAX_EVENT_BYTES
-
-
-def _cause(event: ari.AriEvent) -> str:
-    """ " (Normal Clearing)" or " (cause 16)" from a hang-up event, for the end reason."""
-    if isinstance(event, ari.ChannelDestroyed) and event.cause_txt:
-        return f" ({event.cause_txt})"
-    if isinstance(event, (ari.ChannelDestroyed, ari.HangupRequest)) and event.cause is not None:
-        return f" (cause {event.cause})"
-    return ""
 
 
 class AriApplication:
@@ -66,8 +57,6 @@ class AriApplication:
         self.config = config
         self.settings = config.asterisk
         self.registry = registry
-        self.vault = registry.vault
-        self.clock = clock
         self.wall = wall
         self.sleep = sleep
         self.calls: dict[str, AriCall] = {}  # the channels we serve, by caller channel id
@@ -90,14 +79,6 @@ class AriApplication:
         self.events_loop = LoopHealth("ARI events loop", wall=wall)
         self.last_event_failure: tuple[float, str] | None = None  # when, and what
         self.warnings = Warnings(log, clock=wall)
-
-    def own_id(self, key: str, kind: str) -> str:
-        return ari.own_id(self.instance, key, kind)
-
-    def is_own(self, object_id: str) -> ari.OwnId | None:
-        """This instance's id (a bridge or channel we made), parsed; None for anyone else's."""
-        own = ari.parse_own_id(object_id)
-        return own if own is not None and own.instance == self.instance else None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -185,7 +166,7 @@ class AriApplication:
         async with self._session.ws_connect(
             url,
             params={"app": settings.app, "subscribeAll": "false"},
-            headers={"Authorization": basic_auth(settings)},
+            headers=self.rest.headers,
             heartbeat=30,
             # Larger than any event we take: a too-large event is read, refused and counted
             # like any bad one, rather than closing the socket (and losing the events behind
@@ -319,27 +300,20 @@ class AriApplication:
             new.task = asyncio.create_task(new.run(), name=f"ari-call-{channel.id}")
             return
         call = self.calls.get(channel.id)
-        if call is None:
-            own = self.own_channels.get(channel.id)
-            if own is None:
-                self.counters["events_unknown_channel"] += 1
-                log.debug("ARI %s for unknown channel %s ignored", type(event).__name__, channel.id)
-            elif not isinstance(event, ari.DtmfReceived) and not own.finished:
-                if channel.id != own.agent_id:
-                    reason = "media channel ended"  # Asterisk stopping, or someone's DELETE
-                elif own.agent_answered:
-                    reason = "agent hung up"
-                else:
-                    reason = "agent did not answer"
-                own.ended_by(reason + _cause(event))
-                own.post("end", reason)
-            return
-        if isinstance(event, ari.DtmfReceived):
-            call.post("digit", event.digit)
-        elif isinstance(event, ari.StasisEnd):
-            call.caller_left("caller left the Stasis application")
-        else:
-            call.caller_left(f"caller hung up{_cause(event)}")
+        own = self.own_channels.get(channel.id)
+        if call is not None:
+            if isinstance(event, ari.DtmfReceived):
+                call.post("digit", event.digit)
+            else:
+                call.caller_left(ari.caller_end(event))
+        elif own is None:
+            self.counters["events_unknown_channel"] += 1
+            log.debug("ARI %s for unknown channel %s ignored", type(event).__name__, channel.id)
+        elif not isinstance(event, ari.DtmfReceived) and not own.finished:
+            agent = channel.id == own.agent_id
+            reason = ari.own_channel_end(event, agent=agent, answered=own.agent_answered)
+            own.ended_by(reason)
+            own.post("end", reason)
 
     def _own_channel_entered(self, channel_id: str) -> None:
         call = self.own_channels.get(channel_id)
@@ -353,14 +327,6 @@ class AriApplication:
             call.post("agent", channel_id)
 
     # -- per-call helpers ----------------------------------------------------------------------
-    def line_for(self, channel: ari.Channel, args: tuple[str, ...]) -> Line | None:
-        """The line a call is for: the first of ``ari.line_candidates`` that names one."""
-        for candidate in ari.line_candidates(channel, args):
-            line = self.config.line_for(candidate)
-            if line is not None:
-                return line
-        return None
-
     def forget(self, call: AriCall) -> None:
         self.calls.pop(call.caller.id, None)
         for channel_id in (call.media_id, call.agent_id):

@@ -10,9 +10,9 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from media.dtmf import DIGITS
 
@@ -184,6 +184,36 @@ AriEvent = (
 
 def _cause(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _cause_text(event: AriEvent) -> str:
+    """ " (Normal Clearing)" or " (cause 16)" from a hang-up event, for the end reason."""
+    if isinstance(event, ChannelDestroyed) and event.cause_txt:
+        return f" ({event.cause_txt})"
+    if isinstance(event, (ChannelDestroyed, HangupRequest)) and event.cause is not None:
+        return f" (cause {event.cause})"
+    return ""
+
+
+def caller_end(event: StasisEnd | HangupRequest | ChannelDestroyed) -> str:
+    """Why a call ends when its caller's channel leaves the application or hangs up."""
+    if isinstance(event, StasisEnd):
+        return "caller left the Stasis application"
+    return f"caller hung up{_cause_text(event)}"
+
+
+def own_channel_end(
+    event: StasisEnd | HangupRequest | ChannelDestroyed, *, agent: bool, answered: bool
+) -> str:
+    """Why a call ends when one of our own channels (its external media, or the agent leg when
+    ``agent``) leaves or hangs up."""
+    if not agent:
+        reason = "media channel ended"  # Asterisk stopping, or someone's DELETE
+    elif answered:
+        reason = "agent hung up"
+    else:
+        reason = "agent did not answer"
+    return reason + _cause_text(event)
 
 
 def nesting(data: bytes) -> int:
@@ -388,22 +418,34 @@ def find_leftovers(
     )
 
 
-def outcome_variables(decision: str, lawful_basis: str, recording_id: str) -> dict[str, str]:
-    """What the PBX is told of a call, as channel variables for the dialplan after Stasis()
-    and for CDRs; empty values are not set."""
+def outcome_variables(
+    decision: str, lawful_basis: str, recording_id: str, told: Mapping[str, str]
+) -> dict[str, str]:
+    """What the PBX is still to be told of a call, as channel variables for the dialplan after
+    Stasis() and for CDRs: those it was not ``told`` already with the same value; empty values
+    are not set."""
     values = {
         "IVR_CONSENT_DECISION": decision,
         "IVR_LAWFUL_BASIS": lawful_basis,
         "IVR_RECORDING_ID": recording_id,
     }
-    return {name: value for name, value in values.items() if value}
+    return {name: value for name, value in values.items() if value and told.get(name) != value}
 
 
-def line_candidates(channel: Channel, args: Sequence[str]) -> tuple[str, ...]:
-    """Where a call's line is named, in order: the first Stasis argument, the IVR_LINE channel
-    variable, the dialled extension."""
+_Line = TypeVar("_Line")
+
+
+def line_for(
+    channel: Channel, args: Sequence[str], lookup: Callable[[str], _Line | None]
+) -> _Line | None:
+    """The line a call is for: the first that ``lookup`` finds where a call's line is named,
+    in order: the first Stasis argument, the IVR_LINE channel variable, the dialled extension."""
     named = (args[0] if args else "", channel.variables.get("IVR_LINE", ""), channel.exten)
-    return tuple(n for n in named if n)
+    for name in named:
+        line = lookup(name) if name else None
+        if line is not None:
+            return line
+    return None
 
 
 def channel_ids_from_json(value: Any) -> list[str]:
@@ -411,6 +453,22 @@ def channel_ids_from_json(value: Any) -> list[str]:
     if not isinstance(value, list):
         raise AriEventError("GET /channels did not return a list")
     return [c["id"] for c in value if isinstance(c, dict) and isinstance(c.get("id"), str)]
+
+
+def response_json(body: bytes) -> Any:
+    """A REST response's JSON value; None for an empty body or one that is not JSON."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def error_message(body: bytes) -> str:
+    """What an error response says: its JSON ``message``, else the start of its text."""
+    value = response_json(body)
+    if isinstance(value, dict) and "message" in value:
+        return str(value["message"])
+    return body.decode(errors="replace")[:200]
 
 
 def rtp_peer(channel: Mapping[str, Any]) -> tuple[str, int]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ivr.calls import capacity
 from ivr.calls.capacity import full
-from ivr.config import Line, normalise_number
+from ivr.config import Line
 
 if TYPE_CHECKING:
     from ivr.platforms.asterisk.app import AriApplication
@@ -21,15 +21,16 @@ __all__ = ["full", "turn_away"]
 
 
 async def turn_away(
-    app: AriApplication, platform: str, channel_id: str, line: Line, number: str
+    app: AriApplication, platform: str, channel_id: str, line: Line, caller: str | None
 ) -> bool:
-    """Turn the call on ``channel_id`` away; True when the dialplan has the channel again."""
+    """Turn the call on ``channel_id`` away (``caller``: the caller's number, E.164, for the
+    row); True when the dialplan has the channel again."""
     app.counters["calls_turned_away"] += 1
     await capacity.turn_away(
         app.registry,
         platform=platform,
         platform_call_id=channel_id,
         line=line,
-        caller=normalise_number(number) if number.startswith(("+", "00")) else None,
+        caller=caller,
     )
     return await app.hand_back(channel_id, capacity.BUSY)

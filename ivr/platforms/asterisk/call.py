@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ivr.calls import Call, CallSession, carry_out
-from ivr.calls.playback import FRAME_MS
 from ivr.calls.rtp import WAKE_DIGIT, RtpLeg
 from ivr.config import normalise_number
 from ivr.consent import Command, DigitPressed, PromptFinished
@@ -39,10 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLATFORM = "asterisk"
-DRAIN_QUIET_SECONDS = 0.02
-DRAIN_ROUNDS = 10
 MAX_QUEUE = 2000  # per call: about 40 s of RTP; beyond that a call is hopelessly stuck
-DIGIT_DEDUP_SECONDS = 0.5  # a key seen both as an ARI event and as RFC 4733 counts once
 AGENT_RING_SECONDS = 30
 # How long the external-media channel may take to enter the app after Asterisk created it.
 # Measured on Asterisk 22: a few ms idle, tens of ms under load; 5 s means Asterisk is stuck.
@@ -74,11 +70,9 @@ class AriCall:
     queue: asyncio.Queue[tuple[str, Any]] = field(default_factory=lambda: asyncio.Queue(MAX_QUEUE))
     task: asyncio.Task[None] | None = None
     finished: bool = False
-    last_digit: tuple[str, float] | None = None
     caller_gone: bool = False
     early_end: str | None = None  # why it ended, before it was in the registry
-    reported: dict[str, str] = field(default_factory=dict)
-    _reported_state: tuple[Any, bool] | None = None
+    reported: dict[str, str] = field(default_factory=dict)  # the outcome variables set
 
     def __post_init__(self) -> None:
         self.rtp = RtpLeg(self.post, name=f"ari:{self.caller.id}")
@@ -122,7 +116,7 @@ class AriCall:
 
     async def _setup(self) -> bool:
         app = self.app
-        line = app.line_for(self.caller, self.args)
+        line = ari.line_for(self.caller, self.args, app.config.line_for)
         if line is None:
             app.counters["calls_unknown_line"] += 1
             log.info("ari channel %s: no line for this call; hanging up", self.caller.id)
@@ -130,14 +124,12 @@ class AriCall:
             self.handed_back = True
             return False
         number = self.caller.caller_number
+        caller = normalise_number(number) if number.startswith(("+", "00")) else None
         if busy.full(app.registry, app.config.limits.max_calls):
-            self.handed_back = await busy.turn_away(app, PLATFORM, self.caller.id, line, number)
+            self.handed_back = await busy.turn_away(app, PLATFORM, self.caller.id, line, caller)
             return False
         call = await app.registry.open(
-            platform=PLATFORM,
-            platform_call_id=self.caller.id,
-            line=line,
-            caller=normalise_number(number) if number.startswith(("+", "00")) else None,
+            platform=PLATFORM, platform_call_id=self.caller.id, line=line, caller=caller
         )
         call.attached = 1  # the channel feeds it until _finish
         if self.early_end is not None:
@@ -166,8 +158,8 @@ class AriCall:
         except OSError as exc:
             app.counters["rtp_ports_exhausted"] += 1
             raise SetupFailed(f"no RTP port free ({exc})") from None
-        self.bridge_id = app.own_id(self.key, ari.BRIDGE)
-        self.media_id = app.own_id(self.key, ari.MEDIA)
+        self.bridge_id = ari.own_id(app.instance, self.key, ari.BRIDGE)
+        self.media_id = ari.own_id(app.instance, self.key, ari.MEDIA)
         # Registered before the request: the channel's StasisStart may even arrive before the
         # response to POST /channels/externalMedia is read.
         self.media_entered = asyncio.get_running_loop().create_future()
@@ -192,7 +184,7 @@ class AriCall:
         assert entered is not None
         if entered.done():
             return
-        gone: asyncio.Future[None] = asyncio.ensure_future(self._caller_gone())
+        gone: asyncio.Future[Any] = asyncio.ensure_future(self.gone.wait())
         try:
             await asyncio.wait(
                 {entered, gone}, timeout=MEDIA_STASIS_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
@@ -208,9 +200,6 @@ class AriCall:
             f"the external-media channel {self.media_id} did not enter the Stasis application "
             f"within {MEDIA_STASIS_TIMEOUT:g} s"
         )
-
-    async def _caller_gone(self) -> None:
-        await self.gone.wait()
 
     async def _setup_failed(self, reason: str) -> None:
         """Set-up did not complete. A caller who hung up meanwhile is just a hang-up; anyone
@@ -237,8 +226,7 @@ class AriCall:
             if not queue.empty():  # the common case under load: no timer, no task
                 kind, value = queue.get_nowait()
             else:
-                # Keep prompts paced should RTP stop arriving; else the timer rule.
-                timeout = FRAME_MS / 1000 if self.rtp.playback is not None else session.timer()
+                timeout = self.rtp.wait_seconds(session)
                 if timeout is None:
                     kind, value = await queue.get()
                 else:
@@ -252,19 +240,10 @@ class AriCall:
             elif kind == "agent":
                 await self._agent_entered(value)
             elif kind == "end":
-                await self._drain_then_finish(value)
+                await self.rtp.drain()
+                await self._finish(value)
                 return
             await self._pump(session)
-
-    async def _drain_then_finish(self, reason: str) -> None:
-        """RTP that arrived before the hang-up may still sit in the socket when the hang-up
-        event is read: let it in (until the socket has been quiet briefly) before finishing."""
-        for _ in range(DRAIN_ROUNDS):
-            seen = self.rtp.packets
-            await asyncio.sleep(DRAIN_QUIET_SECONDS)
-            if self.rtp.packets == seen:
-                break
-        await self._finish(reason)
 
     async def _pump(self, session: CallSession) -> None:
         """Send the prompt frames that are due, and give the flow its ticks."""
@@ -276,32 +255,26 @@ class AriCall:
 
     async def _digit(self, session: CallSession, digit: str) -> None:
         now = session.now_event()
-        last = self.last_digit
-        if last and last[0] == digit and now - last[1] < DIGIT_DEDUP_SECONDS:
-            return  # the same key reported by both ARI and RFC 4733
-        self.last_digit = (digit, now)
-        await self._run(await session.handle(DigitPressed(at=now, digit=digit)))
-
-    async def _report(self, session: CallSession) -> None:
-        """Tell the PBX what was decided, as channel variables its dialplan or CDR can use:
-        IVR_CONSENT_DECISION, IVR_LAWFUL_BASIS and, once recording, IVR_RECORDING_ID."""
-        values = ari.outcome_variables(
-            session.decision.value if session.decision else "",
-            session.line.lawful_basis.value,
-            session.recording.id if session.recording else "",
-        )
-        for name, value in values.items():
-            if self.reported.get(name) != value and not self.caller_gone:
-                self.reported[name] = value
-                await self.app.rest_quiet(ari.set_variable(self.caller.id, name, value))
+        if self.rtp.new_digit(digit, now):
+            await self._run(await session.handle(DigitPressed(at=now, digit=digit)))
 
     async def _run(self, commands: list[Command]) -> None:
+        """Once the flow has decided, tell the PBX, as channel variables its dialplan or CDR can
+        use: IVR_CONSENT_DECISION, IVR_LAWFUL_BASIS and, once recording, IVR_RECORDING_ID. Then
+        carry out the commands."""
         session = self.session
         assert session is not None and self.call is not None
-        state = (session.decision, session.recording is not None)
-        if session.decision is not None and state != self._reported_state:
-            self._reported_state = state
-            await self._report(session)
+        if session.decision is not None:
+            news = ari.outcome_variables(
+                session.decision.value,
+                session.line.lawful_basis.value,
+                session.recording.id if session.recording else "",
+                told=self.reported,
+            )
+            for name, value in news.items():
+                if not self.caller_gone:
+                    self.reported[name] = value
+                    await self.app.rest_quiet(ari.set_variable(self.caller.id, name, value))
         await carry_out(self.call, self, commands)
 
     # -- the Wire ---------------------------------------------------------------------------
@@ -321,7 +294,7 @@ class AriCall:
             if not recording:  # a message line whose caller refused: nothing to do
                 await self.hang_up("nothing to record")
             return
-        self.agent_id = self.app.own_id(self.key, ari.AGENT)
+        self.agent_id = ari.own_id(self.app.instance, self.key, ari.AGENT)
         self.app.own_channels[self.agent_id] = self
         try:
             await self.app.rest(
@@ -366,7 +339,6 @@ class AriCall:
             app.counters["calls_completed"] += 1
             app.counters["frames_stored"] += session.stats.frames_stored
             app.counters["frames_lost"] += session.stats.frames_lost
-            app.counters["rtp_lost"] += self.rtp.jitter.stats.lost
         for channel_id in (self.agent_id, self.media_id):
             if channel_id:
                 await app.rest_quiet(ari.hang_up(channel_id))
@@ -375,14 +347,5 @@ class AriCall:
         if not self.caller_gone and not self.handed_back:
             await app.rest_quiet(ari.hang_up(self.caller.id))
         await self.rtp.close()
-        stats = self.rtp.jitter.stats
-        for name, value in (
-            ("rtp_frames_lost", stats.lost),  # filled with silence
-            ("rtp_jumps", stats.jumps),  # wild packets the stream did not follow: dropped
-            ("rtp_resyncs", stats.resyncs),
-            ("rtp_malformed", self.rtp.malformed),
-            ("rtp_strangers", self.rtp.strangers),
-        ):
-            if value:
-                app.counters[name] += value
+        app.counters.update(self.rtp.counters())
         app.forget(self)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
-import json
 from typing import Any
 
 import aiohttp
@@ -13,11 +11,6 @@ from ivr.config import AsteriskSettings
 from ivr.platforms.asterisk import ari
 
 REST_TIMEOUT = 10.0
-
-
-def basic_auth(settings: AsteriskSettings) -> str:
-    token = f"{settings.username}:{settings.password or ''}".encode()
-    return "Basic " + base64.b64encode(token).decode("ascii")
 
 
 class AriHttpError(Exception):
@@ -32,7 +25,9 @@ class AriRest:
     def __init__(self, session: aiohttp.ClientSession, settings: AsteriskSettings) -> None:
         self._session = session
         self._base = settings.url
-        self._headers = {"Authorization": basic_auth(settings)}
+        token = f"{settings.username}:{settings.password or ''}".encode()
+        # Basic authentication, for the events websocket too.
+        self.headers = {"Authorization": "Basic " + base64.b64encode(token).decode("ascii")}
 
     async def __call__(self, request: ari.Request) -> Any:
         try:
@@ -40,20 +35,12 @@ class AriRest:
                 request.method,
                 self._base + request.path,
                 params=dict(request.query),
-                headers=self._headers,
+                headers=self.headers,
                 timeout=aiohttp.ClientTimeout(total=REST_TIMEOUT),
             ) as resp:
                 body = await resp.read()
-                if resp.status >= 400:
-                    message = body.decode(errors="replace")[:200]
-                    with contextlib.suppress(ValueError, AttributeError):
-                        message = str(json.loads(body).get("message", message))
-                    raise AriHttpError(resp.status, message, request)
-                if not body:
-                    return None
-                try:
-                    return await resp.json(content_type=None)
-                except ValueError:
-                    return None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise AriHttpError(0, f"ARI unreachable: {exc}", request) from None
+        if resp.status >= 400:
+            raise AriHttpError(resp.status, ari.error_message(body), request)
+        return ari.response_json(body)

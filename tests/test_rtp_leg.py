@@ -1,0 +1,87 @@
+"""ivr/calls/rtp.py's RtpLeg on its own: what it adds to a platform's counters, keys reported
+twice, how long the call's task may wait, and the drain before a call's end. The leg's packets,
+prompts and ports are exercised through Asterisk (tests/test_asterisk_e2e.py, test_rtp_jumps.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+
+from ivr.calls import rtp
+from ivr.calls.playback import FRAME_MS
+from ivr.calls.rtp import DIGIT_DEDUP_SECONDS, DRAIN_QUIET_SECONDS, DRAIN_ROUNDS, RtpLeg
+from ivr.calls.session import CallSession
+from media.prompts import Prompt
+
+
+class FakeSession:
+    def __init__(self, timer: float | None) -> None:
+        self._timer = timer
+
+    def timer(self) -> float | None:
+        return self._timer
+
+
+def session(timer: float | None = None) -> CallSession:
+    return cast(CallSession, FakeSession(timer))
+
+
+def leg() -> RtpLeg:
+    return RtpLeg(lambda kind, value: None, name="t")
+
+
+def test_counters_are_the_losses_not_zero_and_rtp_lost_once_the_leg_had_a_session():
+    fresh = leg()
+    assert fresh.counters() == {}
+    fresh.strangers = 2  # a call whose set-up failed may still have seen strangers
+    assert fresh.counters() == {"rtp_strangers": 2}
+    fresh.session = session()
+    assert fresh.counters() == {"rtp_strangers": 2, "rtp_lost": 0}
+    stats = fresh.jitter.stats
+    stats.lost, stats.jumps, stats.resyncs, fresh.malformed = 3, 4, 5, 6
+    assert fresh.counters() == {
+        "rtp_lost": 3,  # both names of the frames filled with silence (docs/asterisk.md)
+        "rtp_frames_lost": 3,
+        "rtp_jumps": 4,
+        "rtp_resyncs": 5,
+        "rtp_malformed": 6,
+        "rtp_strangers": 2,
+    }
+
+
+def test_a_key_reported_both_ways_counts_once():
+    one = leg()
+    assert one.new_digit("1", 10.0)
+    assert not one.new_digit("1", 10.0 + DIGIT_DEDUP_SECONDS / 2)  # the other report of it
+    assert one.new_digit("1", 10.0 + DIGIT_DEDUP_SECONDS)  # pressed again
+    assert one.new_digit("2", 10.0 + DIGIT_DEDUP_SECONDS + 0.01)  # another key at once
+    assert one.new_digit("1", 10.0 + DIGIT_DEDUP_SECONDS + 0.02)
+
+
+def test_the_task_waits_a_frame_while_a_prompt_plays_else_the_sessions_timer():
+    one = leg()
+    assert one.wait_seconds(session(None)) is None
+    assert one.wait_seconds(session(2.5)) == 2.5
+    ulaw = b"\xff" * 1600
+    one.play(Prompt("p", "en", "p", ulaw, "", 200, "test"), play_id=1, now=0.0)
+    assert one.wait_seconds(session(None)) == FRAME_MS / 1000
+    one.stop_playing()
+    assert one.wait_seconds(session(2.5)) == 2.5
+
+
+@pytest.mark.parametrize(("busy_rounds", "sleeps"), [(0, 1), (3, 4), (50, DRAIN_ROUNDS)])
+async def test_drain_waits_until_the_socket_is_quiet_and_no_longer(busy_rounds, sleeps):
+    one = leg()
+    slept: list[float] = []
+
+    async def sleep(seconds: float, *args: Any) -> None:
+        slept.append(seconds)
+        if len(slept) <= busy_rounds:
+            one.packets += 1  # RTP still arriving during this pause
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rtp.asyncio, "sleep", sleep)
+        await one.drain()
+    assert slept == [DRAIN_QUIET_SECONDS] * sleeps
