@@ -179,6 +179,31 @@ async def test_calls_nothing_feeds_are_forgotten_after_their_line_could_have_end
     assert row(registry, quiet)["outcome"] == "hung_up"  # it never got past the question
 
 
+async def test_a_leg_feeds_the_call_until_it_detaches_and_a_lost_leg_ends_its_media(registry):
+    call = await open_call(registry, CONSENT_LINE)
+    session = registry.begin(call)
+    consent, recording = RecordingWire(), RecordingWire()
+    call.attach(consent, "consent")
+    call.attach(recording, "recording")
+    assert (
+        call.attached == 2
+        and call.wire is recording
+        and call.streams
+        == {
+            "consent",
+            "recording",
+        }
+    )
+    await call.detach(consent, lost=None)  # an earlier leg going away leaves the current one
+    assert call.attached == 1 and call.wire is recording and not session.ended
+    await call.detach(recording, lost="recording stream lost")
+    assert call.attached == 0 and call.wire is None
+    assert session.ended and call.end_reason == "recording stream lost"
+    await call.media_ended("caller hung up")  # a later word changes nothing: the first cause
+    assert call.end_reason == "recording stream lost"
+    assert not call.finished  # the row is the platform's goodbye's (or expiry's) to write
+
+
 async def test_the_timer_rule(registry):
     call = await open_call(registry, CONSENT_LINE)
     session = registry.begin(call)

@@ -68,6 +68,29 @@ class Call:
         if self.end_reason is None:
             self.end_reason = reason
 
+    def attach(self, wire: Wire, kind: str) -> None:
+        """A leg of ``kind`` (a media stream, a channel) feeds the call from now on, and
+        commands go out on it."""
+        self.streams.add(kind)
+        self.attached += 1
+        self.wire = wire
+
+    async def detach(self, wire: Wire, *, lost: str | None) -> None:
+        """The leg stopped feeding the call; ``lost`` says why when it went away without a
+        goodbye, which ends the call's media as far as anyone can tell (``media_ended``)."""
+        self.attached -= 1
+        if self.wire is wire:
+            self.wire = None
+        if lost is not None:
+            await self.media_ended(lost)
+
+    async def media_ended(self, reason: str) -> None:
+        """No more audio will come: the recording is closed now; the call's row is written when
+        it finishes (the platform's goodbye, or expiry)."""
+        self.ended_by(reason)
+        if self.session is not None and not self.session.ended:
+            await self.session.end(reason)
+
     @property
     def outcome(self) -> str:
         if self.session is not None and self.session.decision is not None:

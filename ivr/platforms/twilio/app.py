@@ -270,11 +270,9 @@ class _Stream:
             return await self._refuse(start.call_sid, why)
         if self.kind == "recording" and not call.session.recording_allowed:
             return await self._refuse(start.call_sid, "recording is not allowed for this call")
-        call.streams.add(self.kind)
-        call.attached += 1
+        call.attach(self, self.kind)
         if self.kind == "recording" and call.session.media_failure == NO_RECORDING_STREAM:
             call.session.media_failure = None
-        call.wire = self
         self.call, self.session = call, call.session
         self.stream_sid = start.stream_sid
         self.tracks = frozenset(start.tracks)
@@ -343,17 +341,10 @@ async def _stream_handler(request: web.Request, kind: str) -> web.WebSocketRespo
             await stream.close(tw.CLOSE_INTERNAL, "internal error")
     finally:
         twilio.sockets.discard(ws)
-        call = stream.call
-        if call is not None:
-            call.attached -= 1
-            if call.wire is stream:
-                call.wire = None
-            twilio.calls.heard(call)
-            if not stream.closed_by_us and call.session is not None and not call.session.ended:
-                # The platform went away without a 'stop': the call is over as far as we can
-                # tell (its recording is closed now; the status callback writes the row).
-                call.ended_by(f"{kind} stream lost")
-                await call.session.end(f"{kind} stream lost")
+        if stream.call is not None:  # without a 'stop' from Twilio, the stream was lost
+            twilio.calls.heard(stream.call)
+            lost = None if stream.closed_by_us else f"{kind} stream lost"
+            await stream.call.detach(stream, lost=lost)
     return ws
 
 
@@ -470,8 +461,7 @@ async def _dispatch(stream: _Stream, message: object) -> bool:
     if isinstance(message, tw.Stop):
         # The recording is closed now; the status callback (or expiry) writes the call's row.
         reason = "caller hung up" if stream.kind == "consent" else "recording stream stopped"
-        stream.call.ended_by(reason)
-        await session.end(reason)
+        await stream.call.media_ended(reason)
         stream.closed_by_us = True
         if not stream.ws.closed:
             await stream.ws.close(code=tw.CLOSE_NORMAL)
