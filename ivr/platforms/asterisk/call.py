@@ -131,11 +131,10 @@ class AriCall:
         call = await app.registry.open(
             platform=PLATFORM, platform_call_id=self.caller.id, line=line, caller=caller
         )
-        call.attached = 1  # the channel feeds it until _finish
+        call.attach(self, "channel")  # the caller's channel feeds it until _finish
         if self.early_end is not None:
             call.ended_by(self.early_end)
         self.call = call
-        call.wire = self
         self.rtp.name = call.call_id
         app.counters["calls"] += 1
         try:
@@ -333,7 +332,7 @@ class AriCall:
         call, session = self.call, self.session
         self.rtp.flush()
         if call is not None:
-            call.attached = 0
+            await call.detach(self, lost=None)
             await app.registry.finish(call, reason)
         if session is not None:
             app.counters["calls_completed"] += 1

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import TypeVar
 
 from aiohttp import WSMsgType, web
@@ -473,14 +474,6 @@ async def _dispatch(stream: _Stream, message: object) -> bool:
     return True
 
 
-async def consent_stream(request: web.Request) -> web.WebSocketResponse:
-    return await _stream_handler(request, "consent")
-
-
-async def recording_stream(request: web.Request) -> web.WebSocketResponse:
-    return await _stream_handler(request, "recording")
-
-
 async def shutdown(app: web.Application) -> None:
     """Stop taking calls and close every stream, which finalises every open recording."""
     twilio = app.get(TWILIO)
@@ -498,6 +491,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/twilio/continue", continue_call)
     app.router.add_post("/twilio/status", status)
     app.router.add_post("/twilio/stream-status", stream_status)
-    app.router.add_get("/twilio/stream/consent", consent_stream)
-    app.router.add_get("/twilio/stream/recording", recording_stream)
+    for kind in ("consent", "recording"):
+        app.router.add_get(f"/twilio/stream/{kind}", partial(_stream_handler, kind=kind))
     app.on_shutdown.append(shutdown)
