@@ -15,6 +15,7 @@ from aiohttp import web
 
 from ivr.calls import CallRegistry
 from ivr.config import Config
+from ivr.workers import Worker
 from storage.vault import Vault
 
 CONFIG = web.AppKey("config", Config)
@@ -22,3 +23,5 @@ DATA_DIR = web.AppKey("data_dir", Path)
 CLOCK = web.AppKey[Callable[[], datetime]]("clock")
 VAULT = web.AppKey("vault", Vault)
 CALLS = web.AppKey("calls", CallRegistry)
+# Which of the worker processes this is (``ivr serve --workers N``, ivr/workers.py).
+WORKER = web.AppKey("worker", Worker)

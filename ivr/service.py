@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
 import logging
+import os
 import resource
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +24,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ivr import __version__, api, serving
-from ivr.app_keys import CALLS, CLOCK, CONFIG, DATA_DIR, VAULT
+from ivr.app_keys import CALLS, CLOCK, CONFIG, DATA_DIR, VAULT, WORKER
 from ivr.audit_heads import HEAD_PUBLISHER, HeadPublisher, publish_heads
 from ivr.calls import CallRegistry
 from ivr.config import Config
@@ -34,6 +36,7 @@ from ivr.platforms.twilio.app import TWILIO, TwilioCalls, add_routes
 from ivr.platforms.twilio.stream_token import StreamTokens
 from ivr.prompt_library import PromptLibrary, cache_dir
 from ivr.supervision import LoopHealth, describe, in_thread, supervise
+from ivr.workers import ALONE, Worker, announce_ready, watch_supervisor
 from storage import lifecycle
 from storage.audit import heads_file
 from storage.catalog import RecordingStatus
@@ -48,6 +51,9 @@ ARI = web.AppKey("ari", AriApplication)
 LOOPS = web.AppKey[dict[str, LoopHealth]]("loops")
 LEADERSHIP = web.AppKey("leadership", Leadership)
 REFUSAL_WINDOW_SECONDS = 60.0  # refused API requests: one window's count per audit entry
+# How often a process that does not run the background jobs tries to take them over: a dead
+# holder's lock is free at once (ivr/leadership.py), its jobs should not wait a sweep interval.
+LEADERSHIP_RETRY_SECONDS = 2.0
 
 
 def cpu_seconds() -> float:
@@ -65,11 +71,14 @@ def create_app(
     sweep_interval: float | None = None,
     audit_head_interval: float | None = None,
     refusal_window: float = REFUSAL_WINDOW_SECONDS,
+    worker: Worker = ALONE,
 ) -> web.Application:
     """The service. Each resource opens in its own ``cleanup_ctx`` step, in this order, and
-    closes in the reverse order; a step that fails at start closes only the steps before it."""
+    closes in the reverse order; a step that fails at start closes only the steps before it.
+    ``worker``: which of ``ivr serve --workers N``'s processes this is (ivr/workers.py)."""
     app = web.Application()
     app[CONFIG] = config
+    app[WORKER] = worker
     app[DATA_DIR] = data_dir
     app[CLOCK] = clock
     loops = app[LOOPS] = {}
@@ -180,7 +189,7 @@ def create_app(
         if config.asterisk is None:
             yield
             return
-        ari_app = AriApplication(config, app[CALLS], clock=clock)
+        ari_app = AriApplication(worker_asterisk(config, worker), app[CALLS], clock=clock)
         app[ARI] = ari_app
         await ari_app.start()
         yield
@@ -232,6 +241,17 @@ def create_app(
     return app
 
 
+def worker_asterisk(config: Config, worker: Worker) -> Config:
+    """Each worker registers its own Stasis application, ``<app>-<index>`` when there are
+    several (``ivr-0``, ``ivr-1``; the dialplan spreads calls over them, docs/asterisk.md):
+    Asterisk gives one name to one websocket only, and the name is also what keeps each
+    worker's bridge and channel ids apart (``ari.instance_tag``)."""
+    if config.asterisk is None or worker.of == 1:
+        return config
+    named = dataclasses.replace(config.asterisk, app=f"{config.asterisk.app}-{worker.index}")
+    return dataclasses.replace(config, asterisk=named)
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -278,14 +298,15 @@ async def _retention_sweeper(
     schedule, from the moment the service starts; then the key schedule (rotate, re-wrap,
     retire), which is what makes an erasure reach backups of the catalog. Each round watches
     the breach register first (Art. 33's 72 hours). Of several processes on one vault, only
-    the one holding ``leadership`` runs the rounds (ivr/leadership.py). A step that fails is
+    the one holding ``leadership`` runs the rounds (ivr/leadership.py); the others try to take
+    it every :data:`LEADERSHIP_RETRY_SECONDS` (or interval, if shorter). A step that fails is
     the health's (logged once with its traceback, counted, /healthz degraded until a round
     succeeds); the other steps still run and the loop carries on."""
     health = health or LoopHealth("retention sweeper")
     while True:
         if leadership is not None and not leadership.claim():
             health.round_ok()  # another process runs the jobs (ivr/leadership.py)
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(interval, LEADERSHIP_RETRY_SECONDS))
             continue
         failed = False
         try:
@@ -409,6 +430,8 @@ async def healthz(request: web.Request) -> web.Response:
     leadership = request.app.get(LEADERSHIP)
     if leadership is not None:  # of the processes on this vault, whether this one runs them
         body["background_jobs"] = {"runs_here": leadership.held}
+    worker = request.app[WORKER]
+    body["worker"] = {"index": worker.index, "of": worker.of, "pid": os.getpid()}
     problems.extend(p for health in loops.values() if (p := health.problem) is not None)
     ari_app = request.app.get(ARI)
     if ari_app is not None:
@@ -442,36 +465,86 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line; call ids travel inside the message, never phone numbers."""
+    """One JSON object per line; call ids travel inside the message, never phone numbers.
+    ``worker``: the worker's index, on every line, when there are several."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
-def serve(*, config: Config, data_dir: Path, host: str, port: int, json_logs: bool = False) -> None:
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def serve(
+    *,
+    config: Config,
+    data_dir: Path,
+    host: str,
+    port: int,
+    json_logs: bool = False,
+    worker: Worker = ALONE,
+    supervisor_fd: int | None = None,
+) -> None:
+    """Run the service in this process until SIGINT or SIGTERM. ``worker`` and
+    ``supervisor_fd``: this process is one of ``ivr serve --workers N``'s (ivr/workers.py); it
+    listens on the shared port, says so on ``supervisor_fd`` and stops when that closes."""
+    several = worker.of > 1
     if json_logs:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonLogFormatter())
-        logging.getLogger().handlers[:] = [handler]
+        json_handler = logging.StreamHandler(sys.stderr)
+        json_handler.setFormatter(JsonLogFormatter(worker.index if several else None))
+        logging.getLogger().handlers[:] = [json_handler]
+    elif several:  # the workers share the supervisor's stderr: say whose line each is
+        tag = f"[worker {worker.index}] %(name)s"
+        tagged = logging.Formatter(TEXT_LOG_FORMAT.replace("%(name)s", tag))
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(tagged)
     # The per-message path makes only short-lived objects; the default collector threshold
     # (700 allocations) would run a collection hundreds of times a second under load. Objects
     # alive at start-up (modules, configuration, prompts) are moved out of its way for good.
     gc.set_threshold(50_000, 50, 100)
     gc.freeze()
+
+    def listening(bound: int) -> None:
+        if several:
+            log.info(
+                "worker %d of %d (pid %d) listening on http://%s:%d",
+                worker.index,
+                worker.of,
+                os.getpid(),
+                host,
+                bound,
+            )
+        else:
+            log.info("listening on http://%s:%d", host, bound)
+        if supervisor_fd is not None:
+            announce_ready(supervisor_fd)
+
     # Connections, slow clients and descriptors bounded (ivr/serving.py); SIGINT/SIGTERM is a
     # graceful stop that runs the shutdown hooks and the cleanup contexts.
     serving.run(
-        create_app(config, data_dir),
+        create_app(config, data_dir, worker=worker),
         host=host,
         port=port,
         limits=config.limits,
-        on_listening=lambda bound: log.info("listening on http://%s:%d", host, bound),
+        on_listening=listening,
+        reuse_port=several,
+        stop_when=(
+            None
+            if supervisor_fd is None
+            else lambda loop, stop: watch_supervisor(supervisor_fd, loop, stop)
+        ),
     )

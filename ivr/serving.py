@@ -396,9 +396,11 @@ async def start(
     limits: Limits,
     descriptors: int | None = None,
     shutdown_timeout: float = SHUTDOWN_TIMEOUT_SECONDS,
+    reuse_port: bool = False,
 ) -> Served:
     """Start serving ``app`` on ``host``:``port`` (0: any free port) under ``limits``.
-    ``descriptors``: the descriptor limit to plan for (default: the process's soft limit)."""
+    ``descriptors``: the descriptor limit to plan for (default: the process's soft limit).
+    ``reuse_port``: listen with ``SO_REUSEPORT``, next to the other workers (ivr/workers.py)."""
     if descriptors is None:
         descriptors = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     cap, warning = connection_cap(limits, descriptors)
@@ -422,7 +424,12 @@ async def start(
         handlers = runner.server
         assert handlers is not None
         server = await loop.create_server(
-            guard.protocols(handlers), host, port, backlog=ACCEPT_BACKLOG, reuse_address=True
+            guard.protocols(handlers),
+            host,
+            port,
+            backlog=ACCEPT_BACKLOG,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
         )
     except BaseException:
         await runner.cleanup()
@@ -445,8 +452,12 @@ def run(
     port: int,
     limits: Limits,
     on_listening: Callable[[int], None] = lambda port: None,
+    reuse_port: bool = False,
+    stop_when: Callable[[asyncio.AbstractEventLoop, Callable[[], None]], None] | None = None,
 ) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM, then stop gracefully (the module docstring)."""
+    """Serve ``app`` until SIGINT or SIGTERM, then stop gracefully (the module docstring).
+    ``stop_when(loop, stop)``: arranges for another reason to stop the same way (a worker's
+    supervisor gone, ivr/workers.py)."""
     descriptors = raise_descriptor_limit()
 
     async def main() -> None:
@@ -454,7 +465,16 @@ def run(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        served = await start(app, host=host, port=port, limits=limits, descriptors=descriptors)
+        if stop_when is not None:
+            stop_when(loop, stop.set)
+        served = await start(
+            app,
+            host=host,
+            port=port,
+            limits=limits,
+            descriptors=descriptors,
+            reuse_port=reuse_port,
+        )
         try:
             on_listening(served.port)
             await stop.wait()

@@ -383,17 +383,80 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 # -- serve ----------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     from ivr.config import load_config
-    from ivr.service import serve
+    from ivr.workers import Worker
 
-    config = load_config(Path(args.config) if args.config else None)
+    config = load_config(Path(args.config) if args.config else None)  # checked before workers
+    worker = Worker()
+    if args.worker_index is not None or args.supervisor_fd is not None:  # started by _supervise
+        if args.worker_index is None or args.supervisor_fd is None:
+            print("ivr: error: --worker-index and --supervisor-fd go together", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            worker = Worker(args.worker_index, args.workers)
+        except ValueError as exc:
+            print(f"ivr: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    elif args.workers > 1:
+        return _supervise(args)
+    from ivr.service import serve  # not in the supervisor, which stays small
+
     serve(
         config=config,
         data_dir=Path(args.data_dir),
         host=args.host,
         port=args.port,
         json_logs=args.json_logs,
+        worker=worker,
+        supervisor_fd=args.supervisor_fd,
     )
     return EXIT_OK
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """``--workers N`` (N > 1): this process supervises N workers on one port and never opens
+    the vault (ivr/workers.py)."""
+    from ivr.workers import reserve_port, supervise
+
+    log = logging.getLogger("ivr.workers")
+    if args.json_logs:
+        from ivr.service import JsonLogFormatter
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLogFormatter())
+        logging.getLogger().handlers[:] = [handler]
+    try:
+        port, held = reserve_port(args.host, args.port)
+    except OSError as exc:
+        raise CommandFailed(f"cannot use {args.host}:{args.port}: {exc.strerror or exc}") from None
+    base = [sys.executable, "-m", "ivr", *(["-v"] if args.verbose else []), "serve"]
+    base += ["--data-dir", args.data_dir, "--host", args.host, "--port", str(port)]
+    base += ["--workers", str(args.workers)]
+    if args.config:
+        base += ["--config", str(Path(args.config).resolve())]
+    if args.json_logs:
+        base.append("--json-logs")
+
+    def command(index: int, fd: int) -> list[str]:
+        return [*base, "--worker-index", str(index), "--supervisor-fd", str(fd)]
+
+    def ready() -> None:
+        log.info("listening on http://%s:%d (%d workers)", args.host, port, args.workers)
+
+    log.info("supervisor (pid %d) starting %d workers", os.getpid(), args.workers)
+    try:
+        return supervise(command, args.workers, on_ready=ready)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _workers(text: str) -> int:
+    from ivr.workers import parse_workers
+
+    try:
+        return parse_workers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _port(text: str) -> int:
@@ -437,6 +500,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"configuration file (env {CONFIG_ENV}; default: the embedded demo)",
     )
     serve.add_argument("--json-logs", action="store_true", help="log one JSON object per line")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port: a number, or 'auto' for the usable cores (1; "
+        "docs/operations.md, Workers)",
+    )
+    # Set by the supervisor on the workers it starts (ivr/workers.py), not by people.
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     recs = top.add_parser("recordings", help="list, show, import and export recordings")
