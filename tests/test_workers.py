@@ -20,10 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from ivr.cli import main
 from ivr.cli.main import build_parser
-from ivr.workers import RestartPolicy, Supervisor, parse_workers, usable_cores
+from ivr.config import load_config
+from ivr.harness.fake_asterisk import FakeAsterisk
+from ivr.platforms.asterisk import ari
+from ivr.service import ARI, create_app, worker_asterisk
+from ivr.workers import RestartPolicy, Supervisor, Worker, parse_workers, usable_cores
+from tests.test_asterisk_e2e import CALLER, CONSENT_LINE, config_file, still_clock
+from tests.test_asterisk_e2e import until as until_async
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0  # generous: the machine is shared and loaded; every wait ends as soon as it can
@@ -303,3 +310,41 @@ def test_one_worker_is_the_process_itself(tmp_path: Path) -> None:
         assert "ivr.workers" not in log.read_text()  # no supervisor
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=DEADLINE) == 0
+
+
+# --------------------------------------------------------------------------- Asterisk
+
+
+async def test_each_worker_registers_its_own_stasis_application(tmp_path, monkeypatch) -> None:
+    """``<app>-<index>``: Asterisk gives a name to one websocket only, so two workers under one
+    name would take it from each other (ApplicationReplaced); the dialplan spreads calls over
+    the names, and each worker's bridge and channel ids carry its own instance tag."""
+    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
+    fake = FakeAsterisk(app="ivr", username="ivr", password="pw")
+    await fake.start()
+    config = load_config(config_file(tmp_path, fake.url), {"ARI_PASSWORD": "pw"})
+    assert worker_asterisk(config, Worker()) is config  # one worker: the name as configured
+    apps = [
+        create_app(config, tmp_path / "var", fsync=False, clock=still_clock(), worker=Worker(i, 2))
+        for i in range(2)
+    ]
+    servers = [TestServer(app) for app in apps]
+    try:
+        for server in servers:
+            await server.start_server()
+        for name in ("ivr-0", "ivr-1"):
+            await fake.wait_connected(app=name)
+        assert fake.listener("ivr") is None
+        assert [app[ARI].settings.app for app in apps] == ["ivr-0", "ivr-1"]
+        tags = [app[ARI].instance for app in apps]
+        assert tags == [ari.instance_tag("ivr-0"), ari.instance_tag("ivr-1")]
+        assert tags[0] != tags[1]
+        # A call the dialplan sends to Stasis(ivr-1) is worker 1's, and only worker 1's.
+        call = await fake.place_call(CONSENT_LINE, CALLER, args=[CONSENT_LINE], app="ivr-1")
+        await until_async(lambda: call.channel_id in apps[1][ARI].calls, "worker 1 to take it")
+        assert call.channel_id not in apps[0][ARI].calls
+        assert not any(app[ARI].replaced for app in apps)
+    finally:
+        for server in servers:
+            await server.close()
+        await fake.stop()
