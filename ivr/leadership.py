@@ -4,10 +4,11 @@ instances behind one PBX, or a restart overlapping the old process) would otherw
 both warn about the same breach and both rotate the same tenant's key.
 
 The process holding an exclusive ``flock`` on ``background-jobs.lock`` in the data directory
-runs them; the others try again at each of their rounds. The kernel releases the lock when its
-holder exits, however it exits (SIGKILL included), so another process takes over at its next
-round, within one sweep interval. This covers processes on one machine; processes on other
-machines sharing a catalog need a lease in the catalog instead (the multi-node work).
+runs them; the others try again every few seconds (``ivr.service.LEADERSHIP_RETRY_SECONDS``).
+The kernel releases the lock when its holder exits, however it exits (SIGKILL included), so
+another process takes over at its next try. This covers processes on one machine (the workers
+of ``ivr serve --workers N`` among them); processes on other machines sharing a catalog need a
+lease in the catalog instead (the multi-node work).
 """
 
 from __future__ import annotations
