@@ -82,6 +82,25 @@ asterisk:
 test-asterisk: $(TEST_STAMP) espeak-ng asterisk
 	$(BIN)/python -m pytest tests/asterisk $(PYTEST_ARGS)
 
+# The catalog (and what uses it) against a real PostgreSQL (tests/cluster/, docs/postgresql.md):
+# a throwaway server per run, from initdb/pg_ctl (installed with Debian's postgresql when missing
+# and we are root; the server runs as an unprivileged user).
+.PHONY: test-cluster postgresql
+postgresql:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing postgresql (make test-cluster starts a throwaway server)"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1 \
+				|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql; }; \
+		else \
+			echo "make test-cluster needs PostgreSQL's server binaries: sudo apt-get install -y postgresql" >&2; \
+			exit 2; \
+		fi; }
+
+test-cluster: $(TEST_STAMP) espeak-ng postgresql
+	$(BIN)/python -m pytest tests/cluster $(PYTEST_ARGS)
+
 lint: $(TEST_STAMP) typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

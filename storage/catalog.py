@@ -1,10 +1,12 @@
-"""The catalog: calls, recordings and audit events in SQLite (WAL, versioned schema).
+"""The catalog: calls, recordings and audit events in SQLite (WAL, versioned schema) or, given
+a ``postgresql://`` URL, in PostgreSQL (docs/postgresql.md). The SQL below is written once, in
+the portable subset both read; storage/sql.py holds what differs.
 
 Personal data never appears here in clear: a caller is a keyed hash (to find their calls) and
 a sealed number (to show it to someone entitled). The wrapped data key of a recording lives
 here and only here, so deleting that one value makes the recording unreadable in this data
-directory; copies of this file (backups) keep it until its key version is retired
-(storage/retirement.py).
+directory; copies of this file (backups; on PostgreSQL also its WAL) keep it until its key
+version is retired (storage/retirement.py).
 """
 
 from __future__ import annotations
@@ -12,18 +14,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from storage.files import open_private, utc_iso
+from storage.files import utc_iso
+from storage.sql import Connection, Database, Row, open_database
 
 # A recording's GDPR Art. 6(1) lawful basis, by name. What each basis means, and which consent
 # flow it admits, is the application's business (ivr.policy.LawfulBasis; tests/test_lawful_basis.py
@@ -62,7 +62,9 @@ def _check(values: Iterable[str]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
-# Each entry moves the schema one version up; user_version records how far a file has come.
+# Each entry moves the schema one version up; the database records how far it has come (SQLite:
+# PRAGMA user_version; PostgreSQL: a table). Written in SQLite's words; PostgreSQL reads them
+# through storage/postgres.py's type translation, so both reach the same tables and columns.
 MIGRATIONS: Sequence[str] = (
     f"""
     CREATE TABLE calls (
@@ -203,7 +205,7 @@ class RecordingRow:
     erasure_reason: str | None = None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> RecordingRow:
+    def from_row(cls, row: Row) -> RecordingRow:
         evidence = row["consent_evidence"]
         return cls(
             id=row["id"],
@@ -308,98 +310,101 @@ def audit_hash(
 
 
 class Catalog:
-    """One SQLite file, safe to share between threads of a process and between processes."""
+    """One catalog database, safe to share between threads of a process, between processes and,
+    on PostgreSQL, between nodes: the SQLite file ``path``, or the PostgreSQL database at
+    ``url``."""
 
-    def __init__(self, path: Path, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, path: Path, clock: Callable[[], datetime], *, url: str | None = None
+    ) -> None:
         self.path = path
         self._clock = clock
         # Set by the vault once the keyring is open: entries after ``audit_keyed_after`` must
         # be HMACs with ``audit_key``.
         self.audit_key: bytes | None = None
         self.audit_keyed_after = 0
-        self._lock = threading.RLock()
-        if not path.exists():
-            # The WAL and shared-memory files take their mode from the database file.
-            os.close(open_private(path, os.O_WRONLY | os.O_CREAT))
+        where = path if url is None else "postgresql"
         try:
-            self._db = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=10.0
-            )
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed key row survives power loss, not only a dead process.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            # Erased values (wrapped data keys, sealed numbers) are overwritten on disk, not
-            # just unlinked from the b-tree.
-            self._db.execute("PRAGMA secure_delete=ON")
+            self._database: Database = open_database(url, path)
+        except ImportError as exc:
+            raise CatalogError(f"catalog cannot be opened: {exc}") from None
+        except Exception as exc:
+            if url is not None and not isinstance(exc, ValueError):
+                # A driver's message can carry the URL, password included: say what failed only.
+                raise CatalogError(
+                    f"catalog {where} cannot be opened: {type(exc).__name__}"
+                ) from None
+            raise CatalogError(f"catalog {where} cannot be opened: {exc}") from None
+        self.kind = self._database.kind
+        self.where = self._database.where
+        # What a write raises when the database cannot take it now (storage/pending.py).
+        self.write_failures = self._database.write_failures
+        try:
             self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise CatalogError(f"catalog {path} cannot be opened: {exc}") from None
+        except self._database.open_failures as exc:
+            self._database.close()
+            raise CatalogError(f"catalog {self.where} cannot be opened: {exc}") from None
+        except BaseException:
+            self._database.close()
+            raise
 
     def _migrate(self) -> None:
         with self.transaction() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
+            version = self._database.schema_version(db)
             if version > SCHEMA_VERSION:
                 raise CatalogError(
-                    f"catalog {self.path} has schema version {version}, newer than this "
+                    f"catalog {self.where} has schema version {version}, newer than this "
                     f"program's {SCHEMA_VERSION}: upgrade ivr"
                 )
             for number in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[number].split(";"):
                     if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version={number + 1}")
+                        db.execute(self._database.migration(statement))
+                self._database.set_schema_version(db, number + 1)
 
     @property
     def schema_version(self) -> int:
-        version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
-        return version
+        with self.transaction() as db:
+            return self._database.schema_version(db)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction. Whatever fails in it, the COMMIT included (a full disk can
-        refuse it), leaves no transaction open: SQLite may already have rolled back on its own
-        (then ROLLBACK would fail and hide the real error), or left it open (then every later
-        BEGIN would fail)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    with suppress(sqlite3.Error):
-                        self._db.execute("ROLLBACK")
-                raise
+    def transaction(self, *, shared: bool = False) -> Iterator[Connection]:
+        """One write transaction, committed when the body returns. Whatever fails in it, the
+        COMMIT included (a full disk can refuse it), leaves no transaction open. ``shared``:
+        the body writes only rows of its own call or recording, so on PostgreSQL other such
+        transactions run beside it; every other transaction has the catalog to itself among
+        writers, as on SQLite (storage/postgres.py)."""
+        with self._database.transaction(shared=shared) as db:
+            yield db
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._database.close()
 
     def checkpoint(self) -> None:
-        """Fold the WAL into the database and empty it: after an erasure, old page images
-        holding the erased values must not linger in the write-ahead log."""
-        with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        """After an erasure: what the database can do so that the erased values' old bytes do
+        not linger in its own files (SQLite: the WAL folded in and emptied; PostgreSQL: the
+        dead row versions vacuumed). What stays in backups is in docs/postgresql.md."""
+        self._database.after_erasure(("recordings", "calls"))
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
+        """The rows of one read in the catalog's SQL (``?`` or ``:name`` parameters), on
+        either database: for tools and tests that look at what the catalog holds."""
+        return self._database.fetchall(sql, params)
 
     # -- breaches ------------------------------------------------------------------------------
-    def breach(self, breach_id: str) -> sqlite3.Row | None:
-        with self._lock:
-            row: sqlite3.Row | None = self._db.execute(
-                "SELECT * FROM breaches WHERE id = ?", (breach_id,)
-            ).fetchone()
-            return row
+    def breach(self, breach_id: str) -> Row | None:
+        row: Row | None = self._database.fetchone(
+            "SELECT * FROM breaches WHERE id = ?", (breach_id,)
+        )
+        return row
 
-    def breaches(self) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute("SELECT * FROM breaches ORDER BY opened_at, id").fetchall()
+    def breaches(self) -> list[Row]:
+        return self._database.fetchall("SELECT * FROM breaches ORDER BY opened_at, id")
 
-    def breach_measures(self, breach_id: str) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(
-                "SELECT * FROM breach_measures WHERE breach_id = ? ORDER BY seq", (breach_id,)
-            ).fetchall()
+    def breach_measures(self, breach_id: str) -> list[Row]:
+        return self._database.fetchall(
+            "SELECT * FROM breach_measures WHERE breach_id = ? ORDER BY seq", (breach_id,)
+        )
 
     def calls_with_caller(
         self,
@@ -408,7 +413,7 @@ class Catalog:
         started_from: str | None = None,
         started_to: str | None = None,
         caller_key_ref: str | None = None,
-    ) -> list[sqlite3.Row]:
+    ) -> list[Row]:
         """Calls that still hold a caller's number (sealed, or its keyed hash), narrowed by
         tenant, start time (inclusive bounds) and the key the number is sealed under."""
         sql = "SELECT * FROM calls WHERE (caller_hash IS NOT NULL OR caller_sealed IS NOT NULL)"
@@ -422,45 +427,38 @@ class Catalog:
             if value is not None:
                 sql += f" AND {clause}"
                 params.append(value)
-        with self._lock:
-            return self._db.execute(sql + " ORDER BY started_at, id", params).fetchall()
+        return self._database.fetchall(sql + " ORDER BY started_at, id", params)
 
-    def calls(self, call_ids: Sequence[str]) -> list[sqlite3.Row]:
+    def calls(self, call_ids: Sequence[str]) -> list[Row]:
         if not call_ids:
             return []
         marks = ",".join("?" for _ in call_ids)
-        with self._lock:
-            return self._db.execute(
-                f"SELECT * FROM calls WHERE id IN ({marks})", list(call_ids)
-            ).fetchall()
+        return self._database.fetchall(f"SELECT * FROM calls WHERE id IN ({marks})", list(call_ids))
 
-    def calls_by_caller(self, tenant: str, caller_hash: str) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(
-                "SELECT * FROM calls WHERE tenant = ? AND caller_hash = ? ORDER BY started_at",
-                (tenant, caller_hash),
-            ).fetchall()
+    def calls_by_caller(self, tenant: str, caller_hash: str) -> list[Row]:
+        return self._database.fetchall(
+            "SELECT * FROM calls WHERE tenant = ? AND caller_hash = ? ORDER BY started_at",
+            (tenant, caller_hash),
+        )
 
     def recordings_of_call(self, call_id: str) -> list[RecordingRow]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM recordings WHERE call_id = ? ORDER BY started_at", (call_id,)
-            ).fetchall()
+        rows = self._database.fetchall(
+            "SELECT * FROM recordings WHERE call_id = ? ORDER BY started_at", (call_id,)
+        )
         return [RecordingRow.from_row(r) for r in rows]
 
     def due_for_retention(self, now: str) -> list[RecordingRow]:
         """Finished recordings whose retention date has passed, held ones included."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM recordings WHERE status IN ('complete', 'incomplete')"
-                " AND retention_until IS NOT NULL AND retention_until <= ?"
-                " ORDER BY retention_until, id",
-                (now,),
-            ).fetchall()
+        rows = self._database.fetchall(
+            "SELECT * FROM recordings WHERE status IN ('complete', 'incomplete')"
+            " AND retention_until IS NOT NULL AND retention_until <= ?"
+            " ORDER BY retention_until, id",
+            (now,),
+        )
         return [RecordingRow.from_row(r) for r in rows]
 
     # -- calls ---------------------------------------------------------------------------------
-    def insert_call(self, db: sqlite3.Connection, **values: Any) -> None:
+    def insert_call(self, db: Connection, **values: Any) -> None:
         columns = ", ".join(values)
         marks = ", ".join(f":{k}" for k in values)
         db.execute(f"INSERT INTO calls ({columns}) VALUES ({marks})", values)
@@ -469,37 +467,33 @@ class Catalog:
         with self.transaction() as db:
             self.set_call(db, call_id, **values)
 
-    def set_call(self, db: sqlite3.Connection, call_id: str, **values: Any) -> None:
+    def set_call(self, db: Connection, call_id: str, **values: Any) -> None:
         """Update one call row inside the caller's transaction."""
         sets = ", ".join(f"{k} = :{k}" for k in values)
         db.execute(f"UPDATE calls SET {sets} WHERE id = :id", {**values, "id": call_id})
 
-    def open_calls(self, platform: str, started_before: str) -> list[sqlite3.Row]:
+    def open_calls(self, platform: str, started_before: str) -> list[Row]:
         """Calls on ``platform`` that began before ``started_before`` and never ended: what a
         process that died left behind."""
-        with self._lock:
-            return self._db.execute(
-                "SELECT * FROM calls WHERE platform = ? AND ended_at IS NULL AND started_at < ?"
-                " ORDER BY started_at",
-                (platform, started_before),
-            ).fetchall()
+        return self._database.fetchall(
+            "SELECT * FROM calls WHERE platform = ? AND ended_at IS NULL AND started_at < ?"
+            " ORDER BY started_at",
+            (platform, started_before),
+        )
 
-    def call(self, call_id: str) -> sqlite3.Row | None:
-        with self._lock:
-            row: sqlite3.Row | None = self._db.execute(
-                "SELECT * FROM calls WHERE id = ?", (call_id,)
-            ).fetchone()
-            return row
+    def call(self, call_id: str) -> Row | None:
+        row: Row | None = self._database.fetchone("SELECT * FROM calls WHERE id = ?", (call_id,))
+        return row
 
     # -- recordings ----------------------------------------------------------------------------
-    def insert_recording(self, db: sqlite3.Connection, **values: Any) -> None:
+    def insert_recording(self, db: Connection, **values: Any) -> None:
         columns = ", ".join(values)
         marks = ", ".join(f":{k}" for k in values)
         db.execute(f"INSERT INTO recordings ({columns}) VALUES ({marks})", values)
 
     def update_recording(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         recording_id: str,
         *,
         expect_status: RecordingStatus | None = None,
@@ -515,10 +509,7 @@ class Catalog:
         return db.execute(sql, params).rowcount == 1
 
     def recording(self, recording_id: str) -> RecordingRow:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM recordings WHERE id = ?", (recording_id,)
-            ).fetchone()
+        row = self._database.fetchone("SELECT * FROM recordings WHERE id = ?", (recording_id,))
         if row is None:
             raise UnknownRecording(recording_id)
         return RecordingRow.from_row(row)
@@ -542,14 +533,13 @@ class Catalog:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        with self._lock:
-            rows = self._db.execute(sql, params).fetchall()
+        rows = self._database.fetchall(sql, params)
         return [RecordingRow.from_row(r) for r in rows]
 
     # -- audit ---------------------------------------------------------------------------------
     def audit(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         *,
         actor: str,
         action: str,
@@ -557,17 +547,21 @@ class Catalog:
         target: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        """Append one event to the hash chain, inside the caller's transaction."""
+        """Append one event to the hash chain, inside the caller's transaction. Its ``seq`` is
+        the head's plus one, read under the chain's lock: one chain without gaps, whichever
+        process or node appends."""
         detail = detail or {}
-        last = db.execute("SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
-        prev = last[0] if last else GENESIS_HASH
+        self._database.lock_audit_chain(db)
+        last = db.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
         at = utc_iso(self._clock())
         key = self.audit_key
         digest = audit_hash(prev, at, actor, action, tenant, target, detail, key)
         db.execute(
-            "INSERT INTO audit_events (at, actor, action, tenant, target, detail, prev_hash, hash,"
-            " alg) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit_events (seq, at, actor, action, tenant, target, detail, prev_hash,"
+            " hash, alg) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
+                seq,
                 at,
                 actor,
                 action,
@@ -582,26 +576,22 @@ class Catalog:
 
     def audit_head(self) -> tuple[int, str]:
         """The newest entry's seq and link; (0, GENESIS_HASH) for an empty chain."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
+        row = self._database.fetchone(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+        )
         return (row[0], row[1]) if row else (0, GENESIS_HASH)
 
     def audit_link(self, seq: int) -> str | None:
         """The link of entry ``seq``, None if there is no such entry."""
-        with self._lock:
-            row = self._db.execute("SELECT hash FROM audit_events WHERE seq = ?", (seq,)).fetchone()
+        row = self._database.fetchone("SELECT hash FROM audit_events WHERE seq = ?", (seq,))
         return row[0] if row else None
 
     def audit_count(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT MAX(seq) FROM audit_events").fetchone()
+        row = self._database.fetchone("SELECT MAX(seq) FROM audit_events")
         return row[0] or 0
 
     def audit_events(self) -> list[AuditEvent]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM audit_events ORDER BY seq").fetchall()
+        rows = self._database.fetchall("SELECT * FROM audit_events ORDER BY seq")
         return [
             AuditEvent(
                 r["seq"],

@@ -12,15 +12,19 @@ in the log. What a process still holds when it stops is lost, and nothing is lef
 a recording still marked ``recording`` is recovered by the next process to open the vault, and a
 call row without its end is closed as an orphan.
 
-Only a write the disk refused is kept (``WRITE_FAILURES``); one the catalog refuses for what it
+Only a write the disk refused is kept (the catalog's ``write_failures``: a full disk, an I/O
+error, a busy lock; on PostgreSQL also a lost connection); one the catalog refuses for what it
 holds (a constraint) is a bug, raised at once, or, when it was kept and fails on a retry,
 dropped with an error so that it cannot hold up the writes behind it.
+
+Each write runs in a *shared* catalog transaction (Catalog.transaction): it may write only its
+own call's or recording's rows (and append to the audit chain), so that on PostgreSQL the
+calls of every node write side by side.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -29,19 +33,17 @@ from dataclasses import dataclass
 
 from storage.catalog import Catalog
 from storage.errors import VaultWriteError
+from storage.sql import Connection
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING_WRITES = 10_000  # about 3,000 calls' rows and ends; some 10 MB at most
-# What a write that failed for want of disk (or a passing I/O fault) raises: SQLite reports a
-# full disk, an I/O error and a busy lock as OperationalError.
-WRITE_FAILURES: tuple[type[Exception], ...] = (sqlite3.OperationalError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
 class PendingWrite:
     what: str  # for the log: "call call_… ended", never personal data
-    apply: Callable[[sqlite3.Connection], object]  # runs inside one catalog transaction
+    apply: Callable[[Connection], object]  # runs inside one shared catalog transaction
 
 
 class PendingWrites:
@@ -72,7 +74,7 @@ class PendingWrites:
         return self.failing_since is not None
 
     def write(
-        self, what: str, apply: Callable[[sqlite3.Connection], object], *, defer: bool = True
+        self, what: str, apply: Callable[[Connection], object], *, defer: bool = True
     ) -> bool:
         """Make one catalog write, after everything kept before it. True: it is in the catalog
         now. When the disk cannot take it: kept for later and False, or, unless ``defer``,
@@ -82,7 +84,7 @@ class PendingWrites:
                 try:
                     self._apply(apply)
                     return True
-                except WRITE_FAILURES as exc:
+                except self._catalog.write_failures as exc:
                     self._failed(what, exc)
             if not defer:
                 raise VaultWriteError(f"the catalog cannot be written: {self.last_error}")
@@ -97,7 +99,7 @@ class PendingWrites:
                 item = self._queue[0]
                 try:
                     self._apply(item.apply)
-                except WRITE_FAILURES as exc:
+                except self._catalog.write_failures as exc:
                     self._failed(item.what, exc)
                     return False
                 except Exception as exc:  # it can never be written: do not hold up the rest
@@ -108,8 +110,8 @@ class PendingWrites:
                 self._queue.popleft()
             return True
 
-    def _apply(self, apply: Callable[[sqlite3.Connection], object]) -> None:
-        with self._catalog.transaction() as db:
+    def _apply(self, apply: Callable[[Connection], object]) -> None:
+        with self._catalog.transaction(shared=True) as db:
             apply(db)
         if self.failing_since is not None:
             log.warning(

@@ -20,7 +20,6 @@ not wrapped by a KEK, and the service cannot retire a private key it never held.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from storage.custody import rewrap_local
 from storage.files import parse_utc
 from storage.keys import KekInfo, KeyCustodyError, UnknownKey
+from storage.sql import Connection
 
 if TYPE_CHECKING:
     from storage.vault import Vault
@@ -102,7 +102,7 @@ def _version_of(key_ref: str) -> int:
     return int(key_ref.removeprefix("local/"))
 
 
-def _old_refs(db: sqlite3.Connection, table: str, tenant: str, before: int) -> dict[str, int]:
+def _old_refs(db: Connection, table: str, tenant: str, before: int) -> dict[str, int]:
     ref, sealed = (
         ("key_ref", "wrapped_dek") if table == "recordings" else ("caller_key_ref", "caller_sealed")
     )
@@ -115,7 +115,7 @@ def _old_refs(db: sqlite3.Connection, table: str, tenant: str, before: int) -> d
     return {row["ref"]: row["n"] for row in rows}
 
 
-def _use(db: sqlite3.Connection, tenant: str, before: int) -> OldKeyUse:
+def _use(db: Connection, tenant: str, before: int) -> OldKeyUse:
     return OldKeyUse(
         tenant,
         before,

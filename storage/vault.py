@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import secrets
-import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -66,6 +65,7 @@ from storage.format import (
     RecordingHeader,
 )
 from storage.keys import (
+    KEYRING_FILE,
     Keyring,
     caller_aad,
     keyed_hash,
@@ -79,6 +79,7 @@ from storage.keys import (
 )
 from storage.pending import PendingWrites
 from storage.reader import RecordingReader, read_header
+from storage.sql import Connection
 from storage.writer import EncryptingWriter
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,11 @@ class RecordingNotStarted(VaultWriteError):
         self.reason = reason
 
 
+def open_catalog(data_dir: Path, clock: Callable[[], datetime], url: str | None) -> Catalog:
+    """The vault's catalog: the database at ``url``, or the SQLite file in ``data_dir``."""
+    return Catalog(data_dir / CATALOG_FILE, clock, url=url)
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(10)}"
 
@@ -123,21 +129,27 @@ class Vault:
         sync_interval: float = DEFAULT_SYNC_INTERVAL,
         recover: bool = True,
         public_keys: Mapping[str, bytes | None] | None = None,
+        catalog_url: str | None = None,
     ) -> None:
         """``public_keys``: the configuration's key custody per tenant, a raw X25519 public key
         (public-key custody) or None (local keyring). It is recorded in the data directory, so
-        processes opened without it (``None``) seal to the same keys."""
+        processes opened without it (``None``) seal to the same keys.
+
+        ``catalog_url``: a ``postgresql://`` URL puts the catalog in that database
+        (docs/postgresql.md); None keeps it in ``catalog.sqlite3`` in ``data_dir``. The keyring
+        and the blobs stay in ``data_dir`` either way."""
         self.data_dir = data_dir
         self.clock = clock
         self.chunk_interval_ms = chunk_interval_ms
-        if not (data_dir / CATALOG_FILE).exists() and not create:
+        # A vault's data directory holds its keyring, and its catalog unless that is elsewhere.
+        if not create and not any((data_dir / f).exists() for f in (CATALOG_FILE, KEYRING_FILE)):
             raise VaultError(f"no vault at {data_dir} (nothing recorded there yet?)")
         private_dir(data_dir, tighten=True)
         master = (
             master_key if master_key is not None else load_master_key(data_dir, environ=environ)
         )
         self.keyring = Keyring(data_dir / "keyring.json", master, clock)
-        self.catalog = Catalog(data_dir / CATALOG_FILE, clock)
+        self.catalog = open_catalog(data_dir, clock, catalog_url)
         # Writes a call makes along the way, kept while the disk refuses them (storage/pending.py).
         self.pending = PendingWrites(self.catalog)
         key, legacy = self.keyring.audit_key(self.catalog.audit_count)
@@ -567,7 +579,7 @@ class Vault:
         else:
             values.update(wrapped_dek=None, chunk_count=0, duration_ms=0)
 
-        def finish(db: sqlite3.Connection) -> None:
+        def finish(db: Connection) -> None:
             if self.catalog.update_recording(
                 db, row.id, expect_status=RecordingStatus.RECORDING, **values
             ):
@@ -762,7 +774,7 @@ class Recording:
         if consent_evidence is not None:
             values["consent_evidence"] = json.dumps(consent_evidence, sort_keys=True)
 
-        def apply(db: sqlite3.Connection) -> None:
+        def apply(db: Connection) -> None:
             vault.catalog.update_recording(db, self.id, **values)
             vault.catalog.audit(
                 db,

@@ -337,7 +337,7 @@ async def test_events_socket_dropped_and_restored_mid_call(pbx, monkeypatch):
 def call_row(app, channel_id: str):
     rows = [
         r
-        for r in app[VAULT].catalog._db.execute("SELECT * FROM calls").fetchall()
+        for r in app[VAULT].catalog.query("SELECT * FROM calls")
         if r["platform_call_id"] == channel_id
     ]
     assert len(rows) == 1, rows

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import itertools
 import logging
-import sqlite3
 import stat
 
 import pytest
@@ -18,7 +17,7 @@ from ivr.config import load_config
 from ivr.service import VAULT, create_app
 from storage.audit import HEADS_FILE_NAME, read_published_heads, verify_catalog
 from storage.catalog import GENESIS_HASH
-from storage.vault import CATALOG_FILE, Vault
+from storage.vault import Vault
 
 MASTER = base64.b64encode(b"\x42" * 32).decode()
 
@@ -47,6 +46,12 @@ async def run_service(data, *, interval: float = 3600.0, entries: int = 0, confi
             await asyncio.sleep(10 * interval)  # rounds with nothing new to publish
     finally:
         await server.close()
+
+
+def tamper(data, sql: str, params: tuple = ()) -> None:
+    """Someone with write access to the catalog changes it while the service is stopped."""
+    with Vault(data, create=False) as vault, vault.catalog.transaction() as db:
+        db.execute(sql, params)
 
 
 def chain_head(data) -> tuple[int, str]:
@@ -86,10 +91,7 @@ async def test_a_cut_off_tail_fails_verify_by_default(tmp_path, capsys, cut):
     assert main(args) == 0
     assert "checked against 2 published head(s)" in capsys.readouterr().out
     seq, _ = chain_head(data)
-    db = sqlite3.connect(data / CATALOG_FILE)
-    db.execute("DELETE FROM audit_events WHERE seq > ?", (0 if cut == "all" else seq - cut,))
-    db.commit()
-    db.close()
+    tamper(data, "DELETE FROM audit_events WHERE seq > ?", (0 if cut == "all" else seq - cut,))
     with Vault(data, create=False) as vault:  # the chain alone cannot tell
         assert verify_catalog(vault.catalog).ok
     assert main(args) == 1
@@ -102,10 +104,7 @@ async def test_a_cut_tail_written_on_is_found_and_logged_at_the_next_start(tmp_p
     data = tmp_path / "var"
     await run_service(data, entries=5)
     seq, _ = chain_head(data)
-    db = sqlite3.connect(data / CATALOG_FILE)
-    db.execute("DELETE FROM audit_events WHERE seq > ?", (seq - 3,))
-    db.commit()
-    db.close()
+    tamper(data, "DELETE FROM audit_events WHERE seq > ?", (seq - 3,))
     with caplog.at_level(logging.ERROR, logger="ivr.audit_heads"):
         await run_service(data, entries=5)  # the chain is as long as before, and links up
     assert any("is no longer in the chain" in r.getMessage() for r in caplog.records)
@@ -118,10 +117,7 @@ async def test_an_appended_older_head_does_not_hide_a_cut(tmp_path, capsys):
     path = data / HEADS_FILE_NAME
     early = read_published_heads(path)[0]  # the start of the run: still in the chain
     seq, _ = chain_head(data)
-    db = sqlite3.connect(data / CATALOG_FILE)
-    db.execute("DELETE FROM audit_events WHERE seq > ?", (early.seq,))
-    db.commit()
-    db.close()
+    tamper(data, "DELETE FROM audit_events WHERE seq > ?", (early.seq,))
     with path.open("a") as f:
         f.write(f"2099-01-01T00:00:00Z {early.seq} {early.head} forged\n")
     assert main(["audit", "verify", "--data-dir", str(data)]) == 1

@@ -12,7 +12,6 @@ import errno
 import json
 import os
 import shutil
-import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
@@ -137,10 +136,8 @@ def test_the_wrapped_key_is_bound_to_its_recording(sealed_vault, keypair):
     _, a, _ = record(sealed_vault, frames=10)
     _, b, _ = record(sealed_vault, frames=10)
     swapped = type(a).from_row  # rows are frozen: rebuild b's with a's wrapped key
-    db = sqlite3.connect(sealed_vault.catalog.path)
-    db.row_factory = sqlite3.Row
-    raw = dict(db.execute("SELECT * FROM recordings WHERE id = ?", (b.id,)).fetchone())
-    db.close()
+    (row,) = sealed_vault.catalog.query("SELECT * FROM recordings WHERE id = ?", (b.id,))
+    raw = dict(zip(row.keys(), row, strict=True))
     raw["wrapped_dek"] = a.wrapped_dek
     forged = swapped(raw)
     with pytest.raises(KeyringCorrupt, match=f"sealed key of recording {b.id} does not open"):

@@ -85,7 +85,9 @@ class FullDisk:
         self.fail_create = False
         monkeypatch.setattr(storage.blobs, "open_private", open_private)
         monkeypatch.setattr(storage.blobs.os, "write", write)
-        monkeypatch.setattr(vault.catalog, "_db", FullDiskConnection(vault.catalog._db, self))
+        monkeypatch.setattr(
+            vault.catalog._database, "_db", FullDiskConnection(vault.catalog._database._db, self)
+        )
 
 
 @pytest.fixture
@@ -105,7 +107,7 @@ def server_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def catalog_rows(app) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
-    db = app[VAULT].catalog._db
+    db = app[VAULT].catalog._database._db
     return (
         db.execute("SELECT * FROM calls").fetchall(),
         db.execute("SELECT * FROM recordings").fetchall(),
@@ -297,8 +299,8 @@ def test_a_vault_opened_on_a_full_disk_recovers_and_writes_the_row_later(tmp_pat
 
     vault = Vault(tmp_path, master_key=master, fsync=False, recover=False)
     disk = SimpleNamespace(full=True, refused=0, failing_verbs={"INSERT", "UPDATE", "DELETE"})
-    real = vault.catalog._db
-    vault.catalog._db = FullDiskConnection(real, disk)  # type: ignore[assignment]
+    real = vault.catalog._database._db
+    vault.catalog._database._db = FullDiskConnection(real, disk)  # type: ignore[assignment]
     (result,) = vault.recover()  # no exception on the full disk
     assert result.status is RecordingStatus.INCOMPLETE and disk.refused
     assert vault.get(rec.id).status is RecordingStatus.RECORDING and len(vault.pending) == 1
@@ -307,7 +309,7 @@ def test_a_vault_opened_on_a_full_disk_recovers_and_writes_the_row_later(tmp_pat
     row = vault.get(rec.id)
     assert row.status is RecordingStatus.INCOMPLETE and row.chunk_count == 4
     assert any(e.action == "recording.recovered" for e in vault.catalog.audit_events())
-    vault.catalog._db = real
+    vault.catalog._database._db = real
     vault.close()
 
 
@@ -340,7 +342,7 @@ async def test_service_shutdown_during_disk_full(service, caplog):
 # -- the parts ----------------------------------------------------------------------------------
 def test_a_refused_commit_leaves_no_transaction_open(tmp_path):
     catalog = Catalog(tmp_path / "c.sqlite3", lambda: datetime.now(UTC))
-    real = catalog._db
+    real = catalog._database._db
 
     class RefusesCommit(FullDiskConnection):
         def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
@@ -348,10 +350,10 @@ def test_a_refused_commit_leaves_no_transaction_open(tmp_path):
                 raise sqlite3.OperationalError("database or disk is full")
             return real.execute(sql, *args)
 
-    catalog._db = RefusesCommit(real, None)  # type: ignore[assignment,arg-type]
+    catalog._database._db = RefusesCommit(real, None)  # type: ignore[assignment,arg-type]
     with pytest.raises(sqlite3.OperationalError, match="disk is full"), catalog.transaction() as db:
         catalog.insert_call(db, id="c1", tenant="t", platform="p", started_at="x")
-    catalog._db = real
+    catalog._database._db = real
     assert not real.in_transaction
     with catalog.transaction() as db:  # the next one works
         catalog.insert_call(db, id="c2", tenant="t", platform="p", started_at="x")
@@ -362,10 +364,10 @@ def test_a_refused_commit_leaves_no_transaction_open(tmp_path):
 def test_kept_writes_are_bounded_and_made_in_order(tmp_path, caplog):
     catalog = Catalog(tmp_path / "c.sqlite3", lambda: datetime.now(UTC))
     pending = PendingWrites(catalog, limit=3)
-    real = catalog._db
+    real = catalog._database._db
 
     disk = SimpleNamespace(full=True, refused=0, failing_verbs={"INSERT", "UPDATE"})
-    catalog._db = FullDiskConnection(real, disk)  # type: ignore[assignment,arg-type]
+    catalog._database._db = FullDiskConnection(real, disk)  # type: ignore[assignment,arg-type]
 
     def insert(call_id: str):
         return lambda db: catalog.insert_call(
@@ -392,7 +394,7 @@ def test_refused_writes_without_defer_raise(tmp_path):
     pending = PendingWrites(catalog)
 
     disk = SimpleNamespace(full=True, refused=0, failing_verbs={"INSERT"})
-    catalog._db = FullDiskConnection(catalog._db, disk)  # type: ignore[assignment,arg-type]
+    catalog._database._db = FullDiskConnection(catalog._database._db, disk)  # type: ignore[assignment,arg-type]
     from storage.errors import VaultWriteError
 
     with pytest.raises(VaultWriteError, match="disk is full"):

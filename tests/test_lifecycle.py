@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import os
-import sqlite3
 import zipfile
 from datetime import UTC, datetime, timedelta
 
@@ -188,9 +187,9 @@ def test_subject_erase_by_any_spelling_of_the_number(cli_vault, capsys):
     )
     with Vault(data, create=False) as v:
         assert v.get(rows["other"].id).status is RecordingStatus.COMPLETE
-        calls = v.catalog._db.execute(
+        calls = v.catalog.query(
             "SELECT caller_hash, caller_sealed, erased_at FROM calls WHERE erased_at IS NOT NULL"
-        ).fetchall()
+        )
         assert len(calls) == 3 and all(c[0] is None and c[1] is None for c in calls)
         audit = [e for e in v.catalog.audit_events() if e.action == "subject.erased"]
         assert audit and all(CALLER not in json.dumps(e.detail) for e in audit)
@@ -251,19 +250,17 @@ def test_audit_verify_finds_edits_removals_and_a_cut_tail(vault, capsys, monkeyp
         vault.audit(actor="t", action="thing", target=str(n), detail={"reason": f"r{n}"})
     assert verify_catalog(vault.catalog).ok
     head = verify_catalog(vault.catalog).head
-    db = sqlite3.connect(vault.catalog.path)
-    db.execute('UPDATE audit_events SET detail = \'{"reason": "forged"}\' WHERE seq = 3')
-    db.commit()
+    with vault.catalog.transaction() as db:  # someone with write access to the catalog
+        db.execute('UPDATE audit_events SET detail = \'{"reason": "forged"}\' WHERE seq = 3')
     verdict = verify_catalog(vault.catalog)
     assert not verdict.ok and verdict.problems[0].seq == 3 and "edited" in verdict.problems[0].what
-    db.execute("DELETE FROM audit_events WHERE seq = 3")
-    db.commit()
+    with vault.catalog.transaction() as db:
+        db.execute("DELETE FROM audit_events WHERE seq = 3")
     problems = [p.what for p in verify_catalog(vault.catalog).problems if p.seq == 4]
     assert any("missing" in p for p in problems) and any("removed or moved" in p for p in problems)
-    db.execute("DELETE FROM audit_events WHERE seq = 5")  # the tail
-    db.commit()
+    with vault.catalog.transaction() as db:
+        db.execute("DELETE FROM audit_events WHERE seq = 5")  # the tail
     assert any("head" in p.what for p in verify_catalog(vault.catalog, expect_head=head).problems)
-    db.close()
     args = ["audit", "verify", "--data-dir", str(vault.data_dir)]
     assert main(args) == 1 and "BROKEN" in capsys.readouterr().out
 
@@ -328,19 +325,19 @@ def test_a_rebuilt_audit_chain_is_caught_without_the_master_key(vault):
     # Someone with write access to the database edits entry 2 and rebuilds every link after it,
     # once with plain SHA-256 and once with a key of their own: both are found.
     for forged_key, alg in ((None, "sha256"), (os.urandom(32), "hmac-sha256")):
-        db = sqlite3.connect(vault.catalog.path)
         prev = GENESIS_HASH
-        for e in events:
-            detail = {"reason": "forged"} if e.seq == 2 else e.detail
-            link = audit_hash(prev, e.at, e.actor, e.action, e.tenant, e.target, detail, forged_key)
-            db.execute(
-                "UPDATE audit_events SET detail = ?, prev_hash = ?, hash = ?, alg = ?"
-                " WHERE seq = ?",
-                (json.dumps(detail, sort_keys=True), prev, link, alg, e.seq),
-            )
-            prev = link
-        db.commit()
-        db.close()
+        with vault.catalog.transaction() as db:
+            for e in events:
+                detail = {"reason": "forged"} if e.seq == 2 else e.detail
+                link = audit_hash(
+                    prev, e.at, e.actor, e.action, e.tenant, e.target, detail, forged_key
+                )
+                db.execute(
+                    "UPDATE audit_events SET detail = ?, prev_hash = ?, hash = ?, alg = ?"
+                    " WHERE seq = ?",
+                    (json.dumps(detail, sort_keys=True), prev, link, alg, e.seq),
+                )
+                prev = link
         verdict = verify_catalog(vault.catalog)
         assert not verdict.ok, alg
         assert verdict.problems[0].seq == 1

@@ -242,11 +242,7 @@ def _sid() -> str:
 
 
 def _calls_row(app, sid: str):
-    return (
-        app[VAULT]
-        .catalog._db.execute("SELECT * FROM calls WHERE platform_call_id = ?", (sid,))
-        .fetchone()
-    )
+    return app[VAULT].catalog.query("SELECT * FROM calls WHERE platform_call_id = ?", (sid,))[0]
 
 
 async def test_a_twilio_call_over_the_cap_goes_through_unrecorded_or_hears_busy(twilio):

@@ -426,9 +426,7 @@ def test_subject_erasure_removes_the_platform_call_id(
     # The operator is told which platform calls to erase at the platform (its call log).
     assert result["platform_calls"] == [{"platform": "twilio", "id": CALL_SID}]
     with open_vault(data) as vault:
-        call = vault.catalog._db.execute(
-            "SELECT * FROM calls WHERE erased_at IS NOT NULL"
-        ).fetchall()
+        call = vault.catalog.query("SELECT * FROM calls WHERE erased_at IS NOT NULL")
         assert len(call) == 1 and call[0]["platform_call_id"] is None
         assert call[0]["caller_hash"] is None and call[0]["caller_sealed"] is None
         assert vault.get(row.id).call_id is None

@@ -39,9 +39,9 @@ async def call(url: str, to: str = CONSENT_LINE, **kw):
 
 def rows(app, call_sid: str):
     vault = app[VAULT]
-    call_row = vault.catalog._db.execute(
-        "SELECT id FROM calls WHERE platform_call_id = ?", (call_sid,)
-    ).fetchone()
+    call_row = vault.catalog.query("SELECT id FROM calls WHERE platform_call_id = ?", (call_sid,))[
+        0
+    ]
     return [r for r in vault.list() if r.call_id == call_row["id"]]
 
 

@@ -18,7 +18,6 @@ purpose, consent evidence, retention date) is reported, the audio is not.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
@@ -33,6 +32,7 @@ from storage.catalog import AuditEvent, RecordingRow, RecordingStatus
 from storage.custody import is_x25519_ref
 from storage.files import parse_utc, utc_iso
 from storage.lifecycle import find_subject
+from storage.sql import Row
 from storage.vault import Vault
 
 __all__ = [
@@ -114,7 +114,7 @@ class CallRecord:
     end_reason: str | None
 
     @classmethod
-    def of(cls, row: sqlite3.Row) -> CallRecord:
+    def of(cls, row: Row) -> CallRecord:
         """From a catalog call row: each field is the column of its name."""
         return cls(**{f.name: row[f.name] for f in fields(cls)})
 

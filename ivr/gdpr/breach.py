@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -57,6 +56,7 @@ from typing import Any
 from ivr.config import Config
 from storage.catalog import RecordingRow, RecordingStatus, UnknownRecording
 from storage.files import parse_utc, utc_iso
+from storage.sql import Connection, Row
 from storage.vault import Vault
 
 # The workflow's steps, as `ivr breach` offers them (the CLI builds one subcommand each; the
@@ -326,7 +326,7 @@ class InScope:
     number and the calls of those recordings, and the listed recordings no longer held."""
 
     recordings: tuple[RecordingRow, ...]
-    calls: tuple[sqlite3.Row, ...]
+    calls: tuple[Row, ...]
     number_calls: frozenset[str]  # ids of the calls whose number the scope exposes
     gone: tuple[RecordingRow, ...] = ()  # listed recordings that are erased, discarded, failed
 
@@ -339,7 +339,7 @@ def in_scope(vault: Vault, scope: Scope) -> InScope:
     """Everything of anyone's the scope may have exposed; erased data holds nothing."""
     rows = [r for r in vault.list() if r.status in LIVE]
     gone: list[RecordingRow] = []
-    numbers: list[sqlite3.Row] = []
+    numbers: list[Row] = []
     if scope.kind == "key":
         ref = _key_ref(scope.key_version)
         rows = [r for r in rows if r.tenant == scope.tenant and r.key_ref == ref]
@@ -583,9 +583,7 @@ def open_breach(
     return get(vault, breach_id)
 
 
-def _insert_measure(
-    vault: Vault, db: sqlite3.Connection, breach_id: str, text: str, actor: str
-) -> None:
+def _insert_measure(vault: Vault, db: Connection, breach_id: str, text: str, actor: str) -> None:
     db.execute(
         "INSERT INTO breach_measures (breach_id, at, actor, text) VALUES (?, ?, ?, ?)",
         (breach_id, utc_iso(vault.clock()), actor, text),
