@@ -89,7 +89,13 @@ def create_app(
             log.warning("configuration: %s", warning)
         custody = {t.id: t.public_key for t in config.tenants.values()}
         vault = await asyncio.to_thread(
-            lambda: Vault(data_dir, clock=clock, fsync=fsync, public_keys=custody)
+            lambda: Vault(
+                data_dir,
+                clock=clock,
+                fsync=fsync,
+                public_keys=custody,
+                catalog_url=config.catalog_url,
+            )
         )
         app[VAULT] = vault
         detail: dict[str, object] = {

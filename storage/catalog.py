@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.files import utc_iso
-from storage.sql import Connection, Database, Row, open_database
+from storage.sql import Connection, Database, Row, SqliteDatabase
 
 # A recording's GDPR Art. 6(1) lawful basis, by name. What each basis means, and which consent
 # flow it admits, is the application's business (ivr.policy.LawfulBasis; tests/test_lawful_basis.py
@@ -307,6 +307,20 @@ def audit_hash(
     if key is not None:
         return hmac.new(key, body, hashlib.sha256).hexdigest()
     return hashlib.sha256(body).hexdigest()
+
+
+def open_database(url: str | None, sqlite_path: Path) -> Database:
+    """The catalog's database: PostgreSQL for a ``postgresql://`` (or ``postgres://``) URL,
+    else the SQLite file ``sqlite_path``."""
+    if url is None:
+        return SqliteDatabase(sqlite_path)
+    if url.startswith(("postgresql://", "postgres://")):
+        from storage.postgres import PostgresDatabase
+
+        return PostgresDatabase(url)
+    raise ValueError(
+        "catalog_url must start with postgresql:// (leave it out for the embedded SQLite file)"
+    )
 
 
 class Catalog:

@@ -6,7 +6,8 @@ transaction starts and what it locks, how the schema version is kept, how the mi
 reads, what an erasure must do afterwards, and which errors mean "could not write now".
 
 ``SqliteDatabase`` is the embedded default (one file in the data directory). The PostgreSQL one
-is in storage/postgres.py, imported only when a ``postgresql://`` URL is given.
+is in storage/postgres.py, imported (by storage/catalog.py) only when a ``postgresql://`` URL is
+given.
 """
 
 from __future__ import annotations
@@ -170,17 +171,3 @@ class SqliteDatabase:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def open_database(url: str | None, sqlite_path: Path) -> Database:
-    """The catalog's database: PostgreSQL for a ``postgresql://`` (or ``postgres://``) URL,
-    else the SQLite file ``sqlite_path``."""
-    if url is None:
-        return SqliteDatabase(sqlite_path)
-    if url.startswith(("postgresql://", "postgres://")):
-        from storage.postgres import PostgresDatabase
-
-        return PostgresDatabase(url)
-    raise ValueError(
-        "catalog_url must start with postgresql:// (leave it out for the embedded SQLite file)"
-    )

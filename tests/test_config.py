@@ -1227,3 +1227,24 @@ def test_retention_schedule_settings(tmp_path):
         load_config(path, {})
     assert "retention.sweep_interval_minutes:" in str(err.value)
     assert "retention.call_record_days:" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("sqlite:///var/catalog.sqlite3", "must start with postgresql://"),
+        ("postgresql://ivr:hunter2@db.example.com/ivr", "must not contain a password"),
+        ("postgresql://db example.com/ivr", "contains whitespace"),
+    ],
+)
+def test_catalog_url(tmp_path, url, problem):
+    text = f'[storage]\ncatalog_url = "{url}"\n' + TENANT + LINE
+    error = one_error(tmp_path, text, "storage.catalog_url", problem)
+    assert "hunter2" not in error
+
+
+def test_the_catalog_is_embedded_unless_a_url_is_given(tmp_path):
+    assert load(tmp_path, TENANT + LINE).catalog_url is None
+    url = "postgresql://ivr@db.example.com:5432/ivr?sslmode=verify-full"
+    text = f'[storage]\ncatalog_url = "{url}"\n' + TENANT + LINE
+    assert load(tmp_path, text).catalog_url == url

@@ -30,17 +30,20 @@ def actor() -> str:
 
 
 def open_vault(args: argparse.Namespace, *, create: bool = False) -> Vault:
-    return Vault(Path(args.data_dir), create=create, public_keys=_config_custody(args))
+    """The vault of ``--data-dir``, with the key custody and the catalog of ``--config``."""
+    custody, catalog_url = _from_config(args)
+    return Vault(Path(args.data_dir), create=create, public_keys=custody, catalog_url=catalog_url)
 
 
-def _config_custody(args: argparse.Namespace) -> dict[str, bytes | None] | None:
-    """Each tenant's key custody from ``--config``, for the commands that take one."""
+def _from_config(args: argparse.Namespace) -> tuple[dict[str, bytes | None] | None, str | None]:
+    """Each tenant's key custody and the catalog URL from ``--config``, for the commands that
+    take one."""
     if not getattr(args, "config", None):
-        return None
+        return None, None
     from ivr.config import load_config
 
     config = load_config(Path(args.config))
-    return {t.id: t.public_key for t in config.tenants.values()}
+    return {t.id: t.public_key for t in config.tenants.values()}, config.catalog_url
 
 
 def emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:

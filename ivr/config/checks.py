@@ -265,6 +265,25 @@ def policy_id(value: Any) -> str:
 # --------------------------------------------------------------------------- service and secrets
 
 
+def catalog_url(value: Any) -> str:
+    url = string(value)
+    example = "e.g. 'postgresql://ivr@db.example.com:5432/ivr?sslmode=verify-full'"
+    if any(c.isspace() for c in url):
+        raise Invalid(f"{url!r} contains whitespace")
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise Invalid(
+            "must start with postgresql:// (leave it out for the embedded SQLite catalog; "
+            f"{example})"
+        )
+    if parts.password is not None:
+        raise Invalid(
+            "must not contain a password: give it to libpq through PGPASSWORD or ~/.pgpass "
+            "(the file holds no secrets)"
+        )
+    return url
+
+
 def public_url(value: Any) -> str:
     url = string(value)
     example = "e.g. 'https://ivr.example.com' or 'https://example.com/ivr'"

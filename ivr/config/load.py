@@ -126,6 +126,10 @@ def _build(
         DEFAULT_MAX_RECORDING_SECONDS,
     )
 
+    storage_table = r.table(data, "", "storage")
+    r.check_keys(storage_table, "storage", FILE_TABLES["storage"])
+    catalog_url = r.get(storage_table, "storage", "catalog_url", check.catalog_url, None)
+
     twilio = r.table(data, "", "twilio")
     r.check_keys(twilio, "twilio", FILE_TABLES["twilio"])
     token_env = r.get(twilio, "twilio", "auth_token_env", check.env_name, DEFAULT_AUTH_TOKEN_ENV)
@@ -251,6 +255,7 @@ def _build(
         warnings=tuple(warnings),
         asterisk=asterisk,
         api_tokens=api_tokens,
+        catalog_url=catalog_url,
     )
 
 

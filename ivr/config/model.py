@@ -299,6 +299,9 @@ class Config:
     tenants: Mapping[str, Tenant]
     lines: Mapping[str, Line]  # by E.164 number
     api_tokens: tuple[ApiTokenConfig, ...] = ()
+    # Where the catalog is (docs/postgresql.md): a postgresql:// URL, its password not in the
+    # file (libpq's PGPASSWORD or ~/.pgpass); None: catalog.sqlite3 in the data directory.
+    catalog_url: str | None = field(default=None, metadata=key("storage.catalog_url"))
     demo: bool = field(metadata=not_a_key())
     # Things an operator should know that do not stop the service (log them at start-up).
     warnings: tuple[str, ...] = field(default=(), metadata=not_a_key())
@@ -345,6 +348,7 @@ FILE_TABLES: Mapping[str, TableKeys] = MappingProxyType(
         "retention": table_keys(Config, "retention"),
         "keys": table_keys(Config, "keys"),
         "audit": table_keys(Config, "audit"),
+        "storage": table_keys(Config, "storage"),
         "asterisk": table_keys(AsteriskSettings),
         "tenants.<id>": table_keys(Tenant),
         "tenants.<id>.prompts.<language>.<prompt>": table_keys(PromptOverride),
