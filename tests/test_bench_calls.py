@@ -100,6 +100,14 @@ async def twilio_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Asy
         await server.close()
 
 
+def _failures(result: dict[str, Any]) -> str:
+    """What made a bench run fail, for the assertion message."""
+    keys = ("calls_completed", "frames_lost", "errors", "reference_error", "service")
+    runs = [{k: r.get(k) for k in keys} for r in result["runs"]]
+    refs = [(r["reference"] or {}).get("streams_failed") for r in result["runs"]]
+    return json.dumps({"runs": runs, "reference_streams_failed": refs}, default=str)[:4000]
+
+
 async def test_twilio_against_the_service_and_the_bare_ws_server(twilio_service: str) -> None:
     code, out = await _bench(
         *("--url", twilio_service, "--calls", "4", "--duration", "1.5", "--ramp", "0.2"),
@@ -136,7 +144,7 @@ async def test_asterisk_against_the_service_and_the_bare_rtp_server(
         args += ["--calls", "4", "--duration", "1.5", "--ramp", "0.2", "--repeats", "1"]
         code, out = await _bench(*args, "--json")
         result = json.loads(out)
-        assert code == 0
+        assert code == 0, _failures(result)
         _check_runs(result, 4, 75)
         assert result["runs"][0]["reference"]["ports"] == f"{bare_low}-{bare_high}"
         assert result["runs"][0]["ari_setup_p99_ms"] is not None

@@ -85,3 +85,49 @@ async def test_drain_waits_until_the_socket_is_quiet_and_no_longer(busy_rounds, 
         patch.setattr(rtp.asyncio, "sleep", sleep)
         await one.drain()
     assert slept == [DRAIN_QUIET_SECONDS] * sleeps
+
+
+class TakingSession:
+    """A session that writes down the audio frames it is given."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, bytes]] = []
+        self.now = 0.0
+        self.flow = type("Flow", (), {"deadline": None})()
+
+    def call_time(self) -> float:
+        return 0.0
+
+    def audio(self, track: int, call_ms: int, payload: bytes) -> None:
+        self.frames.append((call_ms, payload))
+
+    def at(self, call_time: float) -> float:
+        self.now = max(self.now, call_time)
+        return self.now
+
+
+def test_audio_before_the_session_starts_is_kept_for_it_up_to_a_second():
+    from media.rtp import RtpSender as Sender
+
+    peer = ("127.0.0.1", 4000)
+    one = leg()
+    one.peer = peer
+    sender = Sender()
+    packets = [sender.packet(bytes([n]) * 160) for n in range(rtp.MAX_EARLY_PACKETS + 3)]
+    for packet in packets[:5]:  # the bridge carries audio before set-up hears it was made
+        one.received(packet, peer)
+    assert one.packets == 0 and len(one.early) == 5
+    taking = TakingSession()
+    one.begin(cast(CallSession, taking))
+    assert one.packets == 5 and one.early == []
+    one.received(packets[5], peer)
+    one.flush()
+    assert [payload[0] for _, payload in taking.frames] == [0, 1, 2, 3, 4, 5]
+    assert [ms for ms, _ in taking.frames] == [0, 20, 40, 60, 80, 100]
+
+    stuck = leg()
+    stuck.peer = peer
+    for packet in packets:
+        stuck.received(packet, peer)
+    assert len(stuck.early) == rtp.MAX_EARLY_PACKETS and stuck.early_dropped == 3
+    assert stuck.counters() == {"rtp_early_dropped": 3}

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 RECEIVE_BUFFER_BYTES = 1 << 20  # room for a second of audio should the loop stall briefly
 ANY_ADDRESS = ("0.0.0.0", "::")
+# Audio that arrives before the call's session starts (the bridge carries it from the moment it
+# is made, a moment before the platform's set-up hears that it was), kept for the session: up
+# to a second of it, beyond which set-up is stuck and the rest is dropped and counted.
+MAX_EARLY_PACKETS = 50
 DRAIN_QUIET_SECONDS = 0.02
 DRAIN_ROUNDS = 10
 # A key the platform's signalling reports (ARI's ChannelDtmfReceived) and RFC 4733 carries too
@@ -101,7 +105,7 @@ class RtpLeg:
 
     wake: Callable[[str, object], None]
     name: str = ""  # for the log: the call id once known
-    session: CallSession | None = None  # audio is taken from the moment this is set
+    session: CallSession | None = None  # set by ``begin``; audio before it waits in ``early``
     port: int | None = None
     protocol: RtpPort | None = None
     peer: tuple[str, int] | None = None
@@ -113,6 +117,8 @@ class RtpLeg:
     strangers: int = 0
     malformed: int = 0
     packets: int = 0
+    early: list[bytes] = field(default_factory=list)
+    early_dropped: int = 0
     closed: bool = False
     last_digit: tuple[str, float] | None = None
     _pump_posted: bool = False
@@ -133,6 +139,12 @@ class RtpLeg:
             return
         session = self.session
         if session is None or self.closed:
+            if self.closed:
+                return
+            if len(self.early) < MAX_EARLY_PACKETS:
+                self.early.append(data)
+            else:
+                self.early_dropped += 1
             return
         self.packets += 1
         self._take(session, data)
@@ -141,6 +153,15 @@ class RtpLeg:
         if due and not self._pump_posted:
             self._pump_posted = True
             self.wake(WAKE_PUMP, None)
+
+    def begin(self, session: CallSession) -> None:
+        """Take the call's audio into ``session`` from now on, starting with what arrived
+        before it (``early``)."""
+        self.session = session
+        early, self.early = self.early, []
+        for data in early:
+            self.packets += 1
+            self._take(session, data)
 
     def new_digit(self, digit: str, now: float) -> bool:
         """A key at call time ``now``, reported by the platform or by RFC 4733 (``WAKE_DIGIT``):
@@ -256,9 +277,10 @@ class RtpLeg:
     def counters(self) -> dict[str, int]:
         """The leg's losses, to sum into the platform's counters (docs/asterisk.md, /healthz):
         ``rtp_lost`` and ``rtp_frames_lost`` (two documented names of the same count: frames
-        filled with silence), wild packets dropped (``rtp_jumps``), resyncs, malformed packets
-        and packets from strangers. Only what is not zero, except ``rtp_lost`` once the leg has
-        carried a call's audio (so that counter is shown from the first call on)."""
+        filled with silence), wild packets dropped (``rtp_jumps``), resyncs, malformed packets,
+        packets from strangers, and packets beyond ``MAX_EARLY_PACKETS`` before the session.
+        Only what is not zero, except ``rtp_lost`` once the leg has carried a call's audio (so
+        that counter is shown from the first call on)."""
         stats = self.jitter.stats
         counts = {
             "rtp_frames_lost": stats.lost,
@@ -266,6 +288,7 @@ class RtpLeg:
             "rtp_resyncs": stats.resyncs,
             "rtp_malformed": self.malformed,
             "rtp_strangers": self.strangers,
+            "rtp_early_dropped": self.early_dropped,
         }
         out = {name: value for name, value in counts.items() if value}
         if self.session is not None:

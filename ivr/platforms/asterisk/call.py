@@ -143,7 +143,8 @@ class AriCall:
             await self._setup_failed(str(exc))
             return False
         # The call's clock starts here: the caller can hear us from now on.
-        session = self.rtp.session = app.registry.begin(call, tracks=("mixed",))
+        session = app.registry.begin(call, tracks=("mixed",))
+        self.rtp.begin(session)  # with what the bridge carried before this moment
         await self._run(await session.start())
         return True
 
