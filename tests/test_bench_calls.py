@@ -149,7 +149,7 @@ async def test_asterisk_against_the_service_and_the_bare_rtp_server(
         assert result["runs"][0]["reference"]["ports"] == f"{bare_low}-{bare_high}"
         assert result["runs"][0]["ari_setup_p99_ms"] is not None
         code, out = await _bench(*args[:-2], "--repeats", "2")  # the text report
-        assert code == 0
+        assert code == 0, out
         assert out.count("cpu ratio") == 3 and "(service / bare)" in out
         assert "min / median / max over 2 runs" in out and out.rstrip().endswith("OK")
     finally:
