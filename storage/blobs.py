@@ -1,7 +1,12 @@
-"""Local blob store: where sealed recordings live on disk, and how they get there.
+"""Blob stores: where sealed recordings live, and how they get there.
 
-A blob is written as ``<id>.rec.part`` while its call runs and renamed to ``<id>.rec`` once its
-final chunk is durable. Chunks are appended as they are sealed; the fsyncs that make them
+Two stores share one interface (``BlobStore``): the local one here, and the S3-compatible one in
+storage/s3blobs.py. The vault names a recording's blob by the ``relpath`` its store gives it
+(kept in the catalog's ``blob_path``); whatever the store, the bytes are exactly the recording
+format of docs/recording-format.md.
+
+Local: a blob is written as ``<id>.rec.part`` while its call runs and renamed to ``<id>.rec``
+once its final chunk is durable. Chunks are appended as they are sealed; the fsyncs that make them
 durable run on a small thread pool, never on the caller's thread (the event loop), at most every
 ``sync_interval`` seconds per blob, and one fsync covers whatever was written before it.
 """
@@ -15,9 +20,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from storage.errors import VaultWriteError
 from storage.files import fsync_dir, open_private, private_dir
@@ -33,11 +42,85 @@ FINAL_SUFFIX = ".rec"
 
 
 @dataclass(frozen=True, slots=True)
+class Segment:
+    """One write-once object of a blob kept in an object store: the blob is its segments in
+    ``seq`` order, concatenated."""
+
+    seq: int
+    key: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
 class BlobInfo:
     relpath: str
     size: int
     sha256: str
-    units: int  # writes (chunks) that reached the disk whole
+    units: int  # writes (chunks) that reached the disk (or the object store) whole
+    segments: tuple[Segment, ...] = ()  # an object store's segments; () for a local file
+
+
+class ByteSource(Protocol):
+    """What the reader and the scans read a blob through: a file, or a store's stream."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def tell(self) -> int: ...
+
+
+class BlobWriter(Protocol):
+    """A blob being written: what a recording needs of it, whichever store it is in."""
+
+    relpath: str
+    error: VaultWriteError | None
+
+    def write(self, data: bytes) -> None: ...
+
+    def failure(self) -> VaultWriteError: ...
+
+    def wait(self) -> None: ...
+
+    def finish(self) -> BlobInfo: ...
+
+    def abandon(self) -> BlobInfo: ...
+
+    def discard(self) -> None: ...
+
+    def open_kept(self) -> AbstractContextManager[ByteSource]: ...
+
+
+class RecoverySource(Protocol):
+    """What a dead writer left of a blob, for crash recovery: read it, then keep the first
+    ``end_offset`` bytes (what verified) as the finished blob."""
+
+    def open(self) -> AbstractContextManager[ByteSource]: ...
+
+    def keep(self, end_offset: int, units: int) -> BlobInfo: ...
+
+    def last_modified(self) -> datetime: ...
+
+
+class BlobStore(Protocol):
+    def relpath(self, tenant: str, recording_id: str) -> str: ...
+
+    def create(self, tenant: str, recording_id: str) -> BlobWriter: ...
+
+    def open(
+        self, relpath: str, *, size: int | None, segments: Sequence[Segment]
+    ) -> AbstractContextManager[ByteSource]:
+        """A finished blob. Raises FileNotFoundError when it is not there."""
+        ...
+
+    def recovery_source(self, relpath: str) -> RecoverySource | None: ...
+
+    def delete(self, relpath: str) -> None: ...
+
+    def remove_orphans(self, live: Callable[[], Collection[str]]) -> int:
+        """Delete the blobs none of ``live()`` (relpaths of recordings kept) names."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class LocalBlobStore:
@@ -73,13 +156,62 @@ class LocalBlobStore:
             self.sync_interval,
         )
 
+    def open(
+        self, relpath: str, *, size: int | None = None, segments: Sequence[Segment] = ()
+    ) -> AbstractContextManager[ByteSource]:
+        return self.path(relpath).open("rb")
+
+    def recovery_source(self, relpath: str) -> LocalRecovery | None:
+        final = self.path(relpath)
+        part = final.with_name(final.name.removesuffix(FINAL_SUFFIX) + PART_SUFFIX)
+        source = part if part.exists() else final if final.exists() else None
+        return None if source is None else LocalRecovery(relpath, source, final)
+
     def delete(self, relpath: str) -> None:
         path = self.path(relpath)
         path.unlink(missing_ok=True)
         path.with_name(path.name.removesuffix(FINAL_SUFFIX) + PART_SUFFIX).unlink(missing_ok=True)
 
+    def remove_orphans(self, live: Callable[[], Collection[str]]) -> int:
+        # Only finished blobs (``.rec``): a ``.rec.part`` is being written or awaits recovery.
+        found = list(self.root.rglob("*" + FINAL_SUFFIX))
+        kept = live()
+        removed = 0
+        for path in found:
+            if path.relative_to(self.root).as_posix() not in kept:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed += 1
+        return removed
+
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+class LocalRecovery:
+    """A dead writer's blob file: cut after its last good chunk and given its final name."""
+
+    def __init__(self, relpath: str, source: Path, final: Path) -> None:
+        self.relpath = relpath
+        self.source = source
+        self.final = final
+
+    def open(self) -> AbstractContextManager[ByteSource]:
+        return self.source.open("rb")
+
+    def keep(self, end_offset: int, units: int) -> BlobInfo:
+        with self.source.open("r+b") as fh:
+            fh.truncate(end_offset)
+            os.fsync(fh.fileno())
+        if self.source != self.final:
+            os.replace(self.source, self.final)
+            fsync_dir(self.final.parent)
+        size, digest = sha256_file(self.final)
+        return BlobInfo(self.relpath, size, digest, units)
+
+    def last_modified(self) -> datetime:
+        path = self.final if self.final.exists() else self.source
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
 
 
 class BlobFile:
@@ -222,6 +354,10 @@ class BlobFile:
     def kept(self) -> Path:
         """Where the blob is now: its final name once finished or abandoned."""
         return self.final if self.final.exists() else self.part
+
+    def open_kept(self) -> AbstractContextManager[ByteSource]:
+        """What reached the disk, to read back (after ``finish`` or ``abandon``)."""
+        return self.kept.open("rb")
 
     def _done(self) -> BlobInfo:
         self.done = BlobInfo(self.relpath, self.size, self._hash.hexdigest(), self.units)

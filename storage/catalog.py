@@ -168,6 +168,18 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX breach_measures_by_breach ON breach_measures (breach_id, seq);
     """,
+    # 7: a recording kept in an object store is a run of write-once segment objects
+    # (storage/s3blobs.py, docs/s3.md): each one's key, size and SHA-256, in order.
+    """
+    CREATE TABLE blob_segments (
+        recording_id TEXT NOT NULL REFERENCES recordings (id),
+        seq INTEGER NOT NULL,
+        object_key TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        PRIMARY KEY (recording_id, seq)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 GENESIS_HASH = "0" * 64
@@ -549,6 +561,29 @@ class Catalog:
             params.append(limit)
         rows = self._database.fetchall(sql, params)
         return [RecordingRow.from_row(r) for r in rows]
+
+    def set_blob_segments(
+        self, db: Connection, recording_id: str, rows: Sequence[tuple[int, str, int, str]]
+    ) -> None:
+        """List a recording's segments (seq, object key, size, sha256), replacing any listed;
+        nothing to do for a blob that is one local file (no rows)."""
+        if not rows:
+            return
+        db.execute("DELETE FROM blob_segments WHERE recording_id = ?", (recording_id,))
+        for row in rows:
+            db.execute(
+                "INSERT INTO blob_segments (recording_id, seq, object_key, size, sha256)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (recording_id, *row),
+            )
+
+    def blob_segments(self, recording_id: str) -> list[tuple[int, str, int, str]]:
+        rows = self._database.fetchall(
+            "SELECT seq, object_key, size, sha256 FROM blob_segments"
+            " WHERE recording_id = ? ORDER BY seq",
+            (recording_id,),
+        )
+        return [(r["seq"], r["object_key"], r["size"], r["sha256"]) for r in rows]
 
     # -- audit ---------------------------------------------------------------------------------
     def audit(

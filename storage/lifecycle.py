@@ -17,7 +17,7 @@ id (a Twilio CallSid, an ARI channel id), which the platform's call log maps to 
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,6 +26,8 @@ from storage.catalog import RecordingRow, RecordingStatus
 from storage.errors import VaultError
 from storage.files import utc_iso
 from storage.vault import Vault
+
+log = logging.getLogger(__name__)
 
 ERASABLE = (RecordingStatus.COMPLETE, RecordingStatus.INCOMPLETE)
 # How long a call's caller number is kept once nothing recorded of the call remains (or nothing
@@ -133,8 +135,15 @@ def erase(
             detail={"reason": reason, "status_was": row.status.value},
         )
     vault.catalog.checkpoint()
+    # The key is gone: the blob is ciphertext no one can open. Deleting it is tidiness, and if
+    # the disk or the object store refuses now, the next sweep's remove_orphan_blobs does it.
     if row.blob_path:
-        vault.blobs.delete(row.blob_path)
+        try:
+            vault.blobs.delete(row.blob_path)
+        except OSError as exc:
+            log.warning(
+                "recording %s: erased; its blob stays until the next sweep: %s", row.id, exc
+            )
     return vault.get(recording_id)
 
 
@@ -232,18 +241,18 @@ def scrub_stale_calls(vault: Vault, *, before: datetime) -> int:
 
 
 def remove_orphan_blobs(vault: Vault) -> int:
-    """Blob files no live recording points at (an erasure interrupted after its commit)."""
-    live = {
-        r.blob_path for r in vault.list() if r.blob_path and r.status is not RecordingStatus.ERASED
-    }
-    removed = 0
-    for path in vault.blobs.root.rglob("*.rec"):
-        rel = path.relative_to(vault.blobs.root).as_posix()
-        if rel not in live:
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed += 1
-    return removed
+    """Blobs no live recording points at (an erasure interrupted after its commit). The store
+    asks for the live ones after it has looked at what it holds, so a recording started in
+    between (its row is committed before its first byte is written) is never taken for one."""
+
+    def live() -> set[str]:
+        return {
+            r.blob_path
+            for r in vault.list()
+            if r.blob_path and r.status is not RecordingStatus.ERASED
+        }
+
+    return vault.blobs.remove_orphans(live)
 
 
 # -- one data subject -----------------------------------------------------------------------------

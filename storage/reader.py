@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from storage.blobs import ByteSource
 from storage.format import (
     CHUNK_LENGTH,
     FRAME_HEAD,
@@ -76,7 +76,7 @@ class Chunk:
     end_offset: int  # byte offset just past this chunk in the blob
 
 
-def read_header(stream: BinaryIO, recording_id: str | None) -> tuple[RecordingHeader, bytes]:
+def read_header(stream: ByteSource, recording_id: str | None) -> tuple[RecordingHeader, bytes]:
     """The parsed header and its exact bytes (the associated data of every chunk)."""
     preamble = stream.read(PREAMBLE.size)
     if len(preamble) < PREAMBLE.size:
@@ -105,7 +105,7 @@ class RecordingReader:
 
     def __init__(
         self,
-        stream: BinaryIO,
+        stream: ByteSource,
         dek: bytes,
         recording_id: str | None,
         *,

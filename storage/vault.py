@@ -24,16 +24,18 @@ import os
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from storage.blobs import (
     DEFAULT_SYNC_INTERVAL,
-    PART_SUFFIX,
-    BlobFile,
+    BlobInfo,
+    BlobStore,
+    BlobWriter,
+    ByteSource,
     LocalBlobStore,
-    sha256_file,
+    Segment,
 )
 from storage.catalog import (
     LAWFUL_BASES,
@@ -130,6 +132,7 @@ class Vault:
         recover: bool = True,
         public_keys: Mapping[str, bytes | None] | None = None,
         catalog_url: str | None = None,
+        blob_url: str | None = None,
     ) -> None:
         """``public_keys``: the configuration's key custody per tenant, a raw X25519 public key
         (public-key custody) or None (local keyring). It is recorded in the data directory, so
@@ -137,7 +140,11 @@ class Vault:
 
         ``catalog_url``: a ``postgresql://`` URL puts the catalog in that database
         (docs/postgresql.md); None keeps it in ``catalog.sqlite3`` in ``data_dir``. The keyring
-        and the blobs stay in ``data_dir`` either way."""
+        stays in ``data_dir`` either way, and so do the blobs unless ``blob_url`` is given.
+
+        ``blob_url``: where new recordings' blobs go; None: ``blobs/`` in the data directory,
+        ``s3://bucket/prefix``: an S3-compatible object store (storage/s3blobs.py, endpoint
+        and credentials from ``environ``)."""
         self.data_dir = data_dir
         self.clock = clock
         self.chunk_interval_ms = chunk_interval_ms
@@ -157,7 +164,17 @@ class Vault:
         self._custody: dict[str, bytes | None] = dict(public_keys or {})
         if public_keys is not None:
             apply_custody(self, public_keys)
-        self.blobs = LocalBlobStore(data_dir / "blobs", fsync=fsync, sync_interval=sync_interval)
+        self.blobs: BlobStore = LocalBlobStore(
+            data_dir / "blobs", fsync=fsync, sync_interval=sync_interval
+        )
+        if blob_url is not None:
+            from storage.s3blobs import S3BlobStore  # botocore is needed only here
+
+            self.blobs = S3BlobStore.from_url(
+                blob_url,
+                environ=os.environ if environ is None else environ,
+                names_key=self.keyring.service_key("object names"),
+            )
         self._locks = data_dir / "locks"
         private_dir(self._locks, tighten=True)
         self.writer_id = secrets.token_hex(8)
@@ -434,14 +451,19 @@ class Vault:
             raise NotReadable(f"recording {recording_id} is {row.status.value}{reason}")
         dek = self.data_key(row, private_key)
         assert row.blob_path is not None
-        path = self.blobs.path(row.blob_path)
         try:
-            stream = path.open("rb")
+            stream = self.blobs.open(
+                row.blob_path, size=row.blob_size, segments=self.segments(recording_id)
+            )
         except FileNotFoundError:
             raise NotReadable(f"recording {recording_id}: its blob is missing") from None
-        with stream:
+        with stream as source:
             expected = row.chunk_count if row.status is RecordingStatus.INCOMPLETE else None
-            yield RecordingReader(stream, dek, recording_id, expected_chunks=expected)
+            yield RecordingReader(source, dek, recording_id, expected_chunks=expected)
+
+    def segments(self, recording_id: str) -> builtins.list[Segment]:
+        """The object-store segments the catalog lists for a recording ([] for a local file)."""
+        return [Segment(*row) for row in self.catalog.blob_segments(recording_id)]
 
     def audit(self, *, actor: str, action: str, **kwargs: Any) -> None:
         with self.catalog.transaction() as db:
@@ -487,12 +509,17 @@ class Vault:
                     path.unlink(missing_ok=True)
                 os.close(fd)
 
-    def scan_blob(self, row: RecordingRow, path: Path, dek: bytes | None = None) -> BlobScan:
+    def scan_blob(
+        self,
+        row: RecordingRow,
+        source: contextlib.AbstractContextManager[ByteSource],
+        dek: bytes | None = None,
+    ) -> BlobScan:
         """Verify a blob's chunks from the start up to the first damage or the end."""
         scan = BlobScan()
         duration_ms = 0  # scan.duration_ms may be None (unknown) in general; here it is counted
         try:
-            with path.open("rb") as fh:
+            with source as fh:
                 key = self.data_key(row) if dek is None else dek
                 reader = RecordingReader(fh, key, row.id)
                 scan.end_offset = fh.tell()  # just past the header
@@ -507,12 +534,14 @@ class Vault:
             log.warning("recording %s: blob unreadable: %s", row.id, exc)
         return scan
 
-    def scan_structure(self, row: RecordingRow, path: Path) -> BlobScan:
+    def scan_structure(
+        self, row: RecordingRow, source: contextlib.AbstractContextManager[ByteSource]
+    ) -> BlobScan:
         """Without the data key: the header, then whole length-prefixed chunks up to a torn or
         impossible one. Nothing is verified (the reader does that later, with the key)."""
         scan = BlobScan(duration_ms=None, verified=False)
         try:
-            with path.open("rb") as fh:
+            with source as fh:
                 read_header(fh, row.id)
                 scan.end_offset = fh.tell()
                 while True:
@@ -534,16 +563,14 @@ class Vault:
         if row.status is not RecordingStatus.RECORDING:
             return None
         assert row.blob_path is not None
-        final = self.blobs.path(row.blob_path)
-        part = final.with_name(final.name.removesuffix(".rec") + PART_SUFFIX)
-        source = part if part.exists() else final if final.exists() else None
+        source = self.blobs.recovery_source(row.blob_path)
         sealed_to_public = is_x25519_ref(row.key_ref)
         scan = (
             BlobScan()
             if source is None
-            else self.scan_structure(row, source)
+            else self.scan_structure(row, source.open())
             if sealed_to_public
-            else self.scan_blob(row, source)
+            else self.scan_blob(row, source.open())
         )
         reason = f"recovered after writer {row.writer_id} stopped"
         if sealed_to_public and scan.chunks:
@@ -556,24 +583,21 @@ class Vault:
         else:
             status = RecordingStatus.INCOMPLETE
         values: dict[str, Any] = {"status": status.value, "status_reason": reason}
+        segments: tuple[Segment, ...] = ()
         if scan.chunks:
             assert source is not None
-            with source.open("r+b") as fh:
-                fh.truncate(scan.end_offset)
-                os.fsync(fh.fileno())
-            if source == part:
-                os.replace(part, final)
-            size, digest = sha256_file(final)
+            kept = source.keep(scan.end_offset, scan.chunks)
+            segments = kept.segments
             values.update(
-                blob_size=size,
-                blob_digest=digest,
+                blob_size=kept.size,
+                blob_digest=kept.sha256,
                 chunk_count=scan.chunks,
                 duration_ms=scan.duration_ms,
                 ended_at=utc_iso(
                     _add_ms(row.started_at, scan.duration_ms)
                     if scan.duration_ms is not None
                     # Unknown length: the last write to the blob is when the call ended.
-                    else datetime.fromtimestamp(final.stat().st_mtime, UTC)
+                    else source.last_modified()
                 ),
             )
         else:
@@ -583,6 +607,7 @@ class Vault:
             if self.catalog.update_recording(
                 db, row.id, expect_status=RecordingStatus.RECORDING, **values
             ):
+                self.catalog.set_blob_segments(db, row.id, _segment_rows(segments))
                 self.catalog.audit(
                     db,
                     actor="system",
@@ -625,7 +650,7 @@ class Recording:
     """A recording being written. ``append`` is cheap and never touches the disk itself."""
 
     def __init__(
-        self, vault: Vault, header: RecordingHeader, writer: EncryptingWriter, blob: BlobFile
+        self, vault: Vault, header: RecordingHeader, writer: EncryptingWriter, blob: BlobWriter
     ) -> None:
         self.vault = vault
         self.header = header
@@ -637,6 +662,7 @@ class Recording:
         self.row: RecordingRow | None = None
         self._dek: bytes | None = None  # set by Vault.start_recording
         self._final: dict[str, Any] | None = None  # the row's values once the blob is done
+        self._segments: tuple[Segment, ...] = ()  # where the blob went, in an object store
         # The hot path is the writer's own method: no extra call layer per frame. A failed
         # disk surfaces as VaultWriteError when the next chunk is sealed.
         self.append = writer.append
@@ -674,10 +700,13 @@ class Recording:
         values = dict(self._final)
         if consent_evidence is not None:
             values["consent_evidence"] = json.dumps(consent_evidence, sort_keys=True)
-        written = vault.pending.write(
-            f"recording {self.id} finalised",
-            lambda db: vault.catalog.update_recording(db, self.id, **values),
-        )
+        segments = _segment_rows(self._segments)
+
+        def finalise(db: Connection) -> None:
+            vault.catalog.update_recording(db, self.id, **values)
+            vault.catalog.set_blob_segments(db, self.id, segments)
+
+        written = vault.pending.write(f"recording {self.id} finalised", finalise)
         if values["status"] == RecordingStatus.FAILED.value:
             with contextlib.suppress(OSError):
                 vault.blobs.delete(self._blob.relpath)
@@ -698,7 +727,7 @@ class Recording:
         try:
             if self._blob.error is None:
                 self._writer.close()
-            info = self._blob.finish()
+            info: BlobInfo = self._blob.finish()
             status = RecordingStatus.COMPLETE
             chunks = info.units
             if failure is not None:
@@ -715,9 +744,10 @@ class Recording:
         duration = last[0] + int(last[1] / self._bytes_per_ms) if last else 0
         if status is RecordingStatus.INCOMPLETE:
             # Only what reached the disk counts; measure it rather than trust the appends.
-            scan = vault.scan_blob(vault.get(self.id), self._blob.kept, dek=self._dek)
+            scan = vault.scan_blob(vault.get(self.id), self._blob.open_kept(), dek=self._dek)
             duration = scan.duration_ms or 0
         self._dek = None
+        self._segments = info.segments
         values: dict[str, Any] = {
             "status": status.value,
             "status_reason": reason,
@@ -729,6 +759,7 @@ class Recording:
         }
         if status is RecordingStatus.FAILED:
             values["wrapped_dek"] = None
+            self._segments = ()  # deleted with the blob
         return values
 
     async def aclose(
@@ -804,6 +835,10 @@ def _as_written(row: RecordingRow, values: Mapping[str, Any]) -> RecordingRow:
         evidence = fields["consent_evidence"]
         fields["consent_evidence"] = json.loads(evidence) if evidence else None
     return dataclasses.replace(row, **fields)
+
+
+def _segment_rows(segments: tuple[Segment, ...]) -> builtins.list[tuple[int, str, int, str]]:
+    return [(s.seq, s.key, s.size, s.sha256) for s in segments]
 
 
 def _frame_ms(row: RecordingRow, payload: bytes) -> int:
