@@ -95,6 +95,7 @@ def create_app(
                 fsync=fsync,
                 public_keys=custody,
                 catalog_url=config.catalog_url,
+                blob_url=config.blob_url,
             )
         )
         app[VAULT] = vault

@@ -39,7 +39,6 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +46,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from storage.blob_url import S3Location
 from storage.blobs import BlobInfo, ByteSource, Segment
 from storage.errors import VaultWriteError
 from storage.format import FormatError
@@ -55,8 +55,6 @@ log = logging.getLogger(__name__)
 
 RELPATH_PREFIX = "s3:"
 _RELPATH = re.compile(r"^s3:([0-9a-f]{32})$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_PREFIX = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 _SEQ_DIGITS = 8
 DEFAULT_SEGMENT_CHUNKS = 5  # five one-second chunks: about five seconds of audio
 DEFAULT_SEGMENT_BYTES = 512 * 1024
@@ -71,26 +69,6 @@ class ObjectStoreError(OSError):
 
     def __init__(self, what: str, exc: BaseException | str) -> None:
         super().__init__(errno.EIO, f"object store: {what}: {exc}")
-
-
-@dataclass(frozen=True, slots=True)
-class S3Location:
-    bucket: str
-    prefix: str  # without a trailing slash; may be empty
-
-    @classmethod
-    def parse(cls, url: str) -> S3Location:
-        if not url.startswith("s3://"):
-            raise ValueError(f"blob_url {url!r}: expected s3://bucket/prefix")
-        bucket, _, prefix = url[len("s3://") :].partition("/")
-        prefix = prefix.strip("/")
-        if not _BUCKET.match(bucket) or ".." in bucket:
-            raise ValueError(f"blob_url {url!r}: {bucket!r} is not a valid bucket name")
-        if prefix and not _PREFIX.match(prefix):
-            raise ValueError(
-                f"blob_url {url!r}: the prefix may hold letters, digits, '_', '.', '-' and '/'"
-            )
-        return cls(bucket, prefix)
 
 
 def client_from_env(environ: Mapping[str, str]) -> Any:

@@ -808,6 +808,29 @@ def test_good_public_urls(tmp_path, url):
     assert load(tmp_path, text).public_url == url
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://bucket/x", "expected s3://bucket/prefix"),
+        ("s3://Bucket/x", "'Bucket' is not a valid bucket name"),
+        ("s3://ab", "'ab' is not a valid bucket name"),
+        ("s3://a..b/x", "is not a valid bucket name"),
+        ("s3://bucket/a b", "the prefix may hold letters"),
+        ("s3://bucket/a//b", "the prefix may hold letters"),
+    ],
+)
+def test_blob_url(tmp_path, url, problem):
+    text = f'[storage]\nblob_url = "{url}"\n' + TENANT + LINE
+    one_error(tmp_path, text, "storage.blob_url", problem)
+
+
+@pytest.mark.parametrize("url", ["s3://recordings", "s3://rec.example-1/ivr/calls/"])
+def test_good_blob_urls(tmp_path, url):
+    assert load(tmp_path, TENANT + LINE).blob_url is None  # local files unless set
+    text = f'[storage]\nblob_url = "{url}"\n' + TENANT + LINE
+    assert load(tmp_path, text).blob_url == url
+
+
 def test_lines_sharing_a_policy_must_share_its_terms(tmp_path):
     shared = TENANT + line(policy_id='"acme-q"')
     same = shared + line(number='"+46850000002"', policy_id='"acme-q"')

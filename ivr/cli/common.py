@@ -30,20 +30,30 @@ def actor() -> str:
 
 
 def open_vault(args: argparse.Namespace, *, create: bool = False) -> Vault:
-    """The vault of ``--data-dir``, with the key custody and the catalog of ``--config``."""
-    custody, catalog_url = _from_config(args)
-    return Vault(Path(args.data_dir), create=create, public_keys=custody, catalog_url=catalog_url)
+    """The vault of ``--data-dir``, with the key custody, the catalog and the blob store of
+    ``--config``."""
+    custody, catalog_url, blob_url = _from_config(args)
+    return Vault(
+        Path(args.data_dir),
+        create=create,
+        public_keys=custody,
+        catalog_url=catalog_url,
+        blob_url=blob_url,
+    )
 
 
-def _from_config(args: argparse.Namespace) -> tuple[dict[str, bytes | None] | None, str | None]:
-    """Each tenant's key custody and the catalog URL from ``--config``, for the commands that
-    take one."""
+def _from_config(
+    args: argparse.Namespace,
+) -> tuple[dict[str, bytes | None] | None, str | None, str | None]:
+    """Each tenant's key custody, the catalog URL and the blob URL from ``--config``, for the
+    commands that take one."""
     if not getattr(args, "config", None):
-        return None, None
+        return None, None, None
     from ivr.config import load_config
 
     config = load_config(Path(args.config))
-    return {t.id: t.public_key for t in config.tenants.values()}, config.catalog_url
+    custody = {t.id: t.public_key for t in config.tenants.values()}
+    return custody, config.catalog_url, config.blob_url
 
 
 def emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:

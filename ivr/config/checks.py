@@ -21,6 +21,7 @@ import phonenumbers
 from ivr.capabilities import PLATFORMS, WithdrawChannel
 from ivr.config.model import DTMF_KEYS
 from ivr.policy import ConsentMode, LawfulBasis
+from storage.blob_url import S3Location
 from storage.custody import parse_public_key
 
 __all__ = ["ConfigError", "Invalid"]
@@ -281,6 +282,15 @@ def catalog_url(value: Any) -> str:
             "must not contain a password: give it to libpq through PGPASSWORD or ~/.pgpass "
             "(the file holds no secrets)"
         )
+    return url
+
+
+def blob_url(value: Any) -> str:
+    url = string(value)
+    try:
+        S3Location.parse(url)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
     return url
 
 

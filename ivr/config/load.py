@@ -129,6 +129,7 @@ def _build(
     storage_table = r.table(data, "", "storage")
     r.check_keys(storage_table, "storage", FILE_TABLES["storage"])
     catalog_url = r.get(storage_table, "storage", "catalog_url", check.catalog_url, None)
+    blob_url = r.get(storage_table, "storage", "blob_url", check.blob_url, None)
 
     twilio = r.table(data, "", "twilio")
     r.check_keys(twilio, "twilio", FILE_TABLES["twilio"])
@@ -249,6 +250,7 @@ def _build(
         key_retire_after_days=retire_days,
         audit_head_file=head_file,
         audit_head_interval_minutes=head_minutes,
+        blob_url=blob_url,
         tenants=MappingProxyType(tenants),
         lines=MappingProxyType(lines),
         demo=demo,

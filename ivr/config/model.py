@@ -296,6 +296,8 @@ class Config:
     audit_head_interval_minutes: int = field(
         default=DEFAULT_AUDIT_HEAD_MINUTES, metadata=key("audit.head_interval_minutes")
     )
+    # Where recordings' blobs go (docs/s3.md); None: blobs/ in the data directory.
+    blob_url: str | None = field(default=None, metadata=key("storage.blob_url"))
     tenants: Mapping[str, Tenant]
     lines: Mapping[str, Line]  # by E.164 number
     api_tokens: tuple[ApiTokenConfig, ...] = ()
