@@ -120,6 +120,11 @@ class BlobStore(Protocol):
         """Delete the blobs none of ``live()`` (relpaths of recordings kept) names."""
         ...
 
+    def set_legal_hold(self, relpath: str, held: bool) -> bool:
+        """Mirror a legal hold on the blob where the store can hold data itself (S3 Object
+        Lock); False where it cannot, and the catalog's hold is the only one."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -183,6 +188,9 @@ class LocalBlobStore:
                     path.unlink()
                     removed += 1
         return removed
+
+    def set_legal_hold(self, relpath: str, held: bool) -> bool:
+        return False  # a file has no hold of its own: the catalog's is the one
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -63,6 +63,9 @@ def set_hold(vault: Vault, recording_id: str, *, reason: str, actor: str) -> Rec
     row = vault.get(recording_id)
     if row.status is RecordingStatus.ERASED:
         raise VaultError(f"recording {recording_id} is erased; there is nothing to hold")
+    # The store's own hold first (S3 Object Lock, docs/s3.md): should the catalog then refuse,
+    # the data is held once too often, never once too few.
+    _mirror_hold(vault, row, held=True)
     with vault.catalog.transaction() as db:
         vault.catalog.update_recording(db, recording_id, legal_hold=1, legal_hold_reason=reason)
         vault.catalog.audit(
@@ -90,7 +93,23 @@ def release_hold(vault: Vault, recording_id: str, *, reason: str, actor: str) ->
             target=recording_id,
             detail={"reason": reason, "was_held_for": row.legal_hold_reason},
         )
+    # Released in the store after the catalog: should the store refuse now, the data stays held
+    # there (its deletion at erasure fails and the sweep retries) until released again.
+    _mirror_hold(vault, row, held=False)
     return vault.get(recording_id)
+
+
+def _mirror_hold(vault: Vault, row: RecordingRow, *, held: bool) -> None:
+    if not row.blob_path:
+        return
+    try:
+        vault.blobs.set_legal_hold(row.blob_path, held)
+    except OSError as exc:
+        verb = "set" if held else "released"
+        raise VaultError(
+            f"recording {row.id}: the object store's legal hold could not be {verb} ({exc}); "
+            "the catalog's is " + ("not set" if held else "released") + ": try again"
+        ) from None
 
 
 def erase(

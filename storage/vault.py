@@ -712,6 +712,14 @@ class Recording:
                 vault.blobs.delete(self._blob.relpath)
         vault.open_recordings.pop(self.id, None)
         self.row = vault.get(self.id) if written else _as_written(vault.get(self.id), values)
+        if self.row.legal_hold and self._segments:
+            # Held while it was being written: the segments sent since are held in the store too.
+            try:
+                vault.blobs.set_legal_hold(self._blob.relpath, True)
+            except OSError as exc:
+                log.error(
+                    "recording %s: its later segments are not held in the store: %s", self.id, exc
+                )
         if not written:
             log.error(
                 "recording %s: %s, but its row waits for the disk to take it",

@@ -79,6 +79,29 @@ def test_second_put_of_a_key_is_refused_with_412(weed, bucket):
     assert client.get_object(Bucket=bucket, Key="k/00000000")["Body"].read() == b"first"
 
 
+def test_second_put_is_refused_in_a_versioned_bucket_too(weed):
+    """With Object Lock (so versioning) a second PUT would otherwise add a version."""
+    name = "l-" + os.urandom(8).hex()
+    client = weed.client()
+    client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    client.put_object(Bucket=name, Key="k/00000000", Body=b"first", IfNoneMatch="*")
+    with pytest.raises(ClientError) as refused:
+        client.put_object(Bucket=name, Key="k/00000000", Body=b"second", IfNoneMatch="*")
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    assert len(client.list_object_versions(Bucket=name)["Versions"]) == 1
+
+
+def test_a_segment_whose_sha256_does_not_match_is_refused_by_the_server(weed, bucket):
+    """The store checks the x-amz-checksum-sha256 each segment is sent with."""
+    wrong = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+    with pytest.raises(ClientError) as refused:
+        weed.client().put_object(
+            Bucket=bucket, Key="k/00000000", Body=b"segment bytes", ChecksumSHA256=wrong
+        )
+    assert refused.value.response["Error"]["Code"] == "BadDigest"
+    assert weed.client().list_objects_v2(Bucket=bucket).get("Contents", []) == []
+
+
 def test_store_put_once_accepts_its_own_retry_and_refuses_other_bytes(weed, bucket):
     store = S3BlobStore(weed.client(), S3Location(bucket, "p"), names_key=b"k" * 32)
     try:
@@ -312,3 +335,88 @@ def test_discarded_recording_leaves_no_object(vault, weed, bucket):
     row = rec.discard(reason="consent withdrawn")
     assert row.status is RecordingStatus.DISCARDED
     assert objects(weed, bucket) == {}
+
+
+# -- Object Lock: legal holds mirrored ------------------------------------------------------------
+@pytest.fixture
+def locked_vault(tmp_path, weed):
+    """A vault on a bucket created with Object Lock (so versioned)."""
+    name = "l-" + os.urandom(8).hex()
+    weed.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    v = Vault(
+        tmp_path / "data",
+        master_key=MASTER,
+        fsync=False,
+        blob_url=f"s3://{name}/rec",
+        environ=weed.environ,
+    )
+    v.bucket = name  # type: ignore[attr-defined]
+    yield v
+    v.close()
+
+
+def versions(weed, bucket: str) -> list[dict]:
+    listed = weed.client().list_object_versions(Bucket=bucket)
+    return listed.get("Versions", []) + listed.get("DeleteMarkers", [])
+
+
+def holds(weed, bucket: str) -> dict[str, str]:
+    client = weed.client()
+    return {
+        v["Key"]: client.get_object_legal_hold(
+            Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"]
+        )["LegalHold"]["Status"]
+        for v in versions(weed, bucket)
+    }
+
+
+def test_a_legal_hold_is_mirrored_as_an_s3_legal_hold_and_released_with_it(locked_vault, weed):
+    vault, bucket = locked_vault, locked_vault.bucket
+    rid, _ = record(vault, seconds=7)
+    keys = [s.key for s in vault.segments(rid)]
+    assert len(keys) == 2 and {v["Key"] for v in versions(weed, bucket)} == set(keys)
+    lifecycle.set_hold(vault, rid, reason="litigation 42", actor="test")
+    assert holds(weed, bucket) == dict.fromkeys(keys, "ON")
+    # Whoever holds the bucket's keys cannot delete a held version either.
+    client = weed.client()
+    held = versions(weed, bucket)[0]
+    with pytest.raises(ClientError) as refused:
+        client.delete_object(Bucket=bucket, Key=held["Key"], VersionId=held["VersionId"])
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    lifecycle.release_hold(vault, rid, reason="settled", actor="test")
+    assert holds(weed, bucket) == dict.fromkeys(keys, "OFF")
+    lifecycle.erase(vault, rid, reason="retention", actor="test")
+    # Every version is gone, not only hidden behind a delete marker.
+    assert versions(weed, bucket) == []
+
+
+def test_a_hold_set_during_the_call_covers_segments_sent_after_it(locked_vault, weed):
+    vault, bucket = locked_vault, locked_vault.bucket
+    rec = vault.start_recording(tenant="acme", lawful_basis="consent", purpose="quality")
+    for i in range(300):
+        rec.append(0, i * 20, pattern(i, 0))
+    rec.wait_written()
+    lifecycle.set_hold(vault, rec.id, reason="dispute", actor="test")
+    for i in range(300, 700):
+        rec.append(0, i * 20, pattern(i, 0))
+    rec.close()
+    assert len(vault.segments(rec.id)) == 3
+    assert holds(weed, bucket) == dict.fromkeys((s.key for s in vault.segments(rec.id)), "ON")
+    with pytest.raises(lifecycle.LegalHold):
+        lifecycle.erase(vault, rec.id, reason="asked", actor="test")
+
+
+def test_erasure_of_a_held_object_left_over_is_retried_by_the_sweep(locked_vault, weed):
+    """An object whose S3 hold could not be released is kept by the store at erasure; the
+    erasure stands (the key is shredded) and the sweep deletes it once it can."""
+    vault, bucket = locked_vault, locked_vault.bucket
+    rid, _ = record(vault, seconds=3)
+    (segment,) = vault.segments(rid)
+    client = weed.client()
+    client.put_object_legal_hold(Bucket=bucket, Key=segment.key, LegalHold={"Status": "ON"})
+    row = lifecycle.erase(vault, rid, reason="retention", actor="test")
+    assert row.wrapped_dek is None and len(versions(weed, bucket)) == 1
+    assert lifecycle.remove_orphan_blobs(vault) == 0  # still held
+    client.put_object_legal_hold(Bucket=bucket, Key=segment.key, LegalHold={"Status": "OFF"})
+    assert lifecycle.remove_orphan_blobs(vault) == 1
+    assert versions(weed, bucket) == []
