@@ -1,6 +1,7 @@
-"""The vault's life cycle on both blob stores (local files and S3 on SeaweedFS), same tests:
-recording, export, crash recovery, holds, retention, erasure of one recording and of a data
-subject, discarding, orphans, and the audit chain after all of it."""
+"""The vault's life cycle on both blob stores (local files and S3 on SeaweedFS), and on S3 with
+the catalog on PostgreSQL, same tests: recording, export, crash recovery, holds, retention,
+erasure of one recording and of a data subject, discarding, orphans, and the audit chain after
+all of it."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "s3+postgresql"])
 def store(request) -> str:
     return request.param
 
@@ -39,10 +40,12 @@ def opener(store, tmp_path, request):
     """Opens the test's vault (again, for a restart) on the test's store."""
     clock = Clock(T0)
     kwargs: dict = {"master_key": MASTER, "fsync": False, "clock": clock}
-    if store == "s3":
+    if store.startswith("s3"):
         weed = request.getfixturevalue("weed")
         bucket = request.getfixturevalue("bucket")
         kwargs.update(blob_url=f"s3://{bucket}/v", environ=weed.environ)
+    if store.endswith("+postgresql"):
+        kwargs.update(catalog_url=request.getfixturevalue("postgres").database())
 
     def open_vault() -> Vault:
         return Vault(tmp_path / "var", **kwargs)
@@ -90,7 +93,7 @@ def frames_of(vault: Vault, rid: str):
 def test_round_trip_and_export(vault, store, tmp_path):
     row, sent = record(vault)
     assert row.status is RecordingStatus.COMPLETE and row.chunk_count == 7
-    assert row.blob_path.startswith("s3:") == (store == "s3")
+    assert row.blob_path.startswith("s3:") == store.startswith("s3")
     assert frames_of(vault, row.id) == sent
     out = export_wav(vault, row.id, tmp_path / "out.wav", actor="test", reason="test")
     assert out.channels == 2 and out.duration_ms == 7000

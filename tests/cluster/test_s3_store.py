@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from storage.catalog import RecordingStatus
 from storage.format import FormatError
 from storage.reader import RecordingReader
 from storage.s3blobs import S3BlobStore, S3Location, SegmentStream
-from storage.vault import Vault
+from storage.vault import Vault, VaultWriteError
 from tests.independent_decrypter import decrypt as independent_decrypt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -420,3 +421,68 @@ def test_erasure_of_a_held_object_left_over_is_retried_by_the_sweep(locked_vault
     client.put_object_legal_hold(Bucket=bucket, Key=segment.key, LegalHold={"Status": "OFF"})
     assert lifecycle.remove_orphan_blobs(vault) == 1
     assert versions(weed, bucket) == []
+
+
+# -- a store that fails or stalls -----------------------------------------------------------------
+def test_a_store_that_refuses_a_segment_ends_the_recording_incomplete(vault, weed, bucket):
+    """The store refuses mid-call (here: a bucket it refuses to write to, a real 400):
+    the recording stops taking audio, as on a full disk, and keeps every stored segment."""
+    rec = vault.start_recording(tenant="acme", lawful_basis="consent", purpose="quality")
+    for i in range(300):  # chunks 0-4 sealed and sent as segment 0; chunk 5 being built
+        rec.append(0, i * 20, pattern(i, 0))
+    rec.wait_written()
+    assert len(objects(weed, bucket)) == 1
+    vault.blobs.bucket = "x"  # an invalid name (SeaweedFS creates missing buckets on a PUT)
+    with pytest.raises(VaultWriteError, match=r"object store: writing .*/00000001"):
+        for i in range(300, 1000):  # chunks 5-9 fill segment 1, which the store refuses
+            rec.append(0, i * 20, pattern(i, 0))
+        rec.wait_written()
+        rec.append(0, 1000 * 20, pattern(1000, 0))  # seals a chunk: refused at once
+    vault.blobs.bucket = bucket
+    row = rec.close()
+    assert row.status is RecordingStatus.INCOMPLETE and row.chunk_count == 5
+    assert "object store" in row.status_reason
+    assert [ts for _, ts, _ in frames_of(vault, rec.id)] == [i * 20 for i in range(250)]
+
+
+class StalledClient:
+    """A client whose PutObject waits until released: a store that has stopped answering."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.puts = 0
+
+    def put_object(self, **kwargs):
+        self.puts += 1
+        self.started.set()
+        assert self.release.wait(60)
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def test_unsent_audio_is_bounded_while_the_store_stalls():
+    """While a segment is in flight the next chunks wait in memory, up to twice
+    segment_bytes; past that the recording fails as on a full disk, and holds no more."""
+    client = StalledClient()
+    store = S3BlobStore(
+        client, S3Location("b-stalled", ""), names_key=b"k" * 32, segment_bytes=64 * 1024
+    )
+    blob = store.create("acme", "rec_1")
+    try:
+        chunk = bytes(16 * 1024)
+        blob.write(chunk)  # below a segment: kept
+        for _ in range(4):
+            blob.write(chunk)  # the fifth chunk fills segment 0: sent, and stalls
+        assert client.started.wait(10) and client.puts == 1
+        with pytest.raises(VaultWriteError, match="taken no segment for too long"):
+            for _ in range(20):
+                blob.write(chunk)
+        assert blob._pending == 0 and not blob._chunks  # nothing more held
+        with pytest.raises(VaultWriteError):
+            blob.write(chunk)
+    finally:
+        client.release.set()
+        store.close()
