@@ -27,6 +27,7 @@ from ivr import __version__, api, serving
 from ivr.app_keys import CALLS, CLOCK, CONFIG, DATA_DIR, VAULT, WORKER
 from ivr.audit_heads import HEAD_PUBLISHER, HeadPublisher, publish_heads
 from ivr.calls import CallRegistry
+from ivr.calls.relay import RELAY, Relay, pass_on_held
 from ivr.config import Config
 from ivr.gdpr import breach
 from ivr.leadership import Leadership
@@ -45,6 +46,10 @@ from storage.retirement import KeySchedule, run_schedule
 from storage.vault import Vault
 
 log = logging.getLogger(__name__)
+
+# How soon what a dead process left (its recordings, its calls) is finished by another running
+# on the same vault: its lock is free the moment it dies, so this is the whole delay.
+DEAD_PROCESS_RECOVERY_SECONDS = 10.0
 
 ARI = web.AppKey("ari", AriApplication)
 # The background loops' health, by name, for /healthz (ivr/supervision.py).
@@ -72,11 +77,13 @@ def create_app(
     audit_head_interval: float | None = None,
     refusal_window: float = REFUSAL_WINDOW_SECONDS,
     worker: Worker = ALONE,
+    recovery_interval: float = DEAD_PROCESS_RECOVERY_SECONDS,
 ) -> web.Application:
     """The service. Each resource opens in its own ``cleanup_ctx`` step, in this order, and
     closes in the reverse order; a step that fails at start closes only the steps before it.
     ``worker``: which of ``ivr serve --workers N``'s processes this is (ivr/workers.py)."""
-    app = web.Application()
+    # A request for a call another process holds is passed on to it (ivr/calls/relay.py).
+    app = web.Application(middlewares=[pass_on_held])
     app[CONFIG] = config
     app[WORKER] = worker
     app[DATA_DIR] = data_dir
@@ -181,7 +188,7 @@ def create_app(
         orphans = await app[CALLS].close_orphans("twilio", clock())
         if orphans:
             log.warning("closed %d Twilio call record(s) an earlier run left open", len(orphans))
-        app[TWILIO] = TwilioCalls(
+        twilio = app[TWILIO] = TwilioCalls(
             config=config,
             calls=app[CALLS],
             # Derived from the master key: any process of the service can check a token.
@@ -190,7 +197,16 @@ def create_app(
             ),
             clock=clock,
         )
+        relay = app[RELAY] = twilio.relay = Relay(app[VAULT], twilio.counters)
+
+        def relay_routes(listener: web.Application) -> None:
+            listener[TWILIO] = twilio
+            add_routes(listener, relay_listener=True)
+
+        # Other processes on this catalog pass requests for our calls here.
+        await relay.listen(relay_routes)
         yield  # its streams close in the on_shutdown hook, before any cleanup step runs
+        await relay.close()
 
     async def asterisk_ctx(app: web.Application) -> AsyncIterator[None]:
         if config.asterisk is None:
@@ -221,6 +237,16 @@ def create_app(
             ),
             name="retention-sweeper",
         )
+        recovery_health = loops["dead_process_recovery"] = LoopHealth("dead-process recovery")
+        recovery = asyncio.create_task(
+            supervise(
+                recovery_health,
+                lambda: _recover_dead_holders(
+                    app[CALLS], leadership, recovery_interval, recovery_health
+                ),
+            ),
+            name="dead-process-recovery",
+        )
         log.info(
             "serving %d line(s) for %d tenant(s)%s; vault at %s",
             len(config.lines),
@@ -229,6 +255,7 @@ def create_app(
             data_dir,
         )
         yield
+        await _cancel(recovery)
         await _cancel(sweeper)
         leadership.release()
 
@@ -290,6 +317,19 @@ async def _expire_calls(registry: CallRegistry, health: LoopHealth | None = None
         health.round_ok()
         if expired:
             log.warning("%d call(s) had no word from their platform; forgotten", expired)
+
+
+async def _recover_dead_holders(
+    registry: CallRegistry, leadership: Leadership, interval: float, health: LoopHealth
+) -> None:
+    """Of several processes on one vault, the one running the background jobs finishes what a
+    process that died left open (its recordings, its calls' rows: ``recover_dead_holders``),
+    within ``interval`` of its death rather than at the next start."""
+    while True:
+        if leadership.claim():
+            await registry.recover_dead_holders()
+        health.round_ok()
+        await asyncio.sleep(interval)
 
 
 async def _retention_sweeper(

@@ -180,6 +180,19 @@ MIGRATIONS: Sequence[str] = (
         PRIMARY KEY (recording_id, seq)
     );
     """,
+    # 8: several processes on one catalog. A call is held by the process that answered it
+    # (``owner``: that process's vault writer id); a request for the call that reaches another
+    # process is relayed to the holder, at the address it registered in ``processes``.
+    """
+    ALTER TABLE calls ADD COLUMN owner TEXT;
+    CREATE INDEX calls_by_platform_id ON calls (platform, platform_call_id);
+    CREATE INDEX calls_open_held ON calls (ended_at, owner);
+    CREATE TABLE processes (
+        writer_id TEXT PRIMARY KEY,
+        relay_url TEXT NOT NULL,
+        started_at TEXT NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 GENESIS_HASH = "0" * 64
@@ -507,9 +520,45 @@ class Catalog:
             (platform, started_before),
         )
 
+    def open_calls_held(self) -> list[Row]:
+        """Calls not ended that a process holds (``owner`` set), on every platform."""
+        return self._database.fetchall(
+            "SELECT * FROM calls WHERE ended_at IS NULL AND owner IS NOT NULL ORDER BY started_at"
+        )
+
+    def call_of(self, platform: str, platform_call_id: str) -> Row | None:
+        """The newest call with this platform id (a platform reuses none, but a retried
+        webhook may have opened two)."""
+        row: Row | None = self._database.fetchone(
+            "SELECT * FROM calls WHERE platform = ? AND platform_call_id = ?"
+            " ORDER BY started_at DESC LIMIT 1",
+            (platform, platform_call_id),
+        )
+        return row
+
     def call(self, call_id: str) -> Row | None:
         row: Row | None = self._database.fetchone("SELECT * FROM calls WHERE id = ?", (call_id,))
         return row
+
+    # -- processes -----------------------------------------------------------------------------
+    def register_process(self, db: Connection, writer_id: str, relay_url: str, at: str) -> None:
+        """Where the process ``writer_id`` takes relayed requests, inside the caller's
+        transaction (docs/cluster.md)."""
+        db.execute(
+            "INSERT INTO processes (writer_id, relay_url, started_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (writer_id) DO UPDATE SET relay_url = excluded.relay_url",
+            (writer_id, relay_url, at),
+        )
+
+    def relay_url(self, writer_id: str) -> str | None:
+        row = self._database.fetchone(
+            "SELECT relay_url FROM processes WHERE writer_id = ?", (writer_id,)
+        )
+        return str(row[0]) if row else None
+
+    def forget_process(self, writer_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM processes WHERE writer_id = ?", (writer_id,))
 
     # -- recordings ----------------------------------------------------------------------------
     def insert_recording(self, db: Connection, **values: Any) -> None:

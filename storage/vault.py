@@ -239,6 +239,7 @@ class Vault:
             "platform_call_id": platform_call_id,
             "line": line,
             "started_at": utc_iso(self.clock()),
+            "owner": self.writer_id,
         }
         if caller:
             try:
@@ -487,6 +488,19 @@ class Vault:
                 results.append(result)
         self._sweep_dead_locks()
         return results
+
+    def writer_alive(self, writer_id: str | None) -> bool:
+        """Whether the process that wrote as ``writer_id`` is still running (it holds its
+        lock until it dies; the kernel releases it then). This process counts as alive."""
+        if writer_id == self.writer_id:
+            return True
+        if not writer_id:
+            return False
+        lock = self._try_lock_writer(writer_id)
+        if lock is None:
+            return True
+        os.close(lock)
+        return False
 
     def _try_lock_writer(self, writer_id: str | None) -> int | None:
         if not writer_id:

@@ -223,17 +223,25 @@ async def test_the_timer_rule(registry):
 
 async def test_rows_a_dead_process_left_open_are_closed_and_named(registry):
     clock = registry.test_clock
-    old = await open_call(registry, CONSENT_LINE, "CA-old")
-    registry._calls.clear()  # the process that opened it died
-    clock.advance(60)
-    started = clock()
-    clock.advance(1)
-    current = await open_call(registry, CONSENT_LINE, "CA-now")
-    assert await registry.close_orphans(PLATFORM, started) == ["CA-old"]
-    gone = row(registry, old)
+    data_dir = registry.vault.data_dir
+    # Two other processes on the same catalog: one died with a call open, one still runs.
+    with Vault(data_dir, fsync=False, clock=clock, recover=False) as dead:
+        old = dead.open_call(tenant="demo", platform=PLATFORM, platform_call_id="CA-old")
+    running = Vault(data_dir, fsync=False, clock=clock, recover=False)
+    try:
+        theirs = running.open_call(tenant="demo", platform=PLATFORM, platform_call_id="CA-run")
+        clock.advance(60)
+        started = clock()
+        clock.advance(1)
+        current = await open_call(registry, CONSENT_LINE, "CA-now")
+        assert await registry.close_orphans(PLATFORM, started) == ["CA-old"]
+        assert row(registry, current)["ended_at"] is None  # this process's call is left alone
+        assert registry.vault.catalog.call(theirs)["ended_at"] is None  # and the running one's
+    finally:
+        running.close()
+    gone = registry.vault.catalog.call(old)
     assert gone["ended_at"] and gone["outcome"] == "interrupted"
     assert gone["end_reason"] == "the service stopped during the call; closed at the next start"
-    assert row(registry, current)["ended_at"] is None  # this process's call is left alone
     assert await registry.close_orphans("other", started) == []
 
 

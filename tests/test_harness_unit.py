@@ -731,6 +731,7 @@ def test_press_parser_rejects(text: str, capsys: pytest.CaptureFixture[str]) -> 
         ["--duration", "x"],
         ["--url", "ftp://host"],
         ["--max-call-seconds", "0"],
+        ["--node", "ws://host:1"],
     ],
 )
 def test_other_bad_arguments_are_usage_errors(argv: list[str]) -> None:
@@ -754,7 +755,9 @@ def test_cli_defaults_and_auth_token_from_the_environment(monkeypatch: pytest.Mo
     assert options_from_args(args).auth_token == "from-env"
     args = parser().parse_args(["simulate", "--auth-token", "given", "--from", "+1", "--fast"])
     opts = options_from_args(args)
-    assert (opts.auth_token, opts.from_, opts.fast) == ("given", "+1", True)
+    assert (opts.auth_token, opts.from_, opts.fast, opts.nodes) == ("given", "+1", True, ())
+    args = parser().parse_args(["simulate", "--node", "http://a:1/", "--node", "https://b:2"])
+    assert options_from_args(args).nodes == ("http://a:1", "https://b:2")
 
 
 async def test_cli_prints_a_transcript(fake: FakeService) -> None:

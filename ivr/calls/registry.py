@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ivr.calls.session import CallSession
 from ivr.capabilities import PLATFORMS
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # recording: the platform never said goodbye.
 EXPIRY_MARGIN_SECONDS = 600.0
 ORPHAN_REASON = "the service stopped during the call; closed at the next start"
+DEAD_HOLDER_REASON = "the process holding the call stopped; closed by another"
 # How often catalog writes the disk refused (a full disk) are tried again.
 RETRY_SECONDS = 5.0
 
@@ -233,21 +234,54 @@ class CallRegistry:
 
     async def close_orphans(self, platform: str, started_before: datetime) -> list[str]:
         """Close the catalog rows of ``platform`` calls that began before ``started_before``
-        (this process's start) and never ended: a process that died left them. Their platform
-        call ids, for the platform to deal with what it still holds of them."""
-        rows = await asyncio.to_thread(
-            self.vault.catalog.open_calls, platform, utc_iso(started_before)
-        )
+        (this process's start) and never ended, and whose process died (others running on the
+        same catalog keep theirs). Their platform call ids, for the platform to deal with what
+        it still holds of them."""
+        vault = self.vault
+
+        def orphans() -> list[Any]:
+            rows = vault.catalog.open_calls(platform, utc_iso(started_before))
+            return [row for row in rows if not vault.writer_alive(row["owner"])]
+
+        rows = await asyncio.to_thread(orphans)
         for row in rows:  # through the kept writes: a start on a full disk does not fail here
-            await asyncio.to_thread(
-                self.vault.end_call,
-                row["id"],
-                ended_at=utc_iso(self.clock()),
-                outcome=row["outcome"] or "interrupted",
-                end_reason=ORPHAN_REASON,
-            )
-        self.retry_kept_writes()
+            await self.close_row(row["id"], ORPHAN_REASON, row["outcome"])
         return [row["platform_call_id"] for row in rows if row["platform_call_id"]]
+
+    async def recover_dead_holders(self) -> tuple[int, int]:
+        """What processes that died while sharing this catalog left open, finished now rather
+        than at the next start: their recordings (every sealed chunk kept, status incomplete:
+        ``Vault.recover``) and their calls' rows. How many of each."""
+        vault = self.vault
+
+        def dead_calls() -> list[Any]:
+            rows = vault.catalog.open_calls_held()
+            return [row for row in rows if not vault.writer_alive(row["owner"])]
+
+        recordings = len(await in_thread(vault.recover))
+        rows = await asyncio.to_thread(dead_calls)
+        for row in rows:
+            await self.close_row(row["id"], DEAD_HOLDER_REASON, row["outcome"])
+        if recordings or rows:
+            log.warning(
+                "finished what a stopped process left: %d recording(s) kept as they were, "
+                "%d call record(s) closed",
+                recordings,
+                len(rows),
+            )
+        return recordings, len(rows)
+
+    async def close_row(self, call_id: str, reason: str, outcome: str | None = None) -> None:
+        """Close the row of a call no process holds any more (its process died): outcome
+        ``interrupted`` unless it had one."""
+        await asyncio.to_thread(
+            self.vault.end_call,
+            call_id,
+            ended_at=utc_iso(self.clock()),
+            outcome=outcome or "interrupted",
+            end_reason=reason,
+        )
+        self.retry_kept_writes()
 
     async def expire(self) -> int:
         """Finish the calls nothing has fed for longer than their line could record (plus a

@@ -124,6 +124,16 @@ def add_simulate_parser(subparsers: Any) -> None:
     )
     add_platform_options(p, f"the dialled number ({DEFAULT_TO})")
     p.add_argument(
+        "--node",
+        action="append",
+        type=_base_url,
+        default=[],
+        metavar="URL",
+        help="twilio: send each webhook and each stream of the call to the next of these "
+        "service processes in turn, with --url as the public URL (repeatable; as a load "
+        "balancer would; docs/cluster.md)",
+    )
+    p.add_argument(
         "--press",
         action="append",
         type=parse_press,
@@ -180,7 +190,13 @@ def _call_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def options_from_args(args: argparse.Namespace) -> CallOptions:
     token = args.auth_token or os.environ.get(AUTH_TOKEN_ENV) or DEMO_AUTH_TOKEN
-    return CallOptions(url=args.url, auth_token=token, audio=args.audio, **_call_options(args))
+    return CallOptions(
+        url=args.url,
+        auth_token=token,
+        audio=args.audio,
+        nodes=tuple(args.node),
+        **_call_options(args),
+    )
 
 
 def _asterisk_options(args: argparse.Namespace) -> AsteriskCallOptions:

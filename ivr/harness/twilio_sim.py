@@ -142,6 +142,10 @@ class CallOptions:
     # Fast mode: sync with the service after every this many frames of a stream. 1 sees each
     # reaction to a deadline at the frame that reached it; the load test takes 25 (0.5 s).
     sync_frames: int = 1
+    # Service processes or nodes behind one public URL (``url``): each webhook and each stream
+    # goes to the next of them in turn, with the public URL's Host header, as a load balancer
+    # would send them. Empty: everything to ``url`` itself.
+    nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for t, digit in self.presses:
@@ -286,6 +290,7 @@ class _Call:
         self.in_dial = False
         self.unreachable = False
         self.webhooks = 0
+        self.routed = 0  # webhooks and streams sent to one of o.nodes so far
         self.wake = asyncio.Event()
         # What run_until does when something falls due, by rank: at one call-time instant the
         # lowest rank goes first, so frames go before mark echoes, key presses and the rest.
@@ -567,7 +572,10 @@ class _Call:
     ) -> _Stream | None:
         url, custom = self._stream_target(el)
         headers = wire.signed_headers(self.o.auth_token, url, {})
-        connect = RawWebSocket.connect(url, headers=headers, timeout=self.o.http_timeout)
+        via = self._next_node()
+        if via is not None:
+            via = "ws" + via.removeprefix("http")  # http -> ws, https -> wss
+        connect = RawWebSocket.connect(url, headers=headers, timeout=self.o.http_timeout, via=via)
         try:
             ws = await self.await_io(connect)
         except WebSocketError as exc:
@@ -635,11 +643,17 @@ class _Call:
             target = target.update_query(params)
         data = params if method == "POST" else None  # what the signature covers, with the URL
         headers = wire.signed_headers(self.o.auth_token, str(target), data or {})
+        send_to, via = target, self._next_node()
+        if via is not None:
+            node = URL(via)
+            send_to = target.with_scheme(node.scheme).with_host(node.host or "")
+            send_to = send_to.with_port(node.port)
+            headers = {**headers, "Host": urlsplit(str(target)).netloc}
 
         async def go() -> tuple[int, str, str]:
             async with self.session.request(
                 method,
-                target,
+                send_to,
                 data=data,
                 headers=headers,
                 allow_redirects=False,
@@ -668,6 +682,14 @@ class _Call:
         if not 200 <= status < 300:
             raise _CallError(f"{what} {url}: HTTP {status}: {_snippet(body)}")
         return answer
+
+    def _next_node(self) -> str | None:
+        """Where the next webhook or stream goes (``CallOptions.nodes``, round-robin)."""
+        nodes = self.o.nodes
+        if not nodes:
+            return None
+        self.routed += 1
+        return nodes[(self.routed - 1) % len(nodes)]
 
     async def _fetch_twiml(self, url: str, method: str) -> ET.Element:
         what = "voice webhook" if self.webhooks == 0 else "TwiML request"

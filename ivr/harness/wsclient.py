@@ -73,15 +73,24 @@ class RawWebSocket:
 
     @classmethod
     async def connect(
-        cls, url: str, *, headers: Mapping[str, str] | None = None, timeout: float = 10.0
+        cls,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+        via: str | None = None,
     ) -> RawWebSocket:
         """Open ``ws(s)://`` ``url`` and complete the upgrade; ``WebSocketError`` (``status``
         set when the server answered something other than 101), ``OSError`` or
-        ``TimeoutError``."""
+        ``TimeoutError``. ``via``: connect to this ``ws(s)://host:port`` instead of the URL's
+        own host, with the URL's Host header (as a load balancer passes it to a backend)."""
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise WebSocketError(f"only ws:// and wss:// URLs are supported, not {url!r}")
-        secure = parts.scheme == "wss"
+        node = urlsplit(via) if via else parts
+        if node.scheme not in ("ws", "wss") or not node.hostname:
+            raise WebSocketError(f"only ws:// and wss:// nodes are supported, not {via!r}")
+        secure = node.scheme == "wss"
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         key = base64.b64encode(os.urandom(16))
         extra = {"User-Agent": "ivr-harness", **(headers or {})}
@@ -94,8 +103,8 @@ class RawWebSocket:
         ).encode()
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(
-                parts.hostname,
-                parts.port or (443 if secure else 80),
+                node.hostname,
+                node.port or (443 if secure else 80),
                 limit=_MAX_HANDSHAKE,
                 ssl=ssl.create_default_context() if secure else None,
             )

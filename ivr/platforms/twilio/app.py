@@ -29,6 +29,7 @@ from aiohttp import WSMsgType, web
 
 from ivr.calls import TRACK_AGENT, TRACK_CALLER, Call, CallRegistry, CallSession, carry_out
 from ivr.calls.numbering import MediaNumbering
+from ivr.calls.relay import RELAY_BODY, HeldElsewhere, Holder, Relay
 from ivr.config import Config, normalise_number
 from ivr.consent import Command, DigitPressed, PromptFinished
 from ivr.log_limits import Warnings
@@ -45,6 +46,7 @@ T = TypeVar("T")
 PLATFORM = "twilio"
 TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 MAX_BAD_MESSAGES = 50  # per stream, before we stop believing it is Twilio talking
+MAX_BEFORE_START = 4  # messages kept until the start (connected, start), to relay with it
 START_TIMEOUT_SECONDS = 10.0  # Twilio sends connected and start at once
 UNKNOWN_NUMBER_TEXT = "This number is not in service. Goodbye."
 NO_RECORDING_STREAM = "the recording stream never connected"
@@ -52,6 +54,7 @@ NO_RECORDING_STREAM = "the recording stream never connected"
 # it is read, since it is read before its signature can be checked.
 MAX_WEBHOOK_BYTES = 64 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
+HOLDER_GONE = "the process holding the call stopped"
 
 
 @dataclass
@@ -66,6 +69,7 @@ class TwilioCalls:
     wall: Callable[[], float] = time.time
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     accepting: bool = True
+    relay: Relay | None = None  # to the process holding a call (ivr/calls/relay.py)
     counters: Counter[str] = field(default_factory=Counter)  # served at /healthz
     warnings: Warnings = field(default_factory=lambda: Warnings(log))  # ivr/log_limits.py
 
@@ -74,6 +78,13 @@ class TwilioCalls:
         if call is not None:
             self.calls.heard(call)
         return call
+
+    async def held(self, call_sid: str) -> Holder | None:
+        """A call this process does not hold: ``HeldElsewhere`` if a live process does (the
+        request is passed on to it); its ``Holder`` if the one that did died with the call
+        open; None if nobody holds it (ivr/calls/relay.py)."""
+        holder = await self.relay.find(PLATFORM, call_sid) if self.relay else None
+        return holder if holder is not None and not holder.ended else None
 
 
 TWILIO = web.AppKey("twilio", TwilioCalls)
@@ -96,7 +107,10 @@ async def _read_form(request: web.Request, twilio: TwilioCalls) -> list[tuple[st
     is read (``read_body``); 400 unless it is a well-formed URL-encoded form, the only kind
     Twilio sends."""
     try:
-        return tw.parse_form(await read_body(request, MAX_WEBHOOK_BYTES, content_type=FORM_TYPE))
+        body = request[RELAY_BODY] = await read_body(
+            request, MAX_WEBHOOK_BYTES, content_type=FORM_TYPE
+        )
+        return tw.parse_form(body)
     except BodyTooLarge as exc:
         twilio.counters["webhooks_too_large"] += 1
         twilio.warnings.warn("webhook-too-large", "%s: refused: body too large", request.path)
@@ -168,6 +182,12 @@ async def voice(request: web.Request) -> web.Response:
 async def continue_call(request: web.Request) -> web.Response:
     twilio, hook = await _signed(request, tw.CallWebhook.from_form)
     call = twilio.call(hook.call_sid)
+    line = twilio.config.line_for(hook.to)
+    if call is None and (gone := await twilio.held(hook.call_sid)) and line and line.forward_to:
+        # Its consent flow and recording went with the process that held it: the caller
+        # still reaches the line's agent, unrecorded (which needs nobody's consent).
+        log.warning("call %s: %s; forwarding unrecorded", gone.call_id, HOLDER_GONE)
+        return _twiml(tw.twiml_dial(line.forward_to))
     if call is None or call.session is None:
         log.warning("twilio %s: /continue for a call we do not know; hanging up", hook.call_sid)
         return _twiml(tw.twiml_hangup())
@@ -195,6 +215,8 @@ async def stream_status(request: web.Request) -> web.Response:
     its recording marked incomplete or failed, with Twilio's reason, not complete."""
     twilio, event = await _signed(request, tw.StreamStatus.from_form)
     call = twilio.call(event.call_sid)
+    if call is None:
+        await twilio.held(event.call_sid)
     if call is None or call.session is None:
         return web.json_response({"call_sid": event.call_sid, "known": False})
     if event.event == "stream-error" and event.stream_name == tw.RECORDING_STREAM_NAME:
@@ -209,6 +231,10 @@ async def status(request: web.Request) -> web.Response:
     twilio, hook = await _signed(request, tw.CallWebhook.from_form)
     call = twilio.call(hook.call_sid)
     if call is None:
+        gone = await twilio.held(hook.call_sid)
+        if gone is not None and hook.call_status in TERMINAL_STATUSES:
+            await twilio.calls.close_row(gone.call_id, f"call {hook.call_status}; {HOLDER_GONE}")
+            return web.json_response({"call_sid": hook.call_sid, "call_id": gone.call_id})
         return web.json_response({"call_sid": hook.call_sid, "known": False})
     if hook.call_status in TERMINAL_STATUSES:
         # Also for a call whose consent stream never started: its row is closed now.
@@ -224,10 +250,15 @@ class _Stream:
     the ``Wire`` the call's commands go out on (a consent stream can play and take keys; a
     recording stream is one-way: Twilio delivers no keys on it and plays nothing)."""
 
-    def __init__(self, twilio: TwilioCalls, ws: web.WebSocketResponse, kind: str) -> None:
+    def __init__(
+        self, twilio: TwilioCalls, request: web.Request, ws: web.WebSocketResponse, kind: str
+    ) -> None:
         self.twilio = twilio
+        self.request = request
         self.ws = ws
         self.kind = kind
+        self.first: list[str] = []  # messages before the start, kept to relay with it
+        self.holder_url: str | None = None  # another process holds the call: relayed there
         self.call: Call | None = None
         self.session: CallSession | None = None
         self.stream_sid = ""
@@ -264,6 +295,12 @@ class _Stream:
         except TokenError as exc:
             return await self._refuse(start.call_sid, str(exc))
         call = twilio.call(start.call_sid)
+        if call is None:
+            try:
+                await twilio.held(start.call_sid)
+            except HeldElsewhere as held:
+                self.holder_url = held.url
+                return False
         if call is not None and call.session is None and self.kind == "consent":
             call.session = twilio.calls.begin(call)  # the caller can hear us from now on
         if call is None or call.session is None or self.kind in call.streams:
@@ -329,10 +366,12 @@ class _Stream:
 
 async def _stream_handler(request: web.Request, kind: str) -> web.WebSocketResponse:
     twilio = request.app[TWILIO]
-    ws = web.WebSocketResponse(max_msg_size=tw.MAX_MESSAGE_BYTES, heartbeat=None)
+    # Pings are answered in order with the messages (_serve_stream), or by the process a
+    # stream is relayed to: a pong means everything before the ping was acted on.
+    ws = web.WebSocketResponse(max_msg_size=tw.MAX_MESSAGE_BYTES, heartbeat=None, autoping=False)
     await ws.prepare(request)
     twilio.sockets.add(ws)
-    stream = _Stream(twilio, ws, kind)
+    stream = _Stream(twilio, request, ws, kind)
     try:
         await _serve_stream(stream)
     except Exception:
@@ -374,6 +413,11 @@ async def _serve_stream(stream: _Stream) -> None:
             await stream.run(await session.tick(session.call_time()))
             continue
         if msg.type is not text:
+            if msg.type == WSMsgType.PING:
+                await ws.pong(msg.data)
+                continue
+            if msg.type == WSMsgType.PONG:
+                continue
             if msg.type == WSMsgType.ERROR:
                 if isinstance(ws.exception(), ValueError) or ws.close_code == tw.CLOSE_TOO_BIG:
                     twilio.counters["messages_too_big"] += 1
@@ -383,6 +427,8 @@ async def _serve_stream(stream: _Stream) -> None:
                 return
             twilio.counters["messages_bad"] += 1
             continue
+        if session is None and len(stream.first) < MAX_BEFORE_START:
+            stream.first.append(msg.data)
         try:
             message = tw.parse_stream_message(msg.data)
         except tw.StreamError as exc:
@@ -434,6 +480,10 @@ async def _dispatch(stream: _Stream, message: object) -> bool:
             await stream.close(tw.CLOSE_PROTOCOL_ERROR, "second start")
             return False
         if not await stream.admit(message):
+            if stream.holder_url is not None and stream.twilio.relay is not None:
+                stream.closed_by_us = True  # the call's holder answers for it
+                args = (stream.request, stream.ws, stream.holder_url, stream.first)
+                await stream.twilio.relay.stream(*args, max_msg_size=tw.MAX_MESSAGE_BYTES)
             return False
         session = stream.session
         assert session is not None and stream.call is not None
@@ -486,11 +536,14 @@ async def shutdown(app: web.Application) -> None:
         await twilio.calls.finish(call, "service shutting down")
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, *, relay_listener: bool = False) -> None:
+    """The Twilio routes; on the relay listener (ivr/calls/relay.py) without the shutdown hook,
+    which the service's own application runs."""
     app.router.add_post("/twilio/voice", voice)
     app.router.add_post("/twilio/continue", continue_call)
     app.router.add_post("/twilio/status", status)
     app.router.add_post("/twilio/stream-status", stream_status)
     for kind in ("consent", "recording"):
         app.router.add_get(f"/twilio/stream/{kind}", partial(_stream_handler, kind=kind))
-    app.on_shutdown.append(shutdown)
+    if not relay_listener:
+        app.on_shutdown.append(shutdown)

@@ -1,0 +1,277 @@
+"""Several service processes on one catalog: a call's requests reach the process that holds it.
+
+A call is held by the process that answered it: its session (the consent flow, the open
+recording) lives there and nowhere else. The catalog names the holder (``calls.owner``: that
+process's vault writer id) and where it takes relayed requests (``processes.relay_url``: a
+listener on the loopback interface, started by every process). A process that receives a
+request for a call it does not hold (workers share one port, and the kernel spreads
+connections over them) passes it on to the holder unchanged, a webhook as one HTTP request, a
+media stream message by message in both directions, and returns the holder's answer.
+
+The holder checks a relayed request as it checks any: the webhook's signature over the public
+URL (the original scheme and host travel in ``X-Forwarded-Proto`` and ``X-Forwarded-Host``,
+which only the relay listener believes), the stream's token. Websocket pings are relayed too
+and answered by the holder, so a pong still means "everything before the ping was acted on"
+(the simulator's fast mode relies on it).
+
+A holder that died holds nothing any more (its writer lock is free: ``Vault.writer_alive``);
+the platform then answers from the catalog what can be answered without the call's session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from ivr.log_limits import Warnings
+from storage.files import utc_iso
+from storage.vault import Vault
+
+log = logging.getLogger(__name__)
+
+RELAY_HOST = "127.0.0.1"  # processes on one machine; nodes are issue 13's next step
+RELAY_TIMEOUT_SECONDS = 10.0
+FORWARDED_PROTO, FORWARDED_HOST = "X-Forwarded-Proto", "X-Forwarded-Host"
+# Request headers a relayed webhook keeps (the signature, what the body is); others are the
+# hop's own.
+KEPT_HEADERS = ("X-Twilio-Signature", "Content-Type", "User-Agent")
+UNREACHABLE = "the process holding the call is unreachable"
+CLOSE_UNREACHABLE = 1011  # websocket close code: an error on the server's side
+
+
+RELAY_BODY = web.RequestKey("relay_body", bytes)  # a webhook's body as read, to pass on
+
+
+class HeldElsewhere(Exception):
+    """A handler found its call held by another live process: ``pass_on_held`` (a
+    middleware) passes the request on to it."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a call this process does not: ``relay_url`` when it is another live process,
+    None when the holder is gone (died, or never recorded); ``row`` is the call's catalog row."""
+
+    call_id: str
+    relay_url: str | None
+    ended: bool
+    row: Mapping[str, Any]
+
+
+class Relay:
+    """Finds a call's holder and passes requests to it."""
+
+    def __init__(self, vault: Vault, counters: Counter[str]) -> None:
+        self.vault = vault
+        self.writer_id = vault.writer_id
+        self.url: str | None = None  # this process's relay listener, once listening
+        # webhooks_relayed, streams_relayed, relay_failures: the platform's counters, which
+        # /healthz and /metrics serve
+        self.counters = counters
+        self.warnings = Warnings(log)
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+
+    # -- the listener --------------------------------------------------------------------------
+    async def listen(self, setup: Callable[[web.Application], None]) -> None:
+        """Listen for relayed requests on a loopback port; ``setup`` adds the routes (and the
+        state they need) to the listener's application. Registered in the catalog."""
+        app = web.Application(middlewares=[_forwarded_origin, pass_on_held])
+        app[RELAY] = self
+        setup(app)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, RELAY_HOST, 0)
+        await site.start()
+        self._runner = runner
+        host, port = runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        url, at, catalog = self.url, utc_iso(self.vault.clock()), self.vault.catalog
+        # Through the kept writes: a start on a full disk goes on, registered once it can be.
+        await asyncio.to_thread(
+            self.vault.pending.write,
+            f"process {self.writer_id} relay registered",
+            lambda db: catalog.register_process(db, self.writer_id, url, at),
+            defer=True,
+        )
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=RELAY_TIMEOUT_SECONDS)
+        )
+        log.info("relay: taking other processes' requests for our calls at %s", self.url)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        with contextlib.suppress(Exception):  # a closed or full catalog: the row is harmless
+            await asyncio.to_thread(self.vault.catalog.forget_process, self.writer_id)
+
+    # -- finding the holder --------------------------------------------------------------------
+    async def holder(self, platform: str, platform_call_id: str) -> Holder | None:
+        """The holder of a call this process does not hold in memory; None when the catalog
+        knows no such call, or when it is this process's (a call it has finished)."""
+        vault = self.vault
+
+        def look() -> Holder | None:
+            row = vault.catalog.call_of(platform, platform_call_id)
+            if row is None or row["owner"] == self.writer_id:
+                return None
+            owner = row["owner"]
+            url = vault.catalog.relay_url(owner) if vault.writer_alive(owner) else None
+            return Holder(row["id"], url, row["ended_at"] is not None, dict(row))
+
+        return await asyncio.to_thread(look)
+
+    async def find(self, platform: str, platform_call_id: str) -> Holder | None:
+        """For a call this process does not hold: raises ``HeldElsewhere`` when another live
+        process holds it; the ``Holder`` when the process that held it died; None when
+        nobody holds it."""
+        holder = await self.holder(platform, platform_call_id)
+        if holder is not None and holder.relay_url is not None:
+            raise HeldElsewhere(holder.relay_url)
+        return holder
+
+    # -- passing requests on ------------------------------------------------------------------
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the relay is not listening")
+        return self._session
+
+    async def webhook(self, request: web.Request, url: str, body: bytes) -> web.Response:
+        """Pass a webhook (its body already read and checked) to the holder at ``url``; its
+        answer, as the holder gave it."""
+        headers = {k: request.headers[k] for k in KEPT_HEADERS if k in request.headers}
+        headers |= {FORWARDED_PROTO: request.scheme, FORWARDED_HOST: request.host}
+        self.counters["webhooks_relayed"] += 1
+        async with self._client().request(
+            request.method,
+            url + request.path_qs,
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=RELAY_TIMEOUT_SECONDS),
+        ) as answer:
+            return web.Response(
+                status=answer.status,
+                body=await answer.read(),
+                content_type=answer.content_type,
+            )
+
+    async def stream(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        url: str,
+        first: list[str],
+        *,
+        max_msg_size: int,
+    ) -> None:
+        """Pass a media stream to the holder at ``url``: the messages already read
+        (``first``), then every message both ways, pings included, until either side closes;
+        the holder's close code and reason reach the platform."""
+        headers = {FORWARDED_PROTO: request.scheme, FORWARDED_HOST: request.host}
+        self.counters["streams_relayed"] += 1
+        try:
+            await self._stream(ws, url + request.path_qs, headers, first, max_msg_size)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._failed(f"{request.path}: relay to {url}", exc)
+            if not ws.closed:
+                await ws.close(code=CLOSE_UNREACHABLE, message=UNREACHABLE.encode())
+
+    async def _stream(
+        self,
+        ws: web.WebSocketResponse,
+        url: str,
+        headers: Mapping[str, str],
+        first: list[str],
+        max_msg_size: int,
+    ) -> None:
+        async with self._client().ws_connect(
+            url, headers=headers, autoping=False, max_msg_size=max_msg_size
+        ) as holder:
+            for text in first:
+                await holder.send_str(text)
+            up = asyncio.ensure_future(_pump(ws, holder.send_str, holder.ping, holder.pong))
+            down = asyncio.ensure_future(_pump(holder, ws.send_str, ws.ping, ws.pong))
+            try:
+                await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (up, down):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                        await task
+            if down.done() and not ws.closed:  # the holder closed: say so with its code
+                code = holder.close_code or 1000
+                await ws.close(code=code, message=b"")
+            elif not holder.closed:
+                await holder.close(code=ws.close_code or 1000)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        self.counters["relay_failures"] += 1
+        self.warnings.warn("relay-failed", "%s failed: %s", what, exc)
+
+
+RELAY = web.AppKey("relay", Relay)
+
+
+@web.middleware
+async def pass_on_held(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A handler that raised ``HeldElsewhere`` (having read and checked the request, its body
+    kept under ``RELAY_BODY``): the holder's answer, or 503 when it cannot be reached (Twilio
+    then does what the number's fallback says)."""
+    try:
+        return await handler(request)
+    except HeldElsewhere as held:
+        relay = request.app[RELAY]
+        try:
+            return await relay.webhook(request, held.url, request[RELAY_BODY])
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            relay._failed(f"{request.path}: relay to {held.url}", exc)
+            return web.Response(status=503, text=UNREACHABLE + "\n")
+
+
+async def _pump(
+    source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    send: Callable[[str], Awaitable[None]],
+    ping: Callable[[bytes], Awaitable[None]],
+    pong: Callable[[bytes], Awaitable[None]],
+) -> None:
+    """Copy text messages, pings and pongs from ``source`` until it closes."""
+    while True:
+        msg = await source.receive()
+        if msg.type == WSMsgType.TEXT:
+            await send(msg.data)
+        elif msg.type == WSMsgType.PING:
+            await ping(msg.data)
+        elif msg.type == WSMsgType.PONG:
+            await pong(msg.data)
+        elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return
+        # Binary frames: Media Streams has none; not passed on.
+
+
+@web.middleware
+async def _forwarded_origin(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """On the relay listener only: the request as the relaying process received it (scheme
+    and host), so that the signature is checked over the URL the platform signed."""
+    proto = request.headers.get(FORWARDED_PROTO)
+    host = request.headers.get(FORWARDED_HOST)
+    if proto in ("http", "https") and host:
+        request = request.clone(scheme=proto, host=host)
+    return await handler(request)
