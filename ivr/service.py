@@ -327,7 +327,7 @@ async def _recover_dead_holders(
     within ``interval`` of its death rather than at the next start."""
     while True:
         if leadership.claim():
-            await registry.recover_dead_holders()
+            await registry.recover_dead_holders(platforms=("twilio",))
         health.round_ok()
         await asyncio.sleep(interval)
 

@@ -8,8 +8,10 @@ sends each request of a call to the next of them in turn, as a load balancer wou
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator
 from xml.etree import ElementTree as ET
 
@@ -203,7 +205,7 @@ async def test_what_a_dead_process_left_is_finished_by_a_running_one(nodes):
     os.close(dead._writer_lock)  # it dies: lock released, nothing finalised
 
     # Whichever process runs the background jobs does this every few seconds; here, once.
-    assert await app[CALLS].recover_dead_holders() == (1, 1)
+    assert await app[CALLS].recover_dead_holders(("twilio",)) == (1, 1)
     row = vault.get(rec.id)
     assert row.status is RecordingStatus.INCOMPLETE and row.chunk_count == 2
     with vault.open_reader(rec.id) as reader:
@@ -211,7 +213,7 @@ async def test_what_a_dead_process_left_is_finished_by_a_running_one(nodes):
     gone = vault.catalog.call(call_id)
     assert gone["end_reason"] == DEAD_HOLDER_REASON and gone["outcome"] == "interrupted"
     assert vault.catalog.call(live_call)["ended_at"] is None  # a live process's call stays
-    assert await app[CALLS].recover_dead_holders() == (0, 0)
+    assert await app[CALLS].recover_dead_holders(("twilio",)) == (0, 0)
 
 
 async def test_ivr_simulate_spreads_a_call_over_the_nodes_it_is_given(nodes):
@@ -228,3 +230,37 @@ async def test_ivr_simulate_spreads_a_call_over_the_nodes_it_is_given(nodes):
     assert out.getvalue().splitlines()[-1].startswith("decision: accepted · recording rec_")
     relayed = sum(app[TWILIO].counters["streams_relayed"] for app, _ in nodes)
     assert relayed >= 1
+
+
+async def test_ivr_serve_with_two_workers_takes_calls_whichever_worker_each_request_reaches(
+    tmp_path,
+):
+    """The real thing: ``ivr serve --workers 2`` on one port, the kernel spreading each new
+    connection over the workers; calls decide and record as on one process."""
+    import re
+
+    from tests.test_workers import answers_from, logged_port, service
+
+    with service(tmp_path, "--workers", "2") as (proc, log):
+        port = logged_port(proc, log, r"listening on http://127\.0\.0\.1:(\d+) \(2 workers\)")
+        url = f"http://127.0.0.1:{port}"
+        calls = [
+            simulate_call(CallOptions(url=url, fast=True, presses=[(2.0, "1")], duration=2.0))
+            for _ in range(6)
+        ]
+        results = await asyncio.gather(*calls)
+        for result in results:
+            assert result.error is None, result.transcript
+            assert result.decision == "accepted" and result.recording_status == "complete"
+            assert result.status_response["frames_lost"] == 0
+        pids = {int(p) for p in re.findall(r"worker \d \(pid (\d+)\) listening", log.read_text())}
+        latest: dict[int, dict] = {}
+        await asyncio.to_thread(answers_from, port, pids, latest)
+        relayed = sum(
+            b["counters"].get("streams_relayed", 0) + b["counters"].get("webhooks_relayed", 0)
+            for b in latest.values()
+        )
+        assert relayed >= 1  # some of the calls' streams met the other worker
+        assert sum(b["counters"].get("relay_failures", 0) for b in latest.values()) == 0
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 60) == 0, log.read_text()

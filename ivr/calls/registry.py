@@ -248,15 +248,21 @@ class CallRegistry:
             await self.close_row(row["id"], ORPHAN_REASON, row["outcome"])
         return [row["platform_call_id"] for row in rows if row["platform_call_id"]]
 
-    async def recover_dead_holders(self) -> tuple[int, int]:
+    async def recover_dead_holders(self, platforms: tuple[str, ...]) -> tuple[int, int]:
         """What processes that died while sharing this catalog left open, finished now rather
         than at the next start: their recordings (every sealed chunk kept, status incomplete:
-        ``Vault.recover``) and their calls' rows. How many of each."""
+        ``Vault.recover``) and the rows of their calls on ``platforms`` (those that hold
+        nothing of a call outside the catalog; Asterisk still holds the caller, whom the next
+        process on that Stasis application hands back with the row). How many of each."""
         vault = self.vault
 
         def dead_calls() -> list[Any]:
             rows = vault.catalog.open_calls_held()
-            return [row for row in rows if not vault.writer_alive(row["owner"])]
+            return [
+                row
+                for row in rows
+                if row["platform"] in platforms and not vault.writer_alive(row["owner"])
+            ]
 
         recordings = len(await in_thread(vault.recover))
         rows = await asyncio.to_thread(dead_calls)
