@@ -28,6 +28,7 @@ imported only when an object store is configured (the ``s3`` extra).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import errno
@@ -384,6 +385,10 @@ class SegmentedBlob:
         self.done: BlobInfo | None = None
 
     def write(self, data: bytes) -> None:
+        """Take one sealed chunk. Never waits on the event loop: there, a store that lets the
+        unsent chunks grow past twice ``segment_bytes`` fails the recording (a call's audio is
+        not kept in memory without bound). Off the loop (an import, a tool writing faster than
+        real time) it waits for the store instead, so the same bound holds."""
         with self._lock:
             if self.error is not None:
                 raise self.failure()
@@ -392,10 +397,24 @@ class SegmentedBlob:
             if self._in_flight is None:
                 if self._full():
                     self._send()
-            elif self._pending > self._max_pending:
+                return
+            if self._pending <= self._max_pending:
+                return
+            if _on_event_loop():
                 self._drop()
                 self._fail("the object store has taken no segment for too long")
                 raise self.failure()
+            job = self._in_flight
+        while True:  # backpressure, off the event loop
+            job.result()
+            with self._lock:
+                if self.error is not None:
+                    raise self.failure()
+                if self._in_flight is None and self._full():
+                    self._send()
+                if self._in_flight is None or self._pending <= self._max_pending:
+                    return
+                job = self._in_flight
 
     def _full(self) -> bool:
         return (
@@ -508,6 +527,14 @@ class SegmentedBlob:
     def open_kept(self) -> AbstractContextManager[ByteSource]:
         """What the store holds of this blob, to read back (after ``finish`` or ``abandon``)."""
         return contextlib.closing(SegmentStream(self.store, list(self._segments), limit=None))
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class SegmentStream:

@@ -463,9 +463,10 @@ class StalledClient:
         pass
 
 
-def test_unsent_audio_is_bounded_while_the_store_stalls():
-    """While a segment is in flight the next chunks wait in memory, up to twice
-    segment_bytes; past that the recording fails as on a full disk, and holds no more."""
+async def test_unsent_audio_is_bounded_while_the_store_stalls():
+    """On the event loop (a call), while a segment is in flight the next chunks wait in
+    memory, up to twice segment_bytes; past that the recording fails as on a full disk, and
+    holds no more."""
     client = StalledClient()
     store = S3BlobStore(
         client, S3Location("b-stalled", ""), names_key=b"k" * 32, segment_bytes=64 * 1024
@@ -486,3 +487,25 @@ def test_unsent_audio_is_bounded_while_the_store_stalls():
     finally:
         client.release.set()
         store.close()
+
+
+def test_a_writer_off_the_event_loop_waits_for_the_store(tmp_path, weed, bucket):
+    """Faster than real time and off the event loop (an import, a tool): the writer waits for
+    the store instead of failing, so the unsent audio stays bounded and nothing is lost."""
+    store = S3BlobStore(
+        weed.client(), S3Location(bucket, "fast"), names_key=b"k" * 32, segment_bytes=32 * 1024
+    )
+    blob = store.create("acme", "rec_fast")
+    peak = 0
+    chunks = [os.urandom(16 * 1024) for _ in range(200)]
+    try:
+        for chunk in chunks:
+            blob.write(chunk)
+            peak = max(peak, blob._pending)
+        info = blob.finish()
+    finally:
+        store.close()
+    assert peak <= 2 * 32 * 1024 + 16 * 1024  # the bound, plus the chunk being added
+    assert info.units == 200 and len(info.segments) == 100  # two 16 KiB chunks per segment
+    data = b"".join(objects(weed, bucket)[s.key] for s in info.segments)
+    assert data == b"".join(chunks)
