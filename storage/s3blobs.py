@@ -47,7 +47,7 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from storage.blob_url import S3Location
+from storage.blob_url import DEFAULT_SEGMENT_CHUNKS, S3Location
 from storage.blobs import BlobInfo, ByteSource, Segment
 from storage.errors import VaultWriteError
 from storage.format import FormatError
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 RELPATH_PREFIX = "s3:"
 _RELPATH = re.compile(r"^s3:([0-9a-f]{32})$")
 _SEQ_DIGITS = 8
-DEFAULT_SEGMENT_CHUNKS = 5  # five one-second chunks: about five seconds of audio
 DEFAULT_SEGMENT_BYTES = 512 * 1024
 # A store that takes no segment for this long (its buffer this full) fails the recording as a
 # full disk would: audio is not kept in memory without bound.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -522,3 +523,25 @@ def test_the_record_says_per_platform_how_a_caller_withdraws():
         if line["number"] == "+15550100001"
     ]
     assert lines and lines[0]["withdraw_via"] == {"twilio": "agent", "asterisk": "keys"}
+
+
+def test_the_annex_says_where_recordings_go_with_an_object_store(tmp_path):
+    """With [storage] blob_url the record names the object store as where new audio goes,
+    and no longer says that nothing leaves the data directory; without it, nothing changes."""
+    config, local = _build(None)
+    storage = " ".join(
+        next(s for s in local["annex"] if s["key"] == "storage_location")["measures"]
+    )
+    assert "blobs/ (one encrypted file per recording)" in storage
+    assert "object store" not in storage and "sends no recording anywhere else." in storage
+    with_s3 = dataclasses.replace(config, blob_url="s3://recordings/ivr")
+    ropa = build_ropa(
+        with_s3, tenant=None, data_dir=Path("var"), now=NOW, processor=ProcessorInfo()
+    )
+    sections = {s["key"]: " ".join(s["measures"]) for s in ropa["annex"]}
+    assert "S3-compatible object store s3://recordings/ivr" in sections["storage_location"]
+    assert "no personal data in their names or metadata" in sections["storage_location"]
+    assert "sends no recording anywhere else than that object store" in sections["storage_location"]
+    assert "segment being filled" in sections["availability"]
+    assert "s3://recordings/ivr" in render_markdown(ropa)
+    assert "audio in the object store s3://recordings/ivr" in json.dumps(ropa["processor"])

@@ -32,6 +32,7 @@ from ivr.consent import ConsentEvidence
 from ivr.gdpr.breach import COMMANDS as BREACH_COMMANDS
 from ivr.policy import ConsentMode, LawfulBasis
 from ivr.wording import OPENING_PROMPT
+from storage.blob_url import DEFAULT_SEGMENT_CHUNKS
 from storage.blobs import DEFAULT_SYNC_INTERVAL
 from storage.custody import key_ref_of
 from storage.keys import KEYRING_FILE, MASTER_KEY_ENV, MASTER_KEY_FILE
@@ -642,7 +643,12 @@ def _processor(config: Config, processor: ProcessorInfo) -> dict[str, Any]:
         (
             "storage",
             "encrypted storage of recordings, caller numbers, call metadata and consent evidence "
-            "in the data directory",
+            "in the data directory"
+            + (
+                f" and of the recordings' audio in the object store {config.blob_url}"
+                if config.blob_url
+                else ""
+            ),
         ),
         (
             "retention",
@@ -783,14 +789,34 @@ def _annex(
             )
 
     where = str(data_dir.resolve()) if data_dir is not None else None
+    blob_url = config.blob_url
     storage = (
         [
             f"All recordings, keys and records are stored in the data directory {where} on the "
             f"host {host} (set with --data-dir or IVR_DATA_DIR; default ./var): "
             f"{KEYRING_FILE} (controller keys, sealed under the master key), {CATALOG_FILE} "
-            "(calls, recordings with their wrapped keys, the audit log; SQLite), blobs/ (one "
-            "encrypted file per recording).",
-            "The service sends no recording anywhere else. Backups of this directory, the "
+            "(calls, recordings with their wrapped keys, the audit log; SQLite), "
+            + (
+                "and the recordings made before the object store below was configured in "
+                "blobs/ (one encrypted file per recording)."
+                if blob_url
+                else "blobs/ (one encrypted file per recording)."
+            ),
+            *(
+                [
+                    f"New recordings' audio is stored in the S3-compatible object store "
+                    f"{blob_url} ([storage] blob_url; endpoint and credentials from the "
+                    "environment), encrypted, as write-once segment objects whose names are "
+                    "keyed hashes, with no personal data in their names or metadata "
+                    "(docs/s3.md). Its operator, if not the processor itself, is a "
+                    "sub-processor holding encrypted data only."
+                ]
+                if blob_url
+                else []
+            ),
+            "The service sends no recording anywhere else"
+            + (" than that object store" if blob_url else "")
+            + ". Backups of this directory, the "
             "disks and the hosting provider are outside the service and must be described by "
             "the operator; the catalog and blobs (data) are to be backed up apart from "
             f"{KEYRING_FILE} and the master key (keys), whose backups are kept only in their "
@@ -842,10 +868,20 @@ def _annex(
             "availability",
             "Availability and resilience",
             [
-                f"Audio reaches the disk as each chunk of about {timing['chunk_interval_ms']} ms "
-                "is sealed; a process killed mid-call loses at most about that much, and the "
-                "next process to open the data directory recovers interrupted recordings "
-                "(marked incomplete, every sealed chunk kept).",
+                (
+                    f"Audio reaches the disk as each chunk of about {timing['chunk_interval_ms']} "
+                    "ms is sealed; a process killed mid-call loses at most about that much, and "
+                    "the next process to open the data directory recovers interrupted recordings "
+                    "(marked incomplete, every sealed chunk kept)."
+                )
+                if not config.blob_url
+                else (
+                    "Audio reaches the object store in segments of about "
+                    f"{DEFAULT_SEGMENT_CHUNKS} chunks of {timing['chunk_interval_ms']} ms each; a "
+                    "process killed mid-call loses at most the segment being filled, and the next "
+                    "process to open the vault recovers interrupted recordings (marked "
+                    "incomplete, every stored segment kept)."
+                ),
                 f"Growing files are fsynced at most every {timing['fsync_interval_seconds']:g} s; "
                 "a power cut may cost up to that much more audio.",
                 "The catalog is SQLite in WAL mode; keys and keyring are replaced atomically.",
