@@ -163,7 +163,16 @@ async def test_a_holder_that_cannot_be_reached_is_a_503_not_a_wrong_answer(nodes
             assert resp.status == 503
     finally:
         stuck.close()
-    assert app[TWILIO].counters["relay_failures"] == 2
+    # Alive, but its relay address not registered (yet): unreachable too, never "gone".
+    quiet = Vault(app[VAULT].data_dir, fsync=False, recover=False)
+    try:
+        data = form(CONSENT_LINE)
+        quiet.open_call(tenant="demo", platform="twilio", platform_call_id=data["CallSid"])
+        async with aiohttp.ClientSession() as s:
+            assert (await post(s, url, "/twilio/continue", data)).status == 503
+    finally:
+        quiet.close()
+    assert app[TWILIO].counters["relay_failures"] == 3
 
 
 async def test_a_relayed_webhook_is_checked_by_the_holder_as_any_other(nodes):

@@ -52,19 +52,22 @@ RELAY_BODY = web.RequestKey("relay_body", bytes)  # a webhook's body as read, to
 
 class HeldElsewhere(Exception):
     """A handler found its call held by another live process: ``pass_on_held`` (a
-    middleware) passes the request on to it."""
+    middleware) passes the request on to it. ``url`` None: that process registered no relay
+    address (yet), so it cannot be reached."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str | None) -> None:
         super().__init__(url)
         self.url = url
 
 
 @dataclass(frozen=True, slots=True)
 class Holder:
-    """Who holds a call this process does not: ``relay_url`` when it is another live process,
-    None when the holder is gone (died, or never recorded); ``row`` is the call's catalog row."""
+    """Who holds a call this process does not: whether that process is ``alive``, where it
+    takes relayed requests (``relay_url``, None if it registered none), whether the call
+    ``ended``, and the call's catalog ``row``."""
 
     call_id: str
+    alive: bool
     relay_url: str | None
     ended: bool
     row: Mapping[str, Any]
@@ -130,8 +133,9 @@ class Relay:
             if row is None or row["owner"] == self.writer_id:
                 return None
             owner = row["owner"]
-            url = vault.catalog.relay_url(owner) if vault.writer_alive(owner) else None
-            return Holder(row["id"], url, row["ended_at"] is not None, dict(row))
+            alive = vault.writer_alive(owner)
+            url = vault.catalog.relay_url(owner) if alive else None
+            return Holder(row["id"], alive, url, row["ended_at"] is not None, dict(row))
 
         return await asyncio.to_thread(look)
 
@@ -140,7 +144,7 @@ class Relay:
         process holds it; the ``Holder`` when the process that held it died; None when
         nobody holds it."""
         holder = await self.holder(platform, platform_call_id)
-        if holder is not None and holder.relay_url is not None:
+        if holder is not None and holder.alive:
             raise HeldElsewhere(holder.relay_url)
         return holder
 
@@ -173,7 +177,7 @@ class Relay:
         self,
         request: web.Request,
         ws: web.WebSocketResponse,
-        url: str,
+        url: str | None,
         first: list[str],
         *,
         max_msg_size: int,
@@ -184,6 +188,8 @@ class Relay:
         headers = {FORWARDED_PROTO: request.scheme, FORWARDED_HOST: request.host}
         self.counters["streams_relayed"] += 1
         try:
+            if url is None:
+                raise aiohttp.InvalidURL("no relay address registered")
             await self._stream(ws, url + request.path_qs, headers, first, max_msg_size)
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._failed(f"{request.path}: relay to {url}", exc)
@@ -238,6 +244,8 @@ async def pass_on_held(
     except HeldElsewhere as held:
         relay = request.app[RELAY]
         try:
+            if held.url is None:
+                raise aiohttp.InvalidURL("no relay address registered")
             return await relay.webhook(request, held.url, request[RELAY_BODY])
         except (aiohttp.ClientError, TimeoutError) as exc:
             relay._failed(f"{request.path}: relay to {held.url}", exc)

@@ -258,7 +258,8 @@ class _Stream:
         self.ws = ws
         self.kind = kind
         self.first: list[str] = []  # messages before the start, kept to relay with it
-        self.holder_url: str | None = None  # another process holds the call: relayed there
+        self.held_elsewhere = False  # another process holds the call: relayed there
+        self.holder_url: str | None = None
         self.call: Call | None = None
         self.session: CallSession | None = None
         self.stream_sid = ""
@@ -299,7 +300,7 @@ class _Stream:
             try:
                 await twilio.held(start.call_sid)
             except HeldElsewhere as held:
-                self.holder_url = held.url
+                self.held_elsewhere, self.holder_url = True, held.url
                 return False
         if call is not None and call.session is None and self.kind == "consent":
             call.session = twilio.calls.begin(call)  # the caller can hear us from now on
@@ -480,7 +481,7 @@ async def _dispatch(stream: _Stream, message: object) -> bool:
             await stream.close(tw.CLOSE_PROTOCOL_ERROR, "second start")
             return False
         if not await stream.admit(message):
-            if stream.holder_url is not None and stream.twilio.relay is not None:
+            if stream.held_elsewhere and stream.twilio.relay is not None:
                 stream.closed_by_us = True  # the call's holder answers for it
                 args = (stream.request, stream.ws, stream.holder_url, stream.first)
                 await stream.twilio.relay.stream(*args, max_msg_size=tw.MAX_MESSAGE_BYTES)
