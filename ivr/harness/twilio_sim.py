@@ -291,6 +291,7 @@ class _Call:
         self.unreachable = False
         self.webhooks = 0
         self.routed = 0  # webhooks and streams sent to one of o.nodes so far
+        self.over = False  # the call has ended: only its status callback is left
         self.wake = asyncio.Event()
         # What run_until does when something falls due, by rank: at one call-time instant the
         # lowest rank goes first, so frames go before mark echoes, key presses and the rest.
@@ -355,6 +356,7 @@ class _Call:
                     await self._reap(s)
                 self.result.duration = self.pacer.now()
                 self.log(f"call ended after {self.result.duration:.1f} s")
+                self.over = True
                 if not self.unreachable:
                     await self._status_callback()
         except TimeoutError:
@@ -405,8 +407,9 @@ class _Call:
 
     async def await_io(self, aw: Awaitable[_T]) -> _T | None:
         """Await network I/O. In real time the call goes on meanwhile (streams keep sending);
-        in fast mode it takes no call time. ``None`` if the caller hung up first."""
-        if self.pacer.fast:
+        in fast mode it takes no call time. ``None`` if the caller hung up first. Once the
+        call is over (the status callback), there is nothing to go on meanwhile: awaited."""
+        if self.pacer.fast or self.over:
             return await aw
         task = asyncio.ensure_future(aw)
         task.add_done_callback(lambda _: self.wake.set())
