@@ -13,6 +13,7 @@ from dataclasses import dataclass
 DEFAULT_SEGMENT_CHUNKS = 5
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,3 +33,21 @@ class S3Location:
         if prefix and not _PREFIX.match(prefix):
             raise ValueError(f"{url!r}: the prefix may hold letters, digits, '_', '.', '-' and '/'")
         return cls(bucket, prefix)
+
+    @property
+    def url(self) -> str:
+        """``s3://bucket`` or ``s3://bucket/prefix``, as ``parse`` reads it."""
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    @classmethod
+    def of_blob(cls, blob_path: str) -> S3Location:
+        """The store a catalog ``blob_path`` of the form ``s3://bucket[/prefix]/<id>`` is in."""
+        head, _, blob_id = blob_path.rpartition("/")
+        if not is_s3_blob(blob_path) or not _BLOB_ID.match(blob_id):
+            raise ValueError(f"{blob_path!r} is not a blob of an object store")
+        return cls.parse(head)
+
+
+def is_s3_blob(blob_path: str) -> bool:
+    """Whether a catalog ``blob_path`` names a blob in an object store (not a local file)."""
+    return blob_path.startswith("s3://")

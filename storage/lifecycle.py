@@ -103,7 +103,7 @@ def _mirror_hold(vault: Vault, row: RecordingRow, *, held: bool) -> None:
     if not row.blob_path:
         return
     try:
-        vault.blobs.set_legal_hold(row.blob_path, held)
+        vault.blob_store(row.blob_path).set_legal_hold(row.blob_path, held)
     except OSError as exc:
         verb = "set" if held else "released"
         raise VaultError(
@@ -158,7 +158,7 @@ def erase(
     # the disk or the object store refuses now, the next sweep's remove_orphan_blobs does it.
     if row.blob_path:
         try:
-            vault.blobs.delete(row.blob_path)
+            vault.blob_store(row.blob_path).delete(row.blob_path)
         except OSError as exc:
             log.warning(
                 "recording %s: erased; its blob stays until the next sweep: %s", row.id, exc
@@ -271,7 +271,7 @@ def remove_orphan_blobs(vault: Vault) -> int:
             if r.blob_path and r.status is not RecordingStatus.ERASED
         }
 
-    return vault.blobs.remove_orphans(live)
+    return sum(store.remove_orphans(live) for store in vault.blob_stores())
 
 
 # -- one data subject -----------------------------------------------------------------------------

@@ -54,8 +54,6 @@ from storage.format import FormatError
 
 log = logging.getLogger(__name__)
 
-RELPATH_PREFIX = "s3:"
-_RELPATH = re.compile(r"^s3:([0-9a-f]{32})$")
 _SEQ_DIGITS = 8
 DEFAULT_SEGMENT_BYTES = 512 * 1024
 # A store that takes no segment for this long (its buffer this full) fails the recording as a
@@ -127,19 +125,24 @@ class S3BlobStore:
     ) -> S3BlobStore:
         return cls(client_from_env(environ), S3Location.parse(url), names_key=names_key, **kwargs)
 
+    @property
+    def url(self) -> str:
+        return self.location.url
+
     # -- names -----------------------------------------------------------------------------
     def relpath(self, tenant: str, recording_id: str) -> str:
-        """``s3:<id>``: the id is a keyed hash, so a key in the bucket names no one."""
+        """``s3://bucket[/prefix]/<id>`` (the catalog's ``blob_path``: any process finds the
+        store from it). The id is a keyed hash, so a key in the bucket names no one."""
         mac = hmac.new(self._names_key, f"{tenant}\0{recording_id}".encode(), hashlib.sha256)
-        return RELPATH_PREFIX + mac.hexdigest()[:32]
+        return f"{self.url}/{mac.hexdigest()[:32]}"
 
     def folder(self, relpath: str) -> str:
         """The key prefix of one blob's segments (with its trailing slash)."""
-        match = _RELPATH.match(relpath)
-        if match is None:
-            raise FileNotFoundError(f"{relpath!r} is not a blob of an object store")
+        head, _, blob_id = relpath.rpartition("/")
+        if head != self.url or not re.fullmatch(r"[0-9a-f]{32}", blob_id):
+            raise FileNotFoundError(f"{relpath!r} is not a blob of the object store {self.url}")
         base = f"{self.location.prefix}/" if self.location.prefix else ""
-        return f"{base}{match.group(1)}/"
+        return f"{base}{blob_id}/"
 
     def key(self, relpath: str, seq: int) -> str:
         return f"{self.folder(relpath)}{seq:0{_SEQ_DIGITS}d}"
@@ -338,7 +341,7 @@ class S3BlobStore:
         for entry in self._versions(base):
             match = layout.match(entry[0])
             if match:
-                found.setdefault(RELPATH_PREFIX + match.group(1), []).append(entry)
+                found.setdefault(f"{self.url}/{match.group(1)}", []).append(entry)
         kept = set(live())
         removed = 0
         for relpath, entries in found.items():

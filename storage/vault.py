@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from storage.blob_url import S3Location, is_s3_blob
 from storage.blobs import (
     DEFAULT_SYNC_INTERVAL,
     BlobInfo,
@@ -164,17 +165,18 @@ class Vault:
         self._custody: dict[str, bytes | None] = dict(public_keys or {})
         if public_keys is not None:
             apply_custody(self, public_keys)
-        self.blobs: BlobStore = LocalBlobStore(
+        self.local_blobs = LocalBlobStore(
             data_dir / "blobs", fsync=fsync, sync_interval=sync_interval
         )
-        if blob_url is not None:
-            from storage.s3blobs import S3BlobStore  # botocore is needed only here
-
-            self.blobs = S3BlobStore.from_url(
-                blob_url,
-                environ=os.environ if environ is None else environ,
-                names_key=self.keyring.service_key("object names"),
-            )
+        # Object stores by location, opened when first needed: the configured one, and any a
+        # recording's blob_path names (s3://bucket/prefix/<id>), so that a process opened
+        # without the configuration (a CLI command) still reads, holds and deletes them.
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self._object_stores: dict[S3Location, BlobStore] = {}
+        # Where new recordings go.
+        self.blobs: BlobStore = (
+            self.local_blobs if blob_url is None else self._object_store(S3Location.parse(blob_url))
+        )
         self._locks = data_dir / "locks"
         private_dir(self._locks, tighten=True)
         self.writer_id = secrets.token_hex(8)
@@ -185,6 +187,32 @@ class Vault:
         self.open_recordings: dict[str, Recording] = {}
         if recover:
             self.recover()
+
+    def blob_store(self, blob_path: str) -> BlobStore:
+        """The store a recording's ``blob_path`` is in (whatever new recordings use)."""
+        if not is_s3_blob(blob_path):
+            return self.local_blobs
+        try:
+            location = S3Location.of_blob(blob_path)
+        except ValueError as exc:
+            raise NotReadable(str(exc)) from None
+        return self._object_store(location)
+
+    def blob_stores(self) -> builtins.list[BlobStore]:
+        """The local store and every object store opened so far."""
+        return [self.local_blobs, *self._object_stores.values()]
+
+    def _object_store(self, location: S3Location) -> BlobStore:
+        store = self._object_stores.get(location)
+        if store is None:
+            from storage.s3blobs import S3BlobStore, client_from_env  # botocore only here
+
+            store = self._object_stores[location] = S3BlobStore(
+                client_from_env(self._environ),
+                location,
+                names_key=self.keyring.service_key("object names"),
+            )
+        return store
 
     def close(self) -> None:
         """Finish what is open and make what is kept; never fails on a recording (a full disk,
@@ -203,7 +231,8 @@ class Vault:
                 len(self.pending),
                 self.pending.last_error,
             )
-        self.blobs.close()
+        for store in self.blob_stores():
+            store.close()
         self.catalog.close()
         with contextlib.suppress(OSError):
             (self._locks / f"{self.writer_id}.lock").unlink()
@@ -453,7 +482,7 @@ class Vault:
         dek = self.data_key(row, private_key)
         assert row.blob_path is not None
         try:
-            stream = self.blobs.open(
+            stream = self.blob_store(row.blob_path).open(
                 row.blob_path, size=row.blob_size, segments=self.segments(recording_id)
             )
         except FileNotFoundError:
@@ -577,7 +606,7 @@ class Vault:
         if row.status is not RecordingStatus.RECORDING:
             return None
         assert row.blob_path is not None
-        source = self.blobs.recovery_source(row.blob_path)
+        source = self.blob_store(row.blob_path).recovery_source(row.blob_path)
         sealed_to_public = is_x25519_ref(row.key_ref)
         scan = (
             BlobScan()
@@ -646,7 +675,7 @@ class Vault:
                 status.value,
             )
         if not scan.chunks:
-            self.blobs.delete(row.blob_path)
+            self.blob_store(row.blob_path).delete(row.blob_path)
         log.warning("recording %s recovered as %s (%d chunks)", row.id, status.value, scan.chunks)
         return RecoveryResult(row.id, status, scan.chunks, scan.duration_ms)
 
@@ -723,13 +752,13 @@ class Recording:
         written = vault.pending.write(f"recording {self.id} finalised", finalise)
         if values["status"] == RecordingStatus.FAILED.value:
             with contextlib.suppress(OSError):
-                vault.blobs.delete(self._blob.relpath)
+                vault.blob_store(self._blob.relpath).delete(self._blob.relpath)
         vault.open_recordings.pop(self.id, None)
         self.row = vault.get(self.id) if written else _as_written(vault.get(self.id), values)
         if self.row.legal_hold and self._segments:
             # Held while it was being written: the segments sent since are held in the store too.
             try:
-                vault.blobs.set_legal_hold(self._blob.relpath, True)
+                vault.blob_store(self._blob.relpath).set_legal_hold(self._blob.relpath, True)
             except OSError as exc:
                 log.error(
                     "recording %s: its later segments are not held in the store: %s", self.id, exc
@@ -842,7 +871,7 @@ class Recording:
         # disk refuses it, when it takes it again.
         written = vault.pending.write(f"recording {self.id} discarded", apply)
         with contextlib.suppress(OSError):
-            vault.blobs.delete(vault.blobs.relpath(self.tenant, self.id))
+            vault.blob_store(self._blob.relpath).delete(self._blob.relpath)
         vault.open_recordings.pop(self.id, None)
         self.row = vault.get(self.id) if written else _as_written(vault.get(self.id), values)
         return self.row
