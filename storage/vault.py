@@ -509,10 +509,15 @@ class Vault:
             lock = self._try_lock_writer(row.writer_id)
             if lock is None:
                 continue  # its writer is alive
+            # One recoverer at a time per dead writer; probes of its liveness (shared locks on
+            # its lock file, ``writer_alive``) are never mistaken for the writer meanwhile.
+            claim = self._try_lock(f"{row.writer_id}.recovery")
             try:
-                result = self._recover_one(self.get(row.id))
+                result = self._recover_one(self.get(row.id)) if claim is not None else None
             finally:
                 os.close(lock)
+                if claim is not None:
+                    os.close(claim)
             if result is not None:
                 results.append(result)
         self._sweep_dead_locks()
@@ -532,11 +537,17 @@ class Vault:
         return False
 
     def _try_lock_writer(self, writer_id: str | None) -> int | None:
+        """A shared lock on ``writer_id``'s lock file, which its writer holds exclusively
+        while it runs: an open descriptor when the writer is dead, None while it lives. Shared,
+        so that several processes asking at once all get the same answer."""
         if not writer_id:
             return os.open(os.devnull, os.O_RDONLY)
-        fd = open_private(self._locks / f"{writer_id}.lock", os.O_RDWR | os.O_CREAT)
+        return self._try_lock(f"{writer_id}.lock", shared=True)
+
+    def _try_lock(self, name: str, *, shared: bool = False) -> int | None:
+        fd = open_private(self._locks / name, os.O_RDWR | os.O_CREAT)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return None
@@ -550,6 +561,7 @@ class Vault:
             if fd is not None:
                 if not self.catalog.recordings(status=RecordingStatus.RECORDING):
                     path.unlink(missing_ok=True)
+                    (self._locks / f"{path.stem}.recovery").unlink(missing_ok=True)
                 os.close(fd)
 
     def scan_blob(

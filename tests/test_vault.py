@@ -377,3 +377,26 @@ def test_audit_events_form_a_hash_chain(vault):
     events = vault.catalog.audit_events()
     assert [e.prev_hash for e in events[1:]] == [e.hash for e in events[:-1]]
     assert json.dumps(events[-1].detail) == '{"n": 2}'
+
+
+def test_a_dead_writer_is_dead_to_every_process_that_asks_at_once(tmp_path):
+    a = Vault(tmp_path, master_key=MASTER, fsync=False)
+    b = Vault(tmp_path, master_key=MASTER, fsync=False, recover=False)
+    c = Vault(tmp_path, master_key=MASTER, fsync=False, recover=False)
+    try:
+        assert b.writer_alive(a.writer_id) and c.writer_alive(a.writer_id)
+        abandon(a)
+        # Another process is in the middle of asking (or recovering) when this one asks: both
+        # are told the writer is dead, not "alive" because the other holds the lock.
+        held = b._try_lock_writer(a.writer_id)
+        assert held is not None
+        try:
+            assert not c.writer_alive(a.writer_id)
+            also = c._try_lock_writer(a.writer_id)
+            assert also is not None
+            os.close(also)
+        finally:
+            os.close(held)
+    finally:
+        b.close()
+        c.close()
