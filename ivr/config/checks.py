@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import phonenumbers
 
@@ -266,12 +266,17 @@ def policy_id(value: Any) -> str:
 # --------------------------------------------------------------------------- service and secrets
 
 
-def catalog_url(value: Any) -> str:
+def _url(value: Any) -> tuple[str, SplitResult]:
+    """A URL setting as given, and split; no whitespace anywhere in it."""
     url = string(value)
-    example = "e.g. 'postgresql://ivr@db.example.com:5432/ivr?sslmode=verify-full'"
     if any(c.isspace() for c in url):
         raise Invalid(f"{url!r} contains whitespace")
-    parts = urlsplit(url)
+    return url, urlsplit(url)
+
+
+def catalog_url(value: Any) -> str:
+    url, parts = _url(value)
+    example = "e.g. 'postgresql://ivr@db.example.com:5432/ivr?sslmode=verify-full'"
     if parts.scheme not in ("postgresql", "postgres"):
         raise Invalid(
             "must start with postgresql:// (leave it out for the embedded SQLite catalog; "
@@ -295,11 +300,8 @@ def blob_url(value: Any) -> str:
 
 
 def public_url(value: Any) -> str:
-    url = string(value)
+    url, parts = _url(value)
     example = "e.g. 'https://ivr.example.com' or 'https://example.com/ivr'"
-    if any(c.isspace() for c in url):
-        raise Invalid(f"{url!r} contains whitespace")
-    parts = urlsplit(url)
     if parts.scheme not in ("https", "http"):
         raise Invalid(f"{url!r} must start with https:// ({example})")
     if not parts.hostname:

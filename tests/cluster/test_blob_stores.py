@@ -6,7 +6,7 @@ all of it."""
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -17,18 +17,9 @@ from storage.catalog import RecordingStatus
 from storage.custody import generate_keypair
 from storage.s3blobs import S3BlobStore
 from storage.vault import Vault
+from tests.test_lifecycle import CALLER, T0, Clock
 
 MASTER = os.urandom(32)
-CALLER = "+46701234567"
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture(params=["local", "s3", "s3+postgresql"])
