@@ -103,6 +103,7 @@ def create_app(
                 public_keys=custody,
                 catalog_url=config.catalog_url,
                 blob_url=config.blob_url,
+                keyring_url=config.keyring_url,
             )
         )
         app[VAULT] = vault

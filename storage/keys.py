@@ -18,7 +18,6 @@ import base64
 import binascii
 import builtins
 import contextlib
-import fcntl
 import functools
 import hashlib
 import hmac
@@ -27,7 +26,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +37,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from storage.files import atomic_write, open_private, private_dir, utc_iso
+from storage.files import atomic_write, private_dir, utc_iso
+from storage.keystore import FileKeyringStore, KeyringStore
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,15 @@ def parse_master_key(text: str) -> bytes:
     return raw
 
 
-def load_master_key(data_dir: Path, *, environ: dict[str, str] | None = None) -> bytes:
+def load_master_key(
+    data_dir: Path, *, environ: dict[str, str] | None = None, keyring_exists: bool | None = None
+) -> bytes:
     """The master key from the environment, else from ``data_dir/master.key``, else a new one.
 
     A new key is generated only when there is no keyring yet: generating one next to an
     existing keyring would only hide the real problem (the key that opens it is missing).
+    ``keyring_exists``: whether a shared key store already holds one (None: look for
+    ``keyring.json`` in ``data_dir``).
     """
     env = os.environ if environ is None else environ
     if env.get(MASTER_KEY_ENV):
@@ -102,9 +106,10 @@ def load_master_key(data_dir: Path, *, environ: dict[str, str] | None = None) ->
             return parse_master_key(path.read_text(encoding="ascii"))
         except (MasterKeyError, UnicodeDecodeError):
             raise MasterKeyError(f"{path} does not hold a valid master key") from None
-    if (data_dir / KEYRING_FILE).exists():
+    if keyring_exists if keyring_exists is not None else (data_dir / KEYRING_FILE).exists():
+        where = "the key store" if keyring_exists is not None else str(data_dir / KEYRING_FILE)
         raise MasterKeyError(
-            f"{data_dir / KEYRING_FILE} exists but no master key was given: "
+            f"{where} holds a keyring but no master key was given: "
             f"set {MASTER_KEY_ENV} to the key that created it"
         )
     key = secrets.token_bytes(KEY_LEN)
@@ -207,18 +212,21 @@ def parse_key_ref(key_ref: str) -> int:
 
 
 class Keyring:
-    """The tenants' KEKs, sealed under the master key in one JSON file.
+    """The tenants' KEKs, sealed under the master key in one JSON document: ``keyring.json``
+    in the data directory, or a key store shared by several nodes (storage/keystore.py).
 
-    Several processes may share a data directory (the service and a CLI rotating a key), so
-    every change happens under an exclusive file lock on a re-read file, and reads notice a
-    newer file by its modification stamp.
+    Several processes may share the document (the service and a CLI rotating a key, or the
+    nodes of a cluster), so every change happens under the store's exclusive lock on a re-read
+    document, and reads notice a newer document by the store's stamp.
     """
 
-    def __init__(self, path: Path, master_key: bytes, clock: Callable[[], datetime]) -> None:
-        self.path = path
+    def __init__(
+        self, store: KeyringStore | Path, master_key: bytes, clock: Callable[[], datetime]
+    ) -> None:
+        self.store: KeyringStore = FileKeyringStore(store) if isinstance(store, Path) else store
         self._master = master_key
         self._clock = clock
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: object | None = None
         # The service reads keys from several threads; a reload must never be seen half-done.
         self._mutex = threading.RLock()
         self._doc: dict[str, Any] = {}
@@ -227,7 +235,7 @@ class Keyring:
         self._public: dict[str, bytes] = {}
         self._audit: tuple[bytes, int] | None = None
         with self._locked():
-            if not path.exists():
+            if self.store.stamp() is None:
                 self._doc = {
                     "format": "ivr-keyring",
                     "version": 1,
@@ -239,18 +247,17 @@ class Keyring:
 
     # -- reading -------------------------------------------------------------------------------
     def _refresh(self) -> None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            raise KeyringCorrupt(f"keyring {self.path} has disappeared") from None
-        if (st.st_mtime_ns, st.st_size) != self._stamp:
+        stamp = self.store.stamp()
+        if stamp is None:
+            raise KeyringCorrupt(f"keyring {self.store.where} has disappeared")
+        if stamp != self._stamp:
             self._load()
 
     def _load(self) -> None:
-        where = str(self.path)
+        where = self.store.where
         try:
-            st = self.path.stat()
-            doc = json.loads(self.path.read_bytes())
+            data, stamp = self.store.read()
+            doc = json.loads(data)
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
             if doc.get("format") != "ivr-keyring" or doc.get("version") != 1:
@@ -311,7 +318,7 @@ class Keyring:
                 ) from None
         self._doc, self._keks, self._lookup, self._public = doc, keks, lookup, public
         self._audit = audit
-        self._stamp = (st.st_mtime_ns, st.st_size)
+        self._stamp = stamp
 
     @_synchronized
     def audit_key(self, legacy_entries: Callable[[], int]) -> tuple[bytes, int]:
@@ -387,6 +394,11 @@ class Keyring:
     def kek(self, tenant: str, key_ref: str) -> bytes:
         version = parse_key_ref(key_ref)
         self._refresh()
+        if (tenant, version) not in self._keks:
+            # Another node may have added it since this one last looked (a shared key store is
+            # read at most every REFRESH_SECONDS): look again before calling it unknown.
+            self.store.refresh_now()
+            self._refresh()
         try:
             return self._keks[(tenant, version)]
         except KeyError:
@@ -483,6 +495,8 @@ class Keyring:
                 entry["keks"] = [k for k in entry["keks"] if int(k["version"]) >= before]
                 self._save()
                 self._load()
+        if doomed:
+            self.store.after_retirement()
         return doomed
 
     def _add_version(self, tenant: str) -> int:
@@ -503,17 +517,13 @@ class Keyring:
 
     def _save(self) -> None:
         data = json.dumps(self._doc, indent=2, sort_keys=True).encode() + b"\n"
-        atomic_write(self.path, data, mode=0o600)
+        self.store.write(data)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        private_dir(self.path.parent)
-        fd = open_private(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return self.store.locked()
+
+    def close(self) -> None:
+        self.store.close()
 
 
 # -- data keys and small secrets ---------------------------------------------------------------

@@ -80,6 +80,7 @@ from storage.keys import (
     unwrap_dek,
     wrap_dek,
 )
+from storage.keystore import open_keyring_store
 from storage.pending import PendingWrites
 from storage.reader import RecordingReader, read_header
 from storage.sql import Connection
@@ -134,14 +135,18 @@ class Vault:
         public_keys: Mapping[str, bytes | None] | None = None,
         catalog_url: str | None = None,
         blob_url: str | None = None,
+        keyring_url: str | None = None,
     ) -> None:
         """``public_keys``: the configuration's key custody per tenant, a raw X25519 public key
         (public-key custody) or None (local keyring). It is recorded in the data directory, so
         processes opened without it (``None``) seal to the same keys.
 
         ``catalog_url``: a ``postgresql://`` URL puts the catalog in that database
-        (docs/postgresql.md); None keeps it in ``catalog.sqlite3`` in ``data_dir``. The keyring
-        stays in ``data_dir`` either way, and so do the blobs unless ``blob_url`` is given.
+        (docs/postgresql.md); None keeps it in ``catalog.sqlite3`` in ``data_dir``.
+
+        ``keyring_url``: a ``postgresql://`` URL puts the keyring in that database's key store
+        (storage/keystore.py), shared by every node; None keeps it in ``keyring.json`` in
+        ``data_dir``.
 
         ``blob_url``: where new recordings' blobs go; None: ``blobs/`` in the data directory,
         ``s3://bucket/prefix``: an S3-compatible object store (storage/s3blobs.py, endpoint
@@ -149,14 +154,35 @@ class Vault:
         self.data_dir = data_dir
         self.clock = clock
         self.chunk_interval_ms = chunk_interval_ms
-        # A vault's data directory holds its keyring, and its catalog unless that is elsewhere.
-        if not create and not any((data_dir / f).exists() for f in (CATALOG_FILE, KEYRING_FILE)):
+        # A vault's data directory holds its keyring and its catalog, unless they are elsewhere.
+        keyring_store = open_keyring_store(keyring_url, data_dir, KEYRING_FILE)
+        if keyring_url is not None and (data_dir / KEYRING_FILE).exists():
+            keyring_store.close()
+            raise VaultError(
+                f"{data_dir / KEYRING_FILE} exists but keyring_url names a key store: this data "
+                "directory's recordings were sealed under its own keyring. Copy it into the key "
+                "store with `ivr vault migrate --to-keyring`, or leave keyring_url out"
+            )
+        if (
+            not create
+            and keyring_store.stamp() is None
+            and not (catalog_url is None and (data_dir / CATALOG_FILE).exists())
+        ):
+            keyring_store.close()
             raise VaultError(f"no vault at {data_dir} (nothing recorded there yet?)")
         private_dir(data_dir, tighten=True)
-        master = (
-            master_key if master_key is not None else load_master_key(data_dir, environ=environ)
-        )
-        self.keyring = Keyring(data_dir / "keyring.json", master, clock)
+        try:
+            master = (
+                master_key
+                if master_key is not None
+                else load_master_key(
+                    data_dir, environ=environ, keyring_exists=keyring_store.stamp() is not None
+                )
+            )
+            self.keyring = Keyring(keyring_store, master, clock)
+        except BaseException:
+            keyring_store.close()
+            raise
         self.catalog = open_catalog(data_dir, clock, catalog_url)
         # Writes a call makes along the way, kept while the disk refuses them (storage/pending.py).
         self.pending = PendingWrites(self.catalog)
@@ -234,6 +260,7 @@ class Vault:
         for store in self.blob_stores():
             store.close()
         self.catalog.close()
+        self.keyring.close()
         with contextlib.suppress(OSError):
             (self._locks / f"{self.writer_id}.lock").unlink()
         os.close(self._writer_lock)

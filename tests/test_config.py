@@ -1271,3 +1271,32 @@ def test_the_catalog_is_embedded_unless_a_url_is_given(tmp_path):
     url = "postgresql://ivr@db.example.com:5432/ivr?sslmode=verify-full"
     text = f'[storage]\ncatalog_url = "{url}"\n' + TENANT + LINE
     assert load(tmp_path, text).catalog_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("mysql://keys/ivr", "must start with postgresql://"),
+        ("postgresql://ivr:hunter2@keys/ivr_keys", "must not contain a password"),
+    ],
+)
+def test_keyring_url(tmp_path, url, problem):
+    text = f'[storage]\nkeyring_url = "{url}"\n' + TENANT + LINE
+    error = one_error(tmp_path, text, "storage.keyring_url", problem)
+    assert "hunter2" not in error
+
+
+def test_a_key_store_in_the_catalogs_own_database_is_warned_about(tmp_path):
+    apart = (
+        '[storage]\ncatalog_url = "postgresql://ivr@db:5432/ivr"\n'
+        'keyring_url = "postgresql://ivr@db/ivr_keys"\n'
+    )
+    config = load(tmp_path, apart + TENANT + LINE)
+    assert config.keyring_url == "postgresql://ivr@db/ivr_keys"
+    assert not [w for w in config.warnings if "keyring_url" in w]
+    same = (
+        '[storage]\ncatalog_url = "postgresql://ivr@db:5432/ivr"\n'
+        'keyring_url = "postgresql://keys@db/ivr?sslmode=require"\n'
+    )
+    (warning,) = [w for w in load(tmp_path, same + TENANT + LINE).warnings if "keyring_url" in w]
+    assert "backup of the catalog then holds the keys" in warning

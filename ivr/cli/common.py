@@ -32,28 +32,23 @@ def actor() -> str:
 def open_vault(args: argparse.Namespace, *, create: bool = False) -> Vault:
     """The vault of ``--data-dir``, with the key custody, the catalog and the blob store of
     ``--config``."""
-    custody, catalog_url, blob_url = _from_config(args)
-    return Vault(
-        Path(args.data_dir),
-        create=create,
-        public_keys=custody,
-        catalog_url=catalog_url,
-        blob_url=blob_url,
-    )
+    return Vault(Path(args.data_dir), create=create, **_from_config(args))
 
 
-def _from_config(
-    args: argparse.Namespace,
-) -> tuple[dict[str, bytes | None] | None, str | None, str | None]:
-    """Each tenant's key custody, the catalog URL and the blob URL from ``--config``, for the
-    commands that take one."""
+def _from_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The vault's arguments from ``--config`` (each tenant's key custody, where the catalog,
+    the keyring and the blobs are), for the commands that take one; none without it."""
     if not getattr(args, "config", None):
-        return None, None, None
+        return {}
     from ivr.config import load_config
 
     config = load_config(Path(args.config))
-    custody = {t.id: t.public_key for t in config.tenants.values()}
-    return custody, config.catalog_url, config.blob_url
+    return {
+        "public_keys": {t.id: t.public_key for t in config.tenants.values()},
+        "catalog_url": config.catalog_url,
+        "blob_url": config.blob_url,
+        "keyring_url": config.keyring_url,
+    }
 
 
 def emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:

@@ -23,6 +23,7 @@ from media.wavfile import UnsupportedAudio
 from storage.catalog import CatalogError, RecordingStatus
 from storage.format import FormatError
 from storage.keys import KeyCustodyError
+from storage.keystore import KeyStoreUnavailable
 from storage.vault import VaultError
 
 DATA_DIR_ENV = "IVR_DATA_DIR"
@@ -36,6 +37,7 @@ EXPECTED_ERRORS = (
     VaultError,
     CatalogError,
     KeyCustodyError,
+    KeyStoreUnavailable,
     FormatError,
     UnsupportedAudio,
     OSError,

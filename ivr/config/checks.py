@@ -275,13 +275,25 @@ def _url(value: Any) -> tuple[str, SplitResult]:
 
 
 def catalog_url(value: Any) -> str:
+    return _postgresql_url(
+        value,
+        "leave it out for the embedded SQLite catalog; "
+        "e.g. 'postgresql://ivr@db.example.com:5432/ivr?sslmode=verify-full'",
+    )
+
+
+def keyring_url(value: Any) -> str:
+    return _postgresql_url(
+        value,
+        "leave it out for keyring.json in the data directory; "
+        "e.g. 'postgresql://ivr@keys.example.com:5432/ivr_keys?sslmode=verify-full'",
+    )
+
+
+def _postgresql_url(value: Any, otherwise: str) -> str:
     url, parts = _url(value)
-    example = "e.g. 'postgresql://ivr@db.example.com:5432/ivr?sslmode=verify-full'"
     if parts.scheme not in ("postgresql", "postgres"):
-        raise Invalid(
-            "must start with postgresql:// (leave it out for the embedded SQLite catalog; "
-            f"{example})"
-        )
+        raise Invalid(f"must start with postgresql:// ({otherwise})")
     if parts.password is not None:
         raise Invalid(
             "must not contain a password: give it to libpq through PGPASSWORD or ~/.pgpass "

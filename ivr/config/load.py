@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from ivr.config import checks as check
 from ivr.config.checks import ConfigError, Invalid, describe, join, quote, suggest
@@ -130,6 +131,7 @@ def _build(
     r.check_keys(storage_table, "storage", FILE_TABLES["storage"])
     catalog_url = r.get(storage_table, "storage", "catalog_url", check.catalog_url, None)
     blob_url = r.get(storage_table, "storage", "blob_url", check.blob_url, None)
+    keyring_url = r.get(storage_table, "storage", "keyring_url", check.keyring_url, None)
 
     twilio = r.table(data, "", "twilio")
     r.check_keys(twilio, "twilio", FILE_TABLES["twilio"])
@@ -208,6 +210,16 @@ def _build(
 
     token = environ.get(token_env) or None
     warnings: list[str] = []
+    if (
+        keyring_url is not None
+        and catalog_url is not None
+        and _same_database(keyring_url, catalog_url)
+    ):
+        warnings.append(
+            "[storage] keyring_url names the catalog's own database: every backup of the "
+            "catalog then holds the keys too, unless the backups leave out the table "
+            "ivr_keyring (docs/key-custody.md, 'Several nodes')"
+        )
     if token is None and demo:
         token = DEMO_TWILIO_AUTH_TOKEN
         warnings.append(
@@ -258,6 +270,7 @@ def _build(
         asterisk=asterisk,
         api_tokens=api_tokens,
         catalog_url=catalog_url,
+        keyring_url=keyring_url,
     )
 
 
@@ -526,3 +539,13 @@ def _head_file(r: Reader, value: Any) -> Path:
     if resolved.is_dir():
         raise Invalid(f"a directory, not a file: {resolved}")
     return resolved
+
+
+def _same_database(a: str, b: str) -> bool:
+    """Whether two postgresql:// URLs name one database (host, port and database name)."""
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.hostname, pa.port or 5432, pa.path.strip("/")) == (
+        pb.hostname,
+        pb.port or 5432,
+        pb.path.strip("/"),
+    )

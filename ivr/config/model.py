@@ -304,6 +304,10 @@ class Config:
     # Where the catalog is (docs/postgresql.md): a postgresql:// URL, its password not in the
     # file (libpq's PGPASSWORD or ~/.pgpass); None: catalog.sqlite3 in the data directory.
     catalog_url: str | None = field(default=None, metadata=key("storage.catalog_url"))
+    # Where the keyring is (docs/key-custody.md, "Several nodes"): a postgresql:// URL of a key
+    # store shared by every node, kept apart from the catalog; None: keyring.json in the data
+    # directory.
+    keyring_url: str | None = field(default=None, metadata=key("storage.keyring_url"))
     demo: bool = field(metadata=not_a_key())
     # Things an operator should know that do not stop the service (log them at start-up).
     warnings: tuple[str, ...] = field(default=(), metadata=not_a_key())
