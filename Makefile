@@ -134,5 +134,13 @@ BENCH_ARGS ?=
 bench-calls: $(TEST_STAMP) espeak-ng
 	$(BIN)/python bench/calls.py $(BENCH_ARGS)
 
+# What worker processes buy (bench/workers.py): ivr serve --workers K for K = 1 and 2 (or
+# WORKERS_ARGS="--workers 1,2,4 ..."), K times the calls each, CPU per call-minute of all the
+# service's processes and its ratio to K = 1, min/median/max over --repeats runs.
+WORKERS_ARGS ?=
+.PHONY: bench-workers
+bench-workers: $(TEST_STAMP) espeak-ng
+	$(BIN)/python bench/workers.py $(WORKERS_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -124,14 +124,17 @@ async def spawn(what: str, args: Sequence[str], tmp: Path) -> AsyncIterator[Any]
 
 
 @contextlib.asynccontextmanager
-async def serve(platform: str, ari_listen: str) -> AsyncIterator[tuple[str, int]]:
+async def serve(platform: str, ari_listen: str, workers: int = 1) -> AsyncIterator[tuple[str, int]]:
     """``ivr serve`` on a free loopback port with a fresh data directory (Asterisk: the demo
-    configuration, its ARI url at ``ari_listen``), once /healthz answers: its URL and pid."""
+    configuration, its ARI url at ``ari_listen``), with ``workers`` worker processes, once
+    /healthz answers: its URL and pid (the supervisor's, with workers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
     with tempfile.TemporaryDirectory(prefix="ivr-bench-calls-") as tmp:
         args = ["-m", "ivr", "serve", "--port", url.rsplit(":", 1)[1], "--data-dir", f"{tmp}/var"]
+        if workers > 1:
+            args += ["--workers", str(workers)]
         if platform == "asterisk":
             config = Path(tmp) / "asterisk.toml"
             text = (ROOT / "examples" / "asterisk-demo.toml").read_text()

@@ -37,7 +37,13 @@ from ivr.platforms.twilio.app import TWILIO, TwilioCalls, add_routes
 from ivr.platforms.twilio.stream_token import StreamTokens
 from ivr.prompt_library import PromptLibrary, cache_dir
 from ivr.supervision import LoopHealth, describe, in_thread, supervise
-from ivr.workers import ALONE, Worker, announce_ready, watch_supervisor
+from ivr.workers import (
+    ALONE,
+    Worker,
+    all_workers_cpu_seconds,
+    announce_ready,
+    watch_supervisor,
+)
 from storage import lifecycle
 from storage.audit import heads_file
 from storage.catalog import RecordingStatus
@@ -59,6 +65,10 @@ REFUSAL_WINDOW_SECONDS = 60.0  # refused API requests: one window's count per au
 # How often a process that does not run the background jobs tries to take them over: a dead
 # holder's lock is free at once (ivr/leadership.py), its jobs should not wait a sweep interval.
 LEADERSHIP_RETRY_SECONDS = 2.0
+
+
+def rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def cpu_seconds() -> float:
@@ -479,7 +489,12 @@ async def healthz(request: web.Request) -> web.Response:
     if leadership is not None:  # of the processes on this vault, whether this one runs them
         body["background_jobs"] = {"runs_here": leadership.held}
     worker = request.app[WORKER]
-    body["worker"] = {"index": worker.index, "of": worker.of, "pid": os.getpid()}
+    body["worker"] = {
+        "index": worker.index,
+        "of": worker.of,
+        "pid": os.getpid(),
+        "all_workers_cpu_seconds": rounded(all_workers_cpu_seconds(worker, cpu_seconds())),
+    }
     problems.extend(p for health in loops.values() if (p := health.problem) is not None)
     ari_app = request.app.get(ARI)
     if ari_app is not None:

@@ -44,6 +44,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,29 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # no affinity on this platform
         return max(1, os.cpu_count() or 1)
+
+
+def all_workers_cpu_seconds(worker: Worker, own: float) -> float | None:
+    """CPU seconds used by every process of this ``ivr serve``: the supervisor and the workers
+    it runs now (``own``: this process's, for a service without workers). Read from Linux's
+    /proc; None where it cannot tell. A worker that died and was started again takes its CPU
+    time with it, so the figure can fall: it is for a load test's two readings, not a total."""
+    if worker.of == 1:
+        return own
+    supervisor = os.getppid()
+    try:
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+        pids = [supervisor, *(int(pid) for pid in children)]
+        return sum(_process_cpu_seconds(pid) for pid in pids)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` (/proc/<pid>/stat fields 14 and 15), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": field 3 onwards
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def parse_workers(text: str) -> int:

@@ -317,3 +317,33 @@ def test_parse_ports() -> None:
     for bad in ("x", "10-5", "0-10", "70000"):
         with pytest.raises(ValueError):
             parse_ports(bad)
+
+
+async def test_bench_workers_compares_one_and_two_workers_in_one_run() -> None:
+    """``bench/workers.py`` (make bench-workers): ivr serve --workers 1, then --workers 2 with
+    twice the calls, each counted by the CPU of all its processes; every frame arrives."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "bench" / "workers.py"),
+        *("--progress-interval", "0", "--calls", "3", "--duration", "1", "--repeats", "1"),
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=str(ROOT),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    result = json.loads(out)
+    (row,) = result["runs"]
+    assert [(r["workers"], r["calls"], r["calls_completed"]) for r in row] == [(1, 3, 3), (2, 6, 6)]
+    assert all(r["frames_lost"] == 0 and r["server_cpu_per_call_minute"] > 0 for r in row)
+    assert row[0]["cpu_ratio_vs_first"] == 1.0 and row[1]["cpu_ratio_vs_first"] > 0
+    assert result["summary"]["cpu_ratio_vs_first@2"]["median"] == row[1]["cpu_ratio_vs_first"]
+
+
+def test_bench_workers_refuses_bad_counts() -> None:
+    workers = _load(ROOT / "bench" / "workers.py")
+    assert workers.parse_counts("1,2,4") == [1, 2, 4]
+    for bad in ("", "0", "1,x", "65"):
+        with pytest.raises(ValueError, match="--workers"):
+            workers.parse_counts(bad)

@@ -243,6 +243,11 @@ def test_two_workers_share_the_port_one_runs_the_jobs_a_killed_one_comes_back(
         workers = sorted((b["worker"]["index"], b["worker"]["of"]) for b in latest.values())
         assert workers == [(0, 2), (1, 2)]
         assert all(b["status"] == "ok" for b in latest.values())
+        # Whichever worker answers counts the CPU of all of them (what ivr loadtest reads): a
+        # later reading is at least what each worker said of itself earlier, together.
+        earlier = sum(b["cpu_seconds"] for b in latest.values())
+        now = until(lambda: healthz(port), "/healthz")["worker"]["all_workers_cpu_seconds"]
+        assert now >= earlier > 0
         (leader,) = [pid for pid, b in latest.items() if b["background_jobs"]["runs_here"]]
         assert (tmp_path / "var" / "master.key").exists()  # made once, by worker 0, alone
 
@@ -305,7 +310,9 @@ def test_one_worker_is_the_process_itself(tmp_path: Path) -> None:
     with service(tmp_path) as (proc, log):
         port = logged_port(proc, log, r"listening on http://127\.0\.0\.1:(\d+)")
         body = until(lambda: healthz(port), "/healthz")
+        own = body["worker"].pop("all_workers_cpu_seconds")
         assert body["worker"] == {"index": 0, "of": 1, "pid": proc.pid}
+        assert abs(own - body["cpu_seconds"]) < 0.05  # one process: its own time
         assert body["background_jobs"]["runs_here"] is True
         assert "ivr.workers" not in log.read_text()  # no supervisor
         proc.send_signal(signal.SIGTERM)

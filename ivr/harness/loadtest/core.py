@@ -463,7 +463,11 @@ class Driver(ABC, Generic[_O]):
         return body
 
     async def read_cpu(self) -> float:
-        return float((await self.healthz())["cpu_seconds"])
+        """The service's CPU seconds: of all its worker processes where /healthz tells (``ivr
+        serve --workers N``, whichever worker answers), else of the process that answered."""
+        health = await self.healthz()
+        every = (health.get("worker") or {}).get("all_workers_cpu_seconds")
+        return float(every if every is not None else health["cpu_seconds"])
 
     async def run_service(self) -> dict[str, Any]:
         o, t_start = self.options, time.monotonic()
