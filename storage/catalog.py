@@ -430,6 +430,29 @@ class Catalog:
         either database: for tools and tests that look at what the catalog holds."""
         return self._database.fetchall(sql, params)
 
+    def put_rows(
+        self, db: Connection, table: str, key: Sequence[str], rows: Iterable[dict[str, Any]]
+    ) -> int:
+        """Insert ``rows`` of ``table`` with the values they bring, each replacing the row of the
+        same ``key`` if there is one (a copy made again, storage/migrate.py); the count."""
+        count = 0
+        for values in rows:
+            columns = list(values)
+            sets = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+            db.execute(
+                f"INSERT INTO {table} ({', '.join(columns)})"
+                f" VALUES ({', '.join(':' + c for c in columns)})"
+                f" ON CONFLICT ({', '.join(key)}) DO "
+                + (f"UPDATE SET {sets}" if sets else "NOTHING"),
+                values,
+            )
+            count += 1
+        return count
+
+    def follow_identity(self, db: Connection, table: str, column: str) -> None:
+        """After rows brought their own ``column`` values: new rows continue after them."""
+        self._database.follow_identity(db, table, column)
+
     # -- breaches ------------------------------------------------------------------------------
     def breach(self, breach_id: str) -> Row | None:
         row: Row | None = self._database.fetchone(

@@ -207,6 +207,16 @@ class PostgresDatabase:
         with self._lock:
             self._conn().execute(f"VACUUM {names}")
 
+    def follow_identity(self, db: Connection, table: str, column: str) -> None:
+        """An identity column's sequence does not move when rows bring their own values: set
+        it past the largest, or the next row given none would collide with a copied one."""
+        table, column = _identifier(table), _identifier(column)
+        db.execute(
+            f"SELECT setval(pg_get_serial_sequence(?, ?), (SELECT COALESCE(MAX({column}), 0)"
+            f" + 1 FROM {table}), false)",
+            (table, column),
+        )
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

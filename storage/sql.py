@@ -92,6 +92,11 @@ class Database(Protocol):
         bytes do not linger in this database's own files."""
         ...
 
+    def follow_identity(self, db: Connection, table: str, column: str) -> None:
+        """After rows were inserted with their own values in ``column`` (an ``INTEGER PRIMARY
+        KEY``, copied from another catalog): the next row given none gets one past them."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -167,6 +172,9 @@ class SqliteDatabase:
         it and empty it, so old page images holding them do not linger in the log."""
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def follow_identity(self, db: Connection, table: str, column: str) -> None:
+        """Nothing to do: an ``INTEGER PRIMARY KEY`` given no value takes the largest plus one."""
 
     def close(self) -> None:
         with self._lock:

@@ -566,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_lifecycle_parsers(top, rsub, common, data_out)
     add_breach_parsers(top, common, data_out)
 
+    from ivr.cli.vault import add_parsers as add_vault_parsers
+
+    add_vault_parsers(top, common, data_out)
+
     cfg = top.add_parser("config", help="check a configuration file")
     csub = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")
     check = csub.add_parser(
