@@ -28,13 +28,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from storage.blobs import ByteSource, Segment
-from storage.catalog import CatalogError, RecordingRow, RecordingStatus
+from storage.catalog import Catalog, CatalogError, RecordingRow, RecordingStatus
 from storage.custody import is_x25519_ref
 from storage.errors import VaultError
 from storage.format import CHUNK_LENGTH, MAX_CHUNK_PLAINTEXT, TAG_LEN, FormatError
+from storage.keys import KEYRING_FILE
+from storage.keystore import open_keyring_store
 from storage.reader import RecordingReader, read_header
 from storage.sql import Row
 from storage.vault import Vault
@@ -132,12 +135,14 @@ def migrate(
     *,
     actor: str,
     progress: Progress | None = None,
+    keyring: str = "the source's keyring (not copied)",
     clock: Callable[[], float] = time.monotonic,
 ) -> Report:
     """Copy ``source`` (its catalog and blobs) into ``target`` (a vault opened on the same
     keyring with the target's catalog and object store as ``blob_url``), or carry on with a
     copy left half-way; then verify every recording from the target. Raises MigrationRefused
-    before writing anything when the source is in use or the target holds other data."""
+    before writing anything when the source is in use or the target holds other data.
+    ``keyring``: where the target's keyring is, for the audit entries (without a password)."""
     began = clock()
     store_url = getattr(target.blobs, "url", None)
     if not isinstance(store_url, str) or not store_url.startswith("s3://"):
@@ -149,7 +154,7 @@ def migrate(
     report = Report(target.catalog.where, store_url)
     where = {"to_catalog": target.catalog.where, "to_blobs": store_url}
     check_stopped(source, ignore=(target.writer_id,))
-    report.state = _target_state(source, target)
+    report.state = target_state(source.catalog, target.catalog)
     if report.state != "complete":
         source.audit(actor=actor, action=STARTED, detail=where)
         report.audit_entries_copied += _copy_audit(source, target)
@@ -166,7 +171,7 @@ def migrate(
         if progress is not None:
             progress(n, len(recordings), row.id, what)
     if report.ok and report.state != "complete":
-        detail = {**where, **report.counts(), "keyring": "shared (not copied)"}
+        detail = {**where, **report.counts(), "keyring": keyring}
         source.audit(actor=actor, action=MIGRATED, detail=detail)
         report.audit_entries_copied += _copy_audit(source, target)
         head_seq, head = source.catalog.audit_head()
@@ -207,37 +212,35 @@ def check_stopped(vault: Vault, *, ignore: tuple[str, ...] = ()) -> None:
         )
 
 
-def _target_state(source: Vault, target: Vault) -> str:
+def target_state(source: Catalog, target: Catalog) -> str:
     """new (the target holds nothing), resumed (it holds this vault's migration, left
-    half-way) or complete; anything else is refused."""
+    half-way) or complete; anything else is refused (MigrationRefused)."""
     ours = _links(source)
     theirs = _links(target)
     if not theirs:
         for table in ("calls", "recordings", "breaches"):
-            if target.catalog.query(f"SELECT 1 FROM {table} LIMIT 1"):
+            if target.query(f"SELECT 1 FROM {table} LIMIT 1"):
                 raise MigrationRefused(
-                    f"the target catalog {target.catalog.where} already holds {table} (of "
-                    "another vault): migrate into an empty database"
+                    f"the target catalog {target.where} already holds {table} (of another "
+                    "vault): migrate into an empty database"
                 )
         return "new"
     if not ours or theirs[0] != ours[0]:
         raise MigrationRefused(
-            f"the target catalog {target.catalog.where} holds another vault's data (its audit "
-            "chain starts elsewhere): migrate into an empty database"
+            f"the target catalog {target.where} holds another vault's data (its audit chain "
+            "starts elsewhere): migrate into an empty database"
         )
     common = 0
     while common < min(len(ours), len(theirs)) and ours[common] == theirs[common]:
         common += 1
     if common == len(theirs):
         return "resumed"
-    extra = target.catalog.query(
-        "SELECT action FROM audit_events WHERE seq > ? ORDER BY seq", (common,)
-    )
+    extra = target.query("SELECT action FROM audit_events WHERE seq > ? ORDER BY seq", (common,))
     if common == len(ours) and [r["action"] for r in extra] == [MIGRATED_IN]:
         return "complete"
     if extra and extra[0]["action"] == MIGRATED_IN:
         raise MigrationRefused(
-            f"this vault was migrated to {target.catalog.where} (its entry {common + 1}), and "
+            f"this vault was migrated to {target.where} (its entry {common + 1}), and "
             + (
                 "the target has been written to since"
                 if len(extra) > 1
@@ -245,14 +248,45 @@ def _target_state(source: Vault, target: Vault) -> str:
             )
         )
     raise MigrationRefused(
-        f"the target catalog {target.catalog.where} parts from this vault's audit chain at entry"
-        f" {common + 1}: it holds other data"
+        f"the target catalog {target.where} parts from this vault's audit chain at entry "
+        f"{common + 1}: it holds other data"
     )
 
 
-def _links(vault: Vault) -> list[tuple[int, str]]:
-    rows = vault.catalog.query("SELECT seq, hash FROM audit_events ORDER BY seq")
+def _links(catalog: Catalog) -> list[tuple[int, str]]:
+    rows = catalog.query("SELECT seq, hash FROM audit_events ORDER BY seq")
     return [(r["seq"], r["hash"]) for r in rows]
+
+
+def copy_keyring(source: Vault, target_catalog_url: str, keyring_url: str) -> str:
+    """Copy the source's keyring document, as it is (sealed under the master key), into the key
+    store at ``keyring_url``, for the target's nodes to share (docs/key-custody.md): "copied",
+    or "present" when the store holds this very document already. Checked first: the source is
+    stopped and the target catalog is empty or this vault's (nothing is written otherwise); a
+    store holding another keyring is refused. Call it before opening the target vault on the
+    store, which would otherwise start a keyring of its own there."""
+    check_stopped(source)
+    catalog = Catalog(Path(), source.clock, url=target_catalog_url)  # a URL: no file
+    try:
+        target_state(source.catalog, catalog)
+    finally:
+        catalog.close()
+    document, _ = source.keyring.store.read()
+    store = open_keyring_store(keyring_url, source.data_dir, KEYRING_FILE)
+    try:
+        with store.locked():
+            if store.stamp() is not None:
+                there, _ = store.read()
+                if there == document:
+                    return "present"
+                raise MigrationRefused(
+                    f"the key store {store.where} holds another keyring (or this one changed "
+                    "since it was copied): migrate into an empty key store"
+                )
+            store.write(document)
+    finally:
+        store.close()
+    return "copied"
 
 
 def _copy_audit(source: Vault, target: Vault) -> int:

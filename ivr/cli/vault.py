@@ -6,24 +6,33 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from ivr.cli.common import CONFIG_ENV, EXIT_FAILURE, EXIT_OK, CommandFailed, actor, emit, open_vault
 from storage.blob_url import S3Location
 
-KEYRING_NOTE = (
-    "the keyring was not copied: every node on the target must open this keyring "
-    "({keyring}) with the same master key"
+SHARED_KEYRING = (
+    "the keyring was not copied (no --to-keyring): every node on the target must open this "
+    "keyring ({keyring}) with the same master key"
+)
+COPIED_KEYRING = (
+    "the keyring is in the {store} ({state}): the target's nodes open it with "
+    "[storage] keyring_url and the same master key. {keyring} is now a second copy: destroy it "
+    "(and its backups) once the target serves, or keys retired there stay in it"
 )
 
 
 def cmd_vault_migrate(args: argparse.Namespace) -> int:
-    from storage.migrate import migrate
+    from storage.keys import load_master_key
+    from storage.migrate import copy_keyring, migrate
+    from storage.postgres import redacted
     from storage.vault import Vault
 
-    if not args.to_catalog.startswith(("postgresql://", "postgres://")):
-        raise CommandFailed("--to-catalog must be a postgresql:// URL")
+    for option, url in (("--to-catalog", args.to_catalog), ("--to-keyring", args.to_keyring)):
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise CommandFailed(f"{option} must be a postgresql:// URL")
     try:
         blobs = S3Location.parse(args.to_blobs).url
     except ValueError as exc:
@@ -34,17 +43,32 @@ def cmd_vault_migrate(args: argparse.Namespace) -> int:
         if not quiet:
             print(f"migrate: {done}/{total} {recording_id} {what}", file=sys.stderr, flush=True)
 
-    with open_vault(args) as source:
-        keyring = str(source.keyring.path)
-        with Vault(
-            Path(args.data_dir),
-            create=False,
-            catalog_url=args.to_catalog,
-            blob_url=blobs,
-            recover=False,
-        ) as target:
-            report = migrate(source, target, actor=actor(), progress=progress)
-    data: dict[str, Any] = {**report.as_dict(), "keyring": KEYRING_NOTE.format(keyring=keyring)}
+    data_dir = Path(args.data_dir)
+    with open_vault(args) as source, tempfile.TemporaryDirectory(prefix="ivr-migrate-") as node:
+        keyring = source.keyring.store.where
+        if args.to_keyring is None:
+            note, where = SHARED_KEYRING.format(keyring=keyring), "the source's keyring file"
+            # The target opens the source's keyring: the same data directory.
+            target = Vault(
+                data_dir, create=False, catalog_url=args.to_catalog, blob_url=blobs, recover=False
+            )
+        else:
+            state = copy_keyring(source, args.to_catalog, args.to_keyring)
+            where = f"key store {redacted(args.to_keyring)}"
+            note = COPIED_KEYRING.format(store=where, state=state, keyring=keyring)
+            # The target as one of its nodes sees it: a data directory without a keyring of its
+            # own, the keyring from the key store; so what verifies here opens on every node.
+            target = Vault(
+                Path(node),
+                master_key=load_master_key(data_dir),
+                catalog_url=args.to_catalog,
+                blob_url=blobs,
+                keyring_url=args.to_keyring,
+                recover=False,
+            )
+        with target:
+            report = migrate(source, target, actor=actor(), progress=progress, keyring=where)
+    data: dict[str, Any] = {**report.as_dict(), "keyring": note}
 
     def text() -> str:
         lines = [
@@ -90,6 +114,13 @@ def add_parsers(top: Any, common: argparse.ArgumentParser, data_out: Any) -> Non
         metavar="URL",
         help="the target object store, s3://bucket/prefix (endpoint and keys from AWS_* "
         "variables, docs/s3.md)",
+    )
+    mig.add_argument(
+        "--to-keyring",
+        metavar="URL",
+        help="a key store, postgresql://... (its own database, docs/key-custody.md): the keyring "
+        "is copied into it for the target's nodes; without it they must share this data "
+        "directory's keyring.json",
     )
     mig.add_argument(
         "--config",

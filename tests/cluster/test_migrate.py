@@ -105,31 +105,34 @@ def test_a_vault_moves_to_postgresql_and_s3_and_reads_the_same(
     data = tmp_path / "var"
     ids = make_source(data, monkeypatch)
     open_breach(capsys, data)
-    url = postgres.database()
+    url, keys = postgres.database(), postgres.database("k")
     code, out, err = run(
         capsys, "vault", "migrate", "--data-dir", data, "--to-catalog", with_password(url),
-        "--to-blobs", f"s3://{bucket}/vault", "--json",
+        "--to-blobs", f"s3://{bucket}/vault", "--to-keyring", with_password(keys), "--json",
     )  # fmt: skip
     assert code == 0, err
     summary = json.loads(out)
     assert PASSWORD not in out + err and ":***@" in summary["target_catalog"]
+    assert "key store" in summary["keyring"] and "(copied)" in summary["keyring"]
     assert summary["ok"] and summary["state"] == "new"
     assert (summary["recordings"], summary["copied"], summary["rows_only"]) == (8, 6, 2)
     assert (summary["verified"], summary["ciphertext_only"]) == (5, 1)
     assert summary["calls"] == 4 and summary["breaches"] == 1 and summary["breach_measures"] == 2
-    assert "keyring" in summary["keyring"] and "same master key" in summary["keyring"]
     assert err.count("migrate: ") == 8 and "8/8" in err
 
     # A second run finds it done: nothing copied, everything verified again.
     again_argv = ["vault", "migrate", "--data-dir", data, "--to-catalog", url]
-    again_argv += ["--to-blobs", f"s3://{bucket}/vault", "--json", "--quiet"]
+    again_argv += ["--to-blobs", f"s3://{bucket}/vault", "--to-keyring", keys, "--json", "--quiet"]
     code, out, err = run(capsys, *again_argv)
     again = json.loads(out)
     assert code == 0 and again["state"] == "complete" and again["copied"] == 0, out + err
+    assert "(present)" in again["keyring"]
     assert again["present"] == 6 and again["verified"] == 5 and err == ""
 
+    # The target as a new node sees it: a data directory of its own, without keyring.json.
+    node = tmp_path / "node"
     source = Vault(data, master_key=MASTER, fsync=False)
-    target = Vault(data, master_key=MASTER, fsync=False, catalog_url=url, recover=False)
+    target = Vault(node, master_key=MASTER, fsync=False, catalog_url=url, keyring_url=keys)
     try:
         # The target serves the same records: every recording, call, breach and measure.
         for rec in source.list():
@@ -181,10 +184,9 @@ def test_a_vault_moves_to_postgresql_and_s3_and_reads_the_same(
     # The command line on the target's configuration: the chain verifies.
     config = tmp_path / "target.toml"
     demo = Path(__file__).parents[2] / "ivr" / "demo.toml"
-    config.write_text(
-        demo.read_text() + f'\n[storage]\ncatalog_url = "{url}"\nblob_url = "s3://{bucket}/vault"\n'
-    )
-    code, out, err = run(capsys, "audit", "verify", "--data-dir", data, "--config", config)
+    storage = f'catalog_url = "{url}"\nkeyring_url = "{keys}"\nblob_url = "s3://{bucket}/vault"'
+    config.write_text(demo.read_text() + f"\n[storage]\n{storage}\n")
+    code, out, err = run(capsys, "audit", "verify", "--data-dir", node, "--config", config)
     assert code == 0 and "audit chain intact" in out, out + err
 
     # Both sides have been written to since (the exports are audited): the two have parted.
@@ -312,3 +314,13 @@ def test_a_running_vault_or_a_foreign_target_is_refused(
         assert not target.list()
     code, _, err = run(capsys, *argv[:-3], "sqlite:///x", "--to-blobs", f"s3://{bucket}/r")
     assert code == 1 and "postgresql://" in err
+    # A key store holding another keyring: refused, the empty target catalog left empty.
+    keys, empty = postgres.database("k"), postgres.database()
+    environ = {"IVR_MASTER_KEY": "42" * 32}
+    with Vault(tmp_path / "elsewhere", fsync=False, keyring_url=keys, environ=environ) as v:
+        v.keyring.current("acme")  # its own tenant key, under its own master key
+    argv = ["vault", "migrate", "--data-dir", data, "--to-catalog", empty, "--to-keyring", keys]
+    code, _, err = run(capsys, *argv, "--to-blobs", f"s3://{bucket}/r")
+    assert code == 1 and "holds another keyring" in err, err
+    with Vault(data, master_key=MASTER, fsync=False, catalog_url=empty, recover=False) as target:
+        assert not target.catalog.audit_events() and not target.list()
