@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -200,20 +201,27 @@ def s3_client(environ: dict[str, str]) -> Any:
     return client_from_env(environ)
 
 
+def hold_of(client: Any, bucket: str, key: str) -> str:
+    try:
+        return str(client.get_object_legal_hold(Bucket=bucket, Key=key)["LegalHold"]["Status"])
+    except ClientError as exc:
+        assert exc.response["Error"]["Code"] == "NoSuchObjectLegalHold"
+        return "none"
+
+
 class Interrupted(Exception):
     pass
 
 
 def test_an_interrupted_migration_resumes_and_completes(
-    tmp_path: Path,
-    postgres: PostgresServer,
-    bucket: str,
-    s3_env: dict[str, str],
-    capsys,
-    monkeypatch,
+    tmp_path: Path, postgres: PostgresServer, weed: Any, s3_env: dict[str, str], capsys, monkeypatch
 ):
     data = tmp_path / "var"
     ids = make_source(data, monkeypatch)
+    # With Object Lock: the held recording's segments are held in the store as well.
+    bucket = "m-" + os.urandom(8).hex()
+    client = s3_client(s3_env)
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
     url = postgres.database()
     blobs = f"s3://{bucket}/m"
     copied: list[str] = []
@@ -251,8 +259,12 @@ def test_an_interrupted_migration_resumes_and_completes(
         ours, theirs = source.catalog.audit_events(), target.catalog.audit_events()
         assert theirs[:-1] == ours and [e.action for e in ours].count(STARTED) == 2
         assert verify_catalog(target.catalog).ok
+        held = target.segments(ids["held"])
         for rid in ids.values():
             assert target.get(rid).public() == source.get(rid).public()
+        assert held and all(hold_of(client, bucket, s.key) == "ON" for s in held)
+        others = target.segments(ids["complete0"])
+        assert others and all(hold_of(client, bucket, s.key) == "none" for s in others)
 
 
 def test_a_tampered_target_segment_is_reported(
