@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ivr.cli import main
+from ivr.gdpr import breach
 from ivr.gdpr.recording_files import export_wav
 from storage import lifecycle
 from storage.audit import verify_catalog
@@ -105,7 +106,7 @@ def test_a_vault_moves_to_postgresql_and_s3_and_reads_the_same(
 ):
     data = tmp_path / "var"
     ids = make_source(data, monkeypatch)
-    open_breach(capsys, data)
+    breach_id = open_breach(capsys, data)
     url, keys = postgres.database(), postgres.database("k")
     code, out, err = run(
         capsys, "vault", "migrate", "--data-dir", data, "--to-catalog", with_password(url),
@@ -194,6 +195,16 @@ def test_a_vault_moves_to_postgresql_and_s3_and_reads_the_same(
     code, out, err = run(capsys, *again_argv)
     assert code == 1 and "was migrated" in err, out + err
 
+    # The target takes new rows after the copied ones: a breach measure numbered after theirs.
+    with Vault(node, master_key=MASTER, fsync=False, catalog_url=url, keyring_url=keys) as target:
+        after = breach.add_measures(target, breach_id, ["keys rotated"], actor="test")
+        assert [m["text"] for m in after["measures"]][-1] == "keys rotated"
+        assert [r["seq"] for r in rows(target, "SELECT seq FROM breach_measures ORDER BY seq")] == [
+            1,
+            2,
+            3,
+        ]
+
 
 def s3_client(environ: dict[str, str]) -> Any:
     from storage.s3blobs import client_from_env
@@ -239,25 +250,35 @@ def test_an_interrupted_migration_resumes_and_completes(
         with pytest.raises(Interrupted):
             migrate(source, target, actor="test", progress=stop_after_two)
         # The second one as if killed between its segments and its row: sent, not listed.
+        first = target.segments(copied[1])[0].key
         with target.catalog.transaction() as db:
             db.execute("DELETE FROM blob_segments WHERE recording_id = ?", (copied[1],))
             db.execute("DELETE FROM recordings WHERE id = ?", (copied[1],))
         assert not target.catalog.audit_events()[-1].action.startswith("vault.migrated")
 
-    code, out, err = run(
-        capsys, "vault", "migrate", "--data-dir", data, "--to-catalog", url, "--to-blobs", blobs,
-        "--json",
-    )  # fmt: skip
+    argv = ["vault", "migrate", "--data-dir", data, "--to-catalog", url, "--to-blobs", blobs]
+    # Other bytes where one of its segments goes: not overwritten, an error naming it.
+    sent = client.get_object(Bucket=bucket, Key=first)["Body"].read()
+    client.put_object(Bucket=bucket, Key=first, Body=b"x" + sent[1:])
+    code, out, err = run(capsys, *argv, "--json")
+    summary = json.loads(out)
+    assert code == 1 and summary["state"] == "resumed", err
+    assert [p["recording_id"] for p in summary["problems"]] == [copied[1]]
+    assert "another writer's segment" in summary["problems"][0]["what"]
+    assert summary["present"] == 1 and summary["copied"] == 4
+
+    client.put_object(Bucket=bucket, Key=first, Body=sent)  # the segment it sent, back
+    code, out, err = run(capsys, *argv, "--json")
     summary = json.loads(out)
     assert code == 0, err
-    assert summary["state"] == "resumed" and summary["present"] == 1 and summary["copied"] == 5
+    assert summary["state"] == "resumed" and summary["present"] == 5 and summary["copied"] == 1
     assert summary["verified"] + summary["ciphertext_only"] == 6
     with (
         Vault(data, master_key=MASTER, fsync=False) as source,
         Vault(data, master_key=MASTER, fsync=False, catalog_url=url, recover=False) as target,
     ):
         ours, theirs = source.catalog.audit_events(), target.catalog.audit_events()
-        assert theirs[:-1] == ours and [e.action for e in ours].count(STARTED) == 2
+        assert theirs[:-1] == ours and [e.action for e in ours].count(STARTED) == 3
         assert verify_catalog(target.catalog).ok
         held = target.segments(ids["held"])
         for rid in ids.values():
