@@ -329,10 +329,10 @@ def _one(source: Vault, target: Vault, row: RecordingRow, report: Report, *, cop
             report.copied += 1
             done = "copied"
         if is_x25519_ref(row.key_ref):
-            _compare_ciphertext(source, target, row)
+            _compare(source, target, row, decrypt=False)
             report.ciphertext_only += 1
             return f"{done}, ciphertext verified (sealed to the tenant's public key)"
-        _compare(source, target, row)
+        _compare(source, target, row, decrypt=True)
         report.verified += 1
         return f"{done}, verified"
     except (VaultError, CatalogError, FormatError, OSError) as exc:
@@ -477,22 +477,25 @@ def _digests(vault: Vault, row: RecordingRow, fh: ByteSource, *, decrypt: bool) 
     return _Digests(plain, hashing.drain())
 
 
-def _compare(source: Vault, target: Vault, row: RecordingRow) -> None:
-    """Decrypt the recording from the source and from the target (its key from the target's
-    row, its bytes from the target's segments): the same audio, the same bytes, or an error."""
-    with _source_blob(source, row) as fh:
-        ours = _digests(source, row, fh, decrypt=True)
-    with _target_blob(target, row) as (theirs_row, fh):
-        theirs = _digests(target, theirs_row, fh, decrypt=True)
+def _compare(source: Vault, target: Vault, row: RecordingRow, *, decrypt: bool) -> None:
+    """Read the recording from the source and from the target (its key from the target's row,
+    its bytes from the target's segments), decrypted end to end unless ``decrypt`` is False
+    (sealed to a public key): the same audio, the same bytes, or an error saying which side."""
+    with _reading("the source"), _source_blob(source, row) as fh:
+        ours = _digests(source, row, fh, decrypt=decrypt)
+    with _reading("the target"), _target_blob(target, row) as (theirs_row, fh):
+        theirs = _digests(target, theirs_row, fh, decrypt=decrypt)
     _check_same(row, ours, theirs)
 
 
-def _compare_ciphertext(source: Vault, target: Vault, row: RecordingRow) -> None:
-    with _source_blob(source, row) as fh:
-        ours = _digests(source, row, fh, decrypt=False)
-    with _target_blob(target, row) as (_, fh):
-        theirs = _digests(target, row, fh, decrypt=False)
-    _check_same(row, ours, theirs)
+@contextmanager
+def _reading(side: str) -> Iterator[None]:
+    """A damaged blob's error, saying on which side (it already names the recording)."""
+    try:
+        yield
+    except FormatError as exc:
+        chunk = "" if exc.chunk is None else f"chunk {exc.chunk}: "
+        raise VaultError(f"reading it from {side}: {chunk}{exc.reason}") from None
 
 
 def _check_same(row: RecordingRow, ours: _Digests, theirs: _Digests) -> None:

@@ -72,11 +72,12 @@ def cmd_vault_migrate(args: argparse.Namespace) -> int:
 
     def text() -> str:
         lines = [
-            (
-                f"migrated to {report.target_catalog} and {report.target_blobs}"
-                if report.state != "complete"
-                else f"already migrated to {report.target_catalog} and {report.target_blobs}"
-            )
+            {
+                "complete": "already migrated to",
+                "new": "migrated to",
+                "resumed": "migrated (resumed) to",
+            }[report.state]
+            + f" {report.target_catalog} and {report.target_blobs}"
             + f" in {report.seconds:.1f} s: {report.recordings} recordings ({report.copied} "
             f"copied now, {report.present} already there, {report.rows_only} without audio), "
             f"{report.verified} verified by decryption from the target, "
@@ -86,7 +87,7 @@ def cmd_vault_migrate(args: argparse.Namespace) -> int:
             data["keyring"],
         ]
         if report.problems:
-            lines = ["migration NOT complete:"] + [f"  {p}" for p in report.problems] + lines[1:]
+            lines = ["migration NOT complete:"] + [f"  {p}" for p in report.problems] + lines
         return "\n".join(lines)
 
     emit(args, data, text)

@@ -314,8 +314,14 @@ def test_a_tampered_target_segment_is_reported(
     summary = json.loads(out)
     assert code == 1 and not summary["ok"]
     assert [p["recording_id"] for p in summary["problems"]] == [ids["complete1"]]
-    assert "chunk 2: authentication failed" in summary["problems"][0]["what"]
+    assert summary["problems"][0]["what"].startswith(
+        "reading it from the target: chunk 2: authentication failed"
+    )
     assert summary["verified"] == 4  # the others still verify
+    code, out, err = run(capsys, *argv[:-2])  # in words, with progress
+    assert code == 1 and out.startswith("migration NOT complete:\n")
+    assert f"recording {ids['complete1']}: reading it from the target: chunk 2: " in out
+    assert f"{ids['complete1']} FAILED: " in err and "8/8" in err
 
 
 def test_a_running_vault_or_a_foreign_target_is_refused(
