@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.files import utc_iso
-from storage.sql import Connection, Database, Row, SqliteDatabase
+from storage.sql import Connection, Database, Row, SqliteDatabase, driver_message
 
 # A recording's GDPR Art. 6(1) lawful basis, by name. What each basis means, and which consent
 # flow it admits, is the application's business (ivr.policy.LawfulBasis; tests/test_lawful_basis.py
@@ -369,9 +369,10 @@ class Catalog:
             raise CatalogError(f"catalog cannot be opened: {exc}") from None
         except Exception as exc:
             if url is not None and not isinstance(exc, ValueError):
-                # A driver's message can carry the URL, password included: say what failed only.
+                from storage.postgres import redacted
+
                 raise CatalogError(
-                    f"catalog {where} cannot be opened: {type(exc).__name__}"
+                    f"catalog {redacted(url)} cannot be opened: {driver_message(exc, url)}"
                 ) from None
             raise CatalogError(f"catalog {where} cannot be opened: {exc}") from None
         self.kind = self._database.kind

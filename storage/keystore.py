@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from storage.files import atomic_write, open_private, private_dir
+from storage.sql import driver_message
 
 # How stale a node's copy of the shared keyring may be: a key version added on another node is
 # used here within this many seconds; one retired there is forgotten here within as many.
@@ -152,7 +153,7 @@ class PostgresKeyringStore:
             yield
         except self._psycopg.Error as exc:
             raise KeyStoreUnavailable(
-                f"key store {self.where}: could not {doing}: {str(exc).strip()}"
+                f"key store {self.where}: could not {doing}: {driver_message(exc, self.url)}"
             ) from None
 
     def _connection(self) -> Any:

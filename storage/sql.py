@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from storage.files import open_private
 
@@ -179,3 +180,12 @@ class SqliteDatabase:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def driver_message(exc: BaseException, url: str) -> str:
+    """A database driver's error as one line, with the password of ``url`` (should it carry
+    one, and the driver repeat it) masked: what an operator needs (a refused connection, a
+    failed login), never the secret."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    password = urlsplit(url).password
+    return text.replace(password, "***") if password else text

@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import os
+import socket
 import sqlite3
 import stat
 from pathlib import Path
@@ -842,3 +843,30 @@ def test_list_limit(
     with pytest.raises(SystemExit) as exc:
         main(["recordings", "list", "--data-dir", str(data_dir), "--limit", "0"])
     assert exc.value.code == 2
+
+
+def test_commands_without_config_read_ivr_config_and_a_database_error_is_one_line(
+    capsys, tmp_path, monkeypatch
+):
+    """A node's vault commands reach the catalog and key store its configuration names
+    (IVR_CONFIG, as the service reads it), and a PostgreSQL that cannot be reached is an
+    operator's one-line error, not a traceback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket closes
+    url = f"postgresql://ivr@127.0.0.1:{port}"
+    data = tmp_path / "var"
+    Vault(data, environ={}, fsync=False).close()  # a keyring (and master.key) of its own
+    config = tmp_path / "node.toml"
+    monkeypatch.setenv("IVR_CONFIG", str(config))
+    config.write_text(f'[storage]\ncatalog_url = "{url}/ivr"\n')
+    code, out, err = run(capsys, "recordings", "list", "--data-dir", data)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"ivr: error: catalog {url}/ivr cannot be opened: ") and "refused" in err
+    assert len(err.splitlines()) == 1
+    (data / "keyring.json").unlink()
+    config.write_text(f'[storage]\ncatalog_url = "{url}/ivr"\nkeyring_url = "{url}/keys"\n')
+    code, out, err = run(capsys, "recordings", "list", "--data-dir", data)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"ivr: error: key store {url}/keys: could not") and "refused" in err
+    assert len(err.splitlines()) == 1

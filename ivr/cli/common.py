@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,16 @@ def open_vault(args: argparse.Namespace, *, create: bool = False) -> Vault:
 
 
 def _from_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The vault's arguments from ``--config`` (each tenant's key custody, where the catalog,
-    the keyring and the blobs are), for the commands that take one; none without it."""
-    if not getattr(args, "config", None):
+    """The vault's arguments from ``--config``, or for commands without that option from
+    ``IVR_CONFIG`` as the service reads it (each tenant's key custody, where the catalog, the
+    keyring and the blobs are: a node's commands must reach its PostgreSQL catalog and key
+    store); none without either."""
+    path = getattr(args, "config", None) or os.environ.get(CONFIG_ENV)
+    if not path:
         return {}
     from ivr.config import load_config
 
-    config = load_config(Path(args.config))
+    config = load_config(Path(path))
     return {
         "public_keys": {t.id: t.public_key for t in config.tenants.values()},
         "catalog_url": config.catalog_url,

@@ -661,3 +661,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # The PostgreSQL driver's errors (a server gone away, a refused login) are an
+        # operator's to act on too; its module is imported only with a postgresql:// URL.
+        if not type(exc).__module__.startswith("psycopg"):
+            raise
+        print(f"ivr: error: PostgreSQL: {' '.join(str(exc).split()) or exc!r}", file=sys.stderr)
+        return EXIT_FAILURE
