@@ -44,6 +44,7 @@ from storage.custody import (
 from storage.keys import KeyringCorrupt, fingerprint
 from storage.vault import Vault
 from tests.independent_decrypter import decrypt as independent_decrypt
+from tests.stored_blobs import blob_bytes, objects
 
 MASTER = os.urandom(32)
 EVIDENCE = "consent given to the agent at 10:02, ticket 4711"
@@ -127,7 +128,7 @@ def test_public_key_recording_opens_only_with_its_private_key(sealed_vault, keyp
     # The wire format as documented: an independent unwrap + decrypt gets the same audio.
     dek = spec_unwrap(private, "acme", row.id, row.key_ref, row.wrapped_dek)
     assert dek == sealed_vault.data_key(row, private)
-    blob = sealed_vault.blobs.path(row.blob_path).read_bytes()
+    blob = blob_bytes(sealed_vault, row)
     assert independent_decrypt(blob, dek)[1] == sent
 
 
@@ -174,6 +175,7 @@ def test_the_data_directory_holds_nothing_that_decrypts(tmp_path, keypair):
     with Vault(data, master_key=MASTER, fsync=False, public_keys={"acme": public}) as vault:
         call, row, _ = record(vault, caller="+46701234567")
         dek = vault.data_key(row, private)
+        kept = {key: key.encode() + data for key, (data, _) in objects(vault).items()}
     secrets = {
         "private key": raw_private(private),
         "private key (base64)": base64.b64encode(raw_private(private)),
@@ -182,12 +184,14 @@ def test_the_data_directory_holds_nothing_that_decrypts(tmp_path, keypair):
         "data key (base64)": base64.b64encode(dek),
         "caller number": b"+46701234567",
     }
+    # Every file of the data directory and every object of its object store (if any).
     files = [p for p in data.rglob("*") if p.is_file()]
-    assert any(p.suffix == ".rec" for p in files) and any(p.name == "keyring.json" for p in files)
-    for path in files:
-        content = path.read_bytes()
+    assert any(p.name == "keyring.json" for p in files)
+    assert any(p.suffix == ".rec" for p in files) or kept
+    kept.update((str(p), p.read_bytes()) for p in files)
+    for where, content in kept.items():
         for what, value in secrets.items():
-            assert value not in content, f"{what} found in {path}"
+            assert value not in content, f"{what} found in {where}"
     # And with everything the data directory holds (master key included), it does not open.
     with Vault(data, master_key=MASTER, fsync=False) as vault:
         with pytest.raises(PrivateKeyNeeded):

@@ -20,6 +20,7 @@ from storage.audit import verify_catalog
 from storage.catalog import RecordingStatus
 from storage.vault import Vault
 from tests.independent_decrypter import decrypt as independent_decrypt
+from tests.stored_blobs import blob_bytes, blobs_of
 
 MASTER = os.urandom(32)
 CALLER = "+46701234567"
@@ -65,15 +66,14 @@ def record(vault, caller=CALLER, days=30, tenant="acme", basis="consent", langua
 # -- holds and erasure ----------------------------------------------------------------------------
 def test_erasure_crypto_shreds_and_leaves_a_tombstone(vault):
     row = record(vault)
-    blob_path = vault.blobs.path(row.blob_path)
-    copy = blob_path.read_bytes()  # a backup taken before the erasure
+    copy = blob_bytes(vault, row)  # a backup taken before the erasure
     wrapped = row.wrapped_dek
     erased = lifecycle.erase(vault, row.id, reason="Art. 17 request", actor="dpo")
     assert erased.status is RecordingStatus.ERASED and erased.wrapped_dek is None
     assert erased.consent_evidence is None and erased.call_id is None
     assert erased.erasure_reason == "Art. 17 request" and erased.erased_at
     assert (erased.tenant, erased.lawful_basis) == ("acme", "consent")
-    assert not blob_path.exists()
+    assert not blobs_of(vault, "acme", row.id)
     # Nothing left in the data directory opens the copy: the wrapped key is gone from every
     # file (WAL included), and no key in the keyring decrypts the blob directly.
     for path in vault.data_dir.rglob("*"):

@@ -8,7 +8,6 @@ import base64
 import json
 import logging
 import secrets
-from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import aiohttp
@@ -22,6 +21,7 @@ from ivr.platforms.twilio.signature import SIGNATURE_HEADER, compute_signature
 from ivr.service import VAULT, create_app
 from storage.catalog import RecordingStatus
 from storage.vault import Vault
+from tests.stored_blobs import blobs_of
 
 CONSENT_LINE = "+15550100001"
 OBJECTION_LINE = "+15550100002"
@@ -120,7 +120,7 @@ async def test_withdrawal_discards_the_recording(service):
     (row,) = rows(app, result.call_sid)
     assert row.status is RecordingStatus.DISCARDED and row.wrapped_dek is None
     assert row.consent_evidence["withdrawn_at"] is not None
-    assert not list(Path(app[VAULT].data_dir, "blobs").rglob(f"{row.id}*"))
+    assert not blobs_of(app[VAULT], row.tenant, row.id)
 
 
 async def test_message_line_records_the_caller_until_hang_up(service):

@@ -21,6 +21,7 @@ from storage.catalog import SCHEMA_VERSION, Catalog, CatalogError, RecordingStat
 from storage.keys import MasterKeyError, load_master_key, now_utc, parse_master_key
 from storage.vault import NotReadable, Vault, VaultError, VaultWriteError
 from tests.independent_decrypter import decrypt as independent_decrypt
+from tests.stored_blobs import blob_bytes, blobs_of, objects
 
 ROOT = Path(__file__).resolve().parent.parent
 MASTER = os.urandom(32)
@@ -66,7 +67,7 @@ def test_recording_round_trip_and_catalog_row(vault):
     assert frames_of(vault, row.id) == sent
     assert vault.caller_of(call) == "+46701234567"
     # The blob on disk matches its catalog digest and the spec's independent reader.
-    blob = vault.blobs.path(row.blob_path).read_bytes()
+    blob = blob_bytes(vault, row)
     assert len(blob) == row.blob_size
     assert independent_decrypt(blob, vault.data_key(row))[1] == sent
 
@@ -124,7 +125,7 @@ def test_discard_destroys_key_and_blob(vault):
     rec.wait_written()
     row = rec.discard(reason="consent withdrawn")
     assert row.status is RecordingStatus.DISCARDED and row.wrapped_dek is None
-    assert not list((vault.data_dir / "blobs").rglob(f"{rec.id}*"))
+    assert not blobs_of(vault, "acme", rec.id)
     with pytest.raises(NotReadable, match="discarded"):
         frames_of(vault, rec.id)
     assert any(e.action == "recording.discarded" for e in vault.catalog.audit_events())
@@ -171,7 +172,7 @@ def test_a_disk_that_fills_before_the_first_chunk_fails_cleanly(vault, monkeypat
     rec.append(0, 0, b"\x00" * 160)
     row = rec.close()
     assert row.status is RecordingStatus.FAILED and row.wrapped_dek is None
-    assert not list((vault.data_dir / "blobs").rglob(f"{rec.id}*"))
+    assert not blobs_of(vault, "acme", rec.id)
 
 
 # -- crash recovery -------------------------------------------------------------------------------
@@ -221,7 +222,7 @@ def test_recovery_of_a_writer_that_sealed_nothing(tmp_path):
     b = Vault(tmp_path, master_key=MASTER, fsync=False)
     row = b.get(rec.id)
     assert row.status is RecordingStatus.FAILED and row.wrapped_dek is None
-    assert not list((tmp_path / "blobs").rglob(f"{rec.id}*"))
+    assert not blobs_of(b, "acme", rec.id)
     b.close()
 
 
@@ -284,13 +285,17 @@ def test_nothing_personal_is_written_in_clear(tmp_path):
     number = "+46701234567"
     vault = Vault(tmp_path, master_key=MASTER, fsync=False)
 
-    def scan() -> None:
+    def scan() -> int:
+        """Check every file of the data directory and every object (key, metadata, bytes)
+        of the vault's object stores; how many blobs (files or objects) there were."""
         needles = [canary, number.encode(), number[1:].encode(), number.encode("utf-16-le")]
-        for path in tmp_path.rglob("*"):
-            if path.is_file():
-                data = path.read_bytes()
-                for needle in needles:
-                    assert needle not in data, f"{needle!r} found in {path}"
+        kept = {str(p): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        for key, (data, metadata) in objects(vault).items():
+            kept[key] = key.encode() + json.dumps(metadata).encode() + data
+        for where, data in kept.items():
+            for needle in needles:
+                assert needle not in data, f"{needle!r} found in {where}"
+        return sum(1 for where in kept if where.startswith("s3:") or ".rec" in where)
 
     call = vault.open_call(tenant="acme", platform="test", caller=number)
     rec = vault.start_recording(tenant="acme", call_id=call, lawful_basis="consent", purpose="q")
@@ -298,11 +303,11 @@ def test_nothing_personal_is_written_in_clear(tmp_path):
     for i in range(300):
         rec.append(i % 2, i * 10, payload)
     rec.wait_written()
-    scan()  # mid-call: the .part file and the WAL hold no clear audio either
+    assert scan()  # mid-call: the .part file (or segments) and the WAL hold no clear audio
     rec.close()
+    assert scan()
     vault.close()
-    scan()
-    assert any(p.suffix == ".rec" for p in tmp_path.rglob("*"))
+    scan()  # what closing writes (the data directory's files)
 
 
 def test_data_files_are_private(tmp_path):
