@@ -20,6 +20,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -27,10 +28,10 @@ from ivr import __version__, api, serving
 from ivr.app_keys import CALLS, CLOCK, CONFIG, DATA_DIR, VAULT, WORKER
 from ivr.audit_heads import HEAD_PUBLISHER, HeadPublisher, publish_heads
 from ivr.calls import CallRegistry
-from ivr.calls.relay import RELAY, Relay, pass_on_held
+from ivr.calls.relay import RELAY, Relay, RelayAuth, pass_on_held
 from ivr.config import Config
 from ivr.gdpr import breach
-from ivr.leadership import Leadership
+from ivr.leadership import RETRY_SECONDS, Leader, leadership_for
 from ivr.metrics import METRICS, add_metrics
 from ivr.platforms.asterisk.app import AriApplication
 from ivr.platforms.twilio.app import TWILIO, TwilioCalls, add_routes
@@ -48,23 +49,29 @@ from storage import lifecycle
 from storage.audit import heads_file
 from storage.catalog import RecordingStatus
 from storage.keys import now_utc
+from storage.liveness import LeaseTerms
 from storage.retirement import KeySchedule, run_schedule
 from storage.vault import Vault
 
 log = logging.getLogger(__name__)
 
 # How soon what a dead process left (its recordings, its calls) is finished by another running
-# on the same vault: its lock is free the moment it dies, so this is the whole delay.
+# on the same vault: its lock is free the moment it dies, so this is the whole delay. On a
+# catalog shared between machines the lease must lapse first (``[cluster] lease_seconds``), and
+# the round comes at least once a lease time.
 DEAD_PROCESS_RECOVERY_SECONDS = 10.0
+# Dead processes' rows in the catalog, once they hold nothing open, are removed this many lease
+# times after their lease expired (a process only cut off registers again).
+FORGET_AFTER_LEASES = 20
 
 ARI = web.AppKey("ari", AriApplication)
 # The background loops' health, by name, for /healthz (ivr/supervision.py).
 LOOPS = web.AppKey[dict[str, LoopHealth]]("loops")
-LEADERSHIP = web.AppKey("leadership", Leadership)
+LEADERSHIP = web.AppKey[Leader]("leadership")
 REFUSAL_WINDOW_SECONDS = 60.0  # refused API requests: one window's count per audit entry
 # How often a process that does not run the background jobs tries to take them over: a dead
 # holder's lock is free at once (ivr/leadership.py), its jobs should not wait a sweep interval.
-LEADERSHIP_RETRY_SECONDS = 2.0
+LEADERSHIP_RETRY_SECONDS = RETRY_SECONDS
 
 
 def rounded(seconds: float | None) -> float | None:
@@ -100,6 +107,7 @@ def create_app(
     app[CLOCK] = clock
     loops = app[LOOPS] = {}
     head_file = heads_file(config.audit_head_file, data_dir)
+    lease_terms = LeaseTerms.lasting(config.lease_seconds)
 
     async def vault_ctx(app: web.Application) -> AsyncIterator[None]:
         for warning in config.warnings:
@@ -114,6 +122,7 @@ def create_app(
                 catalog_url=config.catalog_url,
                 blob_url=config.blob_url,
                 keyring_url=config.keyring_url,
+                lease=lease_terms,
             )
         )
         app[VAULT] = vault
@@ -208,14 +217,16 @@ def create_app(
             ),
             clock=clock,
         )
-        relay = app[RELAY] = twilio.relay = Relay(app[VAULT], twilio.counters)
+        auth = RelayAuth(app[VAULT].keyring.service_key("relay"))
+        relay = app[RELAY] = twilio.relay = Relay(app[VAULT], twilio.counters, auth)
 
         def relay_routes(listener: web.Application) -> None:
             listener[TWILIO] = twilio
             add_routes(listener, relay_listener=True)
 
         # Other processes on this catalog pass requests for our calls here.
-        await relay.listen(relay_routes)
+        host, port, advertise = relay_address(config, worker)
+        await relay.listen(relay_routes, host=host, port=port, advertise=advertise)
         yield  # its streams close in the on_shutdown hook, before any cleanup step runs
         await relay.close()
 
@@ -238,7 +249,14 @@ def create_app(
             retire_after_days=config.key_retire_after_days,
         )
         health = loops["retention_sweeper"] = LoopHealth("retention sweeper")
-        leadership = app[LEADERSHIP] = Leadership(data_dir)
+        leadership = app[LEADERSHIP] = await asyncio.to_thread(
+            leadership_for, app[VAULT], lease_terms
+        )
+        keeper_health = loops["leadership"] = LoopHealth("background jobs' leadership")
+        keeper = asyncio.create_task(
+            supervise(keeper_health, lambda: _keep_leadership(leadership, keeper_health)),
+            name="leadership",
+        )
         sweeper = asyncio.create_task(
             supervise(
                 health,
@@ -249,11 +267,14 @@ def create_app(
             name="retention-sweeper",
         )
         recovery_health = loops["dead_process_recovery"] = LoopHealth("dead-process recovery")
+        shared = app[VAULT].catalog.kind == "postgresql"
+        every = min(recovery_interval, lease_terms.seconds) if shared else recovery_interval
+        forget = lease_terms.seconds * FORGET_AFTER_LEASES if shared else None
         recovery = asyncio.create_task(
             supervise(
                 recovery_health,
                 lambda: _recover_dead_holders(
-                    app[CALLS], leadership, recovery_interval, recovery_health
+                    app[CALLS], leadership, every, recovery_health, forget
                 ),
             ),
             name="dead-process-recovery",
@@ -268,7 +289,8 @@ def create_app(
         yield
         await _cancel(recovery)
         await _cancel(sweeper)
-        leadership.release()
+        await _cancel(keeper)
+        await asyncio.to_thread(leadership.release)
 
     api.configure(
         app,
@@ -284,6 +306,25 @@ def create_app(
     add_routes(app)
     api.add_routes(app)
     return app
+
+
+def relay_address(config: Config, worker: Worker) -> tuple[str, int, str | None]:
+    """Where this process listens for relayed requests and the URL it registers: the
+    configured ``[cluster] relay_listen`` and ``relay_advertise``; of ``--workers N``, worker
+    ``i`` on the port plus ``i`` (each process has its own listener), unless the port is 0
+    (any free one). Without ``relay_advertise``, the address bound."""
+    host, port = config.relay_listen
+    if port == 0:
+        return host, 0, config.relay_advertise
+    port += worker.index
+    advertise = config.relay_advertise
+    if advertise is not None and worker.index:
+        parts = urlsplit(advertise)
+        base = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
+        name = parts.hostname or ""
+        name = f"[{name}]" if ":" in name else name
+        advertise = urlunsplit(parts._replace(netloc=f"{name}:{base + worker.index}"))
+    return host, port, advertise
 
 
 def worker_asterisk(config: Config, worker: Worker) -> Config:
@@ -330,15 +371,37 @@ async def _expire_calls(registry: CallRegistry, health: LoopHealth | None = None
             log.warning("%d call(s) had no word from their platform; forgotten", expired)
 
 
+async def _keep_leadership(leadership: Leader, health: LoopHealth) -> None:
+    """Take the background jobs when their holder is gone, and keep them (a lease is renewed
+    here), every ``leadership.retry_seconds``; off the event loop (it may wait on the
+    database)."""
+    while True:
+        try:
+            await in_thread(leadership.claim)
+        except Exception as exc:
+            health.round_failed(exc, "leadership claim")
+        else:
+            health.round_ok()
+        await asyncio.sleep(leadership.retry_seconds)
+
+
 async def _recover_dead_holders(
-    registry: CallRegistry, leadership: Leadership, interval: float, health: LoopHealth
+    registry: CallRegistry,
+    leadership: Leader,
+    interval: float,
+    health: LoopHealth,
+    forget_after: float | None = None,
 ) -> None:
     """Of several processes on one vault, the one running the background jobs finishes what a
     process that died left open (its recordings, its calls' rows: ``recover_dead_holders``),
-    within ``interval`` of its death rather than at the next start."""
+    within ``interval`` of its death (on a shared catalog: of its lease's expiry) rather than
+    at the next start. ``forget_after``: dead processes' rows, once they hold nothing open, are
+    removed that long after their lease expired."""
     while True:
-        if leadership.claim():
+        if leadership.held:
             await registry.recover_dead_holders(platforms=("twilio",))
+            if forget_after is not None:
+                await in_thread(registry.vault.catalog.forget_expired_processes, forget_after)
         health.round_ok()
         await asyncio.sleep(interval)
 
@@ -350,7 +413,7 @@ async def _retention_sweeper(
     call_record_days: int,
     keys: KeySchedule | None = None,
     health: LoopHealth | None = None,
-    leadership: Leadership | None = None,
+    leadership: Leader | None = None,
 ) -> None:
     """Storage limitation, enforced: purge what has outlived its retention period, on a
     schedule, from the moment the service starts; then the key schedule (rotate, re-wrap,
@@ -362,7 +425,7 @@ async def _retention_sweeper(
     succeeds); the other steps still run and the loop carries on."""
     health = health or LoopHealth("retention sweeper")
     while True:
-        if leadership is not None and not leadership.claim():
+        if leadership is not None and not await in_thread(leadership.claim):
             health.round_ok()  # another process runs the jobs (ivr/leadership.py)
             await asyncio.sleep(min(interval, LEADERSHIP_RETRY_SECONDS))
             continue

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.files import utc_iso
+from storage.liveness import lease_alive
 from storage.sql import Connection, Database, Row, SqliteDatabase, driver_message
 
 # A recording's GDPR Art. 6(1) lawful basis, by name. What each basis means, and which consent
@@ -193,6 +194,18 @@ MIGRATIONS: Sequence[str] = (
         started_at TEXT NOT NULL
     );
     """,
+    # 9: several machines on one catalog (storage/liveness.py). A process is alive while its
+    # lease has not expired, by the database's clock; ``leases`` holds the leases that elect
+    # one holder among every node (the background jobs). A process with no relay address yet
+    # has relay_url ''.
+    """
+    ALTER TABLE processes ADD COLUMN lease_expires_at TEXT;
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 GENESIS_HASH = "0" * 64
@@ -357,6 +370,7 @@ class Catalog:
         self, path: Path, clock: Callable[[], datetime], *, url: str | None = None
     ) -> None:
         self.path = path
+        self._url = url
         self._clock = clock
         # Set by the vault once the keyring is open: entries after ``audit_keyed_after`` must
         # be HMACs with ``audit_key``.
@@ -419,6 +433,12 @@ class Catalog:
 
     def close(self) -> None:
         self._database.close()
+
+    def open_side(self) -> Database:
+        """Another connection to the same database, for work that must not wait behind this
+        catalog's own (a lease's renewals, a recovery's claim held while a blob is read); the
+        caller closes it."""
+        return open_database(self._url, self.path)
 
     def checkpoint(self) -> None:
         """After an erasure: what the database can do so that the erased values' old bytes do
@@ -575,10 +595,34 @@ class Catalog:
         )
 
     def relay_url(self, writer_id: str) -> str | None:
+        """Where ``writer_id`` takes relayed requests; None if it registered no address."""
         row = self._database.fetchone(
             "SELECT relay_url FROM processes WHERE writer_id = ?", (writer_id,)
         )
-        return str(row[0]) if row else None
+        return str(row[0]) if row and row[0] else None
+
+    def lease_alive(self, writer_id: str) -> bool:
+        """Whether ``writer_id`` holds an unexpired lease, by the database's clock."""
+        return lease_alive(self._database, writer_id)
+
+    def forget_expired_processes(self, older_than_seconds: float) -> int:
+        """Remove the rows of processes whose lease expired more than ``older_than_seconds``
+        ago and that hold nothing open (no call, no recording being written): processes that
+        died. How many. A process that was only cut off finds its row gone at its next renewal
+        and registers again (storage/liveness.py)."""
+        cutoff = self._database.clock_sql()
+        with self.transaction(shared=True) as db:
+            return int(
+                db.execute(
+                    "DELETE FROM processes WHERE lease_expires_at IS NOT NULL"
+                    f" AND lease_expires_at < {cutoff}"
+                    " AND writer_id NOT IN (SELECT writer_id FROM recordings"
+                    "  WHERE status = 'recording' AND writer_id IS NOT NULL)"
+                    " AND writer_id NOT IN (SELECT owner FROM calls"
+                    "  WHERE ended_at IS NULL AND owner IS NOT NULL)",
+                    (-float(older_than_seconds),),
+                ).rowcount
+            )
 
     def forget_process(self, writer_id: str) -> None:
         with self.transaction() as db:
@@ -606,6 +650,26 @@ class Catalog:
             sql += " AND status = :expect"
             params["expect"] = expect_status.value
         return db.execute(sql, params).rowcount == 1
+
+    @contextmanager
+    def claim_recording(
+        self, database: Database, recording_id: str
+    ) -> Iterator[tuple[Connection, RecordingRow] | None]:
+        """PostgreSQL: a transaction on ``database`` (a side connection: ``open_side``) that
+        holds the row of a recording still ``recording``, locked ``FOR UPDATE SKIP LOCKED``, so
+        that no other recoverer (nor the late writer's own finalisation, which waits for the
+        lock and then finds the status changed) can finish it meanwhile; None when another
+        transaction holds it or it is no longer ``recording``. Committed when the body
+        returns."""
+        if self.kind != "postgresql":
+            raise CatalogError("claiming rows with SKIP LOCKED needs PostgreSQL")
+        with database.transaction(shared=True) as db:
+            row = db.execute(
+                "SELECT * FROM recordings WHERE id = ? AND status = 'recording'"
+                " FOR UPDATE SKIP LOCKED",
+                (recording_id,),
+            ).fetchone()
+            yield None if row is None else (db, RecordingRow.from_row(row))
 
     def recording(self, recording_id: str) -> RecordingRow:
         row = self._database.fetchone("SELECT * FROM recordings WHERE id = ?", (recording_id,))

@@ -164,13 +164,14 @@ class PostgresDatabase:
             return self._conn().execute(to_psycopg(sql), params or None).fetchone()
 
     @contextmanager
-    def transaction(self, *, shared: bool = False) -> Iterator[Connection]:
+    def transaction(self, *, shared: bool = False, lock: bool = True) -> Iterator[Connection]:
         with self._lock:
             conn = self._conn()
             conn.execute("BEGIN")
             try:
-                take = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-                conn.execute(f"SELECT {take}(%s, %s)", (LOCK_NAMESPACE, CATALOG_LOCK))
+                if lock:
+                    take = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+                    conn.execute(f"SELECT {take}(%s, %s)", (LOCK_NAMESPACE, CATALOG_LOCK))
                 yield _Translating(conn)
                 conn.execute("COMMIT")
             except BaseException:
@@ -178,6 +179,14 @@ class PostgresDatabase:
                     with suppress(psycopg.Error):
                         conn.execute("ROLLBACK")
                 raise
+
+    def clock_sql(self) -> str:
+        # The server's clock, the one clock every node shares (clock_timestamp(): the time of
+        # the statement, not of the transaction's start).
+        return (
+            "to_char((clock_timestamp() + make_interval(secs => CAST(? AS double precision)))"
+            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+        )
 
     def lock_audit_chain(self, db: Connection) -> None:
         db.execute("SELECT pg_advisory_xact_lock(?, ?)", (LOCK_NAMESPACE, AUDIT_LOCK))

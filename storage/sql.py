@@ -67,11 +67,19 @@ class Database(Protocol):
 
     def fetchone(self, sql: str, params: Params = ()) -> Any: ...
 
-    def transaction(self, *, shared: bool = False) -> Any:
+    def transaction(self, *, shared: bool = False, lock: bool = True) -> Any:
         """A context manager: one write transaction, committed when its body returns, rolled
         back when it raises. ``shared``: the body touches only rows this writer owns (a call's
         row, a recording it writes), so other shared transactions may run beside it; any other
-        transaction excludes every other writer, as SQLite always does."""
+        transaction excludes every other writer, as SQLite always does. ``lock`` False: the
+        body touches only tables outside that discipline (leases, storage/liveness.py), so it
+        takes no catalog lock where the database has one to skip (PostgreSQL)."""
+        ...
+
+    def clock_sql(self) -> str:
+        """An SQL expression for the database's own time now plus ``?`` seconds (one
+        parameter, a float), in the catalog's text form of a time (``utc_iso``'s, which sorts
+        as it compares): what leases are measured by (storage/liveness.py)."""
         ...
 
     def lock_audit_chain(self, db: Connection) -> None:
@@ -139,7 +147,7 @@ class SqliteDatabase:
             return self._db.execute(sql, params).fetchone()
 
     @contextmanager
-    def transaction(self, *, shared: bool = False) -> Iterator[Connection]:
+    def transaction(self, *, shared: bool = False, lock: bool = True) -> Iterator[Connection]:
         """BEGIN IMMEDIATE: SQLite has one writer at a time, ``shared`` or not. Whatever fails
         in it, the COMMIT included (a full disk can refuse it), leaves no transaction open:
         SQLite may already have rolled back on its own (then ROLLBACK would fail and hide the
@@ -157,6 +165,11 @@ class SqliteDatabase:
 
     def lock_audit_chain(self, db: Connection) -> None:
         """Nothing to do: BEGIN IMMEDIATE already excludes every other writer."""
+
+    def clock_sql(self) -> str:
+        # The machine's clock, which every process on this file shares; '%f' is SS.SSS, padded
+        # to utc_iso's microseconds so that both forms compare alike.
+        return "strftime('%Y-%m-%dT%H:%M:%f', 'now', printf('%+.6f seconds', ?)) || '000Z'"
 
     def schema_version(self, db: Connection) -> int:
         version: int = db.execute("PRAGMA user_version").fetchone()[0]

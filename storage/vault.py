@@ -81,9 +81,10 @@ from storage.keys import (
     wrap_dek,
 )
 from storage.keystore import open_keyring_store
+from storage.liveness import DEFAULT_TERMS, LeaseTerms, ProcessLease, Renewer
 from storage.pending import PendingWrites
 from storage.reader import RecordingReader, read_header
-from storage.sql import Connection
+from storage.sql import Connection, Database
 from storage.writer import EncryptingWriter
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class Vault:
         catalog_url: str | None = None,
         blob_url: str | None = None,
         keyring_url: str | None = None,
+        lease: LeaseTerms = DEFAULT_TERMS,
     ) -> None:
         """``public_keys``: the configuration's key custody per tenant, a raw X25519 public key
         (public-key custody) or None (local keyring). It is recorded in the data directory, so
@@ -150,7 +152,11 @@ class Vault:
 
         ``blob_url``: where new recordings' blobs go; None: ``blobs/`` in the data directory,
         ``s3://bucket/prefix``: an S3-compatible object store (storage/s3blobs.py, endpoint
-        and credentials from ``environ``)."""
+        and credentials from ``environ``).
+
+        ``lease``: on a PostgreSQL catalog, which processes on other machines share, this
+        process holds a lease of these terms while the vault is open (storage/liveness.py);
+        on SQLite the writer lock below is all it takes."""
         self.data_dir = data_dir
         self.clock = clock
         self.chunk_interval_ms = chunk_interval_ms
@@ -211,6 +217,18 @@ class Vault:
         )
         fcntl.flock(self._writer_lock, fcntl.LOCK_EX)
         self.open_recordings: dict[str, Recording] = {}
+        # On a catalog other machines share: this process's lease, renewed in a thread on a
+        # connection of its own, and a connection for recovery's claims (storage/liveness.py).
+        self.lease: ProcessLease | None = None
+        self._renewer: Renewer | None = None
+        self._claims: Database | None = None
+        if self.catalog.kind == "postgresql":
+            self.lease = ProcessLease(
+                self.catalog.open_side(), self.writer_id, lease, utc_iso(now_utc())
+            )
+            self.lease.take()
+            self._renewer = Renewer(f"lease {self.writer_id}", self.lease.renew, lease.renew_every)
+            self._renewer.start()
         if recover:
             self.recover()
 
@@ -259,6 +277,14 @@ class Vault:
             )
         for store in self.blob_stores():
             store.close()
+        if self._renewer is not None:
+            self._renewer.stop()
+        if self.lease is not None:
+            with contextlib.suppress(*self.catalog.write_failures):
+                self.lease.release()
+            self.lease.database.close()
+        if self._claims is not None:
+            self._claims.close()
         self.catalog.close()
         self.keyring.close()
         with contextlib.suppress(OSError):
@@ -528,10 +554,26 @@ class Vault:
 
     # -- recovery --------------------------------------------------------------------------
     def recover(self) -> builtins.list[RecoveryResult]:  # plain `list` would be Vault.list
-        """Finish what dead writers left in ``recording``: keep every sealed chunk."""
+        """Finish what dead writers left in ``recording``: keep every sealed chunk.
+
+        A writer that ran on this data directory is dead when its lock is free (exact); one
+        that ran elsewhere, on a catalog shared between machines, when its lease has expired,
+        and then only its recordings in a shared object store are ours to finish (a local
+        blob is on its machine's disk, which that machine's next start recovers). On
+        PostgreSQL each recording is claimed ``FOR UPDATE SKIP LOCKED`` first, so that two
+        recoverers never both finish one."""
         results = []
         for row in self.catalog.recordings(status=RecordingStatus.RECORDING):
             if row.writer_id == self.writer_id:
+                continue
+            if not self._ran_here(row.writer_id):
+                if row.blob_path is None or not is_s3_blob(row.blob_path):
+                    continue
+                if self.catalog.lease_alive(row.writer_id or ""):
+                    continue
+                result = self._recover_claimed(row)
+                if result is not None:
+                    results.append(result)
                 continue
             lock = self._try_lock_writer(row.writer_id)
             if lock is None:
@@ -540,7 +582,7 @@ class Vault:
             # its lock file, ``writer_alive``) are never mistaken for the writer meanwhile.
             claim = self._try_lock(f"{row.writer_id}.recovery")
             try:
-                result = self._recover_one(self.get(row.id)) if claim is not None else None
+                result = self._recover_claimed(row) if claim is not None else None
             finally:
                 os.close(lock)
                 if claim is not None:
@@ -550,13 +592,36 @@ class Vault:
         self._sweep_dead_locks()
         return results
 
+    def _recover_claimed(self, row: RecordingRow) -> RecoveryResult | None:
+        """Recover one recording; on PostgreSQL inside the claim on its row."""
+        if self.catalog.kind != "postgresql":
+            return self._recover_one(self.get(row.id))
+        if self._claims is None:
+            self._claims = self.catalog.open_side()
+        with self.catalog.claim_recording(self._claims, row.id) as claimed:
+            if claimed is None:
+                return None  # another recoverer has it, or its writer finished it after all
+            db, fresh = claimed
+            return self._recover_one(fresh, db=db)
+
+    def _ran_here(self, writer_id: str | None) -> bool:
+        """Whether ``writer_id`` wrote on this data directory, so that its lock file tells
+        exactly whether it is alive. On SQLite every writer did (the catalog is in here)."""
+        if self.catalog.kind == "sqlite" or not writer_id:
+            return True
+        return (self._locks / f"{writer_id}.lock").exists()
+
     def writer_alive(self, writer_id: str | None) -> bool:
-        """Whether the process that wrote as ``writer_id`` is still running (it holds its
-        lock until it dies; the kernel releases it then). This process counts as alive."""
+        """Whether the process that wrote as ``writer_id`` is still running. On this data
+        directory: it holds its lock until it dies (the kernel releases it then). Elsewhere,
+        on a catalog shared between machines: its lease has not expired (storage/liveness.py).
+        This process counts as alive."""
         if writer_id == self.writer_id:
             return True
         if not writer_id:
             return False
+        if not self._ran_here(writer_id):
+            return self.catalog.lease_alive(writer_id)
         lock = self._try_lock_writer(writer_id)
         if lock is None:
             return True
@@ -641,7 +706,10 @@ class Vault:
             log.warning("recording %s: blob unreadable: %s", row.id, exc)
         return scan
 
-    def _recover_one(self, row: RecordingRow) -> RecoveryResult | None:
+    def _recover_one(
+        self, row: RecordingRow, db: Connection | None = None
+    ) -> RecoveryResult | None:
+        """``db``: the transaction holding the row's claim, where the result is written."""
         if row.status is not RecordingStatus.RECORDING:
             return None
         assert row.blob_path is not None
@@ -706,8 +774,11 @@ class Vault:
 
         # Through the kept writes: on a full disk the vault still opens (the service starts
         # degraded) and the row is written once the disk takes it; should this process stop
-        # first, the next start finds the row still `recording` and recovers it again.
-        if not self.pending.write(f"recording {row.id} recovered", finish):
+        # first, the next start finds the row still `recording` and recovers it again. Under
+        # a claim, in the claim's transaction (a failure rolls it back: recovered again later).
+        if db is not None:
+            finish(db)
+        elif not self.pending.write(f"recording {row.id} recovered", finish):
             log.warning(
                 "recording %s: recovered as %s; its catalog row waits for the disk",
                 row.id,
@@ -783,13 +854,26 @@ class Recording:
         if consent_evidence is not None:
             values["consent_evidence"] = json.dumps(consent_evidence, sort_keys=True)
         segments = _segment_rows(self._segments)
+        applied = [True]
 
         def finalise(db: Connection) -> None:
-            vault.catalog.update_recording(db, self.id, **values)
-            vault.catalog.set_blob_segments(db, self.id, segments)
+            # Only a recording still being written: another process that took this one for
+            # dead (its lease lapsed while it was cut off) may have finished it as incomplete
+            # already, and what it kept stays as it kept it.
+            applied[0] = vault.catalog.update_recording(
+                db, self.id, expect_status=RecordingStatus.RECORDING, **values
+            )
+            if applied[0]:
+                vault.catalog.set_blob_segments(db, self.id, segments)
 
         written = vault.pending.write(f"recording {self.id} finalised", finalise)
-        if values["status"] == RecordingStatus.FAILED.value:
+        if written and not applied[0]:
+            log.error(
+                "recording %s: already finished by another process (this one was taken for "
+                "dead: its lease lapsed); left as that one finished it",
+                self.id,
+            )
+        elif values["status"] == RecordingStatus.FAILED.value:
             with contextlib.suppress(OSError):
                 vault.blob_store(self._blob.relpath).delete(self._blob.relpath)
         vault.open_recordings.pop(self.id, None)

@@ -3,14 +3,19 @@
 A call is held by the process that answered it: its session (the consent flow, the open
 recording) lives there and nowhere else. The catalog names the holder (``calls.owner``: that
 process's vault writer id) and where it takes relayed requests (``processes.relay_url``: a
-listener on the loopback interface, started by every process). A process that receives a
+listener every process starts, on the loopback interface unless ``[cluster] relay_listen`` puts
+it on one the other nodes reach). A process that receives a
 request for a call it does not hold (workers share one port, and the kernel spreads
 connections over them) passes it on to the holder unchanged, a webhook as one HTTP request, a
 media stream message by message in both directions, and returns the holder's answer.
 
 The holder checks a relayed request as it checks any: the webhook's signature over the public
 URL (the original scheme and host travel in ``X-Forwarded-Proto`` and ``X-Forwarded-Host``,
-which only the relay listener believes), the stream's token. Websocket pings are relayed too
+which only the relay listener believes), the stream's token. The listener itself takes only
+requests another process of the service sent: each carries ``X-Ivr-Relay``, an HMAC keyed from
+the master key over the time, method, path and the platform's signature (``RelayAuth``), so
+that on a network interface nobody else reaches the routes behind it, nor makes it believe a
+forwarded origin. Websocket pings are relayed too
 and answered by the holder, so a pong still means "everything before the ping was acted on"
 (the simulator's fast mode relies on it).
 
@@ -22,7 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -37,8 +45,13 @@ from storage.vault import Vault
 
 log = logging.getLogger(__name__)
 
-RELAY_HOST = "127.0.0.1"  # processes on one machine; nodes are issue 13's next step
+RELAY_HOST = "127.0.0.1"  # the default: processes on one machine
 RELAY_TIMEOUT_SECONDS = 10.0
+AUTH_HEADER = "X-Ivr-Relay"
+# How far the sender's clock may be from the listener's (an NTP-kept cluster is well within it),
+# which is also how long a captured header could be replayed for the same path.
+AUTH_WINDOW_SECONDS = 300
+SIGNATURE_HEADER = "X-Twilio-Signature"
 FORWARDED_PROTO, FORWARDED_HOST = "X-Forwarded-Proto", "X-Forwarded-Host"
 # Request headers a relayed webhook keeps (the signature, what the body is); others are the
 # hop's own.
@@ -48,6 +61,37 @@ CLOSE_UNREACHABLE = 1011  # websocket close code: an error on the server's side
 
 
 RELAY_BODY = web.RequestKey("relay_body", bytes)  # a webhook's body as read, to pass on
+
+
+class RelayAuth:
+    """The header that says a relayed request comes from a process of this service: ``<unix
+    time>:<HMAC-SHA256 hex>`` over the time, the method, the path with its query and the
+    platform's signature header (which covers the body; the holder checks it again). Keyed
+    with a service key derived from the master key, which every node holds."""
+
+    def __init__(self, key: bytes, *, wall: Callable[[], float] = time.time) -> None:
+        if len(key) < 16:
+            raise ValueError("a relay key needs at least 16 bytes")
+        self._key = key
+        self._wall = wall
+
+    def _mac(self, stamp: str, method: str, path_qs: str, signature: str) -> str:
+        text = "\n".join(("ivr relay v1", stamp, method.upper(), path_qs, signature))
+        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
+
+    def header(self, method: str, path_qs: str, signature: str = "") -> str:
+        stamp = str(int(self._wall()))
+        return f"{stamp}:{self._mac(stamp, method, path_qs, signature)}"
+
+    def check(self, value: str | None, method: str, path_qs: str, signature: str = "") -> bool:
+        if not value or value.count(":") != 1:
+            return False
+        stamp, mac = value.split(":")
+        if not stamp.isdigit() or len(stamp) > 12:
+            return False
+        if abs(self._wall() - int(stamp)) > AUTH_WINDOW_SECONDS:
+            return False
+        return hmac.compare_digest(mac, self._mac(stamp, method, path_qs, signature))
 
 
 class HeldElsewhere(Exception):
@@ -76,8 +120,9 @@ class Holder:
 class Relay:
     """Finds a call's holder and passes requests to it."""
 
-    def __init__(self, vault: Vault, counters: Counter[str]) -> None:
+    def __init__(self, vault: Vault, counters: Counter[str], auth: RelayAuth) -> None:
         self.vault = vault
+        self.auth = auth
         self.writer_id = vault.writer_id
         self.url: str | None = None  # this process's relay listener, once listening
         # webhooks_relayed, streams_relayed, relay_failures: the platform's counters, which
@@ -88,20 +133,32 @@ class Relay:
         self._runner: web.AppRunner | None = None
 
     # -- the listener --------------------------------------------------------------------------
-    async def listen(self, setup: Callable[[web.Application], None]) -> None:
-        """Listen for relayed requests on a loopback port; ``setup`` adds the routes (and the
-        state they need) to the listener's application. Registered in the catalog."""
-        app = web.Application(middlewares=[_forwarded_origin, pass_on_held])
+    async def listen(
+        self,
+        setup: Callable[[web.Application], None],
+        *,
+        host: str = RELAY_HOST,
+        port: int = 0,
+        advertise: str | None = None,
+    ) -> None:
+        """Listen for relayed requests on ``host``:``port`` (0: any free port); ``setup`` adds
+        the routes (and the state they need) to the listener's application. Registered in the
+        catalog as ``advertise``, or as the address bound."""
+        app = web.Application(middlewares=[_relayed_only, _forwarded_origin, pass_on_held])
         app[RELAY] = self
         setup(app)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, RELAY_HOST, 0)
+        site = web.TCPSite(runner, host, port)
         await site.start()
         self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        bound_host, bound_port = runner.addresses[0][:2]
+        if ":" in bound_host:
+            bound_host = f"[{bound_host}]"
+        self.url = advertise or f"http://{bound_host}:{bound_port}"
         url, at, catalog = self.url, utc_iso(self.vault.clock()), self.vault.catalog
+        if self.vault.lease is not None:  # a lease taken again keeps the address
+            self.vault.lease.relay_url = url
         # Through the kept writes: a start on a full disk goes on, registered once it can be.
         await asyncio.to_thread(
             self.vault.pending.write,
@@ -159,6 +216,8 @@ class Relay:
         answer, as the holder gave it."""
         headers = {k: request.headers[k] for k in KEPT_HEADERS if k in request.headers}
         headers |= {FORWARDED_PROTO: request.scheme, FORWARDED_HOST: request.host}
+        signature = request.headers.get(SIGNATURE_HEADER, "")
+        headers[AUTH_HEADER] = self.auth.header(request.method, request.path_qs, signature)
         self.counters["webhooks_relayed"] += 1
         async with self._client().request(
             request.method,
@@ -185,7 +244,11 @@ class Relay:
         """Pass a media stream to the holder at ``url``: the messages already read
         (``first``), then every message both ways, pings included, until either side closes;
         the holder's close code and reason reach the platform."""
-        headers = {FORWARDED_PROTO: request.scheme, FORWARDED_HOST: request.host}
+        headers = {
+            FORWARDED_PROTO: request.scheme,
+            FORWARDED_HOST: request.host,
+            AUTH_HEADER: self.auth.header(request.method, request.path_qs),
+        }
         self.counters["streams_relayed"] += 1
         try:
             if url is None:
@@ -270,6 +333,29 @@ async def _pump(
         elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             return
         # Binary frames: Media Streams has none; not passed on.
+
+
+@web.middleware
+async def _relayed_only(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """On the relay listener only: a request another process of this service sent (it knows
+    the master key), or 403 before anything else is read."""
+    relay = request.app[RELAY]
+    signature = request.headers.get(SIGNATURE_HEADER, "")
+    if not relay.auth.check(
+        request.headers.get(AUTH_HEADER), request.method, request.path_qs, signature
+    ):
+        relay.counters["relay_refused"] += 1
+        relay.warnings.warn(
+            "relay-refused",
+            "relay listener: %s %s refused: not from a process of this service (no valid %s)",
+            request.method,
+            request.path,
+            AUTH_HEADER,
+        )
+        return web.Response(status=403, text="not a relayed request\n")
+    return await handler(request)
 
 
 @web.middleware

@@ -9,6 +9,7 @@ raises one :class:`ConfigError`.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -47,6 +48,10 @@ class ConfigError(ValueError):
 class Invalid(Exception):
     """A value's problem; the loader adds file and key path."""
 
+
+# A DNS host name: dot-separated labels of letters, digits and inner hyphens.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 
 # --------------------------------------------------------------------------- wording
 
@@ -300,6 +305,51 @@ def _postgresql_url(value: Any, otherwise: str) -> str:
             "(the file holds no secrets)"
         )
     return url
+
+
+# Hosts that bind every interface: an address to listen on, never one to be reached at.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]"})
+
+
+def listen_address(value: Any) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for an IPv6 address), port 0..65535 (0: any free one)."""
+    text = string(value)
+    example = "e.g. '0.0.0.0:7001', '10.0.0.5:7001' or '[::]:7001'"
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise Invalid(f"{text!r} is not host:port ({example})")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise Invalid(f"{text!r} is not host:port ({example})")
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host):
+            raise Invalid(f"{host!r} is not an IP address or host name ({example})") from None
+    number = int(port)
+    if number > 65535:
+        raise Invalid(f"port {number} is not between 0 and 65535")
+    return host, number
+
+
+def relay_url(value: Any) -> str:
+    """Where the other nodes reach this one's relay listener: http(s)://host:port, no path."""
+    url, parts = _url(value)
+    example = "e.g. 'http://10.0.0.5:7001'"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(f"{url!r} must be http://host:port or https://host:port ({example})")
+    if parts.hostname in WILDCARD_HOSTS or parts.hostname == "::":
+        raise Invalid(f"{url!r} names no host the other nodes can reach ({example})")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise Invalid(f"{url!r} has an invalid port") from None
+    if parts.username is not None or parts.password is not None:
+        raise Invalid(f"{url!r} must not contain a user name or password")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise Invalid(f"{url!r} must not have a path, query or fragment ({example})")
+    return url.rstrip("/")
 
 
 def blob_url(value: Any) -> str:

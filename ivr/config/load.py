@@ -32,13 +32,16 @@ from ivr.config.model import (
     DEFAULT_AUTH_TOKEN_ENV,
     DEFAULT_CALL_RECORD_DAYS,
     DEFAULT_DIAL_TEMPLATE,
+    DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_RECORDING_SECONDS,
+    DEFAULT_RELAY_LISTEN,
     DEFAULT_RTP_HOST,
     DEFAULT_RTP_PORTS,
     DEFAULT_STREAM_TOKEN_TTL_SECONDS,
     DEFAULT_SWEEP_MINUTES,
     FILE_TABLES,
     MAX_CONNECTIONS,
+    MAX_LEASE_SECONDS,
     MAX_RECORDING_SECONDS,
     MAX_RETENTION_DAYS,
     PROMPT_IDS,
@@ -132,6 +135,27 @@ def _build(
     catalog_url = r.get(storage_table, "storage", "catalog_url", check.catalog_url, None)
     blob_url = r.get(storage_table, "storage", "blob_url", check.blob_url, None)
     keyring_url = r.get(storage_table, "storage", "keyring_url", check.keyring_url, None)
+
+    cluster = r.table(data, "", "cluster")
+    r.check_keys(cluster, "cluster", FILE_TABLES["cluster"])
+    relay_listen = r.get(
+        cluster, "cluster", "relay_listen", check.listen_address, DEFAULT_RELAY_LISTEN
+    )
+    relay_advertise = r.get(cluster, "cluster", "relay_advertise", check.relay_url, None)
+    lease_seconds = r.get(
+        cluster,
+        "cluster",
+        "lease_seconds",
+        check.integer(2, MAX_LEASE_SECONDS),
+        DEFAULT_LEASE_SECONDS,
+    )
+    if ok(relay_listen) and relay_advertise is None and relay_listen[0] in check.WILDCARD_HOSTS:
+        r.error(
+            "cluster.relay_advertise",
+            f"must be set when cluster.relay_listen binds {relay_listen[0]!r} (every "
+            "interface): the other nodes need an address they can reach, e.g. "
+            "'http://10.0.0.5:7001'",
+        )
 
     twilio = r.table(data, "", "twilio")
     r.check_keys(twilio, "twilio", FILE_TABLES["twilio"])
@@ -271,6 +295,9 @@ def _build(
         api_tokens=api_tokens,
         catalog_url=catalog_url,
         keyring_url=keyring_url,
+        relay_listen=relay_listen,
+        relay_advertise=relay_advertise,
+        lease_seconds=lease_seconds,
     )
 
 

@@ -50,6 +50,9 @@ DEFAULT_POLICY_VERSION = 1
 DEFAULT_SWEEP_MINUTES = 60
 DEFAULT_CALL_RECORD_DAYS = 30
 DEFAULT_AUDIT_HEAD_MINUTES = 5
+DEFAULT_RELAY_LISTEN = ("127.0.0.1", 0)
+DEFAULT_LEASE_SECONDS = 15
+MAX_LEASE_SECONDS = 600
 DEFAULT_ARI_PASSWORD_ENV = "ARI_PASSWORD"
 DEFAULT_ARI_APP = "ivr"
 DEFAULT_RTP_HOST = "127.0.0.1"
@@ -308,6 +311,16 @@ class Config:
     # store shared by every node, kept apart from the catalog; None: keyring.json in the data
     # directory.
     keyring_url: str | None = field(default=None, metadata=key("storage.keyring_url"))
+    # Several machines (docs/cluster.md). Where this node takes calls' requests relayed by the
+    # others (host, port; port 0: any free one, each worker of ``--workers N`` on port + its
+    # index otherwise), and the URL it gives them to reach it (None: the address it bound).
+    relay_listen: tuple[str, int] = field(
+        default=DEFAULT_RELAY_LISTEN, metadata=key("cluster.relay_listen")
+    )
+    relay_advertise: str | None = field(default=None, metadata=key("cluster.relay_advertise"))
+    # How long a process's lease in a shared (PostgreSQL) catalog lasts unrenewed: how long
+    # after a node dies the others take it for dead (storage/liveness.py).
+    lease_seconds: int = field(default=DEFAULT_LEASE_SECONDS, metadata=key("cluster.lease_seconds"))
     demo: bool = field(metadata=not_a_key())
     # Things an operator should know that do not stop the service (log them at start-up).
     warnings: tuple[str, ...] = field(default=(), metadata=not_a_key())
@@ -355,6 +368,7 @@ FILE_TABLES: Mapping[str, TableKeys] = MappingProxyType(
         "keys": table_keys(Config, "keys"),
         "audit": table_keys(Config, "audit"),
         "storage": table_keys(Config, "storage"),
+        "cluster": table_keys(Config, "cluster"),
         "asterisk": table_keys(AsteriskSettings),
         "tenants.<id>": table_keys(Tenant),
         "tenants.<id>.prompts.<language>.<prompt>": table_keys(PromptOverride),
