@@ -1300,3 +1300,47 @@ def test_a_key_store_in_the_catalogs_own_database_is_warned_about(tmp_path):
     )
     (warning,) = [w for w in load(tmp_path, same + TENANT + LINE).warnings if "keyring_url" in w]
     assert "backup of the catalog then holds the keys" in warning
+
+
+def test_the_cluster_table_places_the_relay_and_the_lease(tmp_path):
+    config = load(tmp_path, TENANT + LINE)
+    assert config.relay_listen == ("127.0.0.1", 0) and config.relay_advertise is None
+    assert config.lease_seconds == 15
+    text = (
+        '[cluster]\nrelay_listen = "0.0.0.0:7001"\nrelay_advertise = "http://10.0.0.5:7001/"\n'
+        "lease_seconds = 6\n" + TENANT + LINE
+    )
+    config = load(tmp_path, text)
+    assert config.relay_listen == ("0.0.0.0", 7001)
+    assert config.relay_advertise == "http://10.0.0.5:7001" and config.lease_seconds == 6
+    assert load(
+        tmp_path, '[cluster]\nrelay_listen = "[fd00::5]:0"\n' + TENANT + LINE
+    ).relay_listen == (
+        "fd00::5",
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "problem"),
+    [
+        ('relay_listen = "0.0.0.0:7001"', "cluster.relay_advertise", "must be set when"),
+        ('relay_listen = "[::]:7001"', "cluster.relay_advertise", "must be set when"),
+        ('relay_listen = "7001"', "cluster.relay_listen", "is not host:port"),
+        ('relay_listen = "node a:7001"', "cluster.relay_listen", "is not an IP address"),
+        ('relay_listen = "10.0.0.5:70000"', "cluster.relay_listen", "between 0 and 65535"),
+        ("relay_listen = 7001", "cluster.relay_listen", "expected a string"),
+        ('relay_advertise = "http://0.0.0.0:7001"', "cluster.relay_advertise", "names no host"),
+        ('relay_advertise = "ws://10.0.0.5:7001"', "cluster.relay_advertise", "must be http"),
+        (
+            'relay_advertise = "http://10.0.0.5:7001/x"',
+            "cluster.relay_advertise",
+            "not have a path",
+        ),
+        ('relay_advertise = "http://u:p@10.0.0.5:7001"', "cluster.relay_advertise", "password"),
+        ("lease_seconds = 1", "cluster.lease_seconds", "between 2 and 600"),
+        ('lease_seconds = "15"', "cluster.lease_seconds", "expected an integer"),
+    ],
+)
+def test_cluster_settings_are_checked(tmp_path, body, where, problem):
+    one_error(tmp_path, f"[cluster]\n{body}\n" + TENANT + LINE, where, problem)

@@ -18,9 +18,11 @@ from xml.etree import ElementTree as ET
 import aiohttp
 import pytest
 
-from ivr.calls.relay import Relay
+from ivr.calls.relay import FORWARDED_HOST, Relay
+from ivr.config.load import DEMO_TWILIO_AUTH_TOKEN
 from ivr.harness.twilio_sim import CallOptions, simulate_call
 from ivr.platforms.twilio.app import HOLDER_GONE, TWILIO
+from ivr.platforms.twilio.signature import SIGNATURE_HEADER, compute_signature
 from ivr.service import VAULT
 from storage.catalog import RecordingStatus
 from storage.vault import Vault
@@ -63,36 +65,37 @@ def recording(nodes, result):
     return vault.get(result.recording_id) if result.recording_id else None
 
 
-@pytest.mark.parametrize(
-    ("to", "kw", "decision", "status"),
-    [
-        (CONSENT_LINE, {"presses": [(3.0, "1")], "duration": 4.0}, "accepted", "complete"),
-        (CONSENT_LINE, {"presses": [(15.0, "9")]}, "declined", None),
-        (CONSENT_LINE, {}, "no_response", None),
-        (OBJECTION_LINE, {"presses": [(3.0, "9")]}, "objected", None),
-        (OBJECTION_LINE, {"duration": 3.0}, "not_objected", "complete"),
-        (NOTICE_LINE, {"presses": [(2.0, "9")], "duration": 2.0}, "notified", "complete"),
-        (EMERGENCY_LINE, {"duration": 2.0}, "not_asked", "complete"),
-        (MESSAGE_LINE, {"presses": [(2.0, "1")], "hangup_at": 12.0}, "accepted", "complete"),
-        (
-            MESSAGE_LINE,
-            {"presses": [(2.0, "1"), (10.0, "*")], "hangup_at": 30},
-            "accepted",
-            "discarded",
-        ),
-    ],
-    ids=[
-        "opt-in-accepted",
-        "opt-in-declined",
-        "opt-in-silence",
-        "opt-out-objected",
-        "opt-out-recorded",
-        "notice",
-        "emergency",
-        "message",
-        "withdrawn",
-    ],
-)
+# Every consent mode: (dialled line, the simulated call's options, decision, recording status).
+CASES = [
+    (CONSENT_LINE, {"presses": [(3.0, "1")], "duration": 4.0}, "accepted", "complete"),
+    (CONSENT_LINE, {"presses": [(15.0, "9")]}, "declined", None),
+    (CONSENT_LINE, {}, "no_response", None),
+    (OBJECTION_LINE, {"presses": [(3.0, "9")]}, "objected", None),
+    (OBJECTION_LINE, {"duration": 3.0}, "not_objected", "complete"),
+    (NOTICE_LINE, {"presses": [(2.0, "9")], "duration": 2.0}, "notified", "complete"),
+    (EMERGENCY_LINE, {"duration": 2.0}, "not_asked", "complete"),
+    (MESSAGE_LINE, {"presses": [(2.0, "1")], "hangup_at": 12.0}, "accepted", "complete"),
+    (
+        MESSAGE_LINE,
+        {"presses": [(2.0, "1"), (10.0, "*")], "hangup_at": 30},
+        "accepted",
+        "discarded",
+    ),
+]
+CASE_IDS = [
+    "opt-in-accepted",
+    "opt-in-declined",
+    "opt-in-silence",
+    "opt-out-objected",
+    "opt-out-recorded",
+    "notice",
+    "emergency",
+    "message",
+    "withdrawn",
+]
+
+
+@pytest.mark.parametrize(("to", "kw", "decision", "status"), CASES, ids=CASE_IDS)
 async def test_every_consent_mode_decides_and_records_across_processes(
     nodes, to, kw, decision, status
 ):
@@ -273,3 +276,49 @@ async def test_ivr_serve_with_two_workers_takes_calls_whichever_worker_each_requ
         assert sum(b["counters"].get("relay_failures", 0) for b in latest.values()) == 0
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 60) == 0, log.read_text()
+
+
+async def test_the_relay_listener_takes_only_requests_another_process_signed(nodes):
+    from ivr.calls.relay import AUTH_HEADER
+
+    app, _ = nodes[0]
+    relay = app[TWILIO].relay
+    assert relay is not None and relay.url is not None
+    data = form(CONSENT_LINE)
+    async with aiohttp.ClientSession() as s:
+        # Twilio's signature is not enough: the listener is for the service's own processes.
+        resp = await post(s, relay.url, "/twilio/voice", data)
+        assert resp.status == 403
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await s.ws_connect(relay.url + "/twilio/stream/consent")
+        assert refused.value.status == 403
+        forged = {FORWARDED_HOST: "evil.example", AUTH_HEADER: "1:" + "0" * 64}
+        resp = await s.post(relay.url + "/twilio/voice", data=data, headers=forged)
+        assert resp.status == 403
+        # What another process signs passes, and is then checked as any request is.
+        signature = compute_signature(DEMO_TWILIO_AUTH_TOKEN, relay.url + "/twilio/voice", data)
+        headers = {
+            SIGNATURE_HEADER: signature,
+            AUTH_HEADER: relay.auth.header("POST", "/twilio/voice", signature),
+        }
+        resp = await s.post(relay.url + "/twilio/voice", data=data, headers=headers)
+        assert resp.status == 200
+    assert app[TWILIO].counters["relay_refused"] == 3
+
+
+def test_each_worker_listens_for_relayed_requests_on_its_own_port():
+    import dataclasses
+
+    from ivr.config import load_config
+    from ivr.service import relay_address
+    from ivr.workers import ALONE, Worker
+
+    config = load_config(None)
+    assert relay_address(config, ALONE) == ("127.0.0.1", 0, None)
+    config = dataclasses.replace(
+        config, relay_listen=("0.0.0.0", 7001), relay_advertise="http://10.0.0.5:7001"
+    )
+    assert relay_address(config, ALONE) == ("0.0.0.0", 7001, "http://10.0.0.5:7001")
+    assert relay_address(config, Worker(2, 3)) == ("0.0.0.0", 7003, "http://10.0.0.5:7003")
+    v6 = dataclasses.replace(config, relay_advertise="http://[fd00::5]:7001")
+    assert relay_address(v6, Worker(1, 3))[2] == "http://[fd00::5]:7002"
