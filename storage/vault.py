@@ -4,7 +4,8 @@ Order of durability when a recording starts: data key generated → wrapped → 
 committed (status ``recording``) → blob file created. So a blob on disk always has its key row,
 and a process that dies mid-call leaves a row that the next ``Vault`` to open the data directory
 can recover. Every process that writes holds an exclusive lock on its own writer file; a row whose
-writer's lock can be taken belongs to a dead process.
+writer's lock can be taken belongs to a dead process. A writer on another machine, sharing a
+PostgreSQL catalog, is dead once its lease has lapsed (storage/liveness.py).
 
 A tenant under public-key custody (storage/custody.py) has its data keys and caller numbers
 sealed to its public key: this process can write such a recording but not read it back, and

@@ -19,8 +19,9 @@ forwarded origin. Websocket pings are relayed too
 and answered by the holder, so a pong still means "everything before the ping was acted on"
 (the simulator's fast mode relies on it).
 
-A holder that died holds nothing any more (its writer lock is free: ``Vault.writer_alive``);
-the platform then answers from the catalog what can be answered without the call's session.
+A holder that died holds nothing any more (its writer lock is free, or on another machine its
+lease has lapsed: ``Vault.writer_alive``); the platform then answers from the catalog what can
+be answered without the call's session.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ivr.leadership import LEASE_NAME, LeaseLeadership, leadership_for
+from storage import lifecycle
 from storage.catalog import RecordingStatus
 from storage.liveness import LeaseTerms
 from storage.vault import Vault
@@ -109,6 +110,14 @@ def test_a_cut_off_nodes_recording_is_finished_by_another_and_its_late_end_chang
         assert sum(1 for _ in reader.frames()) == 300
     actions = [e.action for e in b.catalog.audit_events()]
     assert actions.count("recording.recovered") == 1
+    # Its later audio went to the bucket beside what was kept: unlisted, so unread, and gone
+    # with the recording when it is erased.
+    store = b.blob_store(row.blob_path)
+    listed = [key for _, key, _, _ in store.listed(row.blob_path)]
+    kept = [s.key for s in b.segments(rec.id)]
+    assert len(listed) > len(kept) and listed[: len(kept)] == kept
+    lifecycle.erase(b, rec.id, reason="asked", actor="test")
+    assert store.listed(row.blob_path) == []
 
 
 def test_two_recoverers_never_both_claim_one_recording(node):
