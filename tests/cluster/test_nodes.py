@@ -2,17 +2,14 @@
 with a data directory of its own as on a machine of its own, sharing the master key, one
 catalog on PostgreSQL and one bucket on SeaweedFS. Each takes relayed requests on an address of
 its own (``[cluster] relay_listen``/``relay_advertise``) and holds a short lease
-(``lease_seconds``) so that a killed node is found dead in seconds.
-
-The keyring is shared by giving every node a copy of the same keyring file before it starts
-(same tenant key, same audit key), as a key store apart from the catalog would share it.
+(``lease_seconds``) so that a killed node is found dead in seconds. The keyring is the key
+store every node shares, in a database of its own apart from the catalog (``keyring_url``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +25,7 @@ import pytest
 from ivr.calls.registry import DEAD_HOLDER_REASON
 from ivr.config import DEMO_TWILIO_AUTH_TOKEN
 from ivr.harness.twilio_sim import CallOptions, simulate_call
+from storage.audit import verify_catalog
 from storage.catalog import RecordingStatus
 from storage.s3blobs import S3BlobStore
 from storage.vault import Vault
@@ -64,7 +62,7 @@ def free_port() -> int:
 class Cluster:
     nodes: list[Node]
     catalog_url: str
-    blob_url: str
+    keyring_url: str
     data: Path  # the test's own view of the vault (the same catalog, bucket and keyring)
     environ: dict[str, str]
 
@@ -75,19 +73,21 @@ class Cluster:
             recover=False,
             master_key=bytes.fromhex(MASTER_KEY),
             catalog_url=self.catalog_url,
+            keyring_url=self.keyring_url,
             environ=self.environ,
         )
 
 
 @contextmanager
 def cluster(
-    tmp_path: Path, catalog_url: str, bucket: str, environ: dict[str, str], count: int = 3
+    tmp_path: Path,
+    catalog_url: str,
+    keyring_url: str,
+    bucket: str,
+    environ: dict[str, str],
+    count: int = 3,
 ) -> Iterator[Cluster]:
     blob_url = f"s3://{bucket}/calls"
-    # One keyring for every node: made once, copied into each data directory.
-    keys = tmp_path / "keys"
-    with Vault(keys, master_key=bytes.fromhex(MASTER_KEY), catalog_url=catalog_url) as vault:
-        vault.keyring.current("demo")
     demo = (ROOT / "ivr" / "demo.toml").read_text()
     env = {k: v for k, v in os.environ.items() if k not in ("IVR_MASTER_KEY", "TWILIO_AUTH_TOKEN")}
     env |= environ | {"IVR_MASTER_KEY": MASTER_KEY, "TWILIO_AUTH_TOKEN": DEMO_TWILIO_AUTH_TOKEN}
@@ -96,12 +96,12 @@ def cluster(
         for n in range(count):
             data = tmp_path / f"node{n}"
             data.mkdir(mode=0o700)
-            shutil.copy(keys / "keyring.json", data / "keyring.json")
             relay = free_port()
             config = data / "ivr.toml"
             config.write_text(
                 demo
                 + f'\n[storage]\ncatalog_url = "{catalog_url}"\nblob_url = "{blob_url}"\n'
+                + f'keyring_url = "{keyring_url}"\n'
                 + f'\n[cluster]\nrelay_listen = "127.0.0.1:{relay}"\n'
                 + f'relay_advertise = "http://127.0.0.1:{relay}"\n'
                 + f"lease_seconds = {LEASE_SECONDS}\n"
@@ -115,7 +115,7 @@ def cluster(
             nodes.append(Node(proc, log, data, f"http://127.0.0.1:{relay}"))
         for node in nodes:
             node.port = logged_port(node.proc, node.log, r"listening on http://127\.0\.0\.1:(\d+)")
-        yield Cluster(nodes, catalog_url, blob_url, keys, environ)
+        yield Cluster(nodes, catalog_url, keyring_url, tmp_path / "test", environ)
         for node in nodes:
             if node.proc.poll() is None:
                 node.proc.send_signal(signal.SIGTERM)
@@ -131,7 +131,8 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 @pytest.fixture
 def three(tmp_path, postgres, weed, bucket, s3_env) -> Iterator[Cluster]:
-    with cluster(tmp_path, postgres.database(), bucket, s3_env) as nodes:
+    catalog, keys = postgres.database(), postgres.database()
+    with cluster(tmp_path, catalog, keys, bucket, s3_env) as nodes:
         yield nodes
 
 
@@ -168,6 +169,9 @@ async def test_every_consent_mode_decides_and_records_with_each_request_on_anoth
             with vault.open_reader(row.id) as reader:
                 tracks = {frame.track for frame in reader.frames()}
             assert tracks == ({0, 1} if len(row.tracks) == 2 else {0})
+        # Three nodes appended to one audit chain, which verifies as one.
+        verdict = verify_catalog(vault.catalog)
+        assert verdict.ok, verdict.problems
     seen = [counters(node) for node in three.nodes]
     assert all(c.get("webhooks_relayed", 0) + c.get("streams_relayed", 0) for c in seen), seen
     assert sum(c.get("relay_failures", 0) + c.get("relay_refused", 0) for c in seen) == 0
@@ -269,5 +273,7 @@ async def test_a_killed_node_loses_only_its_own_calls_and_its_recordings_are_kep
         assert {c["end_reason"] for c in closed} == {DEAD_HOLDER_REASON}
         actions = [e.action for e in vault.catalog.audit_events()]
         assert actions.count("recording.recovered") == len(rows)  # each once, by one node
+        verdict = verify_catalog(vault.catalog)
+        assert verdict.ok, verdict.problems
     survivors_health = [healthz(n.port) for n in nodes if n is not victim]
     assert sum(bool(b and b["background_jobs"]["runs_here"]) for b in survivors_health) == 1

@@ -2,11 +2,10 @@
 with separate data directories, as on separate machines, share one catalog and one bucket. A
 writer on another machine is alive while its lease holds, by the database's clock; a process
 "cut off" here stops renewing and its lease is moved into the past in the table, rather than
-waited out. The keyring is shared by copying its file, as a shared key store would share it."""
+waited out. The nodes share a key store apart from the catalog (``keyring_url``)."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 from pathlib import Path
 
@@ -25,20 +24,16 @@ PAST = "2000-01-01T00:00:00.000000Z"
 @pytest.fixture
 def node(tmp_path: Path, postgres, weed, bucket):
     """Opens a vault as one node: its own data directory, the shared catalog and bucket."""
-    url = postgres.database()
+    url, keys = postgres.database(), postgres.database()
     opened: list[Vault] = []
 
     def open_node(name: str, **kw) -> Vault:
-        data = tmp_path / name
-        first = tmp_path / "a" / "keyring.json"
-        if name != "a" and first.exists() and not (data / "keyring.json").exists():
-            data.mkdir(mode=0o700, exist_ok=True)
-            shutil.copy(first, data / "keyring.json")
         vault = Vault(
-            data,
+            tmp_path / name,
             master_key=MASTER,
             fsync=False,
             catalog_url=url,
+            keyring_url=keys,
             blob_url=f"s3://{bucket}/calls",
             environ=weed.environ,
             **kw,
@@ -46,6 +41,7 @@ def node(tmp_path: Path, postgres, weed, bucket):
         opened.append(vault)
         return vault
 
+    open_node.keyring_url = keys  # type: ignore[attr-defined]
     yield open_node
     for vault in opened:
         if vault._renewer is not None:
@@ -80,7 +76,13 @@ def test_a_node_is_alive_while_its_lease_holds_by_the_databases_clock(node):
     assert a.lease is not None and not a.lease.renew()  # it finds out at its next renewal...
     assert a.lease.lost == 1 and b.writer_alive(a.writer_id)  # ...and registers again
     # A process on this node's own data directory is judged by its lock, at once.
-    local = Vault(b.data_dir, master_key=MASTER, fsync=False, catalog_url=b.catalog._url)
+    local = Vault(
+        b.data_dir,
+        master_key=MASTER,
+        fsync=False,
+        catalog_url=b.catalog._url,
+        keyring_url=node.keyring_url,
+    )
     writer = local.writer_id
     assert b.writer_alive(writer)
     local.close()
