@@ -252,6 +252,9 @@ def create_app(
         leadership = app[LEADERSHIP] = await asyncio.to_thread(
             leadership_for, app[VAULT], lease_terms
         )
+        # Claimed before the loops start, so that a process that gets the jobs runs its first
+        # round (the breach watch first) at once, as before any other work.
+        await in_thread(leadership.claim)
         keeper_health = loops["leadership"] = LoopHealth("background jobs' leadership")
         keeper = asyncio.create_task(
             supervise(keeper_health, lambda: _keep_leadership(leadership, keeper_health)),
@@ -425,7 +428,7 @@ async def _retention_sweeper(
     succeeds); the other steps still run and the loop carries on."""
     health = health or LoopHealth("retention sweeper")
     while True:
-        if leadership is not None and not await in_thread(leadership.claim):
+        if leadership is not None and not (leadership.held or await in_thread(leadership.claim)):
             health.round_ok()  # another process runs the jobs (ivr/leadership.py)
             await asyncio.sleep(min(interval, LEADERSHIP_RETRY_SECONDS))
             continue
