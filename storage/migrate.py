@@ -3,7 +3,8 @@ S3-compatible store (``ivr vault migrate``, docs/migrate.md).
 
 What is copied: every catalog table a vault needs (calls with their sealed caller numbers,
 recordings with their wrapped data keys and tombstones, the audit chain entry for entry, the
-breach register); not ``processes`` (the relay addresses of processes on the old node). Each
+breach register); not ``processes`` nor ``leases`` (the relay addresses and leases of processes
+on the old node). Each
 recording's blob goes to the object store as write-once segments cut at chunk boundaries, the
 same bytes in the same format (docs/recording-format.md): segments are a transport. A recording
 without a blob (erased, discarded, failed) is copied as a row only; nothing of it is sent.
@@ -49,8 +50,9 @@ COPIED_TABLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("breaches", ("id",), "opened_at, id"),
     ("breach_measures", ("seq",), "seq"),
 )
-# Rows about the processes running on the old node; meaningless anywhere else.
-SKIPPED_TABLES = ("processes",)
+# Rows about the processes running on the old node and the leases they hold (storage/liveness.py);
+# meaningless anywhere else.
+SKIPPED_TABLES = ("processes", "leases")
 STARTED, MIGRATED, MIGRATED_IN = "vault.migration_started", "vault.migrated", "vault.migrated_in"
 _HAS_BLOB = (RecordingStatus.COMPLETE, RecordingStatus.INCOMPLETE)
 _FRAME = struct.Struct(">IQI")  # track, timestamp, payload length: the plaintext digest's framing
