@@ -139,13 +139,19 @@ class PostgresKeyringStore:
         self._in_transaction = False
         self._cached: tuple[float, object | None] | None = None
         with self._failing("create its table"):
-            self._connection().execute(
-                f"CREATE TABLE IF NOT EXISTS {TABLE} ("
-                " name TEXT PRIMARY KEY,"
-                " document BYTEA NOT NULL,"
-                " revision BIGINT NOT NULL,"
-                " updated_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
+            conn = self._connection()
+            # Under the store's lock: two CREATE TABLE IF NOT EXISTS at once (nodes starting
+            # together) can both find no table, and the second then fails on the catalog's
+            # unique index of type names instead of finding the first one's table.
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", LOCK)
+                conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+                    " name TEXT PRIMARY KEY,"
+                    " document BYTEA NOT NULL,"
+                    " revision BIGINT NOT NULL,"
+                    " updated_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                )
 
     @contextlib.contextmanager
     def _failing(self, doing: str) -> Iterator[None]:

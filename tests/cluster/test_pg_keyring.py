@@ -194,3 +194,25 @@ def test_a_data_directory_with_its_own_keyring_is_not_silently_switched(tmp_path
     Vault(tmp_path / "old", master_key=MASTER, fsync=False).close()
     with pytest.raises(VaultError, match="vault migrate --to-keyring"):
         node(tmp_path, "old", urls)
+
+
+def test_nodes_starting_together_make_the_table_once(postgres: PostgresServer):
+    """Several processes opening a fresh key store at the same moment (three nodes started
+    together, tests/cluster/test_nodes.py) all open it: none fails on creating the table."""
+    url = postgres.database("keys")
+    start = threading.Barrier(6)
+    failures: list[BaseException] = []
+
+    def open_store() -> None:
+        start.wait()
+        try:
+            PostgresKeyringStore(url).close()
+        except BaseException as exc:  # collected for the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
