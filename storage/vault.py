@@ -559,8 +559,9 @@ class Vault:
 
         A writer that ran on this data directory is dead when its lock is free (exact); one
         that ran elsewhere, on a catalog shared between machines, when its lease has expired,
-        and then only its recordings in a shared object store are ours to finish (a local
-        blob is on its machine's disk, which that machine's next start recovers). On
+        and then only its recordings in a shared object store, or in this data directory, are
+        ours to finish (a local blob elsewhere is on its machine's disk, which that machine's
+        next start recovers). On
         PostgreSQL each recording is claimed ``FOR UPDATE SKIP LOCKED`` first, so that two
         recoverers never both finish one."""
         results = []
@@ -568,8 +569,11 @@ class Vault:
             if row.writer_id == self.writer_id:
                 continue
             if not self._ran_here(row.writer_id):
-                if row.blob_path is None or not is_s3_blob(row.blob_path):
-                    continue
+                if row.blob_path is None or (
+                    not is_s3_blob(row.blob_path)
+                    and self.local_blobs.recovery_source(row.blob_path) is None
+                ):
+                    continue  # its blob is on another machine's disk
                 if self.catalog.lease_alive(row.writer_id or ""):
                     continue
                 result = self._recover_claimed(row)

@@ -195,3 +195,27 @@ def test_a_leader_stops_believing_when_its_own_view_of_the_lease_runs_out(node):
         assert not leader.held
     finally:
         leader.release()
+
+
+def test_a_local_recording_is_finished_only_where_its_blob_is(tmp_path, postgres):
+    url, keys = postgres.database(), postgres.database()
+
+    def vault(data: Path) -> Vault:
+        return Vault(data, master_key=MASTER, fsync=False, catalog_url=url, keyring_url=keys)
+
+    first = vault(tmp_path / "here")
+    rec = recording(first)
+    first.open_recordings.clear()  # left open (a finalisation the disk refused), then closed:
+    first.close()  # its lock file and its lease are gone with it
+    elsewhere = vault(tmp_path / "elsewhere")
+    try:
+        assert elsewhere.recover() == []  # the blob is on another machine's disk
+        assert elsewhere.get(rec.id).status is RecordingStatus.RECORDING
+    finally:
+        elsewhere.close()
+    here = vault(tmp_path / "here")  # the next start where the blob is
+    try:
+        row = here.get(rec.id)
+        assert row.status is RecordingStatus.INCOMPLETE and row.chunk_count == 6
+    finally:
+        here.close()
