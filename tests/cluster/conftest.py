@@ -1,12 +1,12 @@
 """Fixtures of the suite against real servers (``make test-cluster``; docs/postgresql.md,
 docs/s3.md; not collected by ``make test``).
 
-``postgres``: one throwaway PostgreSQL server for the session (tests/cluster/postgres.py).
+``postgres``: one throwaway PostgreSQL server for the session (ivr/cluster_demo/postgres.py).
 ``catalogs_on_postgres``: every vault a test opens without a ``catalog_url`` gets its catalog in
 a PostgreSQL database of its own (one per data directory, made on first use) instead of the
 SQLite file, so the SQLite suite's test bodies run unchanged on PostgreSQL
 (tests/cluster/test_pg_*.py import them).
-``weed``: one SeaweedFS S3 server for the session (tests/cluster/seaweedfs.py); ``bucket``: a
+``weed``: one SeaweedFS S3 server for the session (ivr/cluster_demo/seaweedfs.py); ``bucket``: a
 fresh bucket on it per test; ``s3_env``: its endpoint and keys, in the environment too.
 ``vaults_on_postgres_and_s3``: on top of ``catalogs_on_postgres``, every vault a test opens
 without a ``blob_url`` puts its new recordings' blobs under a prefix of its own (one per data
@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 
 import storage.vault
+from ivr.cluster_demo import seaweedfs
+from ivr.cluster_demo.postgres import PostgresServer
 from storage.catalog import Catalog
-from tests.cluster import seaweedfs
-from tests.cluster.postgres import PostgresServer
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ivr.cluster_demo.postgres import PostgresServer
 from storage.audit import verify, verify_catalog
 from storage.catalog import SCHEMA_VERSION, Catalog, CatalogError
 from storage.vault import Vault
-from tests.cluster.postgres import PostgresServer
 
 MASTER = bytes(range(32))
 AUDIT_KEY = b"k" * 32

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 
 from ivr.cli import main
+from ivr.cluster_demo.postgres import PostgresServer
 from ivr.config import load_config
 from ivr.service import VAULT
 from storage.vault import Vault
-from tests.cluster.postgres import PostgresServer
 from tests.conftest import demo_service
 
 

