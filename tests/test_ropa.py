@@ -545,3 +545,91 @@ def test_the_annex_says_where_recordings_go_with_an_object_store(tmp_path):
     assert "segment being filled" in sections["availability"]
     assert "s3://recordings/ivr" in render_markdown(ropa)
     assert "audio in the object store s3://recordings/ivr" in json.dumps(ropa["processor"])
+
+
+# -- where the data is: the data directory, PostgreSQL, the key store ---------------------------
+
+CATALOG_URL = "postgresql://ivr:secret-user@db.example.com:5432/ivr?sslmode=verify-full"
+KEYRING_URL = "postgresql://ivr@keys.example.com/ivr_keys?sslmode=verify-full"
+
+
+def _sections(config) -> dict[str, str]:
+    ropa = build_ropa(config, tenant=None, data_dir=Path("var"), now=NOW, processor=ProcessorInfo())
+    return {s["key"]: " ".join(s["measures"]) for s in ropa["annex"]} | {
+        "transfers": " ".join(c["transfers"] for c in ropa["controllers"]),
+        "processor": json.dumps(ropa["processor"]),
+        "all": render_markdown(ropa),
+    }
+
+
+def test_the_record_says_sqlite_only_where_the_catalog_is_sqlite():
+    config, _ = _build(None)
+    local = _sections(config)
+    assert "catalog.sqlite3 (calls, recordings with their wrapped keys" in local["storage_location"]
+    assert "The catalog is SQLite in WAL mode" in local["availability"]
+    assert (
+        "All recordings, keys and records are stored in the data directory"
+        in (local["storage_location"])
+    )
+    assert "PostgreSQL" not in local["all"] and "key store" not in local["all"]
+
+    on_pg = _sections(dataclasses.replace(config, catalog_url=CATALOG_URL))
+    # Named where it is, without the user name or the connection options.
+    where = "postgresql://db.example.com:5432/ivr"
+    assert f"the PostgreSQL database {where} ([storage] catalog_url)" in on_pg["storage_location"]
+    assert "secret-user" not in on_pg["all"] and "sslmode" not in on_pg["all"]
+    assert "SQLite" not in on_pg["all"] and "catalog.sqlite3" not in on_pg["all"]
+    assert "All recordings, keys and records" not in on_pg["storage_location"]
+    assert "The data directory" in on_pg["storage_location"]
+    assert "keyring.json (controller keys" in on_pg["storage_location"]  # still there
+    assert "The catalog is a PostgreSQL database" in on_pg["availability"]
+    # What an erasure leaves in PostgreSQL's own files is said, and where it is documented.
+    assert "write-ahead log" in on_pg["storage_limitation"]
+    assert "docs/postgresql.md" in on_pg["storage_limitation"]
+    # Transfers and the processor's record name the database, not just the data directory.
+    assert f"the catalog database {where}" in on_pg["transfers"]
+    assert f"in the catalog database {where} and the data directory" in on_pg["processor"]
+
+
+def test_the_record_names_the_key_store_where_the_keyring_is_one():
+    config, _ = _build(None)
+    both = dataclasses.replace(
+        config, catalog_url=CATALOG_URL, keyring_url=KEYRING_URL, blob_url="s3://rec/ivr"
+    )
+    s = _sections(both)
+    keys = "postgresql://keys.example.com/ivr_keys"
+    assert f"in the key store database {keys} ([storage] keyring_url)" in s["storage_location"]
+    assert "keyring.json" not in s["all"] and "SQLite" not in s["all"]
+    # With both databases and the object store, the data directory holds only older blobs.
+    assert (
+        "default ./var) holds the recordings made before the object store"
+        in (s["storage_location"])
+    )
+    assert (
+        "and the data directory, and of the recordings' audio in the object store"
+        in (s["processor"])
+    )
+    # Backed up apart from the catalog: the rule names the key store, not the file.
+    assert (
+        "backed up apart from the key store database and the master key" in (s["storage_location"])
+    )
+    assert "one transaction under the key store's own lock" in s["availability"]
+    assert "key store database's write-ahead log" in s["storage_limitation"]
+    places = "the data directory, the catalog database postgresql://db.example.com:5432/ivr, "
+    places += f"the key store database {keys} and the object store s3://rec/ivr"
+    assert places in s["transfers"]
+    # The key store alone, beside a SQLite catalog: both said as they are.
+    alone = _sections(dataclasses.replace(config, keyring_url=KEYRING_URL))
+    assert "catalog.sqlite3" in alone["storage_location"]
+    assert "keyring.json" not in alone["all"]
+    assert (
+        "The catalog is SQLite in WAL mode; a change of the keyring is one transaction"
+        in (alone["availability"])
+    )
+
+
+def test_urls_are_named_without_credentials():
+    from ivr.gdpr.ropa_places import redact_url
+
+    assert redact_url("postgresql://u:p@h:5433/db?sslmode=require") == "postgresql://h:5433/db"
+    assert redact_url("postgres://u@[::1]/db") == "postgres://[::1]/db"

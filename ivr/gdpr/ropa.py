@@ -36,8 +36,8 @@ from ivr.wording import OPENING_PROMPT
 from storage.blob_url import DEFAULT_SEGMENT_CHUNKS
 from storage.blobs import DEFAULT_SYNC_INTERVAL
 from storage.custody import key_ref_of
-from storage.keys import KEYRING_FILE, MASTER_KEY_ENV, MASTER_KEY_FILE
-from storage.vault import CATALOG_FILE, Vault
+from storage.keys import MASTER_KEY_ENV, MASTER_KEY_FILE
+from storage.vault import Vault
 
 __all__ = [
     "BASIS_ARTICLES",
@@ -652,7 +652,8 @@ def _processor(config: Config, processor: ProcessorInfo) -> dict[str, Any]:
                 else "in the data directory"
             )
             + (
-                f" and of the recordings' audio in the object store {config.blob_url}"
+                ("," if places.catalog is not None else "")
+                + f" and of the recordings' audio in the object store {config.blob_url}"
                 if config.blob_url
                 else ""
             ),
@@ -814,12 +815,12 @@ def _annex(
             (
                 f"All recordings, keys and records are stored in the data directory {where} on "
                 f"the host {host} (set with --data-dir or IVR_DATA_DIR; default ./var): "
-                if places.catalog is None
+                if places.only_the_data_directory
                 else f"The data directory {where} on the host {host} (set with --data-dir or "
                 "IVR_DATA_DIR; default ./var) holds "
             )
             + places.data_directory_holds(blobs_here),
-            *places.catalog_sentences(),
+            *places.database_sentences(),
             *(
                 [
                     f"New recordings' audio is stored in the S3-compatible object store "
@@ -835,10 +836,14 @@ def _annex(
             "The service sends no recording anywhere else"
             + (" than that object store" if blob_url else "")
             + ". Backups of "
-            + ("this directory" if places.catalog is None else "this directory, the database")
+            + (
+                "this directory"
+                if places.catalog is None and places.keyring is None
+                else "this directory, the databases"
+            )
             + ", the disks and the hosting provider are outside the service and must be "
             "described by the operator; the catalog and blobs (data) are to be backed up apart "
-            f"from {KEYRING_FILE} and the master key (keys), whose backups are kept only in "
+            f"from {places.keys} and the master key (keys), whose backups are kept only in "
             "their newest copy (docs/key-custody.md).",
         ]
         if where is not None
@@ -919,7 +924,7 @@ def _annex(
                 "Purging is crypto-shredding: the data key is destroyed in the live catalog, so "
                 "the live audio becomes undecryptable at once. Legal holds suspend it.",
                 _upper_first(_backups(timing, sealed)) + ".",
-                *filter(None, [places.purge_leftovers()]),
+                *places.purge_leftovers(),
                 f"Call records lose the caller's number (sealed, and its keyed hash) and the "
                 f"platform's call id "
                 f"{timing['call_record_days']} days after the call once nothing recorded of it "
