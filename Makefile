@@ -107,8 +107,32 @@ $(CLUSTER_STAMP): pyproject.toml tests/cluster/requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --require-hashes -r tests/cluster/requirements.txt
 	touch $@
 
-test-cluster: $(TEST_STAMP) espeak-ng postgresql $(CLUSTER_STAMP)
+test-cluster: $(TEST_STAMP) espeak-ng postgresql haproxy $(CLUSTER_STAMP)
 	$(BIN)/python -m pytest tests/cluster $(PYTEST_ARGS)
+
+# HAProxy, the load balancer in front of `make cluster`'s nodes (docs/deploy.md): Debian's haproxy,
+# installed when missing and we are root (it runs in the foreground as the demo's child; no
+# system service is started).
+.PHONY: haproxy cluster
+haproxy:
+	@command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing haproxy (make cluster puts it in front of the nodes)"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -qq --no-install-recommends haproxy >/dev/null 2>&1 \
+				|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends haproxy; }; \
+		else \
+			echo "make cluster needs HAProxy: sudo apt-get install -y haproxy" >&2; \
+			exit 2; \
+		fi; }
+
+# A cluster on this machine, all on loopback, until Ctrl-C (ivr cluster demo, docs/deploy.md):
+# PostgreSQL (catalog and key store), SeaweedFS (the bucket), CLUSTER_NODES nodes and HAProxy.
+# CLUSTER_ARGS passes flags through, e.g. make cluster CLUSTER_ARGS="--port 8080 --dir demo".
+CLUSTER_NODES ?= 3
+CLUSTER_ARGS ?=
+cluster: $(TEST_STAMP) espeak-ng postgresql haproxy $(CLUSTER_STAMP)
+	$(BIN)/ivr cluster demo --nodes $(CLUSTER_NODES) $(CLUSTER_ARGS)
 
 lint: $(TEST_STAMP) typecheck
 	$(BIN)/ruff check .

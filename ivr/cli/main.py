@@ -515,6 +515,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--supervisor-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
+    # Where the vault's stores are when they are not all in the data directory ([storage]: a
+    # PostgreSQL catalog and key store, an object store), for the commands that read recordings.
+    stores = argparse.ArgumentParser(add_help=False)
+    stores.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_ENV),
+        help=f"configuration file, for its [storage] catalog, key store and object store "
+        f"(env {CONFIG_ENV}; default: all in the data directory)",
+    )
+
     recs = top.add_parser("recordings", help="list, show, import and export recordings")
     rsub = recs.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -522,18 +532,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_import_parser(rsub, common, data_out)
 
-    lst = rsub.add_parser("list", parents=[common, data_out], help="list recordings")
+    lst = rsub.add_parser("list", parents=[common, data_out, stores], help="list recordings")
     lst.add_argument("--tenant", help="only this tenant's")
     lst.add_argument("--status", choices=[s.value for s in RecordingStatus])
     lst.add_argument("--limit", type=_positive_int, help="at most this many (oldest first)")
     lst.set_defaults(func=cmd_recordings_list)
 
-    show = rsub.add_parser("show", parents=[common, data_out], help="one recording's record")
+    show = rsub.add_parser(
+        "show", parents=[common, data_out, stores], help="one recording's record"
+    )
     show.add_argument("id")
     show.set_defaults(func=cmd_recordings_show)
 
     exp = rsub.add_parser(
-        "export", parents=[common, data_out], help="decrypt a recording to WAV (audited)"
+        "export", parents=[common, data_out, stores], help="decrypt a recording to WAV (audited)"
     )
     exp.add_argument("id")
     exp.add_argument("-o", "--output", required=True, help="file to write (WAV, or vCon JSON)")
