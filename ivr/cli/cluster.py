@@ -69,7 +69,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ivr.cluster_demo.demo import Demo, demo_directory, instructions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, _interrupt)  # stopped as by Ctrl-C
+    # Stopped as by Ctrl-C; SIGINT too, as a shell's `&` starts a command with it ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     told: set[str] = set()
     try:
         with demo_directory(args.dir) as directory:
