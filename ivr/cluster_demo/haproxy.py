@@ -66,10 +66,10 @@ defaults
     timeout server 30s
     timeout http-request 10s
     timeout http-keep-alive 10s
-    # A media stream is a websocket that lives as long as the call: once upgraded, the
-    # connection is a tunnel and only this timeout applies (a call is bounded by its line's
-    # max_recording_seconds, 3600 s in the demo configuration).
-    timeout tunnel 2h
+    # A media stream is a websocket: once upgraded, the connection is a tunnel and this
+    # inactivity timeout replaces client/server. A live stream carries audio every 20 ms, so
+    # only a dead one falls idle; long, so that nothing alive is ever cut.
+    timeout tunnel 1h
     timeout client-fin 30s
     timeout server-fin 30s
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from ivr.cluster_demo import haproxy
 from ivr.harness.twilio_sim import CallOptions, simulate_call
 from tests.test_twilio_e2e import (
     CONSENT_LINE,
@@ -170,3 +171,19 @@ def test_ctrl_c_stops_everything_the_demo_started(demo: Running):
             pass
     assert "stopped" in demo.log.read_text()
     print(f"stopped in {time.monotonic() - started:.1f} s")
+
+
+def test_the_haproxy_configuration_in_docs_deploy_is_the_demos(tmp_path: Path):
+    """docs/deploy.md shows the configuration the demo writes (three nodes on 8081-8083, the
+    load balancer on 8080), and HAProxy accepts it."""
+    backends = [haproxy.Backend(f"node{i}", "127.0.0.1", 8080 + i) for i in (1, 2, 3)]
+    text = haproxy.config_text("127.0.0.1", 8080, backends, run_as="haproxy")
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    shown = doc.split("```haproxy\n", 1)[1].split("```", 1)[0]
+    assert shown == text
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(text)
+    checked = subprocess.run(
+        [haproxy.haproxy_binary(), "-c", "-f", str(config)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
