@@ -149,6 +149,12 @@ def test_the_gdpr_documents_do_not_reach_into_the_command_line():
     assert _importers("ivr.gdpr", "ivr.cli") == []
 
 
+def test_only_the_command_line_starts_the_cluster_demo():
+    # It starts servers as processes (docs/deploy.md); the service never imports it.
+    users = {edge.split(" -> ")[0] for edge in _importers("ivr", "ivr.cluster_demo")}
+    assert {u for u in users if not u.startswith("ivr.cluster_demo")} == {"ivr.cli.cluster"}
+
+
 def test_the_harness_sees_the_service_only_from_outside():
     # It speaks the platforms' wire protocols; it never imports the service, the driver or
     # the vault, so it tests what a platform would see.
