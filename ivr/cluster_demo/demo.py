@@ -182,7 +182,7 @@ class Demo:
             raise RuntimeError(f"{d} is not empty: the demo starts from an empty directory")
         log.info("starting PostgreSQL")
         password = secrets.token_urlsafe(24)
-        self.postgres = PostgresServer(password=password, durable=True)
+        self.postgres = PostgresServer(password=password, durable=True, superuser="ivr")
         catalog_url = self.postgres.database(name=CATALOG_DB)
         keyring_url = self.postgres.database(name=KEYS_DB)
         log.info("starting SeaweedFS")

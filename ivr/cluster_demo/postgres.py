@@ -65,9 +65,12 @@ class PostgresServer:
     """A running server; ``stop()`` ends it and removes its files. ``durable=False`` (the
     tests) turns fsync off: fast, and a crash of the machine loses the data."""
 
-    def __init__(self, *, password: str | None = None, durable: bool = False) -> None:
+    def __init__(
+        self, *, password: str | None = None, durable: bool = False, superuser: str = SUPERUSER
+    ) -> None:
         self.bin = _binaries()
         self.password = password
+        self.superuser = superuser
         self.user = _run_as()
         # Not under pytest's tmp_path: under root that is a 0700 directory the server's user
         # cannot enter.
@@ -98,7 +101,7 @@ class PostgresServer:
             auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
         try:
             self._pg(
-                "initdb", "-D", str(self.data), "-U", SUPERUSER, *auth, "-E", "UTF8",
+                "initdb", "-D", str(self.data), "-U", self.superuser, *auth, "-E", "UTF8",
                 "--locale=C.UTF-8", "--no-sync",
             )  # fmt: skip
         finally:
@@ -130,7 +133,7 @@ class PostgresServer:
             raise RuntimeError(f"{program} failed: {done.stdout}{done.stderr}{tail}")
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{database}"
 
     def database(self, prefix: str = "t", *, name: str | None = None) -> str:
         """A new, empty database (``name``, or a fresh one made from ``prefix``); its URL."""

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from ivr.cluster_demo import haproxy
@@ -157,6 +158,9 @@ async def test_every_consent_mode_decides_and_records_through_the_load_balancer(
 
 
 def test_ctrl_c_stops_everything_the_demo_started(demo: Running):
+    # The database asks for the password the demo made (in its env file only).
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(demo.endpoints["catalog_url"], connect_timeout=10).close()
     pids = demo.endpoints["pids"]
     assert set(pids) == {"postgres", "seaweedfs", "haproxy", "node1", "node2", "node3"}
     assert all(_running(pid) for pid in pids.values()), pids
