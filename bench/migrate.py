@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ivr.cli import main as ivr  # noqa: E402
+from ivr.cluster_demo import seaweedfs  # noqa: E402
+from ivr.cluster_demo.postgres import PostgresServer  # noqa: E402
 from storage.vault import Vault  # noqa: E402
-from tests.cluster import seaweedfs  # noqa: E402
-from tests.cluster.postgres import PostgresServer  # noqa: E402
 
 MASTER = bytes(range(32))
 

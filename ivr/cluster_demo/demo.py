@@ -200,15 +200,21 @@ class Demo:
             "IVR_PROMPT_CACHE": str(private_dir(d / "prompt-cache")),
             **self.weed.environ,
         }
-        env_file = d / "env"
-        with private_file(env_file) as fh:
-            fh.write(env_file_text(environ).encode())
         config_text = node_config(lb_url, catalog_url, keyring_url, blob_url)
         for i, port in enumerate(ports, start=1):
             name = f"node{i}"
             config = d / f"{name}.toml"
             config.write_text(config_text, encoding="utf-8")
             self.nodes.append(_Node(name, port, d / name, config, d / f"{name}.log"))
+        # A shell that sources the file runs ivr commands as node1 (docs/operations.md: the
+        # commands find the stores from IVR_CONFIG, as the service does).
+        env_file = d / "env"
+        shell = {
+            "IVR_CONFIG": str(self.nodes[0].config),
+            "IVR_DATA_DIR": str(self.nodes[0].data_dir),
+        }
+        with private_file(env_file) as fh:
+            fh.write(env_file_text({**environ, **shell}).encode())
 
         child_env = {**os.environ, **environ}
         for name in ("IVR_CONFIG", "IVR_DATA_DIR"):  # each node is given its own
@@ -340,7 +346,7 @@ def instructions(e: Endpoints) -> str:
     beside = Path(sys.executable).with_name("ivr")
     ivr = str(beside) if beside.exists() else "ivr"
     nodes = " ".join(f"--node {url}" for url in e.nodes)
-    first_config, first_data = e.config_files[0], e.data_dirs[0]
+    last_config, last_data = e.config_files[-1], e.data_dirs[-1]
     rows = [f"  load balancer  {e.load_balancer}  (HAProxy)"]
     rows += [f"  node{i}          {url}" for i, url in enumerate(e.nodes, start=1)]
     rows += [
@@ -362,8 +368,9 @@ def instructions(e: Endpoints) -> str:
             f"  {ivr} simulate --url {e.load_balancer} --fast --to +15550100002",
             "Each webhook and stream of a call straight to the next node in turn:",
             f"  {ivr} simulate --url {e.load_balancer} {nodes} --fast --press 1@2.5",
-            "What was recorded (any node's configuration reads the same catalog):",
-            f"  {ivr} recordings list --config {first_config} --data-dir {first_data}",
+            "What was recorded (every node reads the same catalog, key store and bucket):",
+            f"  {ivr} recordings list    # as node1 (the env file sets IVR_CONFIG, IVR_DATA_DIR)",
+            f"  {ivr} recordings list --config {last_config} --data-dir {last_data}",
             "",
             "Ctrl-C stops everything.",
         ]

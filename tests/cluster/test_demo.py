@@ -82,11 +82,13 @@ class Running:
         self.endpoints = endpoints
         self.env = _read_env(Path(endpoints["env_file"]))
 
-    def ivr(self, *args: str, node: int = 0) -> subprocess.CompletedProcess[str]:
-        """An ``ivr`` command with node ``node``'s configuration and data directory."""
+    def ivr(self, *args: str, node: int | None = 0) -> subprocess.CompletedProcess[str]:
+        """An ``ivr`` command with node ``node``'s configuration and data directory (None: as
+        a shell that sourced the env file runs it)."""
         e = self.endpoints
         argv = [sys.executable, "-m", "ivr", *args]
-        argv += ["--config", e["config_files"][node], "--data-dir", e["data_dirs"][node]]
+        if node is not None:
+            argv += ["--config", e["config_files"][node], "--data-dir", e["data_dirs"][node]]
         return subprocess.run(
             argv,
             cwd=ROOT,
@@ -148,6 +150,10 @@ async def test_every_consent_mode_decides_and_records_through_the_load_balancer(
             assert shown.returncode == 0, shown.stderr
             assert json.loads(shown.stdout)["status"] == status
     recorded = [r for r, (_, _, _, s) in zip(results, CALLS, strict=True) if s == "complete"]
+    # A shell that sources the env file lists them without naming a configuration.
+    listed = demo.ivr("recordings", "list", "--json", node=None)
+    assert listed.returncode == 0, listed.stderr
+    assert {r.recording_id for r in recorded} <= {row["id"] for row in json.loads(listed.stdout)}
     exported = demo.ivr(
         "recordings", "export", recorded[0].recording_id, "-o", str(demo.log.with_name("a.wav"))
     )

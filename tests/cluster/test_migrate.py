@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ivr.cli import main
+from ivr.cluster_demo.postgres import PostgresServer
 from ivr.gdpr import breach
 from ivr.gdpr.recording_files import export_wav
 from storage import lifecycle
@@ -23,7 +24,6 @@ from storage.audit import verify_catalog
 from storage.catalog import RecordingStatus
 from storage.migrate import MIGRATED, MIGRATED_IN, STARTED, migrate
 from storage.vault import Vault
-from tests.cluster.postgres import PostgresServer
 from tests.test_lifecycle import CALLER
 
 MASTER = os.urandom(32)

@@ -12,10 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ivr.cluster_demo.postgres import PostgresServer
 from storage.keys import KEYRING_FILE, MASTER_KEY_FILE, Keyring, MasterKeyError, UnknownKey
 from storage.keystore import TABLE, PostgresKeyringStore
 from storage.vault import Vault, VaultError
-from tests.cluster.postgres import PostgresServer
 from tests.test_vault import MASTER, frames_of, pattern
 
 
