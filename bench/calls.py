@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from ivr.cli.loadtest import add_loadtest_arguments, options_from_args
+from ivr.config.load import DEMO_CONFIG, DEMO_TWILIO_AUTH_TOKEN
 from ivr.harness import twilio_wire as wire
 from ivr.harness.fake_asterisk import RtpPeer
 from ivr.harness.loadtest import DRIVERS
@@ -90,7 +91,9 @@ async def rss_growth(pid: int | None, work: Awaitable[_T]) -> tuple[_T, int | No
 
 
 @contextlib.asynccontextmanager
-async def spawn(what: str, args: Sequence[str], tmp: Path) -> AsyncIterator[Any]:
+async def spawn(
+    what: str, args: Sequence[str], tmp: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[Any]:
     """``python ARGS`` (run from the repository root, stderr to ``tmp/WHAT.log``) until the end
     of the block; yields the process and a function that raises RuntimeError with its log's
     tail, for when it did not start."""
@@ -103,7 +106,7 @@ async def spawn(what: str, args: Sequence[str], tmp: Path) -> AsyncIterator[Any]
             stderr=err,
             stdin=asyncio.subprocess.DEVNULL,
             cwd=ROOT,
-            env={"ARI_PASSWORD": "demo", **os.environ},  # as the load test's default
+            env={"ARI_PASSWORD": "demo", **os.environ, **(env or {})},  # the load test's
         )
 
     def failed() -> RuntimeError:
@@ -124,10 +127,14 @@ async def spawn(what: str, args: Sequence[str], tmp: Path) -> AsyncIterator[Any]
 
 
 @contextlib.asynccontextmanager
-async def serve(platform: str, ari_listen: str, workers: int = 1) -> AsyncIterator[tuple[str, int]]:
+async def serve(
+    platform: str, ari_listen: str, workers: int = 1, max_calls: int | None = None
+) -> AsyncIterator[tuple[str, int]]:
     """``ivr serve`` on a free loopback port with a fresh data directory (Asterisk: the demo
     configuration, its ARI url at ``ari_listen``), with ``workers`` worker processes, once
-    /healthz answers: its URL and pid (the supervisor's, with workers)."""
+    /healthz answers: its URL and pid (the supervisor's, with workers). ``max_calls``: the
+    Twilio demo's ``[limits] max_calls`` raised to this (the cap is per process, and the
+    generator's pooled connections do not spread calls evenly over workers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
@@ -140,7 +147,14 @@ async def serve(platform: str, ari_listen: str, workers: int = 1) -> AsyncIterat
             text = (ROOT / "examples" / "asterisk-demo.toml").read_text()
             config.write_text(text.replace("127.0.0.1:8088", ari_listen))
             args += ["--config", str(config)]
-        async with spawn("ivr serve", args, Path(tmp)) as (proc, failed):
+        env = {}
+        if platform == "twilio" and max_calls is not None:
+            config = Path(tmp) / "twilio.toml"
+            text = DEMO_CONFIG.read_text() + f"\n[limits]\nmax_calls = {max_calls}\n"
+            config.write_text(text)
+            args += ["--config", str(config)]
+            env["TWILIO_AUTH_TOKEN"] = DEMO_TWILIO_AUTH_TOKEN  # what the generator signs with
+        async with spawn("ivr serve", args, Path(tmp), env) as (proc, failed):
             async with aiohttp.ClientSession() as session:
                 for _ in range(int(START_TIMEOUT_S / 0.2)):  # it synthesises its prompts first
                     with contextlib.suppress(aiohttp.ClientError, OSError):

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import resource
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -28,6 +29,7 @@ from ivr import __version__, api, serving
 from ivr.app_keys import CALLS, CLOCK, CONFIG, DATA_DIR, VAULT, WORKER
 from ivr.audit_heads import HEAD_PUBLISHER, HeadPublisher, publish_heads
 from ivr.calls import CallRegistry
+from ivr.calls.handover import HandoverListener
 from ivr.calls.relay import RELAY, Relay, RelayAuth, pass_on_held
 from ivr.config import Config
 from ivr.gdpr import breach
@@ -72,6 +74,10 @@ REFUSAL_WINDOW_SECONDS = 60.0  # refused API requests: one window's count per au
 # How often a process that does not run the background jobs tries to take them over: a dead
 # holder's lock is free at once (ivr/leadership.py), its jobs should not wait a sweep interval.
 LEADERSHIP_RETRY_SECONDS = RETRY_SECONDS
+
+
+async def _cannot_adopt(sock: socket.socket, head: bytes) -> bool:
+    return False
 
 
 def rounded(seconds: float | None) -> float | None:
@@ -217,6 +223,16 @@ def create_app(
             ),
             clock=clock,
         )
+        # Streams name this process (their URLs); one that lands on another process of this
+        # machine is handed over to it whole, not relayed (ivr/calls/handover.py).
+        twilio.holder_id = app[VAULT].writer_id
+        guard = app.get(serving.CONNECTIONS)  # None: not served by ivr.serving (tests)
+        handover = HandoverListener(
+            twilio.holder_id,
+            guard.adopt if guard is not None else _cannot_adopt,
+            twilio.counters,
+        )
+        twilio.handover = guard is not None and handover.start()
         auth = RelayAuth(app[VAULT].keyring.service_key("relay"))
         relay = app[RELAY] = twilio.relay = Relay(app[VAULT], twilio.counters, auth)
 
@@ -228,6 +244,7 @@ def create_app(
         host, port, advertise = relay_address(config, worker)
         await relay.listen(relay_routes, host=host, port=port, advertise=advertise)
         yield  # its streams close in the on_shutdown hook, before any cleanup step runs
+        handover.close()
         await relay.close()
 
     async def asterisk_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -45,6 +45,7 @@ import errno
 import logging
 import resource
 import signal
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -136,10 +137,25 @@ class ConnectionGuard:
     # In the order they opened: the first waiting one is the one that has waited longest.
     open: dict[_Guarded, None] = field(default_factory=dict)
     warnings: Warnings = field(default_factory=lambda: Warnings(log))  # ivr/log_limits.py
+    # The listener's protocol factory, once it listens: connections another process hands
+    # over (ivr/calls/handover.py) are served as if accepted here.
+    factory: Callable[[], asyncio.Protocol] | None = None
 
     def protocols(self, handlers: Callable[[], RequestHandler]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for ``loop.create_server``: aiohttp's handlers, guarded."""
         return lambda: _Guarded(self, handlers())
+
+    async def adopt(self, sock: socket.socket, head: bytes) -> bool:
+        """Serve ``sock``, a connection accepted by another process, whose request ``head``
+        that process already read; False when this process does not listen (yet, or any
+        more). Admitted, displacing or refused at the cap as any new connection."""
+        if self.factory is None:
+            return False
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        _, protocol = await loop.connect_accepted_socket(self.factory, sock)
+        protocol.data_received(head)
+        return True
 
     @property
     def waiting(self) -> int:
@@ -381,6 +397,7 @@ class Served:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        self.guard.factory = None  # nor adopts any
         self.server.close()  # stop listening; open connections end in the runner's cleanup
         try:
             await self.runner.cleanup()
@@ -423,8 +440,9 @@ async def start(
         await runner.setup()
         handlers = runner.server
         assert handlers is not None
+        factory = guard.protocols(handlers)
         server = await loop.create_server(
-            guard.protocols(handlers),
+            factory,
             host,
             port,
             backlog=ACCEPT_BACKLOG,
@@ -435,6 +453,7 @@ async def start(
         await runner.cleanup()
         loop.set_exception_handler(previous)
         raise
+    guard.factory = factory
     log.info(
         "at most %d connections, %d calls; request head within %g s, body within %g s",
         cap,

@@ -28,6 +28,7 @@ from typing import TypeVar
 from aiohttp import WSMsgType, web
 
 from ivr.calls import TRACK_AGENT, TRACK_CALLER, Call, CallRegistry, CallSession, carry_out
+from ivr.calls.handover import hand_over
 from ivr.calls.numbering import MediaNumbering
 from ivr.calls.relay import RELAY_BODY, HeldElsewhere, Holder, Relay
 from ivr.config import Config, normalise_number
@@ -70,6 +71,10 @@ class TwilioCalls:
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     accepting: bool = True
     relay: Relay | None = None  # to the process holding a call (ivr/calls/relay.py)
+    # This process's id in the stream URLs it gives out, and whether a stream that names
+    # another process of this machine is handed to it (ivr/calls/handover.py).
+    holder_id: str = ""
+    handover: bool = False
     counters: Counter[str] = field(default_factory=Counter)  # served at /healthz
     warnings: Warnings = field(default_factory=lambda: Warnings(log))  # ivr/log_limits.py
 
@@ -172,11 +177,19 @@ async def voice(request: web.Request) -> web.Response:
     token = twilio.tokens.issue("consent", hook.call_sid, twilio.wall())
     return _twiml(
         tw.twiml_consent_stream(
-            f"{tw.websocket_base(base)}/twilio/stream/consent",
+            stream_url(twilio, base, "consent"),
             {"token": token},
             f"{base}/twilio/continue",
         )
     )
+
+
+def stream_url(twilio: TwilioCalls, base: str, kind: str) -> str:
+    """Where Twilio opens a call's ``kind`` stream: named after this process, the call's
+    holder, so that another process of this machine that the stream lands on can hand the
+    connection over before reading it (ivr/calls/handover.py)."""
+    url = f"{tw.websocket_base(base)}/twilio/stream/{kind}"
+    return f"{url}/{twilio.holder_id}" if twilio.holder_id else url
 
 
 async def continue_call(request: web.Request) -> web.Response:
@@ -201,7 +214,7 @@ async def continue_call(request: web.Request) -> web.Response:
         call.session.media_failure = NO_RECORDING_STREAM
         return _twiml(
             tw.twiml_record_and_dial(
-                f"{tw.websocket_base(base)}/twilio/stream/recording",
+                stream_url(twilio, base, "recording"),
                 {"token": token},
                 forward,
                 f"{base}/twilio/stream-status",
@@ -365,8 +378,18 @@ class _Stream:
         await self.close(tw.CLOSE_NORMAL, reason)
 
 
-async def _stream_handler(request: web.Request, kind: str) -> web.WebSocketResponse:
+async def _stream_handler(request: web.Request, kind: str) -> web.StreamResponse:
     twilio = request.app[TWILIO]
+    holder = request.match_info.get("holder")
+    if (
+        twilio.handover
+        and holder is not None
+        and holder != twilio.holder_id
+        and hand_over(request, holder)
+    ):
+        # The connection is the holder's now; this answer is never written (aborted).
+        twilio.counters["streams_handed_over"] += 1
+        return web.Response(status=204)
     # Pings are answered in order with the messages (_serve_stream), or by the process a
     # stream is relayed to: a pong means everything before the ping was acted on.
     ws = web.WebSocketResponse(max_msg_size=tw.MAX_MESSAGE_BYTES, heartbeat=None, autoping=False)
@@ -545,6 +568,8 @@ def add_routes(app: web.Application, *, relay_listener: bool = False) -> None:
     app.router.add_post("/twilio/status", status)
     app.router.add_post("/twilio/stream-status", stream_status)
     for kind in ("consent", "recording"):
-        app.router.add_get(f"/twilio/stream/{kind}", partial(_stream_handler, kind=kind))
+        handler = partial(_stream_handler, kind=kind)
+        app.router.add_get(f"/twilio/stream/{kind}", handler)  # URLs of earlier versions
+        app.router.add_get(f"/twilio/stream/{kind}/{{holder}}", handler)
     if not relay_listener:
         app.on_shutdown.append(shutdown)
