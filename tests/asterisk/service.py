@@ -40,10 +40,14 @@ CALLER = "+46701234567"
 
 
 class Service:
-    def __init__(self, pbx: Asterisk, root: Path, *, app: str = Asterisk.APP) -> None:
+    def __init__(
+        self, pbx: Asterisk, root: Path, *, app: str = Asterisk.APP, data_dir: Path | None = None
+    ) -> None:
+        """``data_dir``: another instance's, to share its vault and catalog (as nodes share
+        one catalog); by default ``root/var`` of its own."""
         self.pbx = pbx
         self.root = root
-        self.data_dir = root / "var"
+        self.data_dir = data_dir or root / "var"
         self.config = root / "ivr.toml"
         self.port = free_port()
         low, high = free_udp_range(100)

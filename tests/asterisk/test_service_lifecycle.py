@@ -8,6 +8,8 @@ import contextlib
 import time
 from pathlib import Path
 
+import pytest
+
 from ivr.platforms.asterisk import ari
 from tests.asterisk.checks import (
     assert_only_parties,
@@ -216,11 +218,16 @@ async def test_asterisk_restarted_mid_service(
     await nothing_left(pbx)
 
 
+@pytest.mark.parametrize("catalog", ["own", "shared"])
 async def test_two_instances_on_one_asterisk_keep_to_their_own(
-    pbx: Asterisk, service: Service, phones: Phones, tmp_path: Path
+    pbx: Asterisk, service: Service, phones: Phones, tmp_path: Path, catalog: str
 ) -> None:
+    """Two instances, each with its own Stasis application, on one PBX: with a vault each, or
+    sharing one vault and catalog (as nodes share one catalog, docs/deploy.md). Killing one
+    ends its own call only, whatever the catalog says of the other's."""
     (tmp_path / "b").mkdir()
-    other = Service(pbx, tmp_path / "b", app=Asterisk.APP_B)
+    shared = service.data_dir if catalog == "shared" else None
+    other = Service(pbx, tmp_path / "b", app=Asterisk.APP_B, data_dir=shared)
     await asyncio.to_thread(other.start)
     try:
         caller_b = "+46701230003"
@@ -234,8 +241,10 @@ async def test_two_instances_on_one_asterisk_keep_to_their_own(
         await asyncio.to_thread(service.kill)
         await asyncio.to_thread(service.start)
         assert await d_a.call.wait_ended() == "remote"  # A cleared its own call ...
-        # ... and left B's alone: B's call carries on, recorded without a break.
+        # ... and left B's alone: B's call carries on, recorded without a break, its row open
+        # (on a shared catalog too: A's start closes the rows of dead processes only).
         assert other.calls_in_progress() == 1
+        assert row_of(other, caller_b)[0]["ended_at"] is None
         await d_b.talk(1.0)
         d_b.hang_up()
         assert await d_b.call.wait_ended() == "local"
