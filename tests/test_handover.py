@@ -23,6 +23,7 @@ import pytest
 from ivr import serving
 from ivr.calls.handover import HandoverListener, hand_over
 from ivr.config import Limits, load_config
+from ivr.harness import twilio_wire as wire
 from ivr.harness.twilio_sim import CallOptions, simulate_call
 from ivr.platforms.twilio.app import TWILIO
 from ivr.service import VAULT, create_app
@@ -87,26 +88,9 @@ async def test_a_stream_naming_no_process_here_is_served_where_it_lands(served_n
             ws = await session.ws_connect(
                 url.replace("http", "ws") + f"/twilio/stream/consent/{holder}"
             )
-            await ws.send_json({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-            await ws.send_json(
-                {
-                    "event": "start",
-                    "sequenceNumber": "1",
-                    "streamSid": "MZ" + "0" * 32,
-                    "start": {
-                        "accountSid": "AC" + "0" * 32,
-                        "callSid": "CA" + "0" * 32,
-                        "streamSid": "MZ" + "0" * 32,
-                        "tracks": ["inbound"],
-                        "customParameters": {"token": "not-a-token"},
-                        "mediaFormat": {
-                            "encoding": "audio/x-mulaw",
-                            "sampleRate": 8000,
-                            "channels": 1,
-                        },
-                    },
-                }
-            )
+            await ws.send_bytes(wire.connected())
+            sids = (wire.new_sid("MZ"), wire.new_sid("CA"), wire.new_sid("AC"))
+            await ws.send_str(wire.start(*sids, ["inbound"], {"token": "not-a-token"}).decode())
             message = await ws.receive()
             assert message.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1008
             await ws.close()

@@ -24,36 +24,15 @@ import pytest
 
 from ivr.cluster_demo import haproxy
 from ivr.harness.twilio_sim import CallOptions, simulate_call
-from tests.test_twilio_e2e import (
-    CONSENT_LINE,
-    EMERGENCY_LINE,
-    MESSAGE_LINE,
-    NOTICE_LINE,
-    OBJECTION_LINE,
-)
+from tests.test_relay import CASES
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_DEADLINE_S = 300.0  # the first node synthesises every prompt on a shared, loaded machine
 STOP_DEADLINE_S = 150.0  # HAProxy's soft stop, the nodes', SeaweedFS's, PostgreSQL's
 
-# Every consent mode (tests/test_relay.py has the same calls on processes sharing a directory):
-# (line, options, decision, recording status).
-CALLS: list[tuple[str, dict[str, Any], str, str | None]] = [
-    (CONSENT_LINE, {"presses": [(3.0, "1")], "duration": 4.0}, "accepted", "complete"),
-    (CONSENT_LINE, {"presses": [(15.0, "9")]}, "declined", None),
-    (CONSENT_LINE, {}, "no_response", None),
-    (OBJECTION_LINE, {"presses": [(3.0, "9")]}, "objected", None),
-    (OBJECTION_LINE, {"duration": 3.0}, "not_objected", "complete"),
-    (NOTICE_LINE, {"presses": [(2.0, "9")], "duration": 2.0}, "notified", "complete"),
-    (EMERGENCY_LINE, {"duration": 2.0}, "not_asked", "complete"),
-    (MESSAGE_LINE, {"presses": [(2.0, "1")], "hangup_at": 12.0}, "accepted", "complete"),
-    (
-        MESSAGE_LINE,
-        {"presses": [(2.0, "1"), (10.0, "*")], "hangup_at": 30},
-        "accepted",
-        "discarded",
-    ),
-]
+# Every consent mode: (line, options, decision, recording status), as tests/test_relay.py
+# places them on processes sharing a directory.
+CALLS = CASES
 
 
 def _read_env(path: Path) -> dict[str, str]:

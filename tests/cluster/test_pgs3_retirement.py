@@ -7,18 +7,9 @@ from tests.test_retirement import *  # noqa: F403 - the same test bodies, collec
 
 pytestmark = pytest.mark.usefixtures("vaults_on_postgres_and_s3")
 
-# Tests of the SQLite file itself, not of the catalog:
-# not collected here; why, and the test of the same on S3.
-SQLITE_ONLY = {
-    "test_an_erased_recording_in_a_backup_stops_decrypting_when_its_key_version_is_retired": (
-        "a backup is a copy of the SQLite file (PostgreSQL: docs/postgresql.md)"
-    ),
-    "test_with_the_schedule_a_backup_stops_opening_an_erasure_within_the_documented_bound": (
-        "a backup is a copy of the SQLite file"
-    ),
-    "test_subject_erasure_removes_the_platform_call_id": (
-        "searches the data directory's files (the SQLite catalog) for the call id"
-    ),
-}
+# Tests of the SQLite file itself, not of the catalog: not collected here, for the reasons
+# test_pg_retirement.py gives.
+from tests.cluster.test_pg_retirement import SQLITE_ONLY  # noqa: E402
+
 for _name in SQLITE_ONLY:
     del globals()[_name]
