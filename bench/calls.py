@@ -62,13 +62,28 @@ _T = TypeVar("_T")
 
 
 # -- processes --------------------------------------------------------------------------------
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``ivr serve --workers N``'s workers), where /proc has them."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        with contextlib.suppress(OSError, ValueError):
+            for task in Path(f"/proc/{pids[i]}/task").iterdir():
+                pids += [int(c) for c in (task / "children").read_text().split()]
+        i += 1
+    return pids
+
+
 def rss_kib(pid: int | None) -> int | None:
-    """Process ``pid``'s resident size (KiB), where /proc has it."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if pid is not None and line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return None
+    """The resident size (KiB) of process ``pid`` and its children, where /proc has it."""
+    if pid is None:
+        return None
+    total = None
+    for p in _tree(pid):
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total = (total or 0) + int(line.split()[1])
+    return total
 
 
 async def rss_growth(pid: int | None, work: Awaitable[_T]) -> tuple[_T, int | None]:
@@ -133,7 +148,7 @@ async def serve(
     """``ivr serve`` on a free loopback port with a fresh data directory (Asterisk: the demo
     configuration, its ARI url at ``ari_listen``), with ``workers`` worker processes, once
     /healthz answers: its URL and pid (the supervisor's, with workers). ``max_calls``: the
-    Twilio demo's ``[limits] max_calls`` raised to this (the cap is per process, and the
+    demo's ``[limits] max_calls`` raised to this (the cap is per process, and the
     generator's pooled connections do not spread calls evenly over workers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,7 +160,10 @@ async def serve(
         if platform == "asterisk":
             config = Path(tmp) / "asterisk.toml"
             text = (ROOT / "examples" / "asterisk-demo.toml").read_text()
-            config.write_text(text.replace("127.0.0.1:8088", ari_listen))
+            text = text.replace("127.0.0.1:8088", ari_listen)
+            if max_calls is not None:
+                text += f"\n[limits]\nmax_calls = {max_calls}\n"
+            config.write_text(text)
             args += ["--config", str(config)]
         env = {}
         if platform == "twilio" and max_calls is not None:
@@ -254,7 +272,7 @@ async def run_reference(platform: str, options: Options, ports: str) -> dict[str
         script, args = "bare_rtp_server.py", ["--ports", ports]
     with tempfile.TemporaryDirectory(prefix="ivr-bench-bare-") as tmp:
         path = ROOT / "bench" / "reference" / script
-        args = [str(path), *args, "--data-dir", f"{tmp}/data"]
+        args = [str(path), *args]
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
             spawn("bare server", args, Path(tmp)) as (proc, failed),
@@ -308,6 +326,13 @@ async def one_run(platform: str, options: Options, ports: str, pid: int | None) 
         "server_cpu_per_call_minute": report["server_cpu_per_call_minute"],
         "bare_cpu_per_call_minute": None,
         "cpu_ratio": None,
+        "whole_call_cpu_per_call_minute": report["service"]["whole_call_cost"].get(
+            "server_cpu_per_call_minute"
+        ),
+        "bare_whole_cpu_per_call_minute": None,
+        "whole_call_ratio": None,
+        "calls_per_core": per_core(report["server_cpu_per_call_minute"]),
+        "bare_calls_per_core": None,
         **{k: v for k, v in report.items() if k.endswith(("_p50_ms", "_p99_ms"))},
         "service_rss_kib_per_call": rss / options.calls if rss is not None else None,
         "bare_rss_kib_per_call": None,
@@ -332,6 +357,14 @@ async def one_run(platform: str, options: Options, ports: str, pid: int | None) 
                 "server_cpu_per_call_minute"
             )
             record["cpu_ratio"] = round(ours / bare, 3) if ours and bare else None
+            record["bare_calls_per_core"] = per_core(bare)
+            whole = record["whole_call_cpu_per_call_minute"]
+            bare_whole = record["bare_whole_cpu_per_call_minute"] = ref["whole_call_cost"].get(
+                "server_cpu_per_call_minute"
+            )
+            record["whole_call_ratio"] = (
+                round(whole / bare_whole, 3) if whole and bare_whole else None
+            )
             record["bare_rss_kib_per_call"] = ref["rss_kib_per_call"]
             record["errors"] = (record["errors"] + ref["errors"])[:5]
     ref = record["reference"]
@@ -339,10 +372,21 @@ async def one_run(platform: str, options: Options, ports: str, pid: int | None) 
     return record
 
 
+def per_core(cpu_per_call_minute: float | None) -> int | None:
+    """Real-paced calls one core could carry at this CPU per call-minute: an estimate from CPU
+    (60 CPU seconds a minute), not a measured point of lag; run ``--calls N`` to see one."""
+    return int(60 / cpu_per_call_minute) if cpu_per_call_minute else None
+
+
 SUMMARISED = (
     "cpu_ratio",
+    "whole_call_ratio",
     "server_cpu_per_call_minute",
     "bare_cpu_per_call_minute",
+    "whole_call_cpu_per_call_minute",
+    "bare_whole_cpu_per_call_minute",
+    "calls_per_core",
+    "bare_calls_per_core",
     "service_rss_kib_per_call",
     "bare_rss_kib_per_call",
 )
@@ -382,8 +426,25 @@ def run_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{fmt(ref['frames_sent'])}, received {fmt(ref['frames_received'])}",
             )
         )
-        ratio = record["cpu_ratio"]
-        rows.append(("cpu ratio", f"{ratio:.2f} (service / bare)" if ratio else "-"))
+        ratio, whole = record["cpu_ratio"], record["whole_call_ratio"]
+        rows.append(("cpu ratio", f"{ratio:.2f} (service / bare, steady)" if ratio else "-"))
+        rows.append(
+            (
+                "whole-call ratio",
+                f"{whole:.2f} (service {fmt(record['whole_call_cpu_per_call_minute'])} CPU s per "
+                f"call-minute from first webhook to last finalised / bare "
+                f"{fmt(record['bare_whole_cpu_per_call_minute'])})"
+                if whole
+                else "-",
+            )
+        )
+        rows.append(
+            (
+                "calls per core",
+                f"{fmt(record['calls_per_core'])} (bare {fmt(record['bare_calls_per_core'])}; "
+                f"60 s / CPU s per call-minute, an estimate)",
+            )
+        )
     else:
         rows.append(("bare cpu", f"failed: {record['reference_error']}"))
     rows += [("errors" if i == 0 else "", e) for i, e in enumerate(record["errors"])]
@@ -408,7 +469,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         pid = None
         if args.url is None:
             print(f"bench-calls: starting ivr serve ({args.platform})", file=sys.stderr)
-            args.url, pid = await stack.enter_async_context(serve(args.platform, args.ari_listen))
+            # Every process may hold all the calls: the demo's cap (200 calls per process)
+            # would turn some away, and pooled connections do not spread calls evenly.
+            started = serve(args.platform, args.ari_listen, args.workers, args.calls + 50)
+            args.url, pid = await stack.enter_async_context(started)
         options = options_from_args(args)
         options.check()
         ports = bare_ports(options, args.bare_ports)
@@ -422,6 +486,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "platform": args.platform,
         "url": options.url,
         "calls": options.calls,
+        "workers": args.workers,
         "duration_s": options.duration,
         "repeats": args.repeats,
         "runs": runs,
@@ -441,6 +506,13 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(url=None)  # start ivr serve
     p.add_argument("--repeats", type=int, default=3, help="runs of both sides (default 3)")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="ivr serve --workers N (default 1): the service's CPU and memory are those of all "
+        "its processes; the reference stays one process",
+    )
+    p.add_argument(
         "--bare-ports",
         default=None,
         metavar="LOW-HIGH",
@@ -456,6 +528,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         options_from_args(args).check()  # before anything starts
         if args.repeats < 1:
             raise ValueError("--repeats must be at least 1")
+        if not 1 <= args.workers <= 64:
+            raise ValueError("--workers must be 1..64")
+        if args.workers > 1 and (args.platform != "twilio" or args.url is not None):
+            raise ValueError("--workers: only for Twilio, with the service started here")
         result = asyncio.run(bench(args))
     except ValueError as exc:
         print(f"bench/calls.py: error: {exc}", file=sys.stderr)

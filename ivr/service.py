@@ -633,6 +633,9 @@ class JsonLogFormatter(logging.Formatter):
 
 
 TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The per-message path makes only short-lived objects; the default collector threshold
+# (700 allocations) would run a collection hundreds of times a second under load.
+GC_THRESHOLDS = (50_000, 50, 100)
 
 
 def serve(
@@ -658,10 +661,9 @@ def serve(
         tagged = logging.Formatter(TEXT_LOG_FORMAT.replace("%(name)s", tag))
         for handler in logging.getLogger().handlers:
             handler.setFormatter(tagged)
-    # The per-message path makes only short-lived objects; the default collector threshold
-    # (700 allocations) would run a collection hundreds of times a second under load. Objects
-    # alive at start-up (modules, configuration, prompts) are moved out of its way for good.
-    gc.set_threshold(50_000, 50, 100)
+    # Objects alive at start-up (modules, configuration, prompts) are moved out of the
+    # collector's way for good.
+    gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
 
     def listening(bound: int) -> None:

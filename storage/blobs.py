@@ -6,9 +6,10 @@ storage/s3blobs.py. The vault names a recording's blob by the ``relpath`` its st
 format of docs/recording-format.md.
 
 Local: a blob is written as ``<id>.rec.part`` while its call runs and renamed to ``<id>.rec``
-once its final chunk is durable. Chunks are appended as they are sealed; the fsyncs that make them
-durable run on a small thread pool, never on the caller's thread (the event loop), at most every
-``sync_interval`` seconds per blob, and one fsync covers whatever was written before it.
+once its final chunk is durable. Chunks are appended as they are sealed; what makes them durable
+runs on one thread of the store's, never on the caller's thread (the event loop): every
+``sync_interval`` seconds it ``fdatasync``s each blob written to since its last round, one
+syscall per blob covering whatever was written before it (``PeriodicSync``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -128,6 +128,61 @@ class BlobStore(Protocol):
     def close(self) -> None: ...
 
 
+class PeriodicSync:
+    """The thread that makes growing blobs durable: a blob marks itself dirty when written to,
+    and every ``interval`` seconds (at once for 0) one round ``fdatasync``s every dirty blob.
+
+    One round for all of a store's blobs, rather than a job per blob, keeps the wake-ups to one
+    per interval whatever the number of calls; ``fdatasync`` skips the timestamps an ``fsync``
+    would also write, and keeps the size, which reading the data back needs."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._dirty: dict[BlobFile, None] = {}  # insertion-ordered: synced in write order
+        self._wake = threading.Event()
+        self._halt = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def mark(self, blob: BlobFile) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._dirty[blob] = None
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="blob-sync", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        next_round = 0.0
+        while True:
+            self._wake.wait()
+            delay = next_round - time.monotonic()
+            if delay > 0:
+                self._halt.wait(min(delay, self.interval))  # cut short by stop()
+            with self._lock:
+                self._wake.clear()
+                dirty, self._dirty = list(self._dirty), {}
+                stopped = self._stopped
+            next_round = time.monotonic() + self.interval
+            for blob in dirty:
+                blob.sync()
+            if stopped:
+                return
+
+    def stop(self) -> None:
+        """Sync what is dirty one last time and end the thread."""
+        with self._lock:
+            self._stopped = True
+            thread = self._thread
+        self._halt.set()
+        self._wake.set()
+        if thread is not None:
+            thread.join()
+
+
 class LocalBlobStore:
     def __init__(
         self,
@@ -135,12 +190,11 @@ class LocalBlobStore:
         *,
         fsync: bool = True,
         sync_interval: float = DEFAULT_SYNC_INTERVAL,
-        io_threads: int = 4,
     ) -> None:
         self.root = root
         self.fsync = fsync
         self.sync_interval = sync_interval
-        self._executor = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blob-io")
+        self._syncer = PeriodicSync(sync_interval)
         private_dir(root, tighten=True)
 
     def relpath(self, tenant: str, recording_id: str, suffix: str = FINAL_SUFFIX) -> str:
@@ -156,9 +210,7 @@ class LocalBlobStore:
             part,
             self.relpath(tenant, recording_id),
             self.path(self.relpath(tenant, recording_id)),
-            self._executor,
-            self.fsync,
-            self.sync_interval,
+            self._syncer if self.fsync else None,
         )
 
     def open(
@@ -193,7 +245,7 @@ class LocalBlobStore:
         return False  # a file has no hold of its own: the catalog's is the one
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._syncer.stop()
 
 
 class LocalRecovery:
@@ -226,31 +278,24 @@ class BlobFile:
     """An append-only blob being written.
 
     ``write`` appends to the file at once (a page-cache write of one chunk, about a second of
-    audio, is short) and reports a full disk straight away; the fsync that makes it durable is
-    the slow part, so it runs on the pool, coalesced: one fsync covers every chunk written
-    before it started.
+    audio, is short) and reports a full disk straight away; the sync that makes it durable is
+    the slow part, so the store's ``PeriodicSync`` does it on its thread (without one, as with
+    ``fsync = false``, nothing is synced before ``finish``).
     """
 
     def __init__(
-        self,
-        part: Path,
-        relpath: str,
-        final: Path,
-        executor: ThreadPoolExecutor,
-        fsync: bool,
-        sync_interval: float = 0.0,
+        self, part: Path, relpath: str, final: Path, syncer: PeriodicSync | None = None
     ) -> None:
         self.part = part
         self.relpath = relpath
         self.final = final
-        self._executor = executor
-        self._fsync = fsync
+        self._syncer = syncer
         self._fd = open_private(part)
-        self._sync_interval = sync_interval
-        self._next_sync = 0.0
-        self._lock = threading.Lock()
+        # Guards ``closed`` and ``_syncing``: the descriptor is never closed while a sync on
+        # it runs (its number could be another file's by the time the sync starts).
+        self._lock = threading.Condition()
         self._dirty = False
-        self._sync_job: Future[None] | None = None
+        self._syncing = False
         self._hash = hashlib.sha256()
         self.size = 0
         self.units = 0
@@ -270,28 +315,28 @@ class BlobFile:
         self._hash.update(data)
         self.size += len(data)
         self.units += 1
-        if self._fsync:
-            with self._lock:
-                self._dirty = True
-                now = time.monotonic()
-                if self._sync_job is None and now >= self._next_sync:
-                    self._next_sync = now + self._sync_interval
-                    self._sync_job = self._executor.submit(self._sync)
+        if self._syncer is not None and not self._dirty:
+            # Set here and cleared by the sync before it starts: a write after that marks
+            # the blob again, so nothing written is left out of a round.
+            self._dirty = True
+            self._syncer.mark(self)
 
-    def _sync(self) -> None:
-        while True:
-            with self._lock:
-                if not self._dirty or self.closed:
-                    self._sync_job = None
-                    return
-                self._dirty = False
-            try:
-                os.fsync(self._fd)
-            except OSError as exc:
-                with self._lock:
-                    self._sync_job = None
-                self._fail(exc)
+    def sync(self) -> None:
+        """Make what was written so far durable (on the syncer's thread); a failure is kept as
+        ``error``, which the next write and ``finish`` raise."""
+        with self._lock:
+            if self.closed or self._syncing:
                 return
+            self._dirty = False
+            self._syncing = True
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            self._fail(exc)
+        finally:
+            with self._lock:
+                self._syncing = False
+                self._lock.notify_all()
 
     def _fail(self, exc: OSError) -> VaultWriteError:
         """Record the failure as ``self.error`` (what every later write raises) and return it."""
@@ -316,13 +361,10 @@ class BlobFile:
         return self.error.with_traceback(None)
 
     def wait(self) -> None:
-        """Block until everything written so far is durable (or has failed)."""
-        while True:
-            with self._lock:
-                job = self._sync_job
-            if job is None:
-                return
-            job.result()
+        """Block until a sync under way on the syncer's thread has finished."""
+        with self._lock:
+            while self._syncing:
+                self._lock.wait()
 
     def finish(self) -> BlobInfo:
         """Make durable and rename to the final name. Raises VaultWriteError if any write
@@ -378,6 +420,8 @@ class BlobFile:
 
     def _close_fd(self) -> None:
         with self._lock:
+            while self._syncing:
+                self._lock.wait()
             if self.closed:
                 return
             self.closed = True

@@ -80,6 +80,13 @@ def _check_runs(result: dict[str, Any], calls: int, frames_per_call: int) -> Non
         assert run["server_cpu_per_call_minute"] > 0 and run["bare_cpu_per_call_minute"] > 0
         ratio = run["server_cpu_per_call_minute"] / run["bare_cpu_per_call_minute"]
         assert run["cpu_ratio"] == pytest.approx(ratio, abs=0.001) and 0 < ratio < 50
+        whole, bare_whole = (
+            run["whole_call_cpu_per_call_minute"],
+            run["bare_whole_cpu_per_call_minute"],
+        )
+        assert whole > 0 and bare_whole > 0 and ref["whole_call_cost"]["call_minutes"] > 0
+        assert run["whole_call_ratio"] == pytest.approx(whole / bare_whole, abs=0.001)
+        assert run["calls_per_core"] == int(60 / run["server_cpu_per_call_minute"])
         assert run["bare_rss_kib_per_call"] is not None  # the bench started it
         assert run["ok"] is True
     ratios = result["summary"]["cpu_ratio"]
@@ -150,7 +157,10 @@ async def test_asterisk_against_the_service_and_the_bare_rtp_server(
         assert result["runs"][0]["ari_setup_p99_ms"] is not None
         code, out = await _bench(*args[:-2], "--repeats", "2")  # the text report
         assert code == 0, out
-        assert out.count("cpu ratio") == 3 and "(service / bare)" in out
+        assert out.count("cpu ratio") == 3 and "(service / bare, steady)" in out
+        assert (
+            out.count("whole-call ratio") == 2 and out.count("calls per core") == 4
+        )  # and the summary of both sides
         assert "min / median / max over 2 runs" in out and out.rstrip().endswith("OK")
     finally:
         await server.close()
@@ -230,6 +240,8 @@ async def test_rawws_against_the_bare_server(bare_port: int) -> None:
     ):
         stats = await resp.json()
     assert stats["frames"] == 2 * n and stats["connections"] == 1 and stats["open"] == 0
+    # A seal per second of two-track audio (16,000 bytes), then the last one at the stop.
+    assert stats["chunks"] == 3 and stats["sealed_bytes"] == 2 * n * 160 + 3 * 16
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"http://127.0.0.1:{bare_port}/cpu") as resp,
@@ -265,19 +277,22 @@ async def test_rawws_handshake_refused_and_server_messages(
     assert op == OP_CLOSE and ws.close_code == 1008
 
 
-async def test_bare_rtp_server_counts_and_seals(tmp_path: Path) -> None:
+async def test_bare_rtp_server_checks_peer_and_ssrc_and_seals() -> None:
     low, high = _port_range(3)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "bench" / "reference" / "bare_rtp_server.py"),
         "--ports",
         f"{low}-{high}",
-        "--data-dir",
-        str(tmp_path),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
         cwd=str(ROOT),
     )
+
+    def packet(n: int, ssrc: int = 7, first: int = 0x80) -> bytes:
+        header = bytes([first, 0]) + n.to_bytes(2, "big") + (n * 160).to_bytes(4, "big")
+        return header + ssrc.to_bytes(4, "big") + bytes(160)
+
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().split()
@@ -286,28 +301,31 @@ async def test_bare_rtp_server_counts_and_seals(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{http}/ports") as resp:
                 port = (await resp.json())["ports"][0]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            with (
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger,
+            ):
                 for n in range(120):  # 2.4 s of audio: two chunks sealed on the way
-                    header = bytes([0x80, 0]) + (n).to_bytes(2, "big")
-                    header += (n * 160).to_bytes(4, "big") + b"\x00\x00\x00\x07"
-                    s.sendto(header + bytes(160), ("127.0.0.1", port))
+                    s.sendto(packet(n), ("127.0.0.1", port))
                     if n % 20 == 0:
                         await asyncio.sleep(0.005)
-            for _ in range(50):
-                async with session.get(f"{http}/stats") as resp:
-                    stats = await resp.json()
-                if stats["frames"] >= 120:
-                    break
-                await asyncio.sleep(0.02)
-            assert stats["frames"] == 120 and stats["streams"] == 1
+                s.sendto(packet(120, ssrc=8), ("127.0.0.1", port))  # another SSRC
+                s.sendto(packet(121, first=0x40), ("127.0.0.1", port))  # not version 2
+                s.sendto(b"\x80\x00", ("127.0.0.1", port))  # too short
+                stranger.sendto(packet(122), ("127.0.0.1", port))  # another peer
+                for _ in range(50):
+                    async with session.get(f"{http}/stats") as resp:
+                        stats = await resp.json()
+                    if stats["frames"] + stats["refused"] >= 124:
+                        break
+                    await asyncio.sleep(0.02)
+            assert stats["frames"] == 120 and stats["refused"] == 4 and stats["streams"] == 1
             assert stats["chunks"] == 2 and stats["payload_bytes_sealed"] == 100 * 160
             async with session.get(f"{http}/cpu") as resp:
                 assert (await resp.json())["cpu_seconds"] > 0
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
-    sealed = (tmp_path / f"rtp-{port}.bin").read_bytes()
-    assert len(sealed) == 3 * (4 + 16) + 120 * 160  # three chunks, the last one at exit
 
 
 def test_parse_ports() -> None:

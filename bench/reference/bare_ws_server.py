@@ -1,18 +1,20 @@
-"""The bare reference: the least an aiohttp server can do to store a Media Stream encrypted.
+"""The minimal bare loop: the least an aiohttp server can do to receive a Media Stream sealed.
 
 ``python bench/reference/bare_ws_server.py --port P`` listens on 127.0.0.1 and prints
 ``ready <port>`` once it accepts connections. ``GET /ws`` is a websocket on which every text
-message gets only the irreducible work of storing Twilio media: ``json.loads``, base64-decode
-the payload, append it (tagged with its track and timestamp, as any two-track container must)
-to a per-connection buffer, and once per second of audio seal the buffer with AES-256-GCM (a
-random 32-byte key per connection, STREAM-style nonce ``prefix ‖ counter ‖ last-flag``) and
-``os.write`` it to a file in a temporary directory. No validation, no sequence checks, no
-consent logic. A ``stop`` message seals the last chunk and closes the socket, as the service
-does.
+message gets only this: ``json.loads``, base64-decode the media payload into the connection's
+buffer, and once the buffer holds a second of two-track audio (16,000 bytes of 8 kHz mu-law),
+seal it with AES-256-GCM (a random 32-byte key per connection, STREAM-style nonce ``prefix ‖
+counter ‖ last-flag``) and drop the ciphertext. Nothing else: no validation, no per-frame
+timing, no sequence checks, no consent logic, no file. A ``stop`` message seals the last chunk
+and closes the socket, as the service does. This is the reference issue 14 names: what the
+service does beyond it (checking, timing and framing each frame, writing and syncing, the call
+itself) is what ``make bench-calls`` measures.
 
 ``GET /cpu`` answers ``{"cpu_seconds": user+sys of this process}``; ``GET /stats`` answers the
-frames received. ``bench/calls.py`` (``make bench-calls``) runs it as a subprocess, sends it
-the same streaming load as the real service, and compares their CPU per call-minute.
+connections, frames received, chunks and bytes sealed. ``bench/calls.py`` (``make bench-calls``)
+runs it as a subprocess, sends it the same streaming load as the real service, and compares
+their CPU per call-minute.
 """
 
 from __future__ import annotations
@@ -20,24 +22,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import binascii
-import contextlib
+import gc
 import json
 import os
 import resource
 import signal
-import struct
 import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from aiohttp import WSMsgType, web
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-SEAL_INTERVAL_MS = 1000
-_FRAME_HEAD = struct.Struct(">BIH")  # track, timestamp ms, length
+SEAL_BYTES = 2 * 8000  # one second of two tracks of 8 kHz mu-law
+# Runtime settings are the same on both sides, so that the ratio compares the work done per
+# message: the collector's thresholds ``ivr serve`` sets (ivr/service.py GC_THRESHOLDS) and what
+# it reads from a socket at once (ivr/serving.py READ_BYTES).
+GC_THRESHOLDS = (50_000, 50, 100)
+READ_BYTES = 64 * 1024
 _STATS = web.AppKey("stats", dict)
-_DIR = web.AppKey("dir", Path)
 
 
 def cpu_seconds() -> float:
@@ -46,40 +48,36 @@ def cpu_seconds() -> float:
 
 
 class _Sealer:
-    """One connection's buffer, key and file."""
+    """One connection's buffer and key."""
 
-    __slots__ = ("aead", "buf", "counter", "fd", "prefix", "seal_at")
+    __slots__ = ("aead", "buf", "counter", "prefix", "sealed_bytes")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self) -> None:
         self.aead = AESGCM(AESGCM.generate_key(bit_length=256))
         self.prefix = os.urandom(7)
         self.counter = 0
         self.buf = bytearray()
-        self.seal_at = -1
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.sealed_bytes = 0
 
     def seal(self, final: bool) -> None:
         nonce = self.prefix + self.counter.to_bytes(4, "big") + (b"\x01" if final else b"\x00")
-        sealed = self.aead.encrypt(nonce, bytes(self.buf), None)
+        self.sealed_bytes += len(self.aead.encrypt(nonce, bytes(self.buf), None))
         self.buf.clear()
         self.counter += 1
-        os.write(self.fd, len(sealed).to_bytes(4, "big") + sealed)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            self.seal(final=True)
-            os.close(self.fd)
-            self.fd = -1
 
 
 async def stream(request: web.Request) -> web.WebSocketResponse:
     stats = request.app[_STATS]
     ws = web.WebSocketResponse(max_msg_size=64 * 1024, heartbeat=None)
+    transport = request.transport
+    if transport is not None and hasattr(transport, "max_size"):
+        transport.max_size = READ_BYTES  # type: ignore[attr-defined]
     await ws.prepare(request)
     stats["connections"] += 1
     stats["open"] += 1
-    sealer = _Sealer(request.app[_DIR] / f"conn-{stats['connections']}.bin")
-    loads, a2b, pack = json.loads, binascii.a2b_base64, _FRAME_HEAD.pack
+    sealer = _Sealer()
+    loads, a2b = json.loads, binascii.a2b_base64
+    buf = sealer.buf
     frames = 0
     try:
         async for msg in ws:
@@ -91,20 +89,16 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
                 if message.get("event") == "stop":
                     break
                 continue
-            audio = a2b(media["payload"])
-            timestamp = int(media["timestamp"])
-            buf = sealer.buf
-            if timestamp >= sealer.seal_at:
-                if buf:
-                    sealer.seal(final=False)
-                sealer.seal_at = timestamp + SEAL_INTERVAL_MS
-            buf += pack(media["track"] == "outbound", timestamp, len(audio))
-            buf += audio
+            buf += a2b(media["payload"])
             frames += 1
+            if len(buf) >= SEAL_BYTES:
+                sealer.seal(final=False)
     finally:
+        sealer.seal(final=True)
         stats["frames"] += frames
+        stats["chunks"] += sealer.counter
+        stats["sealed_bytes"] += sealer.sealed_bytes
         stats["open"] -= 1
-        sealer.close()
         if not ws.closed:
             await ws.close()
     return ws
@@ -118,18 +112,17 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(dict(request.app[_STATS]))
 
 
-def create_app(data_dir: Path) -> web.Application:
+def create_app() -> web.Application:
     app = web.Application()
-    app[_STATS] = {"connections": 0, "open": 0, "frames": 0}
-    app[_DIR] = data_dir
+    app[_STATS] = {"connections": 0, "open": 0, "frames": 0, "chunks": 0, "sealed_bytes": 0}
     app.router.add_get("/ws", stream)
     app.router.add_get("/cpu", cpu)
     app.router.add_get("/stats", stats)
     return app
 
 
-async def serve(port: int, data_dir: Path) -> None:
-    runner = web.AppRunner(create_app(data_dir), handle_signals=False, access_log=None)
+async def serve(port: int) -> None:
+    runner = web.AppRunner(create_app(), handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
@@ -148,18 +141,13 @@ async def serve(port: int, data_dir: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench/reference/bare_ws_server.py",
-        description="Bare aiohttp receive+decode+seal loop (load-test reference).",
+        description="Minimal bare aiohttp receive+decode+seal loop (load-test reference).",
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
-    parser.add_argument("--data-dir", help="where to write the sealed files (default: a temp dir)")
     args = parser.parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        if args.data_dir:
-            data_dir = Path(args.data_dir)
-            data_dir.mkdir(parents=True, exist_ok=True)
-        else:
-            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ivr-bare-")))
-        asyncio.run(serve(args.port, data_dir))
+    gc.set_threshold(*GC_THRESHOLDS)
+    gc.freeze()
+    asyncio.run(serve(args.port))
     return 0
 
 

@@ -27,6 +27,9 @@ from media.rtp import JitterBuffer, RtpError, RtpSender, classify, parse_rtp
 log = logging.getLogger(__name__)
 
 RECEIVE_BUFFER_BYTES = 1 << 20  # room for a second of audio should the loop stall briefly
+# What one receive asks of the socket: any UDP datagram fits. asyncio's default (256 KiB) costs
+# an mmap and an munmap per packet with glibc's allocator (see ivr/serving.py READ_BYTES).
+DATAGRAM_BYTES = 64 * 1024
 ANY_ADDRESS = ("0.0.0.0", "::")
 # Audio that arrives before the call's session starts (the bridge carries it from the moment it
 # is made, a moment before the platform's set-up hears that it was), kept for the session: up
@@ -53,6 +56,8 @@ class RtpPort(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's
+        if hasattr(transport, "max_size"):  # asyncio's selector transport (not uvloop's)
+            transport.max_size = DATAGRAM_BYTES
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):

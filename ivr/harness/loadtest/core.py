@@ -185,6 +185,7 @@ class StreamRun:
         self.lateness: list[float] = []
         self.t0: float | None = None
         self.samples: dict[str, tuple[float, float, float]] = {}  # moment -> time, cpu, ours
+        self.cpu_before: float | None = None  # before the first call (``load``)
         self._samplers: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -317,6 +318,29 @@ class StreamRun:
             "sender_cpu_s": round(sender, 3),
             "sender_cpu_utilisation": round(sender / wall, 3),
         }
+
+    def whole_cost(self, cpu_after: float | None) -> dict[str, Any]:
+        """CPU from before the first call to after the last one ended (webhooks, consent,
+        finalisation and all) per call-minute of media streamed: what a whole call costs."""
+        call_s = sum(
+            max(0.0, s.end_time - s.join_time) for s in self.streamers if s.end_time is not None
+        )
+        if self.cpu_before is None or cpu_after is None or call_s <= 0:
+            return {"server_cpu_s": None, "server_cpu_per_call_minute": None}
+        cpu = cpu_after - self.cpu_before
+        return {
+            "server_cpu_s": round(cpu, 3),
+            "call_minutes": round(call_s / 60, 3),
+            "server_cpu_per_call_minute": round(cpu / (call_s / 60), 5),
+        }
+
+    async def read_cpu_now(self) -> float | None:
+        """The server's CPU seconds now, or None if it cannot be read."""
+        try:
+            async with asyncio.timeout(CPU_READ_TIMEOUT_S):
+                return await self.read_cpu()
+        except (CallFailed, TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError):
+            return None
 
     def ticker_stats(self) -> dict[str, Any]:
         late = sorted(x * 1000 for x in self.lateness)
@@ -481,6 +505,8 @@ class Driver(ABC, Generic[_O]):
         else:
             results, report = await self.load(run, self.call, "service", self.timings)
             report["errors"] = (report["errors"] + await self.settle(results))[:MAX_ERRORS_REPORTED]
+            # Every call finalised: the whole calls' cost, finalisation included.
+            report["whole_call_cost"] = run.whole_cost(await run.read_cpu_now())
         report["elapsed_s"] = round(time.monotonic() - t_start, 1)  # with ``prepare``
         return {**report, **self.service_fields(results)}
 
@@ -518,6 +544,7 @@ class Driver(ABC, Generic[_O]):
             head = f"{self.progress_head()}, " if call == self.call else ""
             return f"{head}finished {self.finished} (failed {self.failed}), {run.progress(n)}"
 
+        run.cpu_before = await run.read_cpu_now()
         tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
         progress = asyncio.ensure_future(self._progress(label, line))
         try:
@@ -544,6 +571,7 @@ class Driver(ABC, Generic[_O]):
                 )
                 results.append(CallResult(i, error=error))
         report = outcome(results, run, o.duration, timed)
+        report["whole_call_cost"] = run.whole_cost(await run.read_cpu_now())
         return results, {**report, "elapsed_s": round(loop.time() - t_start, 1)}
 
     async def _progress(self, label: str, line: Callable[[], str]) -> None:

@@ -14,8 +14,11 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
 from xml.etree import ElementTree as ET
+
+import orjson
 
 from media.dtmf import DIGITS
 from media.prompts import Prompt, prompt_frames
@@ -283,6 +286,9 @@ def _no_constant(name: str) -> object:
 
 # NaN, Infinity and -Infinity are Python's extension to JSON: refused, not turned into floats.
 _loads = json.JSONDecoder(parse_constant=_no_constant).decode
+# Strict RFC 8259 (no NaN, no lone surrogates, valid UTF-8), integers beyond 64 bits as floats
+# (which _number refuses), nesting bounded at 1,024 in C: about four times json's speed.
+_fast_loads = orjson.loads
 
 
 def _number(value: object) -> int:
@@ -312,7 +318,26 @@ def _obj(message: dict[str, object], key: str) -> dict[str, object]:
 
 
 def parse_stream_message(text: str | bytes) -> StreamMessage:
-    """One websocket text frame from Twilio as a typed message."""
+    """One websocket text frame from Twilio as a typed message.
+
+    The hot path, 50 times a second per track: a well-formed media message is parsed by orjson
+    (strict JSON, UTF-8 checked, nesting bounded) and taken in one go. Anything else, or
+    anything that trips it, goes through ``parse_slowly``, the reference, which says precisely
+    what is wrong. The two agree on every message (tests/test_stream_parse.py), but for a media
+    message whose extra fields hold more than MAX_BRACKETS brackets: taken here, as orjson's
+    cost does not grow with nesting."""
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise StreamError("message too large", CLOSE_TOO_BIG)
+    try:
+        media = _well_formed_media(_fast_loads(text))
+    except ValueError:  # orjson.JSONDecodeError
+        media = None
+    return media if media is not None else parse_slowly(text)
+
+
+def parse_slowly(text: str | bytes) -> StreamMessage:
+    """``parse_stream_message`` with the standard library's parser and every check in order:
+    the reference the fast path must agree with, and what explains a message refused."""
     if len(text) > MAX_MESSAGE_BYTES:
         raise StreamError("message too large", CLOSE_TOO_BIG)
     if isinstance(text, bytes):
@@ -326,8 +351,13 @@ def parse_stream_message(text: str | bytes) -> StreamMessage:
         message = _loads(text)
     except ValueError as exc:  # JSONDecodeError, a NaN or Infinity, an integer of 4,300 digits
         raise StreamError(f"not JSON: {str(exc)[:80]}") from None
-    # The hot path, 50 times a second per track: a well-formed media message is taken in one
-    # go; anything that trips it is parsed again below, slowly, to say precisely what is wrong.
+    media = _well_formed_media(message)
+    return media if media is not None else _parse_carefully(message)
+
+
+def _well_formed_media(message: Any) -> Media | None:
+    """A well-formed media message taken in one go; None for anything that trips it, which is
+    then parsed again, slowly, to say precisely what is wrong."""
     try:
         if message["event"] == "media":
             media = message["media"]
@@ -344,7 +374,7 @@ def parse_stream_message(text: str | bytes) -> StreamMessage:
                 return Media(sequence, track, timestamp, audio)
     except (KeyError, TypeError, ValueError, AttributeError):  # binascii.Error is a ValueError
         pass
-    return _parse_carefully(message)
+    return None
 
 
 def _parse_carefully(message: object) -> StreamMessage:
