@@ -9,6 +9,7 @@ import pytest
 
 from ivr.calls import Call, CallRegistry, carry_out
 from ivr.calls.registry import EXPIRY_MARGIN_SECONDS
+from ivr.calls.session import NEAR_DEADLINE_SECONDS, TICK_GRACE_SECONDS
 from ivr.config import load_config
 from ivr.consent import DigitPressed, PromptFinished
 from ivr.prompt_library import PromptLibrary
@@ -17,6 +18,7 @@ from storage.vault import Vault
 
 CONSENT_LINE = "+15550100001"  # the demo's opt-in line, forwarded to an agent
 MESSAGE_LINE = "+15550100005"  # opt-in, Swedish, no agent
+NOTICE_LINE = "+15550100003"  # told, then recorded up to the service's maximum (an hour)
 PLATFORM = "asterisk"  # a platform the demo lines are served on: the prompts are its own
 
 
@@ -219,6 +221,43 @@ async def test_the_timer_rule(registry):
     registry.test_clock.advance(deadline)  # wall time now past the deadline
     assert session.timer() == pytest.approx(0.05)
     assert session.now_event() >= deadline  # an event now happens at wall time
+
+
+async def test_a_far_deadline_is_worked_out_once_until_call_time_could_near_it(registry):
+    """While the deadline is far, ``timer()`` answers "none" without reading the wall clock,
+    until media time, the monotonic clock or the deadline itself says it may have come near."""
+    call = await open_call(registry, NOTICE_LINE)
+    session = registry.begin(call)
+    await session.start()
+    await session.handle(PromptFinished(at=session.at(12.0), play_id=1))
+    deadline = session.flow.deadline
+    assert deadline is not None and deadline - 12.0 > NEAR_DEADLINE_SECONDS
+    reads = 0
+    clock = session.clock
+
+    def counted() -> datetime:
+        nonlocal reads
+        reads += 1
+        return clock()
+
+    session.clock = counted
+    assert session.timer() is None and reads == 1
+    for _ in range(100):  # media keeps coming, far from the deadline
+        session.at(session.now + 0.02)
+        assert session.timer() is None
+    assert reads == 1
+    # Media time within NEAR_DEADLINE_SECONDS of it: worked out again, and a timer is armed.
+    session.at(deadline - NEAR_DEADLINE_SECONDS + 1.0)
+    assert session.timer() == pytest.approx(NEAR_DEADLINE_SECONDS - 1.0 + TICK_GRACE_SECONDS)
+    assert reads == 2
+    # The same by the monotonic clock alone, on a fresh call with no media at all.
+    other = registry.begin(await open_call(registry, NOTICE_LINE, sid="CA2"))
+    await other.start()
+    await other.handle(PromptFinished(at=other.at(12.0), play_id=1))
+    far = other.flow.deadline
+    assert far is not None and other.timer() is None
+    registry.test_clock.advance(far - NEAR_DEADLINE_SECONDS + 1.0)
+    assert other.timer() is not None  # the wall clock moved with the monotonic one
 
 
 async def test_rows_a_dead_process_left_open_are_closed_and_named(registry):

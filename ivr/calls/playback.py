@@ -1,36 +1,47 @@
 """A prompt played at the pace of call time: which 20 ms frames are due now.
 
-A platform that sends audio itself (RTP) asks ``due(now)`` whenever it wakes and sends what it
-returns; the prompt is over when ``finished``. Frames go out one ahead of the call time (the
-next 20 ms is on its way while the current one plays), so the far end does not run dry for the
-want of a wake-up exactly on a frame boundary; a late wake-up sends what it missed at once.
+A platform that sends audio itself asks ``due(now)`` whenever it wakes and sends what it
+returns; the prompt is over when ``finished``. A frame is due once call time reaches its slot,
+so a late wake-up sends what it missed at once. RTP sends frames one ahead of the call time
+(``due(now)`` includes the frame whose slot starts now: the next 20 ms is on its way while the
+current one plays); Twilio's Media Streams buffer what they are sent, so a Twilio stream asks a
+few hundred ms ahead (``due(now + lead)``) in batches, which keeps the first frame of every call
+quick to leave under load without sending a whole prompt into one socket at once.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from media.prompts import Prompt, prompt_frames
 
 FRAME_MS = 20
+F = TypeVar("F")  # a frame as the platform sends it: bytes for RTP, base64 text for Twilio
 
 
 @dataclass(eq=False)
-class PacedPrompt:
+class PacedPrompt(Generic[F]):
     play_id: int
-    frames: deque[bytes]
+    frames: deque[F]
     started_at: float  # call time of the next frame's slot
 
     @classmethod
-    def start(cls, prompt: Prompt, play_id: int, now: float) -> PacedPrompt:
-        return cls(play_id, deque(prompt_frames(prompt)), now)
+    def start(cls, prompt: Prompt, play_id: int, now: float) -> PacedPrompt[bytes]:
+        return PacedPrompt(play_id, deque(prompt_frames(prompt)), now)
+
+    @classmethod
+    def of(cls, frames: Iterable[F], play_id: int, now: float) -> PacedPrompt[F]:
+        """Frames already in the platform's form (Twilio's base64 payloads)."""
+        return cls(play_id, deque(frames), now)
 
     @property
     def finished(self) -> bool:
         return not self.frames
 
-    def due(self, now: float) -> list[bytes]:
+    def due(self, now: float) -> list[F]:
         """The frames to send at call time ``now`` (none before their slot)."""
         count = int((now - self.started_at) * 1000 // FRAME_MS) + 1
         out = []

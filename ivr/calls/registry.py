@@ -187,6 +187,7 @@ class CallRegistry:
             prompts=self.prompts.for_call(line, call.platform),
             started_wall=self.clock(),
             clock=self.clock,
+            monotonic=self.monotonic,
             platform=PLATFORMS[call.platform],
             setup_seconds=round(self.monotonic() - call.opened, 3),
             tracks=tracks,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -124,6 +125,12 @@ class CallSession:
     now: float = 0.0  # the latest call time seen (seconds); only ever moves forward, via at()
     _ending: asyncio.Future[list[Command]] | None = None
     _closing: asyncio.Future[RecordingRow] | None = None
+    # ``timer()`` asks for no timer until any of these changes: the deadline, media time
+    # reaching ``_quiet_now`` or the monotonic clock ``_quiet_until`` (see ``timer``).
+    monotonic: Callable[[], float] = time.monotonic
+    _quiet_deadline: float | None = None
+    _quiet_now: float = 0.0
+    _quiet_until: float = 0.0
 
     def __post_init__(self) -> None:
         forwards = self.line.forward_to is not None
@@ -265,8 +272,21 @@ class CallSession:
         deadline = self.flow.deadline
         if deadline is None:
             return None
+        # Asked before every message a platform waits for: while the deadline is far, the
+        # answer stays "none" until call time could have come near it, by media time or by
+        # the wall clock (the monotonic one stands in, as reading the wall clock costs more
+        # than the rest of a message's path).
+        if (
+            deadline == self._quiet_deadline
+            and self.now < self._quiet_now
+            and self.monotonic() < self._quiet_until
+        ):
+            return None
         remaining = deadline - self.call_time()
         if remaining >= NEAR_DEADLINE_SECONDS:
+            self._quiet_deadline = deadline
+            self._quiet_now = deadline - NEAR_DEADLINE_SECONDS
+            self._quiet_until = self.monotonic() + remaining - NEAR_DEADLINE_SECONDS
             return None
         return max(remaining, 0.0) + TICK_GRACE_SECONDS
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +30,7 @@ from aiohttp import WSMsgType, web
 from ivr.calls import TRACK_AGENT, TRACK_CALLER, Call, CallRegistry, CallSession, carry_out
 from ivr.calls.handover import hand_over
 from ivr.calls.numbering import MediaNumbering
+from ivr.calls.playback import FRAME_MS, PacedPrompt
 from ivr.calls.relay import RELAY_BODY, HeldElsewhere, Holder, Relay
 from ivr.config import Config, normalise_number
 from ivr.consent import Command, DigitPressed, PromptFinished
@@ -49,6 +50,12 @@ TERMINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "canc
 MAX_BAD_MESSAGES = 50  # per stream, before we stop believing it is Twilio talking
 MAX_BEFORE_START = 4  # messages kept until the start (connected, start), to relay with it
 START_TIMEOUT_SECONDS = 10.0  # Twilio sends connected and start at once
+# Prompt audio goes out this far ahead of call time, a batch every PROMPT_BATCH_SECONDS: Twilio
+# buffers what it is sent and plays it in real time, so the caller hears no gap, the first frame
+# of every call leaves at once however many calls start together, and a key press that stops
+# the prompt has little to clear. More lead than the load test's fast-mode sync (0.5 s).
+PROMPT_LEAD_SECONDS = 0.6
+PROMPT_BATCH_SECONDS = 0.2
 UNKNOWN_NUMBER_TEXT = "This number is not in service. Goodbye."
 NO_RECORDING_STREAM = "the recording stream never connected"
 # Twilio's webhooks are a few dozen short fields (about 2 KB); a larger body is refused before
@@ -282,6 +289,10 @@ class _Stream:
         self.bad = 0
         self.noted: set[str] = set()
         self.closed_by_us = False
+        # Prompts not yet sent whole, in the order they play: one after the other, as Twilio
+        # plays what it is sent.
+        self.playing: deque[PacedPrompt[str]] = deque()
+        self.pace_at = 0.0  # call time of the next batch of their frames
 
     async def close(self, code: int, reason: str) -> None:
         self.closed_by_us = True
@@ -356,14 +367,39 @@ class _Stream:
     async def play(self, prompt: Prompt, play_id: int) -> None:
         if self.kind != "consent":
             return  # a one-way stream cannot play anything
-        sid = self.stream_sid
-        for payload in tw.encoded_frames(prompt):
-            await self.ws.send_str(tw.media_message_encoded(sid, payload))
-        await self.ws.send_str(tw.mark_message(sid, tw.play_mark(play_id)))
+        assert self.session is not None
+        now = self.session.call_time()
+        if self.playing:  # it plays once the one before it has
+            last = self.playing[-1]
+            starts = last.started_at + len(last.frames) * FRAME_MS / 1000
+        else:
+            starts = now
+        self.playing.append(PacedPrompt.of(tw.encoded_frames(prompt), play_id, starts))
+        await self.pace(now)
+
+    async def pace(self, now: float) -> None:
+        """Send the prompt frames due by ``now`` plus the lead, and after each prompt's last
+        frame its mark (which Twilio echoes once the audio before it has played)."""
+        sid, send = self.stream_sid, self.ws.send_str
+        while self.playing:
+            playing = self.playing[0]
+            for payload in playing.due(now + PROMPT_LEAD_SECONDS):
+                await send(tw.media_message_encoded(sid, payload))
+            if not playing.finished:
+                break
+            self.playing.popleft()
+            await send(tw.mark_message(sid, tw.play_mark(playing.play_id)))
+        self.pace_at = now + PROMPT_BATCH_SECONDS
 
     async def stop_playing(self) -> None:
-        if self.kind == "consent":
-            await self.ws.send_str(tw.clear_message(self.stream_sid))
+        if self.kind != "consent":
+            return
+        # What is not sent yet is not; the marks are, so that the clear echoes them all, as it
+        # does the marks of audio Twilio had buffered.
+        while self.playing:
+            play_id = self.playing.popleft().play_id
+            await self.ws.send_str(tw.mark_message(self.stream_sid, tw.play_mark(play_id)))
+        await self.ws.send_str(tw.clear_message(self.stream_sid))
 
     async def hand_off(self, recording: bool) -> None:
         # Closing the consent stream makes Twilio ask /twilio/continue, which dials onwards
@@ -421,8 +457,14 @@ async def _serve_stream(stream: _Stream) -> None:
     while not ws.closed:
         session = stream.session
         # A socket that never says who it is goes away; a call with a deadline near gets a
-        # timer (the timer rule in ivr.calls.session).
-        timeout = START_TIMEOUT_SECONDS if session is None else session.timer()
+        # timer (the timer rule in ivr.calls.session), and so does a prompt being played.
+        if session is None:
+            timeout: float | None = START_TIMEOUT_SECONDS
+        else:
+            timeout = session.timer()
+            if stream.playing:
+                wait = max(stream.pace_at - session.call_time(), 0.0)
+                timeout = wait if timeout is None else min(timeout, wait)
         try:
             msg = await ws.receive(timeout=timeout)
         except TimeoutError:
@@ -434,7 +476,9 @@ async def _serve_stream(stream: _Stream) -> None:
                 await stream.close(tw.CLOSE_POLICY, "no start message")
                 return
             # No media for a while: let wall time stand in for call time.
-            await stream.run(await session.tick(session.call_time()))
+            now = session.call_time()
+            await stream.pace(now)
+            await stream.run(await session.tick(now))
             continue
         if msg.type is not text:
             if msg.type == WSMsgType.PING:
@@ -485,6 +529,8 @@ async def _serve_stream(stream: _Stream) -> None:
             call_ms = stream.base_ms + numbering.media_ms(track, message.timestamp_ms, len(payload))
             session.audio(track, call_ms, payload)
             call_time = session.at(call_ms / 1000)
+            if stream.playing and call_time >= stream.pace_at:
+                await stream.pace(call_time)
             deadline = session.flow.deadline
             if deadline is not None and call_time >= deadline:
                 await stream.run(await session.tick(call_time))
