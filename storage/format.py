@@ -173,7 +173,12 @@ def chunk_nonce(prefix: bytes, counter: int, final: bool) -> bytes:
 
 
 def seal_chunk(
-    aead: AESGCM, header_bytes: bytes, prefix: bytes, counter: int, final: bool, plaintext: bytes
+    aead: AESGCM,
+    header_bytes: bytes,
+    prefix: bytes,
+    counter: int,
+    final: bool,
+    plaintext: bytes | memoryview,
 ) -> bytes:
     """One chunk as stored: big-endian length of the sealed part, then ciphertext ‖ tag."""
     sealed = aead.encrypt(chunk_nonce(prefix, counter, final), plaintext, header_bytes)

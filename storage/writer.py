@@ -42,7 +42,7 @@ class EncryptingWriter:
         "_aead",
         "_buf",
         "_interval",
-        "_last_plaintext",
+        "_last_at",
         "_n_tracks",
         "_pack",
         "_prefix",
@@ -54,6 +54,7 @@ class EncryptingWriter:
         "closed",
         "failure",
         "header",
+        "last_frame",
     )
 
     def __init__(
@@ -77,12 +78,13 @@ class EncryptingWriter:
         # Room for one more maximal frame, so a chunk never exceeds the plaintext limit.
         self._soft_limit = max_chunk_bytes - FRAME_HEAD.size - MAX_PAYLOAD
         self._sink = sink
-        self._buf = bytearray()
+        self._buf = bytearray()  # the chunk being built
+        self._last_at = 0  # where the last frame appended starts in it
         self._seal_at = 0
         self._pack = FRAME_HEAD.pack
         self.chunks_sealed = 0
-        self._last_plaintext = b""
         # (timestamp_ms, payload length) of the last frame sealed: the recording's end.
+        self.last_frame: tuple[int, int] | None = None
         self.closed = False
         # What the sink raised, once it failed: every later append raises it at once, so that
         # nothing is buffered or sealed for a disk that cannot take it.
@@ -108,6 +110,7 @@ class EncryptingWriter:
             self._seal_at = timestamp_ms + self._interval
         if track >= self._n_tracks:
             raise ValueError(f"track {track} out of range 0..{self._n_tracks - 1}")
+        self._last_at = len(buf)
         try:
             buf += self._pack(track, timestamp_ms, len(payload))
         except struct.error:
@@ -118,18 +121,9 @@ class EncryptingWriter:
         buf += payload
 
     @property
-    def last_frame(self) -> tuple[int, int] | None:
-        """(timestamp_ms, payload length) of the last frame sealed, for the duration: worked
-        out from the last chunk's plaintext, so the per-frame path keeps no bookkeeping."""
-        plain = self._last_plaintext
-        if not plain:
-            return None
-        offset = last = 0
-        while offset < len(plain):
-            last = offset
-            offset += FRAME_HEAD.size + FRAME_HEAD.unpack_from(plain, offset)[2]
-        _, ts, length = FRAME_HEAD.unpack_from(plain, last)
-        return ts, length
+    def buffered(self) -> int:
+        """Plaintext bytes waiting for the next seal."""
+        return len(self._buf)
 
     def _closed_error(self) -> Exception:
         if self.failure is not None:  # afresh: a re-raised exception's traceback grows
@@ -149,22 +143,30 @@ class EncryptingWriter:
             return
         self._seal(final=True)
         self.closed = True
+        self._forget()
 
     def abort(self) -> None:
         """Stop without a final chunk and forget the buffered plaintext (recording discarded)."""
+        self._forget()
+        self.closed = True
+
+    def _forget(self) -> None:
+        """Overwrite the plaintext the buffer still holds, and let it go."""
         self._buf[:] = bytes(len(self._buf))
         self._buf.clear()
-        self._last_plaintext = b""
-        self.closed = True
 
     def _seal(self, final: bool) -> None:
         if self.chunks_sealed >= MAX_CHUNKS - 1 and not final:
             raise OverflowError("chunk counter exhausted")
-        plaintext = bytes(self._buf)
-        if plaintext:  # kept (not copied) so the last frame can be found once, at the end
-            self._last_plaintext = plaintext
-        data = seal_chunk(self._aead, self._aad, self._prefix, self.chunks_sealed, final, plaintext)
-        self._buf.clear()
+        buf = self._buf
+        if buf:
+            _, ts, length = FRAME_HEAD.unpack_from(buf, self._last_at)
+            self.last_frame = ts, length
+        with memoryview(buf) as plaintext:
+            data = seal_chunk(
+                self._aead, self._aad, self._prefix, self.chunks_sealed, final, plaintext
+            )
+        buf.clear()
         self.chunks_sealed += 1
         if self._unwritten_header:
             data = self._unwritten_header + data
@@ -176,4 +178,5 @@ class EncryptingWriter:
             # writer takes nothing more, so a full disk costs no memory however long it lasts.
             self.failure = exc
             self.closed = True
+            self._forget()
             raise

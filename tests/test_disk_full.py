@@ -243,7 +243,7 @@ async def test_a_disk_that_fills_mid_call_keeps_memory_flat_and_finishes(
     finally:
         tracemalloc.stop()
     assert after - before < 64 * 1024, after - before
-    assert len(writer._buf) == 0 and session._pending == []
+    assert writer.buffered == 0 and session._pending == []
     assert session.stats.frames_lost >= 33000 - 50
     row = await registry.finish(call, "caller hung up")  # the status callback: no exception
     assert row is not None and row.status is RecordingStatus.INCOMPLETE
