@@ -86,10 +86,14 @@ def rss_kib(pid: int | None) -> int | None:
     return total
 
 
-async def rss_growth(pid: int | None, work: Awaitable[_T]) -> tuple[_T, int | None]:
-    """``work``'s result, and how far process ``pid``'s resident size rose above where it was
-    before (KiB, its peak sampled every 0.2 s; None when it cannot be read)."""
-    base = peak = rss_kib(pid)
+async def rss_growth(
+    pid: int | None, work: Awaitable[_T], base: int | None = None
+) -> tuple[_T, int | None]:
+    """``work``'s result, and how far process ``pid``'s resident size rose above ``base``
+    (KiB; default: where it was before), its peak sampled every 0.2 s; None when it cannot be
+    read."""
+    peak = rss_kib(pid)
+    base = peak if base is None else base
 
     async def sample() -> None:
         nonlocal peak
@@ -143,7 +147,11 @@ async def spawn(
 
 @contextlib.asynccontextmanager
 async def serve(
-    platform: str, ari_listen: str, workers: int = 1, max_calls: int | None = None
+    platform: str,
+    ari_listen: str,
+    workers: int = 1,
+    max_calls: int | None = None,
+    loop: str = "auto",
 ) -> AsyncIterator[tuple[str, int]]:
     """``ivr serve`` on a free loopback port with a fresh data directory (Asterisk: the demo
     configuration, its ARI url at ``ari_listen``), with ``workers`` worker processes, once
@@ -155,6 +163,7 @@ async def serve(
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
     with tempfile.TemporaryDirectory(prefix="ivr-bench-calls-") as tmp:
         args = ["-m", "ivr", "serve", "--port", url.rsplit(":", 1)[1], "--data-dir", f"{tmp}/var"]
+        args += ["--loop", loop]
         if workers > 1:
             args += ["--workers", str(workers)]
         if platform == "asterisk":
@@ -262,7 +271,18 @@ def bare_ports(options: Options, given: str | None) -> str:
     return given or f"{BARE_PORT_BASE}-{min(65535, BARE_PORT_BASE + options.calls + slack - 1)}"
 
 
-async def run_reference(platform: str, options: Options, ports: str) -> dict[str, Any]:
+async def fetch_health(url: str) -> dict[str, Any]:
+    """The service's /healthz (empty if it cannot be read)."""
+    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/healthz") as resp:
+            body = await resp.json()
+            return body if isinstance(body, dict) else {}
+    return {}
+
+
+async def run_reference(
+    platform: str, options: Options, ports: str, loop: str = "asyncio"
+) -> dict[str, Any]:
     """The service's streaming load, the same generator and pacing, against the bare reference
     server; CallFailed if it cannot run."""
     timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
@@ -272,7 +292,7 @@ async def run_reference(platform: str, options: Options, ports: str) -> dict[str
         script, args = "bare_rtp_server.py", ["--ports", ports]
     with tempfile.TemporaryDirectory(prefix="ivr-bench-bare-") as tmp:
         path = ROOT / "bench" / "reference" / script
-        args = [str(path), *args]
+        args = [str(path), *args, "--loop", loop]
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
             spawn("bare server", args, Path(tmp)) as (proc, failed),
@@ -316,9 +336,13 @@ async def run_reference(platform: str, options: Options, ports: str) -> dict[str
 
 
 # -- the runs ---------------------------------------------------------------------------------
-async def one_run(platform: str, options: Options, ports: str, pid: int | None) -> dict[str, Any]:
-    """The load test against the service, then the same load against the bare reference."""
-    report, rss = await rss_growth(pid, run(DRIVERS[platform], options))
+async def one_run(
+    platform: str, options: Options, ports: str, pid: int | None, idle_rss: int | None, loop: str
+) -> dict[str, Any]:
+    """The load test against the service, then the same load against the bare reference. The
+    service's memory per call is its peak above ``idle_rss``, its size before the first run
+    (a later run reuses what an earlier one left allocated)."""
+    report, rss = await rss_growth(pid, run(DRIVERS[platform], options), idle_rss)
     service = report["service"]
     record: dict[str, Any] = {
         "calls_completed": report["calls_completed"],
@@ -348,7 +372,7 @@ async def one_run(platform: str, options: Options, ports: str, pid: int | None) 
         record["reference_error"] = f"skipped: {why}"
     else:
         try:
-            record["reference"] = ref = await run_reference(platform, options, ports)
+            record["reference"] = ref = await run_reference(platform, options, ports, loop)
         except (CallFailed, RuntimeError, TimeoutError, aiohttp.ClientError, KeyError) as exc:
             record["reference_error"] = str(exc) or type(exc).__name__
         else:
@@ -471,15 +495,20 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             print(f"bench-calls: starting ivr serve ({args.platform})", file=sys.stderr)
             # Every process may hold all the calls: the demo's cap (200 calls per process)
             # would turn some away, and pooled connections do not spread calls evenly.
-            started = serve(args.platform, args.ari_listen, args.workers, args.calls + 50)
+            started = serve(
+                args.platform, args.ari_listen, args.workers, args.calls + 50, args.loop
+            )
             args.url, pid = await stack.enter_async_context(started)
         options = options_from_args(args)
         options.check()
         ports = bare_ports(options, args.bare_ports)
+        idle_rss = rss_kib(pid)
+        loop = (await fetch_health(args.url)).get("event_loop", "asyncio")
+        print(f"bench-calls: the service runs on {loop}; so will the reference", file=sys.stderr)
         runs = []
         for i in range(args.repeats):
             print(f"bench-calls: run {i + 1}/{args.repeats}", file=sys.stderr)
-            runs.append(await one_run(args.platform, options, ports, pid))
+            runs.append(await one_run(args.platform, options, ports, pid, idle_rss, loop))
             last = runs[-1]
             print(f"bench-calls: cpu ratio {fmt(last['cpu_ratio'])}", file=sys.stderr)
     return {
@@ -487,6 +516,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "url": options.url,
         "calls": options.calls,
         "workers": args.workers,
+        "event_loop": loop,
         "duration_s": options.duration,
         "repeats": args.repeats,
         "runs": runs,
@@ -505,6 +535,13 @@ def parser() -> argparse.ArgumentParser:
     add_loadtest_arguments(p)
     p.set_defaults(url=None)  # start ivr serve
     p.add_argument("--repeats", type=int, default=3, help="runs of both sides (default 3)")
+    p.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="the service's event loop (ivr serve --loop; default auto: uvloop where installed); "
+        "the reference runs on the same one",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -545,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i, r in enumerate(result["runs"])
             for row in [("run", f"{i + 1} of {n}"), *run_rows(r)]
         ]
-        print(aligned(rows + summary_rows(result)))
+        print(aligned([("event loop", result["event_loop"]), *rows, *summary_rows(result)]))
     return 0 if result["ok"] else 1
 
 

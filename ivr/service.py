@@ -606,8 +606,14 @@ async def healthz(request: web.Request) -> web.Response:
             "recordings_in_progress": in_progress,
             "counters": dict(sorted(twilio.counters.items())),
             "cpu_seconds": round(cpu_seconds(), 3),
+            "event_loop": event_loop_name(),
         }
     )
+
+
+def event_loop_name() -> str:
+    """The running event loop: ``uvloop`` or ``asyncio`` (``ivr serve --loop``)."""
+    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -647,10 +653,12 @@ def serve(
     json_logs: bool = False,
     worker: Worker = ALONE,
     supervisor_fd: int | None = None,
+    event_loop: str = "auto",
 ) -> None:
     """Run the service in this process until SIGINT or SIGTERM. ``worker`` and
     ``supervisor_fd``: this process is one of ``ivr serve --workers N``'s (ivr/workers.py); it
-    listens on the shared port, says so on ``supervisor_fd`` and stops when that closes."""
+    listens on the shared port, says so on ``supervisor_fd`` and stops when that closes.
+    ``event_loop``: ``auto``, ``asyncio`` or ``uvloop`` (ivr/serving.py ``loop_factory``)."""
     several = worker.of > 1
     if json_logs:
         json_handler = logging.StreamHandler(sys.stderr)
@@ -666,6 +674,8 @@ def serve(
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
 
+    loop_name, _ = serving.loop_factory(event_loop)
+
     def listening(bound: int) -> None:
         if several:
             log.info(
@@ -677,7 +687,7 @@ def serve(
                 bound,
             )
         else:
-            log.info("listening on http://%s:%d", host, bound)
+            log.info("listening on http://%s:%d (event loop: %s)", host, bound, loop_name)
         if supervisor_fd is not None:
             announce_ready(supervisor_fd)
 
@@ -695,4 +705,5 @@ def serve(
             if supervisor_fd is None
             else lambda loop, stop: watch_supervisor(supervisor_fd, loop, stop)
         ),
+        event_loop=event_loop,
     )

@@ -36,7 +36,7 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -65,6 +65,15 @@ def parse_ports(text: str) -> tuple[int, int]:
     if not 1 <= low <= high <= 65535:
         raise ValueError(f"{text!r} is not a port range within 1-65535")
     return low, high
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``ivr serve --loop`` runs on, for the same on both sides."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 def cpu_seconds() -> float:
@@ -226,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ports", required=True, help="UDP ports LOW-HIGH on 127.0.0.1, one per call"
     )
     parser.add_argument("--http-port", type=int, default=0, help="HTTP port (0: any free)")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args(argv)
     try:
         low, high = parse_ports(args.ports)
@@ -233,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
-    return asyncio.run(serve(low, high, args.http_port))
+    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        return runner.run(serve(low, high, args.http_port))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import WSMsgType, web
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -40,6 +40,15 @@ SEAL_BYTES = 2 * 8000  # one second of two tracks of 8 kHz mu-law
 GC_THRESHOLDS = (50_000, 50, 100)
 READ_BYTES = 64 * 1024
 _STATS = web.AppKey("stats", dict)
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``ivr serve --loop`` runs on, for the same on both sides."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 def cpu_seconds() -> float:
@@ -144,10 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Minimal bare aiohttp receive+decode+seal loop (load-test reference).",
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args(argv)
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
-    asyncio.run(serve(args.port))
+    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        runner.run(serve(args.port))
     return 0
 
 

@@ -388,6 +388,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ivr.workers import Worker
 
     config = load_config(Path(args.config) if args.config else None)  # checked before workers
+    from ivr.serving import loop_factory
+
+    try:
+        loop_factory(args.loop)
+    except ValueError as exc:
+        print(f"ivr: error: --loop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     worker = Worker()
     if args.worker_index is not None or args.supervisor_fd is not None:  # started by _supervise
         if args.worker_index is None or args.supervisor_fd is None:
@@ -410,6 +417,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         json_logs=args.json_logs,
         worker=worker,
         supervisor_fd=args.supervisor_fd,
+        event_loop=args.loop,
     )
     return EXIT_OK
 
@@ -432,7 +440,7 @@ def _supervise(args: argparse.Namespace) -> int:
         raise CommandFailed(f"cannot use {args.host}:{args.port}: {exc.strerror or exc}") from None
     base = [sys.executable, "-m", "ivr", *(["-v"] if args.verbose else []), "serve"]
     base += ["--data-dir", args.data_dir, "--host", args.host, "--port", str(port)]
-    base += ["--workers", str(args.workers)]
+    base += ["--workers", str(args.workers), "--loop", args.loop]
     if args.config:
         base += ["--config", str(Path(args.config).resolve())]
     if args.json_logs:
@@ -509,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes sharing the port: a number, or 'auto' for the usable cores (1; "
         "docs/operations.md, Workers)",
+    )
+    serve.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),  # ivr/serving.py EVENT_LOOPS
+        default="auto",
+        help="event loop: uvloop where installed (pip install 'ivr[fast]'), else asyncio (auto)",
     )
     # Set by the supervisor on the workers it starts (ivr/workers.py), not by people.
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
