@@ -13,8 +13,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from ivr import serving
 from ivr.cli import main
 from ivr.config import load_config
 from ivr.service import VAULT, create_app
@@ -51,11 +53,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_runs_a_simulated_call_and_stops_gracefully_on_sigterm(tmp_path, capsys):
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_serve_runs_a_simulated_call_and_stops_gracefully_on_sigterm(tmp_path, capsys, loop):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("IVR_MASTER_KEY", "TWILIO_AUTH_TOKEN")}
+    args = ["serve", "--port", str(port), "--data-dir", str(tmp_path), "--loop", loop]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ivr", "serve", "--port", str(port), "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "ivr", *args],
         cwd=ROOT,
         env=env,
         stderr=subprocess.PIPE,
@@ -67,6 +71,7 @@ def test_serve_runs_a_simulated_call_and_stops_gracefully_on_sigterm(tmp_path, c
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
                     assert r.status == 200
+                    assert json.loads(r.read())["event_loop"] == loop
                     break
             except OSError:
                 assert proc.poll() is None, proc.stderr.read()
@@ -89,6 +94,19 @@ def test_serve_runs_a_simulated_call_and_stops_gracefully_on_sigterm(tmp_path, c
     assert "generated a master key" in log and "vault closed" in log
     assert "recording rec_" in log and "46701234567" not in log  # ids, never numbers
     assert (tmp_path / "master.key").exists()
+    assert f"(event loop: {loop})" in log
+
+
+def test_the_event_loop_is_uvloop_where_installed_and_asyncio_on_request(monkeypatch):
+    assert serving.loop_factory("auto")[0] == "uvloop"  # make test installs it
+    assert serving.loop_factory("asyncio") == ("asyncio", None)
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert serving.loop_factory("auto") == ("asyncio", None)
+    with pytest.raises(ValueError, match="not installed"):
+        serving.loop_factory("uvloop")
+    with pytest.raises(ValueError, match="expected one of"):
+        serving.loop_factory("trio")
+    assert main(["serve", "--loop", "uvloop", "--port", "0"]) == 2  # refused before it starts
 
 
 def test_json_log_lines_are_one_object_each():
