@@ -613,7 +613,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 def event_loop_name() -> str:
     """The running event loop: ``uvloop`` or ``asyncio`` (``ivr serve --loop``)."""
-    return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+    module = type(asyncio.get_running_loop()).__module__
+    return "uvloop" if module.startswith("uvloop") else "asyncio"
 
 
 class JsonLogFormatter(logging.Formatter):
