@@ -131,3 +131,45 @@ def test_audio_before_the_session_starts_is_kept_for_it_up_to_a_second():
         stuck.received(packet, peer)
     assert len(stuck.early) == rtp.MAX_EARLY_PACKETS and stuck.early_dropped == 3
     assert stuck.counters() == {"rtp_early_dropped": 3}
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_port_in_use_is_skipped_on_either_event_loop(loop: str) -> None:
+    """Another program's socket on a port of the range: the next port is taken. uvloop reports
+    a port in use without an errno when it binds; ours is bound before the loop sees it."""
+    import asyncio
+    import errno
+    import socket
+
+    from ivr.serving import loop_factory
+
+    while True:  # a port held here, with the one after it free
+        taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+                break
+            except OSError:
+                taken.close()
+
+    async def bind_two() -> tuple[int, OSError]:
+        ports = rtp.PortRange("127.0.0.1", port, port + 1)
+        first = leg()
+        bound = await ports.bind(first)
+        try:
+            with pytest.raises(OSError) as full:  # the one free port is ours now
+                await ports.bind(leg())
+        finally:
+            assert first.protocol is not None and first.protocol.transport is not None
+            first.protocol.transport.close()
+        return bound, full.value
+
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(loop)[1]) as runner:
+            bound, full = runner.run(bind_two())
+    finally:
+        taken.close()
+    assert bound == port + 1
+    assert full.errno == errno.EADDRINUSE and f"{port}-{port + 1} are in use" in str(full)

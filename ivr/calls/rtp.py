@@ -89,13 +89,21 @@ class PortRange:
         for _ in range(span):
             port = self._next
             self._next = self.low + (port - self.low + 1) % span
+            # Bound here, not by the loop: a port in use is then EADDRINUSE on every loop
+            # (uvloop's create_datagram_endpoint raises an OSError without an errno for it).
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                _, protocol = await loop.create_datagram_endpoint(
-                    lambda: RtpPort(leg), local_addr=(self.host, port), family=family
-                )
+                sock.bind((self.host, port))
+                sock.setblocking(False)
             except OSError as exc:
+                sock.close()
                 if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                     continue
+                raise
+            try:
+                _, protocol = await loop.create_datagram_endpoint(lambda: RtpPort(leg), sock=sock)
+            except BaseException:
+                sock.close()
                 raise
             leg.port, leg.protocol = port, protocol
             return port
