@@ -285,18 +285,26 @@ async def test_rows_a_dead_process_left_open_are_closed_and_named(registry):
 
 
 def test_a_prompt_is_paced_by_call_time():
-    from collections import deque
-
     from ivr.calls.playback import PacedPrompt
 
-    frames = [bytes([i]) * 160 for i in range(5)]
-    prompt = PacedPrompt(play_id=1, frames=deque(frames), started_at=10.0)
-    assert prompt.due(9.99) == []  # not before its slot
+    frames = tuple(bytes([i]) * 160 for i in range(5))
+    prompt = PacedPrompt(play_id=1, frames=frames, started_at=10.0)
+    assert prompt.due(9.99) == ()  # not before its slot
     assert prompt.due(10.0) == frames[:1]  # one ahead of call time
-    assert prompt.due(10.0) == []
+    assert prompt.due(10.0) == ()
     assert prompt.due(10.05) == frames[1:3]  # a late wake-up sends what it missed
-    assert not prompt.finished
-    assert prompt.due(11.0) == frames[3:] and prompt.finished
+    assert not prompt.finished and prompt.remaining == 2
+    assert prompt.due(11.0) == frames[3:] and prompt.finished and prompt.remaining == 0
+    assert prompt.frames is frames  # walked, not copied
+
+
+def test_every_call_playing_a_prompt_shares_its_frames():
+    from ivr.calls.playback import PacedPrompt, rtp_frames
+
+    prompt = Prompt("p", "en", "t", bytes(range(160)) * 16, "", 320, "test")
+    one, two = PacedPrompt.start(prompt, 1, 0.0), PacedPrompt.start(prompt, 2, 5.0)
+    assert one.frames is two.frames is rtp_frames(prompt)
+    assert b"".join(one.due(1.0))[: len(prompt.ulaw)] == prompt.ulaw
 
 
 async def test_the_call_clock_starts_when_the_caller_can_hear_us_and_set_up_is_kept_apart(

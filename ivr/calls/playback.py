@@ -11,8 +11,8 @@ quick to leave under load without sending a whole prompt into one socket at once
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -22,31 +22,45 @@ FRAME_MS = 20
 F = TypeVar("F")  # a frame as the platform sends it: bytes for RTP, base64 text for Twilio
 
 
+@functools.lru_cache(maxsize=512)
+def rtp_frames(prompt: Prompt) -> tuple[bytes, ...]:
+    """A prompt's 20 ms frames, made once per prompt and shared by every call playing it."""
+    return tuple(prompt_frames(prompt))
+
+
 @dataclass(eq=False)
 class PacedPrompt(Generic[F]):
+    """One call's place in a prompt's frames, which it shares with every other call (a prompt
+    of 24 s is 1,200 frames: copied per call, that would be most of a call's memory)."""
+
     play_id: int
-    frames: deque[F]
+    frames: Sequence[F]
     started_at: float  # call time of the next frame's slot
+    sent: int = 0  # frames sent so far
 
     @classmethod
     def start(cls, prompt: Prompt, play_id: int, now: float) -> PacedPrompt[bytes]:
-        return PacedPrompt(play_id, deque(prompt_frames(prompt)), now)
+        return PacedPrompt(play_id, rtp_frames(prompt), now)
 
     @classmethod
-    def of(cls, frames: Iterable[F], play_id: int, now: float) -> PacedPrompt[F]:
+    def of(cls, frames: Sequence[F], play_id: int, now: float) -> PacedPrompt[F]:
         """Frames already in the platform's form (Twilio's base64 payloads)."""
-        return cls(play_id, deque(frames), now)
+        return cls(play_id, frames, now)
 
     @property
     def finished(self) -> bool:
-        return not self.frames
+        return self.sent >= len(self.frames)
 
-    def due(self, now: float) -> list[F]:
+    @property
+    def remaining(self) -> int:
+        return len(self.frames) - self.sent
+
+    def due(self, now: float) -> Sequence[F]:
         """The frames to send at call time ``now`` (none before their slot)."""
         count = int((now - self.started_at) * 1000 // FRAME_MS) + 1
-        out = []
-        while self.frames and count > 0:
-            out.append(self.frames.popleft())
-            count -= 1
+        if count <= 0:
+            return ()
+        out = self.frames[self.sent : self.sent + count]
+        self.sent += len(out)
         self.started_at += len(out) * FRAME_MS / 1000
         return out

@@ -371,7 +371,7 @@ class _Stream:
         now = self.session.call_time()
         if self.playing:  # it plays once the one before it has
             last = self.playing[-1]
-            starts = last.started_at + len(last.frames) * FRAME_MS / 1000
+            starts = last.started_at + last.remaining * FRAME_MS / 1000
         else:
             starts = now
         self.playing.append(PacedPrompt.of(tw.encoded_frames(prompt), play_id, starts))
