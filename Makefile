@@ -151,12 +151,15 @@ bench: $(TEST_STAMP)
 
 # What a call costs the service against a bare reference server under the same load
 # (bench/calls.py: ivr serve, then bench/reference/, with ivr loadtest's generator), --repeats
-# times with min/median/max. BENCH_ARGS passes flags through, e.g.
+# times with min/median/max. WORKERS=N runs ivr serve --workers N; BENCH_ARGS passes flags
+# through, e.g.
 #   make bench-calls BENCH_ARGS="--platform asterisk --calls 500 --duration 30 --repeats 3"
+#   make bench-calls WORKERS=2 BENCH_ARGS="--calls 1000"
 BENCH_ARGS ?=
+WORKERS ?=
 .PHONY: bench-calls
 bench-calls: $(TEST_STAMP) espeak-ng
-	$(BIN)/python bench/calls.py $(BENCH_ARGS)
+	$(BIN)/python bench/calls.py $(if $(WORKERS),--workers $(WORKERS)) $(BENCH_ARGS)
 
 # What worker processes buy (bench/workers.py): ivr serve --workers K for K = 1 and 2 (or
 # WORKERS_ARGS="--workers 1,2,4 ..."), K times the calls each, CPU per call-minute of all the

@@ -192,6 +192,10 @@ def test_options_and_defaults() -> None:
     assert bench.bare_ports(options, "42000-42099") == "42000-42099"
     assert bench.main(["--calls", "0"]) == 2  # refused before ivr serve is started
     assert bench.main(["--repeats", "0"]) == 2
+    assert bench.main(["--workers", "0"]) == 2
+    assert bench.main(["--workers", "2", "--platform", "asterisk"]) == 2  # Twilio's only
+    assert bench.main(["--workers", "2", "--url", "http://127.0.0.1:9"]) == 2  # started here
+    assert args.loop == "auto" and args.workers == 1
 
 
 @pytest.fixture
