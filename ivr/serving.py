@@ -64,9 +64,21 @@ log = logging.getLogger(__name__)
 # threads' files) and per call in progress (its recording file, its RTP socket).
 BASE_DESCRIPTORS = 64
 DESCRIPTORS_PER_CALL = 2
-# asyncio accepts up to a backlog's worth of connections before any of them reaches the guard,
-# and closed connections free their descriptors a moment later: twice this is kept free too.
-ACCEPT_BACKLOG = 128
+# The listening socket's backlog: connections the kernel holds until the loop accepts them.
+# Calls arrive in bursts (Twilio opens a websocket per stream, the webhooks around them), and a
+# busy loop accepts late: a full backlog drops connections, which the caller's side sees as a
+# connect timeout (1,000 calls on one process lost 67 that way with 128). asyncio accepts up to
+# a backlog's worth at once before any of them reaches the guard, and closed connections free
+# their descriptors a moment later, so twice the backlog is kept free of the descriptor limit:
+# it is a sixteenth of that limit, within these bounds.
+MIN_ACCEPT_BACKLOG = 128
+MAX_ACCEPT_BACKLOG = 1024
+
+
+def accept_backlog(descriptors: int) -> int:
+    return max(MIN_ACCEPT_BACKLOG, min(MAX_ACCEPT_BACKLOG, descriptors // 16))
+
+
 MIN_CONNECTIONS = 16
 # The descriptor limit is raised to its hard limit at start, but not beyond this.
 MAX_DESCRIPTORS = 1 << 20
@@ -114,7 +126,8 @@ def connection_cap(limits: Limits, descriptors: int) -> tuple[int, str | None]:
     """How many connections to keep open at most, and a warning when the descriptor limit is
     too small for ``limits``: the descriptors left after the process's own and those of
     ``max_calls`` calls, unless ``max_connections`` says otherwise."""
-    reserved = BASE_DESCRIPTORS + 2 * ACCEPT_BACKLOG + DESCRIPTORS_PER_CALL * limits.max_calls
+    backlog = accept_backlog(descriptors)
+    reserved = BASE_DESCRIPTORS + 2 * backlog + DESCRIPTORS_PER_CALL * limits.max_calls
     room = descriptors - reserved
     wanted = limits.max_connections
     cap = max(MIN_CONNECTIONS, room) if wanted is None else wanted
@@ -452,7 +465,7 @@ async def start(
             factory,
             host,
             port,
-            backlog=ACCEPT_BACKLOG,
+            backlog=accept_backlog(descriptors),
             reuse_address=True,
             reuse_port=reuse_port or None,
         )

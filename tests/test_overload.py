@@ -190,7 +190,14 @@ async def test_a_refused_request_and_its_unread_body_are_freed_without_the_garba
 def test_the_connection_cap_leaves_descriptors_for_the_calls():
     cap, warning = serving.connection_cap(Limits(max_calls=200), 1024)
     assert cap == 1024 - 64 - 2 * 128 - 2 * 200 and warning is None
-    assert serving.connection_cap(Limits(max_calls=200), 65536) == (65536 - 720, None)
+    assert serving.connection_cap(Limits(max_calls=200), 65536) == (65536 - 64 - 2048 - 400, None)
+    assert [serving.accept_backlog(n) for n in (1024, 4096, 8192, 20000, 1 << 20)] == [
+        128,
+        256,
+        512,
+        1024,
+        1024,
+    ]
     cap, warning = serving.connection_cap(Limits(max_calls=1000), 1024)
     assert cap == serving.MIN_CONNECTIONS and warning and "ulimit -n" in warning
     cap, warning = serving.connection_cap(Limits(max_connections=5000), 1024)

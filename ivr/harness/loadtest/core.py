@@ -40,6 +40,11 @@ FRAME_S = FRAME_MS / 1000
 PRESS_AFTER_S = 0.5  # opt-in lines: the accept key this long into the prompt (or the bridge)
 CPU_READ_TIMEOUT_S = 10.0
 HTTP_TIMEOUT_S = 30.0  # any one request to the service (a webhook, /healthz)
+# How long the generator keeps an idle connection for its next request: less than the service
+# keeps one open (ivr serve: [limits] header_timeout_seconds, 10 s by default), or a request
+# may go out on a connection the service is closing that instant and be reset (the first calls'
+# status callbacks were, at 1,000 calls, with aiohttp's 15 s).
+KEEPALIVE_S = 4.0
 MAX_ERRORS_REPORTED = 5
 SATURATED_UTILISATION = 0.95  # server CPU (fraction of one core) that means "flat out"
 SATURATED_LAG_MS = 1000.0  # end-of-call lag p99 this long: the service fell behind real time
@@ -657,7 +662,8 @@ async def run(driver: type[Driver[_O]], options: _O) -> dict[str, Any]:
         **{name: getattr(options, name) for name in driver.shown},
     }
     timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         platform = driver(options, session)
         async with platform:
             report["service"] = await platform.run_service()
