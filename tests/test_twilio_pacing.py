@@ -9,7 +9,9 @@ is read one message at a time, so a pong means everything before the ping was ac
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import aiohttp
 
@@ -36,61 +38,65 @@ def media_frames(seen: list[dict]) -> int:
     return sum(1 for m in seen if m["event"] == "media")
 
 
-async def test_the_prompt_goes_out_a_lead_ahead_of_call_time(service):
-    _, url = service
-    lead = round(twilio_app.PROMPT_LEAD_SECONDS / FRAME_S)
+@contextlib.asynccontextmanager
+async def consent_stream(url: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A call's consent stream, started: the prompt is playing."""
     async with aiohttp.ClientSession() as s:
         data, ws_url, token = await start_call(s, url)
         async with s.ws_connect(ws_url, autoping=False) as ws:
             await ws.send_str(start_msg(data["CallSid"], token))
-            first = await until_pong(ws, b"start")
-            # At call time 0: the frame whose slot starts now and the lead after it.
-            assert [m["event"] for m in first] == ["media"] * (lead + 1)
-            # One second of the caller's audio moves call time on: the lead follows it, in
-            # batches.
-            for n in range(50):
-                await ws.send_str(media_msg(2 + n, 20 * n))
-            later = await until_pong(ws, b"1s")
-            sent = lead + 1 + media_frames(later)
-            batch = round(twilio_app.PROMPT_BATCH_SECONDS / FRAME_S)
-            assert round(1.0 / FRAME_S) - batch + lead <= sent <= round(1.0 / FRAME_S) + lead + 1
-            assert not any(m["event"] == "mark" for m in later)
-            # Call time runs on to the prompt's end: the rest of it, then its mark.
-            seq, ts = 52, 1000
-            seen: list[dict] = []
-            while not any(m["event"] == "mark" for m in seen):
-                assert ts < 60_000, "the prompt never finished"
-                for _ in range(25):
-                    await ws.send_str(media_msg(seq, ts))
-                    seq, ts = seq + 1, ts + 20
-                seen += await until_pong(ws, str(seq).encode())
-                # Never more than the lead ahead of call time (ts: the next frame's).
-                assert sent + media_frames(seen) <= round(ts / 1000 / FRAME_S) + lead + 1
-            total = sent + media_frames(seen)
-            assert total > 3 * lead  # a prompt of seconds, not one batch
-            assert [m["event"] for m in seen][-1] == "mark"
+            yield ws
+
+
+async def test_the_prompt_goes_out_a_lead_ahead_of_call_time(service):
+    _, url = service
+    lead = round(twilio_app.PROMPT_LEAD_SECONDS / FRAME_S)
+    async with consent_stream(url) as ws:
+        first = await until_pong(ws, b"start")
+        # At call time 0: the frame whose slot starts now and the lead after it.
+        assert [m["event"] for m in first] == ["media"] * (lead + 1)
+        # One second of the caller's audio moves call time on: the lead follows it, in
+        # batches.
+        for n in range(50):
+            await ws.send_str(media_msg(2 + n, 20 * n))
+        later = await until_pong(ws, b"1s")
+        sent = lead + 1 + media_frames(later)
+        batch = round(twilio_app.PROMPT_BATCH_SECONDS / FRAME_S)
+        assert round(1.0 / FRAME_S) - batch + lead <= sent <= round(1.0 / FRAME_S) + lead + 1
+        assert not any(m["event"] == "mark" for m in later)
+        # Call time runs on to the prompt's end: the rest of it, then its mark.
+        seq, ts = 52, 1000
+        seen: list[dict] = []
+        while not any(m["event"] == "mark" for m in seen):
+            assert ts < 60_000, "the prompt never finished"
+            for _ in range(25):
+                await ws.send_str(media_msg(seq, ts))
+                seq, ts = seq + 1, ts + 20
+            seen += await until_pong(ws, str(seq).encode())
+            # Never more than the lead ahead of call time (ts: the next frame's).
+            assert sent + media_frames(seen) <= round(ts / 1000 / FRAME_S) + lead + 1
+        total = sent + media_frames(seen)
+        assert total > 3 * lead  # a prompt of seconds, not one batch
+        assert [m["event"] for m in seen][-1] == "mark"
 
 
 async def test_a_key_during_the_prompt_sends_its_mark_and_a_clear_and_no_more_of_it(service):
     _, url = service
     lead = round(twilio_app.PROMPT_LEAD_SECONDS / FRAME_S)
-    async with aiohttp.ClientSession() as s:
-        data, ws_url, token = await start_call(s, url)
-        async with s.ws_connect(ws_url, autoping=False) as ws:
-            await ws.send_str(start_msg(data["CallSid"], token))
-            assert media_frames(await until_pong(ws, b"start")) == lead + 1
-            await ws.send_str(
-                json.dumps({"event": "dtmf", "sequenceNumber": "2", "dtmf": {"digit": "1"}})
-            )
-            after_key = await until_pong(ws, b"key")
-            events = [m["event"] for m in after_key]
-            # The mark of the prompt cut short, then the clear (which makes Twilio echo it);
-            # then, perhaps, the next prompt (the confirmation), paced from its own start.
-            assert events[:2] == ["mark", "clear"], events
-            first_mark = after_key[0]["mark"]["name"]
-            rest = after_key[2:]
-            assert media_frames(rest) <= lead + 1
-            assert not any(m["event"] == "mark" and m["mark"]["name"] == first_mark for m in rest)
+    async with consent_stream(url) as ws:
+        assert media_frames(await until_pong(ws, b"start")) == lead + 1
+        await ws.send_str(
+            json.dumps({"event": "dtmf", "sequenceNumber": "2", "dtmf": {"digit": "1"}})
+        )
+        after_key = await until_pong(ws, b"key")
+        events = [m["event"] for m in after_key]
+        # The mark of the prompt cut short, then the clear (which makes Twilio echo it);
+        # then, perhaps, the next prompt (the confirmation), paced from its own start.
+        assert events[:2] == ["mark", "clear"], events
+        first_mark = after_key[0]["mark"]["name"]
+        rest = after_key[2:]
+        assert media_frames(rest) <= lead + 1
+        assert not any(m["event"] == "mark" and m["mark"]["name"] == first_mark for m in rest)
 
 
 async def test_a_stream_that_goes_quiet_is_paced_by_wall_time(service, monkeypatch):
@@ -98,14 +104,11 @@ async def test_a_stream_that_goes_quiet_is_paced_by_wall_time(service, monkeypat
     monkeypatch.setattr(twilio_app, "PROMPT_LEAD_SECONDS", 0.1)
     monkeypatch.setattr(twilio_app, "PROMPT_BATCH_SECONDS", 0.05)
     _, url = service
-    async with aiohttp.ClientSession() as s:
-        data, ws_url, token = await start_call(s, url)
-        async with s.ws_connect(ws_url, autoping=False) as ws:
-            await ws.send_str(start_msg(data["CallSid"], token))
-            assert media_frames(await until_pong(ws, b"start")) == round(0.1 / FRAME_S) + 1
-            frames = 0
-            async for msg in ws:  # sent by the timer alone, as wall time passes
-                assert msg.type == aiohttp.WSMsgType.TEXT, msg
-                frames += json.loads(msg.data)["event"] == "media"
-                if frames == 20:  # 0.4 s of the prompt beyond its first batch
-                    break
+    async with consent_stream(url) as ws:
+        assert media_frames(await until_pong(ws, b"start")) == round(0.1 / FRAME_S) + 1
+        frames = 0
+        async for msg in ws:  # sent by the timer alone, as wall time passes
+            assert msg.type == aiohttp.WSMsgType.TEXT, msg
+            frames += json.loads(msg.data)["event"] == "media"
+            if frames == 20:  # 0.4 s of the prompt beyond its first batch
+                break

@@ -271,10 +271,8 @@ class StreamRun:
 
         async def sample() -> None:
             t1, own1 = self.loop.time(), own_cpu()
-            try:
-                async with asyncio.timeout(CPU_READ_TIMEOUT_S):
-                    cpu = await self.read_cpu()
-            except (CallFailed, TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError):
+            cpu = await self.read_cpu_now()
+            if cpu is None:
                 return
             self.samples[moment] = ((t1 + self.loop.time()) / 2, cpu, (own1 + own_cpu()) / 2)
 
