@@ -635,6 +635,9 @@ class _Party:
 
     def _send_trigger(self, method: str, body: str = "") -> None:
         assert self._trigger_sock is not None
+        # A caller's sipp port is known only from its answer report: a trigger sent before it
+        # would go to port 0 and be lost without a word.
+        assert self.sip_port, f"{self.seed}: a trigger before sipp reported its port (answer)"
         self._trigger_sock.sendto(
             _trigger(method, self.call_id, self.sip_port, body), ("127.0.0.1", self.sip_port)
         )

@@ -179,6 +179,9 @@ async def against_real(pbx: Asterisk, phones: Phones) -> Transcript:
 
         async def hang_up() -> None:
             assert call is not None
+            # The hang-up trigger goes to the port sipp reports with the answer; Asterisk's
+            # answer reaching sipp races the ARI steps before this one.
+            await call.wait_answered()
             call.hang_up()
 
         sink = await asyncio.get_running_loop().create_datagram_endpoint(
