@@ -673,3 +673,149 @@ def test_non_digit_events_produce_nothing_but_close_the_previous_digit() -> None
     packets = key_press(9, 1000, ends=0) + key_press(16, 2000)  # 16 = flash
     assert feed_all(det, packets) == ["9"]
     assert det.flush() is None
+
+
+# --- the jitter buffer's short ways: push_plain and the ring of released frames ---------------
+
+
+def plain_datagrams(arrivals: list[tuple[int, int, int, bool]], base: int) -> list[bytes]:
+    """Datagrams of a stream that is mostly regular, with the given disturbances: sequence
+    offsets, timestamp distortions, jumps and foreign SSRCs (as in the hostile-stream test),
+    some with the marker bit or padding, which push_plain must leave to push."""
+    seq, ts = base % 65536, base
+    out: list[bytes] = []
+    for n, (offset, distortion, jump, foreign) in enumerate(arrivals):
+        seq, ts = seq + jump, ts + 160 * jump
+        data = build_rtp(
+            RtpPacket(
+                0,
+                (seq + offset) % 65536,
+                (ts + 160 * offset + distortion) % 2**32,
+                SSRC + foreign,
+                n % 17 == 5,
+                n.to_bytes(4, "big") + bytes(156),
+            )
+        )
+        if n % 23 == 7:  # the same audio with two bytes of padding
+            data = bytes([data[0] | 0x20]) + data[1:] + b"\x00\x02"
+        out.append(data)
+        seq, ts = seq + 1, ts + 160
+    return out
+
+
+@settings(max_examples=300)
+@given(arrivals=hostile_arrivals, window=st.integers(0, 5), base=st.integers(0, 2**32 - 1))
+def test_push_plain_changes_nothing_but_the_cost(
+    arrivals: list[tuple[int, int, int, bool]], window: int, base: int
+) -> None:
+    # The same datagrams, one buffer through push(parse_rtp(...)) only, the other through
+    # push_plain first: the same frames, gaps and counters, packet by packet.
+    slow, fast = JitterBuffer(window=window), JitterBuffer(window=window)
+    taken_plain = 0
+    for data in plain_datagrams(arrivals, base):
+        expected = slow.push(parse_rtp(data))
+        ms = fast.push_plain(data)
+        if ms >= 0:
+            taken_plain += 1
+            got = [Frame(fast.stats.released - 1, ms, data[12:], False)]
+        else:
+            got = fast.push(parse_rtp(data))
+        assert got == expected
+        assert fast.stats == slow.stats
+    assert fast.flush() == slow.flush()
+    assert (fast.stats, fast.gaps) == (slow.stats, slow.gaps)
+    if all(a == (0, 0, 0, False) for a in arrivals) and len(arrivals) > window + 2:
+        assert taken_plain > 0  # a regular stream does take the short way
+
+
+def test_push_plain_takes_the_usual_packet_and_nothing_else() -> None:
+    jb = JitterBuffer(window=0)
+    first = build_rtp(stream_packet(0))
+    assert jb.push_plain(first) == -1  # the stream's first packet: the buffer is not started
+    jb.push(parse_rtp(first))
+    second = stream_packet(1)
+    variants = {
+        "marker": RtpPacket(0, second.sequence, second.timestamp, SSRC, True, second.payload),
+        "dtmf": RtpPacket(101, second.sequence, second.timestamp, SSRC, False, bytes(4)),
+        "foreign": RtpPacket(0, second.sequence, second.timestamp, SSRC + 1, False, bytes(160)),
+        "skip": RtpPacket(0, second.sequence + 1, second.timestamp + 160, SSRC, False, bytes(1)),
+        "pause": RtpPacket(0, second.sequence, second.timestamp + 160, SSRC, False, bytes(1)),
+        "empty": RtpPacket(0, second.sequence, second.timestamp, SSRC, False, b""),
+    }
+    for name, pkt in variants.items():
+        before = (jb.stats.received, jb.stats.released)
+        assert jb.push_plain(build_rtp(pkt)) == -1, name
+        assert (jb.stats.received, jb.stats.released) == before, name
+    assert jb.push_plain(build_rtp(RtpPacket(0, 1001, 50_160, SSRC, False, bytes(160)))) == 20
+    assert jb.stats.released == 2
+
+
+class DictHistory(JitterBuffer):
+    """The released-frame history as it was before the ring: a dict and a deque, for
+    comparison."""
+
+    def __init__(self, **kwargs: int) -> None:
+        super().__init__(**kwargs)
+        self.was: dict[int, bool] = {}
+        self.order: list[int] = []
+
+    def _remember(self, ext: int, filled: bool) -> None:
+        self.was[ext] = filled
+        self.order.append(ext)
+        if len(self.order) > self._history_size:
+            del self.was[self.order.pop(0)]
+
+    def _was_received(self, ext: int) -> bool:
+        return self.was.get(ext) is False
+
+
+@settings(max_examples=300)
+@given(
+    arrivals=hostile_arrivals,
+    window=st.integers(0, 5),
+    history=st.integers(0, 6),
+    base=st.integers(0, 2**32 - 1),
+    replays=st.lists(st.integers(0, 149), max_size=30),
+)
+def test_the_ring_of_released_frames_tells_duplicates_from_late_packets_as_the_dict_did(
+    arrivals: list[tuple[int, int, int, bool]],
+    window: int,
+    history: int,
+    base: int,
+    replays: list[int],
+) -> None:
+    # A short history, so that frames leave it; old datagrams replayed at random points, so
+    # that some are duplicates of frames still remembered and some are not.
+    datagrams = plain_datagrams(arrivals, base)
+    ring, reference = (
+        JitterBuffer(window=window, history=history),
+        DictHistory(window=window, history=history),
+    )
+    for n, data in enumerate(datagrams):
+        feed = [data] + [datagrams[r] for r in replays if r < n and (r + n) % 3 == 0]
+        for one in feed:
+            assert ring.push(parse_rtp(one)) == reference.push(parse_rtp(one))
+            assert ring.stats == reference.stats
+    assert ring.flush() == reference.flush()
+
+
+def test_history_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="history"):
+        JitterBuffer(history=-1)
+
+
+def test_a_packet_waited_for_is_taken_though_its_ring_slot_holds_an_older_frame() -> None:
+    # history 2: frame 3's slot last held frame 1. Packet 3 comes late but within the window,
+    # so it is the awaited frame, not a duplicate of what the slot remembers.
+    jb = JitterBuffer(window=2, history=2)
+    out = push_all(jb, [stream_packet(i) for i in (0, 1, 2, 4, 5, 3)], flush=False)
+    assert [f.seq_index for f in out] == [0, 1, 2, 3, 4, 5]
+    assert not any(f.filled for f in out)
+    assert not out[3].filled and out[3].payload == payload_for(3)
+    assert jb.stats.duplicates == 0
+    # Frame 1 again, beyond the history now: late, like any packet whose slot was released.
+    assert jb.push(stream_packet(1)) == []
+    assert (jb.stats.duplicates, jb.stats.late) == (0, 1)
+    # Frame 5 again, still remembered: a duplicate.
+    assert jb.push(stream_packet(5)) == []
+    assert jb.stats.duplicates == 1

@@ -22,7 +22,7 @@ from ivr.calls.playback import FRAME_MS, PacedPrompt
 from ivr.calls.session import TRACK_CALLER, CallSession
 from media.dtmf import DtmfDetector, parse_telephone_event
 from media.prompts import Prompt
-from media.rtp import JitterBuffer, RtpError, RtpSender, classify, parse_rtp
+from media.rtp import HEADER_BYTES, JitterBuffer, RtpError, RtpSender, classify, parse_rtp
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ class RtpPort(asyncio.DatagramProtocol):
 
     def __init__(self, leg: RtpLeg) -> None:
         self.leg = leg
+        # Each datagram straight to the leg, one Python call fewer per packet than through the
+        # method below (both loops look the handler up on the protocol for every datagram).
+        self.datagram_received = leg.received  # type: ignore[method-assign]
         self.transport: asyncio.DatagramTransport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -160,10 +163,21 @@ class RtpLeg:
                 self.early_dropped += 1
             return
         self.packets += 1
-        self._take(session, data)
+        base = self.media_base_ms
+        # Nearly every packet is the next one in order: taken here without parsing it into
+        # objects (one call fewer per packet than through ``_take``, which does the rest).
+        ms = self.jitter.push_plain(data) if base is not None else -1
+        if ms >= 0:
+            call_ms = base + ms  # type: ignore[operator]  # base is set when ms is
+            session.audio(TRACK_CALLER, call_ms, data[HEADER_BYTES:])
+            now = session.at((call_ms + FRAME_MS) / 1000)
+        else:
+            self._take(session, data)
+            now = session.now
         deadline = session.flow.deadline
-        due = self.playback is not None or (deadline is not None and session.now >= deadline)
-        if due and not self._pump_posted:
+        if (self.playback is not None or (deadline is not None and now >= deadline)) and (
+            not self._pump_posted
+        ):
             self._pump_posted = True
             self.wake(WAKE_PUMP, None)
 
