@@ -339,3 +339,34 @@ async def test_the_agent_withdraws_through_the_driver_on_any_platform(registry):
     # Asterisk can still play to the caller after the hand-off: the notice is played.
     assert wire.done[-1] == ("play", "recording_stopped")
     assert not session.recording_allowed
+
+
+async def test_the_flow_hears_of_an_event_only_after_the_audio_that_came_before_it(registry):
+    # A withdrawal (here the agent's, through the API) while audio waits in an RTP leg's batch
+    # (ivr/calls/rtp.py BATCH_PACKETS): that audio arrived while recording was allowed and is
+    # stored; audio after it is refused.
+    from ivr.calls import withdraw_for_caller
+    from ivr.calls.rtp import RtpLeg
+    from media.rtp import RtpSender
+
+    call = await open_call(registry, CONSENT_LINE)
+    session = registry.begin(call)
+    call.wire = wire = RecordingWire()
+    await carry_out(call, wire, await session.start())
+    await carry_out(call, wire, await session.handle(DigitPressed(at=session.at(1.0), digit="1")))
+    assert session.recording_allowed and session.recording is not None
+    peer = ("127.0.0.1", 4000)
+    one = RtpLeg(lambda kind, value: None, name=call.call_id)
+    one.peer = peer
+    one.begin(session)
+    sender = RtpSender()
+    for n in range(4):
+        one.received(sender.packet(bytes([n]) * 160), peer)
+    # The first is held by the jitter buffer (its window), the other three wait in the batch.
+    assert session.stats.frames_stored == 0
+    await withdraw_for_caller(call, "agent")
+    assert session.stats.frames_stored == 4
+    for n in range(3):
+        one.received(sender.packet(bytes([n]) * 160), peer)
+    one.flush()
+    assert (session.stats.frames_stored, session.stats.frames_refused) == (4, 3)

@@ -1,5 +1,7 @@
 """ivr/calls/rtp.py's RtpLeg on its own: what it adds to a platform's counters, keys reported
-twice, how long the call's task may wait, and the drain before a call's end. The leg's packets,
+twice, how long the call's task may wait, the drain before a call's end, and audio taken in
+batches (that the flow hears of an event only after the audio before it: test_call_registry.py).
+The leg's packets,
 prompts and ports are exercised through Asterisk (tests/test_asterisk_e2e.py, test_rtp_jumps.py).
 """
 
@@ -106,7 +108,7 @@ class TakingSession:
         return self.now
 
 
-def test_audio_before_the_session_starts_is_kept_for_it_up_to_a_second():
+async def test_audio_before_the_session_starts_is_kept_for_it_up_to_a_second():
     from media.rtp import RtpSender as Sender
 
     peer = ("127.0.0.1", 4000)
@@ -173,3 +175,60 @@ def test_a_port_in_use_is_skipped_on_either_event_loop(loop: str) -> None:
         taken.close()
     assert bound == port + 1
     assert full.errno == errno.EADDRINUSE and f"{port}-{port + 1} are in use" in str(full)
+
+
+# --- audio taken in batches -----------------------------------------------------------------
+
+
+async def test_a_batch_is_taken_when_full_and_a_key_takes_it_first_in_order():
+    from media.dtmf import build_telephone_event
+    from media.rtp import RtpPacket, RtpSender, build_rtp
+
+    peer = ("127.0.0.1", 4000)
+    seen: list[object] = []
+    one = RtpLeg(lambda kind, value: seen.append((kind, value)), name="t")
+    one.peer = peer
+    taking = TakingSession()
+    taking.audio = lambda track, ms, payload: seen.append(payload[0])  # type: ignore[method-assign]
+    one.begin(cast(CallSession, taking))
+    sender = RtpSender()
+    audio = [sender.packet(bytes([n]) * 160) for n in range(rtp.BATCH_PACKETS + 4)]
+    for packet in audio[: rtp.BATCH_PACKETS]:
+        one.received(packet, peer)
+    # The first packet (a marker) is taken at once and held by the jitter buffer until three
+    # more are in (its window); those wait in the batch, and so nothing has come out yet.
+    assert seen == []
+    one.received(audio[rtp.BATCH_PACKETS], peer)
+    assert seen == list(range(rtp.BATCH_PACKETS + 1))
+    seen.clear()
+    for packet in audio[rtp.BATCH_PACKETS + 1 :]:
+        one.received(packet, peer)
+    assert seen == []
+    # The end of key 5 as RFC 4733 (three end packets, as senders do): the audio before it
+    # is taken first, then the key is reported.
+    event = build_telephone_event(5, True, 10, 800)
+    key = RtpPacket(101, sender.sequence, sender.timestamp, sender.ssrc, False, event)
+    one.received(build_rtp(key), peer)
+    waiting = [rtp.BATCH_PACKETS + 1, rtp.BATCH_PACKETS + 2, rtp.BATCH_PACKETS + 3]
+    assert seen == [*waiting, (rtp.WAKE_DIGIT, "5")]
+
+
+async def test_a_batch_is_taken_by_time_when_the_callers_audio_stops():
+    import asyncio
+
+    from media.rtp import RtpSender
+
+    peer = ("127.0.0.1", 4000)
+    one = leg()
+    one.peer = peer
+    taking = TakingSession()
+    one.begin(cast(CallSession, taking))
+    sender = RtpSender()
+    for n in range(5):  # the first, then four that wait in the batch
+        one.received(sender.packet(bytes([n]) * 160), peer)
+    assert taking.frames == []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30  # the timer is BATCH_SECONDS; a busy machine may be later
+    while len(taking.frames) < 5 and loop.time() < deadline:
+        await asyncio.sleep(rtp.BATCH_SECONDS / 4)
+    assert [payload[0] for _, payload in taking.frames] == [0, 1, 2, 3, 4]

@@ -22,7 +22,15 @@ from ivr.calls.playback import FRAME_MS, PacedPrompt
 from ivr.calls.session import TRACK_CALLER, CallSession
 from media.dtmf import DtmfDetector, parse_telephone_event
 from media.prompts import Prompt
-from media.rtp import HEADER_BYTES, JitterBuffer, RtpError, RtpSender, classify, parse_rtp
+from media.rtp import (
+    HEADER_BYTES,
+    PT_PCMU,
+    JitterBuffer,
+    RtpError,
+    RtpSender,
+    classify,
+    parse_rtp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +45,16 @@ ANY_ADDRESS = ("0.0.0.0", "::")
 MAX_EARLY_PACKETS = 50
 DRAIN_QUIET_SECONDS = 0.02
 DRAIN_ROUNDS = 10
+# Audio packets taken together, once this many have arrived (200 ms of audio): each call's
+# objects are then touched once per batch rather than once per packet, which under load is most
+# of a packet's cost (at 250 calls, a fifth of the service's CPU). A packet that is not audio in
+# order (a key, a marker, a gap), a prompt playing, or an event for the flow (``catch_up``) takes
+# the batch at once, so nothing is reordered and the flow never sees an event before the audio
+# that arrived before it.
+BATCH_PACKETS = 10
+BATCH_SECONDS = BATCH_PACKETS * FRAME_MS / 1000
+# What an audio packet's second byte is when it continues a stream: no marker, PCMU.
+_IN_STREAM_AUDIO = bytes([PT_PCMU])
 # A key the platform's signalling reports (ARI's ChannelDtmfReceived) and RFC 4733 carries too
 # counts once.
 DIGIT_DEDUP_SECONDS = 0.5
@@ -138,6 +156,7 @@ class RtpLeg:
     closed: bool = False
     last_digit: tuple[str, float] | None = None
     _pump_posted: bool = False
+    _batch: list[bytes] = field(default_factory=list)  # see BATCH_PACKETS
 
     # -- in -------------------------------------------------------------------------------------
     def received(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -163,6 +182,31 @@ class RtpLeg:
                 self.early_dropped += 1
             return
         self.packets += 1
+        batch = self._batch
+        batch.append(data)
+        if (
+            len(batch) >= BATCH_PACKETS
+            or self.playback is not None  # prompt frames go out as the caller's packets come
+            or self.media_base_ms is None
+            or data[1:2] != _IN_STREAM_AUDIO
+        ):
+            self.catch_up()
+        elif len(batch) == 1:
+            # Should the caller's audio stop here, the batch is taken by time all the same.
+            asyncio.get_running_loop().call_later(BATCH_SECONDS, self.catch_up)
+
+    def catch_up(self) -> None:
+        """Take the packets waiting in the batch. The session calls it before it gives the flow
+        an event (a key, a tick, a withdrawal, the end), and ``flush`` before the last frames."""
+        batch = self._batch
+        session = self.session
+        if not batch or session is None:
+            return
+        self._batch = []
+        for data in batch:
+            self._take_one(session, data)
+
+    def _take_one(self, session: CallSession, data: bytes) -> None:
         base = self.media_base_ms
         # Nearly every packet is the next one in order: taken here without parsing it into
         # objects (one call fewer per packet than through ``_take``, which does the rest).
@@ -185,6 +229,7 @@ class RtpLeg:
         """Take the call's audio into ``session`` from now on, starting with what arrived
         before it (``early``)."""
         self.session = session
+        session.before_event = self.catch_up
         early, self.early = self.early, []
         for data in early:
             self.packets += 1
@@ -265,6 +310,7 @@ class RtpLeg:
 
     def flush(self) -> None:
         """No more audio is taken; what the jitter buffer still holds goes to the session."""
+        self.catch_up()
         self.closed = True
         session = self.session
         if session is not None and self.media_base_ms is not None:

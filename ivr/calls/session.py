@@ -123,6 +123,9 @@ class CallSession:
     _pending: list[tuple[int, int, bytes]] = field(default_factory=list)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     now: float = 0.0  # the latest call time seen (seconds); only ever moves forward, via at()
+    # Set by a platform that takes audio in batches (ivr/calls/rtp.py): takes what is waiting,
+    # so that the flow sees no event before the audio that arrived before it.
+    before_event: Callable[[], None] | None = None
     _ending: asyncio.Future[list[Command]] | None = None
     _closing: asyncio.Future[RecordingRow] | None = None
     # ``timer()`` asks for no timer until any of these changes: the deadline, media time
@@ -164,6 +167,8 @@ class CallSession:
 
     async def handle(self, event: Event) -> list[Command]:
         """Feed the flow; do what concerns the recording; return what concerns the wire."""
+        if self.before_event is not None:
+            self.before_event()
         async with self._lock:
             commands = self.flow.handle(event)
             out: list[Command] = []
