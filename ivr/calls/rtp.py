@@ -203,21 +203,20 @@ class RtpLeg:
         if not batch or session is None:
             return
         self._batch = []
-        for data in batch:
-            self._take_one(session, data)
-
-    def _take_one(self, session: CallSession, data: bytes) -> None:
         base = self.media_base_ms
-        # Nearly every packet is the next one in order: taken here without parsing it into
-        # objects (one call fewer per packet than through ``_take``, which does the rest).
-        ms = self.jitter.push_plain(data) if base is not None else -1
-        if ms >= 0:
-            call_ms = base + ms  # type: ignore[operator]  # base is set when ms is
-            session.audio(TRACK_CALLER, call_ms, data[HEADER_BYTES:])
-            now = session.at((call_ms + FRAME_MS) / 1000)
-        else:
-            self._take(session, data)
-            now = session.now
+        push_plain, audio = self.jitter.push_plain, session.audio
+        last_ms = -1  # the start of the last frame taken here
+        for data in batch:
+            # Nearly every packet is the next one in order: taken here without parsing it
+            # into objects; ``_take`` does the rest (and sets ``media_base_ms`` at the first).
+            ms = push_plain(data) if base is not None else -1
+            if ms >= 0:
+                last_ms = base + ms  # type: ignore[operator]  # base is set when ms is
+                audio(TRACK_CALLER, last_ms, data[HEADER_BYTES:])
+            else:
+                self._take(session, data)
+                base = self.media_base_ms
+        now = session.at((last_ms + FRAME_MS) / 1000) if last_ms >= 0 else session.now
         deadline = session.flow.deadline
         if (self.playback is not None or (deadline is not None and now >= deadline)) and (
             not self._pump_posted
