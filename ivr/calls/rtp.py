@@ -46,11 +46,10 @@ MAX_EARLY_PACKETS = 50
 DRAIN_QUIET_SECONDS = 0.02
 DRAIN_ROUNDS = 10
 # Audio packets taken together, once this many have arrived (200 ms of audio): each call's
-# objects are then touched once per batch rather than once per packet, which under load is most
-# of a packet's cost (at 250 calls, a fifth of the service's CPU). A packet that is not audio in
-# order (a key, a marker, a gap), a prompt playing, or an event for the flow (``catch_up``) takes
-# the batch at once, so nothing is reordered and the flow never sees an event before the audio
-# that arrived before it.
+# objects are then touched once per batch rather than once per packet, which under load is much
+# of a packet's cost. A packet that is not audio in order (a key, a marker, a gap), a prompt
+# playing, or an event for the flow (``catch_up``) takes the batch at once, so nothing is
+# reordered and the flow never sees an event before the audio that arrived before it.
 BATCH_PACKETS = 10
 BATCH_SECONDS = BATCH_PACKETS * FRAME_MS / 1000
 # What an audio packet's second byte is when it continues a stream: no marker, PCMU.
@@ -209,9 +208,8 @@ class RtpLeg:
         for data in batch:
             # Nearly every packet is the next one in order: taken here without parsing it
             # into objects; ``_take`` does the rest (and sets ``media_base_ms`` at the first).
-            ms = push_plain(data) if base is not None else -1
-            if ms >= 0:
-                last_ms = base + ms  # type: ignore[operator]  # base is set when ms is
+            if base is not None and (ms := push_plain(data)) >= 0:
+                last_ms = base + ms
                 audio(TRACK_CALLER, last_ms, data[HEADER_BYTES:])
             else:
                 self._take(session, data)
