@@ -67,18 +67,12 @@ DESCRIPTORS_PER_CALL = 2
 # The listening socket's backlog: connections the kernel holds until the loop accepts them.
 # Calls arrive in bursts (Twilio opens a websocket per stream, the webhooks around them), and a
 # busy loop accepts late: a full backlog drops connections, which the caller's side sees as a
-# connect timeout (1,000 calls on one process lost 67 that way with 128). asyncio accepts up to
-# a backlog's worth at once before any of them reaches the guard, and closed connections free
-# their descriptors a moment later, so twice the backlog is kept free of the descriptor limit:
-# it is a sixteenth of that limit, within these bounds.
+# connect timeout (1,000 calls on one process lost dozens that way with 128). asyncio accepts
+# up to a backlog's worth at once before any of them reaches the guard, and closed connections
+# free their descriptors a moment later, so twice the backlog is kept free of the descriptor
+# limit: it is a sixteenth of that limit, within these bounds (``accept_backlog``).
 MIN_ACCEPT_BACKLOG = 128
 MAX_ACCEPT_BACKLOG = 1024
-
-
-def accept_backlog(descriptors: int) -> int:
-    return max(MIN_ACCEPT_BACKLOG, min(MAX_ACCEPT_BACKLOG, descriptors // 16))
-
-
 MIN_CONNECTIONS = 16
 # The descriptor limit is raised to its hard limit at start, but not beyond this.
 MAX_DESCRIPTORS = 1 << 20
@@ -120,6 +114,11 @@ def raise_descriptor_limit() -> int:
         log.info("descriptor limit raised from %d to %d", soft, wanted)
         return wanted
     return MAX_DESCRIPTORS if soft == resource.RLIM_INFINITY else soft
+
+
+def accept_backlog(descriptors: int) -> int:
+    """The listening socket's backlog for a process allowed ``descriptors`` descriptors."""
+    return max(MIN_ACCEPT_BACKLOG, min(MAX_ACCEPT_BACKLOG, descriptors // 16))
 
 
 def connection_cap(limits: Limits, descriptors: int) -> tuple[int, str | None]:

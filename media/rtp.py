@@ -434,15 +434,16 @@ class JitterBuffer:
             or (sequence - self._seq_ref_raw) & 0xFFFF != 1
             or (timestamp - self._ts_ref_raw) & 0xFFFFFFFF != self._frame_ticks
             or self._held is not None
-            or self._buffer
             or not self._started
         ):
             return -1
         ext = self._next
+        # Everything up to the highest packet seen is released, so nothing is waiting (the
+        # buffer only ever holds frames from ``_next`` on).
         if self._max_ext + 1 != ext:
             return -1
-        # What going through the buffer would do, spelt out: this runs 50 times a second per
-        # call, and each call saved here is a tenth of the per-packet cost.
+        # What going through the buffer would do (``_take``, ``_release_next``, ``_remember``),
+        # spelt out without their calls: this runs 50 times a second per call.
         stats = self.stats
         stats.received += 1
         stats.released += 1
