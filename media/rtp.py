@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -352,6 +353,8 @@ class JitterBuffer:
         # PCMU: one sample (one clock tick) per byte.
         self._frame_ticks = frame_bytes
         frame_ms = max(1, frame_bytes * 1000 // clock_rate)
+        # A frame's length in whole milliseconds, or 0 when it is not one (``push_run``).
+        self.frame_ms = frame_ms if frame_bytes * 1000 % clock_rate == 0 else 0
         self._max_gap_packets = max(window, max_gap_ms // frame_ms)
         self._max_gap_ticks = max_gap_ms * clock_rate // 1000
         self._max_resync_ticks = max_resync_gap_ms * clock_rate // 1000
@@ -461,6 +464,56 @@ class JitterBuffer:
         if self._history_size:
             self._released[ext % self._history_size] = 1
         return (time - self._origin_time) * 1000 // self.clock_rate
+
+    def push_run(self, datagrams: Sequence[bytes], start: int = 0) -> tuple[int, int]:
+        """The longest run of datagrams from ``datagrams[start:]`` that :meth:`push_plain`
+        would take one after the other, taken at once: ``(count, first_ms)``. The run's frame
+        ``i`` has ``timestamp_ms`` ``first_ms + i * frame_ms`` and the payload after its
+        :data:`HEADER_BYTES`; the state is as after ``push_plain`` on each. ``(0, -1)``, having
+        changed nothing, when ``datagrams[start]`` is not such a datagram (or ``frame_ms`` is
+        not a whole number of milliseconds, where frames would not be evenly spaced)."""
+        if not self.frame_ms:
+            return 0, -1
+        first_ms = self.push_plain(datagrams[start]) if start < len(datagrams) else -1
+        if first_ms < 0:
+            return 0, -1
+        # Each next datagram must follow the last one taken exactly: nothing is waiting, so
+        # the checks of ``push_plain`` reduce to these, and its updates to one per run.
+        pt, ssrc, unpack = self.audio_pt, self._ssrc, _HEADER.unpack_from
+        seq, ts, ticks = self._seq_ref_raw, self._ts_ref_raw, self._frame_ticks
+        end, stop = start + 1, len(datagrams)
+        while end < stop:
+            data = datagrams[end]
+            if len(data) <= HEADER_BYTES or data[0] != 0x80 or data[1] != pt:
+                break
+            _, _, sequence, timestamp, source = unpack(data)
+            if (
+                source != ssrc
+                or (sequence - seq) & 0xFFFF != 1
+                or (timestamp - ts) & 0xFFFFFFFF != ticks
+            ):
+                break
+            seq, ts = sequence, timestamp
+            end += 1
+        more = end - start - 1  # taken after the first
+        if more:
+            stats = self.stats
+            stats.received += more
+            stats.released += more
+            ext = self._next
+            self._seq_ref_raw, self._ts_ref_raw = seq, ts
+            self._max_ext = ext + more - 1
+            self._next = ext + more
+            # After ``push_plain`` the last frame's time is at least the reference's, so each
+            # later frame is exactly one frame on from the one before.
+            self._ts_ref_time += more * ticks
+            self._last_time += more * ticks
+            size = self._history_size
+            if size:
+                released = self._released
+                for e in range(ext, ext + min(more, size)):  # a longer run fills every slot
+                    released[e % size] = 1
+        return more + 1, first_ms
 
     def _jumps(self, pkt: RtpPacket) -> bool:
         """Whether ``pkt`` leaves the stream: too far ahead or behind, or its timestamp far

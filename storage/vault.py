@@ -824,6 +824,7 @@ class Recording:
         # The hot path is the writer's own method: no extra call layer per frame. A failed
         # disk surfaces as VaultWriteError when the next chunk is sealed.
         self.append = writer.append
+        self.append_run = writer.append_run
 
     @property
     def failed(self) -> bool:

@@ -11,6 +11,7 @@ to one interval of audio.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -110,15 +111,48 @@ class EncryptingWriter:
             self._seal_at = timestamp_ms + self._interval
         if track >= self._n_tracks:
             raise ValueError(f"track {track} out of range 0..{self._n_tracks - 1}")
-        self._last_at = len(buf)
         try:
-            buf += self._pack(track, timestamp_ms, len(payload))
+            head = self._pack(track, timestamp_ms, len(payload))
         except struct.error:
             raise ValueError(
                 f"frame out of range: track {track}, timestamp {timestamp_ms} ms, "
                 f"{len(payload)} bytes (at most {MAX_PAYLOAD})"
             ) from None
+        # Only once the frame is taken: a refused one must not move where the seal looks for
+        # the chunk's last frame.
+        self._last_at = len(buf)
+        buf += head
         buf += payload
+
+    def append_run(
+        self, track: int, timestamp_ms: int, step_ms: int, payloads: Sequence[bytes], start: int = 0
+    ) -> int:
+        """Add frames ``payloads[start:]``, the first at ``timestamp_ms`` and each next one
+        ``step_ms`` later, as :meth:`append` would one by one, for as long as they go into the
+        chunk being built: how many it took. It stops before a frame that would start a chunk
+        (none is being built, or this one is due to be sealed) or that ``append`` would refuse;
+        give that one to ``append``, which seals, starts the chunk or raises as it must, then
+        the rest to this method again. So the output is the same byte for byte, and a run costs
+        one call rather than one per frame (a call's audio arrives in runs: ``media.rtp``)."""
+        buf = self._buf
+        if not buf or not 0 <= track < self._n_tracks:
+            return 0
+        seal_at, limit, pack = self._seal_at, self._soft_limit, self._pack
+        i, stop, last_at = start, len(payloads), -1
+        while i < stop and timestamp_ms < seal_at and len(buf) <= limit:
+            payload = payloads[i]
+            try:
+                head = pack(track, timestamp_ms, len(payload))
+            except struct.error:
+                break
+            last_at = len(buf)
+            buf += head
+            buf += payload
+            timestamp_ms += step_ms
+            i += 1
+        if last_at >= 0:
+            self._last_at = last_at
+        return i - start
 
     @property
     def buffered(self) -> int:

@@ -14,6 +14,8 @@ from ivr.config import load_config
 from ivr.consent import DigitPressed, PromptFinished
 from ivr.prompt_library import PromptLibrary
 from media.prompts import Prompt
+from storage.errors import VaultWriteError
+from storage.format import FormatError
 from storage.vault import Vault
 
 CONSENT_LINE = "+15550100001"  # the demo's opt-in line, forwarded to an agent
@@ -370,3 +372,78 @@ async def test_the_flow_hears_of_an_event_only_after_the_audio_that_came_before_
         one.received(sender.packet(bytes([n]) * 160), peer)
     one.flush()
     assert (session.stats.frames_stored, session.stats.frames_refused) == (4, 3)
+
+
+class FailingSink:
+    """A blob that takes ``good`` chunks, then fails every write (a full disk)."""
+
+    def __init__(self, sink, good: int) -> None:
+        self.sink, self.good = sink, good
+
+    def write(self, data: bytes) -> None:
+        if self.good <= 0:
+            raise VaultWriteError("disk full")
+        self.good -= 1
+        self.sink.write(data)
+
+
+@pytest.mark.parametrize(
+    "case", ["before consent", "chunks", "before the first frame", "past the maximum", "disk full"]
+)
+async def test_audio_in_runs_is_audio_frame_by_frame(registry, case):
+    # Two calls on the same line given the same frames, one through ``audio`` frame by frame,
+    # the other through ``audio_run`` in runs of 10 (as an RTP leg gives them): the same
+    # counters, and the same frames in the recording.
+    calls, sessions = [], []
+    for sid in ("CA1", "CA2"):
+        call = await open_call(registry, MESSAGE_LINE, sid=sid)
+        session = registry.begin(call)
+        await carry_out(call, RecordingWire(), await session.start())
+        if case != "before consent":
+            await session.handle(DigitPressed(at=session.at(1.0), digit="1"))
+            assert session.recording is not None
+        if case == "past the maximum":
+            session._max_offset_ms = 2_000
+        if case == "disk full":
+            writer = session.recording._writer
+            writer._sink = FailingSink(writer._sink, good=1)
+        calls.append(call)
+        sessions.append(session)
+    start = 2_000
+    if case == "before the first frame":
+        for session in sessions:  # the recording starts here; runs below start 100 ms before
+            session.audio(0, start + 100, b"\x7f" * 160)
+    payloads = [bytes([n % 256]) * 160 for n in range(300)]  # 6 s: chunks sealed on the way
+    for i, payload in enumerate(payloads):
+        sessions[0].audio(0, start + 20 * i, payload)
+    for i in range(0, len(payloads), 10):
+        sessions[1].audio_run(0, start + 20 * i, 20, payloads[i : i + 10])
+    one, other = sessions
+    assert other.stats == one.stats
+    assert one.stats.frames_stored + one.stats.frames_refused + one.stats.frames_lost >= 300
+    stored = []
+    for call, session in zip(calls, sessions, strict=True):
+        rid = session.recording.id if session.recording else None
+        await registry.finish(call, "caller hung up")
+        if rid is None or session.stats.frames_stored == 0:
+            stored.append([])
+            continue
+        frames = []
+        with registry.vault.open_reader(rid) as reader:
+            try:
+                for f in reader.frames():
+                    frames.append((f.track, f.timestamp_ms, f.payload))
+            except FormatError:  # the disk filled: the blob ends without its final chunk
+                assert case == "disk full"
+        stored.append(frames)
+    assert stored[1] == stored[0]
+    # Frames the writer took, and frames in the blob: with a full disk the second chunk's
+    # seal fails, so the second second of audio was taken but never reached the disk.
+    expected = {
+        "before consent": (0, 0),
+        "chunks": (300, 300),
+        "before the first frame": (301, 301),
+        "past the maximum": (101, 101),  # 0 to 2,000 ms
+        "disk full": (100, 50),
+    }[case]
+    assert (one.stats.frames_stored, len(stored[0])) == expected

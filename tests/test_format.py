@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -351,3 +352,112 @@ def test_batches_match_frames(frames, uniform, make_uniform):
             got.append((int(track), int(ts), b.payload[offset : offset + length].tobytes()))
             offset += length
     assert got == frames
+
+
+# -- append_run: a run of evenly spaced frames in one call ----------------------------------------
+class FailingAfter(Collect):
+    """A sink that takes ``good`` writes, then fails every one (a full disk)."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.good = good
+
+    def write(self, data: bytes) -> None:
+        if len(self.writes) >= self.good:
+            raise OSError("disk full")
+        super().write(data)
+
+
+def append_each(writer: EncryptingWriter, run: tuple[int, int, int, list[bytes]]) -> list[str]:
+    """The run through ``append`` one frame at a time: what each frame raised ("" if nothing)."""
+    track, ts, step, payloads = run
+    outcomes = []
+    for i, payload in enumerate(payloads):
+        try:
+            writer.append(track, ts + i * step, payload)
+            outcomes.append("")
+        except (ValueError, OSError, WriterClosed) as exc:
+            outcomes.append(type(exc).__name__)
+    return outcomes
+
+
+def append_in_runs(writer: EncryptingWriter, run: tuple[int, int, int, list[bytes]]) -> list[str]:
+    """The same through ``append_run``, with ``append`` for each frame it leaves, as its
+    docstring says a caller must."""
+    track, ts, step, payloads = run
+    outcomes: list[str] = []
+    i = 0
+    while i < len(payloads):
+        taken = writer.append_run(track, ts + i * step, step, payloads, i)
+        outcomes += [""] * taken
+        i += taken
+        if i < len(payloads):
+            outcomes += append_each(writer, (track, ts + i * step, step, [payloads[i]]))
+            i += 1
+    return outcomes
+
+
+frame_runs = st.lists(
+    st.tuples(
+        st.integers(-1, 2),  # the track: -1 and 2 are refused
+        st.integers(0, 0xFFFFFFFF),
+        st.sampled_from([0, 1, 20, 20, 20, 999, 2**31]),  # step: some runs leave the format
+        st.lists(st.sampled_from([b"", b"\x01" * 160, b"\x02" * 1000, b"x" * 65536]), max_size=14),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    runs=frame_runs,
+    interval=st.integers(1, 3000),
+    chunk=st.sampled_from([66_000, 70_000, 256 * 1024]),
+    good=st.integers(0, 40),
+    closes=st.integers(0, 30),
+)
+def test_append_run_writes_what_append_writes_byte_for_byte(runs, interval, chunk, good, closes):
+    # Two writers with the same key and header, one fed frame by frame, the other run by run:
+    # the same bytes to the sink, the same frames refused, the same failure when the disk fills
+    # (after ``good`` writes) and after a close (before run ``closes``).
+    hdr = header(chunk_interval_ms=interval, prefix=bytes(7))
+    each_sink, run_sink = FailingAfter(good), FailingAfter(good)
+    each = EncryptingWriter(hdr, DEK, each_sink, max_chunk_bytes=chunk)
+    in_runs = EncryptingWriter(hdr, DEK, run_sink, max_chunk_bytes=chunk)
+    for n, run in enumerate(runs):
+        if n == closes:
+            for writer in (each, in_runs):
+                with contextlib.suppress(OSError):
+                    writer.close()
+        assert append_in_runs(in_runs, run) == append_each(each, run)
+        assert run_sink.writes == each_sink.writes
+        assert (in_runs.buffered, in_runs.closed) == (each.buffered, each.closed)
+    for writer in (each, in_runs):
+        with contextlib.suppress(OSError):
+            writer.close()
+    assert run_sink.writes == each_sink.writes
+    assert in_runs.last_frame == each.last_frame
+
+
+def test_append_run_takes_a_run_within_one_chunk_and_leaves_the_chunks_edges_to_append():
+    writer = EncryptingWriter(header(chunk_interval_ms=100), DEK, Collect())
+    frames = [bytes([n]) * 160 for n in range(8)]
+    assert writer.append_run(0, 0, 20, frames) == 0  # no chunk yet: append starts one
+    writer.append(0, 0, frames[0])
+    assert writer.append_run(0, 20, 20, frames, 1) == 4  # 20..80 ms; 100 ms seals
+    assert writer.append_run(2, 100, 20, frames, 5) == 0  # no such track: append says why
+    with pytest.raises(ValueError, match="track 2"):
+        writer.append(2, 100, frames[5])
+
+
+def test_a_refused_frame_leaves_the_chunk_as_it_was():
+    # The seal reads the chunk's last frame (the recording's end) from where it was appended:
+    # a frame refused after it once moved that place to the buffer's end, and the seal failed.
+    sink = Collect()
+    writer = EncryptingWriter(header(), DEK, sink)
+    writer.append(0, 0, b"\x01" * 160)
+    with pytest.raises(ValueError, match="out of range"):
+        writer.append(0, 20, b"x" * 65536)
+    writer.close()
+    assert writer.last_frame == (0, 160)
+    assert read_all(bytes(sink.data)) == [(0, 0, b"\x01" * 160)]

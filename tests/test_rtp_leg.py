@@ -103,6 +103,9 @@ class TakingSession:
     def audio(self, track: int, call_ms: int, payload: bytes) -> None:
         self.frames.append((call_ms, payload))
 
+    def audio_run(self, track: int, call_ms: int, step_ms: int, payloads: list[bytes]) -> None:
+        self.frames += [(call_ms + i * step_ms, p) for i, p in enumerate(payloads)]
+
     def at(self, call_time: float) -> float:
         self.now = max(self.now, call_time)
         return self.now
@@ -190,6 +193,7 @@ async def test_a_batch_is_taken_when_full_and_a_key_takes_it_first_in_order():
     one.peer = peer
     taking = TakingSession()
     taking.audio = lambda track, ms, payload: seen.append(payload[0])  # type: ignore[method-assign]
+    taking.audio_run = lambda track, ms, step, run: seen.extend(p[0] for p in run)  # type: ignore[method-assign]
     one.begin(cast(CallSession, taking))
     sender = RtpSender()
     audio = [sender.packet(bytes([n]) * 160) for n in range(rtp.BATCH_PACKETS + 4)]
@@ -213,22 +217,47 @@ async def test_a_batch_is_taken_when_full_and_a_key_takes_it_first_in_order():
     assert seen == [*waiting, (rtp.WAKE_DIGIT, "5")]
 
 
-async def test_a_batch_is_taken_by_time_when_the_callers_audio_stops():
-    import asyncio
-
+async def test_a_batch_is_taken_by_the_sweeper_when_the_callers_audio_stops():
     from media.rtp import RtpSender
 
     peer = ("127.0.0.1", 4000)
-    one = leg()
+    sweeper = rtp.BatchSweeper(period=3600)  # swept by hand below, not by its timer
+    one = RtpLeg(lambda kind, value: None, name="t", sweeper=sweeper)
     one.peer = peer
     taking = TakingSession()
     one.begin(cast(CallSession, taking))
     sender = RtpSender()
     for n in range(5):  # the first, then four that wait in the batch
         one.received(sender.packet(bytes([n]) * 160), peer)
+    sweeper.sweep()  # the batch may have just begun: it is left to fill
     assert taking.frames == []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30  # the timer is BATCH_SECONDS; a busy machine may be later
-    while len(taking.frames) < 5 and loop.time() < deadline:
-        await asyncio.sleep(rtp.BATCH_SECONDS / 4)
+    sweeper.sweep()  # still the same batch, a whole period later: taken
     assert [payload[0] for _, payload in taking.frames] == [0, 1, 2, 3, 4]
+    # A flowing stream: each batch is taken when full, between two sweeps, so a sweep finds a
+    # batch it has not seen before and leaves it.
+    for _ in range(3):
+        for n in range(rtp.BATCH_PACKETS):
+            one.received(sender.packet(bytes([n]) * 160), peer)
+        one.received(sender.packet(b"\x99" * 160), peer)  # the next batch's first packet
+        taken = len(taking.frames)
+        sweeper.sweep()
+        assert len(taking.frames) == taken
+    one.flush()
+    sweeper.sweep()  # a leg that has ended is no longer swept
+    assert len(taking.frames) == 5 + 3 * (rtp.BATCH_PACKETS + 1)
+
+
+async def test_the_sweeper_runs_while_a_leg_takes_audio_and_stops_when_none_does():
+    import asyncio
+
+    sweeper = rtp.BatchSweeper(period=0.001)
+    swept = asyncio.Event()
+    sweep = sweeper.sweep
+    sweeper.sweep = lambda: (sweep(), swept.set())  # type: ignore[method-assign]
+    one = RtpLeg(lambda kind, value: None, name="t", sweeper=sweeper)
+    one.begin(cast(CallSession, TakingSession()))
+    await asyncio.wait_for(swept.wait(), 30)
+    one.flush()
+    swept.clear()
+    await asyncio.wait_for(swept.wait(), 30)  # the sweep after the leg left: the last one
+    assert sweeper._timer is None

@@ -49,7 +49,8 @@ DRAIN_ROUNDS = 10
 # objects are then touched once per batch rather than once per packet, which under load is much
 # of a packet's cost. A packet that is not audio in order (a key, a marker, a gap), a prompt
 # playing, or an event for the flow (``catch_up``) takes the batch at once, so nothing is
-# reordered and the flow never sees an event before the audio that arrived before it.
+# reordered and the flow never sees an event before the audio that arrived before it. Should
+# the caller's audio stop, ``BatchSweeper`` takes the batch within BATCH_SECONDS.
 BATCH_PACKETS = 10
 BATCH_SECONDS = BATCH_PACKETS * FRAME_MS / 1000
 # What an audio packet's second byte is when it continues a stream: no marker, PCMU.
@@ -89,6 +90,47 @@ class RtpPort(asyncio.DatagramProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+class BatchSweeper:
+    """Takes the batches the caller's audio stopped filling, for every leg of a platform with
+    one timer: each ``sweep`` (every BATCH_SECONDS / 2) takes the batch a leg still had at the
+    sweep before, so no batch waits longer than BATCH_SECONDS. In a flowing stream every batch
+    fills, and is taken, within that time and a sweep finds nothing to take. (A timer armed per
+    batch cost about 4 % of the service's CPU at 250 calls, in a ``perf`` profile.)"""
+
+    def __init__(self, period: float = BATCH_SECONDS / 2) -> None:
+        self.period = period
+        # Each leg taking audio, and the batch it had at the last sweep (a new list is made
+        # whenever one is taken, so the same list means the same batch).
+        self._seen: dict[RtpLeg, list[bytes] | None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, leg: RtpLeg) -> None:
+        self._seen[leg] = None
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.period, self._tick)
+
+    def discard(self, leg: RtpLeg) -> None:
+        self._seen.pop(leg, None)
+
+    def sweep(self) -> None:
+        seen = self._seen
+        for leg, before in seen.items():
+            batch = leg._batch
+            if batch and batch is before:
+                leg.catch_up()
+                batch = leg._batch
+            seen[leg] = batch
+
+    def _tick(self) -> None:
+        self._timer = None
+        try:
+            self.sweep()
+        except Exception:  # one call's failure must not stop the sweeps of the others
+            log.exception("RTP batch sweep failed")
+        if self._seen:
+            self._timer = asyncio.get_running_loop().call_later(self.period, self._tick)
 
 
 class PortRange:
@@ -135,6 +177,7 @@ class RtpLeg:
 
     wake: Callable[[str, object], None]
     name: str = ""  # for the log: the call id once known
+    sweeper: BatchSweeper | None = None  # takes a batch that audio stopped filling
     session: CallSession | None = None  # set by ``begin``; audio before it waits in ``early``
     port: int | None = None
     protocol: RtpPort | None = None
@@ -187,9 +230,6 @@ class RtpLeg:
             or data[1:2] != _IN_STREAM_AUDIO
         ):
             self.catch_up()
-        elif len(batch) == 1:
-            # Should the caller's audio stop here, the batch is taken by time all the same.
-            asyncio.get_running_loop().call_later(BATCH_SECONDS, self.catch_up)
 
     def catch_up(self) -> None:
         """Take the packets waiting in the batch. The session calls it before it gives the flow
@@ -200,17 +240,25 @@ class RtpLeg:
             return
         self._batch = []
         base = self.media_base_ms
-        push_plain, audio = self.jitter.push_plain, session.audio
+        jitter = self.jitter
+        step = jitter.frame_ms
         last_ms = -1  # the start of the last frame taken here
-        for data in batch:
-            # Nearly every packet is the next one in order: taken here without parsing it
-            # into objects; ``_take`` does the rest (and sets ``media_base_ms`` at the first).
-            if base is not None and (ms := push_plain(data)) >= 0:
-                last_ms = base + ms
-                audio(TRACK_CALLER, last_ms, data[HEADER_BYTES:])
-            else:
-                self._take(session, data)
-                base = self.media_base_ms
+        i, n = 0, len(batch)
+        while i < n:
+            # Nearly every packet is the next one in order: the batch is then one run, taken
+            # without parsing a packet into objects; ``_take`` does the rest (and sets
+            # ``media_base_ms`` at the first).
+            if base is not None:
+                count, first_ms = jitter.push_run(batch, i)
+                if count:
+                    run = [data[HEADER_BYTES:] for data in batch[i : i + count]]
+                    session.audio_run(TRACK_CALLER, base + first_ms, step, run)
+                    last_ms = base + first_ms + (count - 1) * step
+                    i += count
+                    continue
+            self._take(session, batch[i])
+            base = self.media_base_ms
+            i += 1
         now = session.at((last_ms + FRAME_MS) / 1000) if last_ms >= 0 else session.now
         deadline = session.flow.deadline
         if (self.playback is not None or (deadline is not None and now >= deadline)) and (
@@ -224,6 +272,8 @@ class RtpLeg:
         before it (``early``)."""
         self.session = session
         session.before_event = self.catch_up
+        if self.sweeper is not None:
+            self.sweeper.add(self)
         early, self.early = self.early, []
         for data in early:
             self.packets += 1
@@ -306,6 +356,8 @@ class RtpLeg:
         """No more audio is taken; what the jitter buffer still holds goes to the session."""
         self.catch_up()
         self.closed = True
+        if self.sweeper is not None:
+            self.sweeper.discard(self)
         session = self.session
         if session is not None and self.media_base_ms is not None:
             for frame in self.jitter.flush():
@@ -314,6 +366,8 @@ class RtpLeg:
     async def close(self) -> None:
         """Log the leg's losses and free its port."""
         self.closed = True
+        if self.sweeper is not None:
+            self.sweeper.discard(self)
         if self.session is not None:
             stats = self.jitter.stats
             log.info(

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -234,6 +234,34 @@ class CallSession:
         else:
             self._base_ms = call_ms
             self.audio(track, call_ms, payload)
+
+    def audio_run(self, track: int, call_ms: int, step_ms: int, payloads: Sequence[bytes]) -> None:
+        """Frames ``payloads``, the first at ``call_ms`` and each next one ``step_ms`` later:
+        what ``audio`` would do with each, with the gate checked once (the flow changes only
+        through ``handle``, never during a run) and the recording's frames taken by the writer
+        a run at a time."""
+        rec = self.recording
+        base = self._base_ms
+        n = len(payloads)
+        offset = call_ms - base if base is not None else -1
+        if (
+            rec is None
+            or offset < 0  # before the recording's start (put at zero) or none yet
+            or offset + (n - 1) * step_ms > self._max_offset_ms
+            or not self.flow.recording
+        ):
+            for i in range(n):
+                self.audio(track, call_ms + i * step_ms, payloads[i])
+            return
+        stats, append_run = self.stats, rec.append_run
+        i = 0
+        while i < n:
+            taken = append_run(track, offset + i * step_ms, step_ms, payloads, i)
+            stats.frames_stored += taken
+            i += taken
+            if i < n:  # starts a chunk, seals one or is refused: ``audio`` knows what to do
+                self.audio(track, call_ms + i * step_ms, payloads[i])
+                i += 1
 
     def dropped(self) -> None:
         """A frame the platform dropped before ``audio()`` (out of order, a broken sequence

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from ivr.calls import CallRegistry
-from ivr.calls.rtp import PortRange
+from ivr.calls.rtp import BatchSweeper, PortRange
 from ivr.config import Config
 from ivr.log_limits import Warnings
 from ivr.platforms.asterisk import ari
@@ -70,6 +70,7 @@ class AriApplication:
         self.rtp_ports = PortRange(
             self.settings.rtp_bind, self.settings.rtp_port_min, self.settings.rtp_port_max
         )
+        self.rtp_batches = BatchSweeper()  # one timer for every call's RTP batches
         # Made here, so every field is valid from construction (which therefore happens inside
         # the running loop, in the service's asterisk step); start() only begins listening.
         self._session = aiohttp.ClientSession()

@@ -75,7 +75,7 @@ class AriCall:
     reported: dict[str, str] = field(default_factory=dict)  # the outcome variables set
 
     def __post_init__(self) -> None:
-        self.rtp = RtpLeg(self.post, name=f"ari:{self.caller.id}")
+        self.rtp = RtpLeg(self.post, name=f"ari:{self.caller.id}", sweeper=self.app.rtp_batches)
 
     @property
     def session(self) -> CallSession | None:
