@@ -7,6 +7,10 @@ Asterisk (one UDP socket per call: parse, append, seal, write). The service is a
 started here with a fresh data directory (for Asterisk with ``examples/asterisk-demo.toml``,
 its ``[asterisk] url`` at ``--ari-listen``), or the one at ``--url``.
 
+With ``--side-by-side`` the reference is loaded at the same time as the service, from the same
+process, so that both see the machine at the same speed (it drifts by 10 to 20 % between runs a
+minute apart, on the machine this project is measured on).
+
 For each of ``--repeats`` runs it prints the CPU lines of both and their ratio (service / bare,
 CPU seconds per call-minute over the window when every call streams, or the whole streaming
 phase when that is too short), the latency percentiles, and the growth of resident memory per
@@ -337,12 +341,28 @@ async def run_reference(
 
 # -- the runs ---------------------------------------------------------------------------------
 async def one_run(
-    platform: str, options: Options, ports: str, pid: int | None, idle_rss: int | None, loop: str
+    platform: str,
+    options: Options,
+    ports: str,
+    pid: int | None,
+    idle_rss: int | None,
+    loop: str,
+    side_by_side: bool = False,
 ) -> dict[str, Any]:
-    """The load test against the service, then the same load against the bare reference. The
-    service's memory per call is its peak above ``idle_rss``, its size before the first run
-    (a later run reuses what an earlier one left allocated)."""
-    report, rss = await rss_growth(pid, run(DRIVERS[platform], options), idle_rss)
+    """The load test against the service, then the same load against the bare reference (with
+    ``side_by_side``, both at once, from this one process). The service's memory per call is
+    its peak above ``idle_rss``, its size before the first run (a later run reuses what an
+    earlier one left allocated)."""
+    reference: asyncio.Task[dict[str, Any]] | None = None
+    if side_by_side:
+        reference = asyncio.ensure_future(run_reference(platform, options, ports, loop))
+    try:
+        report, rss = await rss_growth(pid, run(DRIVERS[platform], options), idle_rss)
+    except BaseException:
+        if reference is not None:
+            reference.cancel()
+            await asyncio.gather(reference, return_exceptions=True)
+        raise
     service = report["service"]
     record: dict[str, Any] = {
         "calls_completed": report["calls_completed"],
@@ -360,6 +380,7 @@ async def one_run(
         **{k: v for k, v in report.items() if k.endswith(("_p50_ms", "_p99_ms"))},
         "service_rss_kib_per_call": rss / options.calls if rss is not None else None,
         "bare_rss_kib_per_call": None,
+        "windows_overlap": None,
         "reference": None,
         "reference_error": None,
         "service": service,
@@ -368,11 +389,13 @@ async def one_run(
     lag = DRIVERS[platform].lag[0]  # the end-of-call lag
     record[f"{lag.removesuffix('_ms')}_p99_ms"] = service[lag]["p99"]
     key, why = NEEDS[platform]
-    if not service[key]:
+    if not service[key] and reference is None:
         record["reference_error"] = f"skipped: {why}"
     else:
         try:
-            record["reference"] = ref = await run_reference(platform, options, ports, loop)
+            record["reference"] = ref = await (
+                reference or run_reference(platform, options, ports, loop)
+            )
         except (CallFailed, RuntimeError, TimeoutError, aiohttp.ClientError, KeyError) as exc:
             record["reference_error"] = str(exc) or type(exc).__name__
         else:
@@ -390,10 +413,22 @@ async def one_run(
                 round(whole / bare_whole, 3) if whole and bare_whole else None
             )
             record["bare_rss_kib_per_call"] = ref["rss_kib_per_call"]
+            record["windows_overlap"] = overlap(report["service"]["cost"], ref["cost"])
             record["errors"] = (record["errors"] + ref["errors"])[:5]
     ref = record["reference"]
     record["ok"] = bool(report["ok"] and ref and ref["streams_failed"] == 0)
     return record
+
+
+def overlap(one: dict[str, Any], other: dict[str, Any]) -> float | None:
+    """How much of the shorter of two CPU windows the other covers (0 to 1): about 1 when the
+    service and the reference ran side by side, 0 when one ran after the other."""
+    if not (one.get("window") and other.get("window")):
+        return None
+    start = max(one["window_from"], other["window_from"])
+    end = min(one["window_to"], other["window_to"])
+    shorter = min(one["window_s"], other["window_s"])
+    return round(max(0.0, end - start) / shorter, 3) if shorter > 0 else None
 
 
 def per_core(cpu_per_call_minute: float | None) -> int | None:
@@ -452,6 +487,14 @@ def run_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
         )
         ratio, whole = record["cpu_ratio"], record["whole_call_ratio"]
         rows.append(("cpu ratio", f"{ratio:.2f} (service / bare, steady)" if ratio else "-"))
+        if record["windows_overlap"] is not None:
+            rows.append(
+                (
+                    "  windows overlap",
+                    f"{record['windows_overlap']:.0%} (of the shorter CPU window: "
+                    "how far the two were measured at the same time)",
+                )
+            )
         rows.append(
             (
                 "whole-call ratio",
@@ -508,7 +551,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         runs = []
         for i in range(args.repeats):
             print(f"bench-calls: run {i + 1}/{args.repeats}", file=sys.stderr)
-            runs.append(await one_run(args.platform, options, ports, pid, idle_rss, loop))
+            runs.append(
+                await one_run(args.platform, options, ports, pid, idle_rss, loop, args.side_by_side)
+            )
             last = runs[-1]
             print(f"bench-calls: cpu ratio {fmt(last['cpu_ratio'])}", file=sys.stderr)
     return {
@@ -519,6 +564,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "event_loop": loop,
         "duration_s": options.duration,
         "repeats": args.repeats,
+        "side_by_side": args.side_by_side,
         "runs": runs,
         "summary": summary(runs),
         "ok": all(r["ok"] for r in runs),
@@ -548,6 +594,14 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         help="ivr serve --workers N (default 1): the service's CPU and memory are those of all "
         "its processes; the reference stays one process",
+    )
+    p.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="load the reference at the same time as the service (the same generator process "
+        "drives both), so that the machine's speed, which drifts between runs a minute apart, "
+        "is the same for both; for loads the machine carries twice over with room to spare "
+        "(Asterisk at 250 calls: about half a core in all)",
     )
     p.add_argument(
         "--bare-ports",
@@ -582,7 +636,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i, r in enumerate(result["runs"])
             for row in [("run", f"{i + 1} of {n}"), *run_rows(r)]
         ]
-        print(aligned([("event loop", result["event_loop"]), *rows, *summary_rows(result)]))
+        reference = "at the same time" if result["side_by_side"] else "after the service"
+        head = [("event loop", result["event_loop"]), ("reference loaded", reference)]
+        print(aligned([*head, *rows, *summary_rows(result)]))
     return 0 if result["ok"] else 1
 
 

@@ -8,6 +8,7 @@ import asyncio
 import importlib.util
 import json
 import random
+import re
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -155,8 +156,13 @@ async def test_asterisk_against_the_service_and_the_bare_rtp_server(
         _check_runs(result, 4, 75)
         assert result["runs"][0]["reference"]["ports"] == f"{bare_low}-{bare_high}"
         assert result["runs"][0]["ari_setup_p99_ms"] is not None
-        code, out = await _bench(*args[:-2], "--repeats", "2")  # the text report
+        assert result["runs"][0]["windows_overlap"] == 0  # the reference came after
+        # The text report, with the reference loaded at the same time as the service.
+        code, out = await _bench(*args[:-2], "--repeats", "2", "--side-by-side")
         assert code == 0, out
+        assert "reference loaded" in out and "at the same time" in out
+        overlaps = re.findall(r"windows overlap +(\d+)%", out)
+        assert len(overlaps) == 2 and all(int(o) > 0 for o in overlaps), out
         assert out.count("cpu ratio") == 3 and "(service / bare, steady)" in out
         assert (
             out.count("whole-call ratio") == 2 and out.count("calls per core") == 4

@@ -261,3 +261,24 @@ async def test_the_sweeper_runs_while_a_leg_takes_audio_and_stops_when_none_does
     swept.clear()
     await asyncio.wait_for(swept.wait(), 30)  # the sweep after the leg left: the last one
     assert sweeper._timer is None
+
+
+def test_audio_is_let_in_only_from_the_announced_peer():
+    from media.rtp import RtpSender
+
+    sender = RtpSender()
+    cases = [  # (the peer announced, where a packet came from, let in)
+        (("127.0.0.1", 4000), ("127.0.0.1", 4000), True),
+        (("127.0.0.1", 4000), ("127.0.0.2", 4000), False),  # another host
+        (("127.0.0.1", 4000), ("127.0.0.1", 4001), False),  # another port
+        (("0.0.0.0", 4000), ("10.1.2.3", 4000), True),  # any host, this port
+        (("0.0.0.0", 4000), ("10.1.2.3", 4001), False),
+        (("::1", 4000), ("::1", 4000, 0, 0), True),  # IPv6 addresses carry two more fields
+        (("::1", 4000), ("::2", 4000, 0, 0), False),
+        (None, ("127.0.0.1", 4000), False),  # no peer announced yet
+    ]
+    for peer, source, let_in in cases:
+        one = leg()
+        one.peer = peer
+        one.received(sender.packet(bytes(160)), source)
+        assert (len(one.early), one.strangers) == ((1, 0) if let_in else (0, 1)), (peer, source)

@@ -202,7 +202,7 @@ class RtpLeg:
         """The per-packet path, taken synchronously (no queue, no task switch): the audio
         gate and the jitter buffer need no awaiting."""
         peer = self.peer
-        if (
+        if addr != peer and (  # the peer's very address (IPv4) is one comparison
             peer is None
             or addr[1] != peer[1]
             or (peer[0] not in ANY_ADDRESS and addr[0] != peer[0])

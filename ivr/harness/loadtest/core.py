@@ -313,6 +313,9 @@ class StreamRun:
         return {
             "window": window,
             "window_s": round(wall, 3),
+            # On the event loop's clock: loads run side by side in one process share it.
+            "window_from": round(a[0], 3),
+            "window_to": round(b[0], 3),
             "call_minutes": round(call_s / 60, 3),
             "concurrent_calls": round(call_s / wall, 1),
             "server_cpu_s": round(cpu, 3),
