@@ -8,8 +8,8 @@ started here with a fresh data directory (for Asterisk with ``examples/asterisk-
 its ``[asterisk] url`` at ``--ari-listen``), or the one at ``--url``.
 
 With ``--side-by-side`` the reference is loaded at the same time as the service, from the same
-process, so that both see the machine at the same speed (it drifts by 10 to 20 % between runs a
-minute apart, on the machine this project is measured on).
+process, so that both see the machine at the same speed (it drifts between runs a minute apart:
+README "Performance"), though they then contend for it.
 
 For each of ``--repeats`` runs it prints the CPU lines of both and their ratio (service / bare,
 CPU seconds per call-minute over the window when every call streams, or the whole streaming

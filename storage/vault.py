@@ -830,6 +830,12 @@ class Recording:
     def failed(self) -> bool:
         return self._blob.error is not None
 
+    def take_dropped(self) -> int:
+        """Frames ``append`` took that a failed write then lost with their chunk: how many
+        since the last call (a write fails once; the writer takes nothing after it)."""
+        dropped, self._writer.frames_dropped = self._writer.frames_dropped, 0
+        return dropped
+
     def flush(self) -> None:
         """Seal buffered audio now, e.g. when a stream has gone quiet."""
         if self._blob.error is None:

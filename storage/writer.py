@@ -54,6 +54,7 @@ class EncryptingWriter:
         "chunks_sealed",
         "closed",
         "failure",
+        "frames_dropped",
         "header",
         "last_frame",
     )
@@ -90,6 +91,8 @@ class EncryptingWriter:
         # What the sink raised, once it failed: every later append raises it at once, so that
         # nothing is buffered or sealed for a disk that cannot take it.
         self.failure: Exception | None = None
+        # The frames of the chunk whose write failed: taken by ``append``, never written.
+        self.frames_dropped = 0
         # The header goes out with the first chunk: constructing a writer does no I/O, so a
         # full disk shows up where every other write failure does, when a chunk is sealed.
         self._unwritten_header = self._aad
@@ -200,7 +203,6 @@ class EncryptingWriter:
             data = seal_chunk(
                 self._aead, self._aad, self._prefix, self.chunks_sealed, final, plaintext
             )
-        buf.clear()
         self.chunks_sealed += 1
         if self._unwritten_header:
             data = self._unwritten_header + data
@@ -210,7 +212,20 @@ class EncryptingWriter:
         except Exception as exc:
             # The sink keeps what it took whole (a blob cuts back to its last chunk); this
             # writer takes nothing more, so a full disk costs no memory however long it lasts.
+            # The chunk's frames were taken but never written: say how many, for the counts.
+            self.frames_dropped = frame_count(buf)
             self.failure = exc
             self.closed = True
             self._forget()
             raise
+        buf.clear()
+
+
+def frame_count(chunk: bytes | bytearray) -> int:
+    """How many frames a chunk's plaintext holds (each a ``FRAME_HEAD`` and its payload)."""
+    count = offset = 0
+    while offset < len(chunk):
+        _, _, length = FRAME_HEAD.unpack_from(chunk, offset)
+        offset += FRAME_HEAD.size + length
+        count += 1
+    return count

@@ -437,13 +437,13 @@ async def test_audio_in_runs_is_audio_frame_by_frame(registry, case):
                 assert case == "disk full"
         stored.append(frames)
     assert stored[1] == stored[0]
-    # Frames the writer took, and frames in the blob: with a full disk the second chunk's
-    # seal fails, so the second second of audio was taken but never reached the disk.
+    # Frames counted as stored, and frames in the blob: with a full disk the second chunk's
+    # write fails, and its frames, taken by the writer, are counted as lost, not stored.
     expected = {
         "before consent": (0, 0),
         "chunks": (300, 300),
         "before the first frame": (301, 301),
         "past the maximum": (101, 101),  # 0 to 2,000 ms
-        "disk full": (100, 50),
+        "disk full": (50, 50),
     }[case]
     assert (one.stats.frames_stored, len(stored[0])) == expected

@@ -432,6 +432,7 @@ def test_append_run_writes_what_append_writes_byte_for_byte(runs, interval, chun
         assert append_in_runs(in_runs, run) == append_each(each, run)
         assert run_sink.writes == each_sink.writes
         assert (in_runs.buffered, in_runs.closed) == (each.buffered, each.closed)
+        assert in_runs.frames_dropped == each.frames_dropped
     for writer in (each, in_runs):
         with contextlib.suppress(OSError):
             writer.close()
@@ -461,3 +462,27 @@ def test_a_refused_frame_leaves_the_chunk_as_it_was():
     writer.close()
     assert writer.last_frame == (0, 160)
     assert read_all(bytes(sink.data)) == [(0, 0, b"\x01" * 160)]
+
+
+def test_a_chunk_that_cannot_be_written_says_how_many_frames_it_held():
+    sink = FailingAfter(1)  # the header and the first chunk, then a full disk
+    writer = EncryptingWriter(header(chunk_interval_ms=100), DEK, sink)
+    for i in range(5):  # 0 to 80 ms: the first chunk
+        writer.append(i % 2, i * 20, b"\x01" * 160)
+    assert writer.frames_dropped == 0
+    for i in range(5, 12):  # 100 ms seals the first chunk; 200 ms fails to write the second
+        with contextlib.suppress(OSError):
+            writer.append(i % 2, i * 20, b"\x02" * (i * 10))
+    assert writer.closed and writer.frames_dropped == 5  # 100 to 180 ms
+    assert read_all_until_failure(bytes(sink.data)) == [
+        (i % 2, i * 20, b"\x01" * 160) for i in range(5)
+    ]
+
+
+def read_all_until_failure(blob: bytes) -> list:
+    reader = RecordingReader(io.BytesIO(blob), DEK, "rec_test")
+    frames = []
+    with contextlib.suppress(FormatError):
+        for f in reader.frames():
+            frames.append((f.track, f.timestamp_ms, f.payload))
+    return frames

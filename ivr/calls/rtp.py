@@ -97,7 +97,7 @@ class BatchSweeper:
     one timer: each ``sweep`` (every BATCH_SECONDS / 2) takes the batch a leg still had at the
     sweep before, so no batch waits longer than BATCH_SECONDS. In a flowing stream every batch
     fills, and is taken, within that time and a sweep finds nothing to take. (A timer armed per
-    batch cost about 4 % of the service's CPU at 250 calls, in a ``perf`` profile.)"""
+    batch meant 1,250 timers a second at 250 calls, each made, queued and fired by the loop.)"""
 
     def __init__(self, period: float = BATCH_SECONDS / 2) -> None:
         self.period = period

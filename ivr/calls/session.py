@@ -285,6 +285,11 @@ class CallSession:
     def _lost(self, exc: Exception) -> None:
         self.stats.frames_lost += 1
         self.stats.vault_errors += 1
+        if self.recording is not None:
+            # The frames of the chunk whose write failed were counted as stored when taken.
+            dropped = self.recording.take_dropped()
+            self.stats.frames_stored -= dropped
+            self.stats.frames_lost += dropped
         if self.stats.frames_lost == 1:
             log.error("call %s: frame not stored: %s", self.call_id, exc)
 
