@@ -116,19 +116,20 @@ class BatchSweeper:
 
     def sweep(self) -> None:
         seen = self._seen
-        for leg, before in seen.items():
+        for leg, before in list(seen.items()):
             batch = leg._batch
             if batch and batch is before:
-                leg.catch_up()
+                try:
+                    leg.catch_up()
+                except Exception:  # one call's failure must not stop the others' sweeps
+                    log.exception("call %s: taking its RTP batch failed", leg.name)
                 batch = leg._batch
-            seen[leg] = batch
+            if leg in seen:  # not discarded meanwhile (its call ended)
+                seen[leg] = batch
 
     def _tick(self) -> None:
         self._timer = None
-        try:
-            self.sweep()
-        except Exception:  # one call's failure must not stop the sweeps of the others
-            log.exception("RTP batch sweep failed")
+        self.sweep()
         if self._seen:
             self._timer = asyncio.get_running_loop().call_later(self.period, self._tick)
 
