@@ -222,7 +222,9 @@ class EncryptingWriter:
 
 
 def frame_count(chunk: bytes | bytearray) -> int:
-    """How many frames a chunk's plaintext holds (each a ``FRAME_HEAD`` and its payload)."""
+    """How many frames a chunk's plaintext holds (each a ``FRAME_HEAD`` and its payload).
+    Not ``storage.format.parse_frames``: that copies every payload out, and this runs on
+    plaintext the writer is about to overwrite (``_forget``) so as not to leave it in memory."""
     count = offset = 0
     while offset < len(chunk):
         _, _, length = FRAME_HEAD.unpack_from(chunk, offset)
