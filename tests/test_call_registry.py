@@ -447,3 +447,18 @@ async def test_audio_in_runs_is_audio_frame_by_frame(registry, case):
         "disk full": (50, 50),
     }[case]
     assert (one.stats.frames_stored, len(stored[0])) == expected
+
+
+async def test_a_last_chunk_the_disk_refuses_at_the_close_is_counted_as_lost(registry):
+    call = await open_call(registry, MESSAGE_LINE)
+    session = registry.begin(call)
+    await carry_out(call, RecordingWire(), await session.start())
+    await session.handle(DigitPressed(at=session.at(1.0), digit="1"))
+    rec = session.recording
+    rec._writer._sink = FailingSink(rec._writer._sink, good=1)
+    for i in range(60):  # 1.2 s: the first second is written when frame 50 comes
+        session.audio(0, 2_000 + 20 * i, bytes([i]) * 160)
+    assert (session.stats.frames_stored, session.stats.frames_lost) == (60, 0)
+    await registry.finish(call, "caller hung up")  # the last chunk's write fails
+    assert (session.stats.frames_stored, session.stats.frames_lost) == (50, 10)
+    assert row(registry, call)["ended_at"]

@@ -286,12 +286,16 @@ class CallSession:
         self.stats.frames_lost += 1
         self.stats.vault_errors += 1
         if self.recording is not None:
-            # The frames of the chunk whose write failed were counted as stored when taken.
-            dropped = self.recording.take_dropped()
-            self.stats.frames_stored -= dropped
-            self.stats.frames_lost += dropped
+            self._count_dropped(self.recording)
         if self.stats.frames_lost == 1:
             log.error("call %s: frame not stored: %s", self.call_id, exc)
+
+    def _count_dropped(self, rec: Recording) -> None:
+        """The frames of a chunk whose write failed (mid-call, or the last one at the close)
+        were counted as stored when the writer took them: they are lost."""
+        dropped = rec.take_dropped()
+        self.stats.frames_stored -= dropped
+        self.stats.frames_lost += dropped
 
     def call_time(self) -> float:
         """The call time now (see the module docstring): the latest media time or the wall
@@ -388,6 +392,8 @@ class CallSession:
         except (VaultError, OSError) as exc:
             log.error("call %s: recording %s not finalised: %s", self.call_id, rec.id, exc)
             return
+        finally:
+            self._count_dropped(rec)
         log.info(
             "call %s: recording %s %s (%s; %d frames)",
             self.call_id,
