@@ -301,11 +301,11 @@ def test_a_prompt_is_paced_by_call_time():
 
 
 def test_every_call_playing_a_prompt_shares_its_frames():
-    from ivr.calls.playback import PacedPrompt, rtp_frames
+    from ivr.calls.playback import PacedPrompt, shared_frames
 
     prompt = Prompt("p", "en", "t", bytes(range(160)) * 16, "", 320, "test")
     one, two = PacedPrompt.start(prompt, 1, 0.0), PacedPrompt.start(prompt, 2, 5.0)
-    assert one.frames is two.frames is rtp_frames(prompt)
+    assert one.frames is two.frames is shared_frames(prompt)
     assert b"".join(one.due(1.0))[: len(prompt.ulaw)] == prompt.ulaw
 
 

@@ -1,7 +1,8 @@
 """Prompt audio on a Twilio stream goes out paced by call time, not all at once.
 
 The service sends PROMPT_LEAD_SECONDS of prompt audio ahead of call time, a batch every
-PROMPT_BATCH_SECONDS of it, and each prompt's mark after its last frame; a key that stops the
+PROMPT_BATCH_SECONDS of it (one media message per batch), and each prompt's mark after its last
+frame; a key that stops the
 prompt gets the mark and a ``clear`` at once, and nothing more of the prompt. These tests play
 Twilio on a raw websocket: every step is acknowledged by a ping answered in order (the stream
 is read one message at a time, so a pong means everything before the ping was acted on).
@@ -9,6 +10,7 @@ is read one message at a time, so a pong means everything before the ping was ac
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -35,6 +37,13 @@ async def until_pong(ws: aiohttp.ClientWebSocketResponse, data: bytes) -> list[d
 
 
 def media_frames(seen: list[dict]) -> int:
+    """The 20 ms frames of prompt audio in ``seen``, whatever messages carried them."""
+    audio = sum(len(base64.b64decode(m["media"]["payload"])) for m in seen if m["event"] == "media")
+    assert audio % 160 == 0, audio
+    return audio // 160
+
+
+def media_messages(seen: list[dict]) -> int:
     return sum(1 for m in seen if m["event"] == "media")
 
 
@@ -53,8 +62,9 @@ async def test_the_prompt_goes_out_a_lead_ahead_of_call_time(service):
     lead = round(twilio_app.PROMPT_LEAD_SECONDS / FRAME_S)
     async with consent_stream(url) as ws:
         first = await until_pong(ws, b"start")
-        # At call time 0: the frame whose slot starts now and the lead after it.
-        assert [m["event"] for m in first] == ["media"] * (lead + 1)
+        # At call time 0: the frame whose slot starts now and the lead after it, in one message.
+        assert [m["event"] for m in first] == ["media"]
+        assert media_frames(first) == lead + 1
         # One second of the caller's audio moves call time on: the lead follows it, in
         # batches.
         for n in range(50):
@@ -63,6 +73,8 @@ async def test_the_prompt_goes_out_a_lead_ahead_of_call_time(service):
         sent = lead + 1 + media_frames(later)
         batch = round(twilio_app.PROMPT_BATCH_SECONDS / FRAME_S)
         assert round(1.0 / FRAME_S) - batch + lead <= sent <= round(1.0 / FRAME_S) + lead + 1
+        # A message a batch, not a message a frame.
+        assert 1.0 / twilio_app.PROMPT_BATCH_SECONDS - 1 <= media_messages(later) <= 6
         assert not any(m["event"] == "mark" for m in later)
         # Call time runs on to the prompt's end: the rest of it, then its mark.
         seq, ts = 52, 1000
@@ -78,6 +90,18 @@ async def test_the_prompt_goes_out_a_lead_ahead_of_call_time(service):
         total = sent + media_frames(seen)
         assert total > 3 * lead  # a prompt of seconds, not one batch
         assert [m["event"] for m in seen][-1] == "mark"
+
+
+async def test_a_batch_longer_than_a_message_holds_is_split(service, monkeypatch):
+    """A late wake-up (or the first batch) owing more frames than PROMPT_MESSAGE_FRAMES sends
+    them in messages of at most that many, in order."""
+    monkeypatch.setattr(twilio_app, "PROMPT_MESSAGE_FRAMES", 4)
+    _, url = service
+    lead = round(twilio_app.PROMPT_LEAD_SECONDS / FRAME_S)
+    async with consent_stream(url) as ws:
+        first = await until_pong(ws, b"start")
+        sizes = [media_frames([m]) for m in first]
+        assert sizes == [4] * ((lead + 1) // 4) + [(lead + 1) % 4] * bool((lead + 1) % 4)
 
 
 async def test_a_key_during_the_prompt_sends_its_mark_and_a_clear_and_no_more_of_it(service):
@@ -109,6 +133,6 @@ async def test_a_stream_that_goes_quiet_is_paced_by_wall_time(service, monkeypat
         frames = 0
         async for msg in ws:  # sent by the timer alone, as wall time passes
             assert msg.type == aiohttp.WSMsgType.TEXT, msg
-            frames += json.loads(msg.data)["event"] == "media"
-            if frames == 20:  # 0.4 s of the prompt beyond its first batch
+            frames += media_frames([json.loads(msg.data)])
+            if frames >= 20:  # 0.4 s of the prompt beyond its first batch
                 break

@@ -5,8 +5,9 @@ returns; the prompt is over when ``finished``. A frame is due once call time rea
 so a late wake-up sends what it missed at once. RTP sends frames one ahead of the call time
 (``due(now)`` includes the frame whose slot starts now: the next 20 ms is on its way while the
 current one plays); Twilio's Media Streams buffer what they are sent, so a Twilio stream asks a
-few hundred ms ahead (``due(now + lead)``) in batches, which keeps the first frame of every call
-quick to leave under load without sending a whole prompt into one socket at once.
+few hundred ms ahead (``due(now + lead)``) in batches, each sent as one message, which keeps the
+first frame of every call quick to leave under load without sending a whole prompt into one
+socket at once.
 """
 
 from __future__ import annotations
@@ -14,38 +15,31 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
 from media.prompts import Prompt, prompt_frames
 
 FRAME_MS = 20
-F = TypeVar("F")  # a frame as the platform sends it: bytes for RTP, base64 text for Twilio
 
 
 @functools.lru_cache(maxsize=512)
-def rtp_frames(prompt: Prompt) -> tuple[bytes, ...]:
+def shared_frames(prompt: Prompt) -> tuple[bytes, ...]:
     """A prompt's 20 ms frames, made once per prompt and shared by every call playing it."""
     return tuple(prompt_frames(prompt))
 
 
 @dataclass(eq=False)
-class PacedPrompt(Generic[F]):
+class PacedPrompt:
     """One call's place in a prompt's frames, which it shares with every other call (a prompt
     of 24 s is 1,200 frames: copied per call, that would be most of a call's memory)."""
 
     play_id: int
-    frames: Sequence[F]
+    frames: Sequence[bytes]
     started_at: float  # call time of the next frame's slot
     sent: int = 0  # frames sent so far
 
     @classmethod
-    def start(cls, prompt: Prompt, play_id: int, now: float) -> PacedPrompt[bytes]:
-        return PacedPrompt(play_id, rtp_frames(prompt), now)
-
-    @classmethod
-    def of(cls, frames: Sequence[F], play_id: int, now: float) -> PacedPrompt[F]:
-        """Frames already in the platform's form (Twilio's base64 payloads)."""
-        return cls(play_id, frames, now)
+    def start(cls, prompt: Prompt, play_id: int, now: float) -> PacedPrompt:
+        return cls(play_id, shared_frames(prompt), now)
 
     @property
     def finished(self) -> bool:
@@ -55,7 +49,7 @@ class PacedPrompt(Generic[F]):
     def remaining(self) -> int:
         return len(self.frames) - self.sent
 
-    def due(self, now: float) -> Sequence[F]:
+    def due(self, now: float) -> Sequence[bytes]:
         """The frames to send at call time ``now`` (none before their slot)."""
         count = int((now - self.started_at) * 1000 // FRAME_MS) + 1
         if count <= 0:

@@ -183,7 +183,7 @@ class RtpLeg:
     port: int | None = None
     protocol: RtpPort | None = None
     peer: tuple[str, int] | None = None
-    playback: PacedPrompt[bytes] | None = None
+    playback: PacedPrompt | None = None
     sender: RtpSender = field(default_factory=RtpSender)
     jitter: JitterBuffer = field(default_factory=JitterBuffer)
     dtmf: DtmfDetector = field(default_factory=DtmfDetector)

@@ -56,6 +56,10 @@ START_TIMEOUT_SECONDS = 10.0  # Twilio sends connected and start at once
 # the prompt has little to clear. More lead than the load test's fast-mode sync (0.5 s).
 PROMPT_LEAD_SECONDS = 0.6
 PROMPT_BATCH_SECONDS = 0.2
+# The frames a batch holds go out as one media message (a message each would be a socket write
+# each, ten per batch and call), at most this many per message: Twilio's docs set no length on
+# a media payload, and Twilio's own samples send audio in whatever lengths it arrives in.
+PROMPT_MESSAGE_FRAMES = 50
 UNKNOWN_NUMBER_TEXT = "This number is not in service. Goodbye."
 NO_RECORDING_STREAM = "the recording stream never connected"
 # Twilio's webhooks are a few dozen short fields (about 2 KB); a larger body is refused before
@@ -291,7 +295,7 @@ class _Stream:
         self.closed_by_us = False
         # Prompts not yet sent whole, in the order they play: one after the other, as Twilio
         # plays what it is sent.
-        self.playing: deque[PacedPrompt[str]] = deque()
+        self.playing: deque[PacedPrompt] = deque()
         self.pace_at = 0.0  # call time of the next batch of their frames
 
     async def close(self, code: int, reason: str) -> None:
@@ -374,7 +378,7 @@ class _Stream:
             starts = last.started_at + last.remaining * FRAME_MS / 1000
         else:
             starts = now
-        self.playing.append(PacedPrompt.of(tw.encoded_frames(prompt), play_id, starts))
+        self.playing.append(PacedPrompt.start(prompt, play_id, starts))
         await self.pace(now)
 
     async def pace(self, now: float) -> None:
@@ -383,8 +387,10 @@ class _Stream:
         sid, send = self.stream_sid, self.ws.send_str
         while self.playing:
             playing = self.playing[0]
-            for payload in playing.due(now + PROMPT_LEAD_SECONDS):
-                await send(tw.media_message_encoded(sid, payload))
+            due = playing.due(now + PROMPT_LEAD_SECONDS)
+            for first in range(0, len(due), PROMPT_MESSAGE_FRAMES):
+                audio = b"".join(due[first : first + PROMPT_MESSAGE_FRAMES])
+                await send(tw.media_message(sid, audio))
             if not playing.finished:
                 break
             self.playing.popleft()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import json
 import re
 from collections.abc import Mapping
@@ -21,7 +20,6 @@ from xml.etree import ElementTree as ET
 import orjson
 
 from media.dtmf import DIGITS
-from media.prompts import Prompt, prompt_frames
 
 CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
 ACCOUNT_SID = re.compile(r"^AC[0-9a-fA-F]{32}$")
@@ -446,12 +444,9 @@ def _parse_carefully(message: object) -> StreamMessage:
 
 # -- Media Streams: what we send ------------------------------------------------------------------
 def media_message(stream_sid: str, audio: bytes) -> str:
-    return media_message_encoded(stream_sid, base64.b64encode(audio).decode("ascii"))
-
-
-def media_message_encoded(stream_sid: str, payload_b64: str) -> str:
-    """A media message whose payload is already base64 (prompts are encoded once, not per call)."""
-    return f'{{"event":"media","streamSid":"{stream_sid}","media":{{"payload":"{payload_b64}"}}}}'
+    """Audio for Twilio to play, of any length (the prompt goes out a batch of frames a message)."""
+    payload = base64.b64encode(audio).decode("ascii")
+    return f'{{"event":"media","streamSid":"{stream_sid}","media":{{"payload":"{payload}"}}}}'
 
 
 def mark_message(stream_sid: str, name: str) -> str:
@@ -481,9 +476,3 @@ def websocket_base(http_base: str) -> str:
     if http_base.startswith("https://"):
         return "wss://" + http_base[len("https://") :]
     return "ws://" + http_base[len("http://") :]
-
-
-@functools.lru_cache(maxsize=512)
-def encoded_frames(prompt: Prompt) -> tuple[str, ...]:
-    """A prompt's 20 ms frames as media payloads (base64), made once per prompt, not per call."""
-    return tuple(base64.b64encode(f).decode("ascii") for f in prompt_frames(prompt))
