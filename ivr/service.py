@@ -674,6 +674,7 @@ def serve(
     # collector's way for good.
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
+    serving.limit_malloc_arenas()
 
     loop_name, _ = serving.loop_factory(event_loop)
 

@@ -109,6 +109,57 @@ def test_the_event_loop_is_uvloop_where_installed_and_asyncio_on_request(monkeyp
     assert main(["serve", "--loop", "uvloop", "--port", "0"]) == 2  # refused before it starts
 
 
+ARENA_PROBE = """
+import ctypes, sys, threading
+from ivr import serving
+if sys.argv[1] == "capped":
+    assert serving.limit_malloc_arenas()
+barrier = threading.Barrier(4)
+def allocate():
+    barrier.wait()  # all four alive at once, so that none can take over another's arena
+    kept = [bytes(2000) for _ in range(100)]  # above pymalloc's 512 bytes: glibc's malloc
+    barrier.wait()
+threads = [threading.Thread(target=allocate) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+ctypes.CDLL(None).malloc_stats()  # one "Arena N:" paragraph per arena, on stderr
+"""
+
+
+@pytest.mark.parametrize(
+    "mode, operator, arenas",
+    [
+        ("capped", None, serving.MALLOC_ARENAS),
+        ("as glibc likes", None, 5),  # one per thread that allocates, and the main one
+        ("capped", "4", 4),  # an operator's MALLOC_ARENA_MAX stands
+    ],
+)
+def test_threads_share_at_most_two_malloc_arenas(mode, operator, arenas):
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    if operator is not None:
+        env["MALLOC_ARENA_MAX"] = operator
+    run = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE, mode], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert sum(line.startswith("Arena ") for line in run.stderr.splitlines()) == arenas, run.stderr
+
+
+def test_the_arenas_are_capped_before_the_service_starts(monkeypatch, tmp_path):
+    import gc
+
+    from ivr.config.load import DEMO_CONFIG
+    from ivr.service import serve
+
+    calls: list[str] = []
+    monkeypatch.setattr(serving, "limit_malloc_arenas", lambda: calls.append("arenas"))
+    monkeypatch.setattr(serving, "run", lambda *args, **kwargs: calls.append("run"))
+    monkeypatch.setattr(gc, "set_threshold", lambda *args: None)  # the test process's own stay
+    monkeypatch.setattr(gc, "freeze", lambda: None)
+    serve(config=load_config(DEMO_CONFIG), data_dir=tmp_path / "var", host="127.0.0.1", port=0)
+    assert calls == ["arenas", "run"]
+
+
 def test_json_log_lines_are_one_object_each():
     import logging as _logging
 

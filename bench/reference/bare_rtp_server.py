@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import errno
 import gc
 import os
@@ -45,7 +46,7 @@ SEAL_TICKS = 8000  # one second of 8 kHz audio in RTP timestamp units
 RCVBUF_BYTES = 1 << 20  # as the service's RTP sockets
 # Runtime settings are the same on both sides, so that the ratio compares the work done per
 # packet: the collector's thresholds ``ivr serve`` sets (ivr/service.py GC_THRESHOLDS) and what
-# one receive asks of the socket (ivr/calls/rtp.py DATAGRAM_BYTES).
+# one receive asks of the socket (ivr/calls/rtp.py DATAGRAM_BYTES), and at most two malloc arenas.
 GC_THRESHOLDS = (50_000, 50, 100)
 DATAGRAM_BYTES = 64 * 1024
 _HEADER = struct.Struct("!BBHII")
@@ -65,6 +66,13 @@ def parse_ports(text: str) -> tuple[int, int]:
     if not 1 <= low <= high <= 65535:
         raise ValueError(f"{text!r} is not a port range within 1-65535")
     return low, high
+
+
+def limit_malloc_arenas() -> None:
+    """glibc's malloc arenas capped at two, as ``ivr serve`` does (ivr/serving.py
+    ``limit_malloc_arenas``); nothing where the C library is not glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -243,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
+    limit_malloc_arenas()
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         return runner.run(serve(low, high, args.http_port))
 

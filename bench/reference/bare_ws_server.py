@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import binascii
+import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -36,10 +38,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 SEAL_BYTES = 2 * 8000  # one second of two tracks of 8 kHz mu-law
 # Runtime settings are the same on both sides, so that the ratio compares the work done per
 # message: the collector's thresholds ``ivr serve`` sets (ivr/service.py GC_THRESHOLDS) and what
-# it reads from a socket at once (ivr/serving.py READ_BYTES).
+# it reads from a socket at once (ivr/serving.py READ_BYTES), and at most two malloc arenas.
 GC_THRESHOLDS = (50_000, 50, 100)
 READ_BYTES = 64 * 1024
 _STATS = web.AppKey("stats", dict)
+
+
+def limit_malloc_arenas() -> None:
+    """glibc's malloc arenas capped at two, as ``ivr serve`` does (ivr/serving.py
+    ``limit_malloc_arenas``); nothing where the C library is not glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -157,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
+    limit_malloc_arenas()
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         runner.run(serve(args.port))
     return 0
