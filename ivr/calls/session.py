@@ -93,7 +93,7 @@ class CallStats:
         return self.frames_stored + self.frames_refused + self.frames_lost + self.frames_pending
 
 
-@dataclass
+@dataclass(slots=True)  # one per live call: slots, not a dict of some thirty attributes
 class CallSession:
     vault: Vault
     line: Line

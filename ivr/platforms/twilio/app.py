@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -295,7 +295,9 @@ class _Stream:
         self.closed_by_us = False
         # Prompts not yet sent whole, in the order they play: one after the other, as Twilio
         # plays what it is sent.
-        self.playing: deque[PacedPrompt] = deque()
+        # A list, not a deque: it holds a prompt or two, and an empty deque is 600 bytes on
+        # every stream (the recording streams never play).
+        self.playing: list[PacedPrompt] = []
         self.pace_at = 0.0  # call time of the next batch of their frames
 
     async def close(self, code: int, reason: str) -> None:
@@ -393,7 +395,7 @@ class _Stream:
                 await send(tw.media_message(sid, audio))
             if not playing.finished:
                 break
-            self.playing.popleft()
+            del self.playing[0]
             await send(tw.mark_message(sid, tw.play_mark(playing.play_id)))
         self.pace_at = now + PROMPT_BATCH_SECONDS
 
@@ -403,7 +405,7 @@ class _Stream:
         # What is not sent yet is not; the marks are, so that the clear echoes them all, as it
         # does the marks of audio Twilio had buffered.
         while self.playing:
-            play_id = self.playing.popleft().play_id
+            play_id = self.playing.pop(0).play_id
             await self.ws.send_str(tw.mark_message(self.stream_sid, tw.play_mark(play_id)))
         await self.ws.send_str(tw.clear_message(self.stream_sid))
 
@@ -563,6 +565,7 @@ async def _dispatch(stream: _Stream, message: object) -> bool:
             return False
         session = stream.session
         assert session is not None and stream.call is not None
+        stream.first.clear()  # kept only to relay with the start; not for the stream's life
         log.info("call %s: %s stream %s open", stream.call.call_id, stream.kind, message.stream_sid)
         if stream.kind == "consent":
             await stream.run(await session.start())
