@@ -384,7 +384,8 @@ class RtpLeg:
             )
             if self.jitter.gaps:
                 # Losses were filled with silence; say where, so a listener knows the quiet
-                # at 12.3 s is the network's and not the caller's.
+                # at 12.3 s is missing audio and not the caller's: the network's, or
+                # Asterisk's own while it handled a key (docs/asterisk.md, the counters).
                 log.info(
                     "call %s: silence filled for lost RTP at %s",
                     self.name,
