@@ -133,10 +133,12 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
         return True
     try:
         libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 (glibc only; musl has mallopt but no arenas)
-    except (OSError, AttributeError):
+    except OSError:
         return False
+    # Only glibc has the arenas (and names itself with gnu_get_libc_version).
+    if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
+        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_ARENA_MAX, arenas))

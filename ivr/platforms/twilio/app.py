@@ -294,9 +294,8 @@ class _Stream:
         self.noted: set[str] = set()
         self.closed_by_us = False
         # Prompts not yet sent whole, in the order they play: one after the other, as Twilio
-        # plays what it is sent.
-        # A list, not a deque: it holds a prompt or two, and an empty deque is 600 bytes on
-        # every stream (the recording streams never play).
+        # plays what it is sent. A list, not a deque: it holds a prompt or two, and an empty
+        # deque is 600 bytes on every stream (the recording streams never play).
         self.playing: list[PacedPrompt] = []
         self.pace_at = 0.0  # call time of the next batch of their frames
 
