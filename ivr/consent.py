@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import Field, dataclass, field, fields, is_dataclass
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
+from functools import cache
 from types import MappingProxyType
 from typing import Any, NoReturn
 
@@ -170,6 +171,14 @@ def _record_name(f: Field[Any]) -> str:
     return name
 
 
+@cache
+def _record_attributes(cls: type) -> Mapping[str, str]:
+    """A record's field names, in order, each to the attribute that holds it. Worked out once
+    per class: the vault reads an evidence as a mapping (``dict(evidence)``), a field at a
+    time, twice per call."""
+    return MappingProxyType({_record_name(f): f.name for f in fields(cls)})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PlayedPrompt:
     """One prompt as the caller heard it."""
@@ -244,7 +253,7 @@ class ConsentEvidence(Mapping[str, Any]):
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         """Every field's name in the record, in the order the record is written."""
-        return tuple(_record_name(f) for f in fields(cls))
+        return tuple(_record_attributes(cls))
 
     @classmethod
     def proof_field_names(cls) -> tuple[str, ...]:
@@ -260,16 +269,16 @@ class ConsentEvidence(Mapping[str, Any]):
 
     # The read-only mapping view; JSON values, so ``dict(evidence) == evidence.as_dict()``.
     def __getitem__(self, name: str) -> Any:
-        for f in fields(self):
-            if _record_name(f) == name:
-                return _json_value(getattr(self, f.name))
-        raise KeyError(name)
+        attribute = _record_attributes(type(self)).get(name)
+        if attribute is None:
+            raise KeyError(name)
+        return _json_value(getattr(self, attribute))
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.field_names())
+        return iter(_record_attributes(type(self)))
 
     def __len__(self) -> int:
-        return len(self.field_names())
+        return len(_record_attributes(type(self)))
 
 
 def _json_value(value: Any) -> Any:
