@@ -364,6 +364,8 @@ async def one_run(
             await asyncio.gather(reference, return_exceptions=True)
         raise
     service = report["service"]
+    if side_by_side:  # host-wide counts (tcp_segments): the two loads' would be mixed
+        _drop_tcp(service["cost"])
     record: dict[str, Any] = {
         "calls_completed": report["calls_completed"],
         "frames_lost": report["frames_lost"],
@@ -380,6 +382,8 @@ async def one_run(
         **{k: v for k, v in report.items() if k.endswith(("_p50_ms", "_p99_ms"))},
         "service_rss_kib_per_call": rss / options.calls if rss is not None else None,
         "bare_rss_kib_per_call": None,
+        "service_tcp_acks_per_data_segment": service["cost"].get("tcp_acks_per_data_segment"),
+        "bare_tcp_acks_per_data_segment": None,
         "windows_overlap": None,
         "reference": None,
         "reference_error": None,
@@ -413,11 +417,19 @@ async def one_run(
                 round(whole / bare_whole, 3) if whole and bare_whole else None
             )
             record["bare_rss_kib_per_call"] = ref["rss_kib_per_call"]
+            if side_by_side:
+                _drop_tcp(ref["cost"])
+            record["bare_tcp_acks_per_data_segment"] = ref["cost"].get("tcp_acks_per_data_segment")
             record["windows_overlap"] = overlap(report["service"]["cost"], ref["cost"])
             record["errors"] = (record["errors"] + ref["errors"])[:5]
     ref = record["reference"]
     record["ok"] = bool(report["ok"] and ref and ref["streams_failed"] == 0)
     return record
+
+
+def _drop_tcp(cost: dict[str, Any]) -> None:
+    for key in [k for k in cost if k.startswith("tcp_")]:
+        del cost[key]
 
 
 def overlap(one: dict[str, Any], other: dict[str, Any]) -> float | None:
@@ -448,6 +460,8 @@ SUMMARISED = (
     "bare_calls_per_core",
     "service_rss_kib_per_call",
     "bare_rss_kib_per_call",
+    "service_tcp_acks_per_data_segment",
+    "bare_tcp_acks_per_data_segment",
 )
 
 

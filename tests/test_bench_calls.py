@@ -128,6 +128,10 @@ async def test_twilio_against_the_service_and_the_bare_ws_server(twilio_service:
     assert run["reference"]["stop_to_close_ms"]["count"] == 4
     assert run["service_rss_kib_per_call"] is None  # not ours to read: --url
     assert run["service"]["frames_stored"] == run["service"]["frames_expected"] > 0
+    # One after the other, each side's window has this host's TCP to itself (tcp_segments).
+    assert run["service_tcp_acks_per_data_segment"] >= 0
+    assert run["bare_tcp_acks_per_data_segment"] >= 0
+    assert result["summary"]["bare_tcp_acks_per_data_segment"] is not None
     for key in ("webhook_p99_ms", "first_prompt_p99_ms", "stop_to_close_p99_ms"):
         assert run[key] is not None and result["summary"][key]["max"] >= run[key] >= 0
 
@@ -157,6 +161,7 @@ async def test_asterisk_against_the_service_and_the_bare_rtp_server(
         assert result["runs"][0]["reference"]["ports"] == f"{bare_low}-{bare_high}"
         assert result["runs"][0]["ari_setup_p99_ms"] is not None
         assert result["runs"][0]["windows_overlap"] == 0  # the reference came after
+        assert result["runs"][0]["service_tcp_acks_per_data_segment"] is None  # RTP: UDP
         # The text report, with the reference loaded at the same time as the service.
         code, out = await _bench(*args[:-2], "--repeats", "2", "--side-by-side")
         assert code == 0, out
@@ -168,6 +173,7 @@ async def test_asterisk_against_the_service_and_the_bare_rtp_server(
             out.count("whole-call ratio") == 2 and out.count("calls per core") == 4
         )  # and the summary of both sides
         assert "min / median / max over 2 runs" in out and out.rstrip().endswith("OK")
+        assert "tcp on this host" not in out
     finally:
         await server.close()
 
@@ -375,3 +381,11 @@ def test_bench_workers_refuses_bad_counts() -> None:
     for bad in ("", "0", "1,x", "65"):
         with pytest.raises(ValueError, match="--workers"):
             workers.parse_counts(bad)
+
+
+def test_side_by_side_drops_the_host_wide_tcp_counts() -> None:
+    """Both loads at once share this host's TCP counters (tcp_segments): neither side's."""
+    drop = _load(ROOT / "bench" / "calls.py")._drop_tcp
+    cost = {"window": "steady", "tcp_data_segments": 5, "tcp_acks_per_data_segment": 0.5}
+    drop(cost)
+    assert cost == {"window": "steady"}

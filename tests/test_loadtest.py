@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from ivr.cli.loadtest import add_loadtest_parser, options_from_args, run_loadtest_cli
 from ivr.config import DEMO_TWILIO_AUTH_TOKEN, load_config
 from ivr.harness.loadtest import LoadtestOptions, format_report, run_loadtest
+from ivr.harness.loadtest.core import StreamRun, tcp_segments
 from ivr.harness.twilio_wire import DEMO_AUTH_TOKEN
 from ivr.service import create_app
 
@@ -60,11 +61,14 @@ async def test_loadtest_against_the_service(service: str) -> None:
     assert s["first_prompt_ms"]["count"] == 4 and s["first_prompt_ms"]["p99"] is not None
     assert report["server_cpu_per_call_minute"] > 0
     assert s["cost"]["sender_cpu_s"] >= 0
+    # The media went over loopback TCP: the window saw its segments, and the ACKs of them.
+    assert s["cost"]["tcp_data_segments"] > 0 and s["cost"]["tcp_acks_per_data_segment"] >= 0
     assert s["ticker"]["late_p99_ms"] is not None
     assert "reference" not in report and "cpu_ratio" not in report  # make bench-calls
     assert report["ok"] is True
     text = format_report(report)
     assert "service cpu" in text and "OK" in text and "cpu ratio" not in text
+    assert "tcp on this host" in text and "bare ACKs per data segment" in text
     json.dumps(report)  # --json must be able to print it
 
 
@@ -146,3 +150,42 @@ def test_the_reference_comparison_is_make_bench_calls(capsys: pytest.CaptureFixt
         with pytest.raises(SystemExit):
             parser.parse_args(["loadtest", *flag])
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+# -- TCP segments: who pays for the ACKs of the media -----------------------------------------
+SNMP = """Ip: Forwarding DefaultTTL InReceives
+Ip: 2 64 382638846
+Tcp: RtoAlgorithm RtoMin ActiveOpens OutSegs RetransSegs
+Tcp: 1 200 5000 1234567 12
+Udp: InDatagrams NoPorts
+Udp: 10 0
+"""
+NETSTAT = """TcpExt: SyncookiesSent DelayedACKs TCPOrigDataSent TCPDelivered
+TcpExt: 0 44 765432 765400
+IpExt: InNoRoutes InOctets
+IpExt: 0 99
+"""
+
+
+def test_tcp_segments_reads_the_kernels_counters(tmp_path: Path) -> None:
+    snmp, netstat = tmp_path / "snmp", tmp_path / "netstat"
+    snmp.write_text(SNMP)
+    netstat.write_text(NETSTAT)
+    assert tcp_segments(str(snmp), str(netstat)) == (1234567, 765432)
+    # A kernel without the counter, or no /proc at all: nothing, rather than a wrong figure.
+    netstat.write_text(NETSTAT.replace("TCPOrigDataSent", "TCPOrigDataSEnt"))
+    assert tcp_segments(str(snmp), str(netstat)) is None
+    assert tcp_segments(str(tmp_path / "none"), str(netstat)) is None
+    # This machine's own counters (the real /proc), which only grow.
+    first = tcp_segments()
+    assert first is not None and first[0] >= first[1] >= 0
+
+
+def test_acks_per_data_segment_over_the_window() -> None:
+    acks = StreamRun._acks
+    assert acks((1000, 600), (1300, 800)) == {
+        "tcp_data_segments": 200,
+        "tcp_acks_per_data_segment": 0.5,  # 300 segments sent, 200 of them data
+    }
+    assert acks(None, (1300, 800)) == {} and acks((1000, 600), None) == {}
+    assert acks((1000, 600), (1100, 600)) == {}  # no data sent: no ratio to give

@@ -105,6 +105,7 @@ class _RtpStreamer(TickedStream):
     sent with ``sendto`` on ``sock`` (a datagram the socket refuses is dropped, not queued)."""
 
     send_failure = "RTP send failed"
+    over_tcp = False
 
     def __init__(self, sock: socket.socket, peer: RtpPeer, total: int) -> None:
         super().__init__(total)  # packets; ``sent`` counts those due, sent or dropped

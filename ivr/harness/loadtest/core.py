@@ -135,6 +135,33 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def tcp_segments(
+    snmp: str = "/proc/net/snmp", netstat: str = "/proc/net/netstat"
+) -> tuple[int, int] | None:
+    """This host's TCP segments sent so far, and how many of them carried data (Linux's
+    ``Tcp: OutSegs`` and ``TcpExt: TCPOrigDataSent``); None where they cannot be read.
+
+    The rest are bare ACKs. Against a server on this host, in a window where only the generator
+    sends data (every call streaming, as in the steady window), they are the server's ACKs of
+    the media: where the kernel sends such an ACK decides who pays for it. One sent at a
+    segment's arrival runs in the sender's system call, which is the generator's on loopback;
+    one left for the server's read runs in the server's, and on loopback it carries the cost
+    of its delivery to the generator's socket with it (README, Performance)."""
+
+    def field(path: str, table: str, name: str) -> int:
+        with open(path) as f:
+            rows = [line.split() for line in f if line.startswith(table)]
+        for names, values in zip(rows[::2], rows[1::2], strict=False):
+            if name in names:
+                return int(values[names.index(name)])
+        raise KeyError(name)
+
+    try:
+        return field(snmp, "Tcp:", "OutSegs"), field(netstat, "TcpExt:", "TCPOrigDataSent")
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
 # -- the ticker -------------------------------------------------------------------------------
 class TickedStream:
     """One call's real-time stream, fed by the ticker. The platform's kind says how it sends
@@ -142,6 +169,7 @@ class TickedStream:
 
     send_errors: ClassVar[tuple[type[Exception], ...]] = (OSError,)
     send_failure: ClassVar[str] = "send failed"
+    over_tcp: ClassVar[bool] = True  # the media goes over TCP: its ACKs are counted (tcp_segments)
 
     def __init__(self, total: int) -> None:
         self.total = total  # frames in the stream
@@ -190,6 +218,7 @@ class StreamRun:
         self.lateness: list[float] = []
         self.t0: float | None = None
         self.samples: dict[str, tuple[float, float, float]] = {}  # moment -> time, cpu, ours
+        self.tcp: dict[str, tuple[int, int] | None] = {}  # moment -> tcp_segments()
         self.cpu_before: float | None = None  # before the first call (``load``)
         self._samplers: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -271,6 +300,7 @@ class StreamRun:
 
         async def sample() -> None:
             t1, own1 = self.loop.time(), own_cpu()
+            self.tcp[moment] = tcp_segments() if self.kind.over_tcp else None
             cpu = await self.read_cpu_now()
             if cpu is None:
                 return
@@ -296,10 +326,12 @@ class StreamRun:
     def cost(self, duration: float) -> dict[str, Any]:
         """CPU over the steady window (all streaming), else over the whole streaming span."""
         min_window = min(2.0, max(0.5, 0.25 * duration))
-        a, b = self.samples.get("all_joined"), self.samples.get("first_done")
+        moments = "all_joined", "first_done"
+        a, b = (self.samples.get(m) for m in moments)
         window = "steady"
         if a is None or b is None or b[0] - a[0] < min_window:
-            a, b = self.samples.get("first_join"), self.samples.get("last_done")
+            moments = "first_join", "last_done"
+            a, b = (self.samples.get(m) for m in moments)
             window = "whole streaming phase"
         if a is None or b is None or b[0] <= a[0]:
             return {"window": None}
@@ -323,7 +355,18 @@ class StreamRun:
             "server_cpu_per_call_minute": round(per_minute, 5) if per_minute else None,
             "sender_cpu_s": round(sender, 3),
             "sender_cpu_utilisation": round(sender / wall, 3),
+            **self._acks(*(self.tcp.get(m) for m in moments)),
         }
+
+    @staticmethod
+    def _acks(a: tuple[int, int] | None, b: tuple[int, int] | None) -> dict[str, Any]:
+        """This host's TCP segments over the window (``tcp_segments``): data, and bare ACKs per
+        data segment."""
+        if a is None or b is None or b[1] <= a[1]:
+            return {}
+        data = b[1] - a[1]
+        bare = (b[0] - a[0]) - data
+        return {"tcp_data_segments": data, "tcp_acks_per_data_segment": round(bare / data, 3)}
 
     def whole_cost(self, cpu_after: float | None) -> dict[str, Any]:
         """CPU from before the first call to after the last one ended (webhooks, consent,
@@ -711,4 +754,14 @@ def cost_rows(label: str, cost: dict[str, Any], ticker: dict[str, Any]) -> list[
             f"{fmt(ticker['late_max_ms'])} ms"
             + (f"; max send backlog {fmt(backlog)} B" if backlog is not None else ""),
         ),
-    ]
+    ] + (
+        [
+            (
+                "  tcp on this host",
+                f"{cost['tcp_acks_per_data_segment']:.2f} bare ACKs per data segment "
+                f"({fmt(cost['tcp_data_segments'])} data segments)",
+            )
+        ]
+        if "tcp_acks_per_data_segment" in cost
+        else []
+    )
