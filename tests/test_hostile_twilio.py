@@ -28,6 +28,7 @@ from ivr.config import DEMO_TWILIO_AUTH_TOKEN, load_config
 from ivr.gdpr.recording_files import decode_recording
 from ivr.harness.twilio_sim import CallOptions, simulate_call
 from ivr.platforms.twilio.app import TWILIO
+from ivr.platforms.twilio.messages import Media, media_values, parse_stream_message
 from ivr.platforms.twilio.signature import SIGNATURE_HEADER, compute_signature
 from ivr.service import VAULT, create_app
 from storage.catalog import RecordingStatus
@@ -425,6 +426,25 @@ async def test_one_wild_sequence_number_is_a_gap_not_a_new_baseline(service):
     assert 4900 <= row.duration_ms <= 5100
     counters = app[TWILIO].counters
     assert counters["sequence_jumps"] == 1 and counters["messages_out_of_order"] == 0
+
+
+async def test_media_that_only_the_reference_parser_reads_is_recorded_as_any_other(service):
+    """orjson refuses a lone surrogate where the standard library's parser takes it: a media
+    message with one in a field we do not read is still audio (taken by ``parse_slowly``), not
+    "media before start"."""
+    app, url = service
+    odd = media_msg(52, 50 * 20).replace(
+        '"event": "media"', '"streamSid": "\\ud800", "event": "media"'
+    )
+    assert media_values(odd) is None and isinstance(parse_stream_message(odd), Media)
+    async with aiohttp.ClientSession() as s:
+        data, ws = await recording_stream(s, url)
+        for n in range(100):
+            await ws.send_str(odd if n == 50 else media_msg(n + 2, n * 20))
+        summary = await finish(s, url, data, ws)
+    assert summary["recording_status"] == "complete" and summary["frames_lost"] == 0
+    assert app[TWILIO].counters["messages_bad"] == 0
+    assert 1900 <= recording_row(app, summary["recording_id"]).duration_ms <= 2100
 
 
 async def test_a_stream_that_really_renumbers_follows_after_one_message(service):

@@ -22,6 +22,7 @@ from ivr.platforms.twilio.messages import (
     MAX_BRACKETS,
     Media,
     StreamError,
+    media_values,
     parse_slowly,
     parse_stream_message,
 )
@@ -41,6 +42,15 @@ def media(seq: int = 3, ts: int = 40, payload: bytes = b"\xff" * 160) -> bytes:
     return TEMPLATE % (seq, seq - 1, ts, base64.b64encode(payload))
 
 
+def check_values(text: str | bytes, fast: tuple[str, Any]) -> None:
+    """``media_values`` (the stream's hot path) gives what ``parse_stream_message`` gave, or
+    None where that gave no ``Media`` by the fast path: the stream then parses it again."""
+    values = media_values(text)
+    if values is None:
+        return  # anything the fast path did not take goes through parse_stream_message
+    assert fast == ("ok", Media(*values))
+
+
 def test_a_media_message_is_taken_by_the_fast_path_and_equals_the_reference() -> None:
     text = media(7, 120, bytes(range(160)))
     assert (
@@ -49,6 +59,9 @@ def test_a_media_message_is_taken_by_the_fast_path_and_equals_the_reference() ->
         == Media(7, "inbound", 120, bytes(range(160)))
     )
     assert parse_stream_message(text.decode()) == parse_slowly(text)
+    assert (
+        media_values(text) == media_values(text.decode()) == (7, "inbound", 120, bytes(range(160)))
+    )
 
 
 # Changes to a real media message, each a way Twilio's text could differ or be forged.
@@ -97,6 +110,7 @@ def test_fast_and_slow_agree_on_mutated_media_messages(
         with contextlib.suppress(UnicodeDecodeError):
             message = text.decode()
     fast, slow = outcome(parse_stream_message, message), outcome(parse_slowly, message)
+    check_values(message, fast)
     nested = text.count(b"[") + text.count(b"{") > MAX_BRACKETS
     if nested and fast[0] == "ok":  # the documented difference: see below
         assert slow == (
@@ -110,7 +124,9 @@ def test_fast_and_slow_agree_on_mutated_media_messages(
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300) | st.text(max_size=300))
 def test_fast_and_slow_agree_on_anything(data: str | bytes) -> None:
-    assert outcome(parse_stream_message, data) == outcome(parse_slowly, data)
+    fast = outcome(parse_stream_message, data)
+    assert fast == outcome(parse_slowly, data)
+    check_values(data, fast)
 
 
 def test_other_events_go_to_the_reference_parser() -> None:
@@ -122,6 +138,7 @@ def test_other_events_go_to_the_reference_parser() -> None:
     ):
         text = json.dumps(doc)
         assert outcome(parse_stream_message, text) == outcome(parse_slowly, text)
+        assert media_values(text) is None
 
 
 def test_a_media_message_with_deep_extra_fields_is_taken_only_by_the_fast_path() -> None:
