@@ -10,13 +10,16 @@ is read one message at a time, so a pong means everything before the ping was ac
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import aiohttp
 
+from ivr.app_keys import CALLS
 from ivr.platforms.twilio import app as twilio_app
 from tests.test_twilio_e2e import media_msg, start_call, start_msg
 
@@ -136,3 +139,23 @@ async def test_a_stream_that_goes_quiet_is_paced_by_wall_time(service, monkeypat
             frames += media_frames([json.loads(msg.data)])
             if frames >= 20:  # 0.4 s of the prompt beyond its first batch
                 break
+
+
+async def test_a_batch_already_due_when_the_media_stops_goes_out_at_once(service):
+    """Wall time ahead of the media's (the media late, then none at all): the next batch is
+    due before the stream waits, and goes out then, not when the next message comes (aiohttp
+    took a wait of zero for no deadline at all, and such a stream waited for ever)."""
+    app, url = service
+    registry = app[CALLS]
+    wall, ahead = registry.clock, [timedelta(0)]
+    registry.clock = lambda: wall() + ahead[0]  # the sessions' wall clock
+    lead = round(twilio_app.PROMPT_LEAD_SECONDS / FRAME_S)
+    async with consent_stream(url) as ws:
+        assert media_frames(await until_pong(ws, b"start")) == lead + 1
+        ahead[0] = timedelta(seconds=1)
+        await ws.send_str(media_msg(2, 0))  # the last message the service gets
+        msg = await asyncio.wait_for(ws.receive(), 10)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        # The frames due by call time 1 s (the wall's) and the lead after it: a second's
+        # worth beyond the lead sent at the start.
+        assert media_frames([json.loads(msg.data)]) == round(1.0 / FRAME_S)

@@ -28,6 +28,7 @@ from typing import TypeVar
 from aiohttp import WSMsgType, web
 
 from ivr.calls import TRACK_AGENT, TRACK_CALLER, Call, CallRegistry, CallSession, carry_out
+from ivr.calls.alarm import Alarm
 from ivr.calls.handover import hand_over
 from ivr.calls.numbering import MediaNumbering
 from ivr.calls.playback import FRAME_MS, PacedPrompt
@@ -459,21 +460,31 @@ async def _serve_stream(stream: _Stream) -> None:
     """Read the stream's messages one at a time, acting on each in full (its commands written
     out) before reading the next. Keep it so: the simulator's fast mode relies on it, a
     websocket ping answered meaning everything before it has been acted on."""
+    alarm = Alarm()
+    try:
+        await _read_stream(stream, alarm)
+    finally:
+        alarm.close()
+
+
+async def _read_stream(stream: _Stream, alarm: Alarm) -> None:
+    """``_serve_stream``'s loop: ``alarm`` wakes it when no message comes in time."""
     twilio, ws = stream.twilio, stream.ws
     text = WSMsgType.TEXT
     while not ws.closed:
         session = stream.session
         # A socket that never says who it is goes away; a call with a deadline near gets a
-        # timer (the timer rule in ivr.calls.session), and so does a prompt being played.
+        # timer (the timer rule in ivr.calls.session), and so does a prompt being played. A
+        # batch already due (wall time ahead of the media's) wakes it at once.
         if session is None:
             timeout: float | None = START_TIMEOUT_SECONDS
         else:
             timeout = session.timer()
             if stream.playing:
-                wait = max(stream.pace_at - session.call_time(), 0.0)
+                wait = stream.pace_at - session.call_time()
                 timeout = wait if timeout is None else min(timeout, wait)
         try:
-            msg = await ws.receive(timeout=timeout)
+            msg = await alarm.wait(ws.receive, timeout)
         except TimeoutError:
             if session is None:
                 twilio.counters["streams_refused"] += 1
