@@ -5,21 +5,12 @@ queue still where the measurement looks) and prints what the README says it prin
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.bench_scripts import run_bench
 
 
 def test_it_times_both_ways_of_reading_a_waiting_message():
-    run = subprocess.run(
-        [sys.executable, "bench/ws_receive.py", "--rounds", "2", "--messages", "400", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_bench("ws_receive.py", "--rounds", "2", "--messages", "400", "--json")
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     for way in ("receive", "queue"):
@@ -28,11 +19,5 @@ def test_it_times_both_ways_of_reading_a_waiting_message():
 
 
 def test_bad_arguments_are_refused():
-    run = subprocess.run(
-        [sys.executable, "bench/ws_receive.py", "--rounds", "0"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = run_bench("ws_receive.py", "--rounds", "0", timeout=60)
     assert run.returncode == 2 and "--rounds must be at least 1" in run.stderr
