@@ -566,7 +566,7 @@ async def _read_stream(stream: _Stream, alarm: Alarm) -> None:
 async def _dispatch(stream: _Stream, message: object) -> bool:
     """Act on one message; False when the stream is finished."""
     session = stream.session
-    if isinstance(message, tw.Media):  # with a session, media never gets here: see _serve_stream
+    if isinstance(message, tw.Media):  # with a session, media never gets here: see _read_stream
         await stream.close(tw.CLOSE_PROTOCOL_ERROR, "media before start")
         return False
     if isinstance(message, tw.Start):
