@@ -514,12 +514,13 @@ async def _read_stream(stream: _Stream, alarm: Alarm) -> None:
             twilio.counters["messages_bad"] += 1
             continue
         data = msg.data
-        values = tw.media_values(data) if session is not None else None
-        if values is None:  # not media, not well-formed, or before the start
+        values = tw.media_values(data)
+        if values is None or session is None:  # not well-formed media, or before the start
             if session is None and len(stream.first) < MAX_BEFORE_START:
                 stream.first.append(data)
             try:
-                message = tw.parse_stream_message(data)
+                # What tw.parse_stream_message would give, without a second media_values.
+                message = tw.parse_slowly(data) if values is None else tw.Media(*values)
             except tw.StreamError as exc:
                 stream.bad += 1
                 twilio.counters["messages_bad"] += 1

@@ -323,9 +323,8 @@ def parse_stream_message(text: str | bytes) -> StreamMessage:
     goes through ``parse_slowly``, the reference, which says precisely what is wrong. The two
     agree on every message (tests/test_stream_parse.py), but for a media message whose extra
     fields hold more than MAX_BRACKETS brackets: taken here, as orjson's cost does not grow
-    with nesting."""
-    if len(text) > MAX_MESSAGE_BYTES:
-        raise StreamError("message too large", CLOSE_TOO_BIG)
+    with nesting. A message over MAX_MESSAGE_BYTES is refused by ``parse_slowly`` before it is
+    parsed at all."""
     values = media_values(text)
     return Media(*values) if values is not None else parse_slowly(text)
 
