@@ -247,6 +247,64 @@ async def test_a_batch_is_taken_by_the_sweeper_when_the_callers_audio_stops():
     assert len(taking.frames) == 5 + 3 * (rtp.BATCH_PACKETS + 1)
 
 
+@pytest.mark.parametrize("phase", range(5))
+async def test_at_its_real_period_the_sweeper_leaves_a_flowing_streams_batches_to_fill(phase):
+    """Packets every FRAME_MS and a sweep every BATCH_SECONDS / 2, at each phase between the
+    two: every batch of a flowing stream is taken full, by the packet that fills it; when the
+    audio stops, the last batch is taken by the second sweep after its last packet; a batch
+    that fills slowly waits no longer than 1.5 BATCH_SECONDS."""
+    from media.rtp import RtpSender
+
+    peer = ("127.0.0.1", 4000)
+    sweeper = rtp.BatchSweeper(period=3600)  # swept by hand below, at the real period
+    one = RtpLeg(lambda kind, value: None, name="t", sweeper=sweeper)
+    one.peer = peer
+    taking = TakingSession()
+    takes: list[tuple[str, int]] = []  # (who took a batch, how many packets it held)
+    catch_up = one.catch_up
+
+    def counted(by: str) -> None:
+        if one._batch:
+            takes.append((by, len(one._batch)))
+        catch_up()
+
+    sweep = sweeper.sweep
+    one.catch_up = lambda: counted("packet")  # type: ignore[method-assign]
+
+    def swept() -> None:
+        one.catch_up = lambda: counted("sweep")  # type: ignore[method-assign]
+        sweep()
+        one.catch_up = lambda: counted("packet")  # type: ignore[method-assign]
+
+    one.begin(cast(CallSession, taking))
+    sender = RtpSender()
+    per_sweep = rtp.BATCH_PACKETS // 2  # packets between two sweeps at the real period
+    assert rtp.BatchSweeper().period == per_sweep * FRAME_MS / 1000
+    for n in range(phase):
+        one.received(sender.packet(bytes([n]) * 160), peer)
+    for tick in range(200):  # 4 s of a flowing stream
+        if tick % per_sweep == 0:
+            swept()
+        one.received(sender.packet(b"\x01" * 160), peer)
+    # The first packets go one by one, until the jitter buffer has the stream's start; then
+    # each batch is taken by its tenth packet.
+    whole = [take for take in takes if take[1] > 1]
+    assert len(whole) >= 200 // rtp.BATCH_PACKETS - 2
+    assert set(whole) == {("packet", rtp.BATCH_PACKETS)}
+    takes.clear()
+    left = len(one._batch)
+    swept()
+    assert takes == []  # it may have just begun
+    swept()
+    assert takes == ([("sweep", left)] if left else [])
+    # A slow stream, a packet per sweep: taken at the third sweep that sees it.
+    takes.clear()
+    for _ in range(6):
+        one.received(sender.packet(b"\x02" * 160), peer)
+        swept()
+    assert takes == [("sweep", 3), ("sweep", 3)]
+
+
 async def test_the_sweeper_runs_while_a_leg_takes_audio_and_stops_when_none_does():
     import asyncio
 

@@ -94,16 +94,21 @@ class RtpPort(asyncio.DatagramProtocol):
 
 class BatchSweeper:
     """Takes the batches the caller's audio stopped filling, for every leg of a platform with
-    one timer: each ``sweep`` (every BATCH_SECONDS / 2) takes the batch a leg still had at the
-    sweep before, so no batch waits longer than BATCH_SECONDS. In a flowing stream every batch
-    fills, and is taken, within that time and a sweep finds nothing to take. (A timer armed per
-    batch meant 1,250 timers a second at 250 calls, each made, queued and fired by the loop.)"""
+    one timer. Each ``sweep`` (every BATCH_SECONDS / 2) takes a leg's batch when it is the one
+    the sweep before saw and either no packet has joined it since, or that sweep had already
+    seen it too. So a batch whose audio stops is taken within BATCH_SECONDS of its last packet,
+    and none waits longer than 1.5 BATCH_SECONDS. A flowing stream fills each batch (in
+    BATCH_PACKETS - 1 frames from its first packet) before the second sweep that sees it, so
+    a sweep takes nothing from it. (A timer armed per batch meant 1,250 timers a second at 250
+    calls, each made, queued and fired by the loop; a sweep that took every batch it had seen
+    before took most of a flowing stream's batches half full.)"""
 
     def __init__(self, period: float = BATCH_SECONDS / 2) -> None:
         self.period = period
-        # Each leg taking audio, and the batch it had at the last sweep (a new list is made
-        # whenever one is taken, so the same list means the same batch).
-        self._seen: dict[RtpLeg, list[bytes] | None] = {}
+        # Each leg taking audio, and what the last sweep saw of it: the batch (a new list is
+        # made whenever one is taken, so the same list means the same batch), its length then,
+        # and whether the sweep before that had seen it as well. None: no batch then.
+        self._seen: dict[RtpLeg, tuple[list[bytes], int, bool] | None] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, leg: RtpLeg) -> None:
@@ -118,14 +123,16 @@ class BatchSweeper:
         seen = self._seen
         for leg, before in list(seen.items()):
             batch = leg._batch
-            if batch and batch is before:
+            again = before is not None and batch is before[0]
+            if before is not None and again and (len(batch) == before[1] or before[2]):
                 try:
                     leg.catch_up()
                 except Exception:  # one call's failure must not stop the others' sweeps
                     log.exception("call %s: taking its RTP batch failed", leg.name)
                 batch = leg._batch
+                again = False
             if leg in seen:  # not discarded meanwhile (its call ended)
-                seen[leg] = batch
+                seen[leg] = (batch, len(batch), again) if batch else None
 
     def _tick(self) -> None:
         self._timer = None
