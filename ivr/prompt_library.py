@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, TypeVar
 
 from ivr.capabilities import PLATFORMS
 from ivr.config import Config, Line
@@ -119,10 +119,20 @@ class LoadedPrompt:
     origin: Origin  # the tenant's recording, found in the cache, or synthesised now
 
 
+_T = TypeVar("_T")
+
+
 @dataclass(frozen=True)
 class PromptLibrary:
     calls: Mapping[tuple[str, str], Mapping[str, Prompt]]  # (line number, platform) → prompts
     loaded: tuple[LoadedPrompt, ...] = ()
+    # What a call's consent flow is told of each of its prompts, made once here and shared by
+    # every call rather than built per call (a dictionary and a record per prompt).
+    infos: Mapping[tuple[str, str], Mapping[str, PromptInfo]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        infos = {key: MappingProxyType(prompt_infos(p)) for key, p in self.calls.items()}
+        object.__setattr__(self, "infos", MappingProxyType(infos))
 
     @classmethod
     def load(
@@ -181,10 +191,21 @@ class PromptLibrary:
             MappingProxyType({k: MappingProxyType(v) for k, v in calls.items()}), tuple(loaded)
         )
 
-    def for_call(self, line: Line, platform: str) -> dict[str, Prompt]:
-        """The prompts of a call to ``line`` over ``platform``, by prompt id."""
+    def for_call(self, line: Line, platform: str) -> Mapping[str, Prompt]:
+        """The prompts of a call to ``line`` over ``platform``, by prompt id (read-only: every
+        such call shares them)."""
+        return self._of_call(self.calls, line, platform)
+
+    def infos_for_call(self, line: Line, platform: str) -> Mapping[str, PromptInfo]:
+        """What the consent flow of such a call is told of its prompts (shared, read-only)."""
+        return self._of_call(self.infos, line, platform)
+
+    @staticmethod
+    def _of_call(
+        by_call: Mapping[tuple[str, str], Mapping[str, _T]], line: Line, platform: str
+    ) -> Mapping[str, _T]:
         try:
-            return dict(self.calls[(line.number, platform)])
+            return by_call[(line.number, platform)]
         except KeyError:
             raise LookupError(
                 f"no prompts for line {line.number} on {platform!r} (its platforms: "

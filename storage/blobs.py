@@ -274,6 +274,12 @@ class LocalRecovery:
         return datetime.fromtimestamp(path.stat().st_mtime, UTC)
 
 
+# The lock and condition of every BlobFile's ``closed`` and ``_syncing``: held only to read or
+# flip those two flags, and waited on only while a sync of the blob runs, so one is shared by
+# all, rather than a condition (a lock and a queue of waiters) kept by each live call's blob.
+_SYNC_STATE = threading.Condition()
+
+
 class BlobFile:
     """An append-only blob being written.
 
@@ -293,7 +299,7 @@ class BlobFile:
         self._fd = open_private(part)
         # Guards ``closed`` and ``_syncing``: the descriptor is never closed while a sync on
         # it runs (its number could be another file's by the time the sync starts).
-        self._lock = threading.Condition()
+        self._lock = _SYNC_STATE
         self._dirty = False
         self._syncing = False
         self._hash = hashlib.sha256()

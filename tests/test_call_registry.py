@@ -129,6 +129,20 @@ async def test_a_call_plays_the_prompts_of_its_line_on_its_platform(registry):
     assert evidence["consent_request"] == heard["twilio"].text
 
 
+async def test_calls_on_a_line_share_what_their_flows_are_told_of_its_prompts(registry):
+    """Made once by the prompt library, not per call; the same as made from the prompts."""
+    from ivr.prompt_library import prompt_infos
+
+    flows = []
+    for n in range(2):
+        call = await open_call(registry, CONSENT_LINE, sid=f"CA{n}", platform="twilio")
+        flows.append(registry.begin(call).flow)
+    assert flows[0].prompts is flows[1].prompts
+    assert dict(flows[0].prompts) == prompt_infos(registry.prompts.for_call(call.line, "twilio"))
+    with pytest.raises(TypeError):  # shared, so no call can change another's
+        flows[0].prompts["consent_request"] = flows[0].prompts["consent_request"]  # type: ignore[index]
+
+
 async def test_a_platform_the_line_is_not_served_on_has_no_prompts(registry):
     call = await open_call(registry, CONSENT_LINE, platform="nowhere")
     with pytest.raises(LookupError, match="no prompts for line"):

@@ -185,6 +185,7 @@ class CallRegistry:
             call_id=call.call_id,
             platform_call_id=call.platform_call_id,
             prompts=self.prompts.for_call(line, call.platform),
+            prompt_infos=self.prompts.infos_for_call(line, call.platform),
             started_wall=self.clock(),
             clock=self.clock,
             monotonic=self.monotonic,
