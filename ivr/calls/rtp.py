@@ -94,14 +94,14 @@ class RtpPort(asyncio.DatagramProtocol):
 
 class BatchSweeper:
     """Takes the batches the caller's audio stopped filling, for every leg of a platform with
-    one timer. Each ``sweep`` (every BATCH_SECONDS / 2) takes a leg's batch when it is the one
-    the sweep before saw and either no packet has joined it since, or that sweep had already
-    seen it too. So a batch whose audio stops is taken within BATCH_SECONDS of its last packet,
-    and none waits longer than 1.5 BATCH_SECONDS. A flowing stream fills each batch (in
-    BATCH_PACKETS - 1 frames from its first packet) before the second sweep that sees it, so
-    a sweep takes nothing from it. (A timer armed per batch meant 1,250 timers a second at 250
-    calls, each made, queued and fired by the loop; a sweep that took every batch it had seen
-    before took most of a flowing stream's batches half full.)"""
+    one timer. Each ``sweep`` (every BATCH_SECONDS / 2) takes a leg's batch when the sweep
+    before saw it too, and either no packet has joined it since or the sweep before that saw
+    it as well. So a batch whose audio stops is taken within BATCH_SECONDS of its last packet,
+    and none waits longer than 1.5 BATCH_SECONDS. A flowing stream's batch (full BATCH_PACKETS
+    - 1 frames after its first packet) is still growing at the second sweep that sees it and
+    is full before a third, so a sweep takes nothing from it. (A timer armed per batch meant
+    1,250 timers a second at 250 calls, each made, queued and fired by the loop; a sweep that
+    took every batch it had seen before took most of a flowing stream's batches half full.)"""
 
     def __init__(self, period: float = BATCH_SECONDS / 2) -> None:
         self.period = period
@@ -123,14 +123,17 @@ class BatchSweeper:
         seen = self._seen
         for leg, before in list(seen.items()):
             batch = leg._batch
-            again = before is not None and batch is before[0]
-            if before is not None and again and (len(batch) == before[1] or before[2]):
-                try:
-                    leg.catch_up()
-                except Exception:  # one call's failure must not stop the others' sweeps
-                    log.exception("call %s: taking its RTP batch failed", leg.name)
-                batch = leg._batch
-                again = False
+            again = False  # whether this sweep sees the batch the sweep before saw
+            if before is not None and batch is before[0]:
+                _, length, seen_before = before
+                if len(batch) == length or seen_before:
+                    try:
+                        leg.catch_up()
+                    except Exception:  # one call's failure must not stop the others' sweeps
+                        log.exception("call %s: taking its RTP batch failed", leg.name)
+                    batch = leg._batch
+                else:
+                    again = True
             if leg in seen:  # not discarded meanwhile (its call ended)
                 seen[leg] = (batch, len(batch), again) if batch else None
 
