@@ -383,6 +383,19 @@ async def test_bridging_waits_for_the_media_channel_to_enter_stasis(pbx):
     assert bridged.at - media.at >= 0.3
 
 
+async def test_a_media_channel_in_stasis_before_the_reply_is_bridged_as_well(pbx):
+    """Now and then Asterisk 22 sends the external-media channel's StasisStart before its
+    answer to POST /channels/externalMedia (seen in tests/asterisk/test_fake_contract.py under
+    load): the call is set up all the same, the event not lost nor waited for in vain."""
+    fake, app = pbx
+    fake.media_stasis_before_reply = True
+    call = await place(fake, app, EMERGENCY_LINE)
+    await call.talk(1.0)
+    assert (await call.hang_up()).status is RecordingStatus.COMPLETE
+    assert not [r for r in fake.requests if r.status is not None and r.status >= 400]
+    assert "calls_setup_failed" not in app[ARI].counters
+
+
 async def test_a_media_channel_that_never_enters_stasis_fails_the_set_up(pbx, monkeypatch):
     import ivr.platforms.asterisk.call
 

@@ -6,8 +6,11 @@ Asterisk 22 they confirm only what its author believed (it once put the external
 in Stasis before answering the request, which hid the set-up failure of half the real calls).
 This test plays the service's own ARI sequence against both and compares, per channel, the
 events each sends and the status of every request, including the rules that bit: the
-external-media channel enters Stasis only after the reply and cannot be bridged before; a
-channel id that is a prefix of a live one is refused; a bridge id in use is refused.
+external-media channel cannot be bridged before it enters Stasis; a channel id that is a prefix
+of a live one is refused; a bridge id in use is refused. Whether its StasisStart comes before or
+after the reply to POST /channels/externalMedia is a race inside Asterisk (mostly after; before,
+now and then, under load), so it is not compared here: the service is tested with both
+(tests/test_asterisk_e2e.py).
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ COMPARED = frozenset(
 class Transcript:
     events: dict[str, list[str]] = field(default_factory=dict)  # role -> event types
     answers: list[tuple[str, int, str]] = field(default_factory=list)  # step, status, message
-    media_in_stasis_before_reply: bool | None = None
 
 
 class Ari:
@@ -127,11 +129,6 @@ async def scenario(
             channelId=media_id,
             external_host=f"127.0.0.1:{media_port}",
             format="ulaw",
-        )
-        # Has its StasisStart come before the reply? (Asterisk 22: never.)
-        out.media_in_stasis_before_reply = any(
-            e["type"] == "StasisStart" and e["channel"]["id"] == media_id
-            for e in list(inbox._queue)
         )
         await step(
             "prefix of a live id",
@@ -223,8 +220,6 @@ async def test_the_fake_behaves_like_asterisk_22(pbx: Asterisk, phones: Phones) 
     fake = await against_fake()
     assert fake.answers == real.answers
     assert fake.events == real.events
-    assert real.media_in_stasis_before_reply is False
-    assert fake.media_in_stasis_before_reply is False
     # The rules themselves, as Asterisk states them.
     answers = {step: (status, message) for step, status, message in real.answers}
     assert answers["same bridge id"][0] == 409

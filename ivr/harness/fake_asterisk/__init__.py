@@ -15,13 +15,14 @@ external-media channel with it, and the app's RTP (our prompts) is recorded.
 
 The rules that the service depends on, checked against a real Asterisk by
 tests/asterisk/test_fake_contract.py: an external-media channel raises ``ChannelStateChange``
-and then ``StasisStart`` only after the reply to its request, and ``addChannel`` refuses it with
-422 until then; a new channel id that is a prefix of a live one is refused (500 on
-externalMedia, 409 on originate); an app's ``DELETE`` emits ``ChannelHangupRequest`` (``soft``),
+and then ``StasisStart``, mostly after the reply to its request (now and then before it, a race
+the test leaves out: ``media_stasis_before_reply``), and ``addChannel`` refuses it with 422
+until then; a new channel id that is a prefix of a live one is refused (500 on externalMedia,
+409 on originate); an app's ``DELETE`` emits ``ChannelHangupRequest`` (``soft``),
 ``ChannelLeftBridge`` (if bridged), ``StasisEnd``, ``ChannelDestroyed``; a caller (a channel
-that came in by ``Stasis()``) gets nothing after its ``StasisEnd``. The newest events socket
-for an app gets its events (the older one is sent ``ApplicationReplaced``); events that happen
-while nobody listens are lost; REST keeps working.
+that came in by ``Stasis()``) gets nothing after its ``StasisEnd``. The newest events socket for
+an app gets its events (the older one is sent ``ApplicationReplaced``); events that happen while
+nobody listens are lost; REST keeps working.
 
 Media: each external-media channel owns a UDP socket (its ``UNICASTRTP_LOCAL_*`` variables).
 While it is in a mixing bridge it sends, from that socket to ``external_host``, the μ-law mix

@@ -99,9 +99,11 @@ class FakeAsterisk:
     channels answer at once (else they ring until :meth:`answer_agent` or :meth:`reject_agent`,
     which also plays a ring timeout: cause 19). ``media_stasis_delay``: seconds between the
     answer to ``POST /channels/externalMedia`` and the new channel's ``StasisStart`` (real
-    Asterisk answers first and puts the channel in the app a little later; until then
-    ``addChannel`` refuses it with 422); None: never. ``seed`` makes ids, SSRCs and initial
-    sequence numbers and timestamps reproducible.
+    Asterisk mostly answers first and puts the channel in the app a little later; until then
+    ``addChannel`` refuses it with 422); None: never. ``media_stasis_before_reply``: the
+    channel's ``StasisStart`` is sent before the answer instead, which Asterisk does now and
+    then (its HTTP thread and the thread putting the channel in the app race). ``seed`` makes
+    ids, SSRCs and initial sequence numbers and timestamps reproducible.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class FakeAsterisk:
         agent_audio: FrameSource | None = None,
         auto_answer_agents: bool = True,
         media_stasis_delay: float | None = 0.005,
+        media_stasis_before_reply: bool = False,
         seed: int = 0,
     ) -> None:
         self.app = app
@@ -127,6 +130,7 @@ class FakeAsterisk:
         self.agent_audio: FrameSource = agent_audio or harness_audio.tone(660.0, -12.0)
         self.auto_answer_agents = auto_answer_agents
         self.media_stasis_delay = media_stasis_delay
+        self.media_stasis_before_reply = media_stasis_before_reply
         self.pbx = Pbx(app=app, seed=seed, emit=self._emit)
         self.channels: dict[str, ChannelState] = self.pbx.channels
         self.bridges: dict[str, BridgeState] = self.pbx.bridges
@@ -555,12 +559,18 @@ class FakeAsterisk:
                 rtp=peer,
             )
         )
-        if self.media_stasis_delay is not None:
+        if self.media_stasis_before_reply:
+            self._media_enters(ch.id)
+            await self._outbox.join()  # its events sent before the answer
+        elif self.media_stasis_delay is not None:
             self._spawn(self._media_enters_stasis(ch.id, self.media_stasis_delay))
         return web.json_response(ch.to_json())
 
     async def _media_enters_stasis(self, channel_id: str, delay: float) -> None:
         await asyncio.sleep(delay)
+        self._media_enters(channel_id)
+
+    def _media_enters(self, channel_id: str) -> None:
         ch = self.pbx.live(channel_id)
         if ch is not None and not ch.in_stasis:
             self.pbx.emit_channel(ch, "ChannelStateChange")  # Up, as Asterisk 22 reports first

@@ -2,8 +2,8 @@
 
 For each caller entering the Stasis app: answer; create a mixing bridge; create an external-media
 channel (RTP/PCMU over UDP) to a port of ours; wait until that channel has entered the Stasis
-application (its own ``StasisStart``: Asterisk answers ``POST /channels/externalMedia`` before
-the channel is in the app, and a bridge refuses it until then with 422); bridge caller and
+application (its own ``StasisStart``: Asterisk mostly answers ``POST /channels/externalMedia``
+before the channel is in the app, and a bridge refuses it until then with 422); bridge caller and
 external media; then play prompts by sending paced RTP to the address Asterisk announced, take
 keys from ``ChannelDtmfReceived`` (and RFC 4733 packets should any arrive), and record the RTP we
 receive (the bridge's mix: the caller, and the agent once connected) through the vault. After the
