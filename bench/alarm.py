@@ -22,9 +22,10 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from ivr.calls.alarm import Alarm
+from ivr.serving import loop_factory
 
 WAYS = ("no deadline", "asyncio.timeout", "alarm, deadline later", "alarm, deadline earlier")
 
@@ -68,14 +69,6 @@ async def measure(rounds: int, waits: int, progress: bool) -> dict[str, list[flo
     return times
 
 
-def _runner(loop: str) -> Callable[..., object]:
-    if loop == "uvloop":
-        import uvloop
-
-        return uvloop.run
-    return asyncio.run
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/alarm.py", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
@@ -86,11 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rounds < 1 or args.waits < 1:
         parser.error("--rounds and --waits must be at least 1")
     try:
-        run = _runner(args.loop)
-    except ImportError:
-        parser.error("--loop uvloop: uvloop is not installed (make run installs it)")
-    times = run(measure(args.rounds, args.waits, progress=not args.json))
-    assert isinstance(times, dict)
+        _, factory = loop_factory(args.loop)  # as ``ivr serve --loop`` makes it
+    except ValueError as exc:
+        parser.error(f"--loop {args.loop}: {exc}")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        times = runner.run(measure(args.rounds, args.waits, progress=not args.json))
     result = {
         way: {"median_ns": statistics.median(v), "min_ns": min(v), "max_ns": max(v)}
         for way, v in times.items()
