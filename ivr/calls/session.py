@@ -40,7 +40,6 @@ from ivr.consent import (
     StopRecording,
     Tick,
 )
-from ivr.prompt_library import prompt_infos as infos_of
 from media.prompts import Prompt
 from storage.catalog import RecordingRow
 from storage.errors import VaultError
@@ -101,13 +100,12 @@ class CallSession:
     call_id: str
     platform_call_id: str
     prompts: Mapping[str, Prompt]
+    # What the flow is told of them: the prompt library's, shared by every call on the line.
+    prompt_infos: Mapping[str, PromptInfo]
     started_wall: datetime
     clock: Callable[[], datetime]
     platform: Capabilities
     setup_seconds: float | None = None  # from the platform's first word to now (evidence)
-    # What the flow is told of ``prompts`` (the prompt library's, shared by every such call);
-    # made from them when not given.
-    prompt_infos: Mapping[str, PromptInfo] | None = None
     # Set by the platform while audio the recording should hold is not arriving (Twilio: the
     # recording stream asked for but not connected, or broken): the recording then closes as
     # incomplete or failed with this reason, never as complete.
@@ -143,7 +141,7 @@ class CallSession:
         forwards = self.line.forward_to is not None
         self.flow = ConsentFlow(
             flow_policy(self.line, self.platform),
-            self.prompt_infos if self.prompt_infos is not None else infos_of(self.prompts),
+            self.prompt_infos,
             self.started_wall,
             setup_seconds=self.setup_seconds,
         )
