@@ -12,12 +12,28 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[fast]'
+	$(BIN)/pip install --quiet -e '.[fast,hotpath]'
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[fast,test,dev]'
+	$(BIN)/pip install --quiet -e '.[fast,hotpath,test,dev]'
 	touch $@
+
+# The compiled hot path (hotpath.py): mypyc builds the modules every frame and packet goes
+# through into build/hotpath/, which the service loads while they match their sources. Where
+# there is no C compiler, or the build fails, it says so and the same modules run from source.
+# HOTPATH_SOURCES is hotpath.MODULES' files (a test checks).
+HOTPATH_SOURCES := media/rtp.py storage/format.py storage/writer.py ivr/calls/numbering.py \
+	ivr/calls/rtp.py ivr/calls/session.py ivr/platforms/twilio/messages.py
+HOTPATH := build/hotpath/manifest.json
+$(HOTPATH): hotpath.py $(HOTPATH_SOURCES) | $(STAMP)
+	@if ! command -v cc >/dev/null 2>&1; then \
+		echo "hotpath: no C compiler (cc); the hot path runs from source"; \
+	else \
+		echo "hotpath: compiling $(words $(HOTPATH_SOURCES)) modules with mypyc (about a minute)"; \
+		$(BIN)/python -m hotpath build \
+			|| echo "hotpath: the build failed (above); the hot path runs from source" >&2; \
+	fi
 
 # The prompts are synthesised with espeak-ng (docs/prompts.md): installed here when it is
 # missing and we are root on Debian/Ubuntu; otherwise the command to run is printed.
@@ -36,10 +52,10 @@ espeak-ng:
 			exit 2; \
 		fi; }
 
-run: $(STAMP) espeak-ng
+run: $(STAMP) $(HOTPATH) espeak-ng
 	$(BIN)/ivr serve
 
-test: $(TEST_STAMP) espeak-ng
+test: $(TEST_STAMP) $(HOTPATH) espeak-ng
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The whole default suite STRESS_RUNS times in a row beside a CPU hog (Debian's `stress --cpu 2`,
@@ -49,7 +65,7 @@ test: $(TEST_STAMP) espeak-ng
 # ends.
 STRESS_RUNS ?= 10
 .PHONY: test-stress
-test-stress: $(TEST_STAMP) espeak-ng
+test-stress: $(TEST_STAMP) $(HOTPATH) espeak-ng
 	@command -v stress >/dev/null || { echo "test-stress needs stress (apt-get install stress)"; exit 2; }
 	@hog=; trap 'kill $$hog 2>/dev/null; wait $$hog 2>/dev/null' EXIT INT TERM; \
 	for run in $$(seq 1 $(STRESS_RUNS)); do \
@@ -70,7 +86,7 @@ test-stress: $(TEST_STAMP) espeak-ng
 # inputs per surface (make test runs the same tests with a few hundred).
 ROBUSTNESS_INPUTS ?= 20000
 .PHONY: test-robustness
-test-robustness: $(TEST_STAMP) espeak-ng
+test-robustness: $(TEST_STAMP) $(HOTPATH) espeak-ng
 	IVR_ROBUSTNESS_INPUTS=$(ROBUSTNESS_INPUTS) $(BIN)/python -m pytest tests/robustness $(PYTEST_ARGS)
 
 # The ARI application against a real Asterisk 22 with SIP calls from sipp (tests/asterisk/).
@@ -79,7 +95,7 @@ test-robustness: $(TEST_STAMP) espeak-ng
 asterisk:
 	bash tests/asterisk/build.sh
 
-test-asterisk: $(TEST_STAMP) espeak-ng asterisk
+test-asterisk: $(TEST_STAMP) $(HOTPATH) espeak-ng asterisk
 	$(BIN)/python -m pytest tests/asterisk $(PYTEST_ARGS)
 
 # The catalog (and what uses it) against a real PostgreSQL (tests/cluster/, docs/postgresql.md):
@@ -107,7 +123,7 @@ $(CLUSTER_STAMP): pyproject.toml tests/cluster/requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --require-hashes -r tests/cluster/requirements.txt
 	touch $@
 
-test-cluster: $(TEST_STAMP) espeak-ng postgresql haproxy $(CLUSTER_STAMP)
+test-cluster: $(TEST_STAMP) $(HOTPATH) espeak-ng postgresql haproxy $(CLUSTER_STAMP)
 	$(BIN)/python -m pytest tests/cluster $(PYTEST_ARGS)
 
 # HAProxy, the load balancer in front of `make cluster`'s nodes (docs/deploy.md): Debian's haproxy,
@@ -140,7 +156,7 @@ lint: $(TEST_STAMP) typecheck
 
 # Strict mypy ([tool.mypy] in pyproject.toml) on everything we ship.
 typecheck: $(TEST_STAMP)
-	$(BIN)/mypy ivr media storage
+	$(BIN)/mypy ivr media storage hotpath.py
 
 format: $(TEST_STAMP)
 	$(BIN)/ruff check --fix .
@@ -158,7 +174,7 @@ bench: $(TEST_STAMP)
 BENCH_ARGS ?=
 WORKERS ?=
 .PHONY: bench-calls
-bench-calls: $(TEST_STAMP) espeak-ng
+bench-calls: $(TEST_STAMP) $(HOTPATH) espeak-ng
 	$(BIN)/python bench/calls.py $(if $(WORKERS),--workers $(WORKERS)) $(BENCH_ARGS)
 
 # What worker processes buy (bench/workers.py): ivr serve --workers K for K = 1 and 2 (or
@@ -166,7 +182,7 @@ bench-calls: $(TEST_STAMP) espeak-ng
 # service's processes and its ratio to K = 1, min/median/max over --repeats runs.
 WORKERS_ARGS ?=
 .PHONY: bench-workers
-bench-workers: $(TEST_STAMP) espeak-ng
+bench-workers: $(TEST_STAMP) $(HOTPATH) espeak-ng
 	$(BIN)/python bench/workers.py $(WORKERS_ARGS)
 
 clean:

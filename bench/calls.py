@@ -560,8 +560,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         options.check()
         ports = bare_ports(options, args.bare_ports)
         idle_rss = rss_kib(pid)
-        loop = (await fetch_health(args.url)).get("event_loop", "asyncio")
+        health = await fetch_health(args.url)
+        loop = health.get("event_loop", "asyncio")
         print(f"bench-calls: the service runs on {loop}; so will the reference", file=sys.stderr)
+        hot_path = health.get("hot_path", "source")  # hotpath.py: compiled or as written
+        print(f"bench-calls: the service's hot path runs {hot_path}", file=sys.stderr)
         runs = []
         for i in range(args.repeats):
             print(f"bench-calls: run {i + 1}/{args.repeats}", file=sys.stderr)
@@ -576,6 +579,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "calls": options.calls,
         "workers": args.workers,
         "event_loop": loop,
+        "hot_path": hot_path,
         "duration_s": options.duration,
         "repeats": args.repeats,
         "side_by_side": args.side_by_side,
@@ -651,7 +655,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for row in [("run", f"{i + 1} of {n}"), *run_rows(r)]
         ]
         reference = "at the same time" if result["side_by_side"] else "after the service"
-        head = [("event loop", result["event_loop"]), ("reference loaded", reference)]
+        head = [("event loop", result["event_loop"]), ("hot path", result.get("hot_path", "-"))]
+        head.append(("reference loaded", reference))
         print(aligned([*head, *rows, *summary_rows(result)]))
     return 0 if result["ok"] else 1
 

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
+import hotpath
 from ivr import __version__, api, serving
 from ivr.app_keys import CALLS, CLOCK, CONFIG, DATA_DIR, VAULT, WORKER
 from ivr.audit_heads import HEAD_PUBLISHER, HeadPublisher, publish_heads
@@ -607,6 +608,7 @@ async def healthz(request: web.Request) -> web.Response:
             "counters": dict(sorted(twilio.counters.items())),
             "cpu_seconds": round(cpu_seconds(), 3),
             "event_loop": event_loop_name(),
+            "hot_path": "compiled" if hotpath.status().compiled else "source",
         }
     )
 
@@ -689,7 +691,13 @@ def serve(
                 bound,
             )
         else:
-            log.info("listening on http://%s:%d (event loop: %s)", host, bound, loop_name)
+            log.info(
+                "listening on http://%s:%d (event loop: %s; hot path: %s)",
+                host,
+                bound,
+                loop_name,
+                hotpath.status().why,
+            )
         if supervisor_fd is not None:
             announce_ready(supervisor_fd)
 

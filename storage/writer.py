@@ -33,7 +33,7 @@ class ChunkSink(Protocol):
     def write(self, data: bytes) -> None: ...
 
 
-class WriterClosed(RuntimeError):
+class WriterClosed(Exception):  # not RuntimeError: mypyc compiles this module (hotpath.py)
     pass
 
 

@@ -160,3 +160,12 @@ def test_the_harness_sees_the_service_only_from_outside():
     # the vault, so it tests what a platform would see.
     for inside in ("ivr.service", "ivr.calls", "ivr.consent", "storage"):
         assert _importers("ivr.harness", inside) == []
+
+
+def test_the_hot_path_loader_imports_nothing_of_ours():
+    # Each top package runs it first (hotpath.py), so it must come before all of them.
+    tree = ast.parse((ROOT / "hotpath.py").read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "mypyc.build" in imported  # the reader works
+    assert {m for m in imported if m.split(".")[0] in PACKAGES} == set()

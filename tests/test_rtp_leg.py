@@ -7,6 +7,7 @@ prompts and ports are exercised through Asterisk (tests/test_asterisk_e2e.py, te
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -261,31 +262,31 @@ async def test_at_its_real_period_the_sweeper_leaves_a_flowing_streams_batches_t
     one.peer = peer
     taking = TakingSession()
     takes: list[tuple[str, int]] = []  # (who took a batch, how many packets it held)
-    catch_up = one.catch_up
 
-    def counted(by: str) -> None:
-        if one._batch:
-            takes.append((by, len(one._batch)))
-        catch_up()
+    def by(who: str, act: Callable[[], object]) -> None:
+        """``act``, and the batch it took, if it took one (a leg takes its batch by making a
+        new one, and leaves the packets in the one it took)."""
+        batch = one._batch
+        act()
+        if one._batch is not batch and batch:
+            takes.append((who, len(batch)))
 
-    sweep = sweeper.sweep
-    one.catch_up = lambda: counted("packet")  # type: ignore[method-assign]
+    def received(data: bytes) -> None:
+        by("packet", lambda: one.received(data, peer))
 
     def swept() -> None:
-        one.catch_up = lambda: counted("sweep")  # type: ignore[method-assign]
-        sweep()
-        one.catch_up = lambda: counted("packet")  # type: ignore[method-assign]
+        by("sweep", sweeper.sweep)
 
     one.begin(cast(CallSession, taking))
     sender = RtpSender()
     per_sweep = rtp.BATCH_PACKETS // 2  # packets between two sweeps at the real period
     assert rtp.BatchSweeper().period == per_sweep * FRAME_MS / 1000
     for n in range(phase):
-        one.received(sender.packet(bytes([n]) * 160), peer)
+        received(sender.packet(bytes([n]) * 160))
     for tick in range(200):  # 4 s of a flowing stream
         if tick % per_sweep == 0:
             swept()
-        one.received(sender.packet(b"\x01" * 160), peer)
+        received(sender.packet(b"\x01" * 160))
     # The first packets go one by one, until the jitter buffer has the stream's start; then
     # each batch is taken by its tenth packet.
     whole = [take for take in takes if take[1] > 1]
@@ -300,7 +301,7 @@ async def test_at_its_real_period_the_sweeper_leaves_a_flowing_streams_batches_t
     # A slow stream, a packet per sweep: taken at the third sweep that sees it.
     takes.clear()
     for _ in range(6):
-        one.received(sender.packet(b"\x02" * 160), peer)
+        received(sender.packet(b"\x02" * 160))
         swept()
     assert takes == [("sweep", 3), ("sweep", 3)]
 
@@ -308,17 +309,31 @@ async def test_at_its_real_period_the_sweeper_leaves_a_flowing_streams_batches_t
 async def test_the_sweeper_runs_while_a_leg_takes_audio_and_stops_when_none_does():
     import asyncio
 
+    from media.rtp import RtpSender
+
+    peer = ("127.0.0.1", 4000)
     sweeper = rtp.BatchSweeper(period=0.001)
-    swept = asyncio.Event()
-    sweep = sweeper.sweep
-    sweeper.sweep = lambda: (sweep(), swept.set())  # type: ignore[method-assign]
     one = RtpLeg(lambda kind, value: None, name="t", sweeper=sweeper)
-    one.begin(cast(CallSession, TakingSession()))
-    await asyncio.wait_for(swept.wait(), 30)
+    one.peer = peer
+    taking = TakingSession()
+    one.begin(cast(CallSession, taking))
+    sender = RtpSender()
+    sent = 0
+    while not one._batch:  # the stream's first packets are taken one by one, then batched
+        sent += 1
+        assert sent < rtp.BATCH_PACKETS
+        one.received(sender.packet(bytes([sent]) * 160), peer)
+    batch = one._batch
+
+    async def until(done: Callable[[], bool]) -> None:
+        while not done():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(until(lambda: one._batch is not batch), 30)  # only a sweep takes it
+    assert one.jitter.stats.received == sent  # into the jitter buffer
     one.flush()
-    swept.clear()
-    await asyncio.wait_for(swept.wait(), 30)  # the sweep after the leg left: the last one
-    assert sweeper._timer is None
+    # The sweep after the leg left is the last one.
+    await asyncio.wait_for(until(lambda: sweeper._timer is None), 30)
 
 
 def test_audio_is_let_in_only_from_the_announced_peer():

@@ -94,7 +94,7 @@ def test_serve_runs_a_simulated_call_and_stops_gracefully_on_sigterm(tmp_path, c
     assert "generated a master key" in log and "vault closed" in log
     assert "recording rec_" in log and "46701234567" not in log  # ids, never numbers
     assert (tmp_path / "master.key").exists()
-    assert f"(event loop: {loop})" in log
+    assert f"(event loop: {loop}; hot path: " in log
 
 
 def test_the_event_loop_is_uvloop_where_installed_and_asyncio_on_request(monkeypatch):

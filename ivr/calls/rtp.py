@@ -15,11 +15,13 @@ import contextlib
 import errno
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ivr.calls.playback import FRAME_MS, PacedPrompt
-from ivr.calls.session import TRACK_CALLER, CallSession
+from ivr.calls.session import TRACK_CALLER
+from ivr.consent import ConsentFlow
 from media.dtmf import DtmfDetector, parse_telephone_event
 from media.prompts import Prompt
 from media.rtp import (
@@ -182,6 +184,28 @@ class PortRange:
         )
 
 
+class LegSession(Protocol):
+    """What a leg asks of its call's session: ``ivr.calls.session.CallSession`` in service.
+    (A protocol rather than the class, so that compiled (hotpath.py), the leg still takes any
+    session with these members, as its tests' do.)"""
+
+    now: float
+    flow: ConsentFlow
+    before_event: Callable[[], None] | None
+
+    def audio(self, track: int, call_ms: int, payload: bytes) -> None: ...
+
+    def audio_run(
+        self, track: int, call_ms: int, step_ms: int, payloads: Sequence[bytes]
+    ) -> None: ...
+
+    def at(self, call_time: float) -> float: ...
+
+    def call_time(self) -> float: ...
+
+    def timer(self) -> float | None: ...
+
+
 @dataclass(eq=False)
 class RtpLeg:
     """One call's RTP: what arrives goes to ``session``, prompts go to ``peer``."""
@@ -189,7 +213,7 @@ class RtpLeg:
     wake: Callable[[str, object], None]
     name: str = ""  # for the log: the call id once known
     sweeper: BatchSweeper | None = None  # takes a batch that audio stopped filling
-    session: CallSession | None = None  # set by ``begin``; audio before it waits in ``early``
+    session: LegSession | None = None  # set by ``begin``; audio before it waits in ``early``
     port: int | None = None
     protocol: RtpPort | None = None
     peer: tuple[str, int] | None = None
@@ -209,9 +233,10 @@ class RtpLeg:
     _batch: list[bytes] = field(default_factory=list)  # see BATCH_PACKETS
 
     # -- in -------------------------------------------------------------------------------------
-    def received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         """The per-packet path, taken synchronously (no queue, no task switch): the audio
-        gate and the jitter buffer need no awaiting."""
+        gate and the jitter buffer need no awaiting. ``addr`` is (host, port), and two more
+        fields from an IPv6 socket: compiled, the annotation is checked."""
         peer = self.peer
         if addr != peer and (  # the peer's very address (IPv4) is one comparison
             peer is None
@@ -278,7 +303,7 @@ class RtpLeg:
             self._pump_posted = True
             self.wake(WAKE_PUMP, None)
 
-    def begin(self, session: CallSession) -> None:
+    def begin(self, session: LegSession) -> None:
         """Take the call's audio into ``session`` from now on, starting with what arrived
         before it (``early``)."""
         self.session = session
@@ -300,7 +325,7 @@ class RtpLeg:
         self.last_digit = (digit, now)
         return True
 
-    def _take(self, session: CallSession, data: bytes) -> None:
+    def _take(self, session: LegSession, data: bytes) -> None:
         try:
             packet = parse_rtp(data)
         except RtpError as exc:
@@ -333,7 +358,7 @@ class RtpLeg:
     def stop_playing(self) -> None:
         self.playback = None
 
-    def wait_seconds(self, session: CallSession) -> float | None:
+    def wait_seconds(self, session: LegSession) -> float | None:
         """How long the call's task may wait for its next wake: a frame while a prompt plays
         (prompts stay paced should RTP stop arriving), else the session's timer."""
         return FRAME_MS / 1000 if self.playback is not None else session.timer()
