@@ -177,6 +177,15 @@ WORKERS ?=
 bench-calls: $(TEST_STAMP) $(HOTPATH) espeak-ng
 	$(BIN)/python bench/calls.py $(if $(WORKERS),--workers $(WORKERS)) $(BENCH_ARGS)
 
+# What the compiled hot path buys (bench/compiled_vs_source.py): bench/calls.py with the
+# per-frame modules from source (IVR_HOTPATH=0) and compiled, one run each, alternating, PAIRS
+# times; BENCH_ARGS as for bench-calls, e.g.
+#   make bench-hotpath BENCH_ARGS="--calls 250 --duration 30"
+PAIRS ?= 3
+.PHONY: bench-hotpath
+bench-hotpath: $(TEST_STAMP) $(HOTPATH) espeak-ng
+	$(BIN)/python bench/compiled_vs_source.py --pairs $(PAIRS) -- $(BENCH_ARGS)
+
 # What worker processes buy (bench/workers.py): ivr serve --workers K for K = 1 and 2 (or
 # WORKERS_ARGS="--workers 1,2,4 ..."), K times the calls each, CPU per call-minute of all the
 # service's processes and its ratio to K = 1, min/median/max over --repeats runs.

@@ -169,3 +169,10 @@ def test_the_hot_path_loader_imports_nothing_of_ours():
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "mypyc.build" in imported  # the reader works
     assert {m for m in imported if m.split(".")[0] in PACKAGES} == set()
+
+
+def test_no_script_of_bench_shadows_a_top_module_of_ours():
+    # A script's own directory comes first on sys.path: bench/hotpath.py would be what
+    # `import hotpath` finds for every bench script, and the service would not start.
+    tops = {*PACKAGES, "hotpath"}
+    assert {p.stem for p in (ROOT / "bench").rglob("*.py")} & tops == set()
