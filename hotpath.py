@@ -118,7 +118,7 @@ def _check(where: Path) -> tuple[dict[str, Path], str]:
             if source_digest(module) != entry["source_sha256"]:
                 return {}, f"{source_path(module).relative_to(ROOT)} changed since the build"
             files[module] = where / entry["extension"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # not ours
         return {}, f"{manifest}: unreadable ({exc}); build again"
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:

@@ -60,6 +60,7 @@ def test_a_build_that_matches_every_source_is_loaded_whole(tmp_path):
     [
         (lambda where: (where / hotpath.MANIFEST).unlink(), "not built"),
         (lambda where: (where / hotpath.MANIFEST).write_text("{"), "unreadable"),
+        (lambda where: (where / hotpath.MANIFEST).write_text("[]"), "unreadable"),
         (lambda where: fake_build(where, format=hotpath.FORMAT + 1), "format"),
         (lambda where: fake_build(where, ext_suffix=".cpython-39-x.so"), "this Python loads"),
         (lambda where: (where / "media" / ("rtp" + SUFFIX)).unlink(), "is missing"),
