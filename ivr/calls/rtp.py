@@ -186,8 +186,8 @@ class PortRange:
 
 class LegSession(Protocol):
     """What a leg asks of its call's session: ``ivr.calls.session.CallSession`` in service.
-    (A protocol rather than the class, so that compiled (hotpath.py), the leg still takes any
-    session with these members, as its tests' do.)"""
+    A protocol, not that class: compiled (hotpath.py), an attribute typed with a class takes
+    only instances of it, and the leg's tests give it sessions of their own."""
 
     now: float
     flow: ConsentFlow
