@@ -38,6 +38,7 @@ import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 # Every module on the per-frame path of either platform, and what they share with it. Each is
@@ -162,6 +163,26 @@ def status() -> Status:
     return found
 
 
+def manifest_for(digests: dict[str, str]) -> dict[str, Any]:
+    """The manifest of a build of this Python from sources of these SHA-256 digests."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    modules = {
+        m: {"extension": str(Path(*m.split(".")).with_suffix("")) + suffix, "source_sha256": d}
+        for m, d in digests.items()
+    }
+    return {
+        "format": FORMAT,
+        "ext_suffix": suffix,
+        "shared_library": GROUP + "__mypyc" + suffix,
+        "modules": modules,
+    }
+
+
+def built_files(manifest: dict[str, Any]) -> list[str]:
+    """The files a build's manifest names, relative to the build directory."""
+    return [manifest["shared_library"], *(e["extension"] for e in manifest["modules"].values())]
+
+
 def build(where: Path | None = None, *, quiet: bool = False) -> Path:
     """Compile ``MODULES`` with mypyc into ``where`` (default ``build_dir()``) and write the
     manifest last, so that a build cut short is never loaded."""
@@ -191,19 +212,9 @@ def build(where: Path | None = None, *, quiet: bool = False) -> Path:
             setup(name=GROUP, ext_modules=extensions, script_args=(["-q"] if quiet else []) + args)
         finally:
             os.chdir(cwd)
-    suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    modules = {
-        m: {"extension": str(Path(*m.split(".")).with_suffix("")) + suffix, "source_sha256": d}
-        for m, d in digests.items()
-    }
-    manifest = {
-        "format": FORMAT,
-        "ext_suffix": suffix,
-        "shared_library": GROUP + "__mypyc" + suffix,
-        "modules": modules,
-    }
-    for entry in [manifest["shared_library"], *(e["extension"] for e in modules.values())]:
-        if not (where / str(entry)).is_file():
+    manifest = manifest_for(digests)
+    for entry in built_files(manifest):
+        if not (where / entry).is_file():
             raise RuntimeError(f"mypyc built no {where / str(entry)}")
     tmp_manifest = where / (MANIFEST + ".part")
     tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -27,23 +27,11 @@ SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
 def fake_build(where: Path, **changes: object) -> Path:
     """A build directory as ``hotpath.build`` leaves it, with empty files for the extensions
     (``_check`` looks at the manifest and that the files are there; it loads nothing)."""
-    modules = {
-        m: {
-            "extension": str(Path(*m.split(".")).with_suffix("")) + SUFFIX,
-            "source_sha256": hotpath.source_digest(m),
-        }
-        for m in hotpath.MODULES
-    }
-    manifest: dict[str, object] = {
-        "format": hotpath.FORMAT,
-        "ext_suffix": SUFFIX,
-        "shared_library": hotpath.GROUP + "__mypyc" + SUFFIX,
-        "modules": modules,
-    }
-    manifest.update(changes)
-    for entry in [str(manifest["shared_library"]), *(e["extension"] for e in modules.values())]:
+    manifest = hotpath.manifest_for({m: hotpath.source_digest(m) for m in hotpath.MODULES})
+    for entry in hotpath.built_files(manifest):
         (where / entry).parent.mkdir(parents=True, exist_ok=True)
         (where / entry).write_bytes(b"")
+    manifest.update(changes)
     (where / hotpath.MANIFEST).write_text(json.dumps(manifest))
     return where
 
