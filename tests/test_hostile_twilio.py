@@ -20,6 +20,7 @@ from xml.etree import ElementTree as ET
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
@@ -510,6 +511,39 @@ async def test_a_frame_past_the_lines_maximum_is_lost_not_stored(service, monkey
         summary = await finish(s, url, data, ws)
     assert summary["frames_stored"] == 99 and summary["frames_lost"] == 1
     assert recording_row(app, summary["recording_id"]).duration_ms <= 2100
+
+
+async def test_a_peer_gone_before_the_websocket_opens_is_counted_not_a_traceback(
+    tmp_path, monkeypatch
+):
+    """Under load a peer can give up while its upgrade waits: the handshake's answer then has
+    nowhere to go. That is counted and logged as a line, never an aiohttp traceback."""
+    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
+    app = create_app(load_config(None), tmp_path / "var", fsync=False)
+    left: list[str] = []
+
+    @web.middleware
+    async def peer_leaves(request: web.Request, handler):
+        if request.path.startswith("/twilio/stream/") and request.transport is not None:
+            request.transport.close()  # as a peer that left, seen from the server
+            left.append(request.path)
+        return await handler(request)
+
+    app.middlewares.append(peer_leaves)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as s:
+            _, ws_url, _ = await start_call(s, url)
+            with pytest.raises(aiohttp.ClientError):
+                await s.ws_connect(ws_url, autoping=False)
+        # aiohttp's client tries a GET once more when a pooled connection drops: each counted.
+        assert left and all(p.startswith("/twilio/stream/consent/") for p in left)
+        assert app[TWILIO].counters["streams_gone_before_open"] == len(left)
+    finally:
+        await server.close()
 
 
 async def test_a_normal_call_after_all_that_records_complete(service):

@@ -437,7 +437,17 @@ async def _stream_handler(request: web.Request, kind: str) -> web.StreamResponse
     # Pings are answered in order with the messages (_serve_stream), or by the process a
     # stream is relayed to: a pong means everything before the ping was acted on.
     ws = web.WebSocketResponse(max_msg_size=tw.MAX_MESSAGE_BYTES, heartbeat=None, autoping=False)
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:
+        # Gone before the handshake's answer could be written (a peer that gave up waiting,
+        # under load): nothing was opened, so nothing to end. Anyone can provoke it, so it is
+        # counted and its line bounded like any refusal's, never an aiohttp traceback.
+        twilio.counters["streams_gone_before_open"] += 1
+        twilio.warnings.warn(
+            "stream-gone", "%s stream: the peer left before the websocket opened", kind
+        )
+        return ws
     twilio.sockets.add(ws)
     stream = _Stream(twilio, request, ws, kind)
     try:
