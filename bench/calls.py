@@ -357,7 +357,9 @@ async def one_run(
     if side_by_side:
         reference = asyncio.ensure_future(run_reference(platform, options, ports, loop))
     try:
+        collector_before = (await fetch_health(options.url)).get("collector")
         report, rss = await rss_growth(pid, run(DRIVERS[platform], options), idle_rss)
+        collector_after = (await fetch_health(options.url)).get("collector")
     except BaseException:
         if reference is not None:
             reference.cancel()
@@ -383,6 +385,9 @@ async def one_run(
         "service_rss_kib_per_call": rss / options.calls if rss is not None else None,
         "bare_rss_kib_per_call": None,
         "service_tcp_acks_per_data_segment": service["cost"].get("tcp_acks_per_data_segment"),
+        "service_collector": (pauses := collector_pauses(collector_before, collector_after)),
+        "service_gc_paused_ms": pauses["paused_ms"] if pauses else None,
+        "service_gc_longest_at_most_ms": pauses["longest_at_most_ms"] if pauses else None,
         "bare_tcp_acks_per_data_segment": None,
         "windows_overlap": None,
         "reference": None,
@@ -427,6 +432,31 @@ async def one_run(
     return record
 
 
+def collector_pauses(before: Any, after: Any) -> dict[str, Any] | None:
+    """The service's garbage collections during a run, from its /healthz ``collector`` before
+    and after (ivr/collector_pauses.py): how many, the time paused in all, and the smallest
+    histogram bound no pause of the run went over (None: above the largest). None when the
+    service does not say (not timing them, an older one, /healthz unread); with workers, the
+    process that answered's."""
+    try:
+        if not (before["watched"] and after["watched"]):
+            return None
+        count = sum(after["collections"]) - sum(before["collections"])
+        over = {
+            float(b): after["pauses_over_ms"][b] - before["pauses_over_ms"].get(b, 0)
+            for b in after["pauses_over_ms"]
+        }
+        paused = after["paused_seconds"] - before["paused_seconds"]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    within = [bound for bound, n in sorted(over.items()) if n == 0]
+    return {
+        "collections": count,
+        "paused_ms": round(paused * 1000, 1),
+        "longest_at_most_ms": within[0] if within and count else (0.0 if not count else None),
+    }
+
+
 def _drop_tcp(cost: dict[str, Any]) -> None:
     for key in [k for k in cost if k.startswith("tcp_")]:
         del cost[key]
@@ -462,6 +492,8 @@ SUMMARISED = (
     "bare_rss_kib_per_call",
     "service_tcp_acks_per_data_segment",
     "bare_tcp_acks_per_data_segment",
+    "service_gc_paused_ms",
+    "service_gc_longest_at_most_ms",
 )
 
 
@@ -500,6 +532,7 @@ def run_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
             )
         )
         ratio, whole = record["cpu_ratio"], record["whole_call_ratio"]
+        rows.append(("  collector", collector_line(record["service_collector"])))
         rows.append(("cpu ratio", f"{ratio:.2f} (service / bare, steady)" if ratio else "-"))
         if record["windows_overlap"] is not None:
             rows.append(
@@ -530,6 +563,21 @@ def run_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("bare cpu", f"failed: {record['reference_error']}"))
     rows += [("errors" if i == 0 else "", e) for i, e in enumerate(record["errors"])]
     return rows
+
+
+def collector_line(pauses: dict[str, Any] | None) -> str:
+    if pauses is None:
+        return "- (the service's /healthz does not say)"
+    longest = pauses["longest_at_most_ms"]
+    bound = (
+        "no pause"
+        if not pauses["collections"]
+        else (f"each at most {longest:g} ms" if longest is not None else "one over 250 ms")
+    )
+    return (
+        f"{pauses['collections']} garbage collections, {pauses['paused_ms']:g} ms paused in all, "
+        f"{bound} (the service's, during its run)"
+    )
 
 
 def summary_rows(result: dict[str, Any]) -> list[tuple[str, str]]:

@@ -11,7 +11,9 @@ process). docs/operations.md lists the series and what to watch. Three sources:
   (``ivr_twilio_<key>_total``, ``ivr_asterisk_<key>_total``), calls and recordings in progress,
   the ARI connection, pressing breaches; the audit head as published; refused requests
   (``ivr_requests_refused_total``: the API without a valid token, by reason; Twilio webhooks
-  with a bad signature; Twilio streams refused); and the process (CPU, memory, descriptors);
+  with a bad signature; Twilio streams refused); the garbage collector's pauses
+  (``ivr_gc_pause_seconds``, ivr/collector_pauses.py); and the process (CPU, memory,
+  descriptors);
 - nothing personal: no number, no call id, no token name is a label.
 """
 
@@ -31,7 +33,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -39,6 +41,7 @@ from ivr import __version__
 from ivr.api import REFUSALS_KEY
 from ivr.app_keys import CALLS, CLOCK, VAULT
 from ivr.audit_heads import HEAD_PUBLISHER
+from ivr.collector_pauses import PAUSE_BUCKETS, PAUSES, CollectorPauses
 from ivr.gdpr import breach
 from ivr.platforms.twilio.app import TWILIO
 from ivr.supervision import LoopHealth
@@ -195,6 +198,7 @@ class ServiceMetrics:
             pressing.add_metric([urgency.replace(" ", "_")], urgencies.count(urgency))
         out.append(pressing)
         out.append(_refused(app, twilio.counters if twilio is not None else {}))
+        out.append(_collector(PAUSES))
         out.extend(_audit(app, audit_seq))
         self._scraped = out
 
@@ -256,6 +260,18 @@ def _refused(app: web.Application, twilio: Mapping[str, int]) -> CounterMetricFa
     refused.add_metric(["twilio_webhook", "bad signature"], twilio.get("webhooks_forbidden", 0))
     refused.add_metric(["twilio_stream", "refused"], twilio.get("streams_refused", 0))
     return refused
+
+
+def _collector(pauses: CollectorPauses) -> HistogramMetricFamily:
+    buckets = [
+        (f"{bound:g}", float(n)) for bound, n in zip(PAUSE_BUCKETS, pauses.at_most, strict=True)
+    ]
+    return HistogramMetricFamily(
+        "ivr_gc_pause_seconds",
+        "How long each garbage collection stopped the process (every call waits behind it)",
+        buckets=[*buckets, ("+Inf", float(pauses.count))],
+        sum_value=pauses.paused_seconds,
+    )
 
 
 def _audit(app: web.Application, seq: int) -> Iterator[Metric]:

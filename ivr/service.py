@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 
 import hotpath
-from ivr import __version__, api, serving
+from ivr import __version__, api, collector_pauses, serving
 from ivr.app_keys import CALLS, CLOCK, CONFIG, DATA_DIR, VAULT, WORKER
 from ivr.audit_heads import HEAD_PUBLISHER, HeadPublisher, publish_heads
 from ivr.calls import CallRegistry
@@ -609,6 +609,7 @@ async def healthz(request: web.Request) -> web.Response:
             "cpu_seconds": round(cpu_seconds(), 3),
             "event_loop": event_loop_name(),
             "hot_path": "compiled" if hotpath.status().compiled else "source",
+            "collector": collector_pauses.PAUSES.report(),
         }
     )
 
@@ -676,6 +677,7 @@ def serve(
     # collector's way for good.
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
+    collector_pauses.watch()
     serving.limit_malloc_arenas()
 
     loop_name, _ = serving.loop_factory(event_loop)

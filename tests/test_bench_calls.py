@@ -185,6 +185,9 @@ async def test_it_starts_ivr_serve_without_url() -> None:
     assert result["url"].startswith("http://127.0.0.1:")
     _check_runs(result, 2, 2 * 50)
     assert result["runs"][0]["service_rss_kib_per_call"] is not None
+    # ivr serve times its collections; a run this short may see none, but says so.
+    pauses = result["runs"][0]["service_collector"]
+    assert pauses is not None and pauses["collections"] >= 0 and pauses["paused_ms"] >= 0
 
 
 async def test_no_reference_without_a_service() -> None:

@@ -148,6 +148,7 @@ def test_threads_share_at_most_two_malloc_arenas(mode, operator, arenas):
 def test_the_arenas_are_capped_before_the_service_starts(monkeypatch, tmp_path):
     import gc
 
+    from ivr import collector_pauses
     from ivr.config.load import DEMO_CONFIG
     from ivr.service import serve
 
@@ -156,8 +157,9 @@ def test_the_arenas_are_capped_before_the_service_starts(monkeypatch, tmp_path):
     monkeypatch.setattr(serving, "run", lambda *args, **kwargs: calls.append("run"))
     monkeypatch.setattr(gc, "set_threshold", lambda *args: None)  # the test process's own stay
     monkeypatch.setattr(gc, "freeze", lambda: None)
+    monkeypatch.setattr(collector_pauses, "watch", lambda: calls.append("pauses"))
     serve(config=load_config(DEMO_CONFIG), data_dir=tmp_path / "var", host="127.0.0.1", port=0)
-    assert calls == ["arenas", "run"]
+    assert calls == ["pauses", "arenas", "run"]  # its collections timed from the start
 
 
 def test_json_log_lines_are_one_object_each():
