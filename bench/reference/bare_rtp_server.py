@@ -47,7 +47,7 @@ RCVBUF_BYTES = 1 << 20  # as the service's RTP sockets
 # Runtime settings are the same on both sides, so that the ratio compares the work done per
 # packet: the collector's thresholds ``ivr serve`` sets (ivr/service.py GC_THRESHOLDS) and what
 # one receive asks of the socket (ivr/calls/rtp.py DATAGRAM_BYTES), and at most two malloc arenas.
-GC_THRESHOLDS = (50_000, 50, 100)
+GC_THRESHOLDS = (10_000, 50, 100)
 DATAGRAM_BYTES = 64 * 1024
 _HEADER = struct.Struct("!BBHII")
 _TS_MASK = 0xFFFFFFFF

@@ -39,7 +39,7 @@ SEAL_BYTES = 2 * 8000  # one second of two tracks of 8 kHz mu-law
 # Runtime settings are the same on both sides, so that the ratio compares the work done per
 # message: the collector's thresholds ``ivr serve`` sets (ivr/service.py GC_THRESHOLDS) and what
 # it reads from a socket at once (ivr/serving.py READ_BYTES), and at most two malloc arenas.
-GC_THRESHOLDS = (50_000, 50, 100)
+GC_THRESHOLDS = (10_000, 50, 100)
 READ_BYTES = 64 * 1024
 _STATS = web.AppKey("stats", dict)
 
