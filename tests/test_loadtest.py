@@ -22,7 +22,10 @@ from ivr.cli.loadtest import add_loadtest_parser, options_from_args, run_loadtes
 from ivr.config import DEMO_TWILIO_AUTH_TOKEN, load_config
 from ivr.harness.loadtest import LoadtestOptions, format_report, run_loadtest
 from ivr.harness.loadtest.core import StreamRun, tcp_segments
+from ivr.harness.loadtest.twilio import no_recording_stream
+from ivr.harness.twilio_sim import CallResult
 from ivr.harness.twilio_wire import DEMO_AUTH_TOKEN
+from ivr.platforms.twilio.messages import twiml_reject
 from ivr.service import create_app
 
 
@@ -189,3 +192,15 @@ def test_acks_per_data_segment_over_the_window() -> None:
     }
     assert acks(None, (1300, 800)) == {} and acks((1000, 600), None) == {}
     assert acks((1000, 600), (1100, 600)) == {}  # no data sent: no ratio to give
+
+
+def test_a_call_turned_away_at_the_cap_is_told_apart_from_a_lost_recording() -> None:
+    """Over ``[limits] max_calls`` the service answers ``<Reject reason="busy"/>``
+    (ivr/platforms/twilio/busy.py): the generator says so, not "no recording stream"."""
+    busy = CallResult("CA1", twiml=[twiml_reject("busy")])
+    assert no_recording_stream(busy).startswith("turned away by the service (busy)")
+    assert "max_calls" in no_recording_stream(busy)
+    streamed = CallResult("CA2", twiml=['<?xml version="1.0"?><Response><Connect/></Response>'])
+    assert no_recording_stream(streamed) == "no recording stream (decision -)"
+    assert no_recording_stream(CallResult("CA3", twiml=["not xml"])).startswith("no recording")
+    assert no_recording_stream(CallResult("CA4")).startswith("no recording")

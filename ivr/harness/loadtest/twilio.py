@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,7 @@ from ivr.harness.loadtest.core import (
     p50_p99,
 )
 from ivr.harness.twilio_sim import CallOptions, StreamStart, simulate_call
+from ivr.harness.twilio_sim import CallResult as SimulatedCall
 from ivr.harness.twilio_wire import AUTH_TOKEN_ENV, DEFAULT_TO, DEMO_AUTH_TOKEN
 from ivr.harness.wsclient import OP_CLOSE, RawWebSocket, WebSocketError, text_frame
 
@@ -229,7 +231,7 @@ class TwilioDriver(Driver[LoadtestOptions]):
         if isinstance(streamer, CallFailed):
             raise CallFailed(f"recording {streamer}")
         if streamer is None:
-            raise CallFailed(f"no recording stream (decision {call.decision or '-'})")
+            raise CallFailed(no_recording_stream(call))
         if streamer.error is not None:
             raise CallFailed(f"recording {streamer.error}")
         if call.recording_status != "complete":
@@ -272,3 +274,19 @@ class TwilioDriver(Driver[LoadtestOptions]):
             ),
             ("first prompt ms", p50_p99(s["first_prompt_ms"])),
         ]
+
+
+def no_recording_stream(call: SimulatedCall) -> str:
+    """Why a call the generator made never streamed its recording, in the words a user of
+    ``ivr loadtest`` needs: a call the service turned away (its call cap) is not a failure of
+    the recording."""
+    answer = call.twiml[0] if call.twiml else ""
+    with contextlib.suppress(ET.ParseError):
+        reject = ET.fromstring(answer).find("Reject")
+        if reject is not None:
+            reason = reject.get("reason") or "rejected"
+            return (
+                f"turned away by the service ({reason}): at its call cap? ([limits] max_calls; "
+                "bench/calls.py sets it above --calls)"
+            )
+    return f"no recording stream (decision {call.decision or '-'})"
