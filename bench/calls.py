@@ -436,8 +436,8 @@ def collector_pauses(before: Any, after: Any) -> dict[str, Any] | None:
     """The service's garbage collections during a run, from its /healthz ``collector`` before
     and after (ivr/collector_pauses.py): how many, the time paused in all, and the smallest
     histogram bound no pause of the run went over (None: above the largest). None when the
-    service does not say (not timing them, an older one, /healthz unread); with workers, the
-    process that answered's."""
+    service does not say (not timing them, an older one, /healthz unread); with workers, those
+    of whichever process answered."""
     try:
         if not (before["watched"] and after["watched"]):
             return None
