@@ -13,8 +13,9 @@ README "Performance"), though they then contend for it.
 
 For each of ``--repeats`` runs it prints the CPU lines of both and their ratio (service / bare,
 CPU seconds per call-minute over the window when every call streams, or the whole streaming
-phase when that is too short), the latency percentiles, and the growth of resident memory per
-call while the run lasted (for the processes started here); then min/median/max over the runs.
+phase when that is too short), the latency percentiles, the growth of resident memory per
+call while the run lasted (for the processes started here), and the service's garbage
+collections during the run (from its /healthz); then min/median/max over the runs.
 ``--json`` prints all of it as one object; progress goes to stderr. Exit 0 when every run of
 both sides completed without loss. Run from the repository root (``make bench-calls`` does)::
 
