@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,3 +20,13 @@ def run_bench(script: str, *args: str, timeout: float = 120) -> subprocess.Compl
         text=True,
         timeout=timeout,
     )
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of ``bench/`` (or its references) imported as a module, to test its parts."""
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

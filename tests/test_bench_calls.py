@@ -5,7 +5,6 @@ themselves. The streams run in real time, so the numbers are kept small."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import random
 import re
@@ -13,7 +12,6 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -25,19 +23,11 @@ from ivr.harness.loadtest.twilio import POOL
 from ivr.harness.twilio_wire import media_template
 from ivr.harness.wsclient import OP_CLOSE, OP_PONG, RawWebSocket, WebSocketError, text_frame
 from ivr.service import create_app
+from tests.bench_scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench" / "calls.py"
 DEMO = ROOT / "examples" / "asterisk-demo.toml"
-
-
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _free_port() -> int:
@@ -199,7 +189,7 @@ async def test_no_reference_without_a_service() -> None:
 
 
 def test_options_and_defaults() -> None:
-    bench = _load(BENCH)
+    bench = load_script(BENCH)
     args = bench.parser().parse_args(["--platform", "asterisk"])
     assert args.url is None and args.repeats == 3 and args.bare_ports is None
     options = bench.options_from_args(args)
@@ -348,7 +338,7 @@ async def test_bare_rtp_server_checks_peer_and_ssrc_and_seals() -> None:
 
 
 def test_parse_ports() -> None:
-    parse_ports = _load(ROOT / "bench" / "reference" / "bare_rtp_server.py").parse_ports
+    parse_ports = load_script(ROOT / "bench" / "reference" / "bare_rtp_server.py").parse_ports
     assert parse_ports("41000-41009") == (41000, 41009)
     assert parse_ports("5000") == (5000, 5000)
     for bad in ("x", "10-5", "0-10", "70000"):
@@ -379,7 +369,7 @@ async def test_bench_workers_compares_one_and_two_workers_in_one_run() -> None:
 
 
 def test_bench_workers_refuses_bad_counts() -> None:
-    workers = _load(ROOT / "bench" / "workers.py")
+    workers = load_script(ROOT / "bench" / "workers.py")
     assert workers.parse_counts("1,2,4") == [1, 2, 4]
     for bad in ("", "0", "1,x", "65"):
         with pytest.raises(ValueError, match="--workers"):
@@ -388,7 +378,7 @@ def test_bench_workers_refuses_bad_counts() -> None:
 
 def test_side_by_side_drops_the_host_wide_tcp_counts() -> None:
     """Both loads at once share this host's TCP counters (tcp_segments): neither side's."""
-    drop = _load(ROOT / "bench" / "calls.py")._drop_tcp
+    drop = load_script(ROOT / "bench" / "calls.py")._drop_tcp
     cost = {"window": "steady", "tcp_data_segments": 5, "tcp_acks_per_data_segment": 0.5}
     drop(cost)
     assert cost == {"window": "steady"}

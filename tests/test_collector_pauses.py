@@ -5,11 +5,8 @@ bench's references (the ratio compares work, not settings)."""
 from __future__ import annotations
 
 import gc
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import aiohttp
 import pytest
@@ -17,6 +14,7 @@ import pytest
 from ivr import collector_pauses
 from ivr.collector_pauses import PAUSE_BUCKETS, CollectorPauses
 from ivr.service import GC_THRESHOLDS
+from tests.bench_scripts import load_script
 from tests.test_metrics import scrape, value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,15 +26,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"pauses_{path.stem}", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -114,7 +103,7 @@ async def test_healthz_and_metrics_show_the_pauses(service, watched: None) -> No
 
 
 def test_bench_reads_a_runs_pauses_from_healthz_before_and_after() -> None:
-    bench = _load(ROOT / "bench" / "calls.py")
+    bench = load_script(ROOT / "bench" / "calls.py")
     before = {
         "watched": True,
         "collections": [3, 0, 0],
@@ -145,5 +134,5 @@ def test_bench_reads_a_runs_pauses_from_healthz_before_and_after() -> None:
 
 @pytest.mark.parametrize("script", ["bare_ws_server.py", "bare_rtp_server.py"])
 def test_the_references_collect_as_the_service_does(script: str) -> None:
-    reference = _load(ROOT / "bench" / "reference" / script)
+    reference = load_script(ROOT / "bench" / "reference" / script)
     assert reference.GC_THRESHOLDS == GC_THRESHOLDS
