@@ -646,8 +646,8 @@ TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The per-message path makes only short-lived objects; the default collector threshold
 # (700 allocations) would run a collection hundreds of times a second under load. Not much
 # higher than this, though: a collection stops every call for as long as it walks what was made
-# since the last: at 500 Twilio calls each took 25 to 50 ms at 50,000, under 25 at 10,000, for
-# the same time paused in all and the same CPU (README, Performance; ivr/collector_pauses.py).
+# since the last: at 500 Twilio calls the longest took 25 to 50 ms at 50,000, none over 25 at
+# 10,000, for the same time paused in all and the same CPU (README, Performance).
 GC_THRESHOLDS = (10_000, 50, 100)
 
 
