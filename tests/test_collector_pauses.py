@@ -75,13 +75,15 @@ def test_watching_times_real_collections_once_however_often_asked(watched: None)
     assert gc.callbacks.count(collector_pauses.PAUSES.callback) == 1
     before = collector_pauses.PAUSES.collections[2]
     gc.collect()
-    assert collector_pauses.PAUSES.collections[2] == before + 1
+    # At least the one asked for (the collector may start one of its own meanwhile).
+    timed = collector_pauses.PAUSES.collections[2]
+    assert timed >= before + 1
     assert collector_pauses.PAUSES.longest_seconds > 0
     collector_pauses.unwatch()
     assert collector_pauses.PAUSES.callback not in gc.callbacks
     assert collector_pauses.PAUSES.report()["watched"] is False
     gc.collect()
-    assert collector_pauses.PAUSES.collections[2] == before + 1
+    assert collector_pauses.PAUSES.collections[2] == timed  # no longer timed
 
 
 async def test_healthz_and_metrics_show_the_pauses(service, watched: None) -> None:
