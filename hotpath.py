@@ -215,7 +215,7 @@ def build(where: Path | None = None, *, quiet: bool = False) -> Path:
     manifest = manifest_for(digests)
     for entry in built_files(manifest):
         if not (where / entry).is_file():
-            raise RuntimeError(f"mypyc built no {where / str(entry)}")
+            raise RuntimeError(f"mypyc built no {where / entry}")
     tmp_manifest = where / (MANIFEST + ".part")
     tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp_manifest.replace(where / MANIFEST)

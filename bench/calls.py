@@ -451,10 +451,14 @@ def collector_pauses(before: Any, after: Any) -> dict[str, Any] | None:
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
     within = [bound for bound, n in sorted(over.items()) if n == 0]
+    if not count:
+        longest: float | None = 0.0
+    else:
+        longest = within[0] if within else None
     return {
         "collections": count,
         "paused_ms": round(paused * 1000, 1),
-        "longest_at_most_ms": within[0] if within and count else (0.0 if not count else None),
+        "longest_at_most_ms": longest,
     }
 
 
