@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 import zipfile
 from datetime import timedelta
 
 import aiohttp
 import pytest
 import soundfile as sf
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from ivr import serving
 from ivr.api import token_digest
-from ivr.config import load_config
+from ivr.config import Limits, load_config
 from ivr.service import VAULT, create_app
 from storage.catalog import RecordingStatus
 
@@ -45,14 +49,15 @@ def config_text() -> str:
     return "".join(out)
 
 
-@pytest.fixture
-async def api(tmp_path, monkeypatch):
+def make_app(tmp_path, monkeypatch) -> web.Application:
     monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
     path = tmp_path / "ivr.toml"
     path.write_text(config_text())
-    app = create_app(load_config(path), tmp_path / "var", fsync=False)
-    server = TestServer(app)
-    await server.start_server()
+    return create_app(load_config(path), tmp_path / "var", fsync=False)
+
+
+def add_recordings(app: web.Application) -> dict:
+    """One 3-second recording per tenant, in a started app's vault."""
     vault = app[VAULT]
     recs = {}
     for tenant in ("acme", "globex"):
@@ -71,6 +76,15 @@ async def api(tmp_path, monkeypatch):
         for i in range(150):
             rec.append(0, i * 20, bytes([i % 256]) * 160)
         recs[tenant] = rec.close()
+    return recs
+
+
+@pytest.fixture
+async def api(tmp_path, monkeypatch):
+    app = make_app(tmp_path, monkeypatch)
+    server = TestServer(app)
+    await server.start_server()
+    recs = add_recordings(app)
     async with aiohttp.ClientSession(base_url=str(server.make_url(""))) as session:
         yield session, app, recs
     await server.close()
@@ -142,6 +156,56 @@ async def test_playback_is_audited_with_actor_and_reason(api):
     event = [e for e in app[VAULT].catalog.audit_events() if e.action == "recording.exported"][-1]
     assert event.target == rid and event.detail["reason"] == "complaint 42"
     assert event.actor == "api:acme:acme-dpo:dpo"
+
+
+async def test_a_download_cut_short_is_audited_as_such_not_a_traceback(
+    tmp_path, monkeypatch, caplog
+):
+    """A client that goes away mid-download: the audit log says the export did not finish (how
+    much was handed over, of how much), and the service logs one line, no aiohttp traceback."""
+    caplog.set_level(logging.INFO)
+    app = make_app(tmp_path, monkeypatch)
+    left: list[str] = []
+    finished: list[str] = []  # handlers finished: what they audit is in the log
+    finishing = asyncio.Condition()
+
+    @web.middleware
+    async def client_leaves(request: web.Request, handler):
+        if not request.path.endswith("/audio") or request.transport is None:
+            return await handler(request)
+        request.transport.close()  # as a client that left, seen from the server
+        left.append(request.path)
+        try:
+            return await handler(request)
+        finally:
+            async with finishing:
+                finished.append(request.path)
+                finishing.notify_all()
+
+    app.middlewares.append(client_leaves)
+    # As `ivr serve` serves (aiohttp's TestServer would cancel the handler when its client goes).
+    served = await serving.start(app, host="127.0.0.1", port=0, limits=Limits())
+    rid = add_recordings(app)["acme"].id
+    try:
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{served.port}") as session:
+            with pytest.raises(aiohttp.ClientError):
+                resp = await session.get(
+                    f"/api/v1/recordings/{rid}/audio?reason=x", headers=auth("acme-dpo")
+                )
+                await resp.read()
+        async with finishing:  # aiohttp's client may have tried the GET twice: both finished
+            await finishing.wait_for(lambda: len(finished) == len(left))
+        events = [e for e in app[VAULT].catalog.audit_events() if e.target == rid]
+    finally:
+        await served.stop()
+    started = [e for e in events if e.action == "recording.exported"]
+    cut = [e for e in events if e.action == "recording.export_cut_short"]
+    assert left and len(started) == len(cut) == len(left)
+    size = 44 + 150 * 160 * 2  # WAV header + 3 s of 16-bit samples
+    assert all(e.detail["bytes"] == size > e.detail["bytes_handed_over"] for e in cut)
+    assert cut[0].actor == "api:acme:acme-dpo:dpo" and cut[0].detail["reason"] == "x"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("cut short" in r.getMessage() and rid in r.getMessage() for r in caplog.records)
 
 
 async def test_list_show_hold_release_delete(api):

@@ -538,6 +538,76 @@ async def test_api_export_states_the_configuration_and_holds_sealed_recordings(
     )
 
 
+# Paths this process opened for writing, or made, while ``_WATCHING`` holds a list; an audit
+# hook cannot be removed, so the hook is installed once and does nothing outside that test.
+_WATCHING: list[list[str]] = []
+
+
+def _watch_writes(event: str, args: tuple[Any, ...]) -> None:
+    if not _WATCHING:
+        return
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        mode, flags = args[1], args[2]
+        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+        )
+        if writing:
+            _WATCHING[-1].append(os.fsdecode(args[0]))
+    elif event in ("os.mkdir", "os.rename", "os.replace"):
+        _WATCHING[-1].append(os.fsdecode(args[0]))
+
+
+async def test_api_export_never_writes_the_zip_to_disk(tmp_path, monkeypatch):
+    """The export holds recordings in clear: built for the API, it stays in memory. Everything
+    the request wrote or made on disk is the vault's own (its audit entries), nothing in a
+    temporary folder, which a crash would leave behind in clear."""
+    import sys
+
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+
+    from ivr.api import token_digest
+    from ivr.service import VAULT, create_app
+
+    monkeypatch.setenv("IVR_MASTER_KEY", base64.b64encode(MASTER).decode())
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # wherever tempfile would look
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", None)
+    path = tmp_path / "ivr.toml"
+    path.write_text(
+        config_text()
+        + '[[api_tokens]]\ntenant = "acme"\nname = "t"\nrole = "dpo"\n'
+        + f'token_sha256 = "{token_digest("acme-dpo")}"\n'
+    )
+    config = load_config(path)
+    app = create_app(config, tmp_path / "var", fsync=False)
+    server = TestServer(app)
+    await server.start_server()
+    sys.addaudithook(_watch_writes)
+    written: list[str] = []
+    try:
+        row = recorded(app[VAULT], config, "+46850000001")
+        async with aiohttp.ClientSession(base_url=str(server.make_url(""))) as session:
+            _WATCHING.append(written)
+            try:
+                resp = await session.post(
+                    "/api/v1/subject/export",
+                    json={"phone": CALLER, "reason": "Art. 15"},
+                    headers={"Authorization": "Bearer acme-dpo"},
+                )
+                body = await resp.read()
+            finally:
+                _WATCHING.remove(written)
+            assert resp.status == 200, body
+    finally:
+        await server.close()
+    with zipfile.ZipFile(io.BytesIO(body)) as zf:
+        assert f"recordings/{row.id}.wav" in zf.namelist()  # audio in clear: the case that matters
+    var = str(tmp_path / "var") + os.sep
+    assert [p for p in written if not p.startswith(var)] == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_basis_articles_agree_with_the_records_of_processing():
     for basis in LawfulBasis:
         assert basis_article(basis) == BASIS_ARTICLES[basis][0]

@@ -23,7 +23,6 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -332,11 +331,36 @@ async def recording_audio(request: web.Request, caller: Caller) -> web.StreamRes
             "Content-Length": str(len(header) + len(body)),
         }
     )
-    await response.prepare(request)
-    await response.write(header)
-    for start in range(0, len(body), 1 << 16):
-        await response.write(body[start : start + (1 << 16)])
-    await response.write_eof()
+    size, sent = len(header) + len(body), 0
+    try:
+        await response.prepare(request)
+        await response.write(header)
+        sent = len(header)
+        for start in range(0, len(body), 1 << 16):
+            piece = body[start : start + (1 << 16)]
+            await response.write(piece)
+            sent += len(piece)
+        await response.write_eof()
+    except ConnectionError:
+        # The client went away mid-download. The entry above says an export began; this one
+        # says it did not finish, so a DPO reading the log is not told more than happened.
+        # aiohttp would log a traceback for the raise; the prepared response is returned
+        # instead, and aiohttp drops the connection.
+        log.info(
+            "recording %s: the WAV download was cut short by the client after %d of %d bytes",
+            row.id,
+            sent,
+            size,
+        )
+        await _audit(
+            vault,
+            caller.actor,
+            "recording.export_cut_short",
+            caller.tenant,
+            row.id,
+            200,
+            {"bytes_handed_over": sent, "bytes": size, "reason": reason, "via": "api"},
+        )
     return response
 
 
@@ -402,8 +426,6 @@ async def subject_erase(request: web.Request, caller: Caller) -> web.Response:
 
 @endpoint(DPO_ONLY, "subject_export")
 async def subject_export(request: web.Request, caller: Caller) -> web.StreamResponse:
-    import tempfile
-
     from ivr.gdpr import subject
 
     vault = request.app[VAULT]
@@ -414,20 +436,17 @@ async def subject_export(request: web.Request, caller: Caller) -> web.StreamResp
         raise _json_error(400, "language must be en or sv")
 
     def build() -> bytes:
-        with tempfile.TemporaryDirectory(prefix="ivr-export-") as tmp:
-            out = Path(tmp) / "export.zip"
-            subject.export(
-                vault,
-                phone,
-                [caller.tenant],
-                out,
-                actor=caller.actor,
-                reason=reason,
-                config=request.app[CONFIG],
-                language=language,
-                now=utc_iso(request.app[CLOCK]()),
-            )
-            return out.read_bytes()
+        # In memory: the zip holds recordings in clear, so it never touches the disk here.
+        return subject.export_bytes(
+            vault,
+            phone,
+            [caller.tenant],
+            actor=caller.actor,
+            reason=reason,
+            config=request.app[CONFIG],
+            language=language,
+            now=utc_iso(request.app[CLOCK]()),
+        )
 
     try:
         data = await asyncio.to_thread(build)

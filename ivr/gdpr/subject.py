@@ -18,7 +18,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import phonenumbers
 
@@ -117,18 +117,64 @@ def export(
     private_key: Any = None,
     processor: Processor | None = None,
 ) -> ExportResult:
-    """Write the subject access export; nothing is written under ``out`` unless it all worked.
+    """Write the subject access export to the file ``out``; nothing is written under ``out``
+    unless it all worked. The zip is 0600, a missing folder for it 0700.
 
     Recordings sealed to a public key that ``private_key`` does not open are exported as held,
-    sealed: their metadata without audio. The zip is 0600, a missing folder for it 0700."""
+    sealed: their metadata without audio."""
+    report = _report(vault, phone, tenants, config, language, now, private_key, processor)
+    private_dir(out.parent)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
+    tmp.unlink(missing_ok=True)
+    try:
+        with private_file(tmp) as fh:
+            _write_zip(fh, vault, report, private_key)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    tenants_used = _audit_export(vault, report, phone, actor, reason)
+    return ExportResult(out, len(report.recordings), tenants_used, report)
+
+
+def export_bytes(
+    vault: Vault,
+    phone: str,
+    tenants: list[str],
+    *,
+    actor: str,
+    reason: str,
+    config: Config,
+    language: str | None = None,
+    now: str,
+    processor: Processor | None = None,
+) -> bytes:
+    """The same export as :func:`export`, built in memory: for the API, which sends it on, so
+    that no copy of it in clear ever lies on the service's disk (not even in a temporary
+    folder, which a crash would leave behind)."""
+    report = _report(vault, phone, tenants, config, language, now, None, processor)
+    buf = io.BytesIO()
+    _write_zip(buf, vault, report, None)
+    _audit_export(vault, report, phone, actor, reason)
+    return buf.getvalue()
+
+
+def _report(
+    vault: Vault,
+    phone: str,
+    tenants: list[str],
+    config: Config,
+    language: str | None,
+    now: str,
+    private_key: Any,
+    processor: Processor | None,
+) -> AccessReport:
     if language is not None and language not in LANGUAGES:
         raise SubjectError(f"no summary in language {language!r}: one of {', '.join(LANGUAGES)}")
     key_ref = None
     if private_key is not None:
         key_ref = key_ref_of(raw_public(as_private_key(private_key)))
-    tag = subject_digest(phone)
-    report = build_report(
-        gather(vault, phone, tenants, tag),
+    return build_report(
+        gather(vault, phone, tenants, subject_digest(phone)),
         config,
         phone=phone,
         now=now,
@@ -137,24 +183,27 @@ def export(
         private_key_ref=key_ref,
         processor=processor or Processor(),
     )
-    private_dir(out.parent)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
-    tmp.unlink(missing_ok=True)
-    try:
-        with private_file(tmp) as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
-            for entry in report.recordings:
-                if entry.audio_file is not None:
-                    zf.writestr(entry.audio_file, _wav_bytes(vault, entry.row, private_key))
-                zf.writestr(
-                    f"recordings/{entry.row.id}.json",
-                    json.dumps(entry.as_dict(), indent=2, ensure_ascii=False),
-                )
-            zf.writestr("summary.html", render_html(report))
-            zf.writestr("summary.txt", render_text(report))
-            zf.writestr("summary.json", json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def _write_zip(fh: BinaryIO, vault: Vault, report: AccessReport, private_key: Any) -> None:
+    with zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+        for entry in report.recordings:
+            if entry.audio_file is not None:
+                zf.writestr(entry.audio_file, _wav_bytes(vault, entry.row, private_key))
+            zf.writestr(
+                f"recordings/{entry.row.id}.json",
+                json.dumps(entry.as_dict(), indent=2, ensure_ascii=False),
+            )
+        zf.writestr("summary.html", render_html(report))
+        zf.writestr("summary.txt", render_text(report))
+        zf.writestr("summary.json", json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+
+
+def _audit_export(
+    vault: Vault, report: AccessReport, phone: str, actor: str, reason: str
+) -> list[str]:
+    """One ``subject.exported`` entry per controller the export drew on; their tenants."""
+    tag = subject_digest(phone)
     used = sorted({c.tenant for c in report.controllers})
     for tenant in used:
         vault.audit(
@@ -169,7 +218,7 @@ def export(
                 "held_sealed": [r.row.id for r in report.sealed if r.row.tenant == tenant],
             },
         )
-    return ExportResult(out, len(report.recordings), used, report)
+    return used
 
 
 def _wav_bytes(vault: Vault, row: RecordingRow, private_key: Any) -> bytes:
@@ -191,6 +240,7 @@ __all__ = [
     "SubjectError",
     "erase",
     "export",
+    "export_bytes",
     "find",
     "held_back_message",
     "normalise_phone",
