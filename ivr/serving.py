@@ -57,6 +57,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from ivr.access_log import AccessLog
 from ivr.config import Limits
 from ivr.log_limits import Warnings
 
@@ -479,6 +480,7 @@ async def start(
     loop.set_exception_handler(guard.exception_handler)
     runner = web.AppRunner(
         app,
+        access_log_class=AccessLog,
         shutdown_timeout=shutdown_timeout,
         keepalive_timeout=limits.header_timeout_seconds,
         lingering_time=LINGERING_SECONDS,

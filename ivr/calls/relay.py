@@ -40,6 +40,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from ivr.access_log import AccessLog
 from ivr.log_limits import Warnings
 from storage.files import utc_iso
 from storage.vault import Vault
@@ -148,7 +149,7 @@ class Relay:
         app = web.Application(middlewares=[_relayed_only, _forwarded_origin, pass_on_held])
         app[RELAY] = self
         setup(app)
-        runner = web.AppRunner(app, handle_signals=False)
+        runner = web.AppRunner(app, handle_signals=False, access_log_class=AccessLog)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
