@@ -3,8 +3,10 @@
 A reference cycle through a stream keeps everything it holds (its websocket, request and
 connection, the call's session) until the collector passes over older objects, which at the
 service's thresholds (ivr/service.py ``GC_THRESHOLDS``) comes after thousands of calls: memory
-that grew by some 26 KiB a call. So the collector is switched off here, and every stream of a
-whole call (the consent stream and the recording stream) must be gone once its handler returns.
+that grew by some 26 KiB a call. So the collector is switched off here: every stream of a
+whole call (the consent stream and the recording stream) must be gone once its handler returns,
+and nothing of the service's from the whole call (webhooks included) may be left for the
+collector to find.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ async def test_a_finished_stream_is_freed_without_the_collector(
     served = await serving.start(app, host="127.0.0.1", port=0, limits=Limits())
     try:
         url = f"http://127.0.0.1:{served.port}"
+        gc.collect()  # what starting the service left is not the call's
         result = await simulate_call(
             CallOptions(url=url, to=CONSENT_LINE, fast=True, presses=[(2.0, "1")], duration=2.0)
         )
@@ -76,7 +79,29 @@ async def test_a_finished_stream_is_freed_without_the_collector(
         # hang, should one never return).
         async with asyncio.timeout(30), returned:
             await returned.wait_for(lambda: len(alive_after_handler) == 2)
+        left = service_garbage()
     finally:
         await served.stop()
     assert len(streams) == 2  # the consent stream, then the recording stream
     assert alive_after_handler == [0, 0]
+    assert left == {}  # the webhooks too: nothing of the call waits for the collector
+
+
+def service_garbage() -> dict[str, int]:
+    """Objects of the service's (not the simulator's) that only the collector would free, by
+    type."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        found = list(gc.garbage)
+        gc.garbage.clear()
+    finally:
+        gc.set_debug(0)
+    out: dict[str, int] = {}
+    for obj in found:
+        kind = type(obj)
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        ours = name.startswith(("ivr.", "storage.", "media.", "aiohttp.web"))
+        if ours and not name.startswith("ivr.harness."):
+            out[name] = out.get(name, 0) + 1
+    return out

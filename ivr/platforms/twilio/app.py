@@ -316,7 +316,8 @@ class _Stream:
         return f"call {self.call.call_id}" if self.call else f"{self.kind} stream"
 
     def release(self) -> None:
-        """Break the stream's reference cycle (its numbering calls back this stream's methods)
+        """Break the stream's reference cycles (its numbering calls back this stream's methods;
+        a websocket that failed to write keeps the error, whose traceback holds the websocket)
         once the stream is over. Everything the stream held (its websocket, request,
         connection, the call's session) is then freed when the handler returns. Left to the
         collector, a finished stream waited for a pass over older objects, which at
@@ -324,6 +325,9 @@ class _Stream:
         (``tests/test_stream_memory.py``)."""
         self.numbering.note = _ignore_note
         self.numbering.where = _no_where
+        failure = self.ws.exception()
+        if failure is not None:  # aiohttp keeps a failed write's error: its traceback holds ws
+            failure.__traceback__ = None
 
     def note(self, kind: str, message: str, *args: object, level: int = logging.WARNING) -> None:
         """A word about this stream's input, logged for the first of its kind on the stream
