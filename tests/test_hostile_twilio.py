@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from xml.etree import ElementTree as ET
 
@@ -25,7 +26,8 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from ivr.api import token_digest
-from ivr.config import DEMO_TWILIO_AUTH_TOKEN, load_config
+from ivr import serving
+from ivr.config import DEMO_TWILIO_AUTH_TOKEN, Limits, load_config
 from ivr.gdpr.recording_files import decode_recording
 from ivr.harness.twilio_sim import CallOptions, simulate_call
 from ivr.platforms.twilio.app import TWILIO
@@ -513,6 +515,32 @@ async def test_a_frame_past_the_lines_maximum_is_lost_not_stored(service, monkey
     assert recording_row(app, summary["recording_id"]).duration_ms <= 2100
 
 
+class AiohttpFinished(logging.Handler):
+    """Counts aiohttp's access lines for paths under ``prefix`` and keeps its errors; a
+    condition to wait on for either."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(logging.INFO)
+        self.prefix = prefix
+        self.count = 0
+        self.errors: list[str] = []
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:  # on the loop's thread: aiohttp logs there
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            self.errors.append(message)
+            self.count += 1
+        elif record.name == "aiohttp.access" and f" {self.prefix}" in message:
+            self.count += 1
+        self._changed.set()
+
+    async def wait_for(self, done: Callable[[], bool]) -> None:
+        while not done():
+            self._changed.clear()
+            await self._changed.wait()
+
+
 async def test_a_peer_gone_before_the_websocket_opens_is_counted_not_a_traceback(
     tmp_path, monkeypatch
 ):
@@ -531,19 +559,29 @@ async def test_a_peer_gone_before_the_websocket_opens_is_counted_not_a_traceback
         return await handler(request)
 
     app.middlewares.append(peer_leaves)
-    server = TestServer(app)
-    await server.start_server()
+    # aiohttp's last word on each such request: its access line, or an error with a traceback.
+    # The server stops tracking a connection once its peer is gone, so its stop does not wait
+    # for these: the test does.
+    finished = AiohttpFinished("/twilio/stream/")
+    logging.getLogger("aiohttp").addHandler(finished)
+    # As `ivr serve` serves: aiohttp's TestServer would cancel the handler once the peer has
+    # gone, and with it what aiohttp does with the handler's answer (where the traceback was).
+    served = await serving.start(app, host="127.0.0.1", port=0, limits=Limits())
     try:
-        url = str(server.make_url("")).rstrip("/")
+        url = f"http://127.0.0.1:{served.port}"
         async with aiohttp.ClientSession() as s:
             _, ws_url, _ = await start_call(s, url)
             with pytest.raises(aiohttp.ClientError):
                 await s.ws_connect(ws_url, autoping=False)
-        # aiohttp's client tries a GET once more when a pooled connection drops: each counted.
-        assert left and all(p.startswith("/twilio/stream/consent/") for p in left)
-        assert app[TWILIO].counters["streams_gone_before_open"] == len(left)
+        async with asyncio.timeout(30):
+            await finished.wait_for(lambda: finished.count >= len(left))
     finally:
-        await server.close()
+        logging.getLogger("aiohttp").removeHandler(finished)
+        await served.stop()
+    assert finished.errors == []
+    # aiohttp's client tries a GET once more when a pooled connection drops: each counted.
+    assert left and all(p.startswith("/twilio/stream/consent/") for p in left)
+    assert app[TWILIO].counters["streams_gone_before_open"] == len(left)
 
 
 async def test_a_normal_call_after_all_that_records_complete(service):

@@ -469,7 +469,9 @@ async def _stream_handler(request: web.Request, kind: str) -> web.StreamResponse
         twilio.warnings.warn(
             "stream-gone", "%s stream: the peer left before the websocket opened", kind
         )
-        return ws
+        # Not ``ws``: half prepared, aiohttp would try to close it and log a traceback. This
+        # answer is never delivered either; it is what the access log shows (nginx's 499).
+        return web.Response(status=499, reason="Client Closed Request")
     twilio.sockets.add(ws)
     stream = _Stream(twilio, request, ws, kind)
     try:
