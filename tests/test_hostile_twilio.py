@@ -25,8 +25,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from ivr.api import token_digest
 from ivr import serving
+from ivr.api import token_digest
 from ivr.config import DEMO_TWILIO_AUTH_TOKEN, Limits, load_config
 from ivr.gdpr.recording_files import decode_recording
 from ivr.harness.twilio_sim import CallOptions, simulate_call
