@@ -15,11 +15,13 @@ import os
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from ivr.access_log import AccessLog
 from ivr.config import Config, load_config
 from ivr.prompt_library import CACHE_ENV
 from ivr.service import create_app
@@ -39,6 +41,19 @@ def _test_prompt_cache() -> Path:
 
 PROMPT_CACHE = _test_prompt_cache()
 os.environ[CACHE_ENV] = str(PROMPT_CACHE)
+
+
+async def _as_ivr_serve_serves(self: TestServer, **kwargs: Any) -> web.AppRunner:
+    """aiohttp's TestServer cancels a handler whose client has gone; ``ivr serve`` does not
+    (aiohttp's default, ivr/serving.py), and what a handler does after its client left (write
+    to a closed socket, finish a recording, audit) is part of what the tests check. Twice a
+    test on TestServer passed where the service logged a traceback."""
+    kwargs["handler_cancellation"] = False
+    kwargs.setdefault("access_log_class", AccessLog)
+    return web.AppRunner(self.app, **kwargs)
+
+
+TestServer._make_runner = _as_ivr_serve_serves  # type: ignore[method-assign]
 
 
 @pytest.fixture(scope="session")
