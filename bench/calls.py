@@ -564,10 +564,20 @@ def run_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
                 f"60 s / CPU s per call-minute, an estimate)",
             )
         )
+        rows.append(("memory per call", memory_line(record)))
     else:
         rows.append(("bare cpu", f"failed: {record['reference_error']}"))
     rows += [("errors" if i == 0 else "", e) for i, e in enumerate(record["errors"])]
     return rows
+
+
+def memory_line(record: dict[str, Any]) -> str:
+    """Both sides' resident memory per call, each its peak during the run above where it was
+    before the service's first run (the reference's: before its own run)."""
+    mine, bare = record["service_rss_kib_per_call"], record["bare_rss_kib_per_call"]
+    if mine is None:
+        return "- (no /proc to read it from)"
+    return f"{mine:.1f} KiB (bare {fmt(bare)}; peak resident size above the idle process, per call)"
 
 
 def collector_line(pauses: dict[str, Any] | None) -> str:

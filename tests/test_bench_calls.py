@@ -382,3 +382,14 @@ def test_side_by_side_drops_the_host_wide_tcp_counts() -> None:
     cost = {"window": "steady", "tcp_data_segments": 5, "tcp_acks_per_data_segment": 0.5}
     drop(cost)
     assert cost == {"window": "steady"}
+
+
+def test_each_run_says_its_memory_per_call() -> None:
+    bench = load_script(BENCH)
+    line = bench.memory_line({"service_rss_kib_per_call": 61.94, "bare_rss_kib_per_call": 34.02})
+    assert line.startswith("61.9 KiB (bare 34.0; ")
+    assert "peak resident size above the idle process" in line
+    no_bare = bench.memory_line({"service_rss_kib_per_call": 50.0, "bare_rss_kib_per_call": None})
+    assert no_bare.startswith("50.0 KiB (bare -; ")
+    unread = bench.memory_line({"service_rss_kib_per_call": None, "bare_rss_kib_per_call": 30.0})
+    assert unread.startswith("- ")

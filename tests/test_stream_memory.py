@@ -1,4 +1,4 @@
-"""A finished Media Stream is freed by reference counting, not left for the collector.
+"""A finished call is freed by reference counting, not left for the collector.
 
 A reference cycle through a stream keeps everything it holds (its websocket, request and
 connection, the call's session) until the collector passes over older objects, which at the
@@ -6,7 +6,7 @@ service's thresholds (ivr/service.py ``GC_THRESHOLDS``) comes after thousands of
 that grew by some 26 KiB a call. So the collector is switched off here: every stream of a
 whole call (the consent stream and the recording stream) must be gone once its handler returns,
 and nothing of the service's from the whole call (webhooks included) may be left for the
-collector to find.
+collector to find. The same for an Asterisk call (its ARI call, RTP leg and port, session).
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ from aiohttp import web
 
 from ivr import serving
 from ivr.config import DEMO_TWILIO_AUTH_TOKEN, Limits, load_config
+from ivr.harness.fake_asterisk import FakeAsterisk
 from ivr.harness.twilio_sim import CallOptions, simulate_call
 from ivr.platforms.twilio import app as twilio_app
 from ivr.service import create_app
+from storage.catalog import RecordingStatus
+from tests.test_asterisk_e2e import EMERGENCY_LINE, config_file, place, still_clock
 
 CONSENT_LINE = "+15550100001"
 
@@ -85,6 +88,32 @@ async def test_a_finished_stream_is_freed_without_the_collector(
     assert len(streams) == 2  # the consent stream, then the recording stream
     assert alive_after_handler == [0, 0]
     assert left == {}  # the webhooks too: nothing of the call waits for the collector
+
+
+async def test_a_finished_asterisk_call_is_freed_without_the_collector(
+    tmp_path, monkeypatch, no_collector
+):
+    monkeypatch.setenv("IVR_MASTER_KEY", "42" * 32)
+    fake = FakeAsterisk(app="ivr", username="ivr", password="pw")
+    await fake.start()
+    config = load_config(config_file(tmp_path, fake.url), {"ARI_PASSWORD": "pw"})
+    app = create_app(config, tmp_path / "var", fsync=False, clock=still_clock())
+    served = await serving.start(app, host="127.0.0.1", port=0, limits=Limits())
+    try:
+        await fake.wait_connected()
+        gc.collect()  # what starting the service left is not the call's
+        call = await place(fake, app, EMERGENCY_LINE)  # recorded from the start
+        await call.talk(1.0)
+        ari_call = weakref.ref(call.ari)
+        row = await call.hang_up()  # returns once the service has forgotten the call
+        assert row is not None and row.status is RecordingStatus.COMPLETE
+        del call
+        assert ari_call() is None
+        left = service_garbage()
+    finally:
+        await served.stop()
+        await fake.stop()
+    assert left == {}
 
 
 def service_garbage() -> dict[str, int]:

@@ -348,4 +348,5 @@ class AriCall:
             await app.rest_quiet(ari.hang_up(self.caller.id))
         await self.rtp.close()
         app.counters.update(self.rtp.counters())
+        self.rtp.release()
         app.forget(self)
