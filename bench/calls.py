@@ -352,8 +352,8 @@ async def one_run(
 ) -> dict[str, Any]:
     """The load test against the service, then the same load against the bare reference (with
     ``side_by_side``, both at once, from this one process). The service's memory per call is
-    its peak above ``idle_rss``, its size before the first run (a later run reuses what an
-    earlier one left allocated)."""
+    its peak above ``idle_rss``, its size before the first run, so that anything an earlier
+    run left behind counts against every later one."""
     reference: asyncio.Task[dict[str, Any]] | None = None
     if side_by_side:
         reference = asyncio.ensure_future(run_reference(platform, options, ports, loop))
