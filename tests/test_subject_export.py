@@ -495,25 +495,33 @@ def test_report_is_pure_over_what_was_gathered(tmp_path, vault):
 
 
 # -- the admin API --------------------------------------------------------------------------------
+def api_service(tmp_path: Path, monkeypatch: Any, **config: Any) -> tuple[Config, Any]:
+    """The configuration (``config_text(**config)`` and a DPO token, ``acme-dpo``) and the
+    service's app on it, not yet started."""
+    from ivr.api import token_digest
+    from ivr.service import create_app
+
+    monkeypatch.setenv("IVR_MASTER_KEY", base64.b64encode(MASTER).decode())
+    path = tmp_path / "ivr.toml"
+    path.write_text(
+        config_text(**config)
+        + '[[api_tokens]]\ntenant = "acme"\nname = "t"\nrole = "dpo"\n'
+        + f'token_sha256 = "{token_digest("acme-dpo")}"\n'
+    )
+    loaded = load_config(path)
+    return loaded, create_app(loaded, tmp_path / "var", fsync=False)
+
+
 async def test_api_export_states_the_configuration_and_holds_sealed_recordings(
     tmp_path, monkeypatch
 ):
     import aiohttp
     from aiohttp.test_utils import TestServer
 
-    from ivr.api import token_digest
-    from ivr.service import VAULT, create_app
+    from ivr.service import VAULT
 
-    monkeypatch.setenv("IVR_MASTER_KEY", base64.b64encode(MASTER).decode())
     _, _, public = write_keypair(tmp_path / "keys")
-    path = tmp_path / "ivr.toml"
-    path.write_text(
-        config_text(acme_custody=public)
-        + '[[api_tokens]]\ntenant = "acme"\nname = "t"\nrole = "dpo"\n'
-        + f'token_sha256 = "{token_digest("acme-dpo")}"\n'
-    )
-    config = load_config(path)
-    app = create_app(config, tmp_path / "var", fsync=False)
+    config, app = api_service(tmp_path, monkeypatch, acme_custody=public)
     server = TestServer(app)
     await server.start_server()
     try:
@@ -566,21 +574,12 @@ async def test_api_export_never_writes_the_zip_to_disk(tmp_path, monkeypatch):
     import aiohttp
     from aiohttp.test_utils import TestServer
 
-    from ivr.api import token_digest
-    from ivr.service import VAULT, create_app
+    from ivr.service import VAULT
 
-    monkeypatch.setenv("IVR_MASTER_KEY", base64.b64encode(MASTER).decode())
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # wherever tempfile would look
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr("tempfile.tempdir", None)
-    path = tmp_path / "ivr.toml"
-    path.write_text(
-        config_text()
-        + '[[api_tokens]]\ntenant = "acme"\nname = "t"\nrole = "dpo"\n'
-        + f'token_sha256 = "{token_digest("acme-dpo")}"\n'
-    )
-    config = load_config(path)
-    app = create_app(config, tmp_path / "var", fsync=False)
+    config, app = api_service(tmp_path, monkeypatch)
     server = TestServer(app)
     await server.start_server()
     sys.addaudithook(_watch_writes)
