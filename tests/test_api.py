@@ -14,9 +14,8 @@ import soundfile as sf
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from ivr import serving
 from ivr.api import token_digest
-from ivr.config import Limits, load_config
+from ivr.config import load_config
 from ivr.service import VAULT, create_app
 from storage.catalog import RecordingStatus
 
@@ -183,11 +182,11 @@ async def test_a_download_cut_short_is_audited_as_such_not_a_traceback(
                 finishing.notify_all()
 
     app.middlewares.append(client_leaves)
-    # As `ivr serve` serves (aiohttp's TestServer would cancel the handler when its client goes).
-    served = await serving.start(app, host="127.0.0.1", port=0, limits=Limits())
+    server = TestServer(app)  # without handler cancellation, as ivr serve (tests/conftest.py)
+    await server.start_server()
     rid = add_recordings(app)["acme"].id
     try:
-        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{served.port}") as session:
+        async with aiohttp.ClientSession(base_url=str(server.make_url(""))) as session:
             with pytest.raises(aiohttp.ClientError):
                 resp = await session.get(
                     f"/api/v1/recordings/{rid}/audio?reason=x", headers=auth("acme-dpo")
@@ -197,7 +196,7 @@ async def test_a_download_cut_short_is_audited_as_such_not_a_traceback(
             await finishing.wait_for(lambda: len(finished) == len(left))
         events = [e for e in app[VAULT].catalog.audit_events() if e.target == rid]
     finally:
-        await served.stop()
+        await server.close()
     started = [e for e in events if e.action == "recording.exported"]
     cut = [e for e in events if e.action == "recording.export_cut_short"]
     assert left and len(started) == len(cut) == len(left)

@@ -25,9 +25,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from ivr import serving
 from ivr.api import token_digest
-from ivr.config import DEMO_TWILIO_AUTH_TOKEN, Limits, load_config
+from ivr.config import DEMO_TWILIO_AUTH_TOKEN, load_config
 from ivr.gdpr.recording_files import decode_recording
 from ivr.harness.twilio_sim import CallOptions, simulate_call
 from ivr.platforms.twilio.app import TWILIO
@@ -564,11 +563,12 @@ async def test_a_peer_gone_before_the_websocket_opens_is_counted_not_a_traceback
     # for these: the test does.
     finished = AiohttpFinished("/twilio/stream/")
     logging.getLogger("aiohttp").addHandler(finished)
-    # As `ivr serve` serves: aiohttp's TestServer would cancel the handler once the peer has
-    # gone, and with it what aiohttp does with the handler's answer (where the traceback was).
-    served = await serving.start(app, host="127.0.0.1", port=0, limits=Limits())
+    # The handler is not cancelled once the peer has gone, as in ivr serve (tests/conftest.py):
+    # what aiohttp then does with its answer is where the traceback was.
+    server = TestServer(app)
+    await server.start_server()
     try:
-        url = f"http://127.0.0.1:{served.port}"
+        url = str(server.make_url("")).rstrip("/")
         async with aiohttp.ClientSession() as s:
             _, ws_url, _ = await start_call(s, url)
             with pytest.raises(aiohttp.ClientError):
@@ -577,7 +577,7 @@ async def test_a_peer_gone_before_the_websocket_opens_is_counted_not_a_traceback
             await finished.wait_for(lambda: finished.count >= len(left))
     finally:
         logging.getLogger("aiohttp").removeHandler(finished)
-        await served.stop()
+        await server.close()
     assert finished.errors == []
     # aiohttp's client tries a GET once more when a pooled connection drops: each counted.
     assert left and all(p.startswith("/twilio/stream/consent/") for p in left)

@@ -17,9 +17,9 @@ import weakref
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
-from ivr import serving
-from ivr.config import DEMO_TWILIO_AUTH_TOKEN, Limits, load_config
+from ivr.config import DEMO_TWILIO_AUTH_TOKEN, load_config
 from ivr.harness.fake_asterisk import FakeAsterisk
 from ivr.harness.twilio_sim import CallOptions, simulate_call
 from ivr.platforms.twilio import app as twilio_app
@@ -69,10 +69,10 @@ async def test_a_finished_stream_is_freed_without_the_collector(
 
     app = create_app(load_config(None), tmp_path / "var", fsync=False)
     app.middlewares.append(after_stream)
-    # As `ivr serve` serves (aiohttp's TestServer cancels a handler whose client has gone).
-    served = await serving.start(app, host="127.0.0.1", port=0, limits=Limits())
+    server = TestServer(app)  # without handler cancellation, as ivr serve (tests/conftest.py)
+    await server.start_server()
     try:
-        url = f"http://127.0.0.1:{served.port}"
+        url = str(server.make_url("")).rstrip("/")
         gc.collect()  # what starting the service left is not the call's
         result = await simulate_call(
             CallOptions(url=url, to=CONSENT_LINE, fast=True, presses=[(2.0, "1")], duration=2.0)
@@ -84,7 +84,7 @@ async def test_a_finished_stream_is_freed_without_the_collector(
             await returned.wait_for(lambda: len(alive_after_handler) == 2)
         left = service_garbage()
     finally:
-        await served.stop()
+        await server.close()
     assert len(streams) == 2  # the consent stream, then the recording stream
     assert alive_after_handler == [0, 0]
     assert left == {}  # the webhooks too: nothing of the call waits for the collector
@@ -98,7 +98,8 @@ async def test_a_finished_asterisk_call_is_freed_without_the_collector(
     await fake.start()
     config = load_config(config_file(tmp_path, fake.url), {"ARI_PASSWORD": "pw"})
     app = create_app(config, tmp_path / "var", fsync=False, clock=still_clock())
-    served = await serving.start(app, host="127.0.0.1", port=0, limits=Limits())
+    server = TestServer(app)
+    await server.start_server()
     try:
         await fake.wait_connected()
         gc.collect()  # what starting the service left is not the call's
@@ -111,7 +112,7 @@ async def test_a_finished_asterisk_call_is_freed_without_the_collector(
         assert ari_call() is None
         left = service_garbage()
     finally:
-        await served.stop()
+        await server.close()
         await fake.stop()
     assert left == {}
 
