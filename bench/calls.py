@@ -380,6 +380,12 @@ async def one_run(
         ),
         "bare_whole_cpu_per_call_minute": None,
         "whole_call_ratio": None,
+        "service_fixed_cpu_ms_per_call": fixed_cpu_ms_per_call(
+            service["whole_call_cost"],
+            report["server_cpu_per_call_minute"],
+            report["calls_completed"],
+        ),
+        "bare_fixed_cpu_ms_per_call": None,
         "calls_per_core": per_core(report["server_cpu_per_call_minute"]),
         "bare_calls_per_core": None,
         **{k: v for k, v in report.items() if k.endswith(("_p50_ms", "_p99_ms"))},
@@ -421,6 +427,9 @@ async def one_run(
             )
             record["whole_call_ratio"] = (
                 round(whole / bare_whole, 3) if whole and bare_whole else None
+            )
+            record["bare_fixed_cpu_ms_per_call"] = fixed_cpu_ms_per_call(
+                ref["whole_call_cost"], bare, ref["streams_completed"]
             )
             record["bare_rss_kib_per_call"] = ref["rss_kib_per_call"]
             if side_by_side:
@@ -478,6 +487,20 @@ def overlap(one: dict[str, Any], other: dict[str, Any]) -> float | None:
     return round(max(0.0, end - start) / shorter, 3) if shorter > 0 else None
 
 
+def fixed_cpu_ms_per_call(
+    whole: dict[str, Any], steady_per_call_minute: float | None, calls: int
+) -> float | None:
+    """What a call costs beyond its streaming, in CPU ms: the whole window's CPU less what its
+    call-minutes would have cost at the steady rate, per call. It is the part of the whole-call
+    figure that does not shrink with longer calls (webhooks, handshakes, the consent phase,
+    set-up and finalisation), an estimate that takes the steady rate to hold over every call's
+    first and last seconds too. None where either figure is missing."""
+    cpu, minutes = whole.get("server_cpu_s"), whole.get("call_minutes")
+    if cpu is None or minutes is None or not steady_per_call_minute or calls <= 0:
+        return None
+    return round(1000 * (cpu - steady_per_call_minute * minutes) / calls, 2)
+
+
 def per_core(cpu_per_call_minute: float | None) -> int | None:
     """Real-paced calls one core could carry at this CPU per call-minute: an estimate from CPU
     (60 CPU seconds a minute), not a measured point of lag; run ``--calls N`` to see one."""
@@ -491,6 +514,8 @@ SUMMARISED = (
     "bare_cpu_per_call_minute",
     "whole_call_cpu_per_call_minute",
     "bare_whole_cpu_per_call_minute",
+    "service_fixed_cpu_ms_per_call",
+    "bare_fixed_cpu_ms_per_call",
     "calls_per_core",
     "bare_calls_per_core",
     "service_rss_kib_per_call",
@@ -557,6 +582,7 @@ def run_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
                 else "-",
             )
         )
+        rows.append(("  per call", fixed_line(record)))
         rows.append(
             (
                 "calls per core",
@@ -569,6 +595,17 @@ def run_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("bare cpu", f"failed: {record['reference_error']}"))
     rows += [("errors" if i == 0 else "", e) for i, e in enumerate(record["errors"])]
     return rows
+
+
+def fixed_line(record: dict[str, Any]) -> str:
+    """Both sides' CPU per call beyond streaming (``fixed_cpu_ms_per_call``)."""
+    mine, bare = record["service_fixed_cpu_ms_per_call"], record["bare_fixed_cpu_ms_per_call"]
+    if mine is None:
+        return "-"
+    return (
+        f"{mine:.1f} CPU ms beyond streaming (bare {fmt(bare)}): the whole window's CPU less "
+        "its call-minutes at the steady rate, per call"
+    )
 
 
 def memory_line(record: dict[str, Any]) -> str:

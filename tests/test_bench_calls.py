@@ -117,6 +117,9 @@ async def test_twilio_against_the_service_and_the_bare_ws_server(twilio_service:
     run = result["runs"][0]
     assert run["reference"]["stop_to_close_ms"]["count"] == 4
     assert run["service_rss_kib_per_call"] is None  # not ours to read: --url
+    for side in ("service", "bare"):
+        assert isinstance(run[f"{side}_fixed_cpu_ms_per_call"], float)
+        assert result["summary"][f"{side}_fixed_cpu_ms_per_call"] is not None
     assert run["service"]["frames_stored"] == run["service"]["frames_expected"] > 0
     # One after the other, each side's window has this host's TCP to itself (tcp_segments).
     assert run["service_tcp_acks_per_data_segment"] >= 0
@@ -393,3 +396,24 @@ def test_each_run_says_its_memory_per_call() -> None:
     assert no_bare.startswith("50.0 KiB (bare -; ")
     unread = bench.memory_line({"service_rss_kib_per_call": None, "bare_rss_kib_per_call": 30.0})
     assert unread.startswith("- ")
+
+
+def test_each_run_says_what_a_call_costs_beyond_its_streaming() -> None:
+    bench = load_script(BENCH)
+    fixed = bench.fixed_cpu_ms_per_call
+    # 3.0 CPU s over 5 call-minutes, 0.5 of them at the steady 0.1 per call-minute: 0.5 s
+    # streaming, 2.5 s beyond it, over 100 calls.
+    whole = {"server_cpu_s": 3.0, "call_minutes": 5.0}
+    assert fixed(whole, 0.5, 100) == 5.0
+    assert fixed(whole, 0.1, 100) == 25.0
+    assert fixed(whole, 0.5, 0) is None
+    assert fixed(whole, None, 100) is None
+    assert fixed({"server_cpu_s": None, "server_cpu_per_call_minute": None}, 0.5, 100) is None
+    line = bench.fixed_line(
+        {"service_fixed_cpu_ms_per_call": 11.64, "bare_fixed_cpu_ms_per_call": 2.04}
+    )
+    assert line.startswith("11.6 CPU ms beyond streaming (bare 2.0): ")
+    assert (
+        bench.fixed_line({"service_fixed_cpu_ms_per_call": None, "bare_fixed_cpu_ms_per_call": 2.0})
+        == "-"
+    )
