@@ -457,6 +457,8 @@ def channel_ids_from_json(value: Any) -> list[str]:
 
 def response_json(body: bytes) -> Any:
     """A REST response's JSON value; None for an empty body or one that is not JSON."""
+    if not body:  # most answers (204): no JSON error raised and caught for them
+        return None
     try:
         return json.loads(body)
     except ValueError:
