@@ -401,8 +401,8 @@ def test_each_run_says_its_memory_per_call() -> None:
 def test_each_run_says_what_a_call_costs_beyond_its_streaming() -> None:
     bench = load_script(BENCH)
     fixed = bench.fixed_cpu_ms_per_call
-    # 3.0 CPU s over 5 call-minutes, 0.5 of them at the steady 0.1 per call-minute: 0.5 s
-    # streaming, 2.5 s beyond it, over 100 calls.
+    # 3.0 CPU s over 5 call-minutes of 100 calls. At a steady 0.1 CPU s per call-minute the
+    # streaming took 0.5 s, so 2.5 s (25 ms a call) went beyond it; at 0.5, 2.5 s and 0.5 s.
     whole = {"server_cpu_s": 3.0, "call_minutes": 5.0}
     assert fixed(whole, 0.5, 100) == 5.0
     assert fixed(whole, 0.1, 100) == 25.0
