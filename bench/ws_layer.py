@@ -8,8 +8,9 @@ handler under aiohttp's and our middlewares; six deep here) to ``ws.receive()``.
 parsed frames where the bytes arrive and called the stream's code directly would do none of the
 queueing and waking. This puts a number on that difference before anyone builds such a reader.
 
-Each way is fed the same masked text frame (a Twilio media message) ``--messages`` times, one
-frame per turn of the event loop (a ``call_soon`` chain), and timed in CPU seconds:
+Each way is fed the same text frame (a Twilio media message, masked as the load generator's
+are: ``ivr.harness.wsclient.text_frame``) ``--messages`` times, one frame per turn of the event
+loop (a ``call_soon`` chain), and timed in CPU seconds:
 
 - ``feeding``: the ``call_soon`` chain alone, handing the frame's bytes to a counter;
 - ``aiohttp``: aiohttp's ``WebSocketReader`` and ``WebSocketDataQueue`` (what
@@ -30,9 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,6 +40,8 @@ from typing import Any
 from aiohttp._websocket.helpers import websocket_mask
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 
+from ivr.harness.wsclient import text_frame
+
 # A media message as Twilio sends it: 20 ms of one track.
 MESSAGE = (
     '{"event":"media","sequenceNumber":"1234","media":{"track":"inbound","chunk":"1233",'
@@ -48,18 +49,6 @@ MESSAGE = (
 ).encode()
 CHAIN_DEPTH = 6  # coroutines between the task and the read, as in the service's stream handler
 MAX_MESSAGE = 1 << 16
-
-
-def masked_text_frame(payload: bytes) -> bytes:
-    """One final, masked text frame (as a client sends it) carrying ``payload``."""
-    mask = os.urandom(4)
-    body = bytearray(payload)
-    websocket_mask(mask, body)
-    n = len(payload)
-    head = (
-        struct.pack("!BBH", 0x81, 0x80 | 126, n) if n >= 126 else struct.pack("!BB", 0x81, 0x80 | n)
-    )
-    return head + mask + bytes(body)
 
 
 class Counter:
@@ -169,7 +158,7 @@ WAYS: dict[str, Callable[[bytes, int], Awaitable[float]]] = {
 
 
 async def measure(rounds: int, messages: int) -> dict[str, Any]:
-    frame = masked_text_frame(MESSAGE)
+    frame = text_frame(MESSAGE)
     per_message: dict[str, list[float]] = {way: [] for way in WAYS}
     for _ in range(rounds):
         for way, run in WAYS.items():

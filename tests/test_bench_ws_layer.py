@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from ivr.harness.wsclient import text_frame
 from tests.bench_scripts import ROOT, load_script, run_bench
 
 
@@ -27,7 +28,7 @@ def test_the_direct_reader_takes_frames_however_the_bytes_are_cut():
     texts: list[str] = []
     reader = bench.DirectReader(texts.append)
     short, long = b'{"event":"mark"}', bench.MESSAGE
-    stream = bench.masked_text_frame(short) + bench.masked_text_frame(long) * 2
+    stream = text_frame(short) + text_frame(long) * 2
     for cut in (1, 3, 7, len(stream)):
         texts.clear()
         for i in range(0, len(stream), cut):
